@@ -1,0 +1,75 @@
+"""streamkit: durable, resumable, multi-subscriber event streams for LLM output.
+
+Turn any token producer into a stream of :class:`StreamEvent` values that many
+subscribers can follow and any client can resume, over SSE, NDJSON, WebSocket, a pure
+ASGI app or a plain ``async for``, on asyncio or Trio.
+"""
+
+from __future__ import annotations
+
+from ._config import ChunkBy as ChunkBy
+from ._config import RegistryConfig as RegistryConfig
+from ._config import SlowConsumerPolicy as SlowConsumerPolicy
+from ._config import StreamConfig as StreamConfig
+from ._errors import BackendError as BackendError
+from ._errors import ClosedError as ClosedError
+from ._errors import Disconnected as Disconnected
+from ._errors import HistoryGap as HistoryGap
+from ._errors import InvalidTransition as InvalidTransition
+from ._errors import PayloadTooLarge as PayloadTooLarge
+from ._errors import PermissionDenied as PermissionDenied
+from ._errors import RemoteProtocolError as RemoteProtocolError
+from ._errors import SessionLimitExceeded as SessionLimitExceeded
+from ._errors import SessionNotFound as SessionNotFound
+from ._errors import StreamkitError as StreamkitError
+from ._errors import SubscriberLagged as SubscriberLagged
+from ._errors import ValidationError as ValidationError
+from ._events import EventType as EventType
+from ._events import StreamEvent as StreamEvent
+from ._session import TRANSITIONS as TRANSITIONS
+from ._session import SessionState as SessionState
+from ._session import StreamSession as StreamSession
+from ._session import check_transition as check_transition
+from ._session import new_session_id as new_session_id
+from ._version import __version__ as __version__
+
+# -- streamer (issue 4) --------------------------------------------------------
+# -- log and registry (issue 5) ------------------------------------------------
+
+__all__ = [
+    "TRANSITIONS",
+    "BackendError",
+    "ChunkBy",
+    "ClosedError",
+    "Disconnected",
+    "EventType",
+    "HistoryGap",
+    "InvalidTransition",
+    "PayloadTooLarge",
+    "PermissionDenied",
+    "RegistryConfig",
+    "RemoteProtocolError",
+    "SessionLimitExceeded",
+    "SessionNotFound",
+    "SessionState",
+    "SlowConsumerPolicy",
+    "StreamConfig",
+    "StreamEvent",
+    "StreamSession",
+    "StreamkitError",
+    "SubscriberLagged",
+    "ValidationError",
+    "__version__",
+    "check_transition",
+    "new_session_id",
+]
+
+# Show public objects as streamkit.X in reprs, tracebacks and docs.
+for _name in __all__:
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith("streamkit._"):
+        try:
+            _obj.__module__ = __name__
+        except (AttributeError, TypeError):  # pragma: no cover - builtin-like objects
+            pass
+del _name, _obj

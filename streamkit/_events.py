@@ -1,0 +1,282 @@
+"""Stream events: the one value every layer passes along.
+
+A :class:`StreamEvent` validates when it is built through its public constructor,
+``from_dict`` or ``from_json``, so an invalid event cannot exist. The streamer and the
+log build events they already know are valid through :func:`make_event`, which skips
+the checks: on the hot path an event costs one object, built once with its ``seq``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import secrets
+import time
+from collections.abc import Mapping
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any, Final
+
+import attrs
+from typing_extensions import Self
+
+from ._errors import ValidationError
+from ._validate import (
+    JSONValue,
+    check_id,
+    check_int,
+    check_mapping_keys,
+    check_number,
+    check_str,
+    check_wire_str,
+    freeze_json_object,
+    type_name,
+)
+
+__all__ = ["EventType", "StreamEvent", "make_event"]
+
+
+class EventType(StrEnum):
+    """The kind of a :class:`StreamEvent`.
+
+    Applications may also use their own types, spelled ``x-`` followed by letters,
+    digits, ``_``, ``-``, ``.`` or ``:`` (for example ``"x-tool-call"``).
+    """
+
+    START = "start"
+    """The first event of a stream."""
+    TOKEN = "token"
+    """A chunk of generated text in ``content``."""
+    HEARTBEAT = "heartbeat"
+    """Nothing happened for a while; keeps connections alive."""
+    METADATA = "metadata"
+    """Application information in ``metadata``, no text."""
+    COMPLETE = "complete"
+    """The stream ended normally (final)."""
+    ERROR = "error"
+    """The stream ended with an error (final)."""
+
+    @property
+    def is_final(self) -> bool:
+        """Whether an event of this type ends a stream."""
+        return self in _FINAL_TYPES
+
+
+_FINAL_TYPES: Final = frozenset({EventType.COMPLETE, EventType.ERROR})
+_CUSTOM_TYPE_RE = re.compile(r"x-[A-Za-z0-9_.:\-]{1,62}")
+_EMPTY: Final[Mapping[str, JSONValue]] = MappingProxyType({})
+
+# A cheap unique id: a random per-process prefix and a counter. Unique across processes
+# with overwhelming probability (64 random bits), and ten times cheaper than uuid4().
+_ID_PREFIX: Final = secrets.token_hex(8)
+_id_counter = itertools.count(1)
+
+
+def _new_event_id() -> str:
+    return f"{_ID_PREFIX}-{next(_id_counter):x}"
+
+
+def _convert_event_type(value: object) -> EventType | str:
+    if isinstance(value, EventType):
+        return value
+    check_str("event_type", value, allow_empty=False)
+    assert isinstance(value, str)
+    try:
+        return EventType(value)
+    except ValueError:
+        pass
+    if _CUSTOM_TYPE_RE.fullmatch(value):
+        return value
+    known = ", ".join(t.value for t in EventType)
+    raise ValidationError(
+        f"event_type must be one of {known} or a custom type 'x-...' of letters, digits, "
+        f"'_', '-', '.' or ':', got {value!r}",
+        field="event_type",
+    )
+
+
+def _convert_event_id(value: object) -> str:
+    return check_wire_str("event_id", value)
+
+
+def _convert_content(value: object) -> str:
+    return check_str("content", value)
+
+
+def _convert_timestamp(value: object) -> float:
+    return check_number("timestamp", value, minimum=0)
+
+
+def _convert_metadata(value: object) -> Mapping[str, JSONValue]:
+    return freeze_json_object("metadata", value)
+
+
+def _convert_session_id(value: object) -> str | None:
+    return None if value is None else check_id("session_id", value)
+
+
+def _convert_seq(value: object) -> int | None:
+    return None if value is None else check_int("seq", value, minimum=1)
+
+
+def _json_default(value: object) -> Any:
+    # Frozen metadata holds read-only mappings; the C encoder hands them to us.
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"cannot encode {type_name(value)} as JSON")  # pragma: no cover
+
+
+@attrs.frozen(kw_only=True)
+class StreamEvent:
+    """One event of a stream: a token chunk, a heartbeat, the start or the end.
+
+    Every field is checked when the event is built; bad values raise
+    :class:`~streamkit.ValidationError` naming the field.
+
+    Attributes:
+        event_type: An :class:`EventType`, or a custom ``"x-..."`` type.
+        content: The text the event carries (empty for most non-token events).
+        metadata: JSON-compatible, read-only information (nested objects are read-only
+            mappings and arrays are tuples).
+        session_id: The session the event belongs to, if any.
+        seq: The event's 1-based position in its session's log; ``None`` until a log
+            stores it.
+        event_id: A unique id, generated when omitted; no CR, LF or NUL.
+        timestamp: When the event was made, in Unix seconds.
+    """
+
+    event_type: EventType | str = attrs.field(converter=_convert_event_type)
+    content: str = attrs.field(default="", converter=_convert_content)
+    metadata: Mapping[str, JSONValue] = attrs.field(
+        factory=dict, converter=_convert_metadata, hash=False
+    )
+    session_id: str | None = attrs.field(default=None, converter=_convert_session_id)
+    seq: int | None = attrs.field(default=None, converter=_convert_seq)
+    event_id: str = attrs.field(factory=_new_event_id, converter=_convert_event_id)
+    timestamp: float = attrs.field(factory=time.time, converter=_convert_timestamp)
+    _json: str | None = attrs.field(init=False, default=None, eq=False, repr=False, hash=False)
+
+    @property
+    def is_final(self) -> bool:
+        """Whether this event ends its stream (``complete`` or ``error``)."""
+        return self.event_type in _FINAL_TYPES
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the event as plain JSON-ready data (every field, nothing shared)."""
+        return json.loads(self.to_json())  # type: ignore[no-any-return]
+
+    def to_json(self) -> str:
+        """Return the event as one line of compact JSON (no raw newline inside).
+
+        The text is computed once per event and cached, so that every subscriber and
+        transport shares it.
+        """
+        text = self._json
+        if text is None:
+            text = json.dumps(
+                {
+                    "event_id": self.event_id,
+                    "event_type": self.event_type,
+                    "content": self.content,
+                    "timestamp": self.timestamp,
+                    "metadata": self.metadata,
+                    "session_id": self.session_id,
+                    "seq": self.seq,
+                },
+                ensure_ascii=False,
+                separators=(",", ":"),
+                default=_json_default,
+            )
+            object.__setattr__(self, "_json", text)
+        return text
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        """Build an event from data made by :meth:`to_dict`, checking every field.
+
+        ``event_id``, ``event_type`` and ``timestamp`` are required; ``content``,
+        ``metadata``, ``session_id`` and ``seq`` may be left out.
+
+        Raises:
+            ValidationError: ``data`` is not a mapping, lacks a required field, has an
+                unknown one, or a field has a bad value; the error names the field.
+        """
+        checked = check_mapping_keys(
+            "StreamEvent", data, required=_REQUIRED_FIELDS, allowed=_ALLOWED_FIELDS
+        )
+        return cls(**checked)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Self:
+        """Build an event from JSON made by :meth:`to_json`, checking every field.
+
+        Raises:
+            ValidationError: the text is not valid JSON (``NaN`` and ``Infinity``
+                included) or does not describe a valid event.
+        """
+        return cls.from_dict(loads_json("StreamEvent", text))
+
+
+_ALLOWED_FIELDS: Final = frozenset(
+    {"event_id", "event_type", "content", "timestamp", "metadata", "session_id", "seq"}
+)
+_REQUIRED_FIELDS: Final = frozenset({"event_id", "event_type", "timestamp"})
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def loads_json(what: str, text: str | bytes) -> Any:
+    """Parse strict JSON (no ``NaN``/``Infinity``), raising ``ValidationError`` on failure."""
+    if not isinstance(text, str | bytes | bytearray):
+        raise ValidationError(f"{what} JSON must be str or bytes, got {type_name(text)}")
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ValidationError(f"{what} is not valid JSON: {exc}") from exc
+
+
+_new = object.__new__
+_set = object.__setattr__
+
+
+def make_event(
+    event_type: EventType | str,
+    content: str = "",
+    metadata: Mapping[str, JSONValue] = _EMPTY,
+    session_id: str | None = None,
+    seq: int | None = None,
+    event_id: str | None = None,
+    timestamp: float | None = None,
+) -> StreamEvent:
+    """Build an event without validation, for values the caller knows are valid.
+
+    Internal: the streamer, the log and the backends use it on the hot path. The
+    caller guarantees what the public constructor would check, and must not keep a
+    reference to a mutable ``metadata`` it passes.
+    """
+    event = _new(StreamEvent)
+    _set(event, "event_type", event_type)
+    _set(event, "content", content)
+    _set(event, "metadata", metadata)
+    _set(event, "session_id", session_id)
+    _set(event, "seq", seq)
+    _set(event, "event_id", f"{_ID_PREFIX}-{next(_id_counter):x}" if event_id is None else event_id)
+    _set(event, "timestamp", time.time() if timestamp is None else timestamp)
+    _set(event, "_json", None)
+    return event
+
+
+def with_seq(event: StreamEvent, seq: int, session_id: str | None) -> StreamEvent:
+    """Return a copy of a valid ``event`` stamped with ``seq`` and ``session_id``."""
+    return make_event(
+        event.event_type,
+        event.content,
+        event.metadata,
+        session_id,
+        seq,
+        event.event_id,
+        event.timestamp,
+    )

@@ -1,0 +1,166 @@
+"""Small checks shared by the model, the config classes and the edges.
+
+Every check raises :class:`~streamkit.ValidationError` whose message names the field,
+what was expected and what came, so that no ``KeyError`` or ``TypeError`` from deep
+inside ever reaches a user. Checks return the (possibly normalised) value.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, TypeAlias
+
+from ._errors import ValidationError
+
+#: A JSON value as streamkit stores it: read-only mappings and tuples inside.
+JSONValue: TypeAlias = (
+    "None | bool | int | float | str | tuple[JSONValue, ...] | Mapping[str, JSONValue]"
+)
+
+_FORBIDDEN_IN_FIELDS = re.compile(r"[\r\n\x00]")
+_ID_RE = re.compile(r"[A-Za-z0-9_\-]{1,128}")
+_MAX_JSON_DEPTH = 64
+
+
+def type_name(value: object) -> str:
+    """Return the name of ``value``'s type, for error messages."""
+    return type(value).__name__
+
+
+def check_str(field: str, value: object, *, allow_empty: bool = True) -> str:
+    """Check that ``value`` is a ``str`` (and not empty unless allowed)."""
+    if not isinstance(value, str):
+        raise ValidationError(f"{field} must be a str, got {type_name(value)}", field=field)
+    if not allow_empty and not value:
+        raise ValidationError(f"{field} must not be empty", field=field)
+    return value
+
+
+def check_wire_str(field: str, value: object, *, max_len: int = 256) -> str:
+    """Check a non-empty string that may reach a wire-format field (no CR, LF or NUL)."""
+    check_str(field, value, allow_empty=False)
+    assert isinstance(value, str)
+    if _FORBIDDEN_IN_FIELDS.search(value):
+        raise ValidationError(f"{field} must not contain CR, LF or NUL, got {value!r}", field=field)
+    if len(value) > max_len:
+        raise ValidationError(
+            f"{field} must be at most {max_len} characters, got {len(value)}", field=field
+        )
+    return value
+
+
+def check_id(field: str, value: object) -> str:
+    """Check an identifier: 1 to 128 characters of ``A-Z a-z 0-9 _ -``."""
+    check_str(field, value, allow_empty=False)
+    assert isinstance(value, str)
+    if not _ID_RE.fullmatch(value):
+        raise ValidationError(
+            f"{field} must be 1 to 128 characters of A-Z, a-z, 0-9, '_' or '-', got {value!r}",
+            field=field,
+        )
+    return value
+
+
+def check_int(field: str, value: object, *, minimum: int | None = None) -> int:
+    """Check an ``int`` (``bool`` is refused) at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(f"{field} must be an int, got {type_name(value)}", field=field)
+    if minimum is not None and value < minimum:
+        raise ValidationError(f"{field} must be >= {minimum}, got {value}", field=field)
+    return value
+
+
+def check_number(
+    field: str,
+    value: object,
+    *,
+    minimum: float | None = None,
+    positive: bool = False,
+) -> float:
+    """Check a finite real number (``int`` or ``float``, not ``bool``); return it as float."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValidationError(f"{field} must be a number, got {type_name(value)}", field=field)
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValidationError(f"{field} must be finite, got {value!r}", field=field)
+    if positive and number <= 0:
+        raise ValidationError(f"{field} must be > 0, got {value!r}", field=field)
+    if minimum is not None and number < minimum:
+        raise ValidationError(f"{field} must be >= {minimum}, got {value!r}", field=field)
+    return number
+
+
+def check_bool(field: str, value: object) -> bool:
+    """Check a ``bool`` (``0`` and ``1`` are refused)."""
+    if not isinstance(value, bool):
+        raise ValidationError(f"{field} must be a bool, got {type_name(value)}", field=field)
+    return value
+
+
+def freeze_json(field: str, value: object, _depth: int = 0) -> JSONValue:
+    """Check that ``value`` is JSON-compatible and return a read-only copy of it.
+
+    Objects become read-only mappings with ``str`` keys and arrays become tuples;
+    floats must be finite. The error names the path of the offending item.
+    """
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValidationError(f"{field} must be finite, got {value!r}", field=field)
+        return value
+    if _depth >= _MAX_JSON_DEPTH:
+        raise ValidationError(f"{field} nests deeper than {_MAX_JSON_DEPTH} levels", field=field)
+    if isinstance(value, Mapping):
+        frozen: dict[str, JSONValue] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValidationError(
+                    f"{field} keys must be str, got {type_name(key)}", field=field
+                )
+            frozen[key] = freeze_json(f"{field}.{key}", item, _depth + 1)
+        return MappingProxyType(frozen)
+    if isinstance(value, list | tuple):
+        return tuple(freeze_json(f"{field}[{i}]", item, _depth + 1) for i, item in enumerate(value))
+    raise ValidationError(
+        f"{field} must be JSON-compatible, got {type_name(value)}", field=field
+    )
+
+
+def freeze_json_object(field: str, value: object) -> Mapping[str, JSONValue]:
+    """Like :func:`freeze_json`, for a value that must be a JSON object (a mapping)."""
+    if not isinstance(value, Mapping):
+        raise ValidationError(f"{field} must be a mapping, got {type_name(value)}", field=field)
+    frozen = freeze_json(field, value)
+    assert isinstance(frozen, Mapping)
+    return frozen
+
+
+def thaw_json(value: JSONValue) -> Any:
+    """Return a plain ``dict``/``list`` copy of a value made by :func:`freeze_json`."""
+    if isinstance(value, Mapping):
+        return {key: thaw_json(item) for key, item in value.items()}
+    if isinstance(value, tuple):
+        return [thaw_json(item) for item in value]
+    return value
+
+
+def check_mapping_keys(
+    what: str, data: object, *, required: frozenset[str], allowed: frozenset[str]
+) -> Mapping[str, Any]:
+    """Check that ``data`` is a mapping holding every required key and no unknown one."""
+    if not isinstance(data, Mapping):
+        raise ValidationError(f"{what} must be a mapping, got {type_name(data)}")
+    for key in data:
+        if key not in allowed:
+            raise ValidationError(
+                f"{what} has an unknown field {key!r} (allowed: {', '.join(sorted(allowed))})",
+                field=str(key),
+            )
+    for key in sorted(required):
+        if key not in data:
+            raise ValidationError(f"{what} is missing the field {key!r}", field=key)
+    return data
