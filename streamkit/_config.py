@@ -10,10 +10,9 @@ ones, so a typo in a configuration file is an error instead of a silent default.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Self
 
 import attrs
-from typing_extensions import Self
 
 from ._errors import ValidationError
 from ._validate import check_bool, check_int, check_mapping_keys, check_number
@@ -25,35 +24,38 @@ ChunkBy = Literal["token", "word", "line"]
 #: What a log does with a reader that falls more than ``max_lag`` events behind.
 SlowConsumerPolicy = Literal["disconnect", "block"]
 
-_T = TypeVar("_T")
+_Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
 
 
-def _int(name: str, minimum: int) -> Callable[[object], int]:
-    return lambda value: check_int(name, value, minimum=minimum)
+def _int(minimum: int, *, optional: bool = False) -> _Validator:
+    def validate(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if not (optional and value is None):
+            check_int(attribute.name, value, minimum=minimum)
+
+    return validate
 
 
-def _number(name: str, *, positive: bool = False) -> Callable[[object], float]:
-    return lambda value: check_number(name, value, minimum=0, positive=positive)
+def _number(*, positive: bool = False, optional: bool = False) -> _Validator:
+    def validate(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if not (optional and value is None):
+            check_number(attribute.name, value, minimum=0, positive=positive)
+
+    return validate
 
 
-def _bool(name: str) -> Callable[[object], bool]:
-    return lambda value: check_bool(name, value)
+def _bool(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    check_bool(attribute.name, value)
 
 
-def _optional(convert: Callable[[object], _T]) -> Callable[[object], _T | None]:
-    return lambda value: None if value is None else convert(value)
-
-
-def _choice(name: str, choices: tuple[str, ...]) -> Callable[[object], Any]:
-    def convert(value: object) -> Any:
+def _choice(*choices: str) -> _Validator:
+    def validate(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         if value not in choices:
             raise ValidationError(
-                f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}",
-                field=name,
+                f"{attribute.name} must be one of {', '.join(map(repr, choices))}, got {value!r}",
+                field=attribute.name,
             )
-        return value
 
-    return convert
+    return validate
 
 
 class _ConfigMixin:
@@ -70,7 +72,7 @@ class _ConfigMixin:
         Raises:
             ValidationError: a key is unknown or a value is invalid; the error names it.
         """
-        names = frozenset(field.name for field in attrs.fields(cls))  # type: ignore[misc]
+        names = frozenset(field.name for field in attrs.fields(cls))  # type: ignore[arg-type]
         checked = check_mapping_keys(cls.__name__, data, required=frozenset(), allowed=names)
         return cls(**checked)
 
@@ -111,23 +113,21 @@ class StreamConfig(_ConfigMixin):
             ``error`` event (the stall watchdog). ``None``: wait forever.
     """
 
-    chunk_size: int = attrs.field(default=5, converter=_int("chunk_size", 1))
-    stream_delay: float = attrs.field(default=0.02, converter=_number("stream_delay"))
+    chunk_size: int = attrs.field(default=5, validator=_int(1))
+    stream_delay: float = attrs.field(default=0.02, validator=_number())
     max_stream_time: float | None = attrs.field(
-        default=600.0, converter=_optional(_number("max_stream_time", positive=True))
+        default=600.0, validator=_number(positive=True, optional=True)
     )
-    enable_progressive: bool = attrs.field(default=True, converter=_bool("enable_progressive"))
-    enable_metadata: bool = attrs.field(default=True, converter=_bool("enable_metadata"))
-    compression_enabled: bool = attrs.field(default=True, converter=_bool("compression_enabled"))
+    enable_progressive: bool = attrs.field(default=True, validator=_bool)
+    enable_metadata: bool = attrs.field(default=True, validator=_bool)
+    compression_enabled: bool = attrs.field(default=True, validator=_bool)
     heartbeat_interval: float | None = attrs.field(
-        default=30.0, converter=_optional(_number("heartbeat_interval", positive=True))
+        default=30.0, validator=_number(positive=True, optional=True)
     )
-    chunk_by: ChunkBy = attrs.field(
-        default="token", converter=_choice("chunk_by", ("token", "word", "line"))
-    )
-    flush_interval: float = attrs.field(default=0.05, converter=_number("flush_interval"))
+    chunk_by: ChunkBy = attrs.field(default="token", validator=_choice("token", "word", "line"))
+    flush_interval: float = attrs.field(default=0.05, validator=_number())
     stall_timeout: float | None = attrs.field(
-        default=None, converter=_optional(_number("stall_timeout", positive=True))
+        default=None, validator=_number(positive=True, optional=True)
     )
 
 
@@ -157,37 +157,23 @@ class RegistryConfig(_ConfigMixin):
             session is cancelled (saves LLM cost). ``None``: never.
     """
 
-    max_sessions: int = attrs.field(default=100, converter=_int("max_sessions", 1))
-    session_timeout: float = attrs.field(
-        default=600.0, converter=_number("session_timeout", positive=True)
-    )
-    cleanup_interval: float = attrs.field(
-        default=60.0, converter=_number("cleanup_interval", positive=True)
-    )
+    max_sessions: int = attrs.field(default=100, validator=_int(1))
+    session_timeout: float = attrs.field(default=600.0, validator=_number(positive=True))
+    cleanup_interval: float = attrs.field(default=60.0, validator=_number(positive=True))
     heartbeat_interval: float | None = attrs.field(
-        default=30.0, converter=_optional(_number("heartbeat_interval", positive=True))
+        default=30.0, validator=_number(positive=True, optional=True)
     )
-    max_sessions_per_user: int | None = attrs.field(
-        default=None, converter=_optional(_int("max_sessions_per_user", 1))
-    )
-    max_subscribers_per_session: int = attrs.field(
-        default=1000, converter=_int("max_subscribers_per_session", 1)
-    )
-    history_max_events: int = attrs.field(
-        default=10_000, converter=_int("history_max_events", 1)
-    )
-    history_max_bytes: int = attrs.field(
-        default=16 * 1024 * 1024, converter=_int("history_max_bytes", 1)
-    )
-    max_event_bytes: int = attrs.field(default=1024 * 1024, converter=_int("max_event_bytes", 1))
+    max_sessions_per_user: int | None = attrs.field(default=None, validator=_int(1, optional=True))
+    max_subscribers_per_session: int = attrs.field(default=1000, validator=_int(1))
+    history_max_events: int = attrs.field(default=10_000, validator=_int(1))
+    history_max_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=_int(1))
+    max_event_bytes: int = attrs.field(default=1024 * 1024, validator=_int(1))
     slow_consumer_policy: SlowConsumerPolicy = attrs.field(
         default="disconnect",
-        converter=_choice("slow_consumer_policy", ("disconnect", "block")),
+        validator=_choice("disconnect", "block"),
     )
-    max_lag: int = attrs.field(default=1000, converter=_int("max_lag", 1))
-    ended_session_ttl: float = attrs.field(
-        default=300.0, converter=_number("ended_session_ttl")
-    )
+    max_lag: int = attrs.field(default=1000, validator=_int(1))
+    ended_session_ttl: float = attrs.field(default=300.0, validator=_number())
     idle_producer_grace: float | None = attrs.field(
-        default=None, converter=_optional(_number("idle_producer_grace", positive=True))
+        default=None, validator=_number(positive=True, optional=True)
     )

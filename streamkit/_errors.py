@@ -86,7 +86,7 @@ class ValidationError(StreamkitError, ValueError):
         super().__init__(message, session_id=session_id)
         self.field = field
 
-    def to_dict(self) -> dict[str, Any]:  # noqa: D102 - documented on the base
+    def to_dict(self) -> dict[str, Any]:
         body = super().to_dict()
         if self.field is not None:
             body["field"] = self.field
@@ -196,7 +196,7 @@ class HistoryGap(StreamkitError):
         self.after = after
         self.oldest_seq = oldest_seq
 
-    def to_dict(self) -> dict[str, Any]:  # noqa: D102 - documented on the base
+    def to_dict(self) -> dict[str, Any]:
         body = super().to_dict()
         body["after"] = self.after
         body["oldest_seq"] = self.oldest_seq

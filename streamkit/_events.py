@@ -16,10 +16,9 @@ import time
 from collections.abc import Mapping
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, Final, Self
 
 import attrs
-from typing_extensions import Self
 
 from ._errors import ValidationError
 from ._validate import (
@@ -242,7 +241,7 @@ _new = object.__new__
 _set = object.__setattr__
 
 
-def make_event(
+def make_event(  # noqa: PLR0917 - positional on purpose: the hot path calls it per token
     event_type: EventType | str,
     content: str = "",
     metadata: Mapping[str, JSONValue] = _EMPTY,

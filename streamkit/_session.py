@@ -18,10 +18,9 @@ import time
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, Final, Self
 
 import attrs
-from typing_extensions import Self
 
 from ._errors import InvalidTransition, ValidationError
 from ._events import StreamEvent, loads_json
@@ -109,7 +108,7 @@ def _convert_state(value: object) -> SessionState:
     if isinstance(value, SessionState):
         return value
     try:
-        return SessionState(value)
+        return SessionState(value)  # type: ignore[arg-type]
     except ValueError:
         known = ", ".join(s.value for s in SessionState)
         raise ValidationError(
@@ -157,6 +156,7 @@ class _EventsView(Sequence[StreamEvent]):
     """A read-only, live view of the events a log retains (made by the registry)."""
 
     __slots__ = ("_events",)
+    __hash__ = None  # type: ignore[assignment]  # a live view has no stable hash
 
     def __init__(self, events: Sequence[StreamEvent]) -> None:
         self._events = events

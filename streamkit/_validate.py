@@ -17,7 +17,7 @@ from ._errors import ValidationError
 
 #: A JSON value as streamkit stores it: read-only mappings and tuples inside.
 JSONValue: TypeAlias = (
-    "None | bool | int | float | str | tuple[JSONValue, ...] | Mapping[str, JSONValue]"
+    "bool | int | float | str | tuple[JSONValue, ...] | Mapping[str, JSONValue] | None"
 )
 
 _FORBIDDEN_IN_FIELDS = re.compile(r"[\r\n\x00]")
@@ -125,9 +125,7 @@ def freeze_json(field: str, value: object, _depth: int = 0) -> JSONValue:
         return MappingProxyType(frozen)
     if isinstance(value, list | tuple):
         return tuple(freeze_json(f"{field}[{i}]", item, _depth + 1) for i, item in enumerate(value))
-    raise ValidationError(
-        f"{field} must be JSON-compatible, got {type_name(value)}", field=field
-    )
+    raise ValidationError(f"{field} must be JSON-compatible, got {type_name(value)}", field=field)
 
 
 def freeze_json_object(field: str, value: object) -> Mapping[str, JSONValue]:
