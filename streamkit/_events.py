@@ -238,7 +238,18 @@ def loads_json(what: str, text: str | bytes) -> Any:
 
 
 _new = object.__new__
-_set = object.__setattr__
+# The slots' own setters: twice as fast as object.__setattr__ by name, and they bypass
+# the frozen class's __setattr__ just the same.
+_slot = {name: getattr(StreamEvent, name).__set__ for name in StreamEvent.__slots__}  # type: ignore[attr-defined]
+_set_type = _slot["event_type"]
+_set_content = _slot["content"]
+_set_metadata = _slot["metadata"]
+_set_session = _slot["session_id"]
+_set_seq = _slot["seq"]
+_set_id = _slot["event_id"]
+_set_time = _slot["timestamp"]
+_set_json = _slot["_json"]
+_clock = time.time
 
 
 def make_event(  # noqa: PLR0917 - positional on purpose: the hot path calls it per token
@@ -257,14 +268,14 @@ def make_event(  # noqa: PLR0917 - positional on purpose: the hot path calls it 
     reference to a mutable ``metadata`` it passes.
     """
     event = _new(StreamEvent)
-    _set(event, "event_type", event_type)
-    _set(event, "content", content)
-    _set(event, "metadata", metadata)
-    _set(event, "session_id", session_id)
-    _set(event, "seq", seq)
-    _set(event, "event_id", f"{_ID_PREFIX}-{next(_id_counter):x}" if event_id is None else event_id)
-    _set(event, "timestamp", time.time() if timestamp is None else timestamp)
-    _set(event, "_json", None)
+    _set_type(event, event_type)
+    _set_content(event, content)
+    _set_metadata(event, metadata)
+    _set_session(event, session_id)
+    _set_seq(event, seq)
+    _set_id(event, f"{_ID_PREFIX}-{next(_id_counter):x}" if event_id is None else event_id)
+    _set_time(event, _clock() if timestamp is None else timestamp)
+    _set_json(event, None)
     return event
 
 
