@@ -35,6 +35,10 @@ from ._version import __version__ as __version__
 
 # -- streamer (issue 4) --------------------------------------------------------
 # -- log and registry (issue 5) ------------------------------------------------
+# -- wire formats (issue 6) ---------------------------------------------------
+# isort: split
+from . import ndjson as ndjson
+from . import sse as sse
 
 __all__ = [
     "TRANSITIONS",
@@ -61,7 +65,9 @@ __all__ = [
     "ValidationError",
     "__version__",
     "check_transition",
+    "ndjson",
     "new_session_id",
+    "sse",
 ]
 
 # Show public objects as streamkit.X in reprs, tracebacks and docs.
