@@ -34,6 +34,13 @@ from ._session import new_session_id as new_session_id
 from ._version import __version__ as __version__
 
 # -- streamer (issue 4) --------------------------------------------------------
+# isort: split
+from . import sources as sources
+from ._streamer import StreamOutcome as StreamOutcome
+from ._streamer import StreamStats as StreamStats
+from ._streamer import TokenStream as TokenStream
+from ._streamer import stream_tokens as stream_tokens
+
 # -- log and registry (issue 5) ------------------------------------------------
 # -- wire formats (issue 6) ---------------------------------------------------
 # isort: split
@@ -59,15 +66,20 @@ __all__ = [
     "SlowConsumerPolicy",
     "StreamConfig",
     "StreamEvent",
+    "StreamOutcome",
     "StreamSession",
+    "StreamStats",
     "StreamkitError",
     "SubscriberLagged",
+    "TokenStream",
     "ValidationError",
     "__version__",
     "check_transition",
     "ndjson",
     "new_session_id",
+    "sources",
     "sse",
+    "stream_tokens",
 ]
 
 # Show public objects as streamkit.X in reprs, tracebacks and docs.

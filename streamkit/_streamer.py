@@ -1,0 +1,1136 @@
+"""stream_tokens: turn any producer of text into a well-behaved stream of events.
+
+Rules of this module:
+
+* A stream is ``start``, then ``token`` events, then exactly one final event
+  (``complete`` or ``error``). The ``content`` of the ``token`` events, concatenated,
+  is exactly the text the source produced: the chunker only ever cuts between
+  characters, never drops or repeats one, and holds back a trailing high surrogate
+  and incomplete UTF-8 bytes until the rest arrives.
+* Cancellation is never swallowed and never becomes an ``error`` event. A
+  cancellation or an error inside ``__anext__`` closes the stream and its source.
+* No task switch per token on the fast path, and no cancel scope per token.
+
+Where the source runs (the reason for the three modes):
+
+* A sync iterable runs in a dedicated daemon thread that feeds a bounded buffer, so
+  a blocking model never blocks the event loop. Closing the stream sets a stop flag
+  the thread checks after every item: it closes the iterator and exits at its next
+  item. The thread never holds a reference to the stream, so a stream dropped
+  without ``aclose`` stops its thread when it is garbage collected.
+* An async iterable inside ``async with`` runs in a producer task of the stream's
+  own task group, feeding the same kind of buffer. The consumer waits on the
+  *buffer* under a cancel scope (never on the source), so timers (flush, heartbeat,
+  stall, deadline) fire while the source is silent and no item is ever lost to a
+  timeout. One wake-up per batch of items, not per item.
+* An async iterable iterated without ``async with`` is pulled in the consumer's own
+  task: a task group held across the consumer's ``async for`` would corrupt the
+  cancel-scope stack if the loop were left with ``break``, so there is no task to
+  wait in. The pull is started by hand (``send(None)``): a source that has its
+  next item ready costs no scope and no timer at all; only a pull that would block
+  is awaited under a cancel scope for the deadline and the stall watchdog (both of
+  which end the stream, so cancelling the source there loses nothing). Heartbeats
+  cannot be sent while the consumer's own task waits in the source: use
+  ``async with`` for them.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextvars
+import itertools
+import math
+import re
+import threading
+import types
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Final, Literal, Self, TypeAlias
+
+import anyio
+import anyio.lowlevel
+import attrs
+
+from ._config import StreamConfig
+from ._errors import ClosedError, ValidationError
+from ._events import EventType, StreamEvent, make_event
+from ._validate import JSONValue, check_id, type_name
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from anyio.abc import TaskGroup
+
+__all__ = ["StreamOutcome", "StreamStats", "TokenSource", "TokenStream", "stream_tokens"]
+
+#: What :func:`stream_tokens` accepts: text (or UTF-8 bytes) from an async or a sync
+#: iterable.
+TokenSource: TypeAlias = AsyncIterable[str] | AsyncIterable[bytes] | Iterable[str] | Iterable[bytes]
+#: How a stream ended: ``completed`` (the source ran out), ``deadline``
+#: (``max_stream_time`` passed), ``error`` (the source failed or stalled, or yielded
+#: a bad item) or ``closed`` (the consumer closed it or was cancelled before the end).
+StreamOutcome = Literal["completed", "deadline", "error", "closed"]
+
+# Items a source may run ahead of the consumer (per buffer; the chunker's output is
+# bounded by the same figure because the buffer is only drained when it is empty).
+_BUFFER_ITEMS: Final = 256
+# Seconds a source's aclose() (or the producer task's exit) may take before the
+# stream stops waiting for it; closing is shielded from cancellation, so it is bounded.
+_CLOSE_TIMEOUT: Final = 5.0
+# Error messages on error events are cut to this many characters.
+_MAX_MESSAGE: Final = 1000
+
+_NEW: Final = 0
+_RUNNING: Final = 1
+_FINISHING: Final = 2
+_DONE: Final = 3
+
+_EMPTY: Final[Mapping[str, JSONValue]] = MappingProxyType({})
+_WORD_END: Final = re.compile(r"(?<=\S)\s")
+_thread_ids = itertools.count(1)
+
+
+def _round(value: float) -> float:
+    return round(value, 6)
+
+
+@attrs.frozen(kw_only=True)
+class StreamStats:
+    """Figures about one stream, live while it runs and final once it has ended.
+
+    Times are in seconds on anyio's clock, measured from the ``start`` event.
+
+    Attributes:
+        tokens: Pieces of text received from the source (empty pieces not counted).
+        chunks: ``token`` events emitted.
+        characters: Characters emitted in ``token`` events.
+        heartbeats: ``heartbeat`` events emitted.
+        time_to_first_token: From the start to the first ``token`` event, or ``None``
+            before there is one.
+        mean_inter_token_latency: Mean time between consecutive ``token`` events, or
+            ``None`` before there are two.
+        max_inter_token_latency: Longest time between consecutive ``token`` events, or
+            ``None`` before there are two.
+        tokens_per_second: ``tokens`` divided by ``duration`` (``0.0`` at first).
+        duration: From the start to now, or to the final event once the stream ended.
+    """
+
+    tokens: int = 0
+    chunks: int = 0
+    characters: int = 0
+    heartbeats: int = 0
+    time_to_first_token: float | None = None
+    mean_inter_token_latency: float | None = None
+    max_inter_token_latency: float | None = None
+    tokens_per_second: float = 0.0
+    duration: float = 0.0
+
+    def to_dict(self) -> dict[str, JSONValue]:
+        """Return the figures as JSON-ready data (floats rounded to microseconds)."""
+        return {
+            "tokens": self.tokens,
+            "chunks": self.chunks,
+            "characters": self.characters,
+            "heartbeats": self.heartbeats,
+            "time_to_first_token": _maybe_round(self.time_to_first_token),
+            "mean_inter_token_latency": _maybe_round(self.mean_inter_token_latency),
+            "max_inter_token_latency": _maybe_round(self.max_inter_token_latency),
+            "tokens_per_second": _round(self.tokens_per_second),
+            "duration": _round(self.duration),
+        }
+
+
+def _maybe_round(value: float | None) -> float | None:
+    return None if value is None else _round(value)
+
+
+# --- chunking -------------------------------------------------------------------------
+
+
+class _Chunker:
+    r"""Cuts text into chunks of at most ``size`` units, appending them to ``out``.
+
+    Units: source pieces (``token``), words with their leading whitespace (``word``)
+    or lines with their ``\\n`` (``line``); ``whole`` keeps everything for one final
+    chunk. A chunk is cut as soon as it holds ``size`` complete units; ``flush``
+    sends the partial rest. Cuts fall between characters only: lossless.
+    """
+
+    __slots__ = ("_by", "_in_word", "_parts", "_size", "_units", "feed", "out")
+
+    def __init__(self, out: deque[str], size: int, by: str) -> None:
+        self.out = out
+        self._size = size
+        self._by = by
+        self._parts: list[str] = []
+        self._units = 0
+        self._in_word = False
+        self.feed: Callable[[str], None]
+        if by == "whole":
+            self.feed = self._parts.append
+        elif by == "token":
+            self.feed = self.out.append if size == 1 else self._feed_token
+        else:
+            self.feed = self._feed_cuts
+
+    @property
+    def has_partial(self) -> bool:
+        return bool(self._parts)
+
+    def flush(self) -> None:
+        parts = self._parts
+        if parts:
+            self.out.append(parts[0] if len(parts) == 1 else "".join(parts))
+            parts.clear()
+        self._units = 0
+
+    def _feed_token(self, text: str) -> None:
+        parts = self._parts
+        parts.append(text)
+        if len(parts) >= self._size:
+            self.out.append("".join(parts))
+            parts.clear()
+
+    def _cuts(self, text: str) -> Iterator[int]:
+        """Yield the positions in ``text`` where a unit ends (exclusive), in order."""
+        if self._by == "word":
+            if self._in_word and text[0].isspace():
+                yield 0
+            for match in _WORD_END.finditer(text):
+                yield match.start()
+            self._in_word = not text[-1].isspace()
+        else:
+            pos = text.find("\n")
+            while pos >= 0:
+                yield pos + 1
+                pos = text.find("\n", pos + 1)
+
+    def _feed_cuts(self, text: str) -> None:
+        size = self._size
+        parts = self._parts
+        units = self._units
+        start = 0
+        for cut in self._cuts(text):
+            units += 1
+            if units == size:
+                piece = text[start:cut]
+                if parts:
+                    parts.append(piece)
+                    piece = "".join(parts)
+                    parts.clear()
+                if piece:
+                    self.out.append(piece)
+                start = cut
+                units = 0
+        if start < len(text):
+            parts.append(text[start:] if start else text)
+        self._units = units
+
+
+# --- feeds: where a buffered source's items wait for the consumer ---------------------
+
+
+class _TaskFeed:
+    """Buffer between the producer task (async source) and the consumer."""
+
+    __slots__ = ("close_error", "closed", "done", "error", "items", "space", "waiter")
+
+    def __init__(self) -> None:
+        self.items: deque[object] = deque()
+        self.done = False
+        self.error: BaseException | None = None
+        self.close_error: Exception | None = None
+        self.waiter: anyio.Event | None = None
+        self.space: anyio.Event | None = None
+        self.closed = anyio.Event()
+
+    def take(self) -> deque[object] | None:
+        items = self.items
+        if not items:
+            return None
+        self.items = deque()
+        space = self.space
+        if space is not None:
+            self.space = None
+            space.set()
+        return items
+
+    async def wait(self, deadline: float) -> None:
+        waiter = self.waiter = anyio.Event()
+        try:
+            with anyio.CancelScope(deadline=deadline):
+                await waiter.wait()
+        finally:
+            self.waiter = None
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            waiter.set()
+
+    def finish(self, error: BaseException | None) -> None:
+        self.done = True
+        self.error = error
+        self.wake()
+
+
+class _ThreadFeed:
+    """A daemon thread iterating a sync source into a bounded buffer.
+
+    The thread holds this object only, never the stream. It wakes a waiting consumer
+    through the event loop token; once stopped it never calls into the event
+    loop again, closes the iterator and exits at its next item.
+    """
+
+    __slots__ = (
+        "_iterator",
+        "_lock",
+        "_space",
+        "_token",
+        "close_error",
+        "done",
+        "error",
+        "items",
+        "stopped",
+        "thread",
+        "waiter",
+    )
+
+    def __init__(self, iterator: Iterator[object], token: anyio.lowlevel.EventLoopToken) -> None:
+        self._iterator = iterator
+        self._token = token
+        # Reentrant: the stream's __del__ calls stop(), and garbage collection can run
+        # it in the source thread while that thread holds the lock.
+        self._lock = threading.RLock()
+        self._space = threading.Condition(self._lock)
+        self.items: deque[object] = deque()
+        self.done = False
+        self.error: BaseException | None = None
+        self.close_error: Exception | None = None
+        self.stopped = False
+        self.waiter: anyio.Event | None = None
+        context = contextvars.copy_context()
+        self.thread = threading.Thread(
+            target=context.run,
+            args=(self._run,),
+            name=f"streamkit-source-{next(_thread_ids)}",
+            daemon=True,
+        )
+
+    # consumer side (event loop thread)
+
+    def take(self) -> deque[object] | None:
+        with self._lock:
+            items = self.items
+            if not items:
+                return None
+            self.items = deque()
+            self._space.notify()
+        return items
+
+    async def wait(self, deadline: float) -> None:
+        with self._lock:
+            if self.items or self.done:
+                return
+            waiter = self.waiter = anyio.Event()
+        try:
+            with anyio.CancelScope(deadline=deadline):
+                await waiter.wait()
+        finally:
+            with self._lock:
+                if self.waiter is waiter:
+                    self.waiter = None
+
+    def stop(self) -> None:
+        with self._lock:
+            self.stopped = True
+            self.waiter = None
+            self._space.notify_all()
+
+    # producer side (the source thread)
+
+    def _signal(self, waiter: anyio.Event) -> None:
+        # Not anyio.from_thread.run_sync: it would block this thread until the loop
+        # ran the call, so the thread and the consumer would take turns one item at
+        # a time. Scheduling without waiting lets the thread go on filling the batch.
+        token = self._token
+        try:
+            token.backend_class.run_sync_soon(waiter.set, (), token.native_token)
+        except RuntimeError:  # the event loop has finished: nobody is listening
+            self.stop()
+
+    def _put(self, item: object) -> bool:
+        with self._lock:
+            if self.stopped:
+                return False
+            items = self.items
+            items.append(item)
+            waiter = self.waiter
+            self.waiter = None
+            full = len(items) >= _BUFFER_ITEMS
+        if waiter is not None:
+            self._signal(waiter)
+        if full:
+            with self._lock:
+                while len(self.items) >= _BUFFER_ITEMS and not self.stopped:
+                    self._space.wait()
+        return not self.stopped
+
+    def _finish(self, error: BaseException | None) -> None:
+        with self._lock:
+            if self.stopped:
+                return
+            self.done = True
+            self.error = error
+            waiter = self.waiter
+            self.waiter = None
+        if waiter is not None:
+            self._signal(waiter)
+
+    def _run(self) -> None:
+        iterator = self._iterator
+        try:
+            while not self.stopped:
+                try:
+                    item = next(iterator)
+                except StopIteration:
+                    self._finish(None)
+                    return
+                except BaseException as exc:  # a thread has nowhere else to report it
+                    self._finish(exc)
+                    return
+                if not self._put(item):
+                    return
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception as exc:
+                    self.close_error = exc
+            del iterator, self._iterator
+
+
+# --- the stream -----------------------------------------------------------------------
+
+
+class TokenStream:
+    """The events of one stream, made by :func:`stream_tokens`.
+
+    An async iterator of :class:`~streamkit.StreamEvent` and an async context manager.
+    Iterate it directly, or inside ``async with`` (recommended, and what transports do):
+    there the source runs in a task of the stream's own, so heartbeats and the flush of
+    a partial chunk also happen while an async source is silent, and leaving the block
+    closes the source. Without ``async with``, close the stream with :meth:`aclose`
+    when you stop early.
+
+    Iterate it from one task at a time.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_anext",
+        "_busy",
+        "_chars",
+        "_chunk_by",
+        "_chunker",
+        "_chunks",
+        "_deadline",
+        "_decoder",
+        "_entered",
+        "_exception",
+        "_fast",
+        "_feed",
+        "_final_stats",
+        "_first_token_at",
+        "_flush",
+        "_heartbeat",
+        "_heartbeats",
+        "_held",
+        "_items",
+        "_iterator",
+        "_itl_max",
+        "_itl_sum",
+        "_last_beat",
+        "_last_input",
+        "_last_token_at",
+        "_max_time",
+        "_metadata",
+        "_next_emit",
+        "_out",
+        "_outcome",
+        "_paced",
+        "_phase",
+        "_producer_scope",
+        "_progressive",
+        "_raise_on_error",
+        "_raised",
+        "_session_id",
+        "_slow",
+        "_source",
+        "_stall",
+        "_started_at",
+        "_stream_delay",
+        "_sync",
+        "_tg",
+        "_tokens",
+    )
+
+    def __init__(
+        self,
+        source: object,
+        iterator: AsyncIterator[object] | Iterator[object],
+        config: StreamConfig,
+        session_id: str | None,
+        raise_on_error: bool,
+    ) -> None:
+        # Use stream_tokens(): it validates what this trusts.
+        self._source = source
+        self._iterator: Any = iterator
+        self._sync = not hasattr(iterator, "__anext__")
+        self._session_id = session_id
+        self._raise_on_error = raise_on_error
+        self._stream_delay = config.stream_delay
+        self._max_time = config.max_stream_time
+        self._progressive = config.enable_progressive
+        self._metadata = config.enable_metadata
+        self._heartbeat = config.heartbeat_interval
+        self._chunk_by = config.chunk_by
+        self._flush = config.flush_interval
+        self._stall = config.stall_timeout
+        self._out: deque[str] = deque()
+        self._chunker = _Chunker(
+            self._out, config.chunk_size, config.chunk_by if config.enable_progressive else "whole"
+        )
+        self._phase = _NEW
+        self._fast = False
+        self._paced = config.stream_delay > 0
+        self._busy = False
+        self._entered = False
+        self._tg: TaskGroup | None = None
+        self._feed: _TaskFeed | _ThreadFeed | None = None
+        self._producer_scope: anyio.CancelScope | None = None
+        self._anext: Callable[[], Any] | None = None
+        self._decoder: codecs.IncrementalDecoder | None = None
+        self._held = ""
+        self._slow = False
+        self._outcome: StreamOutcome | None = None
+        self._exception: BaseException | None = None
+        self._raised = False
+        self._final_stats: StreamStats | None = None
+        self._items = 0
+        self._tokens = 0
+        self._chunks = 0
+        self._chars = 0
+        self._heartbeats = 0
+        self._started_at = 0.0
+        self._deadline = math.inf
+        self._last_input = 0.0
+        self._last_beat = 0.0
+        self._next_emit = -math.inf
+        self._first_token_at: float | None = None
+        self._last_token_at: float | None = None
+        self._itl_sum = 0.0
+        self._itl_max = 0.0
+
+    def __repr__(self) -> str:
+        state = ("new", "running", "finishing", "ended")[self._phase]
+        return (
+            f"<streamkit.TokenStream {state} outcome={self._outcome!r} "
+            f"session_id={self._session_id!r}>"
+        )
+
+    def __del__(self) -> None:
+        # A stream dropped without aclose() (``break`` out of ``async for``) must not
+        # leave its source thread behind: it exits at its next item.
+        feed = getattr(self, "_feed", None)
+        if isinstance(feed, _ThreadFeed):
+            feed.stop()
+
+    # --- public surface ---------------------------------------------------------------
+
+    @property
+    def stats(self) -> StreamStats:
+        """The figures so far: live while the stream runs, final once it has ended.
+
+        Raises:
+            anyio.NoEventLoopError: read outside the event loop while the stream runs.
+        """
+        final = self._final_stats
+        if final is not None:
+            return final
+        if self._phase == _NEW:
+            return StreamStats()
+        return self._make_stats(anyio.current_time())
+
+    @property
+    def outcome(self) -> StreamOutcome | None:
+        """How the stream ended, or ``None`` while it has not."""
+        return self._outcome
+
+    @property
+    def exception(self) -> BaseException | None:
+        """The exception behind an ``error`` outcome, or ``None``.
+
+        The source's own exception, a :class:`~streamkit.ValidationError` for a bad
+        item, or a ``TimeoutError`` from the stall watchdog.
+        """
+        return self._exception
+
+    @property
+    def session_id(self) -> str | None:
+        """The session id put on every event, if any."""
+        return self._session_id
+
+    async def __aenter__(self) -> Self:
+        """Own the stream: an async source runs in a task of the stream's own.
+
+        Raises:
+            ClosedError: the stream was already closed.
+            RuntimeError: the stream was already entered or iterated.
+        """
+        if self._phase == _DONE:
+            raise ClosedError("the stream is closed", session_id=self._session_id)
+        if self._entered or self._phase != _NEW:
+            raise RuntimeError("enter the stream with `async with` once, before iterating it")
+        self._entered = True
+        if not self._sync:
+            tg = anyio.create_task_group()
+            await tg.__aenter__()
+            self._tg = tg
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> bool | None:
+        tg = self._tg
+        if tg is None:
+            await self.aclose()
+            return None
+        self._tg = None
+        try:
+            await self.aclose()  # the producer task has ended when this returns
+        finally:
+            # The body's own exception is not handed to the task group, which would
+            # wrap it in an ExceptionGroup: the group has no task left to fail.
+            # Cancellation is, so that the group sees it as its own when it is.
+            if exc is not None and isinstance(exc, anyio.get_cancelled_exc_class()):
+                await tg.__aexit__(exc_type, exc, tb)
+            else:
+                await tg.__aexit__(None, None, None)
+        return None
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> StreamEvent:
+        """Return the next event.
+
+        Raises:
+            StopAsyncIteration: after the final event (or once closed).
+            anyio.BusyResourceError: another task is iterating the stream.
+            BaseException: the source's exception after the ``error`` event, when the
+                stream was made with ``raise_on_error=True``.
+        """
+        out = self._out
+        if out and self._fast:
+            return self._token_event(out.popleft(), anyio.current_time())
+        if self._busy:
+            raise anyio.BusyResourceError("iterating")
+        self._busy = True
+        try:
+            return await self._advance()
+        except StopAsyncIteration:
+            raise
+        except BaseException:
+            if self._phase != _DONE:
+                await self._abort()
+            raise
+        finally:
+            self._busy = False
+
+    async def aclose(self) -> None:
+        """Close the stream and its source; idempotent.
+
+        An async source's ``aclose()`` runs (bounded and shielded from cancellation); a
+        sync source's thread stops at its next item and closes the iterator. No event
+        is emitted.
+
+        Raises:
+            anyio.BusyResourceError: another task is iterating the stream (cancel that
+                task instead).
+        """
+        if self._phase == _DONE:
+            return
+        if self._busy:
+            raise anyio.BusyResourceError("iterating")
+        await self._abort()
+
+    # --- internals --------------------------------------------------------------------
+
+    def _make_stats(self, now: float) -> StreamStats:
+        duration = now - self._started_at
+        first = self._first_token_at
+        gaps = self._chunks - 1
+        return StreamStats(
+            tokens=self._tokens,
+            chunks=self._chunks,
+            characters=self._chars,
+            heartbeats=self._heartbeats,
+            time_to_first_token=None if first is None else first - self._started_at,
+            mean_inter_token_latency=self._itl_sum / gaps if gaps > 0 else None,
+            max_inter_token_latency=self._itl_max if gaps > 0 else None,
+            tokens_per_second=self._tokens / duration if duration > 0 else 0.0,
+            duration=duration,
+        )
+
+    def _token_event(self, text: str, now: float) -> StreamEvent:
+        index = self._chunks
+        self._chunks = index + 1
+        self._chars += len(text)
+        last = self._last_token_at
+        if last is None:
+            self._first_token_at = now
+        else:
+            gap = now - last
+            self._itl_sum += gap
+            self._itl_max = max(self._itl_max, gap)
+        self._last_token_at = now
+        if now >= self._deadline:
+            self._fast = False
+        if self._metadata:
+            metadata: Mapping[str, JSONValue] = MappingProxyType(
+                {"index": index, "elapsed": round(now - self._started_at, 6)}
+            )
+        else:
+            metadata = _EMPTY
+        return make_event(EventType.TOKEN, text, metadata, self._session_id)
+
+    def _start(self) -> StreamEvent:
+        now = anyio.current_time()
+        self._started_at = self._last_input = self._last_beat = now
+        if self._max_time is not None:
+            self._deadline = now + self._max_time
+        self._phase = _RUNNING
+        self._fast = not self._paced
+        if self._sync:
+            feed = _ThreadFeed(self._iterator, anyio.lowlevel.current_token())
+            self._feed = feed
+            self._iterator = None  # the thread owns it now
+            feed.thread.start()
+        elif self._tg is not None:
+            task_feed = _TaskFeed()
+            self._feed = task_feed
+            scope = self._producer_scope = anyio.CancelScope()
+            self._tg.start_soon(self._produce, scope, task_feed, name="streamkit producer")
+        else:
+            self._anext = self._iterator.__anext__
+        return make_event(EventType.START, "", _EMPTY, self._session_id)
+
+    async def _advance(self) -> StreamEvent:
+        while True:
+            phase = self._phase
+            if phase == _RUNNING:
+                now = anyio.current_time()
+                if now >= self._deadline:
+                    await self._finish("deadline")
+                    continue
+                if self._out:
+                    if self._paced:
+                        if not await self._pace(now):
+                            continue
+                        now = anyio.current_time()
+                    return self._token_event(self._out.popleft(), now)
+                if self._anext is not None:
+                    now = await self._fill_direct()
+                    if self._out and self._fast:
+                        return self._token_event(self._out.popleft(), now)
+                else:
+                    beat = await self._fill_buffered()
+                    if beat is not None:
+                        return beat
+            elif phase == _FINISHING:
+                if self._out:
+                    if self._paced:
+                        await self._pace(anyio.current_time())
+                    return self._token_event(self._out.popleft(), anyio.current_time())
+                return self._final_event()
+            elif phase == _NEW:
+                return self._start()
+            else:
+                exc = self._exception
+                if self._raise_on_error and exc is not None and not self._raised:
+                    self._raised = True
+                    raise exc
+                raise StopAsyncIteration
+
+    async def _pace(self, now: float) -> bool:
+        """Wait for the next chunk's slot; ``False`` if the deadline came first."""
+        target = self._next_emit
+        if now < target:
+            await anyio.sleep_until(min(target, self._deadline))
+            if self._phase == _RUNNING and anyio.current_time() >= self._deadline:
+                return False
+        else:
+            target = now  # late (slow source): restart the schedule, never burst
+        self._next_emit = target + self._stream_delay
+        return True
+
+    def _accept(self, item: object) -> bool:
+        """Take one source item into the chunker; ``False`` (and an error) if invalid."""
+        index = self._items
+        self._items = index + 1
+        if type(item) is str:
+            text = item
+        elif isinstance(item, str):
+            text = str(item)
+        elif isinstance(item, bytes | bytearray):
+            decoder = self._decoder
+            if decoder is None:
+                decoder = self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+            text = decoder.decode(item)
+        else:
+            self._exception = ValidationError(
+                f"source item {index} must be str or bytes, got {type_name(item)}",
+                field="source",
+                session_id=self._session_id,
+            )
+            return False
+        if self._held:
+            text = self._held + text
+            self._held = ""
+        if text:
+            if "\ud800" <= text[-1] <= "\udbff":  # keep a surrogate pair together
+                self._held = text[-1]
+                text = text[:-1]
+                if not text:
+                    return True
+            self._tokens += 1
+            self._chunker.feed(text)
+        return True
+
+    async def _fill_buffered(self) -> StreamEvent | None:
+        """Move source items into chunks, or wait for them while running the timers.
+
+        Returns a heartbeat event when one is due; otherwise returns once there is a
+        chunk to send or the stream is finishing.
+        """
+        feed = self._feed
+        assert feed is not None
+        chunker = self._chunker
+        while True:
+            done = feed.done
+            items = feed.take()
+            if items is not None:
+                self._last_input = anyio.current_time()
+                accept = self._accept
+                for item in items:
+                    if not accept(item):
+                        await self._finish("error")
+                        return None
+                if self._out:
+                    return None
+            if done:
+                self._exception = feed.error
+                await self._finish("completed" if feed.error is None else "error")
+                return None
+            now = anyio.current_time()
+            wake = self._deadline
+            if now >= wake:
+                await self._finish("deadline")
+                return None
+            if self._progressive and chunker.has_partial:
+                at = self._last_input + self._flush
+                if now >= at:
+                    chunker.flush()
+                    return None
+                wake = min(wake, at)
+            if self._heartbeat is not None:
+                at = max(self._last_input, self._last_beat) + self._heartbeat
+                if now >= at:
+                    self._last_beat = now
+                    self._heartbeats += 1
+                    return make_event(EventType.HEARTBEAT, "", _EMPTY, self._session_id)
+                wake = min(wake, at)
+            if self._stall is not None:
+                at = self._last_input + self._stall
+                if now >= at:
+                    self._stalled()
+                    await self._finish("error")
+                    return None
+                wake = min(wake, at)
+            await feed.wait(wake)
+
+    def _stalled(self) -> None:
+        self._exception = TimeoutError(
+            f"the source was silent for {self._stall:g} s (stall_timeout)"
+        )
+
+    async def _fill_direct(self) -> float:
+        """Pull the source in this task until there is a chunk to send or it ends.
+
+        Returns the time of the last pull.
+        """
+        anext = self._anext
+        assert anext is not None
+        chunker = self._chunker
+        out = self._out
+        while True:
+            began = anyio.current_time()
+            if self._slow and self._progressive and chunker.has_partial:
+                chunker.flush()  # the source is slow: do not hold its text back
+                return began
+            limit = self._deadline
+            if self._stall is not None:
+                limit = min(limit, began + self._stall)
+            try:
+                if limit == math.inf:
+                    item = await anext()
+                else:
+                    with anyio.CancelScope(deadline=limit) as scope:
+                        item = await anext()
+                    if scope.cancelled_caught:
+                        if anyio.current_time() >= self._deadline:
+                            await self._finish("deadline")
+                        else:
+                            self._stalled()
+                            await self._finish("error")
+                        return began
+            except StopAsyncIteration:
+                await self._finish("completed")
+                return began
+            except Exception as exc:
+                self._exception = exc
+                await self._finish("error")
+                return began
+            now = anyio.current_time()
+            self._slow = now - began > self._flush
+            if not self._accept(item):
+                await self._finish("error")
+            elif not out and now < self._deadline:
+                continue
+            return now
+
+    async def _produce(self, scope: anyio.CancelScope, feed: _TaskFeed) -> None:
+        """The producer task (``async with`` mode): source items into the feed."""
+        iterator = self._iterator
+        anext = iterator.__anext__
+        try:
+            with scope:
+                try:
+                    while True:
+                        item = await anext()
+                        items = feed.items
+                        items.append(item)
+                        if feed.waiter is not None:
+                            feed.wake()
+                        if len(items) >= _BUFFER_ITEMS:
+                            space = feed.space = anyio.Event()
+                            await space.wait()
+                except StopAsyncIteration:
+                    feed.finish(None)
+                except Exception as exc:
+                    feed.finish(exc)
+        finally:
+            try:
+                feed.close_error = await self._close_async_source(iterator)
+            finally:
+                feed.closed.set()
+
+    async def _close_async_source(self, iterator: Any) -> Exception | None:
+        """Run the source's ``aclose()`` (and the iterable's, if it is another object)."""
+        error: Exception | None = None
+        with anyio.move_on_after(_CLOSE_TIMEOUT, shield=True):
+            for obj in (iterator, self._source) if self._source is not iterator else (iterator,):
+                aclose = getattr(obj, "aclose", None)
+                if aclose is None:
+                    continue
+                try:
+                    await aclose()
+                except Exception as exc:
+                    error = error or exc
+        return error
+
+    async def _close_source(self) -> Exception | None:
+        """Stop the source wherever it runs; return an exception its closing raised."""
+        feed = self._feed
+        if isinstance(feed, _ThreadFeed):
+            feed.stop()
+            return feed.close_error
+        if isinstance(feed, _TaskFeed):
+            assert self._producer_scope is not None
+            self._producer_scope.cancel()
+            with anyio.move_on_after(_CLOSE_TIMEOUT + 1, shield=True):
+                await feed.closed.wait()
+            return feed.close_error
+        iterator = self._iterator
+        if iterator is None:
+            return None
+        self._iterator = None
+        if self._sync:  # never started: no thread to stop
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception as exc:
+                    return exc
+            return None
+        return await self._close_async_source(iterator)
+
+    async def _finish(self, outcome: StreamOutcome) -> None:
+        """Close the source, flush what it produced, and queue the final event."""
+        self._phase = _FINISHING
+        self._fast = False
+        if outcome != "completed":
+            self._paced = False  # the end is due now: no more pacing
+        close_error = await self._close_source()
+        if close_error is not None and self._exception is None:
+            self._exception = close_error
+            outcome = "error"
+        self._outcome = outcome
+        feed = self._feed
+        if outcome == "deadline" and feed is not None:
+            # What the source produced before the deadline is still delivered.
+            items = feed.take()
+            if items is not None:
+                for item in items:
+                    if not self._accept(item):
+                        self._outcome = "error"
+                        break
+        if self._decoder is not None:
+            tail = self._decoder.decode(b"", final=True)
+            if tail:
+                self._tokens += 1
+                self._chunker.feed(tail)
+        if self._held:
+            self._tokens += 1
+            self._chunker.feed(self._held)
+            self._held = ""
+        self._chunker.flush()
+
+    def _final_event(self) -> StreamEvent:
+        now = anyio.current_time()
+        self._phase = _DONE
+        stats = self._final_stats = self._make_stats(now)
+        stats_data = MappingProxyType(stats.to_dict())
+        outcome = self._outcome
+        exc = self._exception
+        if outcome == "error" and exc is not None:
+            metadata: Mapping[str, JSONValue] = MappingProxyType(
+                {
+                    "error_type": type(exc).__name__,
+                    "message": str(exc)[:_MAX_MESSAGE],
+                    "stats": stats_data,
+                }
+            )
+            return make_event(EventType.ERROR, "", metadata, self._session_id)
+        metadata = MappingProxyType({"reason": outcome, "stats": stats_data})
+        return make_event(EventType.COMPLETE, "", metadata, self._session_id)
+
+    async def _abort(self) -> None:
+        """End the stream now, without a final event (closed, cancelled or failed)."""
+        started = self._phase != _NEW
+        self._phase = _DONE
+        self._fast = False
+        self._out.clear()
+        if self._outcome is None:
+            self._outcome = "closed"
+        try:
+            await self._close_source()
+        finally:
+            if self._final_stats is None:
+                self._final_stats = (
+                    self._make_stats(anyio.current_time()) if started else StreamStats()
+                )
+
+
+def stream_tokens(
+    source: TokenSource,
+    config: StreamConfig | None = None,
+    *,
+    session_id: str | None = None,
+    raise_on_error: bool = False,
+) -> TokenStream:
+    """Turn a producer of text into a stream of events.
+
+    The stream is ``start``, ``token`` events, then one final event: ``complete``
+    (metadata ``reason``: ``"completed"`` or ``"deadline"``, and ``stats``) or
+    ``error`` (metadata ``error_type``, ``message`` and ``stats``). The ``content``
+    of the ``token`` events, concatenated, is exactly the source's text.
+
+    Sources: an async iterable of ``str``; a sync iterable of ``str`` (run in a
+    worker thread, so a blocking model never blocks the event loop); either may
+    yield UTF-8 ``bytes`` instead, decoded incrementally (invalid bytes become
+    U+FFFD). For SDK chunk objects, see :mod:`streamkit.sources`.
+
+    A source that raises, or yields an item that is not ``str`` or ``bytes``, ends
+    the stream with an ``error`` event; the exception is kept on
+    :attr:`TokenStream.exception` and, with ``raise_on_error=True``, raised by the
+    next ``__anext__`` after the ``error`` event. Cancellation always propagates.
+
+    Args:
+        source: The producer of text.
+        config: How to chunk, pace, bound and watch the stream; defaults to
+            ``StreamConfig()``.
+        session_id: Put on every event.
+        raise_on_error: Raise the source's exception after the ``error`` event.
+
+    Returns:
+        The stream: iterate it, ideally inside ``async with``.
+
+    Raises:
+        ValidationError: ``source`` is not an iterable (or is a ``str`` or ``bytes``
+            itself), ``config`` is not a ``StreamConfig``, or ``session_id`` is not
+            a valid id.
+    """
+    if config is None:
+        config = StreamConfig()
+    elif not isinstance(config, StreamConfig):
+        raise ValidationError(
+            f"config must be a StreamConfig, got {type_name(config)}", field="config"
+        )
+    if session_id is not None:
+        check_id("session_id", session_id)
+    if not isinstance(raise_on_error, bool):
+        raise ValidationError(
+            f"raise_on_error must be a bool, got {type_name(raise_on_error)}",
+            field="raise_on_error",
+        )
+    iterator: AsyncIterator[object] | Iterator[object]
+    if isinstance(source, str | bytes | bytearray | memoryview):
+        raise ValidationError(
+            f"source must be an iterable of text, got a {type_name(source)} itself "
+            "(wrap it in a list to stream it as one piece)",
+            field="source",
+        )
+    if hasattr(type(source), "__aiter__"):
+        try:
+            iterator = source.__aiter__()  # type: ignore[union-attr]
+        except Exception as exc:
+            raise ValidationError(
+                f"source.__aiter__() failed: {type_name(exc)}: {exc}", field="source"
+            ) from exc
+        if not hasattr(iterator, "__anext__"):
+            raise ValidationError(
+                f"source.__aiter__() must return an async iterator, got {type_name(iterator)}",
+                field="source",
+            )
+    elif hasattr(type(source), "__iter__"):
+        try:
+            iterator = iter(source)  # type: ignore[arg-type]
+        except Exception as exc:
+            raise ValidationError(
+                f"iter(source) failed: {type_name(exc)}: {exc}", field="source"
+            ) from exc
+    else:
+        raise ValidationError(
+            "source must be an async iterable or an iterable of str or bytes, got "
+            f"{type_name(source)}",
+            field="source",
+        )
+    return TokenStream(source, iterator, config, session_id, raise_on_error)
