@@ -23,6 +23,15 @@ JSONValue: TypeAlias = (
 _FORBIDDEN_IN_FIELDS = re.compile(r"[\r\n\x00]")
 _ID_RE = re.compile(r"[A-Za-z0-9_\-]{1,128}")
 _MAX_JSON_DEPTH = 64
+# A str may hold lone surrogates, which no UTF-8 wire format can carry.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_unicode(field: str, value: str) -> None:
+    if not value.isascii() and _SURROGATE.search(value):
+        raise ValidationError(
+            f"{field} must be valid Unicode text, got a lone surrogate", field=field
+        )
 
 
 def type_name(value: object) -> str:
@@ -36,6 +45,7 @@ def check_str(field: str, value: object, *, allow_empty: bool = True) -> str:
         raise ValidationError(f"{field} must be a str, got {type_name(value)}", field=field)
     if not allow_empty and not value:
         raise ValidationError(f"{field} must not be empty", field=field)
+    _check_unicode(field, value)
     return value
 
 
@@ -106,7 +116,10 @@ def freeze_json(field: str, value: object, _depth: int = 0) -> JSONValue:
     Objects become read-only mappings with ``str`` keys and arrays become tuples;
     floats must be finite. The error names the path of the offending item.
     """
-    if value is None or isinstance(value, bool | int | str):
+    if isinstance(value, str):
+        _check_unicode(field, value)
+        return value
+    if value is None or isinstance(value, bool | int):
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -121,6 +134,7 @@ def freeze_json(field: str, value: object, _depth: int = 0) -> JSONValue:
                 raise ValidationError(
                     f"{field} keys must be str, got {type_name(key)}", field=field
                 )
+            _check_unicode(field, key)
             frozen[key] = freeze_json(f"{field}.{key}", item, _depth + 1)
         return MappingProxyType(frozen)
     if isinstance(value, list | tuple):

@@ -17,7 +17,7 @@ json_scalars = (
     | st.booleans()
     | st.integers(min_value=-(2**53), max_value=2**53)
     | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=20)
+    | st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=20)
 )
 json_values = st.recursive(
     json_scalars,
@@ -34,11 +34,17 @@ ids = st.from_regex(r"[A-Za-z0-9_\-]{1,40}", fullmatch=True)
 events = st.builds(
     sk.StreamEvent,
     event_type=event_types,
-    content=st.text(),
-    metadata=st.dictionaries(st.text(max_size=8), json_values, max_size=5),
+    content=st.text(alphabet=st.characters(exclude_categories=["Cs"])),
+    metadata=st.dictionaries(
+        st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=8),
+        json_values,
+        max_size=5,
+    ),
     session_id=st.none() | ids,
     seq=st.none() | st.integers(min_value=1, max_value=2**62),
-    event_id=st.text(min_size=1, max_size=40).filter(lambda s: not any(c in s for c in "\r\n\x00")),
+    event_id=st.text(
+        alphabet=st.characters(exclude_categories=["Cs"]), min_size=1, max_size=40
+    ).filter(lambda s: not any(c in s for c in "\r\n\x00")),
     timestamp=st.floats(min_value=0, max_value=4e9),
 )
 
@@ -118,6 +124,9 @@ def test_to_json_is_compact_and_keeps_unicode() -> None:
         ({"event_type": ""}, "event_type"),
         ({"content": 5}, "content"),
         ({"content": None}, "content"),
+        ({"content": "half \ud83d pair"}, "content"),
+        ({"metadata": {"k": "\udc00"}}, "metadata.k"),
+        ({"metadata": {"\udc00": 1}}, "metadata"),
         ({"timestamp": "now"}, "timestamp"),
         ({"timestamp": -1}, "timestamp"),
         ({"timestamp": math.inf}, "timestamp"),

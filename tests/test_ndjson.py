@@ -94,8 +94,12 @@ def test_encode_rejects_misuse() -> None:
     with pytest.raises(sk.ValidationError) as info:
         ndjson.encode({"event_type": "token"})  # type: ignore[arg-type]
     assert info.value.field == "event"
+    # Public events cannot hold a lone surrogate; the encoder still refuses one made
+    # through the unchecked internal path.
+    from streamkit._events import make_event
+
     with pytest.raises(sk.ValidationError) as info:
-        ndjson.encode(event(1, content="\ud800"))
+        ndjson.encode(make_event(sk.EventType.TOKEN, "\ud800", seq=1))
     assert info.value.field == "event"
 
 

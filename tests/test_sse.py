@@ -260,13 +260,20 @@ def test_encode_rejects_misuse() -> None:
     with pytest.raises(sk.ValidationError) as info:
         sse.encode(fixed_event(), data="xml")  # type: ignore[arg-type]
     assert info.value.field == "data"
+    # A lone surrogate cannot be put in a public event at all ...
+    with pytest.raises(sk.ValidationError) as info:
+        fixed_event(content="\ud800")
+    assert info.value.field == "content"
+    # ... and the encoder still refuses one made through the unchecked internal path.
+    from streamkit._events import make_event
+
     data: Literal["json", "content"]
     for data in ("json", "content"):
         with pytest.raises(sk.ValidationError) as info:
-            sse.encode(fixed_event(content="\ud800"), data=data)
+            sse.encode(make_event(sk.EventType.TOKEN, "\ud800", seq=1), data=data)
         assert info.value.field == "event"
     with pytest.raises(sk.ValidationError):
-        sse.encode(fixed_event(seq=None, content="\ud800"))
+        sse.encode(make_event(sk.EventType.TOKEN, "\ud800"))
 
 
 def test_encode_comment_and_retry() -> None:
