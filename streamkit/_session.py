@@ -40,6 +40,7 @@ __all__ = [
     "StreamSession",
     "check_transition",
     "new_session_id",
+    "transition_diagram",
 ]
 
 
@@ -93,6 +94,18 @@ def check_transition(
     """
     if requested not in TRANSITIONS[current]:
         raise InvalidTransition(current.value, requested.value, session_id=session_id)
+
+
+def transition_diagram() -> str:
+    """Return the transition table as a Mermaid state diagram (the docs show it)."""
+    lines = ["stateDiagram-v2", f"    [*] --> {SessionState.ACTIVE.value}"]
+    for state, targets in TRANSITIONS.items():
+        lines.extend(
+            f"    {state.value} --> {target.value}" for target in SessionState if target in targets
+        )
+        if not targets:
+            lines.append(f"    {state.value} --> [*]")
+    return "\n".join(lines)
 
 
 #: Bytes of randomness in a session id: 144 bits, 24 URL-safe characters.

@@ -153,3 +153,12 @@ def test_events_must_be_stream_events() -> None:
 def test_from_json_rejects_garbage() -> None:
     with pytest.raises(sk.ValidationError):
         sk.StreamSession.from_json("{not json")
+
+
+def test_docs_diagram_is_the_table() -> None:
+    from pathlib import Path
+
+    from streamkit._session import transition_diagram
+
+    docs = Path(__file__).resolve().parent.parent / "docs" / "concepts.md"
+    assert f"```mermaid\n{transition_diagram()}\n```" in docs.read_text(encoding="utf-8")
