@@ -42,6 +42,16 @@ from ._streamer import TokenStream as TokenStream
 from ._streamer import stream_tokens as stream_tokens
 
 # -- log and registry (issue 5) ------------------------------------------------
+# isort: split
+from . import abc as abc
+from ._log import InMemoryEventLog as InMemoryEventLog
+from ._memory import MemoryBackend as MemoryBackend
+from ._memory import MemorySessionStore as MemorySessionStore
+from ._registry import RegistryStatistics as RegistryStatistics
+from ._registry import SessionRegistry as SessionRegistry
+from ._registry import SessionStatistics as SessionStatistics
+from ._registry import Subscription as Subscription
+
 # -- wire formats (issue 6) ---------------------------------------------------
 # isort: split
 from . import ndjson as ndjson
@@ -55,14 +65,20 @@ __all__ = [
     "Disconnected",
     "EventType",
     "HistoryGap",
+    "InMemoryEventLog",
     "InvalidTransition",
+    "MemoryBackend",
+    "MemorySessionStore",
     "PayloadTooLarge",
     "PermissionDenied",
     "RegistryConfig",
+    "RegistryStatistics",
     "RemoteProtocolError",
     "SessionLimitExceeded",
     "SessionNotFound",
+    "SessionRegistry",
     "SessionState",
+    "SessionStatistics",
     "SlowConsumerPolicy",
     "StreamConfig",
     "StreamEvent",
@@ -71,9 +87,11 @@ __all__ = [
     "StreamStats",
     "StreamkitError",
     "SubscriberLagged",
+    "Subscription",
     "TokenStream",
     "ValidationError",
     "__version__",
+    "abc",
     "check_transition",
     "ndjson",
     "new_session_id",

@@ -1,0 +1,590 @@
+"""The in-memory event log: one append-only list per session, read through cursors.
+
+Rules of this module, and why:
+
+* **Append is O(1) whatever the number of readers.** The log keeps no per-reader queue.
+  Readers are positions (a ``seq``); the events live once, in one list, and a reader
+  finds its next event by index arithmetic (``seq - base``).
+* **One wake-up per batch, not per event.** Readers that have caught up all wait on one
+  shared :class:`anyio.Event`, made by the first reader that needs it. ``append`` sets
+  it (if there is one) and forgets it; a woken reader takes every event available (up
+  to ``_MAX_BATCH``) as one list slice and hands them out without yielding. A producer
+  appending a burst of events thus costs each reader one task switch for the burst.
+* **Append does not yield unless it must wait** (``block`` policy with a reader too
+  far behind). A producer pulling from a real source yields there; a cursor yields
+  when it waits for events and, when it did not have to wait, once per batch, so a
+  reader that never waits still lets other tasks run and sees cancellation.
+* **Never a silent skip.** A reader whose next event has left the retention window, or
+  that fell more than its allowed lag behind (``disconnect`` policy), gets
+  :class:`~streamkit.SubscriberLagged` carrying the last ``seq`` it received.
+* **Lag allowance.** A reader may be at most ``max_lag`` events behind the head, except
+  that a reader opened far behind (a resume) starts with its initial backlog as its
+  allowance, which then only shrinks as it catches up (never below ``max_lag``). A
+  resume is therefore not disconnected for the backlog it asked for, only for falling
+  further behind. Lag is enforced while the log is open; once it is closed, readers may
+  take their time over the retained tail.
+* **Byte accounting is an estimate** for events whose JSON has not been computed yet:
+  a fixed overhead plus the length of the content, ids and metadata (see
+  :func:`estimate_size`). Computing the JSON costs several microseconds per event, more
+  than the whole rest of the path; transports compute and cache it later anyway. When
+  the estimate could be near ``max_event_bytes`` the exact UTF-8 length of the JSON is
+  used, so the size bound itself is exact.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final, overload
+
+import anyio
+import anyio.lowlevel
+
+from ._config import SlowConsumerPolicy
+from ._errors import ClosedError, HistoryGap, PayloadTooLarge, SubscriberLagged, ValidationError
+from ._events import StreamEvent, make_event
+from ._session import new_session_id
+from ._validate import check_id, check_int, type_name
+from .abc import EventCursor, EventLog, LogStatistics
+
+if TYPE_CHECKING:
+    from ._config import RegistryConfig
+
+__all__ = ["InMemoryEventLog", "estimate_size"]
+
+#: Most events a reader takes from the log at once.
+_MAX_BATCH: Final = 1024
+#: Evicted slots kept at the head of the list before it is compacted.
+_COMPACT_AT: Final = 256
+
+_set = object.__setattr__
+
+
+def _skeleton_size() -> int:
+    # The JSON of an event with every variable part empty: the fixed overhead.
+    event = make_event("", "", {}, "", 1, "", 1_700_000_000.123456)
+    return len(event.to_json()) + 6  # room for a longer seq and timestamp
+
+
+_SKELETON: Final = _skeleton_size()
+
+
+def _json_default(value: object) -> Any:
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(type_name(value))  # pragma: no cover - frozen metadata is JSON
+
+
+def _value_size(value: object) -> int:
+    if type(value) is str:
+        return len(value) + 2
+    if value is None or isinstance(value, bool | int | float):
+        return 24
+    return len(json.dumps(value, ensure_ascii=False, default=_json_default))
+
+
+def estimate_size(event: StreamEvent) -> int:
+    """Return the size the log charges for ``event``: its JSON length, or an estimate.
+
+    Exact when the event's JSON was already computed (and cached); otherwise a fixed
+    overhead plus the lengths of the content, ids, type and metadata items, counting
+    24 for a number. Exact for ASCII text in the common cases; it undercounts text that
+    JSON escapes or that is not ASCII.
+    """
+    text = event._json
+    if text is not None:
+        return len(text)
+    size = (
+        _SKELETON
+        + len(event.content)
+        + len(event.event_id)
+        + len(event.event_type)
+        + len(event.session_id or "")
+    )
+    metadata = event.metadata
+    if metadata:
+        for key, value in metadata.items():
+            size += len(key) + 4 + _value_size(value)
+    return size
+
+
+def _exact_size(event: StreamEvent) -> int:
+    text = event.to_json()
+    return len(text) if text.isascii() else len(text.encode())
+
+
+class _Reader:
+    """A reader's state as the log sees it: where it is, and how far it may lag."""
+
+    __slots__ = ("allow", "pos")
+
+    def __init__(self, pos: int, allow: int) -> None:
+        self.pos = pos
+        self.allow = allow
+
+
+_NO_EVENTS: Final[list[StreamEvent]] = []
+
+
+class _Cursor(EventCursor):
+    """A cursor over an :class:`InMemoryEventLog` (see the module rules)."""
+
+    __slots__ = ("_after", "_batch", "_done", "_i", "_log", "_state", "_waited")
+
+    def __init__(self, log: InMemoryEventLog, after: int) -> None:
+        self._log = log
+        self._after = after
+        self._state: _Reader | None = None
+        self._batch = _NO_EVENTS
+        self._i = 0
+        self._done = False
+        self._waited = False
+
+    @property
+    def position(self) -> int:
+        """The ``seq`` of the last event this cursor returned (its resume point)."""
+        if self._i:
+            return self._batch[self._i - 1].seq or 0
+        state = self._state
+        return self._after if state is None else state.pos
+
+    async def __anext__(self) -> StreamEvent:
+        i = self._i
+        batch = self._batch
+        if i < len(batch):
+            self._i = i + 1
+            return batch[i]
+        return await self._refill()
+
+    async def _refill(self) -> StreamEvent:
+        log = self._log
+        state = self._state
+        if state is None:
+            state = self._start()
+        elif self._batch:
+            # The whole previous batch was delivered: advance, and tell a waiting producer.
+            batch = self._batch
+            state.pos = batch[-1].seq  # type: ignore[assignment]
+            log._delivered += len(batch)
+            self._batch = _NO_EVENTS
+            self._i = 0
+            room = log._room
+            if room is not None:
+                log._room = None
+                room.set()
+        while True:
+            pos = state.pos
+            last = log._last
+            if pos < last:
+                oldest = log._base + log._head
+                if pos + 1 < oldest:
+                    raise self._lagged(f"events after {pos} left the retention window", oldest)
+                if not log._closed:
+                    backlog = last - pos
+                    if backlog > state.allow:
+                        raise self._lagged(
+                            f"the reader fell {backlog} events behind (allowed {state.allow})",
+                            oldest,
+                        )
+                    state.allow = max(log._max_lag, backlog)
+                if not self._waited:
+                    self._waited = True
+                    await anyio.lowlevel.checkpoint()
+                    continue
+                self._waited = False
+                start = pos + 1 - log._base
+                batch = log._buf[start : start + _MAX_BATCH]
+                self._batch = batch
+                self._i = 1
+                return batch[0]
+            if log._closed or self._done:
+                self._finish()
+                raise StopAsyncIteration
+            event = log._data
+            if event is None:
+                event = log._data = anyio.Event()
+            await event.wait()
+            self._waited = True
+
+    def _start(self) -> _Reader:
+        if self._done:
+            raise StopAsyncIteration
+        log = self._log
+        after = self._after
+        oldest = log._base + log._head
+        if after < oldest - 1:
+            self._done = True
+            raise HistoryGap(
+                f"cannot resume after {after}: the oldest retained event is {oldest}",
+                after=after,
+                oldest_seq=oldest,
+                session_id=log._session_id,
+            )
+        state = _Reader(after, max(log._max_lag, log._last - after))
+        self._state = state
+        log._readers.add(state)
+        if log._block:
+            log._limit = min(log._limit, after + state.allow)
+        return state
+
+    def _lagged(self, why: str, oldest: int) -> SubscriberLagged:
+        log = self._log
+        state = self._state
+        assert state is not None
+        pos = state.pos
+        log._lagged += 1
+        self._finish()
+        return SubscriberLagged(
+            f"reader disconnected: {why}; resume after {pos}",
+            after=pos,
+            oldest_seq=oldest,
+            session_id=log._session_id,
+        )
+
+    def _finish(self) -> None:
+        self._done = True
+        state = self._state
+        if state is None:
+            return
+        self._state = None
+        log = self._log
+        log._delivered += self._i
+        self._after = self.position if self._i else state.pos
+        self._batch = _NO_EVENTS
+        self._i = 0
+        log._readers.discard(state)
+        room = log._room
+        if room is not None:
+            log._room = None
+            room.set()
+
+    async def aclose(self) -> None:
+        """Release the cursor; later iteration ends at once. Idempotent."""
+        self._finish()
+        await anyio.lowlevel.checkpoint()
+
+    def __del__(self) -> None:
+        # A cursor dropped without aclose() must not hold a blocked producer forever.
+        if self._state is not None:
+            try:
+                self._finish()
+            except Exception:  # pragma: no cover - interpreter shutdown  # noqa: S110
+                pass
+
+
+class _RetainedView(Sequence[StreamEvent]):
+    """A live, read-only view of the events a log retains, oldest first."""
+
+    __slots__ = ("_log",)
+
+    def __init__(self, log: InMemoryEventLog) -> None:
+        self._log = log
+
+    def __len__(self) -> int:
+        log = self._log
+        return len(log._buf) - log._head
+
+    @overload
+    def __getitem__(self, index: int) -> StreamEvent: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[StreamEvent]: ...
+
+    def __getitem__(self, index: int | slice) -> StreamEvent | Sequence[StreamEvent]:
+        log = self._log
+        if isinstance(index, slice):
+            return tuple(log._buf[log._head :][index])
+        size = len(log._buf) - log._head
+        if index < 0:
+            index += size
+        if not 0 <= index < size:
+            raise IndexError("retained event index out of range")
+        return log._buf[log._head + index]
+
+    def __repr__(self) -> str:
+        return f"<retained events: {len(self)}>"
+
+
+class InMemoryEventLog(EventLog):
+    """An :class:`~streamkit.abc.EventLog` held in this process's memory.
+
+    Args:
+        session_id: The session the log belongs to; a new unguessable id if omitted.
+        history_max_events: Events retained for replay (the oldest go first).
+        history_max_bytes: Bytes retained for replay, as :func:`estimate_size` counts
+            them. The newest event is always retained.
+        max_event_bytes: The largest event accepted (exact JSON size in UTF-8).
+        slow_consumer_policy: ``"disconnect"``: a reader more than its allowed lag
+            behind gets :class:`~streamkit.SubscriberLagged`; ``"block"``: ``append``
+            waits until every reader is within its allowed lag.
+        max_lag: Events a reader may fall behind the newest one.
+
+    Raises:
+        ValidationError: an argument is invalid.
+    """
+
+    __slots__ = (
+        "_base",
+        "_block",
+        "_buf",
+        "_bytes",
+        "_closed",
+        "_data",
+        "_delivered",
+        "_head",
+        "_lagged",
+        "_last",
+        "_limit",
+        "_max_bytes",
+        "_max_event_bytes",
+        "_max_events",
+        "_max_lag",
+        "_policy",
+        "_readers",
+        "_room",
+        "_session_id",
+        "_sizes",
+        "_waits",
+    )
+
+    def __init__(
+        self,
+        session_id: str | None = None,
+        *,
+        history_max_events: int = 10_000,
+        history_max_bytes: int = 16 * 1024 * 1024,
+        max_event_bytes: int = 1024 * 1024,
+        slow_consumer_policy: SlowConsumerPolicy = "disconnect",
+        max_lag: int = 1000,
+    ) -> None:
+        self._session_id = new_session_id() if session_id is None else check_id(
+            "session_id", session_id
+        )
+        self._max_events = check_int("history_max_events", history_max_events, minimum=1)
+        self._max_bytes = check_int("history_max_bytes", history_max_bytes, minimum=1)
+        self._max_event_bytes = check_int("max_event_bytes", max_event_bytes, minimum=1)
+        self._max_lag = check_int("max_lag", max_lag, minimum=1)
+        if slow_consumer_policy not in ("disconnect", "block"):
+            raise ValidationError(
+                "slow_consumer_policy must be 'disconnect' or 'block', "
+                f"got {slow_consumer_policy!r}",
+                field="slow_consumer_policy",
+            )
+        self._policy: SlowConsumerPolicy = slow_consumer_policy
+        self._block = slow_consumer_policy == "block"
+        # Events live in _buf[_head:]; _buf[i] has seq _base + i.
+        self._buf: list[StreamEvent] = []
+        self._sizes: list[int] = []
+        self._head = 0
+        self._base = 1
+        self._last = 0
+        self._bytes = 0
+        self._closed = False
+        # Set once when events arrive or the log closes; readers that caught up wait on it.
+        self._data: anyio.Event | None = None
+        # Set when a reader advances or leaves; a blocked producer waits on it.
+        self._room: anyio.Event | None = None
+        self._readers: set[_Reader] = set()
+        # Block policy: a lower bound of min(reader.pos + reader.allow), the highest seq
+        # the producer may append without looking at the readers again.
+        self._limit: float = math.inf
+        self._delivered = 0
+        self._lagged = 0
+        self._waits = 0
+
+    @classmethod
+    def from_config(cls, session_id: str | None, config: RegistryConfig) -> InMemoryEventLog:
+        """Make a log with the history, size and lag settings of a registry config."""
+        return cls(
+            session_id,
+            history_max_events=config.history_max_events,
+            history_max_bytes=config.history_max_bytes,
+            max_event_bytes=config.max_event_bytes,
+            slow_consumer_policy=config.slow_consumer_policy,
+            max_lag=config.max_lag,
+        )
+
+    @property
+    def session_id(self) -> str:
+        """The session this log belongs to; appended events are stamped with it."""
+        return self._session_id
+
+    @property
+    def last_seq(self) -> int:
+        """The ``seq`` of the newest event, ``0`` before the first append."""
+        return self._last
+
+    @property
+    def oldest_seq(self) -> int:
+        """The ``seq`` of the oldest retained event (``last_seq + 1`` if none is)."""
+        return self._base + self._head
+
+    @property
+    def is_closed(self) -> bool:
+        """Whether the log takes no more appends (final event appended, or closed)."""
+        return self._closed
+
+    async def append(self, event: StreamEvent) -> StreamEvent:
+        """Store a copy of ``event`` stamped with the next ``seq`` and return it.
+
+        See :meth:`streamkit.abc.EventLog.append`.
+
+        Raises:
+            ClosedError: the log is closed.
+            PayloadTooLarge: the event's JSON is larger than ``max_event_bytes``.
+            ValidationError: ``event`` is not a :class:`~streamkit.StreamEvent`.
+        """
+        if not isinstance(event, StreamEvent):
+            raise ValidationError(
+                f"event must be a StreamEvent, got {type_name(event)}", field="event"
+            )
+        if self._closed:
+            raise self._closed_error()
+        if self._block and self._last + 1 > self._limit:
+            await self._wait_for_room()
+        stored = make_event(
+            event.event_type,
+            event.content,
+            event.metadata,
+            self._session_id,
+            self._last + 1,
+            event.event_id,
+            event.timestamp,
+        )
+        self._commit(stored)
+        return stored
+
+    async def _append_fresh(self, event: StreamEvent) -> StreamEvent:
+        # The fast path for events nobody else has seen yet (fresh from the streamer):
+        # they are stamped in place, which saves a copy per event. Frozen for users, an
+        # event is completed here, once, before anyone else can hold it.
+        if self._closed:
+            raise self._closed_error()
+        if self._block and self._last + 1 > self._limit:
+            await self._wait_for_room()
+        _set(event, "seq", self._last + 1)
+        _set(event, "session_id", self._session_id)
+        _set(event, "_json", None)
+        self._commit(event)
+        return event
+
+    def _commit(self, event: StreamEvent) -> None:
+        size = estimate_size(event)
+        if size * 6 > self._max_event_bytes:
+            # JSON may escape a character into up to six: look at the real size.
+            size = _exact_size(event)
+            if size > self._max_event_bytes:
+                raise PayloadTooLarge(
+                    f"event is {size} bytes as JSON, more than max_event_bytes "
+                    f"({self._max_event_bytes})",
+                    field="event",
+                    session_id=self._session_id,
+                )
+        buf = self._buf
+        buf.append(event)
+        self._sizes.append(size)
+        self._last += 1
+        self._bytes += size
+        if len(buf) - self._head > self._max_events or self._bytes > self._max_bytes:
+            self._evict()
+        if event.event_type in _FINAL:
+            self._closed = True
+        data = self._data
+        if data is not None:
+            self._data = None
+            data.set()
+
+    def _evict(self) -> None:
+        buf = self._buf
+        sizes = self._sizes
+        head = self._head
+        count = len(buf) - head
+        while count > 1 and (count > self._max_events or self._bytes > self._max_bytes):
+            self._bytes -= sizes[head]
+            head += 1
+            count -= 1
+        if head >= _COMPACT_AT and head * 2 >= len(buf):
+            del buf[:head]
+            del sizes[:head]
+            self._base += head
+            head = 0
+        self._head = head
+
+    async def _wait_for_room(self) -> None:
+        while True:
+            seq = self._last + 1
+            self._limit = min(
+                (reader.pos + reader.allow for reader in self._readers), default=math.inf
+            )
+            if seq <= self._limit:
+                return
+            self._waits += 1
+            room = self._room
+            if room is None:
+                room = self._room = anyio.Event()
+            await room.wait()
+            if self._closed:
+                raise self._closed_error()
+
+    def _closed_error(self) -> ClosedError:
+        return ClosedError("the event log is closed", session_id=self._session_id)
+
+    def read(self, after: int = 0) -> EventCursor:
+        """Return a cursor over the events with ``seq > after``, replayed then live.
+
+        See :meth:`streamkit.abc.EventLog.read`.
+
+        Raises:
+            ValidationError: ``after`` is not an ``int >= 0``.
+        """
+        return _Cursor(self, check_int("after", after, minimum=0))
+
+    def retained(self) -> Sequence[StreamEvent]:
+        """Return a live, read-only view of the retained events, oldest first."""
+        return _RetainedView(self)
+
+    def statistics(self) -> LogStatistics:
+        """Return a snapshot of the log's counters."""
+        return LogStatistics(
+            session_id=self._session_id,
+            last_seq=self._last,
+            oldest_seq=self._base + self._head,
+            retained_events=len(self._buf) - self._head,
+            retained_bytes=self._bytes,
+            readers=len(self._readers),
+            events_delivered=self._delivered,
+            readers_lagged=self._lagged,
+            producer_waits=self._waits,
+            closed=self._closed,
+        )
+
+    async def aclose(self) -> None:
+        """Close the log for writers; readers get the retained tail, then stop.
+
+        A producer waiting for room (``block`` policy) gets
+        :class:`~streamkit.ClosedError`. Idempotent.
+        """
+        self.close()
+        await anyio.lowlevel.checkpoint()
+
+    def close(self) -> None:
+        """Close the log for writers, like :meth:`aclose`, without yielding."""
+        if self._closed:
+            return
+        self._closed = True
+        for name in ("_data", "_room"):
+            event: anyio.Event | None = getattr(self, name)
+            if event is not None:
+                setattr(self, name, None)
+                event.set()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return (
+            f"<InMemoryEventLog {state} last_seq={self._last} "
+            f"retained={len(self._buf) - self._head} readers={len(self._readers)}>"
+        )
+
+
+_FINAL: Final = frozenset({"complete", "error"})

@@ -1,0 +1,930 @@
+"""SessionRegistry: sessions with owners, producers in the background, and their upkeep.
+
+Rules of this module:
+
+* **Every task has an owner.** The registry is an async context manager around one task
+  group: producers, the sweeper and the heartbeat task run in it, and leaving the block
+  ends them all. Before it does, every live session gets its final event, so that its
+  subscribers end cleanly instead of hanging.
+* **Exactly one final event per session.** Whoever ends a session (its producer, a
+  cancel, the sweeper, shutdown) goes through :meth:`SessionRegistry._finish`, which
+  marks the session as finishing *before* it awaits anything: a second caller finds
+  it marked and does nothing.
+* **Bounds are checked before any await** (in the store, atomically), so
+  ``max_sessions`` is exact under any number of concurrent ``create`` calls.
+* **Upkeep costs what it finds.** Sessions sit in insertion-ordered maps keyed by
+  their last activity (or end, or the time they lost their last subscriber); a sweep
+  walks each map from the oldest entry and stops at the first that is not due.
+* The registry's clock (``anyio.current_time`` unless one is injected) drives every
+  deadline; session timestamps are wall-clock Unix seconds.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Final, Literal, Self, TypeAlias
+
+import anyio
+import attrs
+
+from ._config import RegistryConfig, StreamConfig
+from ._errors import (
+    ClosedError,
+    PermissionDenied,
+    SessionLimitExceeded,
+    SessionNotFound,
+    ValidationError,
+)
+from ._events import EventType, StreamEvent, make_event
+from ._memory import MemoryBackend
+from ._session import SessionState, StreamSession, check_transition, events_view, new_session_id
+from ._streamer import StreamStats, TokenStream, stream_tokens
+from ._validate import check_id, check_int, freeze_json_object, type_name
+from .abc import Backend, EventCursor, EventLog, LogStatistics
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from anyio.abc import TaskGroup
+
+__all__ = [
+    "Authorize",
+    "HookName",
+    "RegistryStatistics",
+    "SessionRegistry",
+    "SessionStatistics",
+    "Subscription",
+]
+
+logger = logging.getLogger("streamkit.registry")
+
+#: What a session is asked for: ``read`` (get, subscribe) or ``control`` (everything else).
+Action: TypeAlias = Literal["read", "control"]
+#: ``authorize(user_id, session, action)`` may let a user other than the owner in; it
+#: returns ``True`` to allow, and may be a coroutine function.
+Authorize: TypeAlias = Callable[[str | None, StreamSession, Action], "bool | Awaitable[bool]"]
+#: The moments a hook can be registered for with :meth:`SessionRegistry.on`.
+HookName: TypeAlias = Literal["created", "state_changed", "event", "removed"]
+_HOOK_NAMES: Final = ("created", "state_changed", "event", "removed")
+
+_FINAL_STATE: Final = {
+    EventType.COMPLETE: SessionState.COMPLETED,
+    EventType.ERROR: SessionState.ERROR,
+}
+
+
+@attrs.frozen(kw_only=True)
+class SessionStatistics:
+    """A snapshot of one session's figures, from :meth:`SessionRegistry.session_statistics`.
+
+    Attributes:
+        session_id: The session.
+        status: Its state.
+        subscribers: Subscriptions reading it now.
+        log: The counters of its event log.
+        stream: The statistics of its producer's stream, if it has had one.
+    """
+
+    session_id: str
+    status: SessionState
+    subscribers: int
+    log: LogStatistics
+    stream: StreamStats | None
+
+
+@attrs.frozen(kw_only=True)
+class RegistryStatistics:
+    """A snapshot of a registry's figures, from :meth:`SessionRegistry.statistics`.
+
+    Attributes:
+        sessions: Sessions held now (live and ended-but-retained).
+        by_state: How many of them are in each state.
+        subscribers: Subscriptions reading now, over all sessions.
+        producers: Producers running now.
+        sessions_created: Sessions created since the registry started.
+        sessions_removed: Sessions removed (closed, or swept after they ended).
+        sessions_expired: Sessions the sweeper expired for idleness.
+        events_appended: Events appended to logs through this registry.
+        events_delivered: Events handed to subscribers.
+        bytes_retained: Bytes retained by the logs of sessions held now.
+        sweeps: Sweeper passes.
+        heartbeats: Heartbeat events sent by the registry.
+        mean_time_to_first_token: Mean time to first token of finished streams, seconds.
+        max_time_to_first_token: The largest such time, seconds.
+    """
+
+    sessions: int
+    by_state: MappingProxyType[str, int]
+    subscribers: int
+    producers: int
+    sessions_created: int
+    sessions_removed: int
+    sessions_expired: int
+    events_appended: int
+    events_delivered: int
+    bytes_retained: int
+    sweeps: int
+    heartbeats: int
+    mean_time_to_first_token: float | None
+    max_time_to_first_token: float | None
+
+
+class _Entry:
+    """What this process holds for one session besides its record."""
+
+    __slots__ = (
+        "delivered_gone",
+        "finishing",
+        "last_event_at",
+        "log",
+        "producer",
+        "resumed",
+        "session",
+        "stream",
+        "subscribers",
+    )
+
+    def __init__(self, session: StreamSession, log: EventLog, now: float) -> None:
+        self.session = session
+        self.log = log
+        self.producer: anyio.CancelScope | None = None
+        self.stream: TokenStream | None = None
+        # Set while the session may produce; a pause clears it and the producer waits.
+        self.resumed: anyio.Event | None = None
+        self.finishing = False
+        self.subscribers = 0
+        self.last_event_at = now
+        self.delivered_gone = 0
+
+
+class SessionRegistry:
+    """Holds sessions: creates them, runs their producers, and serves their subscribers.
+
+    Use it as an async context manager; it owns the tasks it starts::
+
+        async with SessionRegistry(RegistryConfig(max_sessions=100)) as registry:
+            session = await registry.create(user_id="alice")
+            registry.start(session.session_id, source)
+            async for event in registry.subscribe(session.session_id, user_id="alice"):
+                ...
+
+    Args:
+        config: Bounds and upkeep intervals; :class:`~streamkit.RegistryConfig` defaults.
+        backend: Where records and logs live; in this process's memory by default.
+        authorize: Lets users other than the owner read or control a session.
+        clock: Monotonic seconds for timeouts and sweeps; ``anyio.current_time`` by
+            default. Tests inject one they can advance.
+    """
+
+    def __init__(
+        self,
+        config: RegistryConfig | None = None,
+        *,
+        backend: Backend | None = None,
+        authorize: Authorize | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        if config is not None and not isinstance(config, RegistryConfig):
+            raise ValidationError(
+                f"config must be a RegistryConfig, got {type_name(config)}", field="config"
+            )
+        if backend is not None and not isinstance(backend, Backend):
+            raise ValidationError(
+                f"backend must be a streamkit.abc.Backend, got {type_name(backend)}",
+                field="backend",
+            )
+        if authorize is not None and not callable(authorize):
+            raise ValidationError("authorize must be callable", field="authorize")
+        if clock is not None and not callable(clock):
+            raise ValidationError("clock must be callable", field="clock")
+        self.config = config or RegistryConfig()
+        self.backend = backend or MemoryBackend()
+        self._authorize = authorize
+        self._clock = clock or anyio.current_time
+        self._entries: dict[str, _Entry] = {}
+        # Upkeep queues, oldest first (see the module's rules).
+        self._idle: OrderedDict[str, float] = OrderedDict()
+        self._ended: OrderedDict[str, float] = OrderedDict()
+        self._unwatched: OrderedDict[str, float] = OrderedDict()
+        self._hooks: dict[str, list[Callable[..., object]]] = {name: [] for name in _HOOK_NAMES}
+        self._tg: TaskGroup | None = None
+        self._closing = False
+        self._counts = dict.fromkeys(
+            ("created", "removed", "expired", "appended", "sweeps", "heartbeats"), 0
+        )
+        self._delivered_gone = 0
+        self._ttfts: list[float] = []
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._tg is not None or self._closing:
+            raise RuntimeError("a SessionRegistry can be entered only once")
+        enter = getattr(self.backend, "__aenter__", None)
+        if enter is not None:
+            await enter()
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        tg.start_soon(self._sweeper, name="streamkit sweeper")
+        if self.config.heartbeat_interval is not None:
+            tg.start_soon(self._heartbeater, name="streamkit heartbeats")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> bool | None:
+        tg = self._tg
+        assert tg is not None, "the registry was not entered"
+        self._closing = True
+        try:
+            with anyio.CancelScope(shield=True):
+                for entry in list(self._entries.values()):
+                    if not entry.session.is_terminal:
+                        await self._finish(
+                            entry, SessionState.CANCELLED, _final("complete", "shutdown")
+                        )
+        finally:
+            tg.cancel_scope.cancel()
+            try:
+                suppressed = await tg.__aexit__(exc_type, exc_val, exc_tb)
+            finally:
+                self._tg = None
+                with anyio.CancelScope(shield=True):
+                    await self.backend.aclose()
+        return suppressed
+
+    def _task_group(self) -> TaskGroup:
+        if self._tg is None or self._closing:
+            raise ClosedError("the registry is not running (use it with `async with`)")
+        return self._tg
+
+    # -- sessions -----------------------------------------------------------------------
+
+    async def create(
+        self,
+        *,
+        user_id: str | None = None,
+        context: dict[str, Any] | None = None,
+    ) -> StreamSession:
+        """Create a session owned by ``user_id`` (``None``: anonymous).
+
+        Args:
+            user_id: The owner; 1 to 128 characters of ``A-Z a-z 0-9 _ -``.
+            context: JSON-compatible application data kept with the session.
+
+        Returns:
+            The new session's snapshot.
+
+        Raises:
+            SessionLimitExceeded: ``max_sessions`` or ``max_sessions_per_user`` reached.
+            ValidationError: a bad ``user_id`` or ``context``.
+            ClosedError: the registry is not running.
+        """
+        self._task_group()
+        if user_id is not None:
+            check_id("user_id", user_id)
+        frozen = freeze_json_object("context", {} if context is None else context)
+        now = time.time()
+        session = StreamSession(
+            session_id=new_session_id(), user_id=user_id, context=frozen, created_at=now
+        )
+        await self.backend.store.add(
+            session,
+            max_sessions=self.config.max_sessions,
+            max_sessions_per_user=self.config.max_sessions_per_user,
+        )
+        try:
+            log = await self.backend.make_log(session.session_id, self.config)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.backend.store.remove(session.session_id)
+            raise
+        entry = _Entry(session, log, self._clock())
+        self._entries[session.session_id] = entry
+        self._idle[session.session_id] = entry.last_event_at
+        self._counts["created"] += 1
+        self._emit("created", session)
+        return self._snapshot(entry)
+
+    async def get(self, session_id: str, *, user_id: str | None = None) -> StreamSession:
+        """Return a snapshot of a session, its retained events included.
+
+        Raises:
+            SessionNotFound: no such session.
+            PermissionDenied: ``user_id`` may not read it.
+        """
+        entry = await self._entry(session_id, user_id, "read")
+        return self._snapshot(entry)
+
+    async def list(self, user_id: str | None = None) -> Sequence[StreamSession]:
+        """Return snapshots of the sessions of ``user_id`` (every session if ``None``)."""
+        if user_id is not None:
+            check_id("user_id", user_id)
+        return [
+            self._snapshot(entry)
+            for entry in self._entries.values()
+            if user_id is None or entry.session.user_id == user_id
+        ]
+
+    def start(
+        self,
+        session_id: str,
+        source: AsyncIterable[str] | Iterable[str] | AsyncIterable[bytes] | Iterable[bytes],
+        config: StreamConfig | None = None,
+    ) -> None:
+        """Run ``source`` through :func:`~streamkit.stream_tokens` in the background.
+
+        Every event of the stream is appended to the session's log; its final event
+        ends the session (``completed`` or ``error``). Returns at once.
+
+        Raises:
+            SessionNotFound: no such session in this registry.
+            InvalidTransition: the session has ended.
+            ValidationError: the session already has a producer, or ``source`` is not
+                an iterable of text.
+            ClosedError: the registry is not running.
+        """
+        tg = self._task_group()
+        entry = self._entries.get(check_id("session_id", session_id))
+        if entry is None:
+            raise SessionNotFound("no such session", session_id=session_id)
+        if entry.session.is_terminal or entry.finishing:
+            check_transition(entry.session.status, SessionState.ACTIVE, session_id=session_id)
+        if entry.producer is not None:
+            raise ValidationError(
+                "the session already has a producer", field="source", session_id=session_id
+            )
+        stream = stream_tokens(source, config, session_id=session_id)  # validates source
+        entry.stream = stream
+        entry.producer = anyio.CancelScope()
+        if entry.resumed is None:
+            entry.resumed = anyio.Event()
+            if entry.session.status is SessionState.ACTIVE:
+                entry.resumed.set()
+        if entry.subscribers == 0 and self.config.idle_producer_grace is not None:
+            self._unwatched[session_id] = self._clock()
+        tg.start_soon(self._produce, entry, stream, name="streamkit producer")
+
+    async def _produce(self, entry: _Entry, stream: TokenStream) -> None:
+        log = entry.log
+        append = getattr(log, "_append_fresh", log.append)
+        hooks = self._hooks["event"]
+        scope = entry.producer
+        assert scope is not None
+        clock = self._clock
+        try:
+            with scope:
+                async with stream:
+                    async for event in stream:
+                        resumed = entry.resumed  # a pause replaces it with an unset one
+                        if resumed is not None and not resumed.is_set():
+                            await resumed.wait()
+                        if event.is_final:
+                            state = _FINAL_STATE[EventType(event.event_type)]
+                            if not entry.finishing:
+                                await self._finish(entry, state, event, from_producer=True)
+                            break
+                        if entry.finishing:  # ended elsewhere (cancel, sweep, shutdown)
+                            break
+                        try:
+                            stored = await append(event)
+                        except ClosedError:
+                            if entry.finishing:
+                                break
+                            raise
+                        entry.last_event_at = clock()
+                        self._counts["appended"] += 1
+                        if hooks:
+                            self._emit("event", stored)
+        except Exception as exc:  # a failure of the log or backend, not of the source
+            logger.exception("streamkit: a session's producer failed")
+            if not entry.finishing:
+                with anyio.CancelScope(shield=True):
+                    await self._finish(entry, SessionState.ERROR, _error_event(exc))
+        finally:
+            entry.producer = None
+            self._unwatched.pop(entry.session.session_id, None)
+            stats = stream.stats
+            if stats.time_to_first_token is not None:
+                self._ttfts.append(stats.time_to_first_token)
+                if len(self._ttfts) > 10_000:
+                    del self._ttfts[:5_000]
+
+    async def publish(
+        self, session_id: str, event: StreamEvent, *, user_id: str | None = None
+    ) -> StreamEvent:
+        """Append an application event to a session's log; return the stored copy.
+
+        A ``complete`` or ``error`` event ends the session (``completed``/``error``).
+
+        Raises:
+            SessionNotFound: no such session.
+            PermissionDenied: ``user_id`` may not control it.
+            ClosedError: the session has ended.
+            PayloadTooLarge: the event is larger than ``max_event_bytes``.
+            ValidationError: ``event`` is not a StreamEvent.
+        """
+        if not isinstance(event, StreamEvent):
+            raise ValidationError(
+                f"event must be a StreamEvent, got {type_name(event)}", field="event"
+            )
+        entry = await self._entry(session_id, user_id, "control")
+        if entry.finishing:
+            raise ClosedError("the session has ended", session_id=session_id)
+        if event.is_final:
+            state = _FINAL_STATE[EventType(event.event_type)]
+            return await self._finish(entry, state, event)
+        stored = await entry.log.append(event)
+        self._touch(entry)
+        self._counts["appended"] += 1
+        self._emit("event", stored)
+        return stored
+
+    def subscribe(
+        self, session_id: str, *, user_id: str | None = None, after: int = 0
+    ) -> Subscription:
+        """Follow a session: replay its retained events after ``after``, then live ones.
+
+        The subscription ends after the session's final event. Checks happen when it
+        is entered or first iterated.
+
+        Args:
+            session_id: The session.
+            user_id: Who reads; must be the owner unless ``authorize`` allows.
+            after: The last ``seq`` the reader already has (``0``: from the start).
+
+        Raises:
+            ValidationError: bad ``session_id`` or ``after`` (at once).
+            SessionNotFound, PermissionDenied, SessionLimitExceeded, HistoryGap:
+                when the subscription starts.
+            SubscriberLagged: while reading, if the reader falls too far behind.
+        """
+        check_id("session_id", session_id)
+        check_int("after", after, minimum=0)
+        return Subscription(self, session_id, user_id, after)
+
+    async def pause(self, session_id: str, *, user_id: str | None = None) -> StreamSession:
+        """Stop pulling from the session's producer; subscribers stay connected.
+
+        Raises:
+            SessionNotFound: no such session.
+            PermissionDenied: ``user_id`` may not control it.
+            InvalidTransition: the session is not active.
+        """
+        entry = await self._entry(session_id, user_id, "control")
+        await self._set_state(entry, SessionState.PAUSED)
+        if entry.resumed is not None and entry.resumed.is_set():
+            entry.resumed = anyio.Event()
+        return self._snapshot(entry)
+
+    async def resume(self, session_id: str, *, user_id: str | None = None) -> StreamSession:
+        """Let a paused session's producer go on.
+
+        Raises:
+            SessionNotFound: no such session.
+            PermissionDenied: ``user_id`` may not control it.
+            InvalidTransition: the session is not paused.
+        """
+        entry = await self._entry(session_id, user_id, "control")
+        await self._set_state(entry, SessionState.ACTIVE)
+        if entry.resumed is not None:
+            entry.resumed.set()
+        return self._snapshot(entry)
+
+    async def cancel(self, session_id: str, *, user_id: str | None = None) -> StreamSession:
+        """End a session now: its producer is cancelled and it gets its final event.
+
+        Raises:
+            SessionNotFound: no such session.
+            PermissionDenied: ``user_id`` may not control it.
+            InvalidTransition: the session has already ended.
+        """
+        entry = await self._entry(session_id, user_id, "control")
+        if entry.finishing:
+            check_transition(entry.session.status, SessionState.CANCELLED, session_id=session_id)
+        await self._finish(entry, SessionState.CANCELLED, _final("complete", "cancelled"))
+        return self._snapshot(entry)
+
+    async def close(self, session_id: str, *, user_id: str | None = None) -> None:
+        """Cancel the session if it is live, then remove it and free its memory.
+
+        Raises:
+            SessionNotFound: no such session.
+            PermissionDenied: ``user_id`` may not control it.
+        """
+        entry = await self._entry(session_id, user_id, "control")
+        if not entry.finishing:
+            await self._finish(entry, SessionState.CANCELLED, _final("complete", "cancelled"))
+        await self._remove(entry)
+
+    # -- hooks and statistics -----------------------------------------------------------
+
+    def on(self, name: HookName, callback: Callable[..., object]) -> Callable[[], None]:
+        """Call ``callback`` at each ``name`` moment; return a function that unregisters it.
+
+        ``created(session)``, ``state_changed(before, after)``, ``event(event)`` and
+        ``removed(session)`` are called inline, synchronously: keep them quick. A hook
+        that raises is logged (logger ``streamkit.registry``) and the registry goes on.
+
+        Raises:
+            ValidationError: unknown ``name`` or a ``callback`` that is not callable.
+        """
+        if name not in self._hooks:
+            raise ValidationError(
+                f"name must be one of {', '.join(_HOOK_NAMES)}, got {name!r}", field="name"
+            )
+        if not callable(callback) or inspect.iscoroutinefunction(callback):
+            raise ValidationError("callback must be a plain (not async) callable", field="callback")
+        hooks = self._hooks[name]
+        hooks.append(callback)
+
+        def unregister() -> None:
+            if callback in hooks:
+                hooks.remove(callback)
+
+        return unregister
+
+    def statistics(self) -> RegistryStatistics:
+        """Return a snapshot of the registry's figures."""
+        by_state = dict.fromkeys((s.value for s in SessionState), 0)
+        subscribers = producers = retained = delivered = 0
+        for entry in self._entries.values():
+            by_state[entry.session.status.value] += 1
+            subscribers += entry.subscribers
+            producers += entry.producer is not None
+            stats = entry.log.statistics()
+            retained += stats.retained_bytes
+            delivered += stats.events_delivered
+        ttfts = self._ttfts
+        return RegistryStatistics(
+            sessions=len(self._entries),
+            by_state=MappingProxyType(by_state),
+            subscribers=subscribers,
+            producers=producers,
+            sessions_created=self._counts["created"],
+            sessions_removed=self._counts["removed"],
+            sessions_expired=self._counts["expired"],
+            events_appended=self._counts["appended"],
+            events_delivered=delivered + self._delivered_gone,
+            bytes_retained=retained,
+            sweeps=self._counts["sweeps"],
+            heartbeats=self._counts["heartbeats"],
+            mean_time_to_first_token=sum(ttfts) / len(ttfts) if ttfts else None,
+            max_time_to_first_token=max(ttfts) if ttfts else None,
+        )
+
+    async def session_statistics(
+        self, session_id: str, *, user_id: str | None = None
+    ) -> SessionStatistics:
+        """Return the figures of one session.
+
+        Raises:
+            SessionNotFound: no such session.
+            PermissionDenied: ``user_id`` may not read it.
+        """
+        entry = await self._entry(session_id, user_id, "read")
+        return SessionStatistics(
+            session_id=session_id,
+            status=entry.session.status,
+            subscribers=entry.subscribers,
+            log=entry.log.statistics(),
+            stream=entry.stream.stats if entry.stream is not None else None,
+        )
+
+    # -- upkeep -------------------------------------------------------------------------
+
+    async def sweep(self) -> int:
+        """Run one sweeper pass now; return how many sessions it expired or removed.
+
+        Expires sessions idle longer than ``session_timeout``, cancels producers that
+        had no subscriber for ``idle_producer_grace``, and removes sessions that ended
+        more than ``ended_session_ttl`` ago. The background sweeper calls this every
+        ``cleanup_interval``.
+        """
+        now = self._clock()
+        config = self.config
+        done = 0
+        self._counts["sweeps"] += 1
+        idle_before = now - config.session_timeout
+        while self._idle:
+            session_id, since = next(iter(self._idle.items()))
+            if since > idle_before:
+                break
+            del self._idle[session_id]
+            entry = self._entries.get(session_id)
+            if entry is None or entry.finishing:
+                continue
+            if entry.last_event_at > since:  # active since it was queued: requeue
+                self._idle[session_id] = entry.last_event_at
+                continue
+            self._counts["expired"] += 1
+            await self._finish(entry, SessionState.EXPIRED, _final("complete", "expired"))
+            done += 1
+        grace = config.idle_producer_grace
+        if grace is not None:
+            while self._unwatched:
+                session_id, since = next(iter(self._unwatched.items()))
+                if since > now - grace:
+                    break
+                del self._unwatched[session_id]
+                entry = self._entries.get(session_id)
+                if entry is not None and not entry.finishing and entry.subscribers == 0:
+                    await self._finish(
+                        entry, SessionState.CANCELLED, _final("complete", "unwatched")
+                    )
+                    done += 1
+        ended_before = now - config.ended_session_ttl
+        while self._ended:
+            session_id, since = next(iter(self._ended.items()))
+            if since > ended_before:
+                break
+            del self._ended[session_id]
+            entry = self._entries.get(session_id)
+            if entry is not None:
+                await self._remove(entry)
+                done += 1
+        return done
+
+    async def emit_heartbeats(self) -> int:
+        """Send heartbeats to watched sessions that have been silent; return how many.
+
+        A live session with at least one subscriber and no event for
+        ``heartbeat_interval`` gets a ``heartbeat`` event. The heartbeat task calls this
+        every half interval.
+        """
+        interval = self.config.heartbeat_interval
+        if interval is None:
+            return 0
+        now = self._clock()
+        sent = 0
+        for entry in list(self._entries.values()):
+            if (
+                entry.subscribers
+                and not entry.finishing
+                and now - entry.last_event_at >= interval
+                and not entry.log.is_closed
+            ):
+                with anyio.CancelScope(shield=True):
+                    await entry.log.append(
+                        make_event(EventType.HEARTBEAT, "", _EMPTY, entry.session.session_id)
+                    )
+                entry.last_event_at = now
+                sent += 1
+        self._counts["heartbeats"] += sent
+        return sent
+
+    async def _sweeper(self) -> None:
+        while True:
+            await anyio.sleep(self.config.cleanup_interval)
+            try:
+                await self.sweep()
+            except Exception:
+                logger.exception("streamkit: a sweep failed")
+
+    async def _heartbeater(self) -> None:
+        interval = self.config.heartbeat_interval
+        assert interval is not None
+        while True:
+            await anyio.sleep(interval / 2)
+            try:
+                await self.emit_heartbeats()
+            except Exception:
+                logger.exception("streamkit: sending heartbeats failed")
+
+    # -- internals ----------------------------------------------------------------------
+
+    async def _entry(self, session_id: str, user_id: str | None, action: Action) -> _Entry:
+        check_id("session_id", session_id)
+        if user_id is not None:
+            check_id("user_id", user_id)
+        entry = self._entries.get(session_id)
+        if entry is None:
+            raise SessionNotFound("no such session", session_id=session_id)
+        session = entry.session
+        if session.user_id is not None and session.user_id != user_id:
+            allowed = False
+            if self._authorize is not None:
+                verdict = self._authorize(user_id, session, action)
+                if inspect.isawaitable(verdict):
+                    verdict = await verdict
+                allowed = verdict is True
+            if not allowed:
+                raise PermissionDenied(
+                    f"this user may not {action} the session", session_id=session_id
+                )
+        return entry
+
+    def _snapshot(self, entry: _Entry) -> StreamSession:
+        return attrs.evolve(entry.session, events=events_view(entry.log.retained()))
+
+    def _touch(self, entry: _Entry) -> None:
+        entry.last_event_at = self._clock()
+
+    def _rearm(self, entry: _Entry) -> None:
+        # A control call counts as activity: requeue at the back of the idle queue.
+        sid = entry.session.session_id
+        entry.last_event_at = self._clock()
+        if not entry.finishing:
+            self._idle.pop(sid, None)
+            self._idle[sid] = entry.last_event_at
+
+    async def _set_state(self, entry: _Entry, state: SessionState) -> None:
+        check_transition(entry.session.status, state, session_id=entry.session.session_id)
+        if entry.finishing:
+            raise ClosedError("the session has ended", session_id=entry.session.session_id)
+        before, after = await self.backend.store.set_state(
+            entry.session.session_id, state, now=time.time()
+        )
+        entry.session = after
+        self._rearm(entry)
+        self._emit("state_changed", before, after)
+
+    async def _finish(
+        self,
+        entry: _Entry,
+        state: SessionState,
+        final: StreamEvent,
+        *,
+        from_producer: bool = False,
+    ) -> StreamEvent:
+        """End a session once: its final event, its state, its producer. Idempotent."""
+        session_id = entry.session.session_id
+        if entry.finishing:
+            raise ClosedError("the session has ended", session_id=session_id)
+        check_transition(entry.session.status, state, session_id=session_id)
+        entry.finishing = True
+        stored = final
+        try:
+            with anyio.CancelScope(shield=True):
+                if not entry.log.is_closed:
+                    stored = await entry.log.append(final)
+                    self._counts["appended"] += 1
+                before, after = await self.backend.store.set_state(
+                    session_id, state, now=time.time()
+                )
+                entry.session = after
+        finally:
+            if entry.producer is not None and not from_producer:
+                entry.producer.cancel()
+            if entry.resumed is not None:
+                entry.resumed.set()  # a paused producer must see its cancellation
+            self._idle.pop(session_id, None)
+            self._unwatched.pop(session_id, None)
+            self._ended[session_id] = self._clock()
+        self._emit("event", stored)
+        self._emit("state_changed", before, after)
+        return stored
+
+    async def _remove(self, entry: _Entry) -> None:
+        session_id = entry.session.session_id
+        if self._entries.pop(session_id, None) is None:
+            return
+        self._ended.pop(session_id, None)
+        self._idle.pop(session_id, None)
+        self._unwatched.pop(session_id, None)
+        self._delivered_gone += entry.log.statistics().events_delivered
+        with anyio.CancelScope(shield=True):
+            await entry.log.aclose()
+            await self.backend.delete_log(session_id)
+            removed = await self.backend.store.remove(session_id)
+        self._counts["removed"] += 1
+        self._emit("removed", removed or entry.session)
+
+    def _emit(self, name: str, *args: object) -> None:
+        for hook in tuple(self._hooks[name]):
+            try:
+                hook(*args)
+            except Exception:
+                logger.exception("streamkit: a %r hook raised; it was ignored", name)
+
+    def _subscriber_joined(self, entry: _Entry) -> None:
+        if entry.subscribers >= self.config.max_subscribers_per_session:
+            raise SessionLimitExceeded(
+                f"the session has its maximum of {self.config.max_subscribers_per_session} "
+                "subscribers",
+                limit=self.config.max_subscribers_per_session,
+                session_id=entry.session.session_id,
+            )
+        entry.subscribers += 1
+        self._unwatched.pop(entry.session.session_id, None)
+
+    def _subscriber_left(self, entry: _Entry) -> None:
+        entry.subscribers -= 1
+        if (
+            entry.subscribers == 0
+            and entry.producer is not None
+            and not entry.finishing
+            and self.config.idle_producer_grace is not None
+        ):
+            self._unwatched[entry.session.session_id] = self._clock()
+
+
+class Subscription:
+    """A subscriber's view of one session: an async iterator of its events.
+
+    Made by :meth:`SessionRegistry.subscribe`. Use it with ``async with`` (or iterate it
+    to the end) so that it is released promptly. Checks (existence, permission, the
+    subscriber bound, the resume point) happen when it is entered or first iterated.
+    """
+
+    __slots__ = ("_after", "_closed", "_cursor", "_entry", "_registry", "_session_id", "_user")
+
+    def __init__(
+        self, registry: SessionRegistry, session_id: str, user_id: str | None, after: int
+    ) -> None:
+        self._registry = registry
+        self._session_id = session_id
+        self._user = user_id
+        self._after = after
+        self._cursor: EventCursor | None = None
+        self._entry: _Entry | None = None
+        self._closed = False
+
+    @property
+    def session_id(self) -> str:
+        """The session this subscription follows."""
+        return self._session_id
+
+    @property
+    def position(self) -> int:
+        """The ``seq`` of the last event returned: resume after it."""
+        return self._after if self._cursor is None else self._cursor.position
+
+    async def _open(self) -> EventCursor:
+        if self._closed:
+            raise ClosedError("the subscription is closed", session_id=self._session_id)
+        registry = self._registry
+        entry = await registry._entry(self._session_id, self._user, "read")
+        registry._subscriber_joined(entry)
+        self._entry = entry
+        self._cursor = entry.log.read(self._after)
+        return self._cursor
+
+    async def __aenter__(self) -> Self:
+        if self._cursor is None:
+            await self._open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> StreamEvent:
+        cursor = self._cursor
+        if cursor is None:
+            if self._closed:
+                raise StopAsyncIteration
+            cursor = await self._open()
+        try:
+            return await cursor.__anext__()
+        except StopAsyncIteration:
+            await self.aclose()
+            raise
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        """Stop following the session. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        cursor, self._cursor = self._cursor, None
+        entry, self._entry = self._entry, None
+        if entry is not None:
+            self._registry._subscriber_left(entry)
+        if cursor is not None:
+            self._after = cursor.position
+            await cursor.aclose()
+
+
+_EMPTY: Final[MappingProxyType[str, Any]] = MappingProxyType({})
+
+
+def _final(kind: Literal["complete"], reason: str) -> StreamEvent:
+    return make_event(EventType(kind), "", MappingProxyType({"reason": reason}))
+
+
+def _error_event(exc: BaseException) -> StreamEvent:
+    return make_event(
+        EventType.ERROR,
+        "",
+        MappingProxyType({"error_type": type(exc).__name__, "message": str(exc)[:1000]}),
+    )

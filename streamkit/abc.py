@@ -1,0 +1,317 @@
+"""Interfaces that storage backends implement and types that users pass in.
+
+Implementers subclass the abstract base classes here; they inherit the async context
+manager and async iterator plumbing. Two backends ship: the in-memory one (the default of
+:class:`~streamkit.SessionRegistry`) and Redis (``streamkit.backends.redis``). Both run
+the same conformance suite, :func:`streamkit.testing.check_event_log`.
+
+The contracts, in short:
+
+* :class:`EventLog` is one session's append-only log. ``append`` stamps a monotonic
+  ``seq`` (1, 2, 3, ...) and the session id; after a final event (``complete`` or
+  ``error``) or :meth:`EventLog.aclose` it refuses more with :class:`~streamkit.ClosedError`.
+* :meth:`EventLog.read` returns an :class:`EventCursor`: it replays the retained events
+  with ``seq > after``, then follows live ones, and stops after the final event (or at
+  the end of the retained tail of a closed log). A resume point older than what is
+  retained raises :class:`~streamkit.HistoryGap`; a reader that falls too far behind
+  raises :class:`~streamkit.SubscriberLagged` (``disconnect`` policy) or makes the
+  producer wait (``block`` policy). Nothing is ever skipped silently.
+* :class:`SessionStore` keeps session records (:class:`~streamkit.StreamSession`
+  snapshots) and enforces the session count bounds atomically.
+* :class:`Backend` makes logs and owns a store; the registry goes through it for every
+  piece of shared state.
+"""
+
+from __future__ import annotations
+
+from abc import ABCMeta, abstractmethod
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from typing import TYPE_CHECKING, TypeAlias
+
+import attrs
+from typing_extensions import Self
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from ._config import RegistryConfig
+    from ._events import StreamEvent
+    from ._session import SessionState, StreamSession
+
+__all__ = [
+    "Backend",
+    "EventCursor",
+    "EventLog",
+    "LogStatistics",
+    "SessionStore",
+    "TokenSource",
+]
+
+#: What :func:`~streamkit.stream_tokens` and :meth:`~streamkit.SessionRegistry.start`
+#: accept as a producer: any async or sync iterable of text chunks.
+TokenSource: TypeAlias = "AsyncIterable[str] | Iterable[str]"
+
+
+@attrs.frozen(kw_only=True)
+class LogStatistics:
+    """A snapshot of one event log's counters, from :meth:`EventLog.statistics`.
+
+    Attributes:
+        session_id: The session the log belongs to.
+        last_seq: The sequence number of the newest event (``0`` if none yet); also the
+            number of events ever appended.
+        oldest_seq: The sequence number of the oldest retained event (``last_seq + 1``
+            when none is retained).
+        retained_events: Events held for replay.
+        retained_bytes: Their size, as the log accounts it (see the implementation).
+        readers: Cursors currently reading.
+        events_delivered: Events handed to readers, summed over all readers.
+        readers_lagged: Readers ended with :class:`~streamkit.SubscriberLagged`.
+        producer_waits: Times an append waited for a slow reader (``block`` policy).
+        closed: Whether the log takes no more appends.
+    """
+
+    session_id: str
+    last_seq: int
+    oldest_seq: int
+    retained_events: int
+    retained_bytes: int
+    readers: int
+    events_delivered: int
+    readers_lagged: int
+    producer_waits: int
+    closed: bool
+
+
+class EventCursor(AsyncIterator["StreamEvent"], metaclass=ABCMeta):
+    """A reader's position in an :class:`EventLog`: iterate it to get events in order.
+
+    A cursor is an async iterator and an async context manager; leaving the ``async
+    with`` block (or calling :meth:`aclose`) releases it. It belongs to one task.
+    """
+
+    __slots__ = ()
+
+    @property
+    @abstractmethod
+    def position(self) -> int:
+        """The ``seq`` of the last event this cursor returned (its resume point)."""
+
+    @abstractmethod
+    async def __anext__(self) -> StreamEvent:
+        """Return the next event, waiting for one if the log is live.
+
+        Raises:
+            StopAsyncIteration: the final event was returned, the log was closed and
+                its tail read, or the cursor was closed.
+            HistoryGap: on the first call, ``after`` is older than what is retained.
+            SubscriberLagged: the reader fell too far behind (``disconnect`` policy),
+                or events it had not read yet left the retention window.
+        """
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Release the cursor; later iteration ends at once. Idempotent."""
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class EventLog(metaclass=ABCMeta):
+    """One session's append-only event log, read through cursors.
+
+    The log's limits (retained events and bytes, the largest event, the slow-consumer
+    policy and lag) are set when it is made; see :class:`~streamkit.RegistryConfig` for
+    their meaning. Properties reflect what this process knows; they never block.
+    """
+
+    __slots__ = ()
+
+    @property
+    @abstractmethod
+    def session_id(self) -> str:
+        """The session this log belongs to; appended events are stamped with it."""
+
+    @property
+    @abstractmethod
+    def last_seq(self) -> int:
+        """The ``seq`` of the newest event, ``0`` before the first append."""
+
+    @property
+    @abstractmethod
+    def oldest_seq(self) -> int:
+        """The ``seq`` of the oldest retained event (``last_seq + 1`` if none is)."""
+
+    @property
+    @abstractmethod
+    def is_closed(self) -> bool:
+        """Whether the log takes no more appends (final event appended, or closed)."""
+
+    @abstractmethod
+    async def append(self, event: StreamEvent) -> StreamEvent:
+        """Store ``event`` as the next one and return the stored copy.
+
+        The stored event carries the next ``seq`` and the log's ``session_id``; the
+        argument itself is never changed. A ``complete`` or ``error`` event is final:
+        the log closes after it. Under the ``block`` policy this waits while the
+        slowest reader is more than ``max_lag`` events behind.
+
+        Args:
+            event: The event to store.
+
+        Returns:
+            The stored event.
+
+        Raises:
+            ClosedError: the log is closed.
+            PayloadTooLarge: the event is larger than the log's ``max_event_bytes``.
+            ValidationError: ``event`` is not a :class:`~streamkit.StreamEvent`.
+        """
+
+    @abstractmethod
+    def read(self, after: int = 0) -> EventCursor:
+        """Return a cursor over the events with ``seq > after``, replayed then live.
+
+        Nothing is checked until the cursor's first ``__anext__``: that is where a
+        :class:`~streamkit.HistoryGap` comes out when ``after < oldest_seq - 1``. A
+        cursor on a closed log with ``after >= last_seq`` ends at once; on a live log
+        it waits for the next event.
+
+        Args:
+            after: The last ``seq`` the reader already has (``0``: from the start).
+
+        Raises:
+            ValidationError: ``after`` is not an ``int >= 0``.
+        """
+
+    @abstractmethod
+    def retained(self) -> Sequence[StreamEvent]:
+        """Return a read-only view of the retained events, oldest first."""
+
+    @abstractmethod
+    def statistics(self) -> LogStatistics:
+        """Return a snapshot of the log's counters."""
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Close the log for writers. Idempotent.
+
+        Later appends raise :class:`~streamkit.ClosedError`; readers get the retained
+        tail and then stop, without a final event unless one was appended before.
+        """
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class SessionStore(metaclass=ABCMeta):
+    """Where session records live: what the registry needs from storage.
+
+    A record is a :class:`~streamkit.StreamSession` snapshot without its events (the
+    events are in the session's :class:`EventLog`). Counting bounds are enforced by
+    :meth:`add` atomically, so that ``max_sessions`` stays exact under concurrency even
+    when several processes share the store.
+    """
+
+    __slots__ = ()
+
+    @abstractmethod
+    async def add(
+        self,
+        session: StreamSession,
+        *,
+        max_sessions: int,
+        max_sessions_per_user: int | None,
+    ) -> None:
+        """Store a new record, unless a count bound would be exceeded.
+
+        Args:
+            session: The new record; its id must not be in the store.
+            max_sessions: How many records the store may hold at once.
+            max_sessions_per_user: How many records one ``user_id`` may hold (``None``:
+                no bound; anonymous sessions are not counted per user).
+
+        Raises:
+            SessionLimitExceeded: a bound is reached; nothing was stored.
+            ValidationError: the id is already in use.
+        """
+
+    @abstractmethod
+    async def get(self, session_id: str) -> StreamSession | None:
+        """Return the record of ``session_id``, or ``None`` if there is none."""
+
+    @abstractmethod
+    async def set_state(
+        self, session_id: str, state: SessionState, *, now: float
+    ) -> tuple[StreamSession, StreamSession]:
+        """Move a session to ``state`` if the transition table allows it.
+
+        Args:
+            session_id: The session.
+            state: The requested state.
+            now: The time of the change, Unix seconds.
+
+        Returns:
+            The record before and after the change.
+
+        Raises:
+            SessionNotFound: there is no such record.
+            InvalidTransition: the move is not allowed from the current state.
+        """
+
+    @abstractmethod
+    async def remove(self, session_id: str) -> StreamSession | None:
+        """Delete a record and return it (``None`` if there was none)."""
+
+    @abstractmethod
+    async def list(self, user_id: str | None = None) -> Sequence[StreamSession]:
+        """Return the records of ``user_id``, or every record if it is ``None``."""
+
+    @abstractmethod
+    async def count(self) -> int:
+        """Return how many records the store holds."""
+
+
+class Backend(metaclass=ABCMeta):
+    """A storage backend: a :class:`SessionStore` and a maker of :class:`EventLog`."""
+
+    __slots__ = ()
+
+    @property
+    @abstractmethod
+    def store(self) -> SessionStore:
+        """The store of session records."""
+
+    @abstractmethod
+    async def make_log(self, session_id: str, config: RegistryConfig) -> EventLog:
+        """Return the log of ``session_id`` with the limits of ``config``.
+
+        Raises:
+            BackendError: the storage failed.
+        """
+
+    @abstractmethod
+    async def delete_log(self, session_id: str) -> None:
+        """Free the storage of a session's log (the registry removed the session)."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook, empty by default
+        """Release the backend's resources (connections). The default does nothing."""
