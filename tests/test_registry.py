@@ -1,0 +1,495 @@
+"""SessionRegistry through its public API, on asyncio and Trio."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import anyio
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import streamkit as sk
+from streamkit.testing import SimulatedAgent
+
+pytestmark = pytest.mark.anyio
+
+FAST = sk.StreamConfig(stream_delay=0, chunk_size=1, heartbeat_interval=None)
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def gated(tokens: list[str], gate: anyio.Event) -> AsyncIterator[str]:
+    """Yield the first token, then wait for ``gate`` before the rest."""
+    yield tokens[0]
+    await gate.wait()
+    for token in tokens[1:]:
+        yield token
+
+
+async def forever() -> AsyncIterator[str]:
+    while True:
+        yield "x"
+        await anyio.sleep(0.001)
+
+
+async def collect(subscription: sk.Subscription) -> list[sk.StreamEvent]:
+    async with subscription:
+        return [event async for event in subscription]
+
+
+def text_of(events: list[sk.StreamEvent]) -> str:
+    return "".join(e.content for e in events if e.event_type == sk.EventType.TOKEN)
+
+
+async def test_a_session_streams_its_agent_to_the_end() -> None:
+    agent = SimulatedAgent(seed=3, realtime=False)
+    async with sk.SessionRegistry() as registry:
+        session = await registry.create(user_id="alice", context={"model": "sim"})
+        assert session.status is sk.SessionState.ACTIVE
+        assert session.context == {"model": "sim"}
+        registry.start(session.session_id, agent("hi"), FAST)
+        events = await collect(registry.subscribe(session.session_id, user_id="alice"))
+        assert events[0].event_type == sk.EventType.START
+        assert events[-1].event_type == sk.EventType.COMPLETE
+        assert [e.seq for e in events] == list(range(1, len(events) + 1))
+        assert all(e.session_id == session.session_id for e in events)
+        assert text_of(events) == agent.answer("hi")
+        done = await registry.get(session.session_id, user_id="alice")
+        assert done.status is sk.SessionState.COMPLETED
+        assert list(done.events) == events
+
+
+async def test_fan_out_gives_every_subscriber_the_same_sequence() -> None:
+    agent = SimulatedAgent(seed=5, realtime=False)
+    results: list[list[sk.StreamEvent]] = []
+    async with sk.SessionRegistry() as registry:
+        session = await registry.create()
+        gate = anyio.Event()
+        ready = [anyio.Event() for _ in range(50)]
+
+        async def reader(i: int) -> None:
+            async with registry.subscribe(session.session_id) as sub:
+                ready[i].set()
+                results.append([e async for e in sub])
+
+        async with anyio.create_task_group() as tg:
+            for i in range(50):
+                tg.start_soon(reader, i)
+            for event in ready:
+                await event.wait()
+            registry.start(session.session_id, gated(agent.tokens("q"), gate), FAST)
+            gate.set()
+    assert len(results) == 50
+    assert all(r == results[0] for r in results)
+    assert text_of(results[0]) == agent.answer("q")
+
+
+@settings(max_examples=15)
+@given(cut=st.integers(min_value=0, max_value=40))
+def test_resume_from_any_position_gives_exactly_the_rest(cut: int) -> None:
+    async def scenario(backend: str) -> None:
+        agent = SimulatedAgent(seed=9, realtime=False)
+        async with sk.SessionRegistry() as registry:
+            session = await registry.create()
+            gate = anyio.Event()
+            registry.start(session.session_id, gated(agent.tokens("r"), gate), FAST)
+            first: list[sk.StreamEvent] = []
+            async with registry.subscribe(session.session_id) as sub:
+                async for event in sub:
+                    first.append(event)
+                    if len(first) == 2:
+                        gate.set()  # the rest of the stream is produced while we read
+                    if event.seq == cut or event.is_final:
+                        break
+            gate.set()
+            position = first[-1].seq if first else 0
+            assert position is not None
+            rest = await collect(registry.subscribe(session.session_id, after=position))
+            whole = await collect(registry.subscribe(session.session_id))
+            assert first + rest == whole
+            assert [e.seq for e in rest] == list(range(position + 1, whole[-1].seq + 1))  # type: ignore[operator]
+
+    for backend in ("asyncio", "trio"):
+        anyio.run(scenario, backend, backend=backend)
+
+
+async def test_history_gap_past_retention() -> None:
+    config = sk.RegistryConfig(history_max_events=5)
+    async with sk.SessionRegistry(config) as registry:
+        session = await registry.create()
+        registry.start(session.session_id, [f"t{i} " for i in range(20)], FAST)
+        tail = await collect(registry.subscribe(session.session_id, after=10_000))
+        assert tail == []
+        with pytest.raises(sk.HistoryGap) as info:
+            await collect(registry.subscribe(session.session_id, after=1))
+        assert info.value.oldest_seq is not None
+        assert info.value.oldest_seq > 2
+        assert info.value.status_hint == 410
+        kept = await collect(
+            registry.subscribe(session.session_id, after=info.value.oldest_seq - 1)
+        )
+        assert len(kept) == 5
+        assert kept[-1].is_final
+
+
+async def test_slow_subscriber_is_disconnected_and_can_resume() -> None:
+    config = sk.RegistryConfig(max_lag=10, history_max_events=1000)
+    async with sk.SessionRegistry(config) as registry:
+        session = await registry.create()
+        await registry.publish(
+            session.session_id, sk.StreamEvent(event_type="x-n", content="first")
+        )
+        sub = registry.subscribe(session.session_id)
+        async with sub:
+            first = await sub.__anext__()
+            assert first.seq == 1
+            for i in range(30):  # the reader does not read while these arrive
+                await registry.publish(
+                    session.session_id, sk.StreamEvent(event_type="x-n", content=str(i))
+                )
+            with pytest.raises(sk.SubscriberLagged) as info:
+                async for _ in sub:
+                    pass
+        assert info.value.after == 1
+        await registry.publish(session.session_id, sk.StreamEvent(event_type="complete"))
+        rest = await collect(registry.subscribe(session.session_id, after=info.value.after))
+        assert [e.seq for e in rest] == list(range(2, 33))
+        assert rest[-1].is_final
+
+
+async def test_block_policy_makes_the_producer_wait_for_the_slow_reader() -> None:
+    config = sk.RegistryConfig(max_lag=4, slow_consumer_policy="block")
+    async with sk.SessionRegistry(config) as registry:
+        session = await registry.create()
+        await registry.publish(
+            session.session_id, sk.StreamEvent(event_type="x-n", content="first")
+        )
+        sub = registry.subscribe(session.session_id)
+        published = 0
+
+        async def producer() -> None:
+            nonlocal published
+            for i in range(20):
+                await registry.publish(
+                    session.session_id, sk.StreamEvent(event_type="x-n", content=str(i))
+                )
+                published += 1
+            await registry.publish(session.session_id, sk.StreamEvent(event_type="complete"))
+
+        async with sub, anyio.create_task_group() as tg:
+            first = await sub.__anext__()
+            tg.start_soon(producer)
+            with anyio.fail_after(5):
+                while published < 3:
+                    await anyio.sleep(0)
+            for _ in range(50):
+                await anyio.sleep(0)
+            assert published < 20  # held back by the reader that does not read
+            rest = [e async for e in sub]
+        assert [first.seq] + [e.seq for e in rest] == list(range(1, 23))
+        assert rest[-1].is_final
+
+
+async def test_max_sessions_is_exact_under_concurrency() -> None:
+    created: list[sk.StreamSession] = []
+    refused: list[sk.SessionLimitExceeded] = []
+    async with sk.SessionRegistry(sk.RegistryConfig(max_sessions=100)) as registry:
+
+        async def create() -> None:
+            try:
+                created.append(await registry.create(user_id="u"))
+            except sk.SessionLimitExceeded as exc:
+                refused.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(1000):
+                tg.start_soon(create)
+        assert len(created) == 100
+        assert len(refused) == 900
+        assert refused[0].status_hint == 429
+        assert len({s.session_id for s in created}) == 100
+        await registry.close(created[0].session_id, user_id="u")
+        await registry.create(user_id="u")  # room again
+
+
+async def test_per_user_limit() -> None:
+    async with sk.SessionRegistry(sk.RegistryConfig(max_sessions_per_user=2)) as registry:
+        await registry.create(user_id="a")
+        await registry.create(user_id="a")
+        with pytest.raises(sk.SessionLimitExceeded):
+            await registry.create(user_id="a")
+        await registry.create(user_id="b")
+        await registry.create()  # anonymous sessions are not counted per user
+
+
+async def test_ownership_and_authorize() -> None:
+    calls: list[tuple[str | None, str]] = []
+
+    def authorize(user: str | None, session: sk.StreamSession, action: str) -> bool:
+        calls.append((user, action))
+        return user == "admin" and action == "read"
+
+    async with sk.SessionRegistry(authorize=authorize) as registry:
+        session = await registry.create(user_id="alice")
+        sid = session.session_id
+        for call in (
+            registry.get(sid, user_id="bob"),
+            registry.pause(sid, user_id="bob"),
+            registry.cancel(sid),
+            registry.publish(sid, sk.StreamEvent(event_type="token"), user_id="bob"),
+        ):
+            with pytest.raises(sk.PermissionDenied):
+                await call
+        with pytest.raises(sk.PermissionDenied):
+            await collect(registry.subscribe(sid, user_id="bob"))
+        assert (await registry.get(sid, user_id="admin")).session_id == sid
+        with pytest.raises(sk.PermissionDenied):
+            await registry.cancel(sid, user_id="admin")
+        assert ("admin", "read") in calls
+        assert [s.session_id for s in await registry.list(user_id="alice")] == [sid]
+        assert await registry.list(user_id="bob") == []
+        with pytest.raises(sk.SessionNotFound):
+            await registry.get("no-such-session", user_id="alice")
+        with pytest.raises(sk.ValidationError):
+            await registry.get("bad id!", user_id="alice")
+
+
+async def test_pause_resume_cancel_and_illegal_moves() -> None:
+    async with sk.SessionRegistry() as registry:
+        session = await registry.create(user_id="u")
+        sid = session.session_id
+        registry.start(sid, forever(), FAST)
+        paused = await registry.pause(sid, user_id="u")
+        assert paused.status is sk.SessionState.PAUSED
+        with pytest.raises(sk.InvalidTransition):
+            await registry.pause(sid, user_id="u")
+        assert (await registry.resume(sid, user_id="u")).status is sk.SessionState.ACTIVE
+        with pytest.raises(sk.InvalidTransition):
+            await registry.resume(sid, user_id="u")
+        done = await registry.cancel(sid, user_id="u")
+        assert done.status is sk.SessionState.CANCELLED
+        events = await collect(registry.subscribe(sid, user_id="u"))
+        finals = [e for e in events if e.is_final]
+        assert len(finals) == 1
+        assert finals[0].metadata["reason"] == "cancelled"
+        with pytest.raises(sk.InvalidTransition):
+            await registry.cancel(sid, user_id="u")
+        with pytest.raises(sk.InvalidTransition):
+            registry.start(sid, ["late"])
+        with pytest.raises(sk.ClosedError):
+            await registry.publish(sid, sk.StreamEvent(event_type="token"), user_id="u")
+        await registry.close(sid, user_id="u")
+        with pytest.raises(sk.SessionNotFound):
+            await registry.get(sid, user_id="u")
+
+
+async def test_a_paused_session_stops_pulling() -> None:
+    pulled = 0
+
+    async def counting() -> AsyncIterator[str]:
+        nonlocal pulled
+        for i in range(10_000):
+            pulled += 1
+            yield f"{i} "
+            await anyio.sleep(0)
+
+    async with sk.SessionRegistry() as registry:
+        session = await registry.create()
+        registry.start(session.session_id, counting(), FAST)
+        await registry.pause(session.session_id)
+        at_pause = pulled
+        for _ in range(2000):
+            await anyio.sleep(0)
+        # the stream may fill its small read-ahead buffer, and not more
+        assert pulled - at_pause <= 300
+        assert pulled < 10_000
+        await registry.resume(session.session_id)
+        events = await collect(registry.subscribe(session.session_id))
+        assert events[-1].event_type == sk.EventType.COMPLETE
+        assert pulled == 10_000
+
+
+async def test_source_error_ends_the_session_in_error() -> None:
+    async def broken() -> AsyncIterator[str]:
+        yield "ok "
+        raise RuntimeError("model fell over")
+
+    async with sk.SessionRegistry() as registry:
+        session = await registry.create()
+        registry.start(session.session_id, broken(), FAST)
+        events = await collect(registry.subscribe(session.session_id))
+        assert events[-1].event_type == sk.EventType.ERROR
+        assert events[-1].metadata["error_type"] == "RuntimeError"
+        assert (await registry.get(session.session_id)).status is sk.SessionState.ERROR
+
+
+async def test_start_checks_its_arguments() -> None:
+    async with sk.SessionRegistry() as registry:
+        session = await registry.create()
+        with pytest.raises(sk.ValidationError):
+            registry.start(session.session_id, 42)  # type: ignore[arg-type]
+        registry.start(session.session_id, ["a"], FAST)
+        with pytest.raises(sk.ValidationError, match="producer"):
+            registry.start(session.session_id, ["b"], FAST)
+        with pytest.raises(sk.SessionNotFound):
+            registry.start("unknown", ["b"])
+        with pytest.raises(sk.ValidationError):
+            registry.subscribe(session.session_id, after=-1)
+    with pytest.raises(sk.ClosedError):
+        await registry.create()
+
+
+async def test_sweeper_expires_idle_sessions_and_removes_ended_ones() -> None:
+    clock = FakeClock()
+    config = sk.RegistryConfig(session_timeout=60, ended_session_ttl=30, cleanup_interval=3600)
+    removed: list[str] = []
+    async with sk.SessionRegistry(config, clock=clock) as registry:
+        registry.on("removed", lambda s: removed.append(s.session_id))
+        idle = await registry.create()
+        busy = await registry.create()
+        clock.now += 50
+        await registry.publish(busy.session_id, sk.StreamEvent(event_type="x-ping"))
+        clock.now += 20  # idle: 70 s without activity; busy: 20 s
+        assert await registry.sweep() == 1
+        assert (await registry.get(idle.session_id)).status is sk.SessionState.EXPIRED
+        assert (await registry.get(busy.session_id)).status is sk.SessionState.ACTIVE
+        events = await collect(registry.subscribe(idle.session_id))
+        assert events[-1].metadata["reason"] == "expired"
+        clock.now += 31
+        await registry.sweep()
+        assert removed == [idle.session_id]
+        with pytest.raises(sk.SessionNotFound):
+            await registry.get(idle.session_id)
+        stats = registry.statistics()
+        assert stats.sessions_expired == 1
+        assert stats.sessions_removed == 1
+        assert stats.sweeps == 2
+
+
+async def test_idle_producers_are_cancelled_after_the_grace() -> None:
+    clock = FakeClock()
+    config = sk.RegistryConfig(idle_producer_grace=10)
+    async with sk.SessionRegistry(config, clock=clock) as registry:
+        session = await registry.create()
+        registry.start(session.session_id, forever(), FAST)
+        clock.now += 11
+        assert await registry.sweep() == 1
+        events = await collect(registry.subscribe(session.session_id))
+        assert events[-1].metadata["reason"] == "unwatched"
+
+
+async def test_heartbeats_reach_watched_silent_sessions() -> None:
+    clock = FakeClock()
+    config = sk.RegistryConfig(heartbeat_interval=5)
+    async with sk.SessionRegistry(config, clock=clock) as registry:
+        watched = await registry.create()
+        unwatched = await registry.create()
+        async with registry.subscribe(watched.session_id) as sub:
+            clock.now += 2
+            assert await registry.emit_heartbeats() == 0
+            clock.now += 4
+            assert await registry.emit_heartbeats() == 1
+            beat = await sub.__anext__()
+            assert beat.event_type == sk.EventType.HEARTBEAT
+        assert len((await registry.get(unwatched.session_id)).events) == 0
+        assert registry.statistics().heartbeats == 1
+
+
+async def test_hooks_see_the_lifecycle_and_a_raising_hook_is_isolated(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    seen: list[str] = []
+
+    def boom(*_: object) -> None:
+        raise ValueError("hook bug")
+
+    async with sk.SessionRegistry() as registry:
+        registry.on("created", boom)
+        registry.on("created", lambda s: seen.append("created"))
+        registry.on("state_changed", lambda a, b: seen.append(f"{a.status}->{b.status}"))
+        unregister = registry.on("event", lambda e: seen.append(e.event_type))
+        with caplog.at_level(logging.ERROR, logger="streamkit.registry"):
+            session = await registry.create()
+        assert "hook bug" in caplog.text
+        registry.start(session.session_id, ["a"], FAST)
+        await collect(registry.subscribe(session.session_id))
+        unregister()
+        unregister()
+        with pytest.raises(sk.ValidationError):
+            registry.on("nope", print)  # type: ignore[arg-type]
+    assert seen[0] == "created"
+    assert "start" in seen
+    assert "active->completed" in seen
+
+
+async def test_shutdown_ends_everything() -> None:
+    results: list[list[sk.StreamEvent]] = []
+    # The readers belong to the application (outside the registry block): leaving the
+    # registry gives each session its final event, and the readers end by themselves.
+    async with anyio.create_task_group() as app, sk.SessionRegistry() as registry:
+        sessions = [await registry.create() for _ in range(20)]
+        reading = [anyio.Event() for _ in sessions]
+
+        async def reader(sid: str, started: anyio.Event) -> None:
+            async with registry.subscribe(sid) as sub:
+                events = [await sub.__anext__()]
+                started.set()
+                events.extend([e async for e in sub])
+            results.append(events)
+
+        for session, started in zip(sessions, reading, strict=True):
+            registry.start(session.session_id, forever(), FAST)
+            app.start_soon(reader, session.session_id, started)
+        for started in reading:
+            await started.wait()
+    assert len(results) == 20
+    for events in results:
+        finals = [e for e in events if e.is_final]
+        assert finals == [events[-1]]
+        assert finals[0].metadata["reason"] == "shutdown"
+    stats = registry.statistics()
+    assert stats.producers == 0
+    assert stats.subscribers == 0
+    assert stats.by_state["cancelled"] == 20
+
+
+async def test_statistics() -> None:
+    agent = SimulatedAgent(seed=1, realtime=False)
+    async with sk.SessionRegistry() as registry:
+        session = await registry.create()
+        registry.start(session.session_id, agent("s"), FAST)
+        events = await collect(registry.subscribe(session.session_id))
+        stats = registry.statistics()
+        assert stats.sessions == 1
+        assert stats.by_state["completed"] == 1
+        assert stats.events_appended == len(events)
+        assert stats.events_delivered == len(events)
+        assert stats.mean_time_to_first_token is not None
+        per = await registry.session_statistics(session.session_id)
+        assert per.log.last_seq == len(events)
+        assert per.stream is not None
+        assert per.stream.chunks > 0
+
+
+async def test_bad_construction() -> None:
+    with pytest.raises(sk.ValidationError):
+        sk.SessionRegistry({"max_sessions": 1})  # type: ignore[arg-type]
+    with pytest.raises(sk.ValidationError):
+        sk.SessionRegistry(backend=object())  # type: ignore[arg-type]
+    registry = sk.SessionRegistry()
+    async with registry:
+        with pytest.raises(sk.ValidationError):
+            await registry.create(context={"x": object()})
+    with pytest.raises(RuntimeError):
+        async with registry:
+            pass
