@@ -15,11 +15,13 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 RESULTS = Path(__file__).resolve().parent / "results"
 QUICK = os.environ.get("STREAMKIT_BENCH_QUICK") == "1"

@@ -33,6 +33,7 @@ Rules of this module, and why:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -41,7 +42,6 @@ from typing import TYPE_CHECKING, Any, Final, overload
 import anyio
 import anyio.lowlevel
 
-from ._config import SlowConsumerPolicy
 from ._errors import ClosedError, HistoryGap, PayloadTooLarge, SubscriberLagged, ValidationError
 from ._events import StreamEvent, make_event
 from ._session import new_session_id
@@ -49,7 +49,7 @@ from ._validate import check_id, check_int, type_name
 from .abc import EventCursor, EventLog, LogStatistics
 
 if TYPE_CHECKING:
-    from ._config import RegistryConfig
+    from ._config import RegistryConfig, SlowConsumerPolicy
 
 __all__ = ["InMemoryEventLog", "estimate_size"]
 
@@ -267,10 +267,8 @@ class _Cursor(EventCursor):
     def __del__(self) -> None:
         # A cursor dropped without aclose() must not hold a blocked producer forever.
         if self._state is not None:
-            try:
+            with contextlib.suppress(Exception):  # interpreter shutdown
                 self._finish()
-            except Exception:  # pragma: no cover - interpreter shutdown  # noqa: S110
-                pass
 
 
 class _RetainedView(Sequence[StreamEvent]):
@@ -358,8 +356,8 @@ class InMemoryEventLog(EventLog):
         slow_consumer_policy: SlowConsumerPolicy = "disconnect",
         max_lag: int = 1000,
     ) -> None:
-        self._session_id = new_session_id() if session_id is None else check_id(
-            "session_id", session_id
+        self._session_id = (
+            new_session_id() if session_id is None else check_id("session_id", session_id)
         )
         self._max_events = check_int("history_max_events", history_max_events, minimum=1)
         self._max_bytes = check_int("history_max_bytes", history_max_bytes, minimum=1)
