@@ -398,7 +398,8 @@ class SessionRegistry:
                         try:
                             stored = await append(event)
                         except ClosedError:
-                            if entry.finishing:
+                            # Another task may have ended the session during the await.
+                            if _finishing(entry):
                                 break
                             raise
                         entry.last_event_at = clock()
@@ -916,6 +917,10 @@ class Subscription:
 
 
 _EMPTY: Final[MappingProxyType[str, Any]] = MappingProxyType({})
+
+
+def _finishing(entry: _Entry) -> bool:
+    return entry.finishing
 
 
 def _final(kind: Literal["complete"], reason: str) -> StreamEvent:
