@@ -11,9 +11,13 @@ from __future__ import annotations
 from ._agent import SimulatedAgent as SimulatedAgent
 
 # -- conformance suites (issue 5) ----------------------------------------------
+from ._conformance import EventLogFactory as EventLogFactory
+from ._conformance import check_event_log as check_event_log
 
 __all__ = [
+    "EventLogFactory",
     "SimulatedAgent",
+    "check_event_log",
 ]
 
 # Show public objects as streamkit.testing.X in reprs, tracebacks and docs.

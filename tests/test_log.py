@@ -1,0 +1,133 @@
+"""The in-memory event log: the conformance suite, and what it adds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import streamkit as sk
+from streamkit.testing import check_event_log
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_conformance() -> None:
+    await check_event_log(sk.InMemoryEventLog)
+
+
+def token(text: str) -> sk.StreamEvent:
+    return sk.StreamEvent(event_type="token", content=text)
+
+
+@settings(max_examples=25)
+@given(
+    n=st.integers(min_value=0, max_value=30),
+    cut=st.integers(min_value=0, max_value=35),
+    finished=st.booleans(),
+)
+def test_resume_is_exact(n: int, cut: int, finished: bool) -> None:
+    async def scenario() -> None:
+        log = sk.InMemoryEventLog()
+        for i in range(n):
+            await log.append(token(str(i)))
+        if finished:
+            await log.append(sk.StreamEvent(event_type="complete"))
+        last = log.last_seq
+        async with log.read(cut) as cursor:
+            got = [await cursor.__anext__() for _ in range(max(0, last - cut))]
+        assert [e.seq for e in got] == list(range(cut + 1, last + 1))
+
+    for backend in ("asyncio", "trio"):
+        anyio.run(scenario, backend=backend)
+
+
+async def test_byte_retention_keeps_the_newest() -> None:
+    log = sk.InMemoryEventLog(history_max_bytes=2000)
+    for i in range(50):
+        await log.append(token("y" * 100 + str(i)))
+    stats = log.statistics()
+    assert stats.retained_bytes <= 2000
+    assert 0 < stats.retained_events < 50
+    assert log.retained()[-1].content.endswith("49")
+    with pytest.raises(sk.HistoryGap):
+        async with log.read(0) as cursor:
+            await cursor.__anext__()
+
+
+async def test_block_policy_waits_for_the_slowest_reader() -> None:
+    log = sk.InMemoryEventLog(max_lag=3, slow_consumer_policy="block")
+    await log.append(token("0"))
+    appended = 0
+
+    async def producer() -> None:
+        nonlocal appended
+        for i in range(10):
+            await log.append(token(str(i + 1)))
+            appended += 1
+        await log.append(sk.StreamEvent(event_type="complete"))
+
+    async with log.read(0) as cursor, anyio.create_task_group() as tg:
+        await cursor.__anext__()
+        tg.start_soon(producer)
+        for _ in range(100):
+            await anyio.sleep(0)
+        assert appended < 10
+        rest = [e async for e in cursor]
+    assert [e.seq for e in rest] == list(range(2, 13))
+    assert log.statistics().producer_waits > 0
+
+
+async def test_one_stuck_reader_does_not_stall_the_others() -> None:
+    log = sk.InMemoryEventLog(max_lag=5)
+    await log.append(token("first"))
+    stuck = log.read(0)
+    await stuck.__anext__()  # then never reads again
+    fast: list[sk.StreamEvent] = []
+
+    async def reader() -> None:
+        async with log.read(0) as cursor:
+            fast.extend([e async for e in cursor])
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(reader)
+            for i in range(100):
+                await log.append(token(str(i)))
+                await anyio.sleep(0)
+            # Lag is enforced while the log is open: the stuck reader is cut off.
+            with pytest.raises(sk.SubscriberLagged):
+                async for _ in stuck:
+                    pass
+            await log.append(sk.StreamEvent(event_type="complete"))
+    assert len(fast) == 102
+    assert log.statistics().readers_lagged == 1
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [
+        {"history_max_events": 0},
+        {"history_max_bytes": -1},
+        {"max_event_bytes": 0},
+        {"max_lag": 0},
+        {"slow_consumer_policy": "drop"},
+        {"session_id": "bad id"},
+    ],
+)
+async def test_bad_limits(limits: dict[str, Any]) -> None:
+    with pytest.raises(sk.ValidationError):
+        sk.InMemoryEventLog(**limits)
+
+
+async def test_from_config_and_repr() -> None:
+    config = sk.RegistryConfig(history_max_events=7, max_lag=9)
+    log = sk.InMemoryEventLog.from_config("s1", config)
+    assert log.session_id == "s1"
+    assert "open" in repr(log)
+    log.close()
+    assert log.is_closed
+    assert "closed" in repr(log)
