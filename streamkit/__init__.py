@@ -57,6 +57,10 @@ from ._registry import Subscription as Subscription
 from . import ndjson as ndjson
 from . import sse as sse
 
+# -- transports (issue 7) ------------------------------------------------------
+# isort: split
+from . import transports as transports
+
 __all__ = [
     "TRANSITIONS",
     "BackendError",
@@ -98,6 +102,7 @@ __all__ = [
     "sources",
     "sse",
     "stream_tokens",
+    "transports",
 ]
 
 # Show public objects as streamkit.X in reprs, tracebacks and docs.

@@ -1,0 +1,54 @@
+"""Transports: carry text messages over WebSockets, with no web framework required.
+
+* :class:`TextChannel` is the duck type of a WebSocket: async ``send_text``,
+  ``receive_text`` and ``close``. Adapters make one out of raw ASGI
+  (:class:`ASGIChannel`), Starlette or FastAPI (:class:`StarletteChannel`) and the
+  ``websockets`` package (:class:`WebsocketsChannel`); :func:`memory_channel_pair` makes
+  two connected in-memory ends for tests.
+* :class:`WebSocketManager` runs many connections: a bounded send queue per
+  connection with a slow-client policy, broadcast to all or to a group at a cost that
+  does not grow with the number of connections, heartbeat pings that find dead
+  connections, and statistics.
+
+Whatever the framework, a peer going away surfaces as :class:`~streamkit.Disconnected`.
+See ``docs/websocket.md``.
+"""
+
+from __future__ import annotations
+
+from ._channel import CloseCode as CloseCode
+from ._channel import TextChannel as TextChannel
+from ._manager import Connection as Connection
+from ._manager import ConnectionStatistics as ConnectionStatistics
+from ._manager import ManagerStatistics as ManagerStatistics
+from ._manager import MessageHandler as MessageHandler
+from ._manager import SlowClientPolicy as SlowClientPolicy
+from ._manager import WebSocketManager as WebSocketManager
+from .memory import MemoryChannel as MemoryChannel
+from .memory import memory_channel_pair as memory_channel_pair
+from .websocket import ASGIChannel as ASGIChannel
+from .websocket import StarletteChannel as StarletteChannel
+from .websocket import WebsocketsChannel as WebsocketsChannel
+
+__all__ = [
+    "ASGIChannel",
+    "CloseCode",
+    "Connection",
+    "ConnectionStatistics",
+    "ManagerStatistics",
+    "MemoryChannel",
+    "MessageHandler",
+    "SlowClientPolicy",
+    "StarletteChannel",
+    "TextChannel",
+    "WebSocketManager",
+    "WebsocketsChannel",
+    "memory_channel_pair",
+]
+
+# Show public objects as streamkit.transports.X in reprs, tracebacks and docs.
+for _name in __all__:
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith("streamkit.transports._"):
+        _obj.__module__ = __name__
+del _name, _obj
