@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Self, TypeAlias
 
 import attrs
 
+from .transports._channel import TextChannel
+
 if TYPE_CHECKING:
     from types import TracebackType
 
@@ -43,6 +45,7 @@ __all__ = [
     "EventLog",
     "LogStatistics",
     "SessionStore",
+    "TextChannel",
     "TokenSource",
 ]
 

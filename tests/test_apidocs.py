@@ -8,7 +8,15 @@ from pathlib import Path
 
 import streamkit as sk
 
-MODULES = ["streamkit", "streamkit.abc", "streamkit.sse", "streamkit.ndjson", "streamkit.sources"]
+MODULES = [
+    "streamkit",
+    "streamkit.abc",
+    "streamkit.sse",
+    "streamkit.ndjson",
+    "streamkit.sources",
+    "streamkit.transports",
+    "streamkit.blocking",
+]
 
 
 def test_api_reference_builds(tmp_path: Path) -> None:
