@@ -61,6 +61,10 @@ from . import sse as sse
 # isort: split
 from . import transports as transports
 
+# -- ASGI (issue 7) ------------------------------------------------------------
+# isort: split
+from . import asgi as asgi
+
 __all__ = [
     "TRANSITIONS",
     "BackendError",
@@ -96,6 +100,7 @@ __all__ = [
     "ValidationError",
     "__version__",
     "abc",
+    "asgi",
     "check_transition",
     "ndjson",
     "new_session_id",

@@ -1,0 +1,352 @@
+"""The WebSocket side of the ASGI app: a JSON protocol multiplexing subscriptions.
+
+Client to server, one JSON object per text message (``request_id``, a string or an
+integer, is optional and echoed in the reply)::
+
+    {"type": "subscribe", "session_id": "...", "after": 0}
+    {"type": "unsubscribe", "session_id": "..."}
+    {"type": "pause" | "resume" | "cancel", "session_id": "..."}
+    {"type": "ping"}
+
+Server to client::
+
+    {"type": "subscribed", "session_id": "...", "after": 0}
+    {"type": "event", "session_id": "...", "event": {...}}
+    {"type": "unsubscribed", "session_id": "...", "reason": "requested" | "ended" | "error"}
+    {"type": "ack", "action": "pause", "session_id": "...", "status": "paused"}
+    {"type": "pong"}
+    {"type": "error", "code": "...", "message": "...", ...}
+
+Rules of this module, and why:
+
+* **One writer per connection.** Every outgoing message goes through a bounded queue
+  that one task drains, each ``send`` under the write deadline; a client that stops
+  reading is dropped after ``write_timeout``. When the queue is full, subscriptions
+  stop pulling from their cursors, and the log's slow-consumer policy applies to this
+  connection alone: other connections have their own cursors and queues.
+* **A bad message is answered, never fatal.** Malformed JSON, an unknown type, a bad
+  field, an oversize message, a session the caller may not see: each gets an ``error``
+  message (with the ``request_id`` when one could be read), and every other
+  subscription carries on.
+* ``session_id`` may be left out on ``/sessions/{id}/ws``: it defaults to the path's.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+import attrs
+
+from ._asgi_http import Receive, Send, dump_json
+from ._errors import (
+    Disconnected,
+    PayloadTooLarge,
+    RemoteProtocolError,
+    SessionLimitExceeded,
+    StreamkitError,
+    ValidationError,
+)
+from ._events import loads_json
+from ._validate import check_id, check_int, type_name
+from .transports import ASGIChannel
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from anyio.abc import TaskGroup
+    from anyio.streams.memory import MemoryObjectSendStream
+
+    from ._registry import SessionRegistry
+
+__all__ = ["WebSocketOptions", "serve_websocket"]
+
+_FIELDS: Final[dict[str, frozenset[str]]] = {
+    "ping": frozenset({"type", "request_id"}),
+    "subscribe": frozenset({"type", "request_id", "session_id", "after"}),
+    "unsubscribe": frozenset({"type", "request_id", "session_id"}),
+    "pause": frozenset({"type", "request_id", "session_id"}),
+    "resume": frozenset({"type", "request_id", "session_id"}),
+    "cancel": frozenset({"type", "request_id", "session_id"}),
+}
+_MAX_REQUEST_ID: Final = 128
+#: WebSocket close codes.
+GOING_AWAY: Final = 1001
+POLICY_VIOLATION: Final = 1008
+
+
+@attrs.frozen(kw_only=True)
+class WebSocketOptions:
+    """Bounds of one WebSocket connection (see :class:`~streamkit.asgi.StreamApp`)."""
+
+    max_message_bytes: int
+    max_subscriptions: int
+    send_queue: int
+    write_timeout: float | None
+
+
+class _Connection:
+    """One accepted WebSocket connection and its subscriptions."""
+
+    def __init__(
+        self,
+        registry: SessionRegistry,
+        *,
+        user: str | None,
+        default_session: str | None,
+        options: WebSocketOptions,
+        public_error: Callable[[StreamkitError], StreamkitError],
+        outbox: MemoryObjectSendStream[str],
+    ) -> None:
+        self.registry = registry
+        self.user = user
+        self.default_session = default_session
+        self.options = options
+        self.public_error = public_error
+        self.outbox = outbox
+        self.subscriptions: dict[str, anyio.CancelScope] = {}
+
+    # -- outgoing ----------------------------------------------------------------------------
+
+    async def put(self, message: dict[str, Any]) -> None:
+        await self.outbox.send(dump_json(message).decode())
+
+    async def error(
+        self,
+        error: StreamkitError,
+        request_id: str | int | None,
+        *,
+        session_id: str | None = None,
+    ) -> None:
+        body: dict[str, Any] = {"type": "error", **self.public_error(error).to_dict()}
+        if session_id is not None:
+            body.setdefault("session_id", session_id)
+        if request_id is not None:
+            body["request_id"] = request_id
+        await self.put(body)
+
+    # -- incoming ----------------------------------------------------------------------------
+
+    async def handle(self, text: str, tg: TaskGroup) -> None:
+        request_id: str | int | None = None
+        try:
+            limit = self.options.max_message_bytes
+            if len(text) > limit or len(text.encode()) > limit:
+                raise PayloadTooLarge(
+                    f"the message is larger than the limit of {limit} bytes", field="message"
+                )
+            data = loads_json("the message", text)
+            if not isinstance(data, dict):
+                raise ValidationError(
+                    f"a message must be a JSON object, got {type_name(data)}", field="message"
+                )
+            request_id = _request_id(data.get("request_id"))
+            kind = data.get("type")
+            allowed = _FIELDS.get(kind) if isinstance(kind, str) else None
+            if allowed is None or not isinstance(kind, str):
+                raise ValidationError(
+                    f"type must be one of {', '.join(sorted(_FIELDS))}, got {kind!r}",
+                    field="type",
+                )
+            for key in data:
+                if key not in allowed:
+                    raise ValidationError(
+                        f"a {kind} message has no field {key!r} "
+                        f"(allowed: {', '.join(sorted(allowed))})",
+                        field=str(key),
+                    )
+            if kind == "ping":
+                await self.put(_reply({"type": "pong"}, request_id))
+                return
+            session_id = self._session_id(data)
+            if kind == "subscribe":
+                after = check_int("after", data.get("after", 0), minimum=0)
+                await self.subscribe(session_id, after, request_id, tg)
+            elif kind == "unsubscribe":
+                scope = self.subscriptions.pop(session_id, None)
+                if scope is None:
+                    raise ValidationError(
+                        f"not subscribed to session {session_id!r}", field="session_id"
+                    )
+                scope.cancel()
+                await self.put(
+                    _reply(
+                        {"type": "unsubscribed", "session_id": session_id, "reason": "requested"},
+                        request_id,
+                    )
+                )
+            else:
+                await self.control(kind, session_id, request_id)
+        except StreamkitError as exc:
+            await self.error(exc, request_id)
+
+    def _session_id(self, data: dict[str, Any]) -> str:
+        session_id = data.get("session_id", self.default_session)
+        if session_id is None:
+            raise ValidationError("session_id is required on /ws", field="session_id")
+        return check_id("session_id", session_id)
+
+    async def control(self, kind: str, session_id: str, request_id: str | int | None) -> None:
+        registry = self.registry
+        operation = {
+            "pause": registry.pause,
+            "resume": registry.resume,
+            "cancel": registry.cancel,
+        }[kind]
+        await operation(session_id, user_id=self.user)
+        session = await registry.get(session_id, user_id=self.user)
+        await self.put(
+            _reply(
+                {
+                    "type": "ack",
+                    "action": kind,
+                    "session_id": session_id,
+                    "status": session.status.value,
+                },
+                request_id,
+            )
+        )
+
+    async def subscribe(
+        self, session_id: str, after: int, request_id: str | int | None, tg: TaskGroup
+    ) -> None:
+        if session_id in self.subscriptions:
+            raise ValidationError(
+                f"already subscribed to session {session_id!r}", field="session_id"
+            )
+        limit = self.options.max_subscriptions
+        if len(self.subscriptions) >= limit:
+            raise SessionLimitExceeded(
+                f"a connection may hold at most {limit} subscriptions", limit=limit
+            )
+        # Ownership and existence are answered before anything is acknowledged.
+        await self.registry.get(session_id, user_id=self.user)
+        scope = anyio.CancelScope()
+        self.subscriptions[session_id] = scope
+        tg.start_soon(self.follow, session_id, after, request_id, scope)
+
+    async def follow(
+        self,
+        session_id: str,
+        after: int,
+        request_id: str | int | None,
+        scope: anyio.CancelScope,
+    ) -> None:
+        outbox = self.outbox
+        prefix = f'{{"type":"event","session_id":"{session_id}","event":'
+        with scope:
+            reason = "ended"
+            try:
+                async with self.registry.subscribe(
+                    session_id, user_id=self.user, after=after
+                ) as subscription:
+                    await self.put(
+                        _reply(
+                            {"type": "subscribed", "session_id": session_id, "after": after},
+                            request_id,
+                        )
+                    )
+                    async for event in subscription:
+                        await outbox.send(f"{prefix}{event.to_json()}}}")
+            except StreamkitError as exc:
+                reason = "error"
+                await self.error(exc, request_id, session_id=session_id)
+            if self.subscriptions.get(session_id) is scope:
+                del self.subscriptions[session_id]
+            await self.put({"type": "unsubscribed", "session_id": session_id, "reason": reason})
+
+
+def _reply(body: dict[str, Any], request_id: str | int | None) -> dict[str, Any]:
+    if request_id is not None:
+        body["request_id"] = request_id
+    return body
+
+
+def _request_id(value: object) -> str | int | None:
+    if value is None:
+        return None
+    if isinstance(value, str) and len(value) <= _MAX_REQUEST_ID:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**53:
+        return value
+    raise ValidationError(
+        f"request_id must be a string of at most {_MAX_REQUEST_ID} characters or an "
+        f"integer, got {type_name(value)}",
+        field="request_id",
+    )
+
+
+async def serve_websocket(
+    registry: SessionRegistry,
+    receive: Receive,
+    send: Send,
+    *,
+    user: str | None,
+    session_id: str | None,
+    after: int,
+    options: WebSocketOptions,
+    stop: anyio.Event,
+    public_error: Callable[[StreamkitError], StreamkitError],
+) -> None:
+    """Accept a WebSocket connection and serve the protocol until either side ends it.
+
+    With ``session_id`` (the ``/sessions/{id}/ws`` endpoint) the connection starts
+    subscribed to that session after ``after``. Setting ``stop`` closes the connection
+    with code 1001.
+    """
+    channel = ASGIChannel(receive, send)
+    try:
+        await channel.accept()
+    except Disconnected:
+        return
+    outbox, outgoing = anyio.create_memory_object_stream[str](options.send_queue)
+    connection = _Connection(
+        registry,
+        user=user,
+        default_session=session_id,
+        options=options,
+        public_error=public_error,
+        outbox=outbox,
+    )
+    close_code: int | None = None
+    write_timeout = options.write_timeout
+
+    async with anyio.create_task_group() as tg, outbox, outgoing:
+
+        async def writer() -> None:
+            try:
+                async for text in outgoing:
+                    with anyio.fail_after(write_timeout):
+                        await channel.send_text(text)
+            except (TimeoutError, Disconnected):
+                # Gone, or not reading: a close frame would not get through either; the
+                # server closes the socket when the app returns.
+                pass
+            tg.cancel_scope.cancel()
+
+        async def watch_stop() -> None:
+            nonlocal close_code
+            await stop.wait()
+            close_code = GOING_AWAY
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(writer)
+        tg.start_soon(watch_stop)
+        if session_id is not None:
+            scope = anyio.CancelScope()
+            connection.subscriptions[session_id] = scope
+            tg.start_soon(connection.follow, session_id, after, None, scope)
+        while True:
+            try:
+                text = await channel.receive_text()
+            except Disconnected:
+                break
+            except RemoteProtocolError as exc:  # a binary message: answered, not fatal
+                await connection.error(exc, None)
+                continue
+            await connection.handle(text, tg)
+        tg.cancel_scope.cancel()
+
+    if close_code is not None:
+        with anyio.move_on_after(write_timeout):
+            await channel.close(close_code)

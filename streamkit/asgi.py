@@ -1,0 +1,820 @@
+"""A pure ASGI 3 application over a :class:`~streamkit.SessionRegistry`.
+
+:class:`StreamApp` serves sessions over REST (JSON), Server-Sent Events, NDJSON and
+WebSocket, with no web framework: run it under any ASGI server (uvicorn, hypercorn) or
+mount it inside Starlette or FastAPI. The endpoints, relative to where it is mounted::
+
+    POST   /sessions                  create a session (and start the agent on a prompt)
+    GET    /sessions                  the caller's sessions
+    GET    /sessions/{id}             one session's status and statistics
+    DELETE /sessions/{id}             close and remove a session
+    POST   /sessions/{id}/pause       pause, resume or cancel it
+    POST   /sessions/{id}/resume
+    POST   /sessions/{id}/cancel
+    GET    /sessions/{id}/events      SSE (or NDJSON with Accept: application/x-ndjson)
+    GET    /stats                     registry and app statistics
+    WS     /sessions/{id}/ws          WebSocket, subscribed to one session
+    WS     /ws                        WebSocket, multiplexed over sessions
+
+Rules of this module:
+
+* **Default deny.** Every request goes through ``authenticate``; without one, or when it
+  returns ``None``, the answer is 401 unless the application passed
+  ``allow_anonymous=True``. Ownership is the registry's: a session of another user is
+  answered exactly like a missing one (404), so ids cannot be probed.
+* **Errors are JSON** ``{"error": {"code": ..., "message": ..., ...}}`` with the status
+  of the streamkit error's ``status_hint`` (400, 403, 404, 409, 410, 413, 429), plus the
+  HTTP-level ones: 401, 404 for an unknown path, 405 with ``Allow``, 503 while the
+  registry is not running or the app shuts down.
+* Importing this module imports no web framework, server or client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+)
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
+
+import anyio
+import attrs
+
+from ._asgi_http import (
+    ASGIApp,
+    HTTPError,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    accepts_gzip,
+    dump_json,
+    error_status,
+    parse_query,
+    read_json_object,
+    resume_point,
+    route_path,
+    send_error,
+    send_json,
+    send_response,
+    wants_ndjson,
+)
+from ._asgi_stream import Outcome, run_event_stream, stream_headers
+from ._asgi_ws import WebSocketOptions, serve_websocket
+from ._config import RegistryConfig, StreamConfig
+from ._errors import (
+    ClosedError,
+    Disconnected,
+    HistoryGap,
+    PermissionDenied,
+    SessionNotFound,
+    StreamkitError,
+    ValidationError,
+)
+from ._validate import check_bool, check_id, check_int, check_number, check_str, type_name
+
+if TYPE_CHECKING:
+    from ._events import StreamEvent
+    from ._registry import SessionRegistry
+    from ._session import StreamSession
+
+__all__ = [
+    "ASGIApp",
+    "Agent",
+    "Authenticate",
+    "Message",
+    "Receive",
+    "Scope",
+    "Send",
+    "StreamApp",
+    "serve_events",
+]
+
+#: Turns a request's scope into a user id; ``None`` means "not authenticated".
+#: It may also raise :class:`~streamkit.PermissionDenied` (answered 403).
+Authenticate: TypeAlias = Callable[[Scope], "str | Awaitable[str | None] | None"]
+#: Turns a prompt into a token source: an async or sync iterable of text.
+Agent: TypeAlias = Callable[[str], "AsyncIterable[str] | Iterable[str]"]
+
+#: StreamConfig fields a client may set in ``POST /sessions`` unless told otherwise.
+DEFAULT_CLIENT_CONFIG_FIELDS: Final = frozenset(
+    {"chunk_size", "chunk_by", "enable_progressive", "enable_metadata", "compression_enabled"}
+)
+
+_NOT_RUNNING: Final = (
+    "the session registry is not running (enter StreamApp.lifespan, or run the app "
+    "with lifespan events)"
+)
+_CREATE_FIELDS: Final = frozenset({"prompt", "input", "context", "config"})
+_ACTIONS: Final = ("pause", "resume", "cancel")
+
+
+async def serve_events(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    events: AsyncIterable[StreamEvent],
+    *,
+    heartbeat_interval: float | None = 15.0,
+    write_timeout: float | None = 30.0,
+    retry_ms: int | None = 3000,
+    compression: bool = False,
+) -> None:
+    """Answer an HTTP request with ``events`` as SSE (or NDJSON if the client asks).
+
+    The building block :class:`StreamApp` uses for ``/sessions/{id}/events``, for any
+    async iterable of events, such as ``stream_tokens(agent(prompt))`` in a route of
+    your own. Ready events are sent together, heartbeat comments fill silences, a client
+    that disconnects ends the iteration at once, and a client that stops reading is
+    dropped after ``write_timeout`` seconds. The iterable is not closed here.
+
+    Args:
+        scope: The HTTP scope.
+        receive: The ASGI receive callable.
+        send: The ASGI send callable.
+        events: The events to send; the response ends when they do.
+        heartbeat_interval: Seconds of silence before a heartbeat (``None``: never).
+        write_timeout: Seconds one write may take before the client is dropped.
+        retry_ms: The SSE ``retry:`` hint sent first (``None``: none).
+        compression: gzip the stream (flushed per batch) if the client accepts it.
+
+    Raises:
+        ValidationError: ``scope`` is not an HTTP scope, or an option is invalid.
+    """
+    if scope.get("type") != "http":
+        raise ValidationError("serve_events needs an HTTP scope", field="scope")
+    _check_optional_positive("heartbeat_interval", heartbeat_interval)
+    _check_optional_positive("write_timeout", write_timeout)
+    if retry_ms is not None:
+        check_int("retry_ms", retry_ms, minimum=0)
+    await run_event_stream(
+        scope,
+        receive,
+        send,
+        events,
+        ndjson_format=wants_ndjson(scope),
+        gzip=compression and accepts_gzip(scope),
+        heartbeat_interval=heartbeat_interval,
+        write_timeout=write_timeout,
+        retry_ms=retry_ms,
+    )
+
+
+def _check_optional_positive(field: str, value: object) -> None:
+    if value is not None:
+        check_number(field, value, positive=True)
+
+
+class _Route:
+    """A matched route: what to do, on which session, and which methods exist there."""
+
+    __slots__ = ("action", "allowed", "session_id")
+
+    def __init__(
+        self, action: str, allowed: tuple[str, ...], session_id: str | None = None
+    ) -> None:
+        self.action = action
+        self.allowed = allowed
+        self.session_id = session_id
+
+
+def _match_http(path: str) -> _Route | None:
+    parts = path.strip("/").split("/")
+    if parts == ["sessions"]:
+        return _Route("sessions", ("GET", "HEAD", "POST"))
+    if parts == ["stats"]:
+        return _Route("stats", ("GET", "HEAD"))
+    if len(parts) == 2 and parts[0] == "sessions":
+        return _Route("session", ("GET", "HEAD", "DELETE"), parts[1])
+    if len(parts) == 3 and parts[0] == "sessions":
+        if parts[2] == "events":
+            return _Route("events", ("GET", "HEAD"), parts[1])
+        if parts[2] in _ACTIONS:
+            return _Route(parts[2], ("POST",), parts[1])
+    return None
+
+
+def _match_ws(path: str) -> tuple[bool, str | None]:
+    parts = path.strip("/").split("/")
+    if parts == ["ws"]:
+        return True, None
+    if len(parts) == 3 and parts[0] == "sessions" and parts[2] == "ws":
+        return True, parts[1]
+    return False, None
+
+
+class StreamApp:
+    """A pure ASGI 3 app serving a registry's sessions over REST, SSE, NDJSON and WebSocket.
+
+    Give it a registry that your application enters (``async with registry:``), or no
+    registry and a ``registry_config``: the app then makes its own registry and enters
+    it in the ASGI ``lifespan`` (run by uvicorn and hypercorn for a top-level app) or in
+    :meth:`lifespan` (pass it to a parent framework, whose sub-app lifespans are not
+    run).
+
+    Args:
+        registry: A registry the application enters and closes itself; ``None`` to let
+            the app own one.
+        registry_config: The config of the app's own registry (only without
+            ``registry``).
+        agent: Called with the prompt of ``POST /sessions``; what it returns (an async
+            or sync iterable of text) becomes the session's source. ``None``: sessions
+            are created empty, for the application to publish into.
+        authenticate: Called with each request's scope; returns the user id, or
+            ``None`` when the request is not authenticated. May be async; may raise
+            :class:`~streamkit.PermissionDenied` (403).
+        allow_anonymous: Serve requests ``authenticate`` does not identify (or all
+            requests, without ``authenticate``) as the anonymous user ``None``. Off by
+            default: a StreamApp without ``authenticate`` answers 401 to everything.
+        stream_config: The :class:`~streamkit.StreamConfig` agent sessions start with.
+        client_config_fields: The StreamConfig fields a client may override in
+            ``POST /sessions`` (``"config": {...}``); others are refused with 400.
+        compression: gzip event streams for clients that accept it: ``True`` always,
+            ``False`` never, ``None`` when ``stream_config.compression_enabled``.
+        heartbeat_interval: Seconds of silence on an event stream before a heartbeat
+            (an SSE comment, an empty NDJSON line). ``None``: none.
+        write_timeout: Seconds one write to a client may take before it is dropped
+            (a half-open client stops reading).
+        retry_ms: The SSE ``retry:`` hint sent at the start of each stream.
+        max_body_bytes: The largest JSON request body (413 past it).
+        max_ws_message_bytes: The largest WebSocket message a client may send.
+        max_ws_subscriptions: Subscriptions one WebSocket connection may hold at once.
+        ws_send_queue: Outgoing WebSocket messages queued per connection before its
+            subscriptions stop pulling events (and the slow-consumer policy applies).
+        expose_stats: Serve ``GET /stats`` (to authenticated callers).
+
+    Raises:
+        ValidationError: an option is invalid, or both ``registry`` and
+            ``registry_config`` were given.
+    """
+
+    def __init__(
+        self,
+        registry: SessionRegistry | None = None,
+        *,
+        registry_config: RegistryConfig | None = None,
+        agent: Agent | None = None,
+        authenticate: Authenticate | None = None,
+        allow_anonymous: bool = False,
+        stream_config: StreamConfig | None = None,
+        client_config_fields: Iterable[str] = DEFAULT_CLIENT_CONFIG_FIELDS,
+        compression: bool | None = None,
+        heartbeat_interval: float | None = 15.0,
+        write_timeout: float | None = 30.0,
+        retry_ms: int | None = 3000,
+        max_body_bytes: int = 64 * 1024,
+        max_ws_message_bytes: int = 64 * 1024,
+        max_ws_subscriptions: int = 32,
+        ws_send_queue: int = 256,
+        expose_stats: bool = True,
+    ) -> None:
+        if registry is not None and registry_config is not None:
+            raise ValidationError(
+                "pass either registry or registry_config, not both", field="registry_config"
+            )
+        if registry_config is not None and not isinstance(registry_config, RegistryConfig):
+            raise ValidationError(
+                f"registry_config must be a RegistryConfig, got {type_name(registry_config)}",
+                field="registry_config",
+            )
+        if stream_config is not None and not isinstance(stream_config, StreamConfig):
+            raise ValidationError(
+                f"stream_config must be a StreamConfig, got {type_name(stream_config)}",
+                field="stream_config",
+            )
+        if agent is not None and not callable(agent):
+            raise ValidationError(f"agent must be callable, got {type_name(agent)}", field="agent")
+        if authenticate is not None and not callable(authenticate):
+            raise ValidationError(
+                f"authenticate must be callable, got {type_name(authenticate)}",
+                field="authenticate",
+            )
+        check_bool("allow_anonymous", allow_anonymous)
+        check_bool("expose_stats", expose_stats)
+        if compression is not None:
+            check_bool("compression", compression)
+        _check_optional_positive("heartbeat_interval", heartbeat_interval)
+        _check_optional_positive("write_timeout", write_timeout)
+        if retry_ms is not None:
+            check_int("retry_ms", retry_ms, minimum=0)
+        check_int("max_body_bytes", max_body_bytes, minimum=1)
+        self._stream_config = stream_config if stream_config is not None else StreamConfig()
+        known = set(self._stream_config.to_dict())
+        fields = frozenset(client_config_fields)
+        for name in sorted(fields):
+            check_str("client_config_fields", name)
+            if name not in known:
+                raise ValidationError(
+                    f"client_config_fields names an unknown StreamConfig field {name!r}",
+                    field="client_config_fields",
+                )
+        self._registry = registry
+        self._registry_config = registry_config
+        self._owns_registry = registry is None
+        self._running = registry is not None
+        self._agent = agent
+        self._authenticate = authenticate
+        self._allow_anonymous = allow_anonymous
+        self._client_config_fields = fields
+        self._compression = (
+            self._stream_config.compression_enabled if compression is None else compression
+        )
+        self._heartbeat_interval = heartbeat_interval
+        self._write_timeout = write_timeout
+        self._retry_ms = retry_ms
+        self._max_body_bytes = max_body_bytes
+        self._expose_stats = expose_stats
+        self._ws = WebSocketOptions(
+            max_message_bytes=check_int("max_ws_message_bytes", max_ws_message_bytes, minimum=1),
+            max_subscriptions=check_int("max_ws_subscriptions", max_ws_subscriptions, minimum=1),
+            send_queue=check_int("ws_send_queue", ws_send_queue, minimum=1),
+            write_timeout=write_timeout,
+        )
+        self._stopping = False
+        self._stop: anyio.Event | None = None
+        self._counters: dict[str, int] = {
+            "http_requests": 0,
+            "streams_open": 0,
+            "streams_total": 0,
+            "websockets_open": 0,
+            "websockets_total": 0,
+        }
+        self._outcomes: dict[str, int] = {}
+
+    # -- registry and lifecycle -----------------------------------------------------------
+
+    @property
+    def registry(self) -> SessionRegistry:
+        """The registry the app serves.
+
+        Raises:
+            ClosedError: the app owns its registry and it is not running (the
+                lifespan has not started, or has ended).
+        """
+        registry = self._registry
+        if registry is None or not self._running:
+            raise ClosedError(_NOT_RUNNING)
+        return registry
+
+    def _registry_or_503(self) -> SessionRegistry:
+        registry = self._registry
+        if registry is None or not self._running:
+            raise HTTPError(503, "unavailable", _NOT_RUNNING)
+        return registry
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: object = None) -> AsyncIterator[None]:
+        """Run the app's own registry for the duration of the block.
+
+        Pass it to a parent framework when the app is mounted, for example
+        ``Starlette(lifespan=stream_app.lifespan)``, or enter it from the parent's own
+        lifespan: ``async with stream_app.lifespan(): yield``. Leaving the block ends
+        every open stream cleanly (see :meth:`shutdown`) and closes the registry. With a
+        registry passed to the constructor it only ends the streams at exit.
+
+        Args:
+            app: Ignored; accepted so the method fits Starlette's ``lifespan`` signature.
+
+        Raises:
+            ClosedError: the lifespan is already running.
+        """
+        del app
+        if self._owns_registry:
+            if self._running:
+                raise ClosedError("StreamApp.lifespan is already running")
+            from ._registry import SessionRegistry
+
+            registry = SessionRegistry(
+                self._registry_config if self._registry_config is not None else RegistryConfig()
+            )
+            async with registry:
+                self._registry = registry
+                self._running = True
+                self._stopping = False
+                self._stop = None
+                try:
+                    yield
+                finally:
+                    self.shutdown()
+                    self._running = False
+        else:
+            try:
+                yield
+            finally:
+                self.shutdown()
+
+    def shutdown(self) -> None:
+        """End every open stream cleanly and refuse new ones with 503.
+
+        SSE and NDJSON responses finish (the client may resume later from its last
+        event id); WebSocket connections close with code 1001 (going away). Sessions
+        are not touched. Servers do not tell an app that they are shutting down until
+        its open responses end, so call this first (from the server's event loop
+        thread) when you stop a server that may have open streams; leaving
+        :meth:`lifespan` calls it too.
+        """
+        self._stopping = True
+        stop = self._stop
+        if stop is not None:
+            stop.set()
+
+    def _stop_event(self) -> anyio.Event:
+        stop = self._stop
+        if stop is None:
+            stop = self._stop = anyio.Event()
+            if self._stopping:
+                stop.set()
+        return stop
+
+    def statistics(self) -> dict[str, Any]:
+        """Return the app's counters: requests, open and total streams and WebSockets.
+
+        ``stream_outcomes`` counts how streams ended (``ended``, ``disconnected``,
+        ``write_timeout``, ``shutdown``, ``failed``).
+        """
+        return {**self._counters, "stream_outcomes": dict(self._outcomes)}
+
+    # -- ASGI entry point -----------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Handle one ASGI connection (``http``, ``websocket`` or ``lifespan``)."""
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "websocket":
+            await self._websocket(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        else:  # pragma: no cover - no other scope type exists in ASGI 3
+            raise ValidationError(f"unsupported ASGI scope type {kind!r}", field="scope")
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        message = await receive()
+        if message["type"] != "lifespan.startup":  # pragma: no cover - protocol order
+            return
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                await stack.enter_async_context(self.lifespan())
+            except Exception as exc:
+                await send({"type": "lifespan.startup.failed", "message": repr(exc)})
+                return
+            await send({"type": "lifespan.startup.complete"})
+            while (await receive())["type"] != "lifespan.shutdown":  # pragma: no cover
+                pass
+        await send({"type": "lifespan.shutdown.complete"})
+
+    async def _user(self, scope: Scope) -> str | None:
+        authenticate = self._authenticate
+        user: object = None
+        if authenticate is not None:
+            user = authenticate(scope)
+            if inspect.isawaitable(user):
+                user = await user
+        if user is None:
+            if self._allow_anonymous:
+                return None
+            raise HTTPError(
+                401,
+                "unauthenticated",
+                "authentication required",
+                headers=[(b"www-authenticate", b'Bearer realm="streamkit"')],
+            )
+        if not isinstance(user, str):
+            raise TypeError(f"authenticate must return a str or None, got {type_name(user)}")
+        return user
+
+    # -- HTTP -----------------------------------------------------------------------------
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._counters["http_requests"] += 1
+        method: str = scope.get("method", "GET").upper()
+        head = method == "HEAD"
+        try:
+            route = _match_http(route_path(scope))
+            if route is None:
+                raise HTTPError(404, "not_found", "no such endpoint")
+            if method not in route.allowed:
+                raise HTTPError(
+                    405,
+                    "method_not_allowed",
+                    f"{method} is not allowed here (allowed: {', '.join(route.allowed)})",
+                    headers=[(b"allow", ", ".join(route.allowed).encode())],
+                )
+            user = await self._user(scope)
+            session_id = route.session_id
+            if session_id is not None:
+                check_id("session_id", session_id)
+            await self._dispatch(route, method, user, scope=scope, receive=receive, send=send)
+        except Disconnected:
+            return
+        except StreamkitError as exc:
+            await send_error(send, self._public_error(exc), head=head)
+
+    def _public_error(self, error: StreamkitError) -> StreamkitError:
+        # Another user's session looks exactly like a missing one.
+        if isinstance(error, PermissionDenied) and error.session_id is not None:
+            return SessionNotFound(f"no session {error.session_id!r}", session_id=error.session_id)
+        return error
+
+    async def _dispatch(
+        self,
+        route: _Route,
+        method: str,
+        user: str | None,
+        *,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        head = method == "HEAD"
+        action = route.action
+        session_id = route.session_id
+        if action == "sessions":
+            if method == "POST":
+                await self._create(user, scope, receive, send)
+            else:
+                sessions = await self._registry_or_503().list(user_id=user)
+                # The registry lists every session for user_id=None; an anonymous
+                # caller sees only the anonymous ones.
+                mine = [_session_dict(s) for s in sessions if s.user_id == user]
+                await send_json(send, 200, {"sessions": mine}, head=head)
+        elif action == "stats":
+            if not self._expose_stats:
+                raise HTTPError(404, "not_found", "no such endpoint")
+            await send_json(send, 200, self._stats(), head=head)
+        elif action == "events":
+            assert session_id is not None
+            await self._events(session_id, user, scope, receive, send, head=head)
+        elif action == "session":
+            assert session_id is not None
+            if method == "DELETE":
+                await self._registry_or_503().close(session_id, user_id=user)
+                await send_response(send, 204)
+            else:
+                registry = self._registry_or_503()
+                session = await registry.get(session_id, user_id=user)
+                body = await self._session_body(registry, session, user)
+                await send_json(send, 200, body, head=head)
+        else:
+            assert session_id is not None
+            registry = self._registry_or_503()
+            operation = {
+                "pause": registry.pause,
+                "resume": registry.resume,
+                "cancel": registry.cancel,
+            }[action]
+            session = await operation(session_id, user_id=user)
+            await send_json(send, 200, await self._session_body(registry, session, user))
+
+    def _stats(self) -> dict[str, Any]:
+        stats = self._registry_or_503().statistics()
+        return {"registry": _plain(stats), "app": self.statistics()}
+
+    async def _session_body(
+        self, registry: SessionRegistry, session: StreamSession, user: str | None
+    ) -> dict[str, Any]:
+        statistics = await registry.session_statistics(session.session_id, user_id=user)
+        return {"session": _session_dict(session), "statistics": _plain(statistics)}
+
+    async def _create(self, user: str | None, scope: Scope, receive: Receive, send: Send) -> None:
+        body = await read_json_object(scope, receive, self._max_body_bytes)
+        for key in body:
+            if key not in _CREATE_FIELDS:
+                raise ValidationError(
+                    f"unknown field {key!r} (allowed: {', '.join(sorted(_CREATE_FIELDS))})",
+                    field=key,
+                )
+        if "prompt" in body and "input" in body:
+            raise ValidationError("give prompt or input, not both", field="input")
+        prompt_field = "input" if "input" in body else "prompt"
+        prompt = body.get(prompt_field)
+        if prompt is not None:
+            check_str(prompt_field, prompt, allow_empty=False)
+            if self._agent is None:
+                raise ValidationError(
+                    f"this server has no agent to answer a {prompt_field}", field=prompt_field
+                )
+        context = body.get("context", {})
+        config = self._client_config(body.get("config"))
+        registry = self._registry_or_503()
+        session = await registry.create(user_id=user, context=context)
+        if prompt is not None:
+            assert self._agent is not None
+            try:
+                source = self._agent(prompt)
+                registry.start(session.session_id, source, config=config)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await registry.cancel(session.session_id, user_id=user)
+                raise
+        root = (scope.get("root_path") or "").rstrip("/")
+        location = f"{root}/sessions/{session.session_id}"
+        await send_json(
+            send,
+            201,
+            {
+                "session": _session_dict(session),
+                "urls": {
+                    "self": location,
+                    "events": f"{location}/events",
+                    "ws": f"{location}/ws",
+                },
+            },
+            headers=[(b"location", location.encode())],
+        )
+
+    def _client_config(self, overrides: object) -> StreamConfig:
+        base = self._stream_config
+        if overrides is None:
+            return base
+        if not isinstance(overrides, dict):
+            raise ValidationError(
+                f"config must be an object, got {type_name(overrides)}", field="config"
+            )
+        for key in overrides:
+            if key not in self._client_config_fields:
+                allowed = ", ".join(sorted(self._client_config_fields)) or "none"
+                raise ValidationError(
+                    f"config field {key!r} may not be set by clients (allowed: {allowed})",
+                    field=f"config.{key}",
+                )
+        return base.replace(**overrides)
+
+    async def _events(
+        self,
+        session_id: str,
+        user: str | None,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        *,
+        head: bool,
+    ) -> None:
+        query = parse_query(scope)
+        after = resume_point(scope, query)
+        ndjson_format = wants_ndjson(scope)
+        gzip = self._compression and accepts_gzip(scope)
+        registry = self._registry_or_503()
+        session = await registry.get(session_id, user_id=user)
+        last = _check_resume_point(session, after)
+        if head:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": stream_headers(ndjson_format=ndjson_format, gzip=gzip),
+                }
+            )
+            await send({"type": "http.response.body", "body": b""})
+            return
+        if self._stopping:
+            raise HTTPError(503, "unavailable", "the server is shutting down")
+        if session.is_terminal and after >= last:
+            # Nothing left to send, ever: 204 also stops a browser's EventSource from
+            # reconnecting.
+            await send_response(send, 204)
+            return
+        stop = self._stop_event()
+        counters = self._counters
+        async with registry.subscribe(session_id, user_id=user, after=after) as subscription:
+            counters["streams_open"] += 1
+            counters["streams_total"] += 1
+            outcome: Outcome = "failed"
+            try:
+                outcome = await run_event_stream(
+                    scope,
+                    receive,
+                    send,
+                    subscription,
+                    ndjson_format=ndjson_format,
+                    gzip=gzip,
+                    heartbeat_interval=self._heartbeat_interval,
+                    write_timeout=self._write_timeout,
+                    retry_ms=self._retry_ms,
+                    stop=stop,
+                )
+            finally:
+                counters["streams_open"] -= 1
+                self._outcomes[outcome] = self._outcomes.get(outcome, 0) + 1
+
+    # -- WebSocket ------------------------------------------------------------------------
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        matched, session_id = _match_ws(route_path(scope))
+        try:
+            if not matched:
+                raise HTTPError(404, "not_found", "no such endpoint")
+            user = await self._user(scope)
+            if session_id is not None:
+                check_id("session_id", session_id)
+            registry = self._registry_or_503()
+            if self._stopping:
+                raise HTTPError(503, "unavailable", "the server is shutting down")
+            after = resume_point(scope, parse_query(scope)) if session_id is not None else 0
+            if session_id is not None:
+                await registry.get(session_id, user_id=user)
+        except StreamkitError as exc:
+            await _deny_websocket(scope, receive, send, self._public_error(exc))
+            return
+        counters = self._counters
+        counters["websockets_open"] += 1
+        counters["websockets_total"] += 1
+        try:
+            await serve_websocket(
+                registry,
+                receive,
+                send,
+                user=user,
+                session_id=session_id,
+                after=after,
+                options=self._ws,
+                stop=self._stop_event(),
+                public_error=self._public_error,
+            )
+        finally:
+            counters["websockets_open"] -= 1
+
+
+async def _deny_websocket(
+    scope: Scope, receive: Receive, send: Send, error: StreamkitError
+) -> None:
+    """Refuse a WebSocket handshake, with a JSON HTTP response where the server allows it."""
+    message = await receive()
+    if message["type"] != "websocket.connect":  # pragma: no cover - protocol order
+        return
+    if "websocket.http.response" in scope.get("extensions", {}):
+        body = dump_json({"error": error.to_dict()})
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        if isinstance(error, HTTPError):
+            headers.extend(error.headers)
+        await send(
+            {
+                "type": "websocket.http.response.start",
+                "status": error_status(error),
+                "headers": headers,
+            }
+        )
+        await send({"type": "websocket.http.response.body", "body": body})
+    else:
+        # The server answers the handshake with 403.
+        await send({"type": "websocket.close", "code": 1008, "reason": error.code})
+
+
+def _session_dict(session: StreamSession) -> dict[str, Any]:
+    return session.to_dict(include_events=False)
+
+
+def _last_seq(session: StreamSession) -> int:
+    events = session.events
+    if not events:
+        return 0
+    return events[-1].seq or 0
+
+
+def _check_resume_point(session: StreamSession, after: int) -> int:
+    """Refuse a resume point outside the retained history; return the last ``seq``.
+
+    Checked before the response starts, so that the client gets a 400 or 410 status
+    instead of a stream that ends at once.
+    """
+    events = session.events
+    last = _last_seq(session)
+    if after > last:
+        raise ValidationError(
+            f"cannot resume after {after}: the last event is {last}",
+            field="after",
+            session_id=session.session_id,
+        )
+    oldest = (events[0].seq or 1) if events else last + 1
+    if after < oldest - 1:
+        raise HistoryGap(
+            f"cannot resume after {after}: the oldest retained event is {oldest}",
+            after=after,
+            oldest_seq=oldest,
+            session_id=session.session_id,
+        )
+    return last
+
+
+def _plain(value: object) -> Any:
+    """Turn a statistics record (attrs classes, read-only mappings, enums) into JSON data."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value.value if isinstance(value, Enum) else value
+    if attrs.has(type(value)):
+        fields = attrs.fields(type(value))  # type: ignore[arg-type]
+        return {field.name: _plain(getattr(value, field.name)) for field in fields}
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    raise TypeError(f"cannot describe {type_name(value)} as JSON")
