@@ -381,6 +381,7 @@ class SessionRegistry:
         scope = entry.producer
         assert scope is not None
         clock = self._clock
+        recorded = False
         try:
             with scope:
                 async with stream:
@@ -389,6 +390,10 @@ class SessionRegistry:
                         if resumed is not None and not resumed.is_set():
                             await resumed.wait()
                         if event.is_final:
+                            # Before the final event is visible: a subscriber that sees
+                            # it may read the registry's statistics at once.
+                            self._record_stream(stream)
+                            recorded = True
                             state = _FINAL_STATE[EventType(event.event_type)]
                             if not entry.finishing:
                                 await self._finish(entry, state, event, from_producer=True)
@@ -414,11 +419,15 @@ class SessionRegistry:
         finally:
             entry.producer = None
             self._unwatched.pop(entry.session.session_id, None)
-            stats = stream.stats
-            if stats.time_to_first_token is not None:
-                self._ttfts.append(stats.time_to_first_token)
-                if len(self._ttfts) > 10_000:
-                    del self._ttfts[:5_000]
+            if not recorded:
+                self._record_stream(stream)
+
+    def _record_stream(self, stream: TokenStream) -> None:
+        ttft = stream.stats.time_to_first_token
+        if ttft is not None:
+            self._ttfts.append(ttft)
+            if len(self._ttfts) > 10_000:
+                del self._ttfts[:5_000]
 
     async def publish(
         self, session_id: str, event: StreamEvent, *, user_id: str | None = None
