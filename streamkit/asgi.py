@@ -540,10 +540,14 @@ class StreamApp:
             if method == "POST":
                 await self._create(user, scope, receive, send)
             else:
-                sessions = await self._registry_or_503().list(user_id=user)
-                # The registry lists every session for user_id=None; an anonymous
-                # caller sees only the anonymous ones.
-                mine = [_session_dict(s) for s in sessions if s.user_id == user]
+                # An anonymous caller has no sessions of its own to list: anonymous
+                # sessions are reachable by their (unguessable) id alone, and listing
+                # them would hand those ids out. (The registry lists every session
+                # for user_id=None.)
+                mine = []
+                if user is not None:
+                    sessions = await self._registry_or_503().list(user_id=user)
+                    mine = [_session_dict(s) for s in sessions if s.user_id == user]
                 await send_json(send, 200, {"sessions": mine}, head=head)
         elif action == "stats":
             if not self._expose_stats:

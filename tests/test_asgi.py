@@ -478,15 +478,25 @@ async def test_anonymous_access_must_be_explicit() -> None:
             response = await client.post(f"{allowed.url}/sessions", json={"prompt": PROMPT})
             assert response.status_code == 201
             assert response.json()["session"]["user_id"] is None
+            session_id = response.json()["session"]["session_id"]
+            # Anonymous sessions are reachable by id, but never listed.
+            response = await client.get(f"{allowed.url}/sessions/{session_id}")
+            assert response.status_code == 200
+            response = await client.get(f"{allowed.url}/sessions")
+            assert response.json() == {"sessions": []}
 
 
 async def test_registry_not_running_gives_503() -> None:
     app = StreamApp(registry_config=sk.RegistryConfig(), allow_anonymous=True)
     transport = httpx.ASGITransport(app=app)  # runs no lifespan
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-        response = await client.get("/sessions")
-    assert response.status_code == 503
-    assert response.json()["error"]["code"] == "unavailable"
+        for response in [
+            await client.post("/sessions", json={}),
+            await client.get(f"/sessions/{sk.new_session_id()}/events"),
+            await client.get("/stats"),
+        ]:
+            assert response.status_code == 503
+            assert response.json()["error"]["code"] == "unavailable"
 
 
 async def test_lifespan_context_runs_the_registry() -> None:
@@ -643,10 +653,12 @@ async def test_examples_serve_streams(name: str, monkeypatch: pytest.MonkeyPatch
 
 
 async def test_both_root_path_conventions_route_alike() -> None:
-    app = StreamApp(registry_config=sk.RegistryConfig(), allow_anonymous=True)
+    app = StreamApp(registry_config=sk.RegistryConfig(), authenticate=bearer_authenticate)
     async with app.lifespan():
         transport = httpx.ASGITransport(app=app, root_path="/stream")
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://test", headers=ALICE
+        ) as client:
             full = await client.post("/stream/sessions", json={})  # path includes root_path
             relative = await client.get("/sessions")  # path already relative
             assert full.status_code == 201
