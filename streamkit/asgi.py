@@ -237,7 +237,9 @@ class StreamApp:
         client_config_fields: The StreamConfig fields a client may override in
             ``POST /sessions`` (``"config": {...}``); others are refused with 400.
         compression: gzip event streams for clients that accept it: ``True`` always,
-            ``False`` never, ``None`` when ``stream_config.compression_enabled``.
+            ``False`` never, ``None`` (the default) as the session's
+            ``compression_enabled`` says (a client's ``config`` override, else
+            ``stream_config``'s).
         heartbeat_interval: Seconds of silence on an event stream before a heartbeat
             (an SSE comment, an empty NDJSON line). ``None``: none.
         write_timeout: Seconds one write to a client may take before it is dropped
@@ -323,9 +325,11 @@ class StreamApp:
         self._authenticate = authenticate
         self._allow_anonymous = allow_anonymous
         self._client_config_fields = fields
-        self._compression = (
-            self._stream_config.compression_enabled if compression is None else compression
-        )
+        self._compression = compression
+        # Sessions whose client asked for another compression_enabled than the default;
+        # entries leave with their session (a "removed" hook on the registry).
+        self._session_gzip: dict[str, bool] = {}
+        self._hooked: object = None
         self._heartbeat_interval = heartbeat_interval
         self._write_timeout = write_timeout
         self._retry_ms = retry_ms
@@ -404,6 +408,7 @@ class StreamApp:
                 finally:
                     self.shutdown()
                     self._running = False
+                    self._session_gzip.clear()
         else:
             try:
                 yield
@@ -609,6 +614,8 @@ class StreamApp:
         config = self._client_config(body.get("config"))
         registry = self._registry_or_503()
         session = await registry.create(user_id=user, context=context)
+        if config.compression_enabled != self._stream_config.compression_enabled:
+            self._remember_gzip(registry, session.session_id, config.compression_enabled)
         if prompt is not None:
             assert self._agent is not None
             try:
@@ -633,6 +640,19 @@ class StreamApp:
             },
             headers=[(b"location", location.encode())],
         )
+
+    def _wants_gzip(self, session_id: str) -> bool:
+        if self._compression is not None:
+            return self._compression
+        default = self._stream_config.compression_enabled
+        return self._session_gzip.get(session_id, default)
+
+    def _remember_gzip(self, registry: SessionRegistry, session_id: str, enabled: bool) -> None:
+        if self._hooked is not registry:
+            forget = self._session_gzip.pop
+            registry.on("removed", lambda session: forget(session.session_id, None))
+            self._hooked = registry
+        self._session_gzip[session_id] = enabled
 
     def _client_config(self, overrides: object) -> StreamConfig:
         base = self._stream_config
@@ -664,7 +684,7 @@ class StreamApp:
         query = parse_query(scope)
         after = resume_point(scope, query)
         ndjson_format = wants_ndjson(scope)
-        gzip = self._compression and accepts_gzip(scope)
+        gzip = self._wants_gzip(session_id) and accepts_gzip(scope)
         registry = self._registry_or_503()
         session = await registry.get(session_id, user_id=user)
         last = _check_resume_point(session, after)

@@ -439,6 +439,13 @@ async def test_client_config_overrides_shape_the_stream(client: httpx.AsyncClien
     tokens = [e for e in events if e.event_type == sk.EventType.TOKEN]
     assert len(tokens) == 1
     assert tokens[0].content == AGENT.answer(PROMPT)
+    # The session's compression_enabled decides gzip (the app's default is on).
+    plain = await create(client, prompt=PROMPT, config={"compression_enabled": False})
+    for session, encoded in [(session_id, True), (plain, False)]:
+        response = await client.head(
+            f"/sessions/{session}/events", headers={**ALICE, "Accept-Encoding": "gzip"}
+        )
+        assert ("content-encoding" in response.headers) is encoded
 
 
 async def test_limits_and_history_gap() -> None:
