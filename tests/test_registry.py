@@ -99,6 +99,10 @@ async def test_fan_out_gives_every_subscriber_the_same_sequence() -> None:
 def test_resume_from_any_position_gives_exactly_the_rest(cut: int) -> None:
     async def scenario(backend: str) -> None:
         agent = SimulatedAgent(seed=9, realtime=False)
+        with anyio.fail_after(20):
+            await run(agent)
+
+    async def run(agent: SimulatedAgent) -> None:
         async with sk.SessionRegistry() as registry:
             session = await registry.create()
             gate = anyio.Event()
