@@ -209,10 +209,10 @@ def encode_message(
     try:
         return text.encode()
     except UnicodeEncodeError:
-        for field, value in (("data", data), ("event", event), ("id", id), ("comment", comment)):
-            if isinstance(value, str):
-                _to_bytes(value, field)
-        raise  # pragma: no cover - one of the fields above must hold the surrogate
+        # `id` and `comment` were checked above; only `data` or `event` can hold it.
+        _to_bytes(data, "data")
+        _to_bytes(event or "", "event")
+        raise  # pragma: no cover - one of the two fields above must hold the surrogate
 
 
 def encode_comment(text: str) -> bytes:

@@ -1387,3 +1387,10 @@ def test_json_in_data_is_what_to_event_reads() -> None:
     (message,) = SSEDecoder().feed(sse.encode(event))
     assert json.loads(message.data)["metadata"] == {"a": [1, 2]}
     assert message.to_event() == event
+
+
+def test_encode_message_names_the_field_with_a_lone_surrogate() -> None:
+    # The fields before the bad one are checked and pass (event and id are absent).
+    with pytest.raises(sk.ValidationError) as info:
+        sse.encode_message("ok", comment="\ud800")
+    assert info.value.field == "comment"
