@@ -214,3 +214,17 @@ def test_public_objects_report_the_package_module() -> None:
     assert repr(sk.StreamEvent(event_type="token", event_id="e", timestamp=0)).startswith(
         "StreamEvent("
     )
+
+
+def test_metadata_nesting_is_bounded() -> None:
+    deep: dict[str, Any] = {}
+    node = deep
+    for _ in range(70):
+        node["k"] = {}
+        node = node["k"]
+    with pytest.raises(sk.ValidationError, match="deeper"):
+        sk.StreamEvent(event_type="metadata", metadata=deep)
+
+
+def test_error_body_without_a_field() -> None:
+    assert "field" not in sk.ValidationError("bad").to_dict()

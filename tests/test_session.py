@@ -162,3 +162,23 @@ def test_docs_diagram_is_the_table() -> None:
 
     docs = Path(__file__).resolve().parent.parent / "docs" / "concepts.md"
     assert f"```mermaid\n{transition_diagram()}\n```" in docs.read_text(encoding="utf-8")
+
+
+def test_events_view_is_a_live_read_only_sequence() -> None:
+    from streamkit._session import events_view
+
+    backing = [sk.StreamEvent(event_type="token", content="a")]
+    view = events_view(backing)
+    session = sk.StreamSession(events=view)
+    assert session.events is view  # a view is kept, not copied
+    backing.append(sk.StreamEvent(event_type="complete"))
+    assert len(session.events) == 2
+    assert session.events[-1].is_final
+    as_tuple: object = tuple(backing)
+    as_text: object = "ab"
+    assert view == backing
+    assert view == as_tuple
+    assert view != as_text
+    assert "2 events" in repr(view)
+    with pytest.raises(TypeError):
+        hash(view)
