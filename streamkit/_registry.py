@@ -43,7 +43,7 @@ from ._errors import (
 from ._events import EventType, StreamEvent, make_event
 from ._memory import MemoryBackend
 from ._session import SessionState, StreamSession, check_transition, events_view, new_session_id
-from ._streamer import StreamStats, TokenStream, stream_tokens
+from ._streamer import StreamStats, TokenStream, loop_clock, stream_tokens
 from ._validate import check_id, check_int, freeze_json_object, type_name
 from .abc import Backend, EventCursor, EventLog, LogStatistics
 
@@ -381,6 +381,8 @@ class SessionRegistry:
         scope = entry.producer
         assert scope is not None
         clock = self._clock
+        if clock is anyio.current_time:
+            clock = loop_clock()  # the same clock, found once instead of at every event
         recorded = False
         try:
             with scope:

@@ -145,6 +145,15 @@ def _maybe_round(value: float | None) -> float | None:
     return None if value is None else _round(value)
 
 
+def loop_clock() -> Callable[[], float]:
+    """Return the running event loop's clock: what ``anyio.current_time()`` reads.
+
+    ``anyio.current_time()`` finds the backend again at every call, which costs most of
+    its 0.4 µs; per-event timestamps call the clock this returns instead (0.1 µs).
+    """
+    return anyio.lowlevel.current_token().backend_class.current_time
+
+
 # --- chunking -------------------------------------------------------------------------
 
 
@@ -459,6 +468,7 @@ class TokenStream:
         "_max_time",
         "_metadata",
         "_next_emit",
+        "_now",
         "_out",
         "_outcome",
         "_paced",
@@ -534,6 +544,8 @@ class TokenStream:
         self._last_token_at: float | None = None
         self._itl_sum = 0.0
         self._itl_max = 0.0
+        # anyio.current_time, bound to the event loop's backend when the stream starts.
+        self._now: Callable[[], float] = anyio.current_time
 
     def __repr__(self) -> str:
         state = ("new", "running", "finishing", "ended")[self._phase]
@@ -639,7 +651,7 @@ class TokenStream:
         """
         out = self._out
         if out and self._fast:
-            return self._token_event(out.popleft(), anyio.current_time())
+            return self._token_event(out.popleft(), self._now())
         if self._busy:
             raise anyio.BusyResourceError("iterating")
         self._busy = True
@@ -712,7 +724,8 @@ class TokenStream:
         return make_event(EventType.TOKEN, text, metadata, self._session_id)
 
     def _start(self) -> StreamEvent:
-        now = anyio.current_time()
+        self._now = loop_clock()
+        now = self._now()
         self._started_at = self._last_input = self._last_beat = now
         if self._max_time is not None:
             self._deadline = now + self._max_time
@@ -736,7 +749,7 @@ class TokenStream:
         while True:
             phase = self._phase
             if phase == _RUNNING:
-                now = anyio.current_time()
+                now = self._now()
                 if now >= self._deadline:
                     await self._finish("deadline")
                     continue
@@ -744,7 +757,7 @@ class TokenStream:
                     if self._paced:
                         if not await self._pace(now):
                             continue
-                        now = anyio.current_time()
+                        now = self._now()
                     return self._token_event(self._out.popleft(), now)
                 if self._anext is not None:
                     now = await self._fill_direct()
@@ -757,8 +770,8 @@ class TokenStream:
             elif phase == _FINISHING:
                 if self._out:
                     if self._paced:
-                        await self._pace(anyio.current_time())
-                    return self._token_event(self._out.popleft(), anyio.current_time())
+                        await self._pace(self._now())
+                    return self._token_event(self._out.popleft(), self._now())
                 return self._final_event()
             elif phase == _NEW:
                 return self._start()
@@ -774,7 +787,7 @@ class TokenStream:
         target = self._next_emit
         if now < target:
             await anyio.sleep_until(min(target, self._deadline))
-            if self._phase == _RUNNING and anyio.current_time() >= self._deadline:
+            if self._phase == _RUNNING and self._now() >= self._deadline:
                 return False
         else:
             target = now  # late (slow source): restart the schedule, never burst
@@ -827,7 +840,7 @@ class TokenStream:
             done = feed.done
             items = feed.take()
             if items is not None:
-                self._last_input = anyio.current_time()
+                self._last_input = self._now()
                 accept = self._accept
                 for item in items:
                     if not accept(item):
@@ -839,7 +852,7 @@ class TokenStream:
                 self._exception = feed.error
                 await self._finish("completed" if feed.error is None else "error")
                 return None
-            now = anyio.current_time()
+            now = self._now()
             wake = self._deadline
             if now >= wake:
                 await self._finish("deadline")
@@ -881,7 +894,7 @@ class TokenStream:
         chunker = self._chunker
         out = self._out
         while True:
-            began = anyio.current_time()
+            began = self._now()
             if self._slow and self._progressive and chunker.has_partial:
                 chunker.flush()  # the source is slow: do not hold its text back
                 return began
@@ -895,7 +908,7 @@ class TokenStream:
                     with anyio.CancelScope(deadline=limit) as scope:
                         item = await anext()
                     if scope.cancelled_caught:
-                        if anyio.current_time() >= self._deadline:
+                        if self._now() >= self._deadline:
                             await self._finish("deadline")
                         else:
                             self._stalled()
@@ -908,7 +921,7 @@ class TokenStream:
                 self._exception = exc
                 await self._finish("error")
                 return began
-            now = anyio.current_time()
+            now = self._now()
             self._slow = now - began > self._flush
             if not self._accept(item):
                 await self._finish("error")
@@ -1014,7 +1027,7 @@ class TokenStream:
         self._chunker.flush()
 
     def _final_event(self) -> StreamEvent:
-        now = anyio.current_time()
+        now = self._now()
         self._phase = _DONE
         stats = self._final_stats = self._make_stats(now)
         stats_data = MappingProxyType(stats.to_dict())
