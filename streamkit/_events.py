@@ -279,6 +279,18 @@ def make_event(  # noqa: PLR0917 - positional on purpose: the hot path calls it 
     return event
 
 
+def stamp(event: StreamEvent, seq: int, session_id: str | None) -> None:
+    """Complete ``event`` in place with its ``seq`` and ``session_id``.
+
+    Internal: only for an event nobody else holds yet (the log's fast path for the
+    streamer's fresh events), so that no one can see it change.
+    """
+    _set_seq(event, seq)
+    _set_session(event, session_id)
+    if event._json is not None:  # made before its seq was known: make it again
+        _set_json(event, None)
+
+
 def with_seq(event: StreamEvent, seq: int, session_id: str | None) -> StreamEvent:
     """Return a copy of a valid ``event`` stamped with ``seq`` and ``session_id``."""
     return make_event(

@@ -43,7 +43,7 @@ import anyio
 import anyio.lowlevel
 
 from ._errors import ClosedError, HistoryGap, PayloadTooLarge, SubscriberLagged, ValidationError
-from ._events import StreamEvent, make_event
+from ._events import StreamEvent, make_event, stamp
 from ._session import new_session_id
 from ._validate import check_id, check_int, type_name
 from .abc import EventCursor, EventLog, LogStatistics
@@ -57,8 +57,6 @@ __all__ = ["InMemoryEventLog", "estimate_size"]
 _MAX_BATCH: Final = 1024
 #: Evicted slots kept at the head of the list before it is compacted.
 _COMPACT_AT: Final = 256
-
-_set = object.__setattr__
 
 
 def _skeleton_size() -> int:
@@ -461,9 +459,7 @@ class InMemoryEventLog(EventLog):
             raise self._closed_error()
         if self._block and self._last + 1 > self._limit:
             await self._wait_for_room()
-        _set(event, "seq", self._last + 1)
-        _set(event, "session_id", self._session_id)
-        _set(event, "_json", None)
+        stamp(event, self._last + 1, self._session_id)
         self._commit(event)
         return event
 
