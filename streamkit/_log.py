@@ -74,6 +74,9 @@ def _json_default(value: object) -> Any:
     raise TypeError(type_name(value))  # pragma: no cover - frozen metadata is JSON
 
 
+_PLAIN_SCALARS: Final = frozenset({int, float, bool, type(None)})
+
+
 def _value_size(value: object) -> int:
     if type(value) is str:
         return len(value) + 2
@@ -102,8 +105,14 @@ def estimate_size(event: StreamEvent) -> int:
     )
     metadata = event.metadata
     if metadata:
+        # The common cases inline (this runs for every event): str, then numbers.
         for key, value in metadata.items():
-            size += len(key) + 4 + _value_size(value)
+            if type(value) is str:
+                size += len(key) + len(value) + 6
+            elif type(value) in _PLAIN_SCALARS:
+                size += len(key) + 28
+            else:
+                size += len(key) + 4 + _value_size(value)
     return size
 
 
