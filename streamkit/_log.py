@@ -5,11 +5,15 @@ Rules of this module, and why:
 * **Append is O(1) whatever the number of readers.** The log keeps no per-reader queue.
   Readers are positions (a ``seq``); the events live once, in one list, and a reader
   finds its next event by index arithmetic (``seq - base``).
-* **One wake-up per batch, not per event.** Readers that have caught up all wait on one
-  shared :class:`anyio.Event`, made by the first reader that needs it. ``append`` sets
-  it (if there is one) and forgets it; a woken reader takes every event available (up
-  to ``_MAX_BATCH``) as one list slice and hands them out without yielding. A producer
-  appending a burst of events thus costs each reader one task switch for the burst.
+* **One wake-up per batch, not per event.** The first reader that has caught up and
+  must wait makes an :class:`anyio.Event` that ``append`` sets (if there is one) and
+  forgets; a woken reader takes every event available (up to ``_MAX_BATCH``) as one
+  list slice and hands them out without yielding. A producer appending a burst of
+  events thus costs each reader one task switch for the burst.
+* **The producer wakes one reader, whatever their number.** Setting an event costs one
+  step per task waiting on it, so the readers that wait after the first one wait on a
+  second event, which the first sets when it wakes (or leaves, if it is cancelled).
+  An append costs the same with one reader or a thousand.
 * **Append does not yield unless it must wait** (``block`` policy with a reader too
   far behind). A producer pulling from a real source yields there; a cursor yields
   when it waits for events and, when it did not have to wait, once per batch, so a
@@ -208,11 +212,28 @@ class _Cursor(EventCursor):
             if log._closed or self._done:
                 self._finish()
                 raise StopAsyncIteration
-            event = log._data
-            if event is None:
-                event = log._data = anyio.Event()
-            await event.wait()
+            if log._data is None:
+                await self._wait_first()
+            else:
+                others = log._others
+                if others is None:
+                    others = log._others = anyio.Event()
+                await others.wait()
             self._waited = True
+
+    async def _wait_first(self) -> None:
+        # The reader the producer wakes; it wakes the other waiting readers in turn.
+        log = self._log
+        event = log._data = anyio.Event()
+        try:
+            await event.wait()
+        finally:
+            if log._data is event:  # left before any data came: the next waiter is first
+                log._data = None
+            others = log._others
+            if others is not None:
+                log._others = None
+                others.set()
 
     def _start(self) -> _Reader:
         if self._done:
@@ -345,6 +366,7 @@ class InMemoryEventLog(EventLog):
         "_max_event_bytes",
         "_max_events",
         "_max_lag",
+        "_others",
         "_policy",
         "_readers",
         "_room",
@@ -386,8 +408,10 @@ class InMemoryEventLog(EventLog):
         self._last = 0
         self._bytes = 0
         self._closed = False
-        # Set once when events arrive or the log closes; readers that caught up wait on it.
+        # Set once when events arrive or the log closes: the first reader that caught up
+        # waits on it, and sets _others, on which the other readers that caught up wait.
         self._data: anyio.Event | None = None
+        self._others: anyio.Event | None = None
         # Set when a reader advances or leaves; a blocked producer waits on it.
         self._room: anyio.Event | None = None
         self._readers: set[_Reader] = set()
@@ -576,7 +600,7 @@ class InMemoryEventLog(EventLog):
         if self._closed:
             return
         self._closed = True
-        for name in ("_data", "_room"):
+        for name in ("_data", "_others", "_room"):
             event: anyio.Event | None = getattr(self, name)
             if event is not None:
                 setattr(self, name, None)
