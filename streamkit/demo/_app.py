@@ -1,0 +1,203 @@
+"""The demo's ASGI app: the page at ``/``, a :class:`~streamkit.asgi.StreamApp` behind it.
+
+Rules of this module:
+
+* The page is one self-contained HTML file shipped in the package (``static/index.html``):
+  inline CSS and JavaScript, no request leaves the demo's own origin. Its
+  ``Content-Security-Policy`` makes the browser enforce that.
+* Every other path goes to the StreamApp unchanged, ASGI ``lifespan`` included, so the
+  StreamApp owns and runs its registry exactly as in an application.
+* The demo has no login: the StreamApp serves everyone as the anonymous user
+  (``allow_anonymous=True``). That is a demo setting for a server on ``127.0.0.1``, not a
+  pattern for production.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+from typing import TYPE_CHECKING, Final
+
+from .._config import RegistryConfig, StreamConfig
+from .._errors import ValidationError
+from .._validate import check_bool, type_name
+from ..asgi import StreamApp
+from ..testing import SimulatedAgent
+
+if TYPE_CHECKING:
+    from ..asgi import Receive, Scope, Send
+
+__all__ = [
+    "DEFAULT_PROMPT",
+    "DEMO_SEED",
+    "DemoApp",
+    "make_agent",
+    "make_app",
+    "page_html",
+]
+
+#: The seed of the demo's simulated model: the same prompt always gets the same answer.
+DEMO_SEED: Final = 11
+#: The prompt the page and the terminal mode start with.
+DEFAULT_PROMPT: Final = "How does streaming work?"
+
+# The answer to the default prompt is written out, longer than a generated one, so that a
+# person has time to try the buttons while it streams. Other prompts get the simulated
+# model's generated answers.
+_DEFAULT_ANSWER: Final = (
+    "Streaming sends each piece of an answer the moment the model produces it, so the "
+    "first words appear after a fraction of a second instead of after the whole reply.\n\n"
+    "Each piece becomes an event with a sequence number, appended once to the session's "
+    "log. Any number of readers can follow that log: a browser tab through EventSource, a "
+    "terminal, another service. The model runs once, however many read.\n\n"
+    "A reader that loses its connection reconnects with the last sequence number it saw; "
+    "the server replays what it missed from the log, and the text goes on with nothing "
+    "lost and nothing repeated. Pause holds the stream, resume lets it go on, and cancel "
+    "ends the session for good."
+)
+
+_CSP: Final = (
+    b"default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+    b"img-src data:; connect-src 'self'; base-uri 'none'; form-action 'none'"
+)
+_PAGE_PATHS: Final = frozenset({"/", "/index.html"})
+
+
+def make_agent(
+    *,
+    tokens_per_second: float = 25.0,
+    first_token_latency: float = 0.3,
+    realtime: bool = True,
+) -> SimulatedAgent:
+    """Return the demo's simulated model (seed :data:`DEMO_SEED`).
+
+    The answers depend only on the seed and the prompt, never on the timing, so
+    ``make_agent().answer(prompt)`` is the exact text any demo run streams for
+    ``prompt``.
+
+    Args:
+        tokens_per_second: The mean rate after the first token.
+        first_token_latency: Seconds before the first token.
+        realtime: Sleep between tokens (``False``: stream with no delay).
+
+    Returns:
+        The agent.
+
+    Raises:
+        ValidationError: a timing is not a positive number (or negative for the latency).
+    """
+    return SimulatedAgent(
+        seed=DEMO_SEED,
+        tokens_per_second=tokens_per_second,
+        first_token_latency=first_token_latency,
+        realtime=realtime,
+        answers={DEFAULT_PROMPT: _DEFAULT_ANSWER},
+    )
+
+
+@cache
+def page_html() -> bytes:
+    """Return the demo page: one self-contained HTML document, as UTF-8 bytes."""
+    return resources.files(__package__).joinpath("static", "index.html").read_bytes()
+
+
+class DemoApp:
+    """An ASGI 3 app serving the demo page at ``/`` and a StreamApp everywhere else.
+
+    Args:
+        stream_app: The app that serves the sessions; its ASGI ``lifespan`` runs its
+            registry.
+
+    Raises:
+        ValidationError: ``stream_app`` is not a :class:`~streamkit.asgi.StreamApp`.
+    """
+
+    def __init__(self, stream_app: StreamApp) -> None:
+        if not isinstance(stream_app, StreamApp):
+            raise ValidationError(
+                f"stream_app must be a StreamApp, got {type_name(stream_app)}",
+                field="stream_app",
+            )
+        self.stream_app = stream_app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Handle one ASGI connection."""
+        if scope["type"] == "http" and scope.get("path") in _PAGE_PATHS:
+            await self._page(scope, send)
+        else:
+            await self.stream_app(scope, receive, send)
+
+    @staticmethod
+    async def _page(scope: Scope, send: Send) -> None:
+        method = scope.get("method", "GET")
+        if method not in ("GET", "HEAD"):
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 405,
+                    "headers": [(b"allow", b"GET, HEAD"), (b"content-length", b"0")],
+                }
+            )
+            await send({"type": "http.response.body", "body": b""})
+            return
+        body = page_html()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/html; charset=utf-8"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"cache-control", b"no-store"),
+                    (b"content-security-policy", _CSP),
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"referrer-policy", b"no-referrer"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
+
+
+def make_app(agent: SimulatedAgent | None = None, *, fast: bool = False) -> DemoApp:
+    """Build the demo app: the page and a StreamApp over its own registry.
+
+    The StreamApp makes its registry and runs it in the ASGI ``lifespan`` (uvicorn runs
+    it). Sessions stream one token per event, with no extra pacing, so the page shows
+    the model's own rhythm.
+
+    Args:
+        agent: The model; :func:`make_agent` with realistic timing by default.
+        fast: With no ``agent``: the model streams with no delay (for checks and tests).
+
+    Returns:
+        The ASGI app.
+
+    Raises:
+        ValidationError: ``agent`` is not a :class:`~streamkit.testing.SimulatedAgent`,
+            or ``fast`` is not a bool.
+    """
+    check_bool("fast", fast)
+    if agent is None:
+        agent = make_agent(realtime=not fast)
+    elif not isinstance(agent, SimulatedAgent):
+        raise ValidationError(
+            f"agent must be a SimulatedAgent, got {type_name(agent)}", field="agent"
+        )
+    stream_app = StreamApp(
+        registry_config=RegistryConfig(
+            max_sessions=500,
+            session_timeout=600.0,
+            cleanup_interval=30.0,
+            # A paused session shows a heartbeat every few seconds on the page.
+            heartbeat_interval=5.0,
+            ended_session_ttl=600.0,
+        ),
+        agent=agent,
+        allow_anonymous=True,  # a demo on 127.0.0.1: no login
+        stream_config=StreamConfig(
+            chunk_size=1, stream_delay=0, max_stream_time=300.0, heartbeat_interval=None
+        ),
+        heartbeat_interval=10.0,
+        retry_ms=1000,
+    )
+    return DemoApp(stream_app)

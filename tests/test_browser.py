@@ -1,0 +1,218 @@
+"""The demo page in a real headless Chromium: stream, drop the connection, resume, exact text.
+
+Chromium comes from the system (Debian's ``chromium``, installed by scripts/_system-deps)
+and is driven by Playwright for Python through its executable path: no browser download.
+Playwright's sync API cannot run inside an event loop, so these tests are plain sync
+tests; the demo server runs in a thread of its own. The first test saves
+docs/demo-screenshot.png for the README.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from streamkit.demo import DEFAULT_PROMPT, make_agent, make_app, running_server
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = shutil.which("chromium")
+SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "demo-screenshot.png"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+# Fast enough for a test, slow enough that "drop connection" lands mid-answer.
+AGENT = make_agent(tokens_per_second=80.0, first_token_latency=0.2)
+TIMEOUT_MS = 15_000
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if CHROMIUM is None:
+        pytest.skip(
+            "BROWSER TEST SKIPPED: no `chromium` on PATH. Install it with "
+            "`bash scripts/_system-deps` (apt-get install chromium); CI runs this test."
+        )
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="module")
+def base_url() -> Iterator[str]:
+    with running_server(make_app(AGENT)) as url:
+        yield url
+
+
+@pytest.fixture
+def page(browser: Any, base_url: str) -> Iterator[Any]:
+    context = browser.new_context(
+        viewport={"width": 1100, "height": 750}, color_scheme="dark", device_scale_factor=1
+    )
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    requests: list[str] = []
+    problems: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    page.on(
+        "console",
+        lambda message: (
+            problems.append(f"console {message.type}: {message.text}")
+            if message.type == "error"
+            else None
+        ),
+    )
+    page.goto(base_url)
+    try:
+        yield page
+    finally:
+        context.close()
+    # Nothing may load from anywhere but the demo server.
+    foreign = [url for url in requests if not url.startswith(base_url)]
+    assert not foreign, f"the page requested other origins: {foreign}"
+    assert not problems, problems
+
+
+def by_id(page: Any, name: str) -> Any:
+    return page.get_by_test_id(name)
+
+
+def wait_for_text(page: Any, name: str, text: str) -> None:
+    page.wait_for_function(
+        "([name, text]) => document.querySelector(`[data-testid=${name}]`).textContent === text",
+        arg=[name, text],
+    )
+
+
+def events_received(page: Any) -> int:
+    return int(by_id(page, "events").text_content())
+
+
+def test_drop_connection_resumes_with_the_exact_answer(page: Any) -> None:
+    answer = AGENT.answer(DEFAULT_PROMPT)
+    assert by_id(page, "prompt").input_value() == DEFAULT_PROMPT
+    assert by_id(page, "connection").text_content() == "idle"
+
+    by_id(page, "submit").click()
+    # Mid-answer: some tokens are on the page, more are to come.
+    page.wait_for_function(
+        "() => Number(document.querySelector('[data-testid=events]').textContent) >= 20"
+    )
+    assert by_id(page, "connection").get_attribute("data-status") == "live"
+    seen = by_id(page, "answer").text_content()
+    assert seen
+    assert answer.startswith(seen)
+
+    by_id(page, "drop").click()
+    note = by_id(page, "reconnect-note")
+    page.wait_for_function(
+        "() => document.querySelector('[data-testid=reconnect-note]')"
+        ".textContent.startsWith('Reconnected')"
+    )
+    wait_for_text(page, "state", "completed")
+
+    # The whole answer, exactly: nothing lost while away, nothing repeated after.
+    assert by_id(page, "answer").text_content() == answer
+    match = re.fullmatch(
+        r"Reconnected after seq (\d+): the stream went on at seq (\d+), "
+        r"nothing lost or repeated\.",
+        note.text_content(),
+    )
+    assert match, note.text_content()
+    dropped_at, went_on_at = int(match[1]), int(match[2])
+    assert dropped_at >= 20
+    assert went_on_at == dropped_at + 1
+    assert by_id(page, "reconnects").text_content() == "1 \u00b7 0"  # 1 reconnect, 0 gaps
+    last_seq = int(by_id(page, "seq").text_content())
+    assert last_seq > went_on_at  # the drop was mid-answer
+    assert events_received(page) == last_seq  # every event once
+    assert "Ended: completed" in by_id(page, "summary").text_content()
+    assert by_id(page, "connection").text_content() == "stream ended"
+    for button in ("pause", "resume", "cancel", "drop"):
+        assert by_id(page, button).is_disabled()
+    log = by_id(page, "log").text_content()
+    assert f"connection dropped after seq {dropped_at}" in log
+    assert f"reconnecting with ?after={dropped_at}" in log
+
+    page.evaluate("() => document.activeElement && document.activeElement.blur()")
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT))
+    assert SCREENSHOT.stat().st_size > 10_000
+
+
+def test_a_second_tab_follows_the_same_session(page: Any) -> None:
+    answer = AGENT.answer(DEFAULT_PROMPT)
+    by_id(page, "submit").click()
+    page.wait_for_function(
+        "() => Number(document.querySelector('[data-testid=events]').textContent) >= 5"
+    )
+    with page.context.expect_page() as opened:
+        by_id(page, "follow").click()
+    second = opened.value
+    second.set_default_timeout(TIMEOUT_MS)
+    # The second tab reads the log from its start while the first goes on live.
+    for reader in (page, second):
+        wait_for_text(reader, "state", "completed")
+        assert by_id(reader, "answer").text_content() == answer
+        assert by_id(reader, "reconnects").text_content() == "0 \u00b7 0"
+    assert by_id(second, "reconnect-note").text_content().startswith("Following session")
+    assert by_id(second, "prompt").input_value() == DEFAULT_PROMPT
+    assert by_id(second, "seq").text_content() == by_id(page, "seq").text_content()
+    second.close()
+
+
+def test_pause_resume_and_cancel(page: Any) -> None:
+    answer = AGENT.answer(DEFAULT_PROMPT)
+    by_id(page, "submit").click()
+    page.wait_for_function(
+        "() => Number(document.querySelector('[data-testid=events]').textContent) >= 3"
+    )
+    by_id(page, "pause").click()
+    wait_for_text(page, "state", "paused")
+    assert by_id(page, "resume").is_enabled()
+    assert by_id(page, "pause").is_disabled()
+
+    by_id(page, "resume").click()
+    wait_for_text(page, "state", "active")
+    by_id(page, "cancel").click()
+    wait_for_text(page, "state", "cancelled")
+    page.wait_for_function(
+        "() => document.querySelector('[data-testid=summary]').textContent.includes('cancelled')"
+    )
+    text = by_id(page, "answer").text_content()
+    assert answer.startswith(text)
+    assert len(text) < len(answer)
+    assert by_id(page, "reconnects").text_content() == "0 \u00b7 0"
+    log = by_id(page, "log").text_content()
+    assert "pause: the session is paused" in log
+    assert "resume: the session is active" in log
+    assert "cancel: the session is cancelled" in log
+
+
+def test_a_new_prompt_gets_its_own_answer(page: Any) -> None:
+    prompt = "What happens if the connection drops?"
+    by_id(page, "prompt").fill(prompt)
+    by_id(page, "submit").click()
+    wait_for_text(page, "state", "completed")
+    assert by_id(page, "answer").text_content() == AGENT.answer(prompt)
+    assert by_id(page, "reconnect-note").is_hidden()
