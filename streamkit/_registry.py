@@ -496,6 +496,8 @@ class SessionRegistry:
         await self._set_state(entry, SessionState.PAUSED)
         if entry.resumed is not None and entry.resumed.is_set():
             entry.resumed = anyio.Event()
+        if entry.stream is not None:
+            entry.stream.pause()  # the source stops before its next item
         return self._snapshot(entry)
 
     async def resume(self, session_id: str, *, user_id: str | None = None) -> StreamSession:
@@ -508,6 +510,8 @@ class SessionRegistry:
         """
         entry = await self._entry(session_id, user_id, "control")
         await self._set_state(entry, SessionState.ACTIVE)
+        if entry.stream is not None:
+            entry.stream.resume()
         if entry.resumed is not None:
             entry.resumed.set()
         return self._snapshot(entry)

@@ -243,16 +243,27 @@ class _Chunker:
 class _TaskFeed:
     """Buffer between the producer task (async source) and the consumer."""
 
-    __slots__ = ("close_error", "closed", "done", "error", "items", "space", "waiter")
+    __slots__ = ("close_error", "closed", "done", "error", "gate", "items", "space", "waiter")
 
     def __init__(self) -> None:
         self.items: deque[object] = deque()
+        # Set while paused: the producer task waits on it before pulling the next item.
+        self.gate: anyio.Event | None = None
         self.done = False
         self.error: BaseException | None = None
         self.close_error: Exception | None = None
         self.waiter: anyio.Event | None = None
         self.space: anyio.Event | None = None
         self.closed = anyio.Event()
+
+    def pause(self) -> None:
+        if self.gate is None:
+            self.gate = anyio.Event()
+
+    def resume(self) -> None:
+        gate, self.gate = self.gate, None
+        if gate is not None:
+            gate.set()
 
     def take(self) -> deque[object] | None:
         items = self.items
@@ -302,6 +313,7 @@ class _ThreadFeed:
         "done",
         "error",
         "items",
+        "paused",
         "stopped",
         "thread",
         "waiter",
@@ -319,6 +331,7 @@ class _ThreadFeed:
         self.error: BaseException | None = None
         self.close_error: Exception | None = None
         self.stopped = False
+        self.paused = False
         self.waiter: anyio.Event | None = None
         context = contextvars.copy_context()
         self.thread = threading.Thread(
@@ -329,6 +342,15 @@ class _ThreadFeed:
         )
 
     # consumer side (event loop thread)
+
+    def pause(self) -> None:
+        with self._lock:
+            self.paused = True
+
+    def resume(self) -> None:
+        with self._lock:
+            self.paused = False
+            self._space.notify_all()
 
     def take(self) -> deque[object] | None:
         with self._lock:
@@ -381,9 +403,10 @@ class _ThreadFeed:
             full = len(items) >= _BUFFER_ITEMS
         if waiter is not None:
             self._signal(waiter)
-        if full:
+        if full or self.paused:
             with self._lock:
-                while len(self.items) >= _BUFFER_ITEMS and not self.stopped:
+                # A full buffer or a pause holds the thread before it pulls the next item.
+                while (len(self.items) >= _BUFFER_ITEMS or self.paused) and not self.stopped:
                     self._space.wait()
         return not self.stopped
 
@@ -472,6 +495,7 @@ class TokenStream:
         "_out",
         "_outcome",
         "_paced",
+        "_paused",
         "_phase",
         "_producer_scope",
         "_progressive",
@@ -538,6 +562,7 @@ class TokenStream:
         self._started_at = 0.0
         self._deadline = math.inf
         self._last_input = 0.0
+        self._paused = False
         self._last_beat = 0.0
         self._next_emit = -math.inf
         self._first_token_at: float | None = None
@@ -595,6 +620,38 @@ class TokenStream:
     def session_id(self) -> str | None:
         """The session id put on every event, if any."""
         return self._session_id
+
+    @property
+    def paused(self) -> bool:
+        """Whether :meth:`pause` holds the source back."""
+        return self._paused
+
+    def pause(self) -> None:
+        """Stop pulling from the source; :meth:`resume` goes on where it stopped.
+
+        A source running in a task (``async with``) or a thread stops before its next
+        item: at most the item being produced now is read. Text already read is still
+        delivered. Iterated without ``async with``, the source is only ever pulled
+        while you iterate, so stopping iteration is pausing. Idempotent.
+        """
+        self._paused = True
+        feed = self._feed
+        if feed is not None:
+            feed.pause()
+
+    def resume(self) -> None:
+        """Pull from the source again after :meth:`pause`.
+
+        The stall watchdog counts silence from the moment of resuming. Idempotent.
+        """
+        if not self._paused:
+            return
+        self._paused = False
+        feed = self._feed
+        if feed is not None:
+            feed.resume()
+        if self._phase == _RUNNING:
+            self._last_input = self._now()
 
     async def __aenter__(self) -> Self:
         """Own the stream: an async source runs in a task of the stream's own.
@@ -733,11 +790,14 @@ class TokenStream:
         self._fast = not self._paced
         if self._sync:
             feed = _ThreadFeed(self._iterator, anyio.lowlevel.current_token())
+            feed.paused = self._paused
             self._feed = feed
             self._iterator = None  # the thread owns it now
             feed.thread.start()
         elif self._tg is not None:
             task_feed = _TaskFeed()
+            if self._paused:
+                task_feed.pause()
             self._feed = task_feed
             scope = self._producer_scope = anyio.CancelScope()
             self._tg.start_soon(self._produce, scope, task_feed, name="streamkit producer")
@@ -937,6 +997,9 @@ class TokenStream:
             with scope:
                 try:
                     while True:
+                        gate = feed.gate
+                        if gate is not None:
+                            await gate.wait()
                         item = await anext()
                         items = feed.items
                         items.append(item)

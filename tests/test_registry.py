@@ -314,8 +314,8 @@ async def test_a_paused_session_stops_pulling() -> None:
         at_pause = pulled
         for _ in range(2000):
             await anyio.sleep(0)
-        # the stream may fill its small read-ahead buffer, and not more
-        assert pulled - at_pause <= 300
+        # at most the item being produced when the pause came
+        assert pulled - at_pause <= 1
         assert pulled < 10_000
         await registry.resume(session.session_id)
         events = await collect(registry.subscribe(session.session_id))

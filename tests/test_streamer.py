@@ -822,3 +822,39 @@ def test_stats_to_dict_is_json_ready() -> None:
     assert data["time_to_first_token"] == 0.123457
     assert data["mean_inter_token_latency"] is None
     assert repr(sk.StreamStats).startswith("<class 'streamkit.StreamStats'")
+
+
+async def test_pause_holds_the_source_back() -> None:
+    pulled = 0
+
+    async def counting() -> AsyncIterator[str]:
+        nonlocal pulled
+        for i in range(1000):
+            pulled += 1
+            yield f"{i} "
+            await anyio.sleep(0)
+
+    def sync_counting() -> Iterator[str]:
+        nonlocal pulled
+        for i in range(1000):
+            pulled += 1
+            yield f"{i} "
+
+    config = sk.StreamConfig(stream_delay=0, chunk_size=1, heartbeat_interval=None)
+    for source in (counting(), sync_counting()):
+        pulled = 0
+        async with sk.stream_tokens(source, config) as stream:
+            first = await stream.__anext__()
+            assert first.event_type == sk.EventType.START
+            stream.pause()
+            stream.pause()
+            assert stream.paused
+            at_pause = pulled
+            for _ in range(500):
+                await anyio.sleep(0)
+            assert pulled - at_pause <= 2, "a paused stream must not run ahead"
+            stream.resume()
+            stream.resume()
+            events = [e async for e in stream]
+        assert events[-1].event_type == sk.EventType.COMPLETE
+        assert pulled == 1000
