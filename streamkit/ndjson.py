@@ -17,9 +17,9 @@ Rules of this module:
 
 from __future__ import annotations
 
-from collections import deque
-from typing import TYPE_CHECKING, Any, Final, Generic, Self, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, overload
 
+from ._decoded import DecodedChunks
 from ._errors import ClosedError, RemoteProtocolError, ValidationError
 from ._events import StreamEvent
 from ._validate import check_int, type_name
@@ -248,35 +248,6 @@ class NDJSONDecoder(Generic[_T_co]):
         return out
 
 
-class _Events(Generic[_T_co]):
-    """The iterator of :func:`aiter_events`."""
-
-    __slots__ = ("_chunks", "_decoder", "_done", "_pending")
-
-    def __init__(self, chunks: AsyncIterable[bytes], decoder: NDJSONDecoder[_T_co]) -> None:
-        self._chunks = aiter(chunks)
-        self._decoder = decoder
-        self._pending: deque[_T_co] = deque()
-        self._done = False
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> _T_co:
-        pending = self._pending
-        while not pending:
-            if self._done:
-                raise StopAsyncIteration
-            try:
-                chunk = await anext(self._chunks)
-            except StopAsyncIteration:
-                self._done = True
-                pending.extend(self._decoder.feed_eof())
-            else:
-                pending.extend(self._decoder.feed(chunk))
-        return pending.popleft()
-
-
 def aiter_events(
     chunks: AsyncIterable[bytes], *, max_line_size: int = DEFAULT_MAX_LINE_SIZE
 ) -> AsyncIterator[StreamEvent]:
@@ -295,4 +266,4 @@ def aiter_events(
         ValidationError: ``max_line_size`` is invalid (raised at once); iterating
             raises what :class:`NDJSONDecoder` raises, and what the iterable raises.
     """
-    return _Events(chunks, NDJSONDecoder(max_line_size=max_line_size))
+    return DecodedChunks(chunks, NDJSONDecoder(max_line_size=max_line_size))

@@ -38,6 +38,7 @@ from typing import (
     overload,
 )
 
+from ._decoded import DecodedChunks
 from ._errors import ClosedError, Disconnected, RemoteProtocolError, ValidationError
 from ._events import StreamEvent
 from ._validate import check_int, check_number, check_str, type_name
@@ -779,35 +780,6 @@ class SSEDecoder(Generic[_T_co]):
 # --- async helpers --------------------------------------------------------------------
 
 
-class _Messages(Generic[_T_co]):
-    """The iterator of :func:`aiter_sse`: decode chunks as they come."""
-
-    __slots__ = ("_chunks", "_decoder", "_done", "_pending")
-
-    def __init__(self, chunks: AsyncIterable[bytes], decoder: SSEDecoder[_T_co]) -> None:
-        self._chunks = aiter(chunks)
-        self._decoder = decoder
-        self._pending: deque[_T_co] = deque()
-        self._done = False
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> _T_co:
-        pending = self._pending
-        while not pending:
-            if self._done:
-                raise StopAsyncIteration
-            try:
-                chunk = await anext(self._chunks)
-            except StopAsyncIteration:
-                self._done = True
-                pending.extend(self._decoder.feed_eof())
-            else:
-                pending.extend(self._decoder.feed(chunk))
-        return pending.popleft()
-
-
 class _Events:
     """The iterator of :func:`aiter_events`: messages read as stream events."""
 
@@ -872,7 +844,7 @@ def aiter_sse(
     decoder = SSEDecoder(
         comments=comments, max_line_size=max_line_size, max_event_size=max_event_size
     )
-    return _Messages(chunks, decoder)
+    return DecodedChunks(chunks, decoder)
 
 
 def aiter_events(
