@@ -1,0 +1,218 @@
+"""The Redis Streams event log against a real redis-server."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import anyio
+import pytest
+import redis.asyncio as aredis
+
+import streamkit as sk
+from streamkit.backends.redis import RedisBackend, RedisEventLog
+from streamkit.testing import check_event_log
+
+from .redis_server import free_port, redis_url_fixture
+
+pytestmark = [pytest.mark.anyio, pytest.mark.redis]
+
+_ids = itertools.count()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """redis-py's asyncio client runs on asyncio only, so these tests do too."""
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redis-server for the whole test session."""
+    yield from redis_url_fixture(tmp_path_factory)
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[aredis.Redis]:
+    """A client on a flushed database."""
+    redis = aredis.Redis.from_url(redis_url)
+    await redis.flushall()
+    try:
+        yield redis
+    finally:
+        await redis.aclose()
+
+
+def _sid() -> str:
+    return f"s{next(_ids)}"
+
+
+def _token(text: str) -> sk.StreamEvent:
+    return sk.StreamEvent(event_type=sk.EventType.TOKEN, content=text)
+
+
+async def test_conformance(client: aredis.Redis) -> None:
+    def factory(**limits: Any) -> RedisEventLog:
+        return RedisEventLog(client, _sid(), **limits)
+
+    await check_event_log(factory)
+
+
+async def test_second_process_resumes_exactly_the_rest(redis_url: str, client: Any) -> None:
+    other = aredis.Redis.from_url(redis_url)
+    try:
+        sid = _sid()
+        writer = RedisEventLog(client, sid)
+        reader = RedisEventLog(other, sid)
+        for i in range(5):
+            await writer.append(_token(str(i)))
+        got: list[sk.StreamEvent] = []
+        started = anyio.Event()
+
+        async def follow() -> None:
+            async with reader.read(3) as cursor:
+                started.set()
+                got.extend([event async for event in cursor])
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(follow)
+                await started.wait()
+                for i in range(5, 8):
+                    await writer.append(_token(str(i)))
+                await writer.append(sk.StreamEvent(event_type=sk.EventType.COMPLETE))
+        assert [e.seq for e in got] == [4, 5, 6, 7, 8, 9]
+        assert [e.content for e in got[:-1]] == ["3", "4", "5", "6", "7"]
+        assert got[-1].event_type == sk.EventType.COMPLETE
+        assert all(e.session_id == sid for e in got)
+        await reader.refresh()
+        assert (reader.last_seq, reader.is_closed) == (9, True)
+        with pytest.raises(sk.ClosedError):
+            await reader.append(_token("late"))
+    finally:
+        await other.aclose()
+
+
+async def test_appends_from_two_processes_interleave_without_gaps(
+    redis_url: str, client: Any
+) -> None:
+    other = aredis.Redis.from_url(redis_url)
+    try:
+        sid = _sid()
+        a = RedisEventLog(client, sid)
+        b = RedisEventLog(other, sid)
+        seqs = [(await (a if i % 2 else b).append(_token(str(i)))).seq for i in range(10)]
+        assert seqs == list(range(1, 11))
+        await b.aclose()
+        async with a.read(0) as cursor:
+            with anyio.fail_after(10):
+                assert [e.content async for e in cursor] == [str(i) for i in range(10)]
+    finally:
+        await other.aclose()
+
+
+async def test_unreachable_redis_raises_backend_error() -> None:
+    dead = aredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        log = RedisEventLog(dead, _sid())
+        with pytest.raises(sk.BackendError) as info:
+            await log.append(_token("x"))
+        assert info.value.__cause__ is not None
+        with pytest.raises(sk.BackendError):
+            async with log.read(0) as cursor:
+                await cursor.__anext__()
+    finally:
+        await dead.aclose()
+
+
+async def test_bad_arguments(client: aredis.Redis) -> None:
+    with pytest.raises(sk.ValidationError):
+        RedisEventLog(client, "")
+    with pytest.raises(sk.ValidationError):
+        RedisEventLog(client, _sid(), slow_consumer_policy="drop")  # type: ignore[arg-type]
+
+
+def _backend(url: str, prefix: str) -> RedisBackend:
+    return RedisBackend(url, prefix=prefix)
+
+
+async def test_two_workers_share_sessions_limits_and_states(redis_url: str, client: Any) -> None:
+    config = sk.RegistryConfig(max_sessions=3, max_sessions_per_user=2)
+    prefix = f"p{next(_ids)}"
+    async with (
+        sk.SessionRegistry(config, backend=_backend(redis_url, prefix)) as a,
+        sk.SessionRegistry(config, backend=_backend(redis_url, prefix)) as b,
+    ):
+        first = await a.create(user_id="ann")
+        for i in range(6):
+            await a.publish(first.session_id, _token(str(i)), user_id="ann")
+        done = sk.StreamEvent(event_type=sk.EventType.COMPLETE)
+        await a.publish(first.session_id, done, user_id="ann")
+        # Worker B finds the record in the shared store and resumes the log after 2.
+        record = await b.backend.store.get(first.session_id)
+        assert record is not None
+        assert record.status == sk.SessionState.COMPLETED
+        log = await b.backend.make_log(first.session_id, config)
+        assert (log.last_seq, log.is_closed) == (7, True)
+        with anyio.fail_after(10):
+            async with log.read(2) as cursor:
+                rest = [event async for event in cursor]
+        assert [e.seq for e in rest] == [3, 4, 5, 6, 7]
+        assert [e.content for e in rest[:-1]] == ["2", "3", "4", "5"]
+        # Per-user and total bounds hold across both workers.
+        await b.create(user_id="ann")
+        with pytest.raises(sk.SessionLimitExceeded):
+            await a.create(user_id="ann")
+        third = await b.create()
+        with pytest.raises(sk.SessionLimitExceeded):
+            await a.create(user_id="bob")
+        assert await a.backend.store.count() == 3
+        assert {s.session_id for s in await b.backend.store.list("ann")} == {
+            first.session_id,
+            *(s.session_id for s in await a.backend.store.list("ann")),
+        }
+        # A state change on B is visible on A; the table is enforced in Redis.
+        await b.cancel(third.session_id)
+        seen = await a.backend.store.get(third.session_id)
+        assert seen is not None
+        assert seen.status == sk.SessionState.CANCELLED
+        with pytest.raises(sk.InvalidTransition):
+            await a.backend.store.set_state(third.session_id, sk.SessionState.ACTIVE, now=1.0)
+        with pytest.raises(sk.SessionNotFound):
+            await a.backend.store.set_state("nope", sk.SessionState.ACTIVE, now=1.0)
+        removed = await a.backend.store.remove(third.session_id)
+        assert removed is not None
+        assert await b.backend.store.get(third.session_id) is None
+        assert await b.backend.store.remove(third.session_id) is None
+        assert await b.backend.store.count() == 2
+
+
+async def test_store_refuses_a_duplicate_id(redis_url: str, client: Any) -> None:
+    async with _backend(redis_url, f"p{next(_ids)}") as backend:
+        session = sk.StreamSession(session_id=_sid(), created_at=1.0)
+        await backend.store.add(session, max_sessions=5, max_sessions_per_user=None)
+        with pytest.raises(sk.ValidationError):
+            await backend.store.add(session, max_sessions=5, max_sessions_per_user=None)
+        assert await backend.store.list() == [session]
+        await backend.delete_log(session.session_id)
+
+
+async def test_unreachable_backend_raises_backend_error() -> None:
+    backend = RedisBackend(f"redis://127.0.0.1:{free_port()}/0")
+    with pytest.raises(sk.BackendError):
+        async with sk.SessionRegistry(sk.RegistryConfig(), backend=backend):
+            pass
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_trio_is_refused_clearly(redis_url: str) -> None:
+    backend = RedisBackend(redis_url)
+    with pytest.raises(sk.BackendError, match="asyncio only"):
+        async with backend:
+            pass
+
+
+def test_bad_prefix() -> None:
+    with pytest.raises(sk.ValidationError):
+        RedisBackend(prefix="a{b}")
