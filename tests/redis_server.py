@@ -28,8 +28,15 @@ def _pings(port: int) -> bool:
         return False
 
 
-def start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_redis(
+    directory: Path, *, port: int | None = None, appendonly: bool = False
+) -> tuple[subprocess.Popen[bytes], str]:
     """Start redis-server in ``directory``; return the process and its URL.
+
+    Args:
+        directory: Its working directory (where an append-only file goes).
+        port: The port (a free one if ``None``).
+        appendonly: Whether to keep an append-only file, so data survives a restart.
 
     Skips the test (loudly) when no redis-server binary is installed.
     """
@@ -38,10 +45,18 @@ def start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
         pytest.skip(
             "REDIS TESTS SKIPPED: no redis-server binary on PATH (apt install redis-server)"
         )
-    port = free_port()
+    port = free_port() if port is None else port
     process = subprocess.Popen(
         [
-            *(binary, "--save", "", "--appendonly", "no", "--port", str(port)),
+            *(
+                binary,
+                "--save",
+                "",
+                "--appendonly",
+                "yes" if appendonly else "no",
+                "--port",
+                str(port),
+            ),
             *("--bind", "127.0.0.1", "--dir", str(directory)),
         ],
         stdout=subprocess.DEVNULL,
@@ -58,11 +73,16 @@ def start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise RuntimeError("redis-server did not answer PING")
 
 
+def stop_redis(process: subprocess.Popen[bytes]) -> None:
+    """Stop a redis-server cleanly (it flushes its append-only file) and reap it."""
+    process.terminate()
+    process.wait(timeout=10)
+
+
 def redis_url_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Yield the URL of a redis-server that lives for the session."""
     process, url = start_redis(tmp_path_factory.mktemp("redis"))
     try:
         yield url
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        stop_redis(process)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -14,7 +15,7 @@ import streamkit as sk
 from streamkit.backends.redis import RedisBackend, RedisEventLog
 from streamkit.testing import check_event_log
 
-from .redis_server import free_port, redis_url_fixture
+from .redis_server import free_port, redis_url_fixture, start_redis, stop_redis
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
@@ -216,3 +217,41 @@ async def test_trio_is_refused_clearly(redis_url: str) -> None:
 def test_bad_prefix() -> None:
     with pytest.raises(sk.ValidationError):
         RedisBackend(prefix="a{b}")
+
+
+async def test_resume_after_a_redis_restart(tmp_path: Path) -> None:
+    process, url = start_redis(tmp_path, appendonly=True)
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    sid = _sid()
+    got: list[sk.StreamEvent] = []
+    try:
+        redis = aredis.Redis.from_url(url)
+        try:
+            log = RedisEventLog(redis, sid)
+            for i in range(5):
+                await log.append(_token(str(i)))
+            async with log.read(0) as cursor:
+                with anyio.fail_after(10):
+                    got.extend([await cursor.__anext__() for _ in range(3)])
+                stop_redis(process)
+                process, url = start_redis(tmp_path, port=port, appendonly=True)
+            # The old connections died with the server: resume on a new client from
+            # the last seq received (the producer, too, continues on a new client).
+            again = aredis.Redis.from_url(url)
+            try:
+                resumed = RedisEventLog(again, sid)
+                with anyio.fail_after(10):
+                    await resumed.refresh()
+                    assert resumed.last_seq == 5
+                    await resumed.append(_token("5"))
+                    await resumed.append(sk.StreamEvent(event_type=sk.EventType.COMPLETE))
+                    async with resumed.read(got[-1].seq or 0) as cursor:
+                        got.extend([event async for event in cursor])
+            finally:
+                await again.aclose()
+        finally:
+            await redis.aclose()
+    finally:
+        stop_redis(process)
+    assert [e.seq for e in got] == [1, 2, 3, 4, 5, 6, 7]
+    assert [e.content for e in got[:-1]] == ["0", "1", "2", "3", "4", "5"]
