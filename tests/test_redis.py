@@ -255,3 +255,16 @@ async def test_resume_after_a_redis_restart(tmp_path: Path) -> None:
         stop_redis(process)
     assert [e.seq for e in got] == [1, 2, 3, 4, 5, 6, 7]
     assert [e.content for e in got[:-1]] == ["0", "1", "2", "3", "4", "5"]
+
+
+async def test_a_long_replay_is_not_a_lag(client: aredis.Redis) -> None:
+    # Like the in-memory log: a reader may start as far behind as the log already is.
+    log = RedisEventLog(client, _sid(), max_lag=4)
+    for i in range(20):
+        await log.append(_token(str(i)))
+    with anyio.fail_after(10):
+        async with log.read(0) as cursor:
+            assert [(await cursor.__anext__()).seq for _ in range(20)] == list(range(1, 21))
+        await log.append(sk.StreamEvent(event_type=sk.EventType.COMPLETE))
+        async with log.read(0) as cursor:
+            assert len([event async for event in cursor]) == 21

@@ -100,7 +100,7 @@ def _decode(fields: dict[bytes, bytes], seq: int, session_id: str) -> StreamEven
 
 
 class _RedisCursor(EventCursor):
-    __slots__ = ("_buf", "_done", "_log", "_pos", "_started")
+    __slots__ = ("_allow", "_buf", "_done", "_log", "_pos", "_started")
 
     def __init__(self, log: RedisEventLog, after: int) -> None:
         self._log = log
@@ -108,6 +108,9 @@ class _RedisCursor(EventCursor):
         self._buf: deque[StreamEvent] = deque()
         self._done = False
         self._started = False
+        # As in the in-memory log: the backlog a reader may have, at least max_lag and
+        # never less than the backlog it started with or last caught up to.
+        self._allow = log._max_lag
 
     @property
     def position(self) -> int:
@@ -153,8 +156,15 @@ class _RedisCursor(EventCursor):
                         oldest_seq=oldest,
                         session_id=log.session_id,
                     )
-            if log._policy == "disconnect" and last - self._pos > log._max_lag:
-                raise self._lagged(f"more than {log._max_lag} events behind", oldest)
+                self._allow = max(log._max_lag, last - self._pos)
+            if not closed and log._policy == "disconnect":
+                backlog = last - self._pos
+                if backlog > self._allow:
+                    raise self._lagged(
+                        f"the reader fell {backlog} events behind (allowed {self._allow})",
+                        oldest,
+                    )
+                self._allow = max(log._max_lag, backlog)
             if self._pos < oldest - 1:
                 raise self._lagged("unread events left the retention window", oldest)
             for entry_id, fields in entries:
