@@ -1,0 +1,120 @@
+"""Benchmark: the Redis Streams log against a local redis-server (asyncio only).
+
+Run: ``.venv/bin/python bench/bench_redis.py`` (``STREAMKIT_BENCH_QUICK=1`` for a smoke
+run). Needs a ``redis-server`` binary; the benchmark starts its own on a free port.
+
+* **append**: sequential ``append`` calls of one producer (one Lua script round trip
+  each), per event;
+* **replay**: one cursor reading the whole closed log (``XRANGE`` batches of 256), per
+  event;
+* **live fan-out**: S followers subscribed before the producer starts, the time until
+  every follower has the final event, per delivery.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+
+import anyio
+import redis.asyncio as aredis
+from _harness import machine, save, table, us
+
+import streamkit as sk
+from streamkit.backends.redis import RedisEventLog
+
+QUICK = os.environ.get("STREAMKIT_BENCH_QUICK") == "1"
+EVENTS = 1_000 if QUICK else 10_000
+FOLLOWERS = (1, 10)
+
+
+def _start() -> tuple[subprocess.Popen[bytes], str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("no redis-server binary on PATH")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    directory = tempfile.mkdtemp()
+    process = subprocess.Popen(
+        [
+            *(binary, "--save", "", "--appendonly", "no", "--port", str(port)),
+            *("--bind", "127.0.0.1", "--dir", directory),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return process, f"redis://127.0.0.1:{port}/0"
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit("redis-server did not start")
+
+
+def _token(i: int) -> sk.StreamEvent:
+    return sk.StreamEvent(event_type=sk.EventType.TOKEN, content=f"tok{i} ")
+
+
+async def _run(url: str) -> dict[str, float]:
+    client = aredis.Redis.from_url(url)
+    results: dict[str, float] = {}
+    try:
+        log = RedisEventLog(client, "append", history_max_events=EVENTS + 10)
+        start = time.perf_counter()
+        for i in range(EVENTS):
+            await log.append(_token(i))
+        results["append"] = (time.perf_counter() - start) / EVENTS
+        await log.append(sk.StreamEvent(event_type=sk.EventType.COMPLETE))
+        start = time.perf_counter()
+        async with log.read(0) as cursor:
+            count = sum([1 async for _ in cursor])
+        results["replay"] = (time.perf_counter() - start) / count
+        for followers in FOLLOWERS:
+            live = RedisEventLog(client, f"live{followers}", history_max_events=EVENTS + 10)
+            ready = [anyio.Event() for _ in range(followers)]
+
+            async def follow(
+                i: int, live: RedisEventLog = live, ready: list[anyio.Event] = ready
+            ) -> None:
+                async with live.read(0) as cursor:
+                    ready[i].set()
+                    async for _ in cursor:
+                        pass
+
+            start = time.perf_counter()
+            async with anyio.create_task_group() as tg:
+                for i in range(followers):
+                    tg.start_soon(follow, i)
+                for event in ready:
+                    await event.wait()
+                for i in range(EVENTS):
+                    await live.append(_token(i))
+                await live.append(sk.StreamEvent(event_type=sk.EventType.COMPLETE))
+            elapsed = time.perf_counter() - start
+            results[f"fan-out x{followers}"] = elapsed / ((EVENTS + 1) * followers)
+    finally:
+        await client.aclose()
+    return results
+
+
+def main() -> None:
+    """Run the benchmark and print and save its table."""
+    process, url = _start()
+    try:
+        results = anyio.run(_run, url, backend="asyncio")
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    rows = [(name, round(us(value), 1)) for name, value in results.items()]
+    print(machine())
+    print(table(f"Redis log, {EVENTS} events", ("case", "us per event"), rows))
+    save("redis", {"events": EVENTS, "us_per_event": dict(rows)})
+
+
+if __name__ == "__main__":
+    main()
