@@ -126,6 +126,10 @@ def _json_default(value: object) -> Any:
     raise TypeError(f"cannot encode {type_name(value)} as JSON")  # pragma: no cover
 
 
+# One encoder for every event (json.dumps makes a new one at each call).
+_ENCODER: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_json_default)
+
+
 @attrs.frozen(kw_only=True)
 class StreamEvent:
     """One event of a stream: a token chunk, a heartbeat, the start or the end.
@@ -173,19 +177,17 @@ class StreamEvent:
         """
         text = self._json
         if text is None:
-            text = json.dumps(
+            text = _ENCODER.encode(
                 {
                     "event_id": self.event_id,
                     "event_type": self.event_type,
                     "content": self.content,
                     "timestamp": self.timestamp,
-                    "metadata": self.metadata,
+                    # A dict, not the read-only mapping: no call back into _json_default.
+                    "metadata": dict(self.metadata),
                     "session_id": self.session_id,
                     "seq": self.seq,
                 },
-                ensure_ascii=False,
-                separators=(",", ":"),
-                default=_json_default,
             )
             object.__setattr__(self, "_json", text)
         return text
