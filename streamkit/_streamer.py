@@ -20,9 +20,12 @@ Where the source runs (the reason for the three modes):
   without ``aclose`` stops its thread when it is garbage collected.
 * An async iterable inside ``async with`` runs in a producer task of the stream's
   own task group, feeding the same kind of buffer. The consumer waits on the
-  *buffer* under a cancel scope (never on the source), so timers (flush, heartbeat,
-  stall, deadline) fire while the source is silent and no item is ever lost to a
-  timeout. One wake-up per batch of items, not per item.
+  *buffer* (never on the source), and an alarm task of the same group wakes it when
+  a timer is due (flush, heartbeat, stall, deadline), so timers fire while the
+  source is silent and no item is ever lost to a timeout. One wake-up per batch of
+  items, not per item, and no timer set per wait: the alarm's timer moves only when
+  a deadline comes sooner than it is set for (a timer per wait cost a third of the
+  CPU of a stream of tokens 50 ms apart, bench/bench_capacity.py).
 * An async iterable iterated without ``async with`` is pulled in the consumer's own
   task: a task group held across the consumer's ``async for`` would corrupt the
   cancel-scope stack if the loop were left with ``break``, so there is no task to
@@ -243,7 +246,18 @@ class _Chunker:
 class _TaskFeed:
     """Buffer between the producer task (async source) and the consumer."""
 
-    __slots__ = ("close_error", "closed", "done", "error", "gate", "items", "space", "waiter")
+    __slots__ = (
+        "alarm",
+        "alarm_at",
+        "close_error",
+        "closed",
+        "done",
+        "error",
+        "gate",
+        "items",
+        "space",
+        "waiter",
+    )
 
     def __init__(self) -> None:
         self.items: deque[object] = deque()
@@ -255,6 +269,9 @@ class _TaskFeed:
         self.waiter: anyio.Event | None = None
         self.space: anyio.Event | None = None
         self.closed = anyio.Event()
+        # When the waiting consumer must be woken, and the alarm task's timer, if set.
+        self.alarm_at = math.inf
+        self.alarm: anyio.CancelScope | None = None
 
     def pause(self) -> None:
         if self.gate is None:
@@ -277,10 +294,14 @@ class _TaskFeed:
         return items
 
     async def wait(self, deadline: float) -> None:
+        """Wait for items, or until ``deadline`` (the alarm task wakes the consumer)."""
+        self.alarm_at = deadline
+        alarm = self.alarm
+        if alarm is not None and deadline < alarm.deadline:
+            alarm.deadline = deadline  # sooner than the timer is set for: move it
         waiter = self.waiter = anyio.Event()
         try:
-            with anyio.CancelScope(deadline=deadline):
-                await waiter.wait()
+            await waiter.wait()
         finally:
             self.waiter = None
 
@@ -294,6 +315,22 @@ class _TaskFeed:
         self.done = True
         self.error = error
         self.wake()
+
+    async def run_alarm(self, now: Callable[[], float]) -> None:
+        """The alarm task's loop: wake the waiting consumer once ``alarm_at`` has come.
+
+        A deadline that moved later makes the timer fire early: it is set again for
+        the new one. With nobody waiting it sleeps until a wait sets a deadline.
+        """
+        while True:
+            with anyio.CancelScope(deadline=self.alarm_at) as alarm:
+                self.alarm = alarm
+                await anyio.sleep_forever()
+            self.alarm = None
+            if self.waiter is None:
+                self.alarm_at = math.inf
+            elif now() >= self.alarm_at:
+                self.wake()
 
 
 class _ThreadFeed:
@@ -463,6 +500,7 @@ class TokenStream:
 
     __slots__ = (
         "__weakref__",
+        "_alarm_scope",
         "_anext",
         "_busy",
         "_chars",
@@ -546,6 +584,7 @@ class TokenStream:
         self._tg: TaskGroup | None = None
         self._feed: _TaskFeed | _ThreadFeed | None = None
         self._producer_scope: anyio.CancelScope | None = None
+        self._alarm_scope: anyio.CancelScope | None = None
         self._anext: Callable[[], Any] | None = None
         self._decoder: codecs.IncrementalDecoder | None = None
         self._held = ""
@@ -801,6 +840,8 @@ class TokenStream:
             self._feed = task_feed
             scope = self._producer_scope = anyio.CancelScope()
             self._tg.start_soon(self._produce, scope, task_feed, name="streamkit producer")
+            alarm = self._alarm_scope = anyio.CancelScope()
+            self._tg.start_soon(self._alarm, alarm, task_feed, name="streamkit alarm")
         else:
             self._anext = self._iterator.__anext__
         return make_event(EventType.START, "", _EMPTY, self._session_id)
@@ -1018,6 +1059,11 @@ class TokenStream:
             finally:
                 feed.closed.set()
 
+    async def _alarm(self, scope: anyio.CancelScope, feed: _TaskFeed) -> None:
+        """The alarm task (``async with`` mode): wakes the consumer when a timer is due."""
+        with scope:
+            await feed.run_alarm(self._now)
+
     async def _close_async_source(self, iterator: Any) -> Exception | None:
         """Run the source's ``aclose()`` (and the iterable's, if it is another object)."""
         error: Exception | None = None
@@ -1040,7 +1086,9 @@ class TokenStream:
             return feed.close_error
         if isinstance(feed, _TaskFeed):
             assert self._producer_scope is not None
+            assert self._alarm_scope is not None
             self._producer_scope.cancel()
+            self._alarm_scope.cancel()
             with anyio.move_on_after(_CLOSE_TIMEOUT + 1, shield=True):
                 await feed.closed.wait()
             return feed.close_error
