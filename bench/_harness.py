@@ -47,6 +47,18 @@ def median_time(run: Callable[[], Awaitable[Any]], backend: str, repeat: int) ->
     return statistics.median(times)
 
 
+def median_measured(run: Callable[[], Awaitable[float]], backend: str, repeat: int) -> float:
+    """Like :func:`median_time`, for a coroutine function that times itself.
+
+    ``run`` returns the seconds of the part worth timing (set-up and tear-down left out).
+    """
+    times = []
+    for _ in range(repeat):
+        gc.collect()
+        times.append(anyio.run(run, backend=backend))
+    return statistics.median(times)
+
+
 # -- baselines: the same number of items through the simplest alternatives -----------
 
 
@@ -91,6 +103,26 @@ async def anyio_memory_stream(n: int, buffer: int) -> None:
             pass
 
 
+async def trio_memory_channel(n: int) -> None:
+    """A producer task and a consumer through ``trio.open_memory_channel(1024)`` (Trio only).
+
+    Trio's own queue: its counterpart of ``asyncio.Queue(1024)``.
+    """
+    import trio
+
+    send, receive = trio.open_memory_channel[int](1024)
+
+    async def produce() -> None:
+        async with send:
+            for i in range(n):
+                await send.send(i)
+
+    async with trio.open_nursery() as nursery, receive:
+        nursery.start_soon(produce)
+        async for _ in receive:
+            pass
+
+
 def baselines(n: int, backend: str, repeat: int) -> dict[str, float]:
     """Seconds per item of each baseline on ``backend`` (median of ``repeat``)."""
     out = {
@@ -106,6 +138,10 @@ def baselines(n: int, backend: str, repeat: int) -> dict[str, float]:
     }
     if backend == "asyncio":
         out["asyncio.Queue(1024)"] = median_time(lambda: asyncio_queue(n), backend, repeat) / n
+    else:
+        out["trio memory channel(1024)"] = (
+            median_time(lambda: trio_memory_channel(n), backend, repeat) / n
+        )
     return out
 
 

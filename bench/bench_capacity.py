@@ -1,0 +1,325 @@
+"""Benchmark 4: how many sessions one process streams at once, and what an idle one costs.
+
+Run: ``.venv/bin/python bench/bench_capacity.py`` (``STREAMKIT_BENCH_QUICK=1`` for a smoke
+run).
+
+**Streaming capacity.** N sessions in one registry, each fed by a source that yields a
+token every 50 ms (20 tokens/s, the pace of a fast LLM; ``chunk_size=1``, so one event
+per token), each followed by one in-process subscriber. The sources start at phases
+spread evenly over one 50 ms period, as independent requests would. For every token
+the subscriber computes the **delivery lag**: the time it receives the token minus the
+time the source was due to yield it, on the event loop's clock. The lag thus includes
+the source's own timer running late on a busy loop. A step passes when the p99 lag is
+under 50 ms and every subscriber got every token and the ``complete`` event. N goes up
+by steps until a step fails; the table shows each step.
+
+**Idle sessions.** 10,000 sessions made by ``registry.create()`` and left alone; the
+memory they hold is measured with ``tracemalloc`` (Python allocations, after a garbage
+collection), divided by the number of sessions.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import anyio
+from _harness import machine, save, table
+
+import streamkit as sk
+
+QUICK = os.environ.get("STREAMKIT_BENCH_QUICK") == "1"
+BACKENDS = ("asyncio", "trio")
+STEPS = (100, 200) if QUICK else (250, 500, 750, 1000, 1500, 2000, 3000, 4000)
+RATE = 20.0  # tokens per second per session
+SECONDS = 1.0 if QUICK else 3.0  # of streaming per session
+LAG_GOAL = 0.050
+IDLE_SESSIONS = 1_000 if QUICK else 10_000
+CONFIG = sk.StreamConfig(chunk_size=1, stream_delay=0)
+ROOT = str(Path(__file__).resolve().parent.parent) + os.sep
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, round(q * (len(sorted_values) - 1)))
+    return sorted_values[index]
+
+
+async def paced_source(t0: float, tokens: int) -> Any:
+    """Yields token k at t0 + k / RATE (never earlier)."""
+    period = 1 / RATE
+    for k in range(tokens):
+        await anyio.sleep_until(t0 + k * period)
+        yield f"{k} "
+
+
+async def streaming_step(sessions: int) -> dict[str, Any]:
+    tokens = round(SECONDS * RATE)
+    period = 1 / RATE
+    lags: list[float] = []
+    complete = 0
+    config = sk.RegistryConfig(max_sessions=sessions)
+    async with sk.SessionRegistry(config) as registry:
+        ids = [(await registry.create()).session_id for _ in range(sessions)]
+        clock = anyio.current_time
+        # Time for every stream to start and every subscriber to wait before the first
+        # token is due.
+        start = clock() + 0.5 + sessions * 100e-6
+        due: dict[str, float] = {}
+        cpu_at_start = 0.0
+
+        async def mark_start() -> None:
+            nonlocal cpu_at_start
+            await anyio.sleep_until(start)
+            cpu_at_start = time.process_time()
+
+        async def follow(sid: str) -> None:
+            nonlocal complete
+            t0 = due[sid]
+            received = 0
+            async with registry.subscribe(sid) as subscription:
+                async for event in subscription:
+                    if event.event_type == "token":
+                        index = event.metadata["index"]
+                        assert isinstance(index, int)
+                        lags.append(clock() - (t0 + index * period))
+                        received += 1
+                    elif event.event_type == "complete" and received == tokens:
+                        complete += event.metadata["reason"] == "completed"
+
+        begun = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(mark_start)
+            for i, sid in enumerate(ids):
+                due[sid] = start + period * i / sessions
+                tg.start_soon(follow, sid)
+            for sid in ids:
+                registry.start(sid, paced_source(due[sid], tokens), CONFIG)
+        wall = time.perf_counter() - begun
+        cpu = time.process_time() - cpu_at_start
+    lags.sort()
+    lost = sessions * tokens - len(lags) + (sessions - complete)
+    p99 = percentile(lags, 0.99)
+    return {
+        "sessions": sessions,
+        "events_per_s": sessions * RATE,
+        "p50_ms": percentile(lags, 0.50) * 1e3,
+        "p99_ms": p99 * 1e3,
+        "max_ms": lags[-1] * 1e3 if lags else float("nan"),
+        "lost": lost,
+        "cpu_us_per_token": cpu / (sessions * tokens) * 1e6,
+        "cpu_share": cpu / (SECONDS + period),
+        "wall_s": wall,
+        "ok": p99 < LAG_GOAL and lost == 0,
+    }
+
+
+BREAKDOWN_SESSIONS = 50 if QUICK else 250
+LAYERS = {
+    "the paced source alone, read by async for": "source",
+    "+ stream_tokens (async with)": "streamer",
+    "+ registry session and log, no subscriber": "registry",
+    "+ one subscriber (the benchmark above)": "full",
+}
+
+
+async def cpu_per_token(layer: str, sessions: int) -> float:
+    """CPU µs per token of ``sessions`` paced streams with the pipeline cut at ``layer``."""
+    tokens = round(SECONDS * RATE)
+    period = 1 / RATE
+    async with sk.SessionRegistry(sk.RegistryConfig(max_sessions=sessions)) as registry:
+        ids = [(await registry.create()).session_id for _ in range(sessions)]
+        start = anyio.current_time() + 0.5 + sessions * 100e-6
+        cpu_at_start = 0.0
+
+        async def mark_start() -> None:
+            nonlocal cpu_at_start
+            await anyio.sleep_until(start)
+            cpu_at_start = time.process_time()
+
+        async def source_only(t0: float) -> None:
+            async for _ in paced_source(t0, tokens):
+                pass
+
+        async def streamer_only(t0: float) -> None:
+            async with sk.stream_tokens(paced_source(t0, tokens), CONFIG) as stream:
+                async for _ in stream:
+                    pass
+
+        async def follow(sid: str) -> None:
+            async with registry.subscribe(sid) as subscription:
+                async for _ in subscription:
+                    pass
+
+        async def wait_for_producers() -> None:
+            await anyio.sleep_until(start)
+            while registry.statistics().producers:
+                await anyio.sleep(0.25)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(mark_start)
+            for i, sid in enumerate(ids):
+                t0 = start + period * i / sessions
+                if layer == "source":
+                    tg.start_soon(source_only, t0)
+                elif layer == "streamer":
+                    tg.start_soon(streamer_only, t0)
+                else:
+                    if layer == "full":
+                        tg.start_soon(follow, sid)
+                    registry.start(sid, paced_source(t0, tokens), CONFIG)
+            if layer == "registry":
+                tg.start_soon(wait_for_producers)
+        return (time.process_time() - cpu_at_start) / (sessions * tokens) * 1e6
+
+
+def capacity(backend: str) -> list[dict[str, Any]]:
+    rows = []
+    for sessions in STEPS:
+        gc.collect()
+        row = anyio.run(streaming_step, sessions, backend=backend)
+        rows.append(row)
+        print(
+            f"  {backend} {sessions:>5} sessions: p99 {row['p99_ms']:.1f} ms, "
+            f"lost {row['lost']}, {'ok' if row['ok'] else 'over the goal'}",
+            flush=True,
+        )
+        if not row["ok"]:
+            break
+    return rows
+
+
+async def idle_sessions(count: int) -> dict[str, Any]:
+    config = sk.RegistryConfig(max_sessions=count * 2)
+    async with sk.SessionRegistry(config) as registry:
+        for _ in range(10):  # warm caches (interned strings, free lists) first
+            await registry.create(user_id="alice")
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        snapshot_before = tracemalloc.take_snapshot()
+        started = time.perf_counter()
+        for _ in range(count):
+            await registry.create(user_id="alice")
+        elapsed = time.perf_counter() - started
+        gc.collect()
+        after = tracemalloc.get_traced_memory()[0]
+        top = tracemalloc.take_snapshot().compare_to(snapshot_before, "lineno")[:8]
+        tracemalloc.stop()
+        held = registry.statistics().sessions
+    assert held == count + 10
+    return {
+        "sessions": count,
+        "bytes_per_session": (after - before) / count,
+        "us_per_create": elapsed / count * 1e6,
+        "top": [[str(stat.traceback[0]).replace(ROOT, ""), stat.size_diff / count] for stat in top],
+    }
+
+
+def main() -> None:
+    started = time.perf_counter()
+    print(
+        f"streamkit capacity, {machine()}, {RATE:g} tokens/s per session, "
+        f"{SECONDS:g} s of streaming per step\n"
+    )
+    results: dict[str, Any] = {"streaming": {}, "idle": {}}
+    header = [
+        "sessions",
+        "events/s",
+        "p50 lag ms",
+        "p99 lag ms",
+        "max lag ms",
+        "lost",
+        "CPU µs/token",
+        "CPU busy",
+        "verdict",
+    ]
+    for backend in BACKENDS:
+        rows = capacity(backend)
+        results["streaming"][backend] = rows
+        cells = [
+            [
+                r["sessions"],
+                r["events_per_s"],
+                r["p50_ms"],
+                r["p99_ms"],
+                r["max_ms"],
+                r["lost"],
+                r["cpu_us_per_token"],
+                f"{r['cpu_share']:.0%}",
+                "ok" if r["ok"] else "over",
+            ]
+            for r in rows
+        ]
+        print()
+        print(table(f"{backend}: streaming sessions, in-process subscribers", header, cells))
+    breakdown: dict[str, dict[str, float]] = {}
+    for backend in BACKENDS:
+        breakdown[backend] = {}
+        for name, layer in LAYERS.items():
+            gc.collect()
+            breakdown[backend][name] = anyio.run(
+                cpu_per_token, layer, BREAKDOWN_SESSIONS, backend=backend
+            )
+    results["breakdown"] = breakdown
+    print(
+        table(
+            f"where the CPU goes: µs per token, {BREAKDOWN_SESSIONS} sessions",
+            ["pipeline cut at", *BACKENDS],
+            [[name, *(breakdown[b][name] for b in BACKENDS)] for name in LAYERS],
+        )
+    )
+    for backend in BACKENDS:
+        gc.collect()
+        idle = anyio.run(idle_sessions, IDLE_SESSIONS, backend=backend)
+        results["idle"][backend] = idle
+        print(
+            table(
+                f"{backend}: {IDLE_SESSIONS:,} idle sessions (tracemalloc)",
+                ["bytes per session", "µs per create"],
+                [[idle["bytes_per_session"], idle["us_per_create"]]],
+            )
+        )
+        if backend == BACKENDS[0]:  # the same allocations on every backend
+            print(table("where they are, per session", ["allocated at", "bytes"], idle["top"]))
+    goals = []
+    for backend, rows in results["streaming"].items():
+        best = max((r["sessions"] for r in rows if r["ok"]), default=0)
+        goals.append(
+            [
+                backend,
+                ">= 2,000 streaming sessions (p99 < 50 ms, no loss)",
+                f"{best:,}",
+                "n/a (quick run)" if QUICK else "met" if best >= 2000 else "NOT met",
+            ]
+        )
+    for backend, idle in results["idle"].items():
+        size = idle["bytes_per_session"]
+        goals.append(
+            [
+                backend,
+                "<= 2 KiB per idle session",
+                f"{size:,.0f} B",
+                "met" if size <= 2048 else "NOT met",
+            ]
+        )
+        goals.append(
+            [
+                backend,
+                "10,000 idle sessions",
+                f"{idle['sessions']:,}",
+                "met" if idle["sessions"] >= 10_000 else "NOT met (quick run)",
+            ]
+        )
+    print(table("goals", ["backend", "goal", "figure", "verdict"], goals))
+    path = save("capacity", {"rate": RATE, "seconds": SECONDS, **results, "goals": goals})
+    print(f"raw figures in {path}; took {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
