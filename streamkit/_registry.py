@@ -17,10 +17,21 @@ Rules of this module:
   walks each map from the oldest entry and stops at the first that is not due.
 * The registry's clock (``anyio.current_time`` unless one is injected) drives every
   deadline; session timestamps are wall-clock Unix seconds.
+* **A shared backend (Redis) is the truth.** With a backend that has leases
+  (``backend.lease_ttl`` is not ``None``), other workers create and change sessions
+  too: a session this registry did not create is loaded from the store as a *remote*
+  entry (no producer here), cached only while it has subscribers here; the record is
+  re-read from the store on every call, and one lease task per registry renews the
+  leases of the sessions it owns, reads their records (so that a pause, resume or end
+  made on another worker takes effect here within ``lease_ttl / 3``), and ends the
+  sessions of dead workers. Ending a session there sets its state in the store
+  *first*: only one worker wins, and the others adopt its state without adding a
+  second final event. With the memory backend none of this runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import time
@@ -35,6 +46,7 @@ import attrs
 from ._config import RegistryConfig, StreamConfig
 from ._errors import (
     ClosedError,
+    InvalidTransition,
     PermissionDenied,
     SessionLimitExceeded,
     SessionNotFound,
@@ -143,14 +155,19 @@ class _Entry:
         "last_event_at",
         "log",
         "producer",
+        "remote",
         "resumed",
         "session",
         "stream",
         "subscribers",
     )
 
-    def __init__(self, session: StreamSession, log: EventLog, now: float) -> None:
+    def __init__(
+        self, session: StreamSession, log: EventLog, now: float, *, remote: bool = False
+    ) -> None:
         self.session = session
+        # Made by another worker (shared backend): no producer here, not swept here.
+        self.remote = remote
         self.log = log
         self.producer: anyio.CancelScope | None = None
         self.stream: TokenStream | None = None
@@ -207,6 +224,9 @@ class SessionRegistry:
         self._authorize = authorize
         self._clock = clock or anyio.current_time
         self._entries: dict[str, _Entry] = {}
+        # Sessions of other workers that this one serves (shared backends only).
+        self._remote: dict[str, _Entry] = {}
+        self._lease_ttl = self.backend.lease_ttl
         # Upkeep queues, oldest first (see the module's rules).
         self._idle: OrderedDict[str, float] = OrderedDict()
         self._ended: OrderedDict[str, float] = OrderedDict()
@@ -234,6 +254,8 @@ class SessionRegistry:
         tg.start_soon(self._sweeper, name="streamkit sweeper")
         if self.config.heartbeat_interval is not None:
             tg.start_soon(self._heartbeater, name="streamkit heartbeats")
+        if self._lease_ttl is not None:
+            tg.start_soon(self._lease_keeper, name="streamkit leases")
         return self
 
     async def __aexit__(
@@ -248,8 +270,8 @@ class SessionRegistry:
         try:
             with anyio.CancelScope(shield=True):
                 for entry in list(self._entries.values()):
-                    if not entry.session.is_terminal:
-                        await self._finish(
+                    if not entry.session.is_terminal and not entry.finishing:
+                        await self._end_quietly(
                             entry, SessionState.CANCELLED, _final("complete", "shutdown")
                         )
         finally:
@@ -258,8 +280,8 @@ class SessionRegistry:
                 suppressed = await tg.__aexit__(exc_type, exc_val, exc_tb)
             finally:
                 self._tg = None
-                with anyio.CancelScope(shield=True):
-                    await self.backend.aclose()
+                # Not in a shielded scope: a backend may exit a task group of its own.
+                await self.backend.aclose()
         return suppressed
 
     def _task_group(self) -> TaskGroup:
@@ -323,12 +345,32 @@ class SessionRegistry:
             PermissionDenied: ``user_id`` may not read it.
         """
         entry = await self._entry(session_id, user_id, "read")
+        if self._lease_ttl is not None:
+            await entry.log.sync()
         return self._snapshot(entry)
 
     async def list(self, user_id: str | None = None) -> Sequence[StreamSession]:
-        """Return snapshots of the sessions of ``user_id`` (every session if ``None``)."""
+        """Return snapshots of the sessions of ``user_id`` (every session if ``None``).
+
+        With a shared backend this lists the store: the sessions of every worker
+        (those of other workers without their events).
+
+        Raises:
+            ValidationError: a bad ``user_id``.
+            BackendError: the shared store failed.
+        """
         if user_id is not None:
             check_id("user_id", user_id)
+        if self._lease_ttl is not None:
+            out: list[StreamSession] = []
+            for record in await self.backend.store.list(user_id):
+                entry = self._entries.get(record.session_id)
+                out.append(
+                    record
+                    if entry is None
+                    else attrs.evolve(record, events=events_view(entry.log.retained()))
+                )
+            return out
         return [
             self._snapshot(entry)
             for entry in self._entries.values()
@@ -398,14 +440,17 @@ class SessionRegistry:
                             recorded = True
                             state = _FINAL_STATE[EventType(event.event_type)]
                             if not entry.finishing:
-                                await self._finish(entry, state, event, from_producer=True)
+                                await self._end_quietly(entry, state, event, from_producer=True)
                             break
                         if entry.finishing:  # ended elsewhere (cancel, sweep, shutdown)
                             break
                         try:
                             stored = await append(event)
                         except ClosedError:
-                            # Another task may have ended the session during the await.
+                            # Another task (or worker) may have ended the session.
+                            if not _finishing(entry) and self._lease_ttl is not None:
+                                with contextlib.suppress(SessionNotFound):
+                                    await self._fresh(entry.session.session_id, entry)
                             if _finishing(entry):
                                 break
                             raise
@@ -454,7 +499,10 @@ class SessionRegistry:
             raise ClosedError("the session has ended", session_id=session_id)
         if event.is_final:
             state = _FINAL_STATE[EventType(event.event_type)]
-            return await self._finish(entry, state, event)
+            try:
+                return await self._finish(entry, state, event)
+            except InvalidTransition:  # ended on another worker meanwhile
+                raise ClosedError("the session has ended", session_id=session_id) from None
         stored = await entry.log.append(event)
         self._touch(entry)
         self._counts["appended"] += 1
@@ -539,7 +587,7 @@ class SessionRegistry:
         """
         entry = await self._entry(session_id, user_id, "control")
         if not entry.finishing:
-            await self._finish(entry, SessionState.CANCELLED, _final("complete", "cancelled"))
+            await self._end_quietly(entry, SessionState.CANCELLED, _final("complete", "cancelled"))
         await self._remove(entry)
 
     # -- hooks and statistics -----------------------------------------------------------
@@ -580,6 +628,7 @@ class SessionRegistry:
             stats = entry.log.statistics()
             retained += stats.retained_bytes
             delivered += stats.events_delivered
+        subscribers += sum(entry.subscribers for entry in self._remote.values())
         ttfts = self._ttfts
         return RegistryStatistics(
             sessions=len(self._entries),
@@ -643,7 +692,7 @@ class SessionRegistry:
                 self._idle[session_id] = entry.last_event_at
                 continue
             self._counts["expired"] += 1
-            await self._finish(entry, SessionState.EXPIRED, _final("complete", "expired"))
+            await self._end_quietly(entry, SessionState.EXPIRED, _final("complete", "expired"))
             done += 1
         grace = config.idle_producer_grace
         if grace is not None:
@@ -654,7 +703,7 @@ class SessionRegistry:
                 del self._unwatched[session_id]
                 entry = self._entries.get(session_id)
                 if entry is not None and not entry.finishing and entry.subscribers == 0:
-                    await self._finish(
+                    await self._end_quietly(
                         entry, SessionState.CANCELLED, _final("complete", "unwatched")
                     )
                     done += 1
@@ -668,6 +717,27 @@ class SessionRegistry:
             if entry is not None:
                 await self._remove(entry)
                 done += 1
+        if self._lease_ttl is not None:
+            done += await self._sweep_shared()
+        return done
+
+    async def _sweep_shared(self) -> int:
+        # Ended sessions of any worker (a dead one's included) whose time is up; each
+        # is claimed by one worker. Bounded work per sweep.
+        done = 0
+        for session_id in await self.backend.claim_removals(_SWEEP_BATCH):
+            entry = self._entries.get(session_id)
+            if entry is not None:
+                await self._remove(entry)
+            else:
+                self._remote.pop(session_id, None)
+                with anyio.CancelScope(shield=True):
+                    await self.backend.delete_log(session_id)
+                    await self.backend.store.remove(session_id)
+            done += 1
+        for session_id, entry in list(self._remote.items()):
+            if not entry.subscribers:
+                del self._remote[session_id]
         return done
 
     async def emit_heartbeats(self) -> int:
@@ -682,17 +752,20 @@ class SessionRegistry:
             return 0
         now = self._clock()
         sent = 0
-        for entry in list(self._entries.values()):
+        for entry in [*self._entries.values(), *self._remote.values()]:
             if (
                 entry.subscribers
                 and not entry.finishing
                 and now - entry.last_event_at >= interval
                 and not entry.log.is_closed
             ):
-                with anyio.CancelScope(shield=True):
-                    await entry.log.append(
-                        make_event(EventType.HEARTBEAT, "", _EMPTY, entry.session.session_id)
-                    )
+                try:
+                    with anyio.CancelScope(shield=True):
+                        await entry.log.append(
+                            make_event(EventType.HEARTBEAT, "", _EMPTY, entry.session.session_id)
+                        )
+                except ClosedError:  # ended on another worker; its final event is there
+                    continue
                 entry.last_event_at = now
                 sent += 1
         self._counts["heartbeats"] += sent
@@ -705,6 +778,43 @@ class SessionRegistry:
                 await self.sweep()
             except Exception:
                 logger.exception("streamkit: a sweep failed")
+
+    async def _lease_keeper(self) -> None:
+        ttl = self._lease_ttl
+        assert ttl is not None
+        while True:
+            await anyio.sleep(ttl / 3)
+            try:
+                await self._keep_leases()
+            except Exception:
+                logger.exception("streamkit: renewing leases failed")
+
+    async def _keep_leases(self) -> None:
+        """Renew owned leases, adopt remote state changes, end dead workers' sessions."""
+        owned = [e for e in self._entries.values() if not e.finishing]
+        if owned:
+            ids = [e.session.session_id for e in owned]
+            lost = set(await self.backend.renew_leases(ids))
+            records = await self.backend.store.get_many(ids)
+            for entry, record in zip(owned, records, strict=True):
+                if entry.finishing:
+                    continue
+                if record is None:
+                    self._forget(entry)
+                    continue
+                self._adopt(entry, record)
+                if entry.session.session_id in lost and not entry.finishing:
+                    await self._end_quietly(entry, SessionState.ERROR, _producer_lost())
+        for session_id in await self.backend.claim_orphans(_SWEEP_BATCH):
+            orphan = self._entries.get(session_id) or self._remote.get(session_id)
+            if orphan is None:
+                found = await self.backend.store.get(session_id)
+                if found is None or found.is_terminal:
+                    continue
+                log = await self.backend.make_log(session_id, self.config)
+                orphan = _Entry(found, log, self._clock(), remote=True)
+            if not orphan.finishing:
+                await self._end_quietly(orphan, SessionState.ERROR, _producer_lost())
 
     async def _heartbeater(self) -> None:
         interval = self.config.heartbeat_interval
@@ -722,8 +832,10 @@ class SessionRegistry:
         check_id("session_id", session_id)
         if user_id is not None:
             check_id("user_id", user_id)
-        entry = self._entries.get(session_id)
-        if entry is None:
+        entry = self._entries.get(session_id) or self._remote.get(session_id)
+        if self._lease_ttl is not None:
+            entry = await self._fresh(session_id, entry)
+        elif entry is None:
             raise SessionNotFound("no such session", session_id=session_id)
         session = entry.session
         if session.user_id is not None and session.user_id != user_id:
@@ -739,6 +851,75 @@ class SessionRegistry:
                 )
         return entry
 
+    async def _fresh(self, session_id: str, entry: _Entry | None) -> _Entry:
+        """Return the entry of a session in a shared store, its record re-read.
+
+        Raises:
+            SessionNotFound: the store has no such record.
+            BackendError: the store failed.
+        """
+        record = await self.backend.store.get(session_id)
+        if record is None:
+            if entry is not None:
+                self._forget(entry)
+            raise SessionNotFound("no such session", session_id=session_id)
+        if entry is None:
+            log = await self.backend.make_log(session_id, self.config)
+            known = self._entries.get(session_id) or self._remote.get(session_id)
+            if known is None:  # nobody made it during the await
+                made = _Entry(record, log, self._clock(), remote=True)
+                self._remote[session_id] = made
+                return made
+            entry = known
+        self._adopt(entry, record)
+        return entry
+
+    def _adopt(self, entry: _Entry, record: StreamSession) -> None:
+        """Take a state that another worker set in the shared store."""
+        before = entry.session
+        if entry.finishing or record.updated_at < before.updated_at:
+            return
+        entry.session = record
+        if record.status is before.status:
+            return
+        session_id = record.session_id
+        if record.is_terminal:
+            entry.finishing = True
+            if entry.producer is not None:
+                entry.producer.cancel()  # quietly: the final event is already there
+            if entry.resumed is not None:
+                entry.resumed.set()
+            self._idle.pop(session_id, None)
+            self._unwatched.pop(session_id, None)
+            if not entry.remote:
+                self._ended[session_id] = self._clock()
+        elif record.status is SessionState.PAUSED:
+            if entry.resumed is not None and entry.resumed.is_set():
+                entry.resumed = anyio.Event()
+            if entry.stream is not None:
+                entry.stream.pause()
+        else:
+            if entry.stream is not None:
+                entry.stream.resume()
+            if entry.resumed is not None:
+                entry.resumed.set()
+        self._emit("state_changed", before, record)
+
+    def _forget(self, entry: _Entry) -> None:
+        """Drop an entry whose record another worker removed."""
+        session_id = entry.session.session_id
+        entry.finishing = True
+        if entry.producer is not None:
+            entry.producer.cancel()
+        if entry.resumed is not None:
+            entry.resumed.set()
+        for queue in (self._idle, self._unwatched, self._ended):
+            queue.pop(session_id, None)
+        if self._entries.get(session_id) is entry:
+            del self._entries[session_id]
+        if self._remote.get(session_id) is entry:
+            del self._remote[session_id]
+
     def _snapshot(self, entry: _Entry) -> StreamSession:
         return attrs.evolve(entry.session, events=events_view(entry.log.retained()))
 
@@ -749,7 +930,7 @@ class SessionRegistry:
         # A control call counts as activity: requeue at the back of the idle queue.
         sid = entry.session.session_id
         entry.last_event_at = self._clock()
-        if not entry.finishing:
+        if not entry.finishing and not entry.remote:
             self._idle.pop(sid, None)
             self._idle[sid] = entry.last_event_at
 
@@ -781,12 +962,19 @@ class SessionRegistry:
         stored = final
         try:
             with anyio.CancelScope(shield=True):
-                if not entry.log.is_closed:
-                    stored = await entry.log.append(final)
-                    self._counts["appended"] += 1
-                before, after = await self.backend.store.set_state(
-                    session_id, state, now=time.time()
-                )
+                if self._lease_ttl is None:
+                    if not entry.log.is_closed:
+                        stored = await entry.log.append(final)
+                        self._counts["appended"] += 1
+                    before, after = await self.backend.store.set_state(
+                        session_id, state, now=time.time()
+                    )
+                else:
+                    before, after = await self._finish_shared(entry, state)
+                    with contextlib.suppress(ClosedError):
+                        stored = await entry.log.append(final)
+                        self._counts["appended"] += 1
+                    await self.backend.schedule_removal(session_id, self.config.ended_session_ttl)
                 entry.session = after
         finally:
             if entry.producer is not None and not from_producer:
@@ -795,14 +983,45 @@ class SessionRegistry:
                 entry.resumed.set()  # a paused producer must see its cancellation
             self._idle.pop(session_id, None)
             self._unwatched.pop(session_id, None)
-            self._ended[session_id] = self._clock()
+            if not entry.remote:
+                self._ended[session_id] = self._clock()
         self._emit("event", stored)
         self._emit("state_changed", before, after)
         return stored
 
+    async def _finish_shared(
+        self, entry: _Entry, state: SessionState
+    ) -> tuple[StreamSession, StreamSession]:
+        # The state first: of several workers ending a session at once, one wins the
+        # store's transition and appends the final event; the others adopt its state.
+        session_id = entry.session.session_id
+        try:
+            return await self.backend.store.set_state(session_id, state, now=time.time())
+        except InvalidTransition:
+            record = await self.backend.store.get(session_id)
+            if record is not None:
+                entry.finishing = False
+                self._adopt(entry, record)
+                entry.finishing = True
+            raise
+
+    async def _end_quietly(
+        self,
+        entry: _Entry,
+        state: SessionState,
+        final: StreamEvent,
+        *,
+        from_producer: bool = False,
+    ) -> None:
+        """End a session unless it has ended already (here or on another worker)."""
+        with contextlib.suppress(InvalidTransition, ClosedError):
+            await self._finish(entry, state, final, from_producer=from_producer)
+
     async def _remove(self, entry: _Entry) -> None:
         session_id = entry.session.session_id
-        if self._entries.pop(session_id, None) is None:
+        if self._remote.get(session_id) is entry:
+            del self._remote[session_id]
+        elif self._entries.pop(session_id, None) is None:
             return
         self._ended.pop(session_id, None)
         self._idle.pop(session_id, None)
@@ -835,6 +1054,9 @@ class SessionRegistry:
 
     def _subscriber_left(self, entry: _Entry) -> None:
         entry.subscribers -= 1
+        session_id = entry.session.session_id
+        if entry.remote and not entry.subscribers and self._remote.get(session_id) is entry:
+            del self._remote[session_id]  # cached only while someone here reads it
         if (
             entry.subscribers == 0
             and entry.producer is not None
@@ -932,6 +1154,8 @@ class Subscription:
 
 
 _EMPTY: Final[MappingProxyType[str, Any]] = MappingProxyType({})
+#: Sessions claimed per pass of the shared sweeps (removals, orphans).
+_SWEEP_BATCH: Final = 100
 
 
 def _finishing(entry: _Entry) -> bool:
@@ -940,6 +1164,19 @@ def _finishing(entry: _Entry) -> bool:
 
 def _final(kind: Literal["complete"], reason: str) -> StreamEvent:
     return make_event(EventType(kind), "", MappingProxyType({"reason": reason}))
+
+
+def _producer_lost() -> StreamEvent:
+    return make_event(
+        EventType.ERROR,
+        "",
+        MappingProxyType(
+            {
+                "error_type": "ProducerLost",
+                "message": "the worker that owned this session stopped renewing its lease",
+            }
+        ),
+    )
 
 
 def _error_event(exc: BaseException) -> StreamEvent:

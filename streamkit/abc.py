@@ -25,7 +25,7 @@ The contracts, in short:
 from __future__ import annotations
 
 from abc import ABCMeta, abstractmethod
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Collection, Iterable, Sequence
 from typing import TYPE_CHECKING, Self, TypeAlias
 
 import attrs
@@ -205,6 +205,16 @@ class EventLog(metaclass=ABCMeta):
     def statistics(self) -> LogStatistics:
         """Return a snapshot of the log's counters."""
 
+    async def sync(self) -> None:  # noqa: B027 - optional hook, empty by default
+        """Reload this process's view of a log other processes also write.
+
+        After it, the properties and :meth:`retained` include what other processes
+        appended. The in-memory log is always in sync: the default does nothing.
+
+        Raises:
+            BackendError: the storage failed.
+        """
+
     @abstractmethod
     async def aclose(self) -> None:
         """Close the log for writers. Idempotent.
@@ -292,11 +302,65 @@ class SessionStore(metaclass=ABCMeta):
     async def count(self) -> int:
         """Return how many records the store holds."""
 
+    async def get_many(self, session_ids: Sequence[str]) -> Sequence[StreamSession | None]:
+        """Return the records of ``session_ids``, in order (``None`` for a missing one).
+
+        The default calls :meth:`get` for each; a networked store does it in one trip.
+        """
+        return [await self.get(session_id) for session_id in session_ids]
+
 
 class Backend(metaclass=ABCMeta):
-    """A storage backend: a :class:`SessionStore` and a maker of :class:`EventLog`."""
+    """A storage backend: a :class:`SessionStore` and a maker of :class:`EventLog`.
+
+    A backend that several processes share (Redis) also has *leases*: each live session
+    is owned by the backend instance (worker) that created it, which renews its leases;
+    when a worker dies, its leases expire and another worker claims its sessions
+    (:meth:`claim_orphans`) and ends them. Ended sessions are scheduled for removal so
+    that any worker can remove them (:meth:`claim_removals`). A process-local backend
+    has no leases: :attr:`lease_ttl` is ``None`` and the registry never calls those
+    methods (their defaults do nothing).
+    """
 
     __slots__ = ()
+
+    @property
+    def lease_ttl(self) -> float | None:
+        """Seconds a lease lasts without renewal; ``None`` for a process-local backend."""
+        return None
+
+    async def renew_leases(self, session_ids: Collection[str]) -> Collection[str]:
+        """Renew this worker's leases on ``session_ids``; return those it lost.
+
+        Raises:
+            BackendError: the storage failed.
+        """
+        return ()
+
+    async def claim_orphans(self, limit: int) -> Sequence[str]:
+        """Claim up to ``limit`` live sessions whose owner's lease expired.
+
+        Each is claimed by exactly one caller, which must end it.
+
+        Raises:
+            BackendError: the storage failed.
+        """
+        return ()
+
+    async def schedule_removal(self, session_id: str, delay: float) -> None:  # noqa: B027
+        """Let any worker remove the ended session ``session_id`` after ``delay`` s.
+
+        Raises:
+            BackendError: the storage failed.
+        """
+
+    async def claim_removals(self, limit: int) -> Sequence[str]:
+        """Claim up to ``limit`` ended sessions now due for removal.
+
+        Raises:
+            BackendError: the storage failed.
+        """
+        return ()
 
     @property
     @abstractmethod

@@ -116,7 +116,7 @@ async def test_appends_from_two_processes_interleave_without_gaps(
 async def test_unreachable_redis_raises_backend_error() -> None:
     dead = aredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")
     try:
-        log = RedisEventLog(dead, _sid())
+        log = RedisEventLog(dead, _sid(), retry_for=0.2)
         with pytest.raises(sk.BackendError) as info:
             await log.append(_token("x"))
         assert info.value.__cause__ is not None
