@@ -461,8 +461,13 @@ class SessionRegistry:
         except Exception as exc:  # a failure of the log or backend, not of the source
             logger.exception("streamkit: a session's producer failed")
             if not entry.finishing:
-                with anyio.CancelScope(shield=True):
-                    await self._finish(entry, SessionState.ERROR, _error_event(exc))
+                try:
+                    with anyio.CancelScope(shield=True):
+                        await self._end_quietly(entry, SessionState.ERROR, _error_event(exc))
+                except Exception:
+                    # The backend is down for good. A shared backend's lease on the
+                    # session then lapses and a worker ends it once storage is back.
+                    logger.exception("streamkit: could not end a failed session")
         finally:
             entry.producer = None
             self._unwatched.pop(entry.session.session_id, None)
@@ -806,15 +811,15 @@ class SessionRegistry:
                 if entry.session.session_id in lost and not entry.finishing:
                     await self._end_quietly(entry, SessionState.ERROR, _producer_lost())
         for session_id in await self.backend.claim_orphans(_SWEEP_BATCH):
+            # Claimed by this worker alone: it must end the session.
             orphan = self._entries.get(session_id) or self._remote.get(session_id)
-            if orphan is None:
+            if orphan is None or orphan.finishing:  # (finishing: a finish that failed)
                 found = await self.backend.store.get(session_id)
                 if found is None or found.is_terminal:
                     continue
                 log = await self.backend.make_log(session_id, self.config)
                 orphan = _Entry(found, log, self._clock(), remote=True)
-            if not orphan.finishing:
-                await self._end_quietly(orphan, SessionState.ERROR, _producer_lost())
+            await self._end_quietly(orphan, SessionState.ERROR, _producer_lost())
 
     async def _heartbeater(self) -> None:
         interval = self.config.heartbeat_interval

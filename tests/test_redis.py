@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 import redis.asyncio as aredis
 
@@ -268,3 +270,76 @@ async def test_a_long_replay_is_not_a_lag(client: aredis.Redis) -> None:
         await log.append(sk.StreamEvent(event_type=sk.EventType.COMPLETE))
         async with log.read(0) as cursor:
             assert len([event async for event in cursor]) == 21
+
+
+class _LossyProxy:
+    """A TCP proxy in front of redis-server that can drop one reply and the connection."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.drop_next_reply = False
+
+    async def serve(self, *, task_status: anyio.abc.TaskStatus[int]) -> None:
+        async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
+            task_status.started(listener.extra(anyio.abc.SocketAttribute.local_port))
+            await listener.serve(self._relay)
+
+    async def _relay(self, client: anyio.abc.SocketStream) -> None:
+        server = await anyio.connect_tcp("127.0.0.1", self.upstream_port)
+        async with client, server, anyio.create_task_group() as tg:
+
+            async def up() -> None:
+                with contextlib.suppress(anyio.BrokenResourceError):
+                    async for chunk in client:
+                        await server.send(chunk)
+                tg.cancel_scope.cancel()
+
+            async def down() -> None:
+                with contextlib.suppress(anyio.BrokenResourceError):
+                    async for chunk in server:
+                        if self.drop_next_reply:
+                            self.drop_next_reply = False
+                            break  # the command ran; its reply never arrives
+                        await client.send(chunk)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(up)
+            tg.start_soon(down)
+
+
+async def test_an_append_whose_reply_is_lost_is_stored_once(redis_url: str, client: Any) -> None:
+    proxy = _LossyProxy(int(redis_url.rsplit(":", 1)[1].split("/", maxsplit=1)[0]))
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(proxy.serve)
+        lossy = aredis.Redis.from_url(f"redis://127.0.0.1:{port}/0")
+        try:
+            log = RedisEventLog(lossy, _sid(), retry_for=5.0)
+            with anyio.fail_after(10):
+                await log.append(_token("0"))
+                proxy.drop_next_reply = True
+                stored = await log.append(_token("1"))
+                assert not proxy.drop_next_reply  # the reply was dropped, the call retried
+                assert stored.seq == 2
+                await log.append(_token("2"))
+                await log.aclose()
+                async with log.read(0) as cursor:
+                    events = [event async for event in cursor]
+            assert [(e.seq, e.content) for e in events] == [(1, "0"), (2, "1"), (3, "2")]
+        finally:
+            await lossy.aclose()
+            tg.cancel_scope.cancel()
+
+
+async def test_history_max_bytes_trims_the_stream(client: aredis.Redis) -> None:
+    log = RedisEventLog(client, _sid(), history_max_bytes=1000)
+    for i in range(50):
+        await log.append(_token(f"{i:03d}" * 10))
+    await log.aclose()
+    assert 1 < 50 - log.oldest_seq + 1 < 50
+    async with log.read(log.oldest_seq - 1) as cursor:
+        kept = [event async for event in cursor]
+    assert [e.seq for e in kept] == list(range(log.oldest_seq, 51))
+    assert sum(len(e.to_json()) for e in kept) < 1000 + 50 * len(kept)  # JSON with seq, id
+    with pytest.raises(sk.HistoryGap):
+        async with log.read(0) as cursor:
+            await cursor.__anext__()

@@ -267,7 +267,10 @@ async def test_killing_the_producing_process_ends_its_session(redis_url: str) ->
         await process.aclose()
 
 
-async def test_a_redis_restart_mid_stream_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+async def test_a_redis_restart_mid_stream_loses_and_duplicates_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="streamkit.redis")
     server: subprocess.Popen[bytes] | None
     server, url = start_redis(tmp_path, appendonly=True)
     port = int(url.rsplit(":", 1)[1].split("/")[0])
@@ -299,6 +302,8 @@ async def test_a_redis_restart_mid_stream_loses_and_duplicates_nothing(tmp_path:
         assert _contiguous(got)
         assert _text(got) == "".join(f"t{i} " for i in range(60))
         assert got[-1].event_type == sk.EventType.COMPLETE
+        # The outage was real: calls failed and were retried.
+        assert any("retrying" in record.getMessage() for record in caplog.records)
     finally:
         if server is not None:
             stop_redis(server)

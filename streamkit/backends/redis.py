@@ -30,6 +30,7 @@ Rules of this module:
 from __future__ import annotations
 
 import contextlib
+import logging
 import secrets
 from collections import deque
 from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
@@ -73,6 +74,8 @@ if TYPE_CHECKING:
     from .._config import RegistryConfig, SlowConsumerPolicy
 
 __all__ = ["RedisBackend", "RedisEventLog", "RedisSessionStore"]
+
+logger = logging.getLogger("streamkit.redis")
 
 _T = TypeVar("_T")
 
@@ -142,6 +145,7 @@ async def _call(
         try:
             return await fn()
         except _RETRYABLE as exc:
+            logger.debug("streamkit: redis call failed (%s); retrying in %.2f s", exc, delay)
             if anyio.current_time() + delay > deadline:
                 raise BackendError(
                     f"redis unreachable (gave up after {retry_for:g} s): {exc}",
@@ -1009,7 +1013,9 @@ class RedisSessionStore(SessionStore):
         async def change(pipe: Any, current: StreamSession | None) -> Any:
             if current is None:
                 raise SessionNotFound("no such session", session_id=session_id)
-            after = current.transition(state, now=now)
+            # Strictly increasing per record whatever the workers' clocks: a reader can
+            # tell a newer record from a stale one.
+            after = current.transition(state, now=max(now, current.updated_at + 1e-6))
             pipe.hset(self._sessions, session_id, after.to_json(include_events=False))
             if after.is_terminal:
                 pipe.delete(self._lease_key(session_id))
