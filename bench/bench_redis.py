@@ -8,7 +8,12 @@ run). Needs a ``redis-server`` binary; the benchmark starts its own on a free po
 * **replay**: one cursor reading the whole closed log (``XRANGE`` batches of 256), per
   event;
 * **live fan-out**: S followers subscribed before the producer starts, the time until
-  every follower has the final event, per delivery.
+  every follower has the final event, per delivery: on one log object without a
+  backend (each follower its own ``XREAD BLOCK``), and **across workers**: the producer
+  appends through one ``RedisBackend`` (worker A), the followers read through another
+  (worker B, one shared ``XREAD`` follower task, each batch decoded once);
+* the same fan-out on the **memory backend** (``InMemoryEventLog``) in the same run,
+  and the ratio Redis / memory.
 """
 
 from __future__ import annotations
@@ -19,17 +24,24 @@ import socket
 import subprocess
 import tempfile
 import time
+from typing import TYPE_CHECKING
 
 import anyio
 import redis.asyncio as aredis
 from _harness import machine, save, table, us
 
 import streamkit as sk
-from streamkit.backends.redis import RedisEventLog
+from streamkit.backends.redis import RedisBackend, RedisEventLog
+
+if TYPE_CHECKING:
+    from streamkit.abc import EventLog
 
 QUICK = os.environ.get("STREAMKIT_BENCH_QUICK") == "1"
 EVENTS = 1_000 if QUICK else 10_000
-FOLLOWERS = (1, 10)
+FOLLOWERS = (1, 10, 100)
+# A blocking XREAD per follower holds a pooled connection each: 100 would exhaust
+# redis-py's default pool, which is the point of the shared follower.
+PER_CURSOR_FOLLOWERS = (1, 10)
 
 
 def _start() -> tuple[subprocess.Popen[bytes], str]:
@@ -74,7 +86,7 @@ async def _run(url: str) -> dict[str, float]:
         async with log.read(0) as cursor:
             count = sum([1 async for _ in cursor])
         results["replay"] = (time.perf_counter() - start) / count
-        for followers in FOLLOWERS:
+        for followers in PER_CURSOR_FOLLOWERS:
             live = RedisEventLog(client, f"live{followers}", history_max_events=EVENTS + 10)
             ready = [anyio.Event() for _ in range(followers)]
 
@@ -96,10 +108,45 @@ async def _run(url: str) -> dict[str, float]:
                     await live.append(_token(i))
                 await live.append(sk.StreamEvent(event_type=sk.EventType.COMPLETE))
             elapsed = time.perf_counter() - start
-            results[f"fan-out x{followers}"] = elapsed / ((EVENTS + 1) * followers)
+            results[f"fan-out x{followers}, one process, XREAD per follower"] = elapsed / (
+                (EVENTS + 1) * followers
+            )
     finally:
         await client.aclose()
+    config = sk.RegistryConfig(history_max_events=EVENTS + 10, max_lag=EVENTS + 10)
+    for followers in FOLLOWERS:
+        async with RedisBackend(url, prefix="a") as worker_a, RedisBackend(url, prefix="a") as b:
+            sid = f"x{followers}"
+            producer = await worker_a.make_log(sid, config)
+            reader = await b.make_log(sid, config)
+            results[f"fan-out x{followers}, across workers"] = await _fan_out(
+                producer, reader, followers
+            )
+        memory = sk.InMemoryEventLog(f"m{followers}", history_max_events=EVENTS + 10)
+        results[f"fan-out x{followers}, memory backend"] = await _fan_out(memory, memory, followers)
     return results
+
+
+async def _fan_out(producer: EventLog, reader: EventLog, followers: int) -> float:
+    """Seconds per delivery: ``followers`` cursors on ``reader``, appends on ``producer``."""
+    ready = [anyio.Event() for _ in range(followers)]
+
+    async def follow(i: int) -> None:
+        async with reader.read(0) as cursor:
+            ready[i].set()
+            async for _ in cursor:
+                pass
+
+    start = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for i in range(followers):
+            tg.start_soon(follow, i)
+        for event in ready:
+            await event.wait()
+        for i in range(EVENTS):
+            await producer.append(_token(i))
+        await producer.append(sk.StreamEvent(event_type=sk.EventType.COMPLETE))
+    return (time.perf_counter() - start) / ((EVENTS + 1) * followers)
 
 
 def main() -> None:
@@ -110,10 +157,21 @@ def main() -> None:
     finally:
         process.terminate()
         process.wait(timeout=10)
-    rows = [(name, round(us(value), 1)) for name, value in results.items()]
+    rows = [(name, round(us(value), 2)) for name, value in results.items()]
+    ratios = [
+        (
+            f"fan-out x{n}: across workers / memory",
+            round(
+                results[f"fan-out x{n}, across workers"] / results[f"fan-out x{n}, memory backend"],
+                1,
+            ),
+        )
+        for n in FOLLOWERS
+    ]
     print(machine())
     print(table(f"Redis log, {EVENTS} events", ("case", "us per event"), rows))
-    save("redis", {"events": EVENTS, "us_per_event": dict(rows)})
+    print(table("Ratios", ("case", "x"), ratios))
+    save("redis", {"events": EVENTS, "us_per_event": dict(rows), "ratios": dict(ratios)})
 
 
 if __name__ == "__main__":

@@ -85,7 +85,7 @@ local w = 'w:' .. ARGV[5]
 local prev = redis.call('HGET', KEYS[2], w)
 if prev then
   local c, s = string.match(prev, '^(%d+):(%d+)$')
-  if c == ARGV[6] then return {tonumber(s), ''} end
+  if c == ARGV[6] then return tonumber(s) end
 end
 if redis.call('HGET', KEYS[2], 'closed') then return redis.error_reply('STREAMKIT_CLOSED') end
 local seq = redis.call('HINCRBY', KEYS[2], 'last', 1)
@@ -93,7 +93,9 @@ redis.call('XADD', KEYS[1], seq .. '-0', 'e', ARGV[1])
 local bytes = redis.call('HINCRBY', KEYS[2], 'bytes', #ARGV[1])
 local n = redis.call('XLEN', KEYS[1])
 local maxn, maxb = tonumber(ARGV[3]), tonumber(ARGV[4])
+local trimmed = false
 while n > 1 and (n > maxn or bytes > maxb) do
+  trimmed = true
   local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
   local size = 0
   if first[2][1] == 'e' then size = #first[2][2] end
@@ -103,6 +105,7 @@ while n > 1 and (n > maxn or bytes > maxb) do
 end
 redis.call('HSET', KEYS[2], w, ARGV[6] .. ':' .. seq)
 if ARGV[2] == '1' then redis.call('HSET', KEYS[2], 'closed', '1') end
+if not trimmed then return seq end
 return {seq, redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1][1]}
 """
 
@@ -497,6 +500,7 @@ class RedisEventLog(EventLog):
 
     __slots__ = (
         "_append_script",
+        "_busy",
         "_client",
         "_closed",
         "_counter",
@@ -505,7 +509,6 @@ class RedisEventLog(EventLog):
         "_lagged_count",
         "_last",
         "_local",
-        "_lock",
         "_max_bytes",
         "_max_event_bytes",
         "_max_events",
@@ -560,7 +563,7 @@ class RedisEventLog(EventLog):
         self._follower: _Follower | None = None
         self._writer = secrets.token_hex(6)
         self._counter = 0
-        self._lock = anyio.Lock()
+        self._busy: anyio.Event | None = None
 
     async def refresh(self) -> None:
         """Load ``last_seq``, ``oldest_seq`` and ``is_closed`` from Redis.
@@ -665,7 +668,12 @@ class RedisEventLog(EventLog):
                 field="event",
                 session_id=self._session_id,
             )
-        async with self._lock:  # one append in flight per writer: a retry is recognised
+        # One append in flight per writer, so that a retry is recognised. Not an
+        # anyio.Lock: that costs two checkpoints per append even when nobody waits.
+        while self._busy is not None:
+            await self._busy.wait()
+        self._busy = busy = anyio.Event()
+        try:
             self._counter += 1
             args = (
                 text,
@@ -680,20 +688,24 @@ class RedisEventLog(EventLog):
                 return await self._append_script(keys=(self._stream, self._meta), args=args)
 
             try:
-                seq_raw, first_id = await _call(run, self._retry_for, self._session_id)
+                reply = await _call(run, self._retry_for, self._session_id)
             except BackendError as exc:
                 cause = exc.__cause__
                 if isinstance(cause, ResponseError) and "STREAMKIT_CLOSED" in str(cause):
                     self._closed = True
                     raise ClosedError("the log is closed", session_id=self._session_id) from None
                 raise
-        seq = int(seq_raw)
+        finally:
+            self._busy = None
+            busy.set()
+        # The seq, or [seq, id of the oldest entry] when the append trimmed the stream.
+        seq = int(reply[0] if isinstance(reply, list) else reply)
         stored = with_seq(event, seq, self._session_id)
         self._local.append(stored)
         if seq >= self._last:
             self._last = seq
-            if first_id:
-                self._oldest = _key_of(first_id) >> 1
+            if isinstance(reply, list):
+                self._oldest = _key_of(reply[1]) >> 1
         if event.is_final:
             self._closed = True
         return stored
