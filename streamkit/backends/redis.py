@@ -254,6 +254,16 @@ class _Follower:
         out.reverse()
         return out
 
+    def cached(self, log: RedisEventLog, pos: int) -> list[_Item] | None:
+        """Return the cached entries after ``pos`` without waiting (``None``: unknown)."""
+        watch = self._watches.get(log._stream)
+        return None if watch is None or self.closed else self._after(watch, pos)
+
+    def following(self, log: RedisEventLog) -> bool:
+        """Whether the XREAD in flight includes this log's stream."""
+        watch = self._watches.get(log._stream)
+        return watch is not None and watch.active and not self.closed
+
     async def wait(self, log: RedisEventLog, pos: int) -> list[_Item] | None:
         """Return the entries after ``pos``, waiting for some; ``None``: read Redis."""
         if self.closed:
@@ -300,14 +310,16 @@ class _Follower:
         while True:
             streams: dict[Any, Any] = {}
             for key, watch in list(self._watches.items()):
-                if watch.waiters:
-                    watch.active = True
-                    streams[key] = f"{watch.last >> 1}-{watch.last & 1}"
-                else:
+                # A stream stays in the XREAD for two rounds after its last waiter:
+                # cursors that just took a batch come back to wait on the read in
+                # flight instead of each poking the follower again.
+                watch.idle = 0 if watch.waiters else watch.idle + 1
+                if watch.idle > 2:
                     watch.active = False
-                    watch.idle += 1
-                    if watch.idle > 2:
-                        del self._watches[key]
+                    del self._watches[key]
+                    continue
+                watch.active = True
+                streams[key] = f"{watch.last >> 1}-{watch.last & 1}"
             if not streams:
                 self._need = anyio.Event()
                 await self._need.wait()
@@ -404,8 +416,11 @@ class _RedisCursor(EventCursor):
         sid = log.session_id
         while not self._buf and not self._done:
             follower = log._follower
-            if self._live and follower is not None:
-                items = await follower.wait(log, self._pos)
+            if follower is not None and self._started:
+                # What the follower already read for another cursor costs no round trip.
+                items = follower.cached(log, self._pos)
+                if not items and (self._live or follower.following(log)):
+                    items = await follower.wait(log, self._pos)
                 if items:
                     self._check_lag((items[-1][0] >> 1) - self._pos, self._pos + 1)
                     self._take(items)
