@@ -332,14 +332,21 @@ async def test_many_subscribers_share_few_connections(redis_url: str) -> None:
                         tg.start_soon(read, i)
                     for event in ready:
                         await event.wait()
-                    clients = await observer.client_list()
+                    # Wait (on another process: redis-server) for the follower to block.
+                    blocked: list[Any] = []
+                    while not blocked:
+                        clients = await observer.client_list()
+                        blocked = [c for c in clients if "b" in c["flags"]]
+                        await anyio.sleep(0.01)
                     for i in range(10):
                         await send.send(f"t{i} ")
                     await send.aclose()
         finally:
             await observer.aclose()
-        # Two workers' pools (bounded by max_connections) and this observer; 100
-        # waiting subscribers do not hold a connection each.
-        assert len(clients) < 50
+        # 100 waiting subscribers, one blocking XREAD (worker B's follower); the two
+        # workers' pools stay within max_connections (32 each) plus this observer.
+        assert len(blocked) == 1
+        assert blocked[0]["cmd"] == "xread"
+        assert len(clients) <= 2 * 32 + 1
         assert len(set(counts)) == 1
         assert len(counts) == 100

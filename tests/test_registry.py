@@ -497,3 +497,21 @@ async def test_bad_construction() -> None:
     with pytest.raises(RuntimeError):
         async with registry:
             pass
+
+
+async def test_the_memory_backend_has_no_leases() -> None:
+    # A process-local backend: the registry runs no lease task and shares nothing.
+    backend = sk.MemoryBackend()
+    assert backend.lease_ttl is None
+    assert list(await backend.renew_leases(["a"])) == []
+    assert list(await backend.claim_orphans(10)) == []
+    assert list(await backend.claim_removals(10)) == []
+    await backend.schedule_removal("a", 1.0)
+    session = sk.StreamSession(created_at=1.0)
+    await backend.store.add(session, max_sessions=2, max_sessions_per_user=None)
+    assert list(await backend.store.get_many([session.session_id, "missing"])) == [
+        session,
+        None,
+    ]
+    async with sk.SessionRegistry(backend=backend) as registry:
+        assert [s.session_id for s in await registry.list()] == []  # its own sessions only
