@@ -350,3 +350,84 @@ async def test_many_subscribers_share_few_connections(redis_url: str) -> None:
         assert len(clients) <= 2 * 32 + 1
         assert len(set(counts)) == 1
         assert len(counts) == 100
+
+
+async def test_a_worker_that_lost_its_lease_stops_its_producer(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with _two(redis_url) as (a, b):
+        sid = (await a.create()).session_id
+        send, receive = _source()
+        a.start(sid, receive, _STREAM)
+        with send, anyio.fail_after(10):
+            async with b.subscribe(sid) as subscription:
+                await send.send("t0 ")
+                assert (await subscription.__anext__()).event_type == sk.EventType.START
+                # As if A had stalled past its lease: the lease is gone.
+                prefix = a.backend.store._prefix  # type: ignore[attr-defined]
+                observer = aredis.Redis.from_url(redis_url)
+                try:
+                    assert await observer.delete(f"{{{prefix}}}:lease:{sid}") == 1
+                finally:
+                    await observer.aclose()
+                rest = [event async for event in subscription]
+            while a.statistics().producers:
+                await anyio.sleep(0.01)
+        assert [e.event_type for e in rest if e.is_final] == [sk.EventType.ERROR]
+        assert rest[-1].metadata["error_type"] == "ProducerLost"
+        assert (await a.get(sid)).status == sk.SessionState.ERROR
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_concurrent_ends_on_two_workers_give_one_final_event(redis_url: str) -> None:
+    async with _two(redis_url) as (a, b):
+        for _ in range(5):
+            sid = (await a.create()).session_id
+            outcomes: list[str] = []
+
+            async def cancel(
+                registry: sk.SessionRegistry, sid: str = sid, outcomes: list[str] = outcomes
+            ) -> None:
+                try:
+                    await registry.cancel(sid)
+                except sk.InvalidTransition:
+                    outcomes.append("refused")
+                else:
+                    outcomes.append("cancelled")
+
+            with anyio.fail_after(10):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(cancel, a)
+                    tg.start_soon(cancel, b)
+                events = [event async for event in b.subscribe(sid)]
+            assert sorted(outcomes) == ["cancelled", "refused"]
+            assert [e.is_final for e in events] == [True]
+            assert (await a.get(sid)).status == (await b.get(sid)).status
+
+
+async def test_remote_subscribers_get_heartbeats_and_the_shutdown_event(redis_url: str) -> None:
+    prefix = f"w{next(_prefixes)}"
+    created: list[str] = []
+    made, stop = anyio.Event(), anyio.Event()
+
+    async def worker_a() -> None:
+        async with _worker(redis_url, prefix) as a:
+            created.append((await a.create()).session_id)
+            made.set()
+            await stop.wait()
+        # Leaving A's block ended its live sessions: B's reader gets the end.
+
+    got: list[sk.StreamEvent] = []
+    async with _worker(redis_url, prefix, heartbeat_interval=0.05) as b:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(worker_a)
+                await made.wait()
+                async with b.subscribe(created[0]) as subscription:
+                    got.append(await subscription.__anext__())  # B's heartbeat
+                    stop.set()
+                    got.extend([event async for event in subscription])
+    assert got[0].event_type == sk.EventType.HEARTBEAT
+    assert got[-1].event_type == sk.EventType.COMPLETE
+    assert got[-1].metadata["reason"] == "shutdown"
+    assert _contiguous(got)
