@@ -677,8 +677,12 @@ class SessionRegistry:
 
         Expires sessions idle longer than ``session_timeout``, cancels producers that
         had no subscriber for ``idle_producer_grace``, and removes sessions that ended
-        more than ``ended_session_ttl`` ago. The background sweeper calls this every
-        ``cleanup_interval``.
+        more than ``ended_session_ttl`` ago. With a shared backend it also removes the
+        due ended sessions of any worker (at most 100 per pass). The background sweeper
+        calls this every ``cleanup_interval``.
+
+        Raises:
+            BackendError: a shared backend failed.
         """
         now = self._clock()
         config = self.config
