@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
+import re
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
@@ -43,6 +45,7 @@ from collections.abc import (
 )
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
+from urllib.parse import quote
 
 import anyio
 import attrs
@@ -74,6 +77,7 @@ from ._errors import (
     Disconnected,
     HistoryGap,
     PermissionDenied,
+    SessionLimitExceeded,
     SessionNotFound,
     StreamkitError,
     ValidationError,
@@ -108,10 +112,16 @@ DEFAULT_CLIENT_CONFIG_FIELDS: Final = frozenset(
     {"chunk_size", "chunk_by", "enable_progressive", "enable_metadata", "compression_enabled"}
 )
 
+logger = logging.getLogger("streamkit.asgi")
+
 _NOT_RUNNING: Final = (
     "the session registry is not running (enter StreamApp.lifespan, or run the app "
     "with lifespan events)"
 )
+_NOT_FOUND: Final = "no such session"
+_USER_ID_RE: Final = re.compile(r"[A-Za-z0-9_\-]{1,128}")
+#: The WebSocket close code of a refusal by a limit ("try again later").
+_TRY_AGAIN_LATER: Final = 1013
 _CREATE_FIELDS: Final = frozenset({"prompt", "input", "context", "config"})
 _ACTIONS: Final = ("pause", "resume", "cancel")
 
@@ -248,6 +258,11 @@ class StreamApp:
         max_body_bytes: The largest JSON request body (413 past it).
         max_ws_message_bytes: The largest WebSocket message a client may send.
         max_ws_subscriptions: Subscriptions one WebSocket connection may hold at once.
+        max_connections_per_user: Event streams (SSE, NDJSON) and WebSockets one
+            authenticated user may hold open at once; past it a stream is refused with
+            429 and a WebSocket handshake with 429 (close code 1013 on servers that
+            cannot send an HTTP answer to a handshake). ``None``: no bound. Anonymous
+            callers are not counted (bound them per address at the proxy).
         ws_send_queue: Outgoing WebSocket messages queued per connection before its
             subscriptions stop pulling events (and the slow-consumer policy applies).
         expose_stats: Serve ``GET /stats`` (to authenticated callers).
@@ -274,6 +289,7 @@ class StreamApp:
         max_body_bytes: int = 64 * 1024,
         max_ws_message_bytes: int = 64 * 1024,
         max_ws_subscriptions: int = 32,
+        max_connections_per_user: int | None = 128,
         ws_send_queue: int = 256,
         expose_stats: bool = True,
     ) -> None:
@@ -307,6 +323,8 @@ class StreamApp:
         if retry_ms is not None:
             check_int("retry_ms", retry_ms, minimum=0)
         check_int("max_body_bytes", max_body_bytes, minimum=1)
+        if max_connections_per_user is not None:
+            check_int("max_connections_per_user", max_connections_per_user, minimum=1)
         self._stream_config = stream_config if stream_config is not None else StreamConfig()
         known = set(self._stream_config.to_dict())
         fields = frozenset(client_config_fields)
@@ -335,6 +353,9 @@ class StreamApp:
         self._retry_ms = retry_ms
         self._max_body_bytes = max_body_bytes
         self._expose_stats = expose_stats
+        self._max_connections_per_user = max_connections_per_user
+        # Open event streams and WebSockets per authenticated user (entries leave at 0).
+        self._connections: dict[str, int] = {}
         self._ws = WebSocketOptions(
             max_message_bytes=check_int("max_ws_message_bytes", max_ws_message_bytes, minimum=1),
             max_subscriptions=check_int("max_ws_subscriptions", max_ws_subscriptions, minimum=1),
@@ -349,6 +370,7 @@ class StreamApp:
             "streams_total": 0,
             "websockets_open": 0,
             "websockets_total": 0,
+            "connections_refused": 0,
         }
         self._outcomes: dict[str, int] = {}
 
@@ -441,8 +463,9 @@ class StreamApp:
     def statistics(self) -> dict[str, Any]:
         """Return the app's counters: requests, open and total streams and WebSockets.
 
-        ``stream_outcomes`` counts how streams ended (``ended``, ``disconnected``,
-        ``write_timeout``, ``shutdown``, ``failed``).
+        ``connections_refused`` counts streams and WebSockets refused by
+        ``max_connections_per_user``; ``stream_outcomes`` counts how streams ended
+        (``ended``, ``disconnected``, ``write_timeout``, ``shutdown``, ``failed``).
         """
         return {**self._counters, "stream_outcomes": dict(self._outcomes)}
 
@@ -493,7 +516,47 @@ class StreamApp:
             )
         if not isinstance(user, str):
             raise TypeError(f"authenticate must return a str or None, got {type_name(user)}")
+        if not _USER_ID_RE.fullmatch(user):
+            # The value may carry a client's token or CR/LF: it is neither logged nor
+            # echoed, and the request is not served under a name nobody can own.
+            logger.warning(
+                "streamkit: authenticate returned a user id that is not 1 to 128 "
+                "characters of A-Z, a-z, 0-9, '_' or '-'; the request is refused with 401"
+            )
+            raise HTTPError(
+                401,
+                "unauthenticated",
+                "the credentials do not name a valid user",
+                headers=[(b"www-authenticate", b'Bearer realm="streamkit"')],
+            )
         return user
+
+    def _claim_connection(self, user: str | None) -> None:
+        """Count an event stream or WebSocket of ``user``, refusing one past the bound.
+
+        Raises:
+            SessionLimitExceeded: ``user`` holds ``max_connections_per_user`` already.
+        """
+        limit = self._max_connections_per_user
+        if user is None or limit is None:
+            return
+        held = self._connections.get(user, 0)
+        if held >= limit:
+            self._counters["connections_refused"] += 1
+            raise SessionLimitExceeded(
+                f"a user may hold at most {limit} open event streams and WebSockets",
+                limit=limit,
+            )
+        self._connections[user] = held + 1
+
+    def _release_connection(self, user: str | None) -> None:
+        if user is None or self._max_connections_per_user is None:
+            return
+        held = self._connections.get(user, 0) - 1
+        if held > 0:
+            self._connections[user] = held
+        else:
+            self._connections.pop(user, None)
 
     # -- HTTP -----------------------------------------------------------------------------
 
@@ -523,9 +586,10 @@ class StreamApp:
             await send_error(send, self._public_error(exc), head=head)
 
     def _public_error(self, error: StreamkitError) -> StreamkitError:
-        # Another user's session looks exactly like a missing one.
-        if isinstance(error, PermissionDenied) and error.session_id is not None:
-            return SessionNotFound(f"no session {error.session_id!r}", session_id=error.session_id)
+        # Another user's session looks exactly like a missing one: same status, code,
+        # message and fields, whatever the registry or backend said.
+        if isinstance(error, PermissionDenied | SessionNotFound) and error.session_id is not None:
+            return SessionNotFound(_NOT_FOUND, session_id=error.session_id)
         return error
 
     async def _dispatch(
@@ -625,7 +689,9 @@ class StreamApp:
                 with anyio.CancelScope(shield=True):
                     await registry.cancel(session.session_id, user_id=user)
                 raise
-        root = (scope.get("root_path") or "").rstrip("/")
+        # root_path comes from the server or a parent router: quoted, so that nothing
+        # it holds (CR, LF, spaces) can reach the Location header raw.
+        root = quote((scope.get("root_path") or "").rstrip("/"), safe="/-._~%")
         location = f"{root}/sessions/{session.session_id}"
         await send_json(
             send,
@@ -707,26 +773,30 @@ class StreamApp:
             return
         stop = self._stop_event()
         counters = self._counters
-        async with registry.subscribe(session_id, user_id=user, after=after) as subscription:
-            counters["streams_open"] += 1
-            counters["streams_total"] += 1
-            outcome: Outcome = "failed"
-            try:
-                outcome = await run_event_stream(
-                    scope,
-                    receive,
-                    send,
-                    subscription,
-                    ndjson_format=ndjson_format,
-                    gzip=gzip,
-                    heartbeat_interval=self._heartbeat_interval,
-                    write_timeout=self._write_timeout,
-                    retry_ms=self._retry_ms,
-                    stop=stop,
-                )
-            finally:
-                counters["streams_open"] -= 1
-                self._outcomes[outcome] = self._outcomes.get(outcome, 0) + 1
+        self._claim_connection(user)
+        try:
+            async with registry.subscribe(session_id, user_id=user, after=after) as subscription:
+                counters["streams_open"] += 1
+                counters["streams_total"] += 1
+                outcome: Outcome = "failed"
+                try:
+                    outcome = await run_event_stream(
+                        scope,
+                        receive,
+                        send,
+                        subscription,
+                        ndjson_format=ndjson_format,
+                        gzip=gzip,
+                        heartbeat_interval=self._heartbeat_interval,
+                        write_timeout=self._write_timeout,
+                        retry_ms=self._retry_ms,
+                        stop=stop,
+                    )
+                finally:
+                    counters["streams_open"] -= 1
+                    self._outcomes[outcome] = self._outcomes.get(outcome, 0) + 1
+        finally:
+            self._release_connection(user)
 
     # -- WebSocket ------------------------------------------------------------------------
 
@@ -744,6 +814,7 @@ class StreamApp:
             after = resume_point(scope, parse_query(scope)) if session_id is not None else 0
             if session_id is not None:
                 await registry.get(session_id, user_id=user)
+            self._claim_connection(user)
         except StreamkitError as exc:
             await _deny_websocket(scope, receive, send, self._public_error(exc))
             return
@@ -764,6 +835,7 @@ class StreamApp:
             )
         finally:
             counters["websockets_open"] -= 1
+            self._release_connection(user)
 
 
 async def _deny_websocket(
@@ -790,8 +862,10 @@ async def _deny_websocket(
         )
         await send({"type": "websocket.http.response.body", "body": body})
     else:
-        # The server answers the handshake with 403.
-        await send({"type": "websocket.close", "code": 1008, "reason": error.code})
+        # The server answers the handshake with 403; the code tells a limit (1013, try
+        # again later) from a refusal (1008, policy violation) where it gets through.
+        code = _TRY_AGAIN_LATER if isinstance(error, SessionLimitExceeded) else 1008
+        await send({"type": "websocket.close", "code": code, "reason": error.code})
 
 
 def _session_dict(session: StreamSession) -> dict[str, Any]:
