@@ -20,8 +20,11 @@ Rules of this module:
 
 * **Default deny.** Every request goes through ``authenticate``; without one, or when it
   returns ``None``, the answer is 401 unless the application passed
-  ``allow_anonymous=True``. Ownership is the registry's: a session of another user is
-  answered exactly like a missing one (404), so ids cannot be probed.
+  ``allow_anonymous=True``; so is a user id that is not 1 to 128 characters of
+  ``A-Z a-z 0-9 _ -``. Ownership is the registry's: a session of another user is
+  answered exactly like a missing one (404, the same body), so ids cannot be probed.
+* **Bounded per user.** Open event streams and WebSockets are counted per user
+  (``max_connections_per_user``); past the bound, 429 (a WebSocket handshake too).
 * **Errors are JSON** ``{"error": {"code": ..., "message": ..., ...}}`` with the status
   of the streamkit error's ``status_hint`` (400, 403, 404, 409, 410, 413, 429), plus the
   HTTP-level ones: 401, 404 for an unknown path, 405 with ``Allow``, 503 while the
