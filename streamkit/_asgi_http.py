@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
-from typing import Any, Final, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 from urllib.parse import parse_qsl
 
-from ._errors import Disconnected, PayloadTooLarge, StreamkitError, ValidationError
+from ._errors import Disconnected, HistoryGap, PayloadTooLarge, StreamkitError, ValidationError
 from ._events import loads_json
+
+if TYPE_CHECKING:
+    from ._session import StreamSession
 
 __all__ = [
     "ASGIApp",
@@ -161,6 +164,36 @@ def resume_point(scope: Scope, query: Mapping[str, str]) -> int:
     if after is None:
         return 0
     return parse_seq("after", after)
+
+
+def check_resume_point(session: StreamSession, after: int) -> int:
+    """Refuse a resume point outside the session's retained history; return its last ``seq``.
+
+    Checked before a stream starts (HTTP) or is acknowledged (WebSocket), so that a
+    client asking for a point past the last event gets an error instead of a stream
+    that would silently skip the events up to it.
+
+    Raises:
+        ValidationError: ``after`` is past the session's last event.
+        HistoryGap: the events just after ``after`` are no longer retained.
+    """
+    events = session.events
+    last = (events[-1].seq or 0) if events else 0
+    if after > last:
+        raise ValidationError(
+            f"cannot resume after {after}: the last event is {last}",
+            field="after",
+            session_id=session.session_id,
+        )
+    oldest = (events[0].seq or 1) if events else last + 1
+    if after < oldest - 1:
+        raise HistoryGap(
+            f"cannot resume after {after}: the oldest retained event is {oldest}",
+            after=after,
+            oldest_seq=oldest,
+            session_id=session.session_id,
+        )
+    return last
 
 
 def _media_qualities(header: str | None) -> dict[str, float]:

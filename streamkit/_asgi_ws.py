@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 import attrs
 
-from ._asgi_http import Receive, Send, dump_json
+from ._asgi_http import Receive, Send, check_resume_point, dump_json
 from ._errors import (
     Disconnected,
     PayloadTooLarge,
@@ -219,8 +219,9 @@ class _Connection:
             raise SessionLimitExceeded(
                 f"a connection may hold at most {limit} subscriptions", limit=limit
             )
-        # Ownership and existence are answered before anything is acknowledged.
-        await self.registry.get(session_id, user_id=self.user)
+        # Ownership and existence are answered before anything is acknowledged, then
+        # the resume point (as over HTTP: never a silent skip past the last event).
+        check_resume_point(await self.registry.get(session_id, user_id=self.user), after)
         scope = anyio.CancelScope()
         self.subscriptions[session_id] = scope
         tg.start_soon(self.follow, session_id, after, request_id, scope)

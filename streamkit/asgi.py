@@ -61,6 +61,7 @@ from ._asgi_http import (
     Scope,
     Send,
     accepts_gzip,
+    check_resume_point,
     dump_json,
     error_status,
     parse_query,
@@ -78,7 +79,6 @@ from ._config import RegistryConfig, StreamConfig
 from ._errors import (
     ClosedError,
     Disconnected,
-    HistoryGap,
     PermissionDenied,
     SessionLimitExceeded,
     SessionNotFound,
@@ -756,7 +756,7 @@ class StreamApp:
         gzip = self._wants_gzip(session_id) and accepts_gzip(scope)
         registry = self._registry_or_503()
         session = await registry.get(session_id, user_id=user)
-        last = _check_resume_point(session, after)
+        last = check_resume_point(session, after)
         if head:
             await send(
                 {
@@ -816,7 +816,7 @@ class StreamApp:
                 raise HTTPError(503, "unavailable", "the server is shutting down")
             after = resume_point(scope, parse_query(scope)) if session_id is not None else 0
             if session_id is not None:
-                await registry.get(session_id, user_id=user)
+                check_resume_point(await registry.get(session_id, user_id=user), after)
             self._claim_connection(user)
         except StreamkitError as exc:
             await _deny_websocket(scope, receive, send, self._public_error(exc))
@@ -873,38 +873,6 @@ async def _deny_websocket(
 
 def _session_dict(session: StreamSession) -> dict[str, Any]:
     return session.to_dict(include_events=False)
-
-
-def _last_seq(session: StreamSession) -> int:
-    events = session.events
-    if not events:
-        return 0
-    return events[-1].seq or 0
-
-
-def _check_resume_point(session: StreamSession, after: int) -> int:
-    """Refuse a resume point outside the retained history; return the last ``seq``.
-
-    Checked before the response starts, so that the client gets a 400 or 410 status
-    instead of a stream that ends at once.
-    """
-    events = session.events
-    last = _last_seq(session)
-    if after > last:
-        raise ValidationError(
-            f"cannot resume after {after}: the last event is {last}",
-            field="after",
-            session_id=session.session_id,
-        )
-    oldest = (events[0].seq or 1) if events else last + 1
-    if after < oldest - 1:
-        raise HistoryGap(
-            f"cannot resume after {after}: the oldest retained event is {oldest}",
-            after=after,
-            oldest_seq=oldest,
-            session_id=session.session_id,
-        )
-    return last
 
 
 def _plain(value: object) -> Any:

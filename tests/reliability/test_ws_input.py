@@ -250,3 +250,43 @@ async def test_websocket_that_stops_reading_is_dropped_by_the_write_deadline() -
                     if message["type"] == "event":
                         seqs.append(message["event"]["seq"])
                 assert seqs == list(range(1, 66))
+
+
+async def test_resume_points_are_checked_as_over_http() -> None:
+    app = make_app(registry_config=sk.RegistryConfig(history_max_events=3, heartbeat_interval=None))
+    with serve(app) as server:
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            session_id = await create(client)
+        await publish(server, app, session_id, *(token(str(i)) for i in range(5)))
+        async with connect(f"{server.ws_url}/ws", additional_headers=ALICE) as ws:
+            # Past the last event: refused, never a subscription that skips events.
+            for after in [6, 999, 2**62]:
+                reply = await request(
+                    ws, json.dumps({"type": "subscribe", "session_id": session_id, "after": after})
+                )
+                assert (reply["type"], reply["code"], reply["field"]) == (
+                    "error",
+                    "invalid",
+                    "after",
+                )
+            # Before the oldest retained event (3): the gap is said, with where to resume.
+            reply = await request(
+                ws, json.dumps({"type": "subscribe", "session_id": session_id, "after": 1})
+            )
+            assert (reply["code"], reply["oldest_seq"]) == ("history_gap", 3)
+            # The refusals took no subscription place; a valid point is served.
+            reply = await request(
+                ws, json.dumps({"type": "subscribe", "session_id": session_id, "after": 4})
+            )
+            assert reply == {"type": "subscribed", "session_id": session_id, "after": 4}
+            await publish(server, app, session_id, sk.StreamEvent(event_type="complete"))
+            assert (await receive(ws))["event"]["seq"] == 5
+            assert (await receive(ws))["event"]["seq"] == 6
+        for point, status in [("7", 400), ("1", 410)]:
+            with pytest.raises(InvalidStatus) as caught:
+                async with connect(
+                    f"{server.ws_url}/sessions/{session_id}/ws?after={point}",
+                    additional_headers=ALICE,
+                ):
+                    pass
+            assert caught.value.response.status_code == status
