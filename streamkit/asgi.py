@@ -259,6 +259,9 @@ class StreamApp:
             (a half-open client stops reading).
         retry_ms: The SSE ``retry:`` hint sent at the start of each stream.
         max_body_bytes: The largest JSON request body (413 past it).
+        body_timeout: Seconds a request body may take to arrive in full; a client that
+            trickles it (or stops sending) gets 408 ``request_timeout``. ``None``: wait
+            forever.
         max_ws_message_bytes: The largest WebSocket message a client may send.
         max_ws_subscriptions: Subscriptions one WebSocket connection may hold at once.
         max_connections_per_user: Event streams (SSE, NDJSON) and WebSockets one
@@ -290,6 +293,7 @@ class StreamApp:
         write_timeout: float | None = 30.0,
         retry_ms: int | None = 3000,
         max_body_bytes: int = 64 * 1024,
+        body_timeout: float | None = 30.0,
         max_ws_message_bytes: int = 64 * 1024,
         max_ws_subscriptions: int = 32,
         max_connections_per_user: int | None = 128,
@@ -326,6 +330,7 @@ class StreamApp:
         if retry_ms is not None:
             check_int("retry_ms", retry_ms, minimum=0)
         check_int("max_body_bytes", max_body_bytes, minimum=1)
+        _check_optional_positive("body_timeout", body_timeout)
         if max_connections_per_user is not None:
             check_int("max_connections_per_user", max_connections_per_user, minimum=1)
         self._stream_config = stream_config if stream_config is not None else StreamConfig()
@@ -355,6 +360,7 @@ class StreamApp:
         self._write_timeout = write_timeout
         self._retry_ms = retry_ms
         self._max_body_bytes = max_body_bytes
+        self._body_timeout = body_timeout
         self._expose_stats = expose_stats
         self._max_connections_per_user = max_connections_per_user
         # Open event streams and WebSockets per authenticated user (entries leave at 0).
@@ -660,7 +666,16 @@ class StreamApp:
         return {"session": _session_dict(session), "statistics": _plain(statistics)}
 
     async def _create(self, user: str | None, scope: Scope, receive: Receive, send: Send) -> None:
-        body = await read_json_object(scope, receive, self._max_body_bytes)
+        # A body trickled byte by byte would hold this request (and its task) forever.
+        with anyio.move_on_after(self._body_timeout) as reading:
+            body = await read_json_object(scope, receive, self._max_body_bytes)
+        if reading.cancelled_caught:
+            raise HTTPError(
+                408,
+                "request_timeout",
+                f"the request body did not arrive within {self._body_timeout} seconds",
+                headers=[(b"connection", b"close")],
+            )
         for key in body:
             if key not in _CREATE_FIELDS:
                 raise ValidationError(

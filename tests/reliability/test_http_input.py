@@ -343,3 +343,31 @@ async def test_hundreds_of_bad_requests_leave_the_server_serving(
                 tg.start_soon(garbage, i)
     assert app.statistics()["streams_open"] == open_before
     assert [e.to_dict() for e in await read_all(http, session_id)] == [e.to_dict() for e in good]
+
+
+async def test_a_trickled_body_is_cut_by_the_body_timeout() -> None:
+    app = make_app(body_timeout=0.3)
+    with serve(app) as server:
+        stream = await anyio.connect_tcp("127.0.0.1", server.port)
+        async with stream:
+            await stream.send(
+                b"POST /sessions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer token-alice\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+                b'{"prompt": '
+            )
+            # Nothing more is sent: the server answers 408 and closes the connection.
+            response = b""
+            with anyio.fail_after(10):
+                while True:
+                    try:
+                        response += await stream.receive()
+                    except (anyio.EndOfStream, anyio.BrokenResourceError):
+                        break
+        assert response.startswith(b"HTTP/1.1 408 ")
+        assert b'"code":"request_timeout"' in response
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            listed = (await client.get("/sessions", headers=ALICE)).json()["sessions"]
+            assert listed == []  # nothing was created
+            await create(client)  # and the server still serves
+    with pytest.raises(sk.ValidationError):
+        make_app(body_timeout=0)
