@@ -40,7 +40,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, overload
 
 import anyio
@@ -141,10 +141,13 @@ _NO_EVENTS: Final[list[StreamEvent]] = []
 class _Cursor(EventCursor):
     """A cursor over an :class:`InMemoryEventLog` (see the module rules)."""
 
-    __slots__ = ("_after", "_batch", "_done", "_i", "_log", "_state", "_waited")
+    __slots__ = ("_after", "_batch", "_done", "_i", "_log", "_new_event", "_state", "_waited")
 
     def __init__(self, log: InMemoryEventLog, after: int) -> None:
         self._log = log
+        # anyio.Event's constructor, bound to the running backend once the cursor starts:
+        # anyio.Event() looks the backend up at every call, half of its cost.
+        self._new_event: Callable[[], anyio.Event] = anyio.Event
         self._after = after
         self._state: _Reader | None = None
         self._batch = _NO_EVENTS
@@ -217,14 +220,14 @@ class _Cursor(EventCursor):
             else:
                 others = log._others
                 if others is None:
-                    others = log._others = anyio.Event()
+                    others = log._others = self._new_event()
                 await others.wait()
             self._waited = True
 
     async def _wait_first(self) -> None:
         # The reader the producer wakes; it wakes the other waiting readers in turn.
         log = self._log
-        event = log._data = anyio.Event()
+        event = log._data = self._new_event()
         try:
             await event.wait()
         finally:
@@ -251,6 +254,7 @@ class _Cursor(EventCursor):
             )
         state = _Reader(after, max(log._max_lag, log._last - after))
         self._state = state
+        self._new_event = anyio.lowlevel.current_token().backend_class.create_event
         log._readers.add(state)
         if log._block:
             log._limit = min(log._limit, after + state.allow)

@@ -157,6 +157,15 @@ def loop_clock() -> Callable[[], float]:
     return anyio.lowlevel.current_token().backend_class.current_time
 
 
+def loop_event_factory() -> Callable[[], anyio.Event]:
+    """Return the running backend's ``anyio.Event`` constructor.
+
+    ``anyio.Event()`` finds the backend again at every call (0.9 µs, of which 0.5 µs
+    is the look-up); a wait per token makes its events through this instead.
+    """
+    return anyio.lowlevel.current_token().backend_class.create_event
+
+
 # --- chunking -------------------------------------------------------------------------
 
 
@@ -255,11 +264,13 @@ class _TaskFeed:
         "error",
         "gate",
         "items",
+        "new_event",
         "space",
         "waiter",
     )
 
     def __init__(self) -> None:
+        self.new_event = loop_event_factory()
         self.items: deque[object] = deque()
         # Set while paused: the producer task waits on it before pulling the next item.
         self.gate: anyio.Event | None = None
@@ -299,7 +310,7 @@ class _TaskFeed:
         alarm = self.alarm
         if alarm is not None and deadline < alarm.deadline:
             alarm.deadline = deadline  # sooner than the timer is set for: move it
-        waiter = self.waiter = anyio.Event()
+        waiter = self.waiter = self.new_event()
         try:
             await waiter.wait()
         finally:
@@ -1047,7 +1058,7 @@ class TokenStream:
                         if feed.waiter is not None:
                             feed.wake()
                         if len(items) >= _BUFFER_ITEMS:
-                            space = feed.space = anyio.Event()
+                            space = feed.space = feed.new_event()
                             await space.wait()
                 except StopAsyncIteration:
                     feed.finish(None)
