@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -228,3 +229,59 @@ def test_metadata_nesting_is_bounded() -> None:
 
 def test_error_body_without_a_field() -> None:
     assert "field" not in sk.ValidationError("bad").to_dict()
+
+
+def _plain(value: Any) -> Any:
+    """Metadata as the JSON encoder sees it: read-only mappings as dicts, tuples as lists."""
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, tuple | list):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _encoder_json(event: sk.StreamEvent) -> str:
+    event_type = event.event_type
+    return json.dumps(
+        {
+            "event_id": event.event_id,
+            "event_type": event_type.value if isinstance(event_type, sk.EventType) else event_type,
+            "content": event.content,
+            "timestamp": event.timestamp,
+            "metadata": _plain(event.metadata),
+            "session_id": event.session_id,
+            "seq": event.seq,
+        },
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+
+
+# Flat metadata (str, int and finite float values) is what to_json writes by hand; the
+# other scalars and nested values go to the encoder. Both must give the same text.
+flat_scalars = (
+    st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=20)
+)
+flat_events = st.builds(
+    sk.StreamEvent,
+    event_type=event_types,
+    content=st.text(alphabet=st.characters(exclude_categories=["Cs"])),
+    metadata=st.dictionaries(
+        st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=8),
+        flat_scalars,
+        max_size=5,
+    ),
+    session_id=st.none() | ids,
+    seq=st.none() | st.integers(min_value=1, max_value=2**62),
+    event_id=st.text(
+        alphabet=st.characters(exclude_categories=["Cs"]), min_size=1, max_size=40
+    ).filter(lambda s: not any(c in s for c in "\r\n\x00")),
+    timestamp=st.floats(min_value=0, max_value=4e9) | st.integers(min_value=0, max_value=2**40),
+)
+
+
+@given(flat_events | events)
+def test_to_json_fast_path_matches_the_encoder(event: sk.StreamEvent) -> None:
+    assert event.to_json() == _encoder_json(event)

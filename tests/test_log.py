@@ -131,3 +131,30 @@ async def test_from_config_and_repr() -> None:
     log.close()
     assert log.is_closed
     assert "closed" in repr(log)
+
+
+async def test_a_cancelled_first_waiter_does_not_strand_the_others() -> None:
+    # The first reader to wait is the one an append wakes, and it wakes the others in
+    # turn: cancelled while waiting, it must pass that duty on.
+    log = sk.InMemoryEventLog()
+    got: dict[str, list[str]] = {"first": [], "second": [], "third": []}
+
+    async def reader(name: str) -> None:
+        async with log.read(0) as cursor:
+            got[name].extend([e.content async for e in cursor])
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            with anyio.CancelScope() as first:
+                async with anyio.create_task_group() as inner:
+                    inner.start_soon(reader, "first")
+                    await anyio.wait_all_tasks_blocked()  # the first reader waits
+                    tg.start_soon(reader, "second")
+                    tg.start_soon(reader, "third")
+                    await anyio.wait_all_tasks_blocked()  # so do the other two
+                    first.cancel()
+            assert first.cancelled_caught
+            await log.append(token("a"))
+            await log.append(token("b"))
+            await log.append(sk.StreamEvent(event_type="complete"))
+    assert got == {"first": [], "second": ["a", "b", ""], "third": ["a", "b", ""]}
