@@ -128,6 +128,65 @@ LAYERS = {
 }
 
 
+HANDOFF_TOKENS = 2_000 if QUICK else 20_000
+
+
+async def handoff(layer: str) -> float:
+    """CPU µs per token of one stream whose source releases a token at a time.
+
+    A driver task lets the source yield one token, then waits until the reader (the
+    stream's consumer, or a subscriber of the session) has it: every token costs every
+    wake-up of a slow source, with no timer heap and no other session to blur it. The
+    low-noise view of what the capacity benchmark measures.
+    """
+    go = [anyio.Event()]
+    got = [anyio.Event()]
+
+    async def source() -> Any:
+        for _ in range(HANDOFF_TOKENS):
+            await go[0].wait()
+            go[0] = anyio.Event()
+            yield "x "
+
+    def received() -> None:
+        event = got[0]
+        got[0] = anyio.Event()
+        event.set()
+
+    async def read_stream() -> None:
+        async with sk.stream_tokens(source(), CONFIG) as stream:
+            async for event in stream:
+                if event.event_type == "token":
+                    received()
+
+    async def read_session() -> None:
+        async with sk.SessionRegistry() as registry:
+            sid = (await registry.create()).session_id
+            async with registry.subscribe(sid) as subscription:
+                registry.start(sid, source(), CONFIG)
+                async for event in subscription:
+                    if event.event_type == "token":
+                        received()
+
+    async def drive() -> None:
+        for _ in range(HANDOFF_TOKENS):
+            arrived = got[0]
+            go[0].set()
+            await arrived.wait()
+
+    cpu = time.process_time()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(read_stream if layer == "streamer" else read_session)
+        tg.start_soon(drive)
+    return (time.process_time() - cpu) / HANDOFF_TOKENS * 1e6
+
+
+HANDOFF_LAYERS = {
+    "stream_tokens (async with), read by async for": "streamer",
+    "registry session, one subscriber": "full",
+}
+
+
 async def cpu_per_token(layer: str, sessions: int) -> float:
     """CPU µs per token of ``sessions`` paced streams with the pipeline cut at ``layer``."""
     tokens = round(SECONDS * RATE)
@@ -267,11 +326,28 @@ def main() -> None:
                 cpu_per_token, layer, BREAKDOWN_SESSIONS, backend=backend
             )
     results["breakdown"] = breakdown
+    handoffs: dict[str, dict[str, float]] = {}
+    for backend in BACKENDS:
+        handoffs[backend] = {}
+        for name, layer in HANDOFF_LAYERS.items():
+            runs = []
+            for _ in range(3):
+                gc.collect()
+                runs.append(anyio.run(handoff, layer, backend=backend))
+            handoffs[backend][name] = min(runs)
+    results["handoff"] = handoffs
     print(
         table(
             f"where the CPU goes: µs per token, {BREAKDOWN_SESSIONS} sessions",
             ["pipeline cut at", *BACKENDS],
             [[name, *(breakdown[b][name] for b in BACKENDS)] for name in LAYERS],
+        )
+    )
+    print(
+        table(
+            "one stream, tokens released one at a time: CPU µs per token, best of 3",
+            ["reader", *BACKENDS],
+            [[name, *(handoffs[b][name] for b in BACKENDS)] for name in HANDOFF_LAYERS],
         )
     )
     for backend in BACKENDS:
