@@ -290,3 +290,24 @@ async def test_resume_points_are_checked_as_over_http() -> None:
                 ):
                     pass
             assert caught.value.response.status_code == status
+
+
+async def test_subscribers_per_session_over_websocket() -> None:
+    app = make_app(
+        registry_config=sk.RegistryConfig(max_subscribers_per_session=1, heartbeat_interval=None)
+    )
+    with serve(app) as server:
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            session_id = await create(client)
+        url = f"{server.ws_url}/sessions/{session_id}/ws"
+        async with connect(url, additional_headers=ALICE) as first:
+            assert (await receive(first))["type"] == "subscribed"
+            async with connect(f"{server.ws_url}/ws", additional_headers=ALICE) as second:
+                reply = await request(
+                    second, json.dumps({"type": "subscribe", "session_id": session_id})
+                )
+                # Refused by the registry's bound before any acknowledgement.
+                assert (reply["type"], reply["code"]) == ("error", "limit_exceeded")
+                assert (await receive(second))["reason"] == "error"
+                await publish(server, app, session_id, token("only"))
+                assert (await receive(first))["event"]["content"] == "only"
