@@ -143,6 +143,11 @@ class SessionLimitExceeded(StreamkitError):
         super().__init__(message, session_id=session_id)
         self.limit = limit
 
+    def to_dict(self) -> dict[str, Any]:
+        body = super().to_dict()
+        body["limit"] = self.limit
+        return body
+
 
 class InvalidTransition(StreamkitError):
     """A session state change that the transition table does not allow.

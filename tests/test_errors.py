@@ -37,7 +37,7 @@ def test_bodies_carry_context() -> None:
     assert sk.ValidationError("bad", field="chunk_size").to_dict()["field"] == "chunk_size"
     gap = sk.HistoryGap("gone", after=2, oldest_seq=9, session_id="s1").to_dict()
     assert (gap["after"], gap["oldest_seq"], gap["session_id"]) == (2, 9, "s1")
-    assert sk.SessionLimitExceeded("full", limit=4).limit == 4
+    assert sk.SessionLimitExceeded("full", limit=4).to_dict()["limit"] == 4
     assert sk.RemoteProtocolError("x", line=7).line == 7
 
 
