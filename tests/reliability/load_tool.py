@@ -1,0 +1,570 @@
+"""Load and soak programs: a uvicorn StreamApp in one process, clients in others.
+
+Run by ``bash scripts/soak`` and by the ``slow`` tests of ``test_load.py``; loopback
+only, every loop bounded by a duration. Usage::
+
+    python -m tests.reliability.load_tool load --clients 2000 --minutes 10 --out load.json
+    python -m tests.reliability.load_tool soak --minutes 30 --out soak.json
+
+``load``: a server process publishes into ``--sessions`` sessions at ``--rate`` events
+per second each, once every client is connected; ``--clients`` SSE clients, spread over
+``--procs`` client processes (raw sockets, h11 and :class:`streamkit.sse.SSEDecoder`),
+check every event by ``seq`` (no gap, no duplicate), measure the lag from the event's
+``timestamp`` to its arrival, and end at the session's ``complete`` event.
+
+``soak``: ``--workers`` client loops create a session (``POST /sessions`` with a
+prompt), read its SSE stream to the end checking ``seq``, and delete it (every other
+one; the rest are left to the registry's sweep), continuously. After a warm-up and at
+the end the clients pause, the registry empties, and the server's RSS, threads, file
+descriptors and asyncio tasks are sampled (``GET /_soak/sample``).
+
+The summary is one JSON object on stdout (and in ``--out``); the exit status is 1 when
+a check failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import h11
+
+import streamkit as sk
+from streamkit import sse
+
+HOST = "127.0.0.1"
+#: Lag histogram resolution: one bucket per millisecond (the last bucket takes the rest).
+_MAX_LAG_MS = 60_000
+
+
+# -- server ------------------------------------------------------------------------------
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _sample(registry: sk.SessionRegistry) -> dict[str, Any]:
+    gc.collect()
+    return {
+        "time": time.time(),
+        "rss": _rss_bytes(),
+        "threads": threading.active_count(),
+        "os_threads": len(os.listdir("/proc/self/task")),
+        "fds": len(os.listdir("/proc/self/fd")),
+        "tasks": len(asyncio.all_tasks()),
+        "sessions": registry.statistics().sessions,
+    }
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from streamkit.asgi import StreamApp
+    from streamkit.testing import SimulatedAgent
+
+    soak = args.mode == "soak"
+    registry_config = sk.RegistryConfig(
+        max_sessions=max(1000, args.sessions),
+        max_subscribers_per_session=max(1000, args.clients),
+        heartbeat_interval=None,
+        session_timeout=60.0,
+        cleanup_interval=0.5 if soak else 60.0,
+        ended_session_ttl=0.5 if soak else 300.0,
+        history_max_events=1_000_000,
+        history_max_bytes=1 << 30,
+        max_lag=1_000_000,
+    )
+    registry = sk.SessionRegistry(registry_config)
+    app = StreamApp(
+        registry,
+        agent=SimulatedAgent(seed=1, tokens_per_second=args.tps, first_token_latency=0.02)
+        if soak
+        else None,
+        allow_anonymous=True,
+        max_connections_per_user=None,
+        stream_config=sk.StreamConfig(stream_delay=0, chunk_size=4, heartbeat_interval=None),
+        heartbeat_interval=5.0,
+        write_timeout=60.0,
+    )
+    done = asyncio.Event()
+
+    async def router(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/_soak/sample":
+            body = json.dumps(_sample(registry)).encode()
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await app(scope, receive, send)
+
+    async with registry:
+        config = uvicorn.Config(
+            router,
+            host=HOST,
+            port=0,
+            lifespan="off",
+            log_level="warning",
+            backlog=4096,
+            limit_concurrency=None,
+            timeout_keep_alive=30,
+        )
+        server = uvicorn.Server(config)
+        serving = asyncio.ensure_future(server.serve())
+        while not server.started:
+            if serving.done():
+                await serving
+            await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        sessions = [
+            (await registry.create()).session_id for _ in range(0 if soak else args.sessions)
+        ]
+        print(json.dumps({"port": port, "sessions": sessions}), flush=True)
+        result: dict[str, Any] = {}
+        if soak:
+            # Ends when the driver closes our stdin.
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+        else:
+            result = await _publish(args, app, registry, sessions)
+            done.set()
+        server.should_exit = True
+        await serving
+    print(json.dumps(result), flush=True)
+
+
+async def _publish(
+    args: argparse.Namespace, app: Any, registry: sk.SessionRegistry, sessions: list[str]
+) -> dict[str, Any]:
+    deadline = time.monotonic() + args.connect_timeout
+    while app.statistics()["streams_open"] < args.clients:
+        if time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    connected = app.statistics()["streams_open"]
+    started = time.monotonic()
+    cpu0 = time.process_time()
+    end = started + args.minutes * 60
+    period = 1.0 / args.rate
+    published = 0
+    tick = started
+    payload = "x" * args.size
+    while tick < end:
+        for session_id in sessions:
+            await registry.publish(session_id, sk.StreamEvent(event_type="token", content=payload))
+            published += 1
+        tick += period
+        await asyncio.sleep(max(0.0, tick - time.monotonic()))
+    last = {}
+    for session_id in sessions:
+        final = await registry.publish(session_id, sk.StreamEvent(event_type="complete"))
+        last[session_id] = final.seq
+    wall = time.monotonic() - started
+    cpu = time.process_time() - cpu0
+    # Wait for the clients to read to the end and leave.
+    deadline = time.monotonic() + 120
+    while app.statistics()["streams_open"] and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    return {
+        "connected_at_start": connected,
+        "published": published,
+        "last_seq": last,
+        "publish_seconds": wall,
+        "server_cpu_seconds": cpu,
+        "server_rss_end": _rss_bytes(),
+        "app_statistics": app.statistics(),
+    }
+
+
+def _server_main(args: argparse.Namespace) -> None:
+    asyncio.run(_serve(args))
+
+
+# -- load clients --------------------------------------------------------------------------
+
+
+class _Tally:
+    def __init__(self) -> None:
+        self.events = 0
+        self.errors: list[str] = []
+        self.error_count = 0
+        self.lost = 0
+        self.duplicated = 0
+        self.lags = [0] * (_MAX_LAG_MS + 1)
+        self.last_seq: dict[str, list[int]] = {}
+
+    def error(self, text: str) -> None:
+        self.error_count += 1
+        if len(self.errors) < 20:
+            self.errors.append(text)
+
+
+async def _sse_client(port: int, session_id: str, tally: _Tally, gate: asyncio.Semaphore) -> None:
+    async with gate:
+        reader, writer = await asyncio.open_connection(HOST, port)
+    conn = h11.Connection(h11.CLIENT)
+    request = h11.Request(
+        method="GET",
+        target=f"/sessions/{session_id}/events?after=0",
+        headers=[("Host", f"{HOST}:{port}"), ("Accept", "text/event-stream")],
+    )
+    writer.write(conn.send(request) + conn.send(h11.EndOfMessage()))
+    decoder = sse.SSEDecoder()
+    expected = 1
+    last = 0
+    lags = tally.lags
+    try:
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await reader.read(65536)
+                conn.receive_data(data)
+                continue
+            if isinstance(event, h11.Response):
+                if event.status_code != 200:
+                    tally.error(f"status {event.status_code}")
+                    return
+                continue
+            if isinstance(event, h11.Data):
+                now = time.time()
+                for message in decoder.feed(bytes(event.data)):
+                    item = json.loads(message.data)
+                    seq = item["seq"]
+                    if int(message.id) != seq:
+                        tally.error(f"id {message.id} != seq {seq}")
+                    if seq < expected:
+                        tally.duplicated += 1
+                        continue
+                    if seq > expected:
+                        tally.lost += seq - expected
+                    expected = seq + 1
+                    last = seq
+                    tally.events += 1
+                    lag = int((now - item["timestamp"]) * 1000)
+                    lags[min(max(lag, 0), _MAX_LAG_MS)] += 1
+                    if item["event_type"] == "complete":
+                        return
+                continue
+            if isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                tally.error("stream ended before the complete event")
+                return
+    except Exception as exc:  # every failure is counted, not raised
+        tally.error(f"{type(exc).__name__}: {exc}")
+    finally:
+        tally.last_seq.setdefault(session_id, []).append(last)
+        writer.close()
+
+
+def _client_process(port: int, assignments: list[str], connect_gate: int) -> dict[str, Any]:
+    async def run() -> _Tally:
+        tally = _Tally()
+        gate = asyncio.Semaphore(connect_gate)
+        async with asyncio.TaskGroup() as tg:
+            for session_id in assignments:
+                tg.create_task(_sse_client(port, session_id, tally, gate))
+        return tally
+
+    tally = asyncio.run(run())
+    return {
+        "events": tally.events,
+        "errors": tally.errors,
+        "error_count": tally.error_count,
+        "lost": tally.lost,
+        "duplicated": tally.duplicated,
+        "lags": {i: n for i, n in enumerate(tally.lags) if n},
+        "last_seq": tally.last_seq,
+        "cpu_seconds": time.process_time(),
+    }
+
+
+def _percentile(histogram: dict[int, int], fraction: float) -> float:
+    total = sum(histogram.values())
+    if not total:
+        return float("nan")
+    rank = fraction * total
+    seen = 0
+    for ms in sorted(histogram):
+        seen += histogram[ms]
+        if seen >= rank:
+            return float(ms)
+    return float(max(histogram))
+
+
+def _start_server(
+    args: argparse.Namespace, mode: str
+) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    command = [
+        sys.executable,
+        "-m",
+        "tests.reliability.load_tool",
+        "serve",
+        "--mode",
+        mode,
+        "--clients",
+        str(getattr(args, "clients", 0)),
+        "--sessions",
+        str(getattr(args, "sessions", 0)),
+        "--minutes",
+        str(args.minutes),
+        "--rate",
+        str(getattr(args, "rate", 1.0)),
+        "--size",
+        str(getattr(args, "size", 16)),
+        "--connect-timeout",
+        str(getattr(args, "connect_timeout", 120.0)),
+        "--tps",
+        str(getattr(args, "tps", 200.0)),
+    ]
+    server = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert server.stdout is not None
+    hello = json.loads(server.stdout.readline())
+    return server, hello
+
+
+def _finish(summary: dict[str, Any], out: str | None) -> int:
+    text = json.dumps(summary, indent=2, sort_keys=True)
+    print(text)
+    if out:
+        with open(out, "w") as f:
+            f.write(text + "\n")
+    return 0 if summary["ok"] else 1
+
+
+def run_load(args: argparse.Namespace) -> int:
+    """Run the load test; print and write its summary; return the exit status."""
+    started = time.time()
+    server, hello = _start_server(args, "load")
+    port, sessions = hello["port"], hello["sessions"]
+    assignments: list[list[str]] = [[] for _ in range(args.procs)]
+    for i in range(args.clients):
+        assignments[i % args.procs].append(sessions[i % len(sessions)])
+    gate = max(1, 100 // args.procs)
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(args.procs) as pool:
+        results = pool.starmap(_client_process, [(port, a, gate) for a in assignments])
+    assert server.stdout is not None
+    server_result = json.loads(server.stdout.readline())
+    server.wait(60)
+    lags: dict[int, int] = {}
+    last_seq: dict[str, list[int]] = {}
+    for result in results:
+        for ms, n in result["lags"].items():
+            lags[int(ms)] = lags.get(int(ms), 0) + n
+        for session_id, seqs in result["last_seq"].items():
+            last_seq.setdefault(session_id, []).extend(seqs)
+    expected_last = server_result["last_seq"]
+    short = sum(
+        1 for session_id, seqs in last_seq.items() for s in seqs if s != expected_last[session_id]
+    )
+    expected_events = sum(
+        expected_last[s] for s in (sessions[i % len(sessions)] for i in range(args.clients))
+    )
+    summary = {
+        "kind": "load",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
+        "clients": args.clients,
+        "client_processes": args.procs,
+        "sessions": args.sessions,
+        "rate_per_session": args.rate,
+        "minutes": args.minutes,
+        "events_expected": expected_events,
+        "events_received": sum(r["events"] for r in results),
+        "errors": sum(r["error_count"] for r in results),
+        "error_samples": [e for r in results for e in r["errors"]][:20],
+        "lost": sum(r["lost"] for r in results),
+        "duplicated": sum(r["duplicated"] for r in results),
+        "clients_short_of_final": short,
+        "lag_ms": {
+            "p50": _percentile(lags, 0.50),
+            "p99": _percentile(lags, 0.99),
+            "p999": _percentile(lags, 0.999),
+            "max": float(max(lags)) if lags else float("nan"),
+        },
+        "deliveries_per_second": sum(r["events"] for r in results)
+        / max(server_result["publish_seconds"], 1e-9),
+        "client_cpu_seconds": sum(r["cpu_seconds"] for r in results),
+        "server": server_result,
+        "wall_seconds": time.time() - started,
+    }
+    summary["ok"] = (
+        summary["errors"] == 0
+        and summary["lost"] == 0
+        and summary["duplicated"] == 0
+        and short == 0
+        and summary["events_received"] == expected_events
+        and server_result["connected_at_start"] == args.clients
+    )
+    return _finish(summary, args.out)
+
+
+# -- soak --------------------------------------------------------------------------------
+
+
+async def _soak_phase(port: int, workers: int, seconds: float, tally: dict[str, Any]) -> None:
+    import httpx
+
+    end = time.monotonic() + seconds
+    limits = httpx.Limits(max_connections=workers * 2, max_keepalive_connections=workers * 2)
+
+    async def worker(client: httpx.AsyncClient, n: int) -> None:
+        i = 0
+        while time.monotonic() < end:
+            i += 1
+            try:
+                response = await client.post("/sessions", json={"prompt": f"soak {n} {i}"})
+                if response.status_code != 201:
+                    raise RuntimeError(f"create: {response.status_code} {response.text}")
+                session_id = response.json()["session"]["session_id"]
+                expected = 1
+                async with client.stream("GET", f"/sessions/{session_id}/events") as stream:
+                    async for event in sse.aiter_events(stream.aiter_bytes()):
+                        if event.seq != expected:
+                            tally["seq_errors"] += 1
+                        expected = (event.seq or 0) + 1
+                        tally["events"] += 1
+                if i % 2:
+                    response = await client.delete(f"/sessions/{session_id}")
+                    if response.status_code not in (200, 204, 404):
+                        raise RuntimeError(f"delete: {response.status_code}")
+                tally["sessions"] += 1
+            except Exception as exc:  # counted, not raised
+                tally["errors"] += 1
+                if len(tally["error_samples"]) < 20:
+                    tally["error_samples"].append(f"{type(exc).__name__}: {exc}")
+
+    async with (
+        httpx.AsyncClient(base_url=f"http://{HOST}:{port}", limits=limits, timeout=60) as client,
+        asyncio.TaskGroup() as tg,
+    ):
+        for n in range(workers):
+            tg.create_task(worker(client, n))
+
+
+def _soak_client(port: int, workers: int, seconds: float) -> dict[str, Any]:
+    tally: dict[str, Any] = {
+        "sessions": 0,
+        "events": 0,
+        "errors": 0,
+        "seq_errors": 0,
+        "error_samples": [],
+    }
+    asyncio.run(_soak_phase(port, workers, seconds, tally))
+    return tally
+
+
+def _quiet_sample(port: int) -> dict[str, Any]:
+    import httpx
+
+    deadline = time.monotonic() + 60
+    while True:
+        sample: dict[str, Any] = httpx.get(f"http://{HOST}:{port}/_soak/sample").json()
+        if sample["sessions"] == 0 or time.monotonic() > deadline:
+            return sample
+        time.sleep(0.5)
+
+
+def run_soak(args: argparse.Namespace) -> int:
+    """Run the soak; print and write its summary; return the exit status."""
+    started = time.time()
+    server, hello = _start_server(args, "soak")
+    port = hello["port"]
+    total = args.minutes * 60
+    warmup = min(args.warmup * 60, total / 3)
+    main_seconds = total - warmup
+    slices = max(1, int(main_seconds // 60))
+    context = multiprocessing.get_context("spawn")
+    tallies: list[dict[str, Any]] = []
+    samples: list[dict[str, Any]] = []
+    with context.Pool(1) as pool:
+        tallies.append(pool.apply(_soak_client, (port, args.workers, warmup)))
+        baseline = _quiet_sample(port)
+        samples.append(baseline)
+        # The main part in one-minute slices, sampled (quiet) between them.
+        for _ in range(slices):
+            tallies.append(pool.apply(_soak_client, (port, args.workers, main_seconds / slices)))
+            samples.append(_quiet_sample(port))
+    assert server.stdin is not None
+    server.stdin.close()
+    server.wait(60)
+    final = samples[-1]
+    growth = (final["rss"] - baseline["rss"]) / baseline["rss"]
+    summary: dict[str, Any] = {
+        "kind": "soak",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
+        "minutes": args.minutes,
+        "warmup_minutes": warmup / 60,
+        "workers": args.workers,
+        "sessions_done": sum(t["sessions"] for t in tallies),
+        "events": sum(t["events"] for t in tallies),
+        "errors": sum(t["errors"] for t in tallies),
+        "seq_errors": sum(t["seq_errors"] for t in tallies),
+        "error_samples": [e for t in tallies for e in t["error_samples"]][:20],
+        "baseline": baseline,
+        "final": final,
+        "rss_growth": growth,
+        "samples": samples,
+    }
+    summary["ok"] = (
+        summary["errors"] == 0
+        and summary["seq_errors"] == 0
+        and growth < 0.05
+        and final["sessions"] == 0
+        and all(final[k] <= baseline[k] for k in ("tasks", "threads", "os_threads", "fds"))
+    )
+    return _finish(summary, args.out)
+
+
+# -- command line ------------------------------------------------------------------------
+
+
+def _minutes(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and run ``load``, ``soak`` or (internal) ``serve``."""
+    parser = argparse.ArgumentParser(prog="load_tool")
+    sub = parser.add_subparsers(dest="command", required=True)
+    load = sub.add_parser("load")
+    load.add_argument("--clients", type=int, default=2000)
+    load.add_argument("--procs", type=int, default=2)
+    load.add_argument("--sessions", type=int, default=20)
+    load.add_argument("--rate", type=float, default=2.0, help="events per second per session")
+    load.add_argument("--size", type=int, default=16, help="content bytes per event")
+    load.add_argument("--minutes", type=float, default=_minutes("STREAMKIT_LOAD_MINUTES", 10))
+    load.add_argument("--connect-timeout", type=float, default=180.0)
+    load.add_argument("--out")
+    soak = sub.add_parser("soak")
+    soak.add_argument("--workers", type=int, default=20)
+    soak.add_argument("--minutes", type=float, default=_minutes("STREAMKIT_SOAK_MINUTES", 30))
+    soak.add_argument("--warmup", type=float, default=3.0, help="minutes (at most a third)")
+    soak.add_argument("--tps", type=float, default=200.0, help="agent tokens per second")
+    soak.add_argument("--out")
+    serve = sub.add_parser("serve")
+    serve.add_argument("--mode", choices=["load", "soak"], required=True)
+    serve.add_argument("--clients", type=int, default=0)
+    serve.add_argument("--sessions", type=int, default=0)
+    serve.add_argument("--minutes", type=float, default=1.0)
+    serve.add_argument("--rate", type=float, default=1.0)
+    serve.add_argument("--size", type=int, default=16)
+    serve.add_argument("--connect-timeout", type=float, default=120.0)
+    serve.add_argument("--tps", type=float, default=200.0)
+    args = parser.parse_args(argv)
+    if args.command == "load":
+        return run_load(args)
+    if args.command == "soak":
+        return run_soak(args)
+    _server_main(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
