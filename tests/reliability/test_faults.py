@@ -79,6 +79,7 @@ def check_stream(events: list[sk.StreamEvent], final_type: str) -> None:
         ("raise-sync", "error", sk.SessionState.ERROR),
         ("stall", "error", sk.SessionState.ERROR),
         ("cancel", "complete", sk.SessionState.CANCELLED),
+        ("pause-cancel", "complete", sk.SessionState.CANCELLED),
         ("close", "complete", sk.SessionState.CANCELLED),
     ],
 )
@@ -106,12 +107,15 @@ async def test_producer_fault(fault: str, final_type: str, state: sk.SessionStat
                 if fault == "stall":
                     config = FAST.replace(stall_timeout=0.2)
                 reg.start(sid, source, config=config)
-                if fault in ("cancel", "close"):
+                if fault in ("cancel", "pause-cancel", "close"):
                     await started.wait()
                     # Both tokens are out once the subscribers have them.
                     while not all(tokens(s) == "ab" for s in streams):
                         await anyio.sleep(0.01)
-                    if fault == "cancel":
+                    if fault == "pause-cancel":
+                        await reg.pause(sid, user_id=USER)
+                        await reg.cancel(sid, user_id=USER)
+                    elif fault == "cancel":
                         await reg.cancel(sid, user_id=USER)
                     else:
                         # Closing the session ends its subscribers too: they read
@@ -121,7 +125,7 @@ async def test_producer_fault(fault: str, final_type: str, state: sk.SessionStat
         for out in streams:
             check_stream(out, final_type)
             assert out == streams[0]
-        if fault == "cancel":
+        if fault.endswith("cancel"):
             assert streams[0][-1].metadata["reason"] == "cancelled"
         if fault.startswith("raise"):
             assert streams[0][-1].metadata["error_type"] in ("RuntimeError", "ConnectionError")

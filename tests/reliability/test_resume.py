@@ -163,3 +163,18 @@ async def test_resume_over_sse_with_last_event_id(
     headers = {**auth(USER), "Last-Event-ID": str(total)}
     async with RawStream.open(server.port, path, headers) as raw:
         assert raw.status == 204
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="registry defect: subscribe(after=N) past the last seq waits, then silently "
+    "skips the events up to N when they come (the HTTP layer refuses it; the registry "
+    "does not)",
+)
+async def test_resume_point_past_the_end_is_refused() -> None:
+    async with sk.SessionRegistry(sk.RegistryConfig(heartbeat_interval=None)) as reg:
+        sid = (await reg.create(user_id=USER)).session_id
+        await reg.publish(sid, token(0), user_id=USER)
+        with pytest.raises(sk.ValidationError):
+            async with reg.subscribe(sid, user_id=USER, after=5):
+                pass
