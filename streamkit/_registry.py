@@ -528,7 +528,8 @@ class SessionRegistry:
             after: The last ``seq`` the reader already has (``0``: from the start).
 
         Raises:
-            ValidationError: bad ``session_id`` or ``after`` (at once).
+            ValidationError: bad ``session_id`` or ``after`` (at once), or ``after``
+                past the session's last event (when the subscription starts).
             SessionNotFound, PermissionDenied, SessionLimitExceeded, HistoryGap:
                 when the subscription starts.
             SubscriberLagged: while reading, if the reader falls too far behind.
@@ -1111,6 +1112,16 @@ class Subscription:
             raise ClosedError("the subscription is closed", session_id=self._session_id)
         registry = self._registry
         entry = await registry._entry(self._session_id, self._user, "read")
+        if self._after > entry.log.last_seq and registry._lease_ttl is not None:
+            await entry.log.sync()  # another worker may have appended since
+        if self._after > entry.log.last_seq:
+            # A reader cannot have seen an event that does not exist yet; following
+            # from there would skip the events up to it when they come.
+            raise ValidationError(
+                f"after={self._after} is past the last event ({entry.log.last_seq})",
+                field="after",
+                session_id=self._session_id,
+            )
         registry._subscriber_joined(entry)
         self._entry = entry
         self._cursor = entry.log.read(self._after)

@@ -131,9 +131,21 @@ async def test_history_gap_past_retention() -> None:
     config = sk.RegistryConfig(history_max_events=5)
     async with sk.SessionRegistry(config) as registry:
         session = await registry.create()
+        ended = anyio.Event()
+
+        def on_change(before: sk.StreamSession, after: sk.StreamSession) -> None:
+            if after.is_terminal:
+                ended.set()
+
+        registry.on("state_changed", on_change)
         registry.start(session.session_id, [f"t{i} " for i in range(20)], FAST)
-        tail = await collect(registry.subscribe(session.session_id, after=10_000))
-        assert tail == []
+        with anyio.fail_after(10):
+            await ended.wait()
+        last = (await registry.get(session.session_id)).events[-1].seq
+        assert last is not None
+        assert await collect(registry.subscribe(session.session_id, after=last)) == []
+        with pytest.raises(sk.ValidationError):  # past the last event
+            await collect(registry.subscribe(session.session_id, after=last + 1))
         with pytest.raises(sk.HistoryGap) as info:
             await collect(registry.subscribe(session.session_id, after=1))
         assert info.value.oldest_seq is not None

@@ -165,16 +165,18 @@ async def test_resume_over_sse_with_last_event_id(
         assert raw.status == 204
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="registry defect: subscribe(after=N) past the last seq waits, then silently "
-    "skips the events up to N when they come (the HTTP layer refuses it; the registry "
-    "does not)",
-)
 async def test_resume_point_past_the_end_is_refused() -> None:
     async with sk.SessionRegistry(sk.RegistryConfig(heartbeat_interval=None)) as reg:
         sid = (await reg.create(user_id=USER)).session_id
         await reg.publish(sid, token(0), user_id=USER)
-        with pytest.raises(sk.ValidationError):
+        with pytest.raises(sk.ValidationError) as caught:
             async with reg.subscribe(sid, user_id=USER, after=5):
                 pass
+        assert caught.value.field == "after"
+        assert reg.statistics().subscribers == 0
+        # The last seq itself is a valid resume point: the reader waits for what comes.
+        async with reg.subscribe(sid, user_id=USER, after=1) as sub:
+            await reg.publish(sid, token(1), user_id=USER)
+            with anyio.fail_after(5):
+                event = await sub.__anext__()
+        assert (event.seq, event.content) == (2, "t1")
