@@ -20,6 +20,8 @@ import anyio.to_thread
 import h11
 import uvicorn
 
+import streamkit as sk
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
@@ -187,6 +189,28 @@ def bearer_authenticate(scope: Any) -> str | None:
 
 def auth(user: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {user}"}
+
+
+async def publish(
+    server: ServerThread, app: Any, session_id: str, *events: Any, user: str = "alice"
+) -> None:
+    """Publish events into a session of ``app``'s registry, in the server's loop."""
+
+    async def run() -> None:
+        for event in events:
+            await app.registry.publish(session_id, event, user_id=user)
+
+    await server.call(run)
+
+
+def token(text: str) -> sk.StreamEvent:
+    """A ``token`` event carrying ``text``."""
+    return sk.StreamEvent(event_type="token", content=text)
+
+
+def complete() -> sk.StreamEvent:
+    """A ``complete`` event."""
+    return sk.StreamEvent(event_type="complete")
 
 
 async def wait_until(predicate: Callable[[], bool], *, timeout: float = 10.0) -> None:

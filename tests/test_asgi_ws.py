@@ -21,7 +21,15 @@ import streamkit as sk
 from streamkit.asgi import StreamApp
 from streamkit.testing import SimulatedAgent
 
-from .asgi_helpers import ServerThread, auth, bearer_authenticate, serve, wait_until
+from .asgi_helpers import (
+    ServerThread,
+    auth,
+    bearer_authenticate,
+    publish,
+    serve,
+    token,
+    wait_until,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -73,20 +81,6 @@ async def create(client: httpx.AsyncClient, headers: dict[str, str] = ALICE, **b
     response = await client.post("/sessions", json=body, headers=headers)
     assert response.status_code == 201, response.text
     return str(response.json()["session"]["session_id"])
-
-
-async def publish(
-    server: ServerThread, app: StreamApp, session_id: str, *events: Any, user: str = "alice"
-) -> None:
-    async def run() -> None:
-        for event in events:
-            await app.registry.publish(session_id, event, user_id=user)
-
-    await server.call(run)
-
-
-def token(text: str) -> sk.StreamEvent:
-    return sk.StreamEvent(event_type="token", content=text)
 
 
 async def receive(ws: ClientConnection) -> dict[str, Any]:

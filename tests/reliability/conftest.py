@@ -78,26 +78,6 @@ async def create(client: httpx.AsyncClient, headers: dict[str, str] = ALICE, **b
     return str(response.json()["session"]["session_id"])
 
 
-async def publish(
-    server: ServerThread, app: StreamApp, session_id: str, *events: Any, user: str = "alice"
-) -> None:
-    """Publish events into a session, in the server's loop."""
-
-    async def run() -> None:
-        for event in events:
-            await app.registry.publish(session_id, event, user_id=user)
-
-    await server.call(run)
-
-
-def token(text: str) -> sk.StreamEvent:
-    return sk.StreamEvent(event_type="token", content=text)
-
-
-def complete() -> sk.StreamEvent:
-    return sk.StreamEvent(event_type="complete")
-
-
 async def session_status(
     server: ServerThread, app: StreamApp, session_id: str, user: str = "alice"
 ) -> str:

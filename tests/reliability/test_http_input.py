@@ -15,8 +15,8 @@ import pytest
 import streamkit as sk
 from streamkit import sse
 
-from ..asgi_helpers import RawStream, ServerThread, serve, wait_until
-from .conftest import ALICE, PROMPT, create, make_app, publish, token
+from ..asgi_helpers import RawStream, ServerThread, publish, serve, token, wait_until
+from .conftest import ALICE, PROMPT, create, make_app
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator, MutableMapping

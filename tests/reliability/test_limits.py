@@ -16,8 +16,8 @@ import pytest
 import streamkit as sk
 from streamkit import sse
 
-from ..asgi_helpers import RawStream, serve, wait_until
-from .conftest import ALICE, BOB, create, creds, make_app, publish, token
+from ..asgi_helpers import RawStream, publish, serve, token, wait_until
+from .conftest import ALICE, BOB, create, creds, make_app
 
 pytestmark = pytest.mark.anyio
 

@@ -28,7 +28,7 @@ from websockets.exceptions import InvalidStatus
 import streamkit as sk
 from streamkit import ndjson, sse
 
-from ..asgi_helpers import RawStream, serve, wait_until
+from ..asgi_helpers import RawStream, publish, serve, token, wait_until
 from .conftest import (
     ALICE,
     BOB,
@@ -36,8 +36,6 @@ from .conftest import (
     WRONG,
     create,
     make_app,
-    publish,
-    token,
     wait_status,
 )
 

@@ -19,8 +19,8 @@ from websockets.exceptions import InvalidStatus
 
 import streamkit as sk
 
-from ..asgi_helpers import RawStream, serve, wait_until
-from .conftest import ALICE, BOB, create, make_app, publish, token
+from ..asgi_helpers import RawStream, publish, serve, token, wait_until
+from .conftest import ALICE, BOB, create, make_app
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
