@@ -500,6 +500,20 @@ class InMemoryEventLog(EventLog):
         self._commit(event)
         return event
 
+    def _try_append_fresh(self, event: StreamEvent) -> bool:
+        # ``_append_fresh`` without waiting, for a producer that must not wait where it
+        # runs (the stream's source task). ``False``, with nothing stored, when the log
+        # is closed, when the block policy would wait, or when the event may be too
+        # large: the caller then goes through ``_append_fresh``, which waits or raises.
+        if self._closed or (self._block and self._last + 1 > self._limit):
+            return False
+        stamp(event, self._last + 1, self._session_id)
+        size = estimate_size(event)
+        if size * 6 > self._max_event_bytes:
+            return False
+        self._store(event, size)
+        return True
+
     def _commit(self, event: StreamEvent) -> None:
         size = estimate_size(event)
         if size * 6 > self._max_event_bytes:
@@ -512,6 +526,9 @@ class InMemoryEventLog(EventLog):
                     field="event",
                     session_id=self._session_id,
                 )
+        self._store(event, size)
+
+    def _store(self, event: StreamEvent, size: int) -> None:
         buf = self._buf
         buf.append(event)
         self._sizes.append(size)

@@ -425,6 +425,27 @@ class SessionRegistry:
         clock = self._clock
         if clock is anyio.current_time:
             clock = loop_clock()  # the same clock, found once instead of at every event
+        try_append = getattr(log, "_try_append_fresh", None)
+        if try_append is not None and self._lease_ttl is None:
+
+            def push(event: StreamEvent) -> bool:
+                # The stream's source task appends its tokens itself (one task switch
+                # per token fewer); anything this loop would wait for or handle
+                # otherwise is refused and comes through the loop below.
+                resumed = entry.resumed
+                if (
+                    entry.finishing
+                    or (resumed is not None and not resumed.is_set())
+                    or not try_append(event)
+                ):
+                    return False
+                entry.last_event_at = clock()
+                self._counts["appended"] += 1
+                if hooks:
+                    self._emit("event", event)
+                return True
+
+            stream._set_sink(push)
         recorded = False
         try:
             with scope:

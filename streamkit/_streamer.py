@@ -25,7 +25,12 @@ Where the source runs (the reason for the three modes):
   source is silent and no item is ever lost to a timeout. One wake-up per batch of
   items, not per item, and no timer set per wait: the alarm's timer moves only when
   a deadline comes sooner than it is set for (a timer per wait cost a third of the
-  CPU of a stream of tokens 50 ms apart, bench/bench_capacity.py).
+  CPU of a stream of tokens 50 ms apart, bench/bench_capacity.py). A consumer that
+  only stores events (the registry's, appending to a log) may give the stream a
+  *sink*: while the consumer waits for items, the producer task makes the ``token``
+  events itself and hands them to the sink, so a slow source's token costs no wake-up
+  of the consumer at all. Whatever the sink refuses, and every other event (start,
+  heartbeat, final), goes through the consumer as usual, in order.
 * An async iterable iterated without ``async with`` is pulled in the consumer's own
   task: a task group held across the consumer's ``async for`` would corrupt the
   cancel-scope stack if the loop were left with ``break``, so there is no task to
@@ -265,6 +270,7 @@ class _TaskFeed:
         "gate",
         "items",
         "new_event",
+        "pending",
         "space",
         "waiter",
     )
@@ -278,6 +284,8 @@ class _TaskFeed:
         self.error: BaseException | None = None
         self.close_error: Exception | None = None
         self.waiter: anyio.Event | None = None
+        # An event the producer task made but the sink refused: the consumer returns it.
+        self.pending: StreamEvent | None = None
         self.space: anyio.Event | None = None
         self.closed = anyio.Event()
         # When the waiting consumer must be woken, and the alarm task's timer, if set.
@@ -362,6 +370,7 @@ class _ThreadFeed:
         "error",
         "items",
         "paused",
+        "pending",
         "stopped",
         "thread",
         "waiter",
@@ -380,6 +389,7 @@ class _ThreadFeed:
         self.close_error: Exception | None = None
         self.stopped = False
         self.paused = False
+        self.pending: StreamEvent | None = None  # always: a thread has no sink
         self.waiter: anyio.Event | None = None
         context = contextvars.copy_context()
         self.thread = threading.Thread(
@@ -551,6 +561,7 @@ class TokenStream:
         "_raise_on_error",
         "_raised",
         "_session_id",
+        "_sink",
         "_slow",
         "_source",
         "_stall",
@@ -597,6 +608,7 @@ class TokenStream:
         self._producer_scope: anyio.CancelScope | None = None
         self._alarm_scope: anyio.CancelScope | None = None
         self._anext: Callable[[], Any] | None = None
+        self._sink: Callable[[StreamEvent], bool] | None = None
         self._decoder: codecs.IncrementalDecoder | None = None
         self._held = ""
         self._slow = False
@@ -857,6 +869,17 @@ class TokenStream:
             self._anext = self._iterator.__anext__
         return make_event(EventType.START, "", _EMPTY, self._session_id)
 
+    def _set_sink(self, sink: Callable[[StreamEvent], bool]) -> None:
+        """Let the producer task hand ``token`` events to ``sink`` (``async with`` only).
+
+        Internal, for the registry: ``sink(event)`` stores the event and returns
+        ``True``, or returns ``False`` having done nothing, and the event is then
+        returned by ``__anext__`` as usual. It is only called while the consumer waits
+        in ``__anext__``, and never for the final event or a heartbeat. Set it before
+        the stream starts.
+        """
+        self._sink = sink
+
     async def _advance(self) -> StreamEvent:
         while True:
             phase = self._phase
@@ -990,6 +1013,12 @@ class TokenStream:
                     return None
                 wake = min(wake, at)
             await feed.wait(wake)
+            pending = feed.pending
+            if pending is not None:
+                feed.pending = None
+                return pending
+            if self._out:
+                return None
 
     def _stalled(self) -> None:
         self._exception = TimeoutError(
@@ -1045,6 +1074,7 @@ class TokenStream:
         """The producer task (``async with`` mode): source items into the feed."""
         iterator = self._iterator
         anext = iterator.__anext__
+        sink = self._sink
         try:
             with scope:
                 try:
@@ -1053,6 +1083,13 @@ class TokenStream:
                         if gate is not None:
                             await gate.wait()
                         item = await anext()
+                        if (
+                            sink is not None
+                            and feed.waiter is not None
+                            and type(item) is str
+                            and self._push(item, sink, feed)
+                        ):
+                            continue
                         items = feed.items
                         items.append(item)
                         if feed.waiter is not None:
@@ -1069,6 +1106,38 @@ class TokenStream:
                 feed.close_error = await self._close_async_source(iterator)
             finally:
                 feed.closed.set()
+
+    def _push(self, text: str, sink: Callable[[StreamEvent], bool], feed: _TaskFeed) -> bool:
+        """Hand a source item's chunks to the sink from the producer task.
+
+        Only while the consumer waits for items (so every event it returned has been
+        handled, and it has nothing queued): the events go to the sink without waking
+        the consumer, a task switch per token saved. Returns ``False``, with nothing
+        done, when the item must go the usual way: the deadline has passed, or pacing
+        holds the next chunk back. The consumer is woken when something is left for
+        it: a chunk pacing holds back, an event the sink refused (it returns that one
+        first), or a partial chunk whose flush it must time.
+        """
+        now = self._now()
+        paced = self._paced
+        if now >= self._deadline or (paced and now < self._next_emit):
+            return False
+        self._last_input = now
+        self._accept(text)  # a str is always accepted
+        out = self._out
+        while out:
+            event = self._token_event(out.popleft(), now)
+            if paced:
+                self._next_emit = now + self._stream_delay
+            if not sink(event):
+                feed.pending = event
+                feed.wake()
+                return True
+            if paced:
+                break
+        if out or (self._progressive and self._chunker.has_partial):
+            feed.wake()
+        return True
 
     async def _alarm(self, scope: anyio.CancelScope, feed: _TaskFeed) -> None:
         """The alarm task (``async with`` mode): wakes the consumer when a timer is due."""
