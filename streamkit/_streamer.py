@@ -324,6 +324,14 @@ class _TaskFeed:
         finally:
             self.waiter = None
 
+    def wake_by(self, at: float) -> None:
+        """Have the alarm wake the waiting consumer by ``at`` at the latest."""
+        if at < self.alarm_at:
+            self.alarm_at = at
+            alarm = self.alarm
+            if alarm is not None and at < alarm.deadline:
+                alarm.deadline = at
+
     def wake(self) -> None:
         waiter = self.waiter
         if waiter is not None:
@@ -1115,8 +1123,8 @@ class TokenStream:
         the consumer, a task switch per token saved. Returns ``False``, with nothing
         done, when the item must go the usual way: the deadline has passed, or pacing
         holds the next chunk back. The consumer is woken when something is left for
-        it: a chunk pacing holds back, an event the sink refused (it returns that one
-        first), or a partial chunk whose flush it must time.
+        it: a chunk pacing holds back, or an event the sink refused (it returns that one
+        first). A partial chunk left only moves the alarm to its flush time, if sooner.
         """
         now = self._now()
         paced = self._paced
@@ -1135,8 +1143,13 @@ class TokenStream:
                 return True
             if paced:
                 break
-        if out or (self._progressive and self._chunker.has_partial):
+        if out:
             feed.wake()
+        elif self._progressive and self._chunker.has_partial:
+            if self._flush > 0:
+                feed.wake_by(now + self._flush)
+            else:
+                feed.wake()
         return True
 
     async def _alarm(self, scope: anyio.CancelScope, feed: _TaskFeed) -> None:
