@@ -137,16 +137,25 @@ async def handoff(layer: str) -> float:
     A driver task lets the source yield one token, then waits until the reader (the
     stream's consumer, or a subscriber of the session) has it: every token costs every
     wake-up of a slow source, with no timer heap and no other session to blur it. The
-    low-noise view of what the capacity benchmark measures.
+    low-noise view of what the capacity benchmark measures. Layer ``chunked``: a
+    session with ``chunk_size=5``; the driver waits for the source to be asked for
+    the next token, and for the reader only once a chunk is complete.
     """
     go = [anyio.Event()]
     got = [anyio.Event()]
+    taken = [anyio.Event()]
+    chunked = layer == "chunked"
+    config = CONFIG_5 if chunked else CONFIG
 
     async def source() -> Any:
         for _ in range(HANDOFF_TOKENS):
             await go[0].wait()
             go[0] = anyio.Event()
             yield "x "
+            if chunked:  # asked for the next one: this one has been handled
+                event = taken[0]
+                taken[0] = anyio.Event()
+                event.set()
 
     def received() -> None:
         event = got[0]
@@ -154,7 +163,7 @@ async def handoff(layer: str) -> float:
         event.set()
 
     async def read_stream() -> None:
-        async with sk.stream_tokens(source(), CONFIG) as stream:
+        async with sk.stream_tokens(source(), config) as stream:
             async for event in stream:
                 if event.event_type == "token":
                     received()
@@ -163,14 +172,14 @@ async def handoff(layer: str) -> float:
         async with sk.SessionRegistry() as registry:
             sid = (await registry.create()).session_id
             async with registry.subscribe(sid) as subscription:
-                registry.start(sid, source(), CONFIG)
+                registry.start(sid, source(), config)
                 async for event in subscription:
                     if event.event_type == "token":
                         received()
 
     async def drive() -> None:
-        for _ in range(HANDOFF_TOKENS):
-            arrived = got[0]
+        for k in range(HANDOFF_TOKENS):
+            arrived = taken[0] if chunked and (k + 1) % 5 else got[0]
             go[0].set()
             await arrived.wait()
 
@@ -184,7 +193,9 @@ async def handoff(layer: str) -> float:
 HANDOFF_LAYERS = {
     "stream_tokens (async with), read by async for": "streamer",
     "registry session, one subscriber": "full",
+    "registry session, one subscriber, chunk_size=5 (per source token)": "chunked",
 }
+CONFIG_5 = sk.StreamConfig(chunk_size=5, stream_delay=0)
 
 
 async def cpu_per_token(layer: str, sessions: int) -> float:
