@@ -527,3 +527,107 @@ async def test_the_memory_backend_has_no_leases() -> None:
     ]
     async with sk.SessionRegistry(backend=backend) as registry:
         assert [s.session_id for s in await registry.list()] == []  # its own sessions only
+
+
+# -- a slow source's tokens, appended from the stream's own task ----------------------
+
+
+async def stepped(steps: list[tuple[str, anyio.Event]]) -> AsyncIterator[str]:
+    """Yield each text only once its event is set: a source the test paces exactly."""
+    for text, go in steps:
+        await go.wait()
+        yield text
+
+
+async def test_a_partial_chunk_is_flushed_while_the_source_is_silent() -> None:
+    config = sk.StreamConfig(
+        stream_delay=0, chunk_size=5, flush_interval=0.02, heartbeat_interval=None
+    )
+    steps = [(text, anyio.Event()) for text in ("alpha ", "beta ")]
+    async with sk.SessionRegistry() as registry:
+        sid = (await registry.create()).session_id
+        async with registry.subscribe(sid) as sub:
+            registry.start(sid, stepped(steps), config)
+            steps[0][1].set()
+            with anyio.fail_after(10):
+                tokens = [e async for e in _until_token(sub)]
+            assert tokens[-1].content == "alpha "  # flushed with the source silent
+            steps[1][1].set()
+            rest = [e async for e in sub]
+        assert text_of(tokens + rest) == "alpha beta "
+        assert rest[-1].event_type == sk.EventType.COMPLETE
+
+
+async def _until_token(sub: sk.Subscription) -> AsyncIterator[sk.StreamEvent]:
+    async for event in sub:
+        yield event
+        if event.event_type == sk.EventType.TOKEN:
+            return
+
+
+async def test_no_token_is_appended_while_paused() -> None:
+    steps = [(f"t{i} ", anyio.Event()) for i in range(3)]
+    yielded = anyio.Event()
+
+    async def source() -> AsyncIterator[str]:
+        async for text in stepped(steps):
+            if text == "t1 ":
+                yielded.set()
+            yield text
+
+    async with sk.SessionRegistry() as registry:
+        sid = (await registry.create()).session_id
+        async with registry.subscribe(sid) as sub:
+            registry.start(sid, source(), FAST)
+            steps[0][1].set()
+            with anyio.fail_after(10):
+                first = [e async for e in _until_token(sub)]
+            # The source is already waiting for its next item: the pause cannot stop it
+            # before it yields, so the item must be held back, not appended.
+            await registry.pause(sid)
+            steps[1][1].set()
+            with anyio.fail_after(10):
+                await yielded.wait()
+            await anyio.wait_all_tasks_blocked()
+            stats = await registry.session_statistics(sid)
+            assert stats.log.last_seq == first[-1].seq
+            await registry.resume(sid)
+            steps[2][1].set()
+            with anyio.fail_after(10):
+                rest = [e async for e in sub]
+        assert text_of(first + rest) == "t0 t1 t2 "
+        assert [e.seq for e in first + rest] == list(range(1, len(first) + len(rest) + 1))
+
+
+async def test_block_policy_delivers_every_token_of_a_source_in_order() -> None:
+    config = sk.RegistryConfig(max_lag=3, slow_consumer_policy="block")
+    async with sk.SessionRegistry(config) as registry:
+        sid = (await registry.create()).session_id
+        async with registry.subscribe(sid) as sub:
+            registry.start(sid, (f"{i} " for i in range(200)), FAST)
+            events = []
+            with anyio.fail_after(20):
+                async for event in sub:
+                    events.append(event)
+                    await anyio.sleep(0)  # a reader slower than the producer
+        assert text_of(events) == "".join(f"{i} " for i in range(200))
+        assert [e.seq for e in events] == list(range(1, len(events) + 1))
+        assert events[-1].event_type == sk.EventType.COMPLETE
+
+
+async def test_event_hooks_fire_once_per_event_in_seq_order() -> None:
+    seen: list[int | None] = []
+    steps = [(f"w{i} ", anyio.Event()) for i in range(20)]
+    async with sk.SessionRegistry() as registry:
+        registry.on("event", lambda event: seen.append(event.seq))
+        sid = (await registry.create()).session_id
+        async with registry.subscribe(sid) as sub:
+            registry.start(sid, stepped(steps), FAST)
+            got = []
+            with anyio.fail_after(20):
+                for _, go in steps:
+                    go.set()
+                    got += [e async for e in _until_token(sub)]
+                got += [e async for e in sub]
+    assert [e.seq for e in got] == list(range(1, len(got) + 1))
+    assert seen == [e.seq for e in got]
