@@ -88,28 +88,8 @@ async def _run(url: str) -> dict[str, float]:
         results["replay"] = (time.perf_counter() - start) / count
         for followers in PER_CURSOR_FOLLOWERS:
             live = RedisEventLog(client, f"live{followers}", history_max_events=EVENTS + 10)
-            ready = [anyio.Event() for _ in range(followers)]
-
-            async def follow(
-                i: int, live: RedisEventLog = live, ready: list[anyio.Event] = ready
-            ) -> None:
-                async with live.read(0) as cursor:
-                    ready[i].set()
-                    async for _ in cursor:
-                        pass
-
-            start = time.perf_counter()
-            async with anyio.create_task_group() as tg:
-                for i in range(followers):
-                    tg.start_soon(follow, i)
-                for event in ready:
-                    await event.wait()
-                for i in range(EVENTS):
-                    await live.append(_token(i))
-                await live.append(sk.StreamEvent(event_type=sk.EventType.COMPLETE))
-            elapsed = time.perf_counter() - start
             # (The key bench/run_all.py compares with bench_fanout's memory_like_redis.)
-            results[f"fan-out x{followers}"] = elapsed / ((EVENTS + 1) * followers)
+            results[f"fan-out x{followers}"] = await _fan_out(live, live, followers)
     finally:
         await client.aclose()
     config = sk.RegistryConfig(history_max_events=EVENTS + 10, max_lag=EVENTS + 10)
