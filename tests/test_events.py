@@ -32,22 +32,30 @@ event_types = st.sampled_from(list(sk.EventType)) | st.from_regex(
 )
 ids = st.from_regex(r"[A-Za-z0-9_\-]{1,40}", fullmatch=True)
 
-events = st.builds(
-    sk.StreamEvent,
-    event_type=event_types,
-    content=st.text(alphabet=st.characters(exclude_categories=["Cs"])),
-    metadata=st.dictionaries(
-        st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=8),
-        json_values,
-        max_size=5,
-    ),
-    session_id=st.none() | ids,
-    seq=st.none() | st.integers(min_value=1, max_value=2**62),
-    event_id=st.text(
-        alphabet=st.characters(exclude_categories=["Cs"]), min_size=1, max_size=40
-    ).filter(lambda s: not any(c in s for c in "\r\n\x00")),
-    timestamp=st.floats(min_value=0, max_value=4e9),
-)
+
+def event_strategy(
+    metadata_values: st.SearchStrategy[Any], timestamps: st.SearchStrategy[float | int]
+) -> st.SearchStrategy[sk.StreamEvent]:
+    """Valid events whose metadata values come from ``metadata_values``."""
+    return st.builds(
+        sk.StreamEvent,
+        event_type=event_types,
+        content=st.text(alphabet=st.characters(exclude_categories=["Cs"])),
+        metadata=st.dictionaries(
+            st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=8),
+            metadata_values,
+            max_size=5,
+        ),
+        session_id=st.none() | ids,
+        seq=st.none() | st.integers(min_value=1, max_value=2**62),
+        event_id=st.text(
+            alphabet=st.characters(exclude_categories=["Cs"]), min_size=1, max_size=40
+        ).filter(lambda s: not any(c in s for c in "\r\n\x00")),
+        timestamp=timestamps,
+    )
+
+
+events = event_strategy(json_values, st.floats(min_value=0, max_value=4e9))
 
 
 @given(events)
@@ -264,21 +272,9 @@ flat_scalars = (
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=20)
 )
-flat_events = st.builds(
-    sk.StreamEvent,
-    event_type=event_types,
-    content=st.text(alphabet=st.characters(exclude_categories=["Cs"])),
-    metadata=st.dictionaries(
-        st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=8),
-        flat_scalars,
-        max_size=5,
-    ),
-    session_id=st.none() | ids,
-    seq=st.none() | st.integers(min_value=1, max_value=2**62),
-    event_id=st.text(
-        alphabet=st.characters(exclude_categories=["Cs"]), min_size=1, max_size=40
-    ).filter(lambda s: not any(c in s for c in "\r\n\x00")),
-    timestamp=st.floats(min_value=0, max_value=4e9) | st.integers(min_value=0, max_value=2**40),
+flat_events = event_strategy(
+    flat_scalars,
+    st.floats(min_value=0, max_value=4e9) | st.integers(min_value=0, max_value=2**40),
 )
 
 
