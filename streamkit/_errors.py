@@ -225,7 +225,23 @@ class BackendError(StreamkitError):
 
 
 class Disconnected(StreamkitError):
-    """The peer of a transport went away (closed socket, WebSocket close frame)."""
+    """The peer of a transport went away (closed socket, WebSocket close frame).
+
+    Attributes:
+        close_code: The WebSocket close code the peer sent, when one is known.
+    """
 
     status_hint = 499
     code = "disconnected"
+
+    def __init__(
+        self, message: str, *, close_code: int | None = None, session_id: str | None = None
+    ) -> None:
+        super().__init__(message, session_id=session_id)
+        self.close_code = close_code
+
+    def to_dict(self) -> dict[str, Any]:
+        body = super().to_dict()
+        if self.close_code is not None:
+            body["close_code"] = self.close_code
+        return body

@@ -61,8 +61,10 @@ async def test_memory_close_is_seen_by_the_peer_after_buffered_messages() -> Non
     await server.send_text("b")
     await server.close(1013, "go away")
     assert await drain(client) == ["a", "b"]
-    with pytest.raises(sk.Disconnected, match="server end"):
+    with pytest.raises(sk.Disconnected, match="server end") as gone:
         await client.receive_text()
+    assert gone.value.close_code == 1013
+    assert gone.value.to_dict()["close_code"] == 1013
     with pytest.raises(sk.Disconnected):
         await client.send_text("late")
     with pytest.raises(sk.Disconnected, match="this end"):
@@ -798,9 +800,9 @@ async def test_asgi_channel_disconnect_and_server_errors(asgi: FakeASGI) -> None
     channel = tr.ASGIChannel(asgi.receive, asgi.send)
     await channel.accept()
     asgi.send_in.send_nowait({"type": "websocket.disconnect", "code": 1001})
-    with pytest.raises(sk.Disconnected, match="1001"):
+    with pytest.raises(sk.Disconnected, match="1001") as gone:
         await channel.receive_text()
-    assert channel.disconnect_code == 1001
+    assert channel.disconnect_code == gone.value.close_code == 1001
     with pytest.raises(sk.Disconnected):
         await channel.receive_text()
     await channel.close()  # the client is gone: nothing is sent
@@ -899,9 +901,9 @@ async def test_starlette_channel_peer_disconnect_and_close(asgi: FakeASGI) -> No
     asgi.send_in.send_nowait({"type": "websocket.connect"})
     await other.websocket.accept()  # type: ignore[attr-defined]
     asgi.send_in.send_nowait({"type": "websocket.disconnect", "code": 1001})
-    with pytest.raises(sk.Disconnected, match="1001"):
+    with pytest.raises(sk.Disconnected, match="1001") as gone:
         await other.receive_text()
-    assert other.disconnect_code == 1001
+    assert other.disconnect_code == gone.value.close_code == 1001
     await other.close()
 
 
@@ -992,3 +994,19 @@ async def test_with_a_real_websockets_server_and_client() -> None:
                 await tr.WebsocketsChannel(websocket).close(1000, "bye")
             await server_connections[1].wait_closed()
             assert server_connections[1].peer_closed
+
+
+async def test_websockets_adapter_reports_the_peers_close_code() -> None:
+    from websockets.exceptions import ConnectionClosedOK
+    from websockets.frames import Close
+
+    closed = ConnectionClosedOK(Close(1001, "going away"), None)
+    channel = tr.WebsocketsChannel(StubWebsocketsConnection(closed))
+    with pytest.raises(sk.Disconnected) as gone:
+        await channel.receive_text()
+    assert gone.value.close_code == 1001
+    silent = tr.WebsocketsChannel(StubWebsocketsConnection(ConnectionResetError()))
+    with pytest.raises(sk.Disconnected) as reset:
+        await silent.receive_text()
+    assert reset.value.close_code is None
+    assert "close_code" not in reset.value.to_dict()

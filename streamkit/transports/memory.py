@@ -130,7 +130,8 @@ class MemoryChannel:
         who = "this end" if state.closed_by == self.name else f"the {state.closed_by} end"
         return Disconnected(
             f"the in-memory WebSocket was closed by {who} "
-            f"(code {state.close_code}, reason {state.close_reason!r})"
+            f"(code {state.close_code}, reason {state.close_reason!r})",
+            close_code=state.close_code,
         )
 
     async def send_text(self, text: str) -> None:

@@ -82,7 +82,10 @@ class ASGIChannel:
 
     def _gone_error(self) -> Disconnected:
         if self.disconnect_code is not None:
-            return Disconnected(f"the WebSocket client went away (code {self.disconnect_code})")
+            return Disconnected(
+                f"the WebSocket client went away (code {self.disconnect_code})",
+                close_code=self.disconnect_code,
+            )
         return Disconnected("the WebSocket is closed")
 
     def _disconnected(self, message: MutableMapping[str, Any]) -> Disconnected:
@@ -252,7 +255,10 @@ class StarletteChannel:
             self._gone = True
             code = message.get("code", _NO_STATUS)
             self.disconnect_code = code if isinstance(code, int) else _NO_STATUS
-            raise Disconnected(f"the WebSocket client went away (code {self.disconnect_code})")
+            raise Disconnected(
+                f"the WebSocket client went away (code {self.disconnect_code})",
+                close_code=self.disconnect_code,
+            )
         text = message.get("text")
         if isinstance(text, str):
             return text
@@ -285,7 +291,9 @@ class StarletteChannel:
             self._gone = True
             code = getattr(exc, "code", None)
             self.disconnect_code = code if isinstance(code, int) else _NO_STATUS
-            return Disconnected(f"the WebSocket client went away: {exc!r}")
+            return Disconnected(
+                f"the WebSocket client went away: {exc!r}", close_code=self.disconnect_code
+            )
         raise exc
 
 
@@ -367,5 +375,11 @@ class WebsocketsChannel:
     @staticmethod
     def _translate(exc: Exception) -> Disconnected:
         if isinstance(exc, OSError) or is_foreign(exc, "websockets", _WEBSOCKETS_CLOSED):
-            return Disconnected(f"the WebSocket peer went away: {exc}")
+            # websockets' ConnectionClosed carries the peer's close frame, if any.
+            received = getattr(exc, "rcvd", None)
+            code = getattr(received, "code", None)
+            return Disconnected(
+                f"the WebSocket peer went away: {exc}",
+                close_code=code if isinstance(code, int) else None,
+            )
         raise exc
