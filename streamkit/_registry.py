@@ -569,10 +569,7 @@ class SessionRegistry:
         """
         entry = await self._entry(session_id, user_id, "control")
         await self._set_state(entry, SessionState.PAUSED)
-        if entry.resumed is not None and entry.resumed.is_set():
-            entry.resumed = anyio.Event()
-        if entry.stream is not None:
-            entry.stream.pause()  # the source stops before its next item
+        _hold(entry, paused=True)
         return self._snapshot(entry)
 
     async def resume(self, session_id: str, *, user_id: str | None = None) -> StreamSession:
@@ -585,10 +582,7 @@ class SessionRegistry:
         """
         entry = await self._entry(session_id, user_id, "control")
         await self._set_state(entry, SessionState.ACTIVE)
-        if entry.stream is not None:
-            entry.stream.resume()
-        if entry.resumed is not None:
-            entry.resumed.set()
+        _hold(entry, paused=False)
         return self._snapshot(entry)
 
     async def cancel(self, session_id: str, *, user_id: str | None = None) -> StreamSession:
@@ -924,16 +918,8 @@ class SessionRegistry:
             self._unwatched.pop(session_id, None)
             if not entry.remote:
                 self._ended[session_id] = self._clock()
-        elif record.status is SessionState.PAUSED:
-            if entry.resumed is not None and entry.resumed.is_set():
-                entry.resumed = anyio.Event()
-            if entry.stream is not None:
-                entry.stream.pause()
         else:
-            if entry.stream is not None:
-                entry.stream.resume()
-            if entry.resumed is not None:
-                entry.resumed.set()
+            _hold(entry, paused=record.status is SessionState.PAUSED)
         self._emit("state_changed", before, record)
 
     def _forget(self, entry: _Entry) -> None:
@@ -1197,6 +1183,20 @@ class Subscription:
 _EMPTY: Final[MappingProxyType[str, Any]] = MappingProxyType({})
 #: Sessions claimed per pass of the shared sweeps (removals, orphans).
 _SWEEP_BATCH: Final = 100
+
+
+def _hold(entry: _Entry, *, paused: bool) -> None:
+    """Stop (``paused``) or let go a session's producer, whichever worker asked."""
+    if paused:
+        if entry.resumed is not None and entry.resumed.is_set():
+            entry.resumed = anyio.Event()
+        if entry.stream is not None:
+            entry.stream.pause()  # the source stops before its next item
+    else:
+        if entry.stream is not None:
+            entry.stream.resume()
+        if entry.resumed is not None:
+            entry.resumed.set()
 
 
 def _finishing(entry: _Entry) -> bool:
