@@ -14,8 +14,7 @@ from typing import Any, Literal, Self
 
 import attrs
 
-from ._errors import ValidationError
-from ._validate import check_bool, check_int, check_mapping_keys, check_number
+from ._validate import check_bool, check_choice, check_int, check_mapping_keys, check_number
 
 __all__ = ["ChunkBy", "RegistryConfig", "SlowConsumerPolicy", "StreamConfig"]
 
@@ -49,11 +48,7 @@ def _bool(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
 
 def _choice(*choices: str) -> _Validator:
     def validate(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if value not in choices:
-            raise ValidationError(
-                f"{attribute.name} must be one of {', '.join(map(repr, choices))}, got {value!r}",
-                field=attribute.name,
-            )
+        check_choice(attribute.name, value, choices)
 
     return validate
 

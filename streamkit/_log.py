@@ -49,7 +49,7 @@ import anyio.lowlevel
 from ._errors import ClosedError, HistoryGap, PayloadTooLarge, SubscriberLagged, ValidationError
 from ._events import StreamEvent, make_event, stamp
 from ._session import new_session_id
-from ._validate import check_id, check_int, type_name
+from ._validate import check_choice, check_id, check_int, type_name
 from .abc import EventCursor, EventLog, LogStatistics
 
 if TYPE_CHECKING:
@@ -396,12 +396,7 @@ class InMemoryEventLog(EventLog):
         self._max_bytes = check_int("history_max_bytes", history_max_bytes, minimum=1)
         self._max_event_bytes = check_int("max_event_bytes", max_event_bytes, minimum=1)
         self._max_lag = check_int("max_lag", max_lag, minimum=1)
-        if slow_consumer_policy not in ("disconnect", "block"):
-            raise ValidationError(
-                "slow_consumer_policy must be 'disconnect' or 'block', "
-                f"got {slow_consumer_policy!r}",
-                field="slow_consumer_policy",
-            )
+        check_choice("slow_consumer_policy", slow_consumer_policy, ("disconnect", "block"))
         self._policy: SlowConsumerPolicy = slow_consumer_policy
         self._block = slow_consumer_policy == "block"
         # Events live in _buf[_head:]; _buf[i] has seq _base + i.

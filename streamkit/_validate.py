@@ -103,6 +103,14 @@ def check_number(
     return number
 
 
+def check_choice(field: str, value: object, choices: tuple[str, ...]) -> str:
+    """Check that ``value`` is one of the strings ``choices``."""
+    if value not in choices:
+        allowed = ", ".join(map(repr, choices))
+        raise ValidationError(f"{field} must be one of {allowed}, got {value!r}", field=field)
+    return str(value)
+
+
 def check_bool(field: str, value: object) -> bool:
     """Check a ``bool`` (``0`` and ``1`` are refused)."""
     if not isinstance(value, bool):

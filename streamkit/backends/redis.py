@@ -61,7 +61,7 @@ from .._errors import (
 )
 from .._events import StreamEvent, make_event, with_seq
 from .._session import SessionState, StreamSession
-from .._validate import check_id, check_int, check_number, type_name
+from .._validate import check_choice, check_id, check_int, check_number, type_name
 from ..abc import Backend, EventCursor, EventLog, LogStatistics, SessionStore
 
 if TYPE_CHECKING:
@@ -557,12 +557,7 @@ class RedisEventLog(EventLog):
         self._max_event_bytes = check_int("max_event_bytes", max_event_bytes, minimum=1)
         self._max_lag = check_int("max_lag", max_lag, minimum=1)
         self._retry_for = float(check_number("retry_for", retry_for, minimum=0))
-        if slow_consumer_policy not in ("disconnect", "block"):
-            raise ValidationError(
-                "slow_consumer_policy must be 'disconnect' or 'block', "
-                f"got {slow_consumer_policy!r}",
-                field="slow_consumer_policy",
-            )
+        check_choice("slow_consumer_policy", slow_consumer_policy, ("disconnect", "block"))
         self._policy: SlowConsumerPolicy = slow_consumer_policy
         self._client = client
         self._append_script = client.register_script(_APPEND)

@@ -48,7 +48,15 @@ from .._errors import (
     StreamkitError,
     ValidationError,
 )
-from .._validate import check_id, check_int, check_number, check_str, check_wire_str, type_name
+from .._validate import (
+    check_choice,
+    check_id,
+    check_int,
+    check_number,
+    check_str,
+    check_wire_str,
+    type_name,
+)
 from ._channel import CloseCode, TextChannel, check_close, clip_reason, text_size
 
 if TYPE_CHECKING:
@@ -721,12 +729,7 @@ class WebSocketManager:
     ) -> None:
         self.max_connections = check_int("max_connections", max_connections, minimum=1)
         self.max_queue = check_int("max_queue", max_queue, minimum=1)
-        if slow_client_policy not in ("disconnect", "drop_oldest"):
-            raise ValidationError(
-                "slow_client_policy must be 'disconnect' or 'drop_oldest', "
-                f"got {slow_client_policy!r}",
-                field="slow_client_policy",
-            )
+        check_choice("slow_client_policy", slow_client_policy, ("disconnect", "drop_oldest"))
         self.slow_client_policy: SlowClientPolicy = slow_client_policy
         self.max_message_size = check_int("max_message_size", max_message_size, minimum=1)
         self.ping_interval = _optional_seconds("ping_interval", ping_interval)
