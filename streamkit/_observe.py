@@ -21,7 +21,7 @@ Rules of this module:
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias
 
 import attrs
@@ -45,8 +45,9 @@ __all__ = [
     "read_statistics",
 ]
 
-Scope: TypeAlias = dict[str, Any]
-Message: TypeAlias = dict[str, Any]
+# The same shapes as streamkit.asgi's aliases (kept here so this module needs no ASGI code).
+Scope: TypeAlias = MutableMapping[str, Any]
+Message: TypeAlias = MutableMapping[str, Any]
 Receive: TypeAlias = Callable[[], Awaitable[Message]]
 Send: TypeAlias = Callable[[Message], Awaitable[None]]
 ASGIApp: TypeAlias = Callable[[Scope, Receive, Send], Awaitable[None]]

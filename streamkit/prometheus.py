@@ -65,7 +65,7 @@ __all__ = ["Authenticate", "MetricsApp", "PrometheusMetrics", "instrument"]
 #: ``authenticate(scope)`` returns a user id, or ``None`` for "not authenticated"
 #: (answered 401); it may be async and may raise
 #: :class:`~streamkit.PermissionDenied` (403). StreamApp's own callable fits.
-Authenticate: TypeAlias = Callable[[dict[str, Any]], "str | Awaitable[str | None] | None"]
+Authenticate: TypeAlias = Callable[["Scope"], "str | Awaitable[str | None] | None"]
 
 _SPEC: Final = {metric.name: metric for metric in METRICS}
 _OUTCOME: Final = "streamkit_stream_outcome"
