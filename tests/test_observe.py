@@ -1,0 +1,234 @@
+"""The shared bookkeeping of streamkit.otel and streamkit.prometheus, driven directly.
+
+The hooks are called as a registry calls them, in orders a shared backend can produce
+(a final event with no session id, a removal of a live session), and the request watcher
+with the messages an ASGI app sends.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import streamkit as sk
+from streamkit._observe import (
+    METRICS,
+    RequestWatcher,
+    SessionEnd,
+    StreamEnd,
+    Watcher,
+    read_statistics,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+class FakeRegistry:
+    """Only what a Watcher uses: ``on`` (and ``statistics`` for read_statistics)."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.hooks: dict[str, Any] = {}
+        self.failures = failures
+
+    def on(self, name: str, callback: Any) -> Any:
+        self.hooks[name] = callback
+        return lambda: self.hooks.pop(name)
+
+    def statistics(self) -> str:
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("dictionary changed size during iteration")
+        return "stats"
+
+
+class RecordingSink:
+    def __init__(self) -> None:
+        self.calls: list[Any] = []
+
+    def session_created(self, session: sk.StreamSession) -> object:
+        self.calls.append(("created", session.session_id))
+        return session.session_id
+
+    def session_paused(self, handle: object) -> None:
+        self.calls.append(("paused", handle))
+
+    def session_resumed(self, handle: object) -> None:
+        self.calls.append(("resumed", handle))
+
+    def stream_started(self, handle: object) -> None:
+        self.calls.append(("stream_started", handle))
+
+    def stream_ended(self, handle: object | None, end: StreamEnd) -> None:
+        self.calls.append(("stream_ended", (handle, end)))
+
+    def session_ended(self, handle: object | None, end: SessionEnd) -> None:
+        self.calls.append(("session_ended", (handle, end)))
+
+
+def state(session: sk.StreamSession, status: str) -> sk.StreamSession:
+    return session.transition(sk.SessionState(status))
+
+
+def event(kind: str, session_id: str | None, **metadata: Any) -> sk.StreamEvent:
+    return sk.StreamEvent(event_type=kind, session_id=session_id, metadata=metadata)
+
+
+def test_watcher_follows_a_session_through_every_hook() -> None:
+    registry = FakeRegistry()
+    sink = RecordingSink()
+    watcher = Watcher(registry, sink)  # type: ignore[arg-type]
+    session = sk.StreamSession()
+    sid = session.session_id
+    registry.hooks["created"](session)
+    paused = state(session, "paused")
+    registry.hooks["state_changed"](session, paused)
+    registry.hooks["state_changed"](paused, session)
+    registry.hooks["event"](event("start", sid))
+    registry.hooks["event"](event("start", sid))  # a second start is not a second stream
+    registry.hooks["event"](event("token", sid))
+    registry.hooks["event"](event("metadata", sid))
+    registry.hooks["event"](event("heartbeat", sid))
+    # An error event with no stats (published by the app) leaves the stream open...
+    registry.hooks["event"](event("error", sid, error_type="Boom", message="m"))
+    assert watcher.followed == 1
+    # ...and the terminal state then ends both, the stream without figures.
+    registry.hooks["state_changed"](session, state(session, "error"))
+    assert watcher.followed == 0
+    assert [name for name, _ in sink.calls] == [
+        "created",
+        "paused",
+        "resumed",
+        "stream_started",
+        "stream_ended",
+        "session_ended",
+    ]
+    assert sink.calls[4][1] == (sid, StreamEnd(outcome="error"))
+    assert sink.calls[5][1] == (
+        sid,
+        SessionEnd(state="error", reason="error", error_type="Boom", error_message="m"),
+    )
+    assert watcher.close() == []
+    assert registry.hooks == {}
+
+
+def test_a_final_event_without_session_id_goes_with_the_next_state_change() -> None:
+    registry = FakeRegistry()
+    sink = RecordingSink()
+    Watcher(registry, sink)  # type: ignore[arg-type]
+    session = sk.StreamSession()
+    registry.hooks["created"](session)
+    registry.hooks["event"](event("complete", None, reason="cancelled"))
+    registry.hooks["state_changed"](session, state(session, "cancelled"))
+    assert sink.calls[-1] == (
+        "session_ended",
+        (session.session_id, SessionEnd(state="cancelled", reason="cancelled")),
+    )
+    # Unfollowed sessions: ends are told with no handle, their other changes not at all.
+    other = sk.StreamSession()
+    registry.hooks["state_changed"](other, state(other, "paused"))
+    registry.hooks["event"](event("complete", other.session_id))  # no stats: nothing
+    registry.hooks["event"](event("start", other.session_id))
+    registry.hooks["state_changed"](other, state(other, "expired"))
+    assert sink.calls[-1] == (
+        "session_ended",
+        (None, SessionEnd(state="expired", reason="expired")),
+    )
+    assert len(sink.calls) == 3
+
+
+def test_a_removed_live_session_ends_its_spans() -> None:
+    registry = FakeRegistry()
+    sink = RecordingSink()
+    watcher = Watcher(registry, sink)  # type: ignore[arg-type]
+    session = sk.StreamSession()
+    quiet = sk.StreamSession()
+    registry.hooks["created"](session)
+    registry.hooks["created"](quiet)
+    registry.hooks["event"](event("start", session.session_id))
+    registry.hooks["removed"](state(session, "completed"))
+    registry.hooks["removed"](quiet)
+    registry.hooks["removed"](quiet)  # already gone: nothing
+    names = [name for name, _ in sink.calls]
+    assert names == [
+        "created",
+        "created",
+        "stream_started",
+        "stream_ended",
+        "session_ended",
+        "session_ended",
+    ]
+    assert sink.calls[3][1] == (session.session_id, StreamEnd(outcome="removed"))
+    assert sink.calls[4][1][1] == SessionEnd(state="completed", reason="removed")
+    assert watcher.followed == 0
+
+
+def test_read_statistics_retries_then_gives_up() -> None:
+    assert read_statistics(FakeRegistry(failures=2)) == "stats"  # type: ignore[arg-type, comparison-overlap]
+    assert read_statistics(FakeRegistry(failures=5)) is None  # type: ignore[arg-type]
+
+
+def test_metric_names_follow_the_prometheus_conversion() -> None:
+    names = {metric.name: metric.prometheus_name for metric in METRICS}
+    assert names["gen_ai.server.time_to_first_token"] == "gen_ai_server_time_to_first_token_seconds"
+    assert names["streamkit.log.retained"] == "streamkit_log_retained_bytes"
+    assert names["streamkit.stream.tokens"] == "streamkit_stream_tokens"
+    assert len(names) == len(METRICS)
+
+
+async def run_app(messages: list[dict[str, Any]], kind: str = "http") -> list[Any]:
+    seen: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        for message in messages:
+            await send(message)
+
+    async def receive() -> Any:
+        return {}
+
+    async def send(message: Any) -> None:
+        pass
+
+    watcher = RequestWatcher(app, lambda *args: seen.append(args))
+    await watcher({"type": kind, "headers": []}, receive, send)
+    return seen
+
+
+async def test_request_watcher_finds_the_cause_of_error_answers() -> None:
+    start = {"type": "http.response.start", "status": 429}
+    assert await run_app(
+        [
+            start,
+            {"type": "http.response.body", "body": b'{"error": {"co', "more_body": True},
+            {"type": "http.response.body", "body": b'de": "limit_exceeded"}}'},
+        ]
+    ) == [("limit_exceeded", 429, "http")]
+    assert await run_app([start, {"type": "http.response.body", "body": b"not json"}]) == [
+        ("http_429", 429, "http")
+    ]
+    assert await run_app(
+        [start, {"type": "http.response.body", "body": b'{"error": {"code": "a b"}}'}]
+    ) == [("http_429", 429, "http")]
+    assert await run_app([start, {"type": "http.response.body", "body": b"[1]"}]) == [
+        ("http_429", 429, "http")
+    ]
+    big = b"x" * 5000
+    assert await run_app(
+        [
+            start,
+            {"type": "http.response.body", "body": big, "more_body": True},
+            {"type": "http.response.body", "body": big},
+        ]
+    ) == [("http_429", 429, "http")]
+    ok: list[dict[str, Any]] = [
+        {"type": "http.response.start", "status": 200},
+        {"type": "http.response.body", "body": b'{"error": {"code": "x"}}'},
+    ]
+    assert await run_app(ok) == []
+    assert (
+        await run_app([{"type": "websocket.accept"}, {"type": "websocket.close"}], "websocket")
+        == []
+    )
+    assert await run_app([{"type": "websocket.close", "code": 1013}], "websocket") == [
+        ("websocket_close_1013", None, "websocket")
+    ]
