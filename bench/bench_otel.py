@@ -1,0 +1,193 @@
+"""What streamkit.otel and streamkit.prometheus cost, against the same pipeline without them.
+
+Run: ``.venv/bin/python bench/bench_otel.py`` (``STREAMKIT_BENCH_QUICK=1`` for a smoke
+run). Needs the ``otel`` and ``prometheus`` extras and ``opentelemetry-sdk`` (all in
+``streamkit[test]``).
+
+Two workloads, each run plain, with :func:`streamkit.otel.instrument` (the real SDK: a
+tracer provider with a batch span processor exporting nowhere, a meter provider with an
+in-memory reader) and with :func:`streamkit.prometheus.instrument`. The variants
+alternate inside every repetition, so the machine's noise falls on all of them alike;
+the ratios to the plain run are what to compare across runs.
+
+* **per token**: one session, N tokens with ``chunk_size=1`` (one event per token, the
+  worst case), one subscriber; the cost per token is the difference of the elapsed
+  times divided by N. The instrumentation adds one hook call and one type check per
+  event here, and one span pair and a few metric records per stream.
+* **per session**: M sessions of 10 tokens each, created, run and read one after the
+  other; the difference per session is what the spans and per-stream metrics cost.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import statistics
+import time
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from _harness import machine, repetitions, table, us
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+import streamkit as sk
+import streamkit.otel
+import streamkit.prometheus
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Sequence
+
+    from opentelemetry.sdk.trace import ReadableSpan
+
+QUICK = os.environ.get("STREAMKIT_BENCH_QUICK") == "1"
+N = 10_000 if QUICK else 100_000
+SESSIONS = 200 if QUICK else 1_000
+REPEAT = repetitions(5)
+BACKENDS = ("asyncio", "trio")
+CONFIG = sk.StreamConfig(chunk_size=1, stream_delay=0)
+# The reader may fall the whole stream behind: the producer is never held or refused,
+# so what is measured is the work per token, not the lag policy.
+REGISTRY = sk.RegistryConfig(
+    max_sessions=SESSIONS + 10,
+    heartbeat_interval=None,
+    history_max_events=N + 10,
+    history_max_bytes=1 << 30,
+    max_lag=N + 10,
+)
+
+
+class Nowhere(SpanExporter):
+    """Exports nothing: the cost measured is the instrumentation's, not a collector's."""
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        del spans
+        return SpanExportResult.SUCCESS
+
+
+def with_otel(registry: sk.SessionRegistry) -> Callable[[], None]:
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(BatchSpanProcessor(Nowhere()))
+    meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    instrumentation = streamkit.otel.instrument(
+        registry, tracer_provider=tracer_provider, meter_provider=meter_provider
+    )
+
+    def stop() -> None:
+        instrumentation.uninstrument()
+        tracer_provider.shutdown()
+        meter_provider.shutdown()
+
+    return stop
+
+
+def with_prometheus(registry: sk.SessionRegistry) -> Callable[[], None]:
+    return streamkit.prometheus.instrument(registry).uninstrument
+
+
+def plain(registry: sk.SessionRegistry) -> Callable[[], None]:
+    del registry
+    return lambda: None
+
+
+VARIANTS: dict[str, Callable[[sk.SessionRegistry], Callable[[], None]]] = {
+    "plain": plain,
+    "otel": with_otel,
+    "prometheus": with_prometheus,
+}
+
+
+async def tokens(n: int) -> AsyncIterator[str]:
+    for _ in range(n):
+        yield "tok "
+
+
+async def one_long_stream(setup: Callable[[sk.SessionRegistry], Callable[[], None]]) -> float:
+    async with sk.SessionRegistry(REGISTRY) as registry:
+        stop = setup(registry)
+        session = await registry.create()
+        sid = session.session_id
+        async with registry.subscribe(sid) as subscription:
+            started = time.perf_counter()
+            registry.start(sid, tokens(N), CONFIG)
+            async for event in subscription:
+                pass
+            elapsed = time.perf_counter() - started
+        stop()
+    assert event.event_type == "complete", event
+    return elapsed
+
+
+async def many_sessions(setup: Callable[[sk.SessionRegistry], Callable[[], None]]) -> float:
+    async with sk.SessionRegistry(REGISTRY) as registry:
+        stop = setup(registry)
+        started = time.perf_counter()
+        for _ in range(SESSIONS):
+            session = await registry.create()
+            sid = session.session_id
+            async with registry.subscribe(sid) as subscription:
+                registry.start(sid, tokens(10), CONFIG)
+                async for _ in subscription:
+                    pass
+            await registry.close(sid)
+        elapsed = time.perf_counter() - started
+        stop()
+    return elapsed
+
+
+def measure(
+    workload: Callable[[Callable[[sk.SessionRegistry], Callable[[], None]]], Any], backend: str
+) -> dict[str, float]:
+    """Median seconds of each variant, the variants alternating in every repetition."""
+    times: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    for _ in range(REPEAT):
+        for name, setup in VARIANTS.items():
+            gc.collect()
+
+            async def run(setup: Any = setup) -> float:
+                return float(await workload(setup))
+
+            times[name].append(anyio.run(run, backend=backend))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def main() -> None:
+    print(machine())
+    print(f"N={N} tokens (chunk_size=1), {SESSIONS} sessions of 10 tokens, {REPEAT} repetitions\n")
+    for backend in BACKENDS:
+        rows = []
+        long = measure(one_long_stream, backend)
+        short = measure(many_sessions, backend)
+        for name in VARIANTS:
+            rows.append(
+                [
+                    name,
+                    us(long[name]) / N,
+                    long[name] / long["plain"],
+                    us(long[name] - long["plain"]) / N,
+                    us(short[name]) / SESSIONS,
+                    short[name] / short["plain"],
+                    us(short[name] - short["plain"]) / SESSIONS,
+                ]
+            )
+        print(
+            table(
+                f"instrumentation cost, {backend}",
+                [
+                    "variant",
+                    "µs/token",
+                    "ratio",
+                    "+µs/token",
+                    "µs/session",
+                    "ratio",
+                    "+µs/session",
+                ],
+                rows,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
