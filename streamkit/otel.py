@@ -274,6 +274,8 @@ class _Recorder:
         span.set_status(Status(StatusCode.ERROR, description))
 
     def on_rejected(self, cause: str, status: int | None, kind: str) -> None:
+        if self.off:
+            return
         labels: dict[str, Any] = {"error.type": cause, "streamkit.request.kind": kind}
         if status is not None:
             labels["http.response.status_code"] = status

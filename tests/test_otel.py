@@ -380,7 +380,20 @@ async def test_uninstrument_stops_everything(telemetry: Telemetry) -> None:
         async for _ in registry.subscribe(later.session_id):
             pass
         await registry.cancel(live.session_id)
+
+        async def refuse(scope: Any, receive: Any, send: Any) -> None:
+            await send({"type": "http.response.start", "status": 401})
+            await send({"type": "http.response.body", "body": b""})
+
+        async def receive() -> Any:
+            return {"type": "http.request"}
+
+        async def ignore(message: Any) -> None:
+            pass
+
+        await instrumentation.wrap(refuse)({"type": "http", "headers": []}, receive, ignore)
     assert len(telemetry.finished("streamkit.session")) == 1
+    assert "streamkit.requests.rejected" not in telemetry.points()
     assert telemetry.finished("streamkit.stream") == []
     points = telemetry.points()
     assert "streamkit.sessions.ended" not in points
