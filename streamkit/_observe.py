@@ -43,6 +43,7 @@ __all__ = [
     "StreamEnd",
     "Watcher",
     "read_statistics",
+    "time_per_output_token",
 ]
 
 # The same shapes as streamkit.asgi's aliases (kept here so this module needs no ASGI code).
@@ -102,7 +103,7 @@ METRICS: Final = (
         name="gen_ai.server.time_per_output_token",
         kind="histogram",
         unit="s",
-        description="Mean time between consecutive token events of a stream (after the first).",
+        description="Time per token after the first, for streams that did not fail.",
         attributes=("streamkit.stream.outcome",),
     ),
     Metric(
@@ -396,6 +397,26 @@ def _session_end(state: SessionState, final: StreamEvent | None) -> SessionEnd:
             error_message=_text(meta.get("message")),
         )
     return SessionEnd(state=state.value, reason=_text(meta.get("reason")) or state.value)
+
+
+def time_per_output_token(end: StreamEnd) -> float | None:
+    """Seconds per token after the first, as the GenAI conventions define it.
+
+    ``(duration - time_to_first_token) / (tokens - 1)`` for a stream that did not fail
+    and received at least two tokens; ``None`` otherwise. Tokens are the source's pieces
+    of text (see docs/observability.md).
+    """
+    stats = end.stats
+    if stats is None or end.outcome == "error":
+        return None
+    tokens = stats.get("tokens")
+    ttft = stats.get("time_to_first_token")
+    duration = stats.get("duration")
+    if not isinstance(tokens, int) or tokens < 2:
+        return None
+    if not isinstance(ttft, (int, float)) or not isinstance(duration, (int, float)):
+        return None
+    return max(0.0, float(duration) - float(ttft)) / (tokens - 1)
 
 
 def read_statistics(registry: SessionRegistry) -> RegistryStatistics | None:

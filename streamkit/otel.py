@@ -55,6 +55,7 @@ from ._observe import (
     StreamEnd,
     Watcher,
     read_statistics,
+    time_per_output_token,
 )
 from ._registry import SessionRegistry
 from ._validate import check_bool, type_name
@@ -205,7 +206,7 @@ class _Recorder:
         stats = end.stats
         if stats is not None:
             ttft = _number(stats.get("time_to_first_token"))
-            tpot = _number(stats.get("mean_inter_token_latency"))
+            tpot = time_per_output_token(end)
             duration = _number(stats.get("duration"))
             if ttft is not None:
                 self._ttft.record(ttft, labels)

@@ -52,6 +52,7 @@ from ._observe import (
     StreamEnd,
     Watcher,
     read_statistics,
+    time_per_output_token,
 )
 from ._registry import SessionRegistry
 from ._validate import check_bool, type_name
@@ -244,7 +245,7 @@ class _Sink:
         stats = end.stats
         if stats is not None:
             ttft = _number(stats.get("time_to_first_token"))
-            tpot = _number(stats.get("mean_inter_token_latency"))
+            tpot = time_per_output_token(end)
             duration = _number(stats.get("duration"))
             tokens = _number(stats.get("tokens"))
             chunks = _number(stats.get("chunks"))

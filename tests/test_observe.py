@@ -19,6 +19,7 @@ from streamkit._observe import (
     StreamEnd,
     Watcher,
     read_statistics,
+    time_per_output_token,
 )
 
 pytestmark = pytest.mark.anyio
@@ -232,3 +233,14 @@ async def test_request_watcher_finds_the_cause_of_error_answers() -> None:
     assert await run_app([{"type": "websocket.close", "code": 1013}], "websocket") == [
         ("websocket_close_1013", None, "websocket")
     ]
+
+
+def test_time_per_output_token_follows_the_convention() -> None:
+    stats = {"tokens": 5, "time_to_first_token": 0.5, "duration": 1.5}
+    assert time_per_output_token(StreamEnd(outcome="completed", stats=stats)) == 0.25
+    assert time_per_output_token(StreamEnd(outcome="error", stats=stats)) is None
+    assert time_per_output_token(StreamEnd(outcome="cancelled")) is None
+    one = {**stats, "tokens": 1}
+    assert time_per_output_token(StreamEnd(outcome="completed", stats=one)) is None
+    no_first = {**stats, "time_to_first_token": None}
+    assert time_per_output_token(StreamEnd(outcome="completed", stats=no_first)) is None

@@ -167,6 +167,9 @@ async def test_session_life_gives_two_spans_and_exact_metrics(telemetry: Telemet
     assert points["gen_ai.server.time_to_first_token"][0].sum == pytest.approx(
         stats["time_to_first_token"]
     )
+    assert points["gen_ai.server.time_per_output_token"][0].sum == pytest.approx(
+        (stats["duration"] - stats["time_to_first_token"]) / 3
+    )
     assert value(points["streamkit.stream.tokens"], **done) == 4
     assert value(points["streamkit.stream.chunks"], **done) == 4
     assert value(points["streamkit.streams"], **done) == 1
