@@ -30,8 +30,8 @@ from ._events import EventType
 from ._session import SessionState
 
 if TYPE_CHECKING:
+    from . import RegistryStatistics, SessionRegistry
     from ._events import StreamEvent
-    from ._registry import RegistryStatistics, SessionRegistry
     from ._session import StreamSession
 
 __all__ = [

@@ -41,6 +41,7 @@ except ImportError as exc:  # pragma: no cover - the test environment has the ex
         "(pip install 'streamkit[prometheus]')"
     ) from exc
 
+from . import SessionRegistry  # the public name: it stays wherever the class moves
 from ._errors import PermissionDenied, ValidationError
 from ._observe import (
     DURATION_BUCKETS,
@@ -54,7 +55,6 @@ from ._observe import (
     read_statistics,
     time_per_output_token,
 )
-from ._registry import SessionRegistry
 from ._validate import check_bool, type_name
 
 if TYPE_CHECKING:
