@@ -21,7 +21,7 @@ Rules of this module:
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias
 
 import attrs
@@ -42,6 +42,7 @@ __all__ = [
     "Sink",
     "StreamEnd",
     "Watcher",
+    "app_figures",
     "read_statistics",
     "time_per_output_token",
 ]
@@ -417,6 +418,25 @@ def time_per_output_token(end: StreamEnd) -> float | None:
     if not isinstance(ttft, (int, float)) or not isinstance(duration, (int, float)):
         return None
     return max(0.0, float(duration) - float(ttft)) / (tokens - 1)
+
+
+def app_figures(apps: Iterable[Any]) -> tuple[dict[str, int], dict[str, int]]:
+    """Sum the StreamApps' counters: connections open now, and event streams by outcome.
+
+    Returns ``({"stream": n, "websocket": n}, {outcome: n})``; the outcomes are those of
+    ``StreamApp.statistics()["stream_outcomes"]`` (``ended``, ``disconnected``,
+    ``write_timeout`` for a client dropped because it stopped reading, ``shutdown``,
+    ``failed``).
+    """
+    open_now = {"stream": 0, "websocket": 0}
+    outcomes: dict[str, int] = {}
+    for app in apps:
+        counters = app.statistics()
+        open_now["stream"] += int(counters.get("streams_open", 0))
+        open_now["websocket"] += int(counters.get("websockets_open", 0))
+        for outcome, count in dict(counters.get("stream_outcomes", {})).items():
+            outcomes[str(outcome)] = outcomes.get(str(outcome), 0) + int(count)
+    return open_now, outcomes
 
 
 def read_statistics(registry: SessionRegistry) -> RegistryStatistics | None:

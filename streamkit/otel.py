@@ -55,6 +55,7 @@ from ._observe import (
     SessionEnd,
     StreamEnd,
     Watcher,
+    app_figures,
     read_statistics,
     time_per_output_token,
 )
@@ -158,6 +159,14 @@ class _Recorder:
                     callbacks=[self._observe_apps],
                     unit="{connection}",
                     description="Event streams (SSE, NDJSON) and WebSockets open now.",
+                )
+            )
+            self._observed.append(
+                meter.create_observable_counter(
+                    "streamkit.http.streams.ended",
+                    callbacks=[self._observe_outcomes],
+                    unit="{connection}",
+                    description="Event streams (SSE, NDJSON) that ended, by outcome.",
                 )
             )
         self.off = False
@@ -315,14 +324,20 @@ class _Recorder:
         del options
         if self.off:
             return []
-        streams = websockets = 0
-        for app in self._stream_apps:
-            counters = app.statistics()
-            streams += int(counters.get("streams_open", 0))
-            websockets += int(counters.get("websockets_open", 0))
+        open_now, _ = app_figures(self._stream_apps)
         return [
-            Observation(streams, {"streamkit.connection.kind": "stream"}),
-            Observation(websockets, {"streamkit.connection.kind": "websocket"}),
+            Observation(count, {"streamkit.connection.kind": kind})
+            for kind, count in open_now.items()
+        ]
+
+    def _observe_outcomes(self, options: CallbackOptions) -> Iterable[Observation]:
+        del options
+        if self.off:
+            return []
+        _, outcomes = app_figures(self._stream_apps)
+        return [
+            Observation(count, {"streamkit.connection.outcome": outcome})
+            for outcome, count in outcomes.items()
         ]
 
 

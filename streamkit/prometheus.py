@@ -52,6 +52,7 @@ from ._observe import (
     SessionEnd,
     StreamEnd,
     Watcher,
+    app_figures,
     read_statistics,
     time_per_output_token,
 )
@@ -123,14 +124,18 @@ class _Statistics(Collector):
                 "Event streams (SSE, NDJSON) and WebSockets open now.",
                 labels=["streamkit_connection_kind"],
             )
-            streams = websockets = 0
-            for app in metrics.stream_apps:
-                counters = app.statistics()
-                streams += int(counters.get("streams_open", 0))
-                websockets += int(counters.get("websockets_open", 0))
-            open_streams.add_metric(["stream"], streams)
-            open_streams.add_metric(["websocket"], websockets)
+            open_now, outcomes = app_figures(metrics.stream_apps)
+            for kind, count in open_now.items():
+                open_streams.add_metric([kind], count)
             yield open_streams
+            ended = CounterMetricFamily(
+                "streamkit_http_streams_ended",
+                "Event streams (SSE, NDJSON) that ended, by outcome.",
+                labels=["streamkit_connection_outcome"],
+            )
+            for outcome, count in outcomes.items():
+                ended.add_metric([outcome], count)
+            yield ended
 
 
 class PrometheusMetrics:

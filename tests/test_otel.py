@@ -583,6 +583,8 @@ async def test_under_uvicorn_trace_joins_and_rejections_count(
     assert (
         value(points["streamkit.http.open_streams"], **{"streamkit.connection.kind": "stream"}) == 0
     )
+    ended = points["streamkit.http.streams.ended"]
+    assert value(ended, **{"streamkit.connection.outcome": "ended"}) == 2
     recorded = telemetry.everything_recorded()
     assert SECRET not in recorded
     assert good not in recorded
