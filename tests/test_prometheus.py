@@ -175,8 +175,11 @@ async def test_metrics_endpoint_shows_a_whole_session_life(served: ServerThread)
     assert found[("streamkit_log_retained_bytes", ())] > 0
     assert found[("streamkit_events_appended_total", ())] == len(events) + 3
     assert found[("streamkit_http_open_streams", (("streamkit_connection_kind", "stream"),))] == 0
-    ended = ("streamkit_http_streams_ended_total", (("streamkit_connection_outcome", "ended"),))
-    assert found[ended] == 2
+    streams_ended = (
+        "streamkit_http_streams_ended_total",
+        (("streamkit_connection_outcome", "ended"),),
+    )
+    assert found[streams_ended] == 2
     rejected = "streamkit_requests_rejected_total"
     http_kind = ("streamkit_request_kind", "http")
     assert (
