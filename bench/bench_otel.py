@@ -16,6 +16,11 @@ the ratios to the plain run are what to compare across runs.
   event here, and one span pair and a few metric records per stream.
 * **per session**: M sessions of 10 tokens each, created, run and read one after the
   other; the difference per session is what the spans and per-stream metrics cost.
+* **the token hook alone**: the ``event`` hook the instrumentation registers, called
+  with a ``token`` event C times, against an empty function called as often (what the
+  registry's own dispatch of a hook costs is not in it: it is the same for any hook).
+  On a loaded machine the two long workloads above cannot resolve a cost this small;
+  this one can.
 """
 
 from __future__ import annotations
@@ -43,9 +48,10 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
 
 QUICK = os.environ.get("STREAMKIT_BENCH_QUICK") == "1"
-N = 10_000 if QUICK else 100_000
-SESSIONS = 200 if QUICK else 1_000
-REPEAT = repetitions(5)
+N = 5_000 if QUICK else 20_000
+SESSIONS = 200 if QUICK else 500
+CALLS = 100_000 if QUICK else 1_000_000
+REPEAT = repetitions(7)
 BACKENDS = ("asyncio", "trio")
 CONFIG = sk.StreamConfig(chunk_size=1, stream_delay=0)
 # The reader may fall the whole stream behind: the producer is never held or refused,
@@ -139,6 +145,42 @@ async def many_sessions(setup: Callable[[sk.SessionRegistry], Callable[[], None]
     return elapsed
 
 
+class HookCatcher:
+    """Stands in for a registry: keeps the hooks a Watcher registers."""
+
+    def __init__(self) -> None:
+        self.hooks: dict[str, Callable[..., object]] = {}
+
+    def on(self, name: str, callback: Callable[..., object]) -> Callable[[], None]:
+        self.hooks[name] = callback
+        return lambda: None
+
+
+def token_hook_cost() -> dict[str, float]:
+    """Median seconds per call of the instrumentation's event hook, and of a no-op."""
+    from streamkit._observe import Watcher
+
+    catcher = HookCatcher()
+    sink: Any = object()  # a token event never reaches the sink
+    Watcher(catcher, sink)  # type: ignore[arg-type]
+    hook = catcher.hooks["event"]
+    event = sk.StreamEvent(event_type="token", content="tok ", session_id="s" * 22)
+
+    def noop(event: object) -> None:
+        del event
+
+    medians: dict[str, float] = {}
+    for name, fn in (("empty function", noop), ("instrumentation's event hook", hook)):
+        times = []
+        for _ in range(REPEAT):
+            started = time.perf_counter()
+            for _ in range(CALLS):
+                fn(event)
+            times.append((time.perf_counter() - started) / CALLS)
+        medians[name] = statistics.median(times)
+    return medians
+
+
 def measure(
     workload: Callable[[Callable[[sk.SessionRegistry], Callable[[], None]]], Any], backend: str
 ) -> dict[str, float]:
@@ -158,6 +200,12 @@ def measure(
 def main() -> None:
     print(machine())
     print(f"N={N} tokens (chunk_size=1), {SESSIONS} sessions of 10 tokens, {REPEAT} repetitions\n")
+    hook = token_hook_cost()
+    rows = [[name, us(seconds) * 1000] for name, seconds in hook.items()]
+    rows.append(
+        ["difference", us(hook["instrumentation's event hook"] - hook["empty function"]) * 1000]
+    )
+    print(table(f"the token hook alone ({CALLS} calls)", ["call", "ns/call"], rows))
     for backend in BACKENDS:
         long = measure(one_long_stream, backend)
         short = measure(many_sessions, backend)
