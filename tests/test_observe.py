@@ -7,6 +7,8 @@ with the messages an ASGI app sends.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -244,3 +246,19 @@ def test_time_per_output_token_follows_the_convention() -> None:
     assert time_per_output_token(StreamEnd(outcome="completed", stats=one)) is None
     no_first = {**stats, "time_to_first_token": None}
     assert time_per_output_token(StreamEnd(outcome="completed", stats=no_first)) is None
+
+
+@pytest.mark.parametrize(
+    ("module", "dependency", "extra"),
+    [
+        ("streamkit.otel", "opentelemetry", "otel"),
+        ("streamkit.prometheus", "prometheus_client", "prometheus"),
+    ],
+)
+def test_missing_extra_names_what_to_install(module: str, dependency: str, extra: str) -> None:
+    code = f"import sys; sys.modules[{dependency!r}] = None; import {module}"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode != 0
+    assert f"install 'streamkit[{extra}]'" in result.stderr
