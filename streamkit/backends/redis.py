@@ -43,8 +43,15 @@ import sniffio
 try:
     import redis.asyncio as aredis
     from redis.asyncio.cluster import RedisCluster
+    from redis.exceptions import (
+        ClusterDownError,
+        NoScriptError,
+        RedisClusterException,
+        RedisError,
+        ResponseError,
+        TryAgainError,
+    )
     from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import NoScriptError, RedisError, ResponseError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
@@ -183,9 +190,21 @@ _LOGS_PER_CALL: Final = 256
 # Append rounds a backend has in flight at once (each log in at most one).
 _ROUNDS_IN_FLIGHT: Final = 4
 _IDLE_RECHECK: Final = 1.0
+# The cluster follower's pause between rounds that found nothing: from, up to (s).
+_CLUSTER_FIRST_IDLE: Final = 0.002
+_CLUSTER_IDLE: Final = 0.05
 _FIRST_DELAY: Final = 0.02
 _MAX_DELAY: Final = 1.0
-_RETRYABLE: Final = (RedisConnectionError, RedisTimeoutError, OSError)
+# Lost connections, a server still loading its data, and a cluster between a master's
+# failure and its replica's promotion.
+_RETRYABLE: Final = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    ClusterDownError,
+    TryAgainError,
+    RedisClusterException,
+)
 
 
 @contextlib.contextmanager
@@ -305,7 +324,7 @@ class _Follower:
     show that another worker wrote in between.
     """
 
-    def __init__(self, client: aredis.Redis, wake_key: str, retry_for: float) -> None:
+    def __init__(self, client: Any, wake_key: str, retry_for: float) -> None:
         self._client = client
         self._wake_key = wake_key
         self._wake_id = "0-0"
@@ -454,11 +473,8 @@ class _Follower:
                 with anyio.move_on_after(max(recheck, 0.001)):
                     await self._need.wait()
                 continue
-            streams[self._wake_key] = self._wake_id
-            block = max(1, min(_BLOCK_MS, int(recheck * 1000) + 1))
             try:
-                reply = await self._client.xread(streams, count=_BATCH, block=block)
-                self._deliver(reply)
+                await self._read(streams, recheck)
             except Exception:  # Redis down, or garbage in a stream: cursors check themselves
                 for watch in self._watches.values():
                     watch.active = False
@@ -467,6 +483,12 @@ class _Follower:
                 delay = min(delay * 2, _MAX_DELAY)
             else:
                 delay = _FIRST_DELAY
+
+    async def _read(self, streams: dict[Any, Any], recheck: float) -> None:
+        """Read ``streams`` (key -> last id) once, blocking while nothing comes."""
+        streams[self._wake_key] = self._wake_id
+        block = max(1, min(_BLOCK_MS, int(recheck * 1000) + 1))
+        self._deliver(await self._client.xread(streams, count=_BATCH, block=block))
 
     def _deliver(self, reply: Any) -> None:
         pairs = reply.items() if isinstance(reply, dict) else (reply or ())
@@ -489,6 +511,42 @@ class _Follower:
             watch.last = fresh[-1][0]
             watch.changed.set()
             watch.changed = anyio.Event()
+
+
+class _ClusterFollower(_Follower):
+    """The follower on Redis Cluster, where one command cannot read streams of two slots.
+
+    Each round sends one ``XRANGE`` per followed stream in one cluster pipeline (one
+    round trip per node, in parallel), then, when nothing came, waits before the next
+    round: 2 ms, doubling to ``_CLUSTER_IDLE`` while the streams stay quiet. A new
+    cursor starts a round at once. Streams this worker appends to are fed by its own
+    appends and left out, as on a single node.
+    """
+
+    def __init__(self, client: Any, retry_for: float) -> None:
+        super().__init__(client, "", retry_for)
+        self._idle = _CLUSTER_FIRST_IDLE
+
+    async def _poke(self) -> None:
+        self._need.set()
+
+    async def _read(self, streams: dict[Any, Any], recheck: float) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        keys = list(streams)
+        for key in keys:
+            pipe.xrange(key, f"({streams[key]}", "+", count=_BATCH)
+        replies = await pipe.execute()
+        pairs = [(key, entries) for key, entries in zip(keys, replies, strict=True) if entries]
+        self._deliver(pairs)
+        need = self._need
+        if pairs:
+            self._idle = _CLUSTER_FIRST_IDLE
+        elif not need.is_set():
+            with anyio.move_on_after(min(self._idle, max(recheck, 0.001))):
+                await need.wait()
+            self._idle = min(self._idle * 2, _CLUSTER_IDLE)
+        if need.is_set():
+            self._need = anyio.Event()
 
 
 class _Batch:
@@ -541,7 +599,7 @@ class _Appender:
     is handed to readers (and its ``append`` returns) only once Redis has stored it.
     """
 
-    def __init__(self, client: aredis.Redis, retry_for: float, follower: _Follower | None) -> None:
+    def __init__(self, client: Any, retry_for: float, follower: _Follower | None) -> None:
         self._client = client
         self._retry_for = retry_for
         self._follower = follower
@@ -890,7 +948,7 @@ class RedisEventLog(EventLog):
 
     def __init__(
         self,
-        client: aredis.Redis,
+        client: aredis.Redis | RedisCluster,
         session_id: str,
         *,
         prefix: str = "streamkit",
@@ -909,7 +967,7 @@ class RedisEventLog(EventLog):
         self._retry_for = float(check_number("retry_for", retry_for, minimum=0))
         check_choice("slow_consumer_policy", slow_consumer_policy, ("disconnect", "block"))
         self._policy: SlowConsumerPolicy = slow_consumer_policy
-        self._client = client
+        self._client: Any = client
         self._append_script = client.register_script(_APPEND)
         self._stream = f"{prefix}:{{{self._session_id}}}:log"
         self._meta = f"{prefix}:{{{self._session_id}}}:meta"
@@ -1347,9 +1405,13 @@ class RedisSessionStore(SessionStore):
     __slots__ = ("_client", "_lease_ms", "_owner", "_prefix", "_retry_for", "_sessions")
 
     def __init__(
-        self, client: aredis.Redis, *, prefix: str = "streamkit", retry_for: float = 10.0
+        self,
+        client: aredis.Redis | RedisCluster,
+        *,
+        prefix: str = "streamkit",
+        retry_for: float = 10.0,
     ) -> None:
-        self._client = client
+        self._client: Any = client
         self._prefix = prefix
         self._sessions = f"{{{prefix}}}:sessions"
         self._retry_for = float(check_number("retry_for", retry_for, minimum=0))
@@ -1619,14 +1681,18 @@ class RedisBackend(Backend):
     (only if this backend made it).
 
     Args:
-        url: The Redis URL.
+        url: The Redis URL (with ``cluster=True``, of any node of the cluster).
         prefix: The key prefix; processes sharing sessions use the same one.
-        client: A ``redis.asyncio.Redis`` client to use instead of one made from ``url``.
+        client: A ``redis.asyncio.Redis`` or ``redis.asyncio.RedisCluster`` client to
+            use instead of one made from ``url``.
         lease_ttl: Seconds a worker's lease on its sessions lasts without renewal: the
             bound on how long a dead worker's sessions stay live.
         retry_for: Seconds a lost connection is retried before :class:`BackendError`.
         max_connections: Connections the pool made from ``url`` opens at most; callers
-            beyond it wait for a free one (however many subscribers there are).
+            beyond it wait for a free one (however many subscribers there are). On a
+            cluster, per node.
+        cluster: Whether ``url`` is a node of a Redis Cluster: the backend then makes a
+            ``RedisCluster`` client, which finds the other nodes itself.
 
     Raises:
         ValidationError: a bad argument.
@@ -1650,10 +1716,11 @@ class RedisBackend(Backend):
         url: str = "redis://127.0.0.1:6379/0",
         *,
         prefix: str = "streamkit",
-        client: aredis.Redis | None = None,
+        client: aredis.Redis | RedisCluster | None = None,
         lease_ttl: float = 10.0,
         retry_for: float = 10.0,
         max_connections: int = 32,
+        cluster: bool = False,
     ) -> None:
         if not isinstance(prefix, str) or not prefix or "{" in prefix or "}" in prefix:
             raise ValidationError(
@@ -1666,16 +1733,19 @@ class RedisBackend(Backend):
             if not isinstance(url, str):
                 raise ValidationError(f"url must be a str, got {type_name(url)}", field="url")
             try:
-                pool = aredis.BlockingConnectionPool.from_url(
-                    url, max_connections=max_connections, timeout=None
-                )
-                client = aredis.Redis.from_pool(pool)
-            except ValueError as exc:
+                if cluster:
+                    client = RedisCluster.from_url(url, max_connections=max_connections)
+                else:
+                    pool = aredis.BlockingConnectionPool.from_url(
+                        url, max_connections=max_connections, timeout=None
+                    )
+                    client = aredis.Redis.from_pool(pool)
+            except (ValueError, RedisError) as exc:
                 raise ValidationError(f"bad Redis URL: {exc}", field="url") from exc
             self._owned = True
         else:
             self._owned = False
-        self._client = client
+        self._client: Any = client
         self._prefix = prefix
         self._token = secrets.token_hex(12)
         self._store = RedisSessionStore(client, prefix=prefix, retry_for=self._retry_for)
@@ -1713,11 +1783,13 @@ class RedisBackend(Backend):
             tg = anyio.create_task_group()
             await tg.__aenter__()
             self._tg = tg
-            if not _is_cluster(self._client):
-                # One XREAD over many streams needs them on one node: not on a Cluster.
+            if _is_cluster(self._client):
+                # One XREAD over many streams needs them in one slot: not on a Cluster.
+                self._follower = _ClusterFollower(self._client, self._retry_for)
+            else:
                 wake = f"{self._prefix}:wake:{self._token}"
                 self._follower = _Follower(self._client, wake, self._retry_for)
-                tg.start_soon(self._follower.run, name="streamkit redis follower")
+            tg.start_soon(self._follower.run, name="streamkit redis follower")
             self._appender = _Appender(self._client, self._retry_for, self._follower)
             tg.start_soon(self._appender.run, name="streamkit redis appender")
         return self
