@@ -132,38 +132,38 @@ SESSIONS = 100
 
 
 async def _many(a: RedisBackend, b: RedisBackend, config: sk.RegistryConfig) -> float:
-    """Seconds per delivery: SESSIONS producers on ``a``, one follower each on ``b``."""
+    """Seconds per delivery: SESSIONS producers on ``a``, one follower each on ``b``.
+
+    The logs are made and the followers subscribed before the clock starts.
+    """
     per = EVENTS // SESSIONS
-    ready = anyio.Event()
-    waiting = SESSIONS
+    pairs = [
+        (await a.make_log(f"many{i}", config), await b.make_log(f"many{i}", config))
+        for i in range(SESSIONS)
+    ]
+    go = anyio.Event()
+    ready = [anyio.Event() for _ in range(SESSIONS)]
 
-    async def session(i: int) -> None:
-        nonlocal waiting
-        producer = await a.make_log(f"many{i}", config)
-        reader = await b.make_log(f"many{i}", config)
-        async with anyio.create_task_group() as tg:
-            started = anyio.Event()
+    async def follow(reader: EventLog, i: int) -> None:
+        async with reader.read(0) as cursor:
+            ready[i].set()
+            async for _ in cursor:
+                pass
 
-            async def follow() -> None:
-                async with reader.read(0) as cursor:
-                    started.set()
-                    async for _ in cursor:
-                        pass
+    async def produce(producer: EventLog) -> None:
+        await go.wait()
+        for k in range(per):
+            await producer.append(_token(k))
+        await producer.append(sk.StreamEvent(event_type=sk.EventType.COMPLETE))
 
-            tg.start_soon(follow)
-            await started.wait()
-            waiting -= 1
-            if not waiting:
-                ready.set()
-            await ready.wait()
-            for k in range(per):
-                await producer.append(_token(k))
-            await producer.append(sk.StreamEvent(event_type=sk.EventType.COMPLETE))
-
-    start = time.perf_counter()
     async with anyio.create_task_group() as tg:
-        for i in range(SESSIONS):
-            tg.start_soon(session, i)
+        for i, (producer, reader) in enumerate(pairs):
+            tg.start_soon(follow, reader, i)
+            tg.start_soon(produce, producer)
+        for event in ready:
+            await event.wait()
+        start = time.perf_counter()
+        go.set()
     return (time.perf_counter() - start) / ((per + 1) * SESSIONS)
 
 

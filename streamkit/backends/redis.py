@@ -34,6 +34,7 @@ import hashlib
 import logging
 import secrets
 from collections import deque
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
 
 import anyio
@@ -68,7 +69,7 @@ from .._errors import (
     SubscriberLagged,
     ValidationError,
 )
-from .._events import StreamEvent, make_event, with_seq
+from .._events import EventType, StreamEvent, make_event, with_seq
 from .._session import SessionState, StreamSession
 from .._validate import check_choice, check_id, check_int, check_number, type_name
 from ..abc import Backend, EventCursor, EventLog, LogStatistics, SessionStore
@@ -734,6 +735,19 @@ class _Appender:
                     if batch.detached:
                         log._failure = exc
                     stale = True
+                    if not isinstance(reply, BaseException) and not log._closed:
+                        # Redis lost events readers may have had: end the log with an
+                        # error event after the newest seq this writer saw, so that no
+                        # reader waits for ever and a resume from before sees the gap.
+                        log._closed = True
+                        final = make_event(
+                            EventType.ERROR,
+                            "",
+                            MappingProxyType(
+                                {"error_type": "BackendError", "message": str(exc)[:1000]}
+                            ),
+                        )
+                        self.submit(log, final, final.to_json())[0].detached += 1
                 batch.done.set()
             follower = self._follower
             if follower is not None and (stale or follower.stale):
@@ -838,6 +852,14 @@ class _RedisCursor(EventCursor):
                 key = _key_of(first[0][0])
                 oldest = last + 1 if key & 1 else key >> 1
             log._observe(last, oldest, closed)
+            if last < self._pos and self._started:
+                self._finish()
+                raise BackendError(
+                    f"Redis lost this session's events after seq {last}; this reader had "
+                    f"seq {self._pos} (restarted without its data, or failed over to a "
+                    "replica that missed them)",
+                    session_id=sid,
+                )
             if not self._started:
                 self._started = True
                 log._readers += 1
