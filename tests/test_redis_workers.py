@@ -18,8 +18,8 @@ from typing import Any
 import anyio
 import pytest
 import redis.asyncio as aredis
-from redis.asyncio.cluster import RedisCluster
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from redis.asyncio.cluster import RedisCluster
 
 import streamkit as sk
 from streamkit.backends.redis import RedisBackend

@@ -238,7 +238,7 @@ async def _call(
                     session_id=session_id,
                 ) from exc
         except RedisError as exc:
-            raise BackendError(f"redis failed: {exc}", session_id=session_id) from exc
+            raise _append_error(exc, session_id) from exc
         await anyio.sleep(delay)
         delay = min(delay * 2, _MAX_DELAY)
 
@@ -586,7 +586,15 @@ def _lost_error(reason: str, session_id: str) -> BackendError:
     )
 
 
-def _append_error(exc: BaseException, session_id: str) -> BackendError:
+def _append_error(exc: BaseException, session_id: str | None) -> BackendError:
+    """The error for a failed Redis command, saying what a full Redis means."""
+    text = str(exc)
+    if isinstance(exc, ResponseError) and (text.startswith("OOM") or "'maxmemory'" in text):
+        return BackendError(
+            "Redis is full (used memory is over maxmemory and the policy evicts "
+            f"nothing): nothing was written; reads still work ({exc})",
+            session_id=session_id,
+        )
     return BackendError(f"redis failed: {exc}", session_id=session_id)
 
 
