@@ -58,7 +58,8 @@ def _observer(url: str) -> Any:
     return aredis.Redis.from_url(url)
 
 
-def _worker(url: str, prefix: str, lease_ttl: float = 0.5, **config: Any) -> sk.SessionRegistry:
+def _worker(url: str, prefix: str, lease_ttl: float = 2.0, **config: Any) -> sk.SessionRegistry:
+    # Leases long enough that a loaded machine (shared CI runners) does not lose them.
     settings: dict[str, Any] = {"heartbeat_interval": None, "cleanup_interval": 0.1, **config}
     backend = _backend(url, prefix, lease_ttl=lease_ttl, retry_for=10.0)
     return sk.SessionRegistry(sk.RegistryConfig(**settings), backend=backend)
@@ -66,7 +67,7 @@ def _worker(url: str, prefix: str, lease_ttl: float = 0.5, **config: Any) -> sk.
 
 @contextlib.asynccontextmanager
 async def _two(
-    url: str, lease_ttl: float = 0.5, **config: Any
+    url: str, lease_ttl: float = 2.0, **config: Any
 ) -> AsyncIterator[tuple[sk.SessionRegistry, sk.SessionRegistry]]:
     prefix = f"w{next(_prefixes)}"
     async with (
