@@ -377,3 +377,17 @@ async def test_append_nowait_queues_events_that_readers_get_in_order(
             await first.flush()
     with pytest.raises(sk.BackendError, match="entered RedisBackend"):
         RedisEventLog(client, _sid()).append_nowait(_token("x"))
+
+
+async def test_a_hole_in_the_stream_is_reported_not_skipped(client: aredis.Redis) -> None:
+    log = RedisEventLog(client, _sid())
+    for i in range(4):
+        await log.append(_token(str(i)))
+    await log.aclose()
+    # As if Redis had lost entry 2 (a failover to a replica that missed it).
+    assert await client.xdel(log._stream, "2-0") == 1
+    async with log.read(0) as cursor:
+        assert (await cursor.__anext__()).seq == 1
+        with pytest.raises(sk.HistoryGap) as gap:
+            await cursor.__anext__()
+    assert gap.value.oldest_seq == 3
