@@ -619,13 +619,15 @@ class _Appender:
         self.rounds = 0
         self._in_flight = 0
 
-    def submit(self, log: RedisEventLog, event: StreamEvent, text: str) -> tuple[_Batch, int]:
+    def submit(
+        self, log: RedisEventLog, event: StreamEvent, text: str, *, kick: bool = True
+    ) -> tuple[_Batch, int]:
         """Queue ``event`` (its stored JSON ``text``) for ``log``'s next batch."""
         batch = self._queue.get(log)
         if batch is None:
             batch = self._queue[log] = _Batch()
             log._pending = batch
-            if not log._sending:
+            if kick and not log._sending:
                 self._kick.set()
         batch.events.append(event)
         batch.texts.append(text)
@@ -654,6 +656,17 @@ class _Appender:
             self._fail(list(self._queue.items()), BackendError("the Redis backend closed"))
             self._queue = {}
 
+    def idle(self, log: RedisEventLog) -> bool:
+        """Whether nothing is queued or in flight, so ``log``'s append may go at once."""
+        return not self._in_flight and not self._queue and not log._sending
+
+    async def lead(self, log: RedisEventLog) -> None:
+        """Send ``log``'s batch in the calling task (nothing else was waiting)."""
+        batch = self._queue.pop(log)
+        log._sending = True
+        self._in_flight += 1
+        await self._round([(log, batch)])
+
     async def _round(self, batches: list[tuple[RedisEventLog, _Batch]]) -> None:
         try:
             await self._flush(batches)
@@ -661,7 +674,8 @@ class _Appender:
             self._in_flight -= 1
             for log, _ in batches:
                 log._sending = False
-            self._kick.set()
+            if self._queue:
+                self._kick.set()
 
     @staticmethod
     def _fail(batches: Sequence[tuple[RedisEventLog, _Batch]], error: BaseException) -> None:
@@ -684,7 +698,7 @@ class _Appender:
         async def send() -> None:
             nonlocal todo
             groups = [todo[j : j + per_call] for j in range(0, len(todo), per_call)]
-            pipe = self._client.pipeline(transaction=False)
+            calls: list[list[Any]] = []
             for group in groups:
                 keys: list[str] = []
                 args: list[Any] = []
@@ -700,8 +714,18 @@ class _Appender:
                         log._last,
                         *batch.texts,
                     )
-                pipe.evalsha(self._sha, len(keys), *keys, *args)
-            results = await pipe.execute(raise_on_error=False)
+                calls.append([self._sha, len(keys), *keys, *args])
+            results: list[Any]
+            if len(calls) == 1:  # one command: no pipeline object to build
+                try:
+                    results = [await self._client.evalsha(*calls[0])]
+                except ResponseError as exc:
+                    results = [exc]
+            else:
+                pipe = self._client.pipeline(transaction=False)
+                for call in calls:
+                    pipe.evalsha(*call)
+                results = await pipe.execute(raise_on_error=False)
             missing = False
             retry: list[int] = []
             failure: BaseException | None = None
@@ -1141,8 +1165,14 @@ class RedisEventLog(EventLog):
         text = self._prepare(event)
         appender = self._batched()
         if appender is not None:
-            batch, index = appender.submit(self, event, text)
-            await batch.done.wait()
+            # Alone: send at once from this task. Otherwise queue behind the rounds in
+            # flight; the appender's task sends what queued meanwhile, together.
+            lead = appender.idle(self)
+            batch, index = appender.submit(self, event, text, kick=not lead)
+            if lead:
+                await appender.lead(self)
+            else:
+                await batch.done.wait()
             return batch.result(index, self._session_id)
         # No backend task: one script call per append, one in flight per writer so
         # that a retry is recognised. Not an anyio.Lock: that costs two checkpoints per
