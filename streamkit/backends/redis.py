@@ -956,7 +956,7 @@ class RedisEventLog(EventLog):
     except when events they have not read leave the retention window.
 
     Args:
-        client: A ``redis.asyncio.Redis`` client.
+        client: A ``redis.asyncio.Redis`` or ``RedisCluster`` client.
         session_id: The session the log belongs to.
         prefix: The key prefix.
         history_max_events: Events kept in the stream (exact trimming).
@@ -1457,7 +1457,7 @@ class RedisSessionStore(SessionStore):
     drops the lease when the session ends.
 
     Args:
-        client: A ``redis.asyncio.Redis`` client.
+        client: A ``redis.asyncio.Redis`` or ``RedisCluster`` client.
         prefix: The key prefix.
         retry_for: Seconds a lost connection is retried before :class:`BackendError`.
     """
