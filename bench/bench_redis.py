@@ -13,7 +13,18 @@ run). Needs a ``redis-server`` binary; the benchmark starts its own on a free po
   appends through one ``RedisBackend`` (worker A), the followers read through another
   (worker B, one shared ``XREAD`` follower task, each batch decoded once);
 * the same fan-out on the **memory backend** (``InMemoryEventLog``) in the same run,
-  and the ratio Redis / memory.
+  and the ratio Redis / memory;
+* **many sessions across workers**: 100 sessions, each with one producer on worker A
+  awaiting every append (as a registry's producer does) and one follower on worker B;
+  the time until every follower has its final event, per delivery. The appends of all
+  sessions travel together (group commit), which one sequential producer cannot show;
+* **append_nowait across workers** (only where the log has it): one producer queues
+  its events without waiting for each, one follower on worker B.
+
+To compare with the code before a change, run it twice in a row, once with the old
+tree first on ``PYTHONPATH`` (``cd /tmp && PYTHONPATH=/path/to/old python
+/path/to/bench/bench_redis.py``); the machine's load changes between runs, so
+repeat both.
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ import time
 from typing import TYPE_CHECKING
 
 import anyio
+import anyio.lowlevel
 import redis.asyncio as aredis
 from _harness import machine, save, table, us
 
@@ -103,11 +115,65 @@ async def _run(url: str) -> dict[str, float]:
             )
         memory = sk.InMemoryEventLog(f"m{followers}", history_max_events=EVENTS + 10)
         results[f"fan-out x{followers}, memory backend"] = await _fan_out(memory, memory, followers)
+    async with RedisBackend(url, prefix="m") as worker_a, RedisBackend(url, prefix="m") as b:
+        results[f"{SESSIONS} sessions x1 follower, across workers"] = await _many(
+            worker_a, b, config
+        )
+        producer = await worker_a.make_log("nowait", config)
+        if hasattr(producer, "append_nowait"):
+            reader = await b.make_log("nowait", config)
+            results["fan-out x1, across workers, append_nowait"] = await _fan_out(
+                producer, reader, 1, nowait=True
+            )
     return results
 
 
-async def _fan_out(producer: EventLog, reader: EventLog, followers: int) -> float:
-    """Seconds per delivery: ``followers`` cursors on ``reader``, appends on ``producer``."""
+SESSIONS = 100
+
+
+async def _many(a: RedisBackend, b: RedisBackend, config: sk.RegistryConfig) -> float:
+    """Seconds per delivery: SESSIONS producers on ``a``, one follower each on ``b``.
+
+    The logs are made and the followers subscribed before the clock starts.
+    """
+    per = EVENTS // SESSIONS
+    pairs = [
+        (await a.make_log(f"many{i}", config), await b.make_log(f"many{i}", config))
+        for i in range(SESSIONS)
+    ]
+    go = anyio.Event()
+    ready = [anyio.Event() for _ in range(SESSIONS)]
+
+    async def follow(reader: EventLog, i: int) -> None:
+        async with reader.read(0) as cursor:
+            ready[i].set()
+            async for _ in cursor:
+                pass
+
+    async def produce(producer: EventLog) -> None:
+        await go.wait()
+        for k in range(per):
+            await producer.append(_token(k))
+        await producer.append(sk.StreamEvent(event_type=sk.EventType.COMPLETE))
+
+    async with anyio.create_task_group() as tg:
+        for i, (producer, reader) in enumerate(pairs):
+            tg.start_soon(follow, reader, i)
+            tg.start_soon(produce, producer)
+        for event in ready:
+            await event.wait()
+        start = time.perf_counter()
+        go.set()
+    return (time.perf_counter() - start) / ((per + 1) * SESSIONS)
+
+
+async def _fan_out(
+    producer: EventLog, reader: EventLog, followers: int, *, nowait: bool = False
+) -> float:
+    """Seconds per delivery: ``followers`` cursors on ``reader``, appends on ``producer``.
+
+    With ``nowait``, the producer queues its events with ``append_nowait``.
+    """
     ready = [anyio.Event() for _ in range(followers)]
 
     async def follow(i: int) -> None:
@@ -122,8 +188,16 @@ async def _fan_out(producer: EventLog, reader: EventLog, followers: int) -> floa
             tg.start_soon(follow, i)
         for event in ready:
             await event.wait()
-        for i in range(EVENTS):
-            await producer.append(_token(i))
+        if nowait:
+            queue = getattr(producer, "append_nowait", None)
+            assert queue is not None
+            for i in range(EVENTS):
+                queue(_token(i))
+                if i % 64 == 63:
+                    await anyio.lowlevel.checkpoint()
+        else:
+            for i in range(EVENTS):
+                await producer.append(_token(i))
         await producer.append(sk.StreamEvent(event_type=sk.EventType.COMPLETE))
     return (time.perf_counter() - start) / ((EVENTS + 1) * followers)
 

@@ -26,7 +26,10 @@ async def _tokens() -> AsyncIterator[str]:
 
 async def main(url: str, prefix: str) -> None:
     """Run one producing session until killed."""
-    backend = RedisBackend(url, prefix=prefix, lease_ttl=0.5)
+    cluster = url.startswith("cluster+")  # a node of a Redis Cluster (see redis_server.py)
+    backend = RedisBackend(
+        url.removeprefix("cluster+"), prefix=prefix, lease_ttl=0.5, cluster=cluster
+    )
     config = sk.RegistryConfig(heartbeat_interval=None)
     async with sk.SessionRegistry(config, backend=backend) as registry:
         session = await registry.create()

@@ -343,3 +343,51 @@ async def test_history_max_bytes_trims_the_stream(client: aredis.Redis) -> None:
     with pytest.raises(sk.HistoryGap):
         async with log.read(0) as cursor:
             await cursor.__anext__()
+
+
+async def test_append_nowait_queues_events_that_readers_get_in_order(
+    redis_url: str, client: aredis.Redis
+) -> None:
+    config = sk.RegistryConfig()
+    async with RedisBackend(redis_url, prefix="nw") as a, RedisBackend(redis_url, prefix="nw") as b:
+        sid = _sid()
+        writer = await a.make_log(sid, config)
+        reader = await b.make_log(sid, config)
+        for i in range(50):
+            writer.append_nowait(_token(f"{i} "))
+        await writer.flush()
+        assert writer.last_seq == 50
+        writer.append_nowait(sk.StreamEvent(event_type=sk.EventType.COMPLETE))
+        with pytest.raises(sk.ClosedError):
+            writer.append_nowait(_token("late"))
+        await writer.flush()
+        with anyio.fail_after(10):
+            async with reader.read(0) as cursor:
+                events = [event async for event in cursor]
+        assert [e.seq for e in events] == list(range(1, 52))
+        assert "".join(e.content for e in events) == "".join(f"{i} " for i in range(50))
+        # An event queued on a log that another writer closed meanwhile: the next call
+        # of the log says so.
+        other = _sid()
+        first = await a.make_log(other, config)
+        second = await b.make_log(other, config)
+        await second.append(sk.StreamEvent(event_type=sk.EventType.COMPLETE))
+        first.append_nowait(_token("x"))
+        with pytest.raises(sk.ClosedError):
+            await first.flush()
+    with pytest.raises(sk.BackendError, match="entered RedisBackend"):
+        RedisEventLog(client, _sid()).append_nowait(_token("x"))
+
+
+async def test_a_hole_in_the_stream_is_reported_not_skipped(client: aredis.Redis) -> None:
+    log = RedisEventLog(client, _sid())
+    for i in range(4):
+        await log.append(_token(str(i)))
+    await log.aclose()
+    # As if Redis had lost entry 2 (a failover to a replica that missed it).
+    assert await client.xdel(log._stream, "2-0") == 1
+    async with log.read(0) as cursor:
+        assert (await cursor.__anext__()).seq == 1
+        with pytest.raises(sk.HistoryGap) as gap:
+            await cursor.__anext__()
+    assert gap.value.oldest_seq == 3

@@ -19,11 +19,12 @@ import anyio
 import pytest
 import redis.asyncio as aredis
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from redis.asyncio.cluster import RedisCluster
 
 import streamkit as sk
 from streamkit.backends.redis import RedisBackend
 
-from .redis_server import redis_url_fixture, start_redis, stop_redis
+from .redis_server import CLUSTER, redis_url_fixture, start_redis, stop_redis
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
@@ -44,15 +45,29 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield from redis_url_fixture(tmp_path_factory)
 
 
-def _worker(url: str, prefix: str, lease_ttl: float = 0.5, **config: Any) -> sk.SessionRegistry:
+def _backend(url: str, prefix: str, **options: Any) -> RedisBackend:
+    """A backend on ``url``; ``cluster+redis://...`` is a node of a Redis Cluster."""
+    cluster = url.startswith(CLUSTER)
+    return RedisBackend(url.removeprefix(CLUSTER), prefix=prefix, cluster=cluster, **options)
+
+
+def _observer(url: str) -> Any:
+    """A plain redis-py client on ``url`` (a cluster client for a cluster)."""
+    if url.startswith(CLUSTER):
+        return RedisCluster.from_url(url.removeprefix(CLUSTER))
+    return aredis.Redis.from_url(url)
+
+
+def _worker(url: str, prefix: str, lease_ttl: float = 2.0, **config: Any) -> sk.SessionRegistry:
+    # Leases long enough that a loaded machine (shared CI runners) does not lose them.
     settings: dict[str, Any] = {"heartbeat_interval": None, "cleanup_interval": 0.1, **config}
-    backend = RedisBackend(url, prefix=prefix, lease_ttl=lease_ttl, retry_for=10.0)
+    backend = _backend(url, prefix, lease_ttl=lease_ttl, retry_for=10.0)
     return sk.SessionRegistry(sk.RegistryConfig(**settings), backend=backend)
 
 
 @contextlib.asynccontextmanager
 async def _two(
-    url: str, lease_ttl: float = 0.5, **config: Any
+    url: str, lease_ttl: float = 2.0, **config: Any
 ) -> AsyncIterator[tuple[sk.SessionRegistry, sk.SessionRegistry]]:
     prefix = f"w{next(_prefixes)}"
     async with (
@@ -213,7 +228,7 @@ async def test_a_dead_owner_session_ends_with_an_error_and_is_removed(redis_url:
     prefix = f"w{next(_prefixes)}"
     config = sk.RegistryConfig(heartbeat_interval=None)
     async with (
-        RedisBackend(redis_url, prefix=prefix, lease_ttl=0.3) as dead,
+        _backend(redis_url, prefix, lease_ttl=0.3) as dead,
         _worker(redis_url, prefix, ended_session_ttl=0.1) as b,
     ):
         # A worker that created a session, appended, and then stopped renewing.
@@ -365,7 +380,7 @@ async def test_a_worker_that_lost_its_lease_stops_its_producer(
                 assert (await subscription.__anext__()).event_type == sk.EventType.START
                 # As if A had stalled past its lease: the lease is gone.
                 prefix = a.backend.store._prefix  # type: ignore[attr-defined]
-                observer = aredis.Redis.from_url(redis_url)
+                observer = _observer(redis_url)
                 try:
                     assert await observer.delete(f"{{{prefix}}}:lease:{sid}") == 1
                 finally:

@@ -30,19 +30,29 @@ Rules of this module:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import secrets
 from collections import deque
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
 
 import anyio
+import anyio.lowlevel
 import sniffio
 
 try:
     import redis.asyncio as aredis
     from redis.asyncio.cluster import RedisCluster
+    from redis.exceptions import (
+        ClusterDownError,
+        NoScriptError,
+        RedisClusterException,
+        RedisError,
+        ResponseError,
+        TryAgainError,
+    )
     from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import RedisError, ResponseError, WatchError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
@@ -59,7 +69,7 @@ from .._errors import (
     SubscriberLagged,
     ValidationError,
 )
-from .._events import StreamEvent, make_event, with_seq
+from .._events import EventType, StreamEvent, make_event, with_seq
 from .._session import SessionState, StreamSession
 from .._validate import check_choice, check_id, check_int, check_number, type_name
 from ..abc import Backend, EventCursor, EventLog, LogStatistics, SessionStore
@@ -79,34 +89,87 @@ logger = logging.getLogger("streamkit.redis")
 
 _T = TypeVar("_T")
 
-# KEYS: stream, meta. ARGV: event JSON, final flag, max events, max bytes, writer, counter.
+# One call appends a batch of events to each of several session logs (one log per
+# call on Redis Cluster, where the logs' keys live in different slots).
+# KEYS: stream and meta of each log. ARGV, per log: max events, max bytes, writer,
+# batch counter, the final flags ('0'/'1', one per event), the last seq this writer
+# has seen ('0' if none), then the event JSONs. Returns, per log, {first seq, events
+# accepted, id of the oldest entry}: the accepted events are a prefix of the batch
+# (none after the log is closed). A retry of a batch already stored (its reply was
+# lost) returns the same reply without storing anything. A log whose counter is
+# behind the seq its writer saw lost events (Redis restarted without its data, or
+# failed over to a replica that missed writes): its batch is refused with {-1,
+# 'STREAMKIT_LOST <held> <seen>', ''}, except a final event, which is stored after the
+# seq the writer saw, so that readers get it and a resume from before sees the gap.
 _APPEND: Final = """
-local w = 'w:' .. ARGV[5]
-local prev = redis.call('HGET', KEYS[2], w)
-if prev then
-  local c, s = string.match(prev, '^(%d+):(%d+)$')
-  if c == ARGV[6] then return tonumber(s) end
+local out = {}
+local a = 1
+for l = 1, #KEYS, 2 do
+  local stream, meta = KEYS[l], KEYS[l + 1]
+  local maxn, maxb = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  local w, counter, flags = 'w:' .. ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+  local seen = tonumber(ARGV[a + 5])
+  local n = #flags
+  local base = a + 5
+  a = a + 6 + n
+  local prev = redis.call('HGET', meta, w)
+  local c, s, k
+  if prev then c, s, k = string.match(prev, '^(%d+):(%d+):(%d+)$') end
+  if c == counter then
+    local head = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
+    out[#out + 1] = tonumber(s)
+    out[#out + 1] = tonumber(k)
+    out[#out + 1] = head and head[1] or ''
+  else
+    local last = tonumber(redis.call('HGET', meta, 'last') or '0')
+    local lost = false
+    if last < seen then
+      if string.sub(flags, 1, 1) == '1' then
+        redis.call('HSET', meta, 'last', seen)
+        last = seen
+      else
+        lost = true
+      end
+    end
+    if lost then
+      out[#out + 1] = -1
+      out[#out + 1] = 'STREAMKIT_LOST ' .. last .. ' ' .. seen
+      out[#out + 1] = ''
+    else
+      if redis.call('HGET', meta, 'closed') then n = 0 end
+      local added, accepted = 0, 0
+      for i = 1, n do
+        local text = ARGV[base + i]
+        redis.call('XADD', stream, (last + i) .. '-0', 'e', text)
+        added = added + #text
+        accepted = i
+        if string.sub(flags, i, i) == '1' then
+          redis.call('HSET', meta, 'closed', '1')
+          break
+        end
+      end
+      if accepted > 0 then
+        redis.call('HSET', meta, 'last', last + accepted)
+        local bytes = redis.call('HINCRBY', meta, 'bytes', added)
+        local count = redis.call('XLEN', stream)
+        while count > 1 and (count > maxn or bytes > maxb) do
+          local oldest = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
+          local size = 0
+          if oldest[2][1] == 'e' then size = #oldest[2][2] end
+          redis.call('XDEL', stream, oldest[1])
+          bytes = redis.call('HINCRBY', meta, 'bytes', -size)
+          count = count - 1
+        end
+      end
+      redis.call('HSET', meta, w, counter .. ':' .. (last + 1) .. ':' .. accepted)
+      local head = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
+      out[#out + 1] = last + 1
+      out[#out + 1] = accepted
+      out[#out + 1] = head and head[1] or ''
+    end
+  end
 end
-if redis.call('HGET', KEYS[2], 'closed') then return redis.error_reply('STREAMKIT_CLOSED') end
-local seq = redis.call('HINCRBY', KEYS[2], 'last', 1)
-redis.call('XADD', KEYS[1], seq .. '-0', 'e', ARGV[1])
-local bytes = redis.call('HINCRBY', KEYS[2], 'bytes', #ARGV[1])
-local n = redis.call('XLEN', KEYS[1])
-local maxn, maxb = tonumber(ARGV[3]), tonumber(ARGV[4])
-local trimmed = false
-while n > 1 and (n > maxn or bytes > maxb) do
-  trimmed = true
-  local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
-  local size = 0
-  if first[2][1] == 'e' then size = #first[2][2] end
-  redis.call('XDEL', KEYS[1], first[1])
-  bytes = redis.call('HINCRBY', KEYS[2], 'bytes', -size)
-  n = n - 1
-end
-redis.call('HSET', KEYS[2], w, ARGV[6] .. ':' .. seq)
-if ARGV[2] == '1' then redis.call('HSET', KEYS[2], 'closed', '1') end
-if not trimmed then return seq end
-return {seq, redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1][1]}
+return out
 """
 
 # Closes the log and wakes followers with a marker entry <last>-1 (never an event).
@@ -120,9 +183,29 @@ return 1
 
 _BATCH: Final = 256
 _BLOCK_MS: Final = 1000
+# A stream this worker appends to is fed from its appends and left out of the shared
+# XREAD until its appends pause for this long (then other writers' entries are read).
+_LOCAL_QUIET: Final = 0.1
+# Logs per append script call on a single node (one call per log on a Cluster).
+_LOGS_PER_CALL: Final = 256
+# Append rounds a backend has in flight at once (each log in at most one).
+_ROUNDS_IN_FLIGHT: Final = 4
+_IDLE_RECHECK: Final = 1.0
+# The cluster follower's pause between rounds that found nothing: from, up to (s).
+_CLUSTER_FIRST_IDLE: Final = 0.002
+_CLUSTER_IDLE: Final = 0.05
 _FIRST_DELAY: Final = 0.02
 _MAX_DELAY: Final = 1.0
-_RETRYABLE: Final = (RedisConnectionError, RedisTimeoutError, OSError)
+# Lost connections, a server still loading its data, and a cluster between a master's
+# failure and its replica's promotion.
+_RETRYABLE: Final = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    ClusterDownError,
+    TryAgainError,
+    RedisClusterException,
+)
 
 
 @contextlib.contextmanager
@@ -155,7 +238,7 @@ async def _call(
                     session_id=session_id,
                 ) from exc
         except RedisError as exc:
-            raise BackendError(f"redis failed: {exc}", session_id=session_id) from exc
+            raise _append_error(exc, session_id) from exc
         await anyio.sleep(delay)
         delay = min(delay * 2, _MAX_DELAY)
 
@@ -202,7 +285,16 @@ def _items(entries: Sequence[Any], session_id: str) -> list[_Item]:
 class _Watch:
     """The follower's state for one stream: waiting cursors and the latest entries."""
 
-    __slots__ = ("active", "changed", "idle", "items", "last", "session_id", "waiters")
+    __slots__ = (
+        "active",
+        "changed",
+        "fed_at",
+        "idle",
+        "items",
+        "last",
+        "session_id",
+        "waiters",
+    )
 
     def __init__(self, session_id: str, last: int) -> None:
         self.session_id = session_id
@@ -212,6 +304,11 @@ class _Watch:
         self.waiters = 0
         self.active = False  # whether the XREAD in flight includes this stream
         self.idle = 0
+        self.fed_at = -_LOCAL_QUIET  # when this worker's own appends last fed it
+
+    def fed(self, now: float) -> bool:
+        """Whether this worker's appends fed it lately (it is then left out of XREAD)."""
+        return now - self.fed_at < _LOCAL_QUIET
 
 
 class _Follower:
@@ -221,15 +318,21 @@ class _Follower:
     have waiting cursors at once (plus a private wake-up stream, so that a new stream
     joins without waiting for the block to time out), decodes each entry once and
     keeps the newest ones, from which every waiting cursor takes what it lacks.
+
+    The backend's own appends feed the same cache as soon as Redis has stored them
+    (:meth:`feed`): a stream this worker writes to is left out of the ``XREAD`` while
+    its appends keep coming, and read again once they pause for ``_LOCAL_QUIET`` s or
+    show that another worker wrote in between.
     """
 
-    def __init__(self, client: aredis.Redis, wake_key: str, retry_for: float) -> None:
+    def __init__(self, client: Any, wake_key: str, retry_for: float) -> None:
         self._client = client
         self._wake_key = wake_key
         self._wake_id = "0-0"
         self._retry_for = retry_for
         self._watches: dict[str, _Watch] = {}
         self._need = anyio.Event()
+        self.stale = False  # a fed stream showed another writer's entries: read it
         self.closed = False
 
     @staticmethod
@@ -260,9 +363,39 @@ class _Follower:
         return None if watch is None or self.closed else self._after(watch, pos)
 
     def following(self, log: RedisEventLog) -> bool:
-        """Whether the XREAD in flight includes this log's stream."""
+        """Whether the XREAD in flight or this worker's appends cover the log's stream."""
         watch = self._watches.get(log._stream)
-        return watch is not None and watch.active and not self.closed
+        return (
+            watch is not None
+            and (watch.active or watch.fed(anyio.current_time()))
+            and not self.closed
+        )
+
+    def feed(self, log: RedisEventLog, first: int, events: Sequence[StreamEvent]) -> None:
+        """Add events this worker just stored (seqs ``first``...) to the cache.
+
+        ``events`` may be empty: the append was refused because the log is closed,
+        which another worker did; the stream is then read from Redis.
+        """
+        watch = self._watches.get(log._stream)
+        if watch is None or self.closed:
+            return
+        if not events or watch.last < 2 * (first - 1):
+            # Another writer's entries came first: read them from Redis, in order.
+            watch.fed_at = -_LOCAL_QUIET
+            self.stale = True
+            return
+        items = watch.items
+        last = watch.last
+        for event in events:
+            key = 2 * (event.seq or 0)
+            if key > last:
+                items.append((key, event))
+                last = key
+        watch.last = last
+        watch.fed_at = anyio.current_time()
+        watch.changed.set()
+        watch.changed = anyio.Event()
 
     async def wait(self, log: RedisEventLog, pos: int) -> list[_Item] | None:
         """Return the entries after ``pos``, waiting for some; ``None``: read Redis."""
@@ -282,7 +415,7 @@ class _Follower:
         watch.idle = 0
         try:
             changed = watch.changed
-            if not watch.active:
+            if not watch.active and not watch.fed(anyio.current_time()):
                 self._need.set()
                 await _call(self._poke, self._retry_for, log.session_id)
             await changed.wait()
@@ -296,6 +429,14 @@ class _Follower:
         pipe.pexpire(self._wake_key, 86_400_000)
         await pipe.execute()
 
+    async def restale(self) -> None:
+        """Make the loop read the streams :meth:`feed` found stale, at once."""
+        if self.stale and not self.closed:
+            self.stale = False
+            self._need.set()
+            with contextlib.suppress(BackendError):
+                await _call(self._poke, self._retry_for)
+
     def _wake_all(self) -> None:
         for watch in self._watches.values():
             watch.changed.set()
@@ -308,26 +449,33 @@ class _Follower:
     async def run(self) -> None:
         delay = _FIRST_DELAY
         while True:
+            now = anyio.current_time()
+            recheck = _IDLE_RECHECK  # seconds until a fed stream may go back into XREAD
             streams: dict[Any, Any] = {}
             for key, watch in list(self._watches.items()):
                 # A stream stays in the XREAD for two rounds after its last waiter:
                 # cursors that just took a batch come back to wait on the read in
                 # flight instead of each poking the follower again.
                 watch.idle = 0 if watch.waiters else watch.idle + 1
-                if watch.idle > 2:
+                fed = watch.fed(now)
+                if watch.idle > 2 and not fed:
                     watch.active = False
                     del self._watches[key]
+                    continue
+                if fed:
+                    watch.active = False
+                    if watch.waiters:
+                        recheck = min(recheck, watch.fed_at + _LOCAL_QUIET - now)
                     continue
                 watch.active = True
                 streams[key] = f"{watch.last >> 1}-{watch.last & 1}"
             if not streams:
                 self._need = anyio.Event()
-                await self._need.wait()
+                with anyio.move_on_after(max(recheck, 0.001)):
+                    await self._need.wait()
                 continue
-            streams[self._wake_key] = self._wake_id
             try:
-                reply = await self._client.xread(streams, count=_BATCH, block=_BLOCK_MS)
-                self._deliver(reply)
+                await self._read(streams, recheck)
             except Exception:  # Redis down, or garbage in a stream: cursors check themselves
                 for watch in self._watches.values():
                     watch.active = False
@@ -336,6 +484,12 @@ class _Follower:
                 delay = min(delay * 2, _MAX_DELAY)
             else:
                 delay = _FIRST_DELAY
+
+    async def _read(self, streams: dict[Any, Any], recheck: float) -> None:
+        """Read ``streams`` (key -> last id) once, blocking while nothing comes."""
+        streams[self._wake_key] = self._wake_id
+        block = max(1, min(_BLOCK_MS, int(recheck * 1000) + 1))
+        self._deliver(await self._client.xread(streams, count=_BATCH, block=block))
 
     def _deliver(self, reply: Any) -> None:
         pairs = reply.items() if isinstance(reply, dict) else (reply or ())
@@ -348,12 +502,290 @@ class _Follower:
             watch = self._watches.get(key)
             if watch is None or not entries:
                 continue
-            for item in _items(entries, watch.session_id):
-                if item[0] > watch.last:
-                    watch.items.append(item)
-                    watch.last = item[0]
+            known = watch.last
+            fresh = _items(
+                [entry for entry in entries if _key_of(entry[0]) > known], watch.session_id
+            )
+            if not fresh:
+                continue
+            watch.items.extend(fresh)
+            watch.last = fresh[-1][0]
             watch.changed.set()
             watch.changed = anyio.Event()
+
+
+class _ClusterFollower(_Follower):
+    """The follower on Redis Cluster, where one command cannot read streams of two slots.
+
+    Each round sends one ``XRANGE`` per followed stream in one cluster pipeline (one
+    round trip per node, in parallel), then, when nothing came, waits before the next
+    round: 2 ms, doubling to ``_CLUSTER_IDLE`` while the streams stay quiet. A new
+    cursor starts a round at once. Streams this worker appends to are fed by its own
+    appends and left out, as on a single node.
+    """
+
+    def __init__(self, client: Any, retry_for: float) -> None:
+        super().__init__(client, "", retry_for)
+        self._idle = _CLUSTER_FIRST_IDLE
+
+    async def _poke(self) -> None:
+        self._need.set()
+
+    async def _read(self, streams: dict[Any, Any], recheck: float) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        keys = list(streams)
+        for key in keys:
+            pipe.xrange(key, f"({streams[key]}", "+", count=_BATCH)
+        replies = await pipe.execute()
+        pairs = [(key, entries) for key, entries in zip(keys, replies, strict=True) if entries]
+        self._deliver(pairs)
+        need = self._need
+        if pairs:
+            self._idle = _CLUSTER_FIRST_IDLE
+        elif not need.is_set():
+            with anyio.move_on_after(min(self._idle, max(recheck, 0.001))):
+                await need.wait()
+            self._idle = min(self._idle * 2, _CLUSTER_IDLE)
+        if need.is_set():
+            self._need = anyio.Event()
+
+
+class _Batch:
+    """One log's events in one append round, and what became of them."""
+
+    __slots__ = ("counter", "detached", "done", "error", "events", "flags", "stored", "texts")
+
+    def __init__(self) -> None:
+        self.events: list[StreamEvent] = []
+        self.texts: list[str] = []
+        self.flags: list[str] = []
+        self.stored: list[StreamEvent] = []
+        self.error: BaseException | None = None
+        self.done = anyio.Event()
+        self.counter = 0
+        self.detached = 0  # events appended without waiting (append_nowait)
+
+    def result(self, index: int, session_id: str) -> StreamEvent:
+        """The stored copy of event ``index``, or the error that kept it out."""
+        if index < len(self.stored):
+            return self.stored[index]
+        error = self.error
+        if isinstance(error, BackendError):
+            raise BackendError(str(error), session_id=session_id) from error.__cause__
+        raise ClosedError("the log is closed", session_id=session_id)
+
+
+def _lost_error(reason: str, session_id: str) -> BackendError:
+    _, _, numbers = reason.partition("STREAMKIT_LOST")
+    have, _, seen = numbers.strip().partition(" ")
+    return BackendError(
+        f"Redis lost events of this log: it holds seq {have or '?'}, this writer had "
+        f"seen seq {seen or '?'} (restarted without its data, or failed over to a "
+        "replica that missed the newest writes)",
+        session_id=session_id,
+    )
+
+
+def _append_error(exc: BaseException, session_id: str | None) -> BackendError:
+    """The error for a failed Redis command, saying what a full Redis means."""
+    text = str(exc)
+    if isinstance(exc, ResponseError) and (text.startswith("OOM") or "'maxmemory'" in text):
+        return BackendError(
+            "Redis is full (used memory is over maxmemory and the policy evicts "
+            f"nothing): nothing was written; reads still work ({exc})",
+            session_id=session_id,
+        )
+    return BackendError(f"redis failed: {exc}", session_id=session_id)
+
+
+class _Appender:
+    """Group commit: the appends of every log of one backend travel together.
+
+    Appends queue per log; one task sends everything queued as one pipeline (one
+    script call per log with all its queued events, one round trip on a single node)
+    while the next appends queue up behind it. Each log is a writer with a counter per
+    batch, so a pipeline resent after a lost connection stores nothing twice. An event
+    is handed to readers (and its ``append`` returns) only once Redis has stored it.
+    """
+
+    def __init__(self, client: Any, retry_for: float, follower: _Follower | None) -> None:
+        self._client = client
+        self._retry_for = retry_for
+        self._follower = follower
+        self._queue: dict[RedisEventLog, _Batch] = {}
+        self._kick = anyio.Event()
+        self._sha = hashlib.sha1(_APPEND.encode()).hexdigest()  # noqa: S324 - Redis's id
+        self.closed = False
+        self.rounds = 0
+        self._in_flight = 0
+
+    def submit(
+        self, log: RedisEventLog, event: StreamEvent, text: str, *, kick: bool = True
+    ) -> tuple[_Batch, int]:
+        """Queue ``event`` (its stored JSON ``text``) for ``log``'s next batch."""
+        batch = self._queue.get(log)
+        if batch is None:
+            batch = self._queue[log] = _Batch()
+            log._pending = batch
+            if kick and not log._sending:
+                self._kick.set()
+        batch.events.append(event)
+        batch.texts.append(text)
+        batch.flags.append("1" if event.is_final else "0")
+        return batch, len(batch.events) - 1
+
+    async def run(self) -> None:
+        try:
+            async with anyio.create_task_group() as tg:
+                while True:
+                    # Up to _ROUNDS_IN_FLIGHT rounds at once, each log in at most one
+                    # (its batches reach Redis in order; a retry is recognised).
+                    ready = [log for log in self._queue if not log._sending]
+                    if not ready or self._in_flight >= _ROUNDS_IN_FLIGHT:
+                        self._kick = anyio.Event()
+                        await self._kick.wait()
+                        continue
+                    batches = [(log, self._queue.pop(log)) for log in ready]
+                    for log, _ in batches:
+                        log._sending = True
+                    self._in_flight += 1
+                    tg.start_soon(self._round, batches)
+                    await anyio.lowlevel.checkpoint()
+        finally:
+            self.closed = True
+            self._fail(list(self._queue.items()), BackendError("the Redis backend closed"))
+            self._queue = {}
+
+    def idle(self, log: RedisEventLog) -> bool:
+        """Whether nothing is queued or in flight, so ``log``'s append may go at once."""
+        return not self._in_flight and not self._queue and not log._sending
+
+    async def lead(self, log: RedisEventLog) -> None:
+        """Send ``log``'s batch in the calling task (nothing else was waiting)."""
+        batch = self._queue.pop(log)
+        log._sending = True
+        self._in_flight += 1
+        await self._round([(log, batch)])
+
+    async def _round(self, batches: list[tuple[RedisEventLog, _Batch]]) -> None:
+        try:
+            await self._flush(batches)
+        finally:
+            self._in_flight -= 1
+            for log, _ in batches:
+                log._sending = False
+            if self._queue:
+                self._kick.set()
+
+    @staticmethod
+    def _fail(batches: Sequence[tuple[RedisEventLog, _Batch]], error: BaseException) -> None:
+        for log, batch in batches:
+            if not batch.done.is_set():
+                batch.error = error
+                if batch.detached:
+                    log._failure = error
+                batch.done.set()
+
+    async def _flush(self, batches: list[tuple[RedisEventLog, _Batch]]) -> None:
+        self.rounds += 1
+        for log, batch in batches:
+            log._counter += 1
+            batch.counter = log._counter
+        replies: list[Any] = [None] * len(batches)
+        todo = list(range(len(batches)))
+        per_call = 1 if _is_cluster(self._client) else _LOGS_PER_CALL
+
+        async def send() -> None:
+            nonlocal todo
+            groups = [todo[j : j + per_call] for j in range(0, len(todo), per_call)]
+            calls: list[list[Any]] = []
+            for group in groups:
+                keys: list[str] = []
+                args: list[Any] = []
+                for i in group:
+                    log, batch = batches[i]
+                    keys += (log._stream, log._meta)
+                    args += (
+                        log._max_events,
+                        log._max_bytes,
+                        log._writer,
+                        batch.counter,
+                        "".join(batch.flags),
+                        log._last,
+                        *batch.texts,
+                    )
+                calls.append([self._sha, len(keys), *keys, *args])
+            results: list[Any]
+            if len(calls) == 1:  # one command: no pipeline object to build
+                try:
+                    results = [await self._client.evalsha(*calls[0])]
+                except ResponseError as exc:
+                    results = [exc]
+            else:
+                pipe = self._client.pipeline(transaction=False)
+                for call in calls:
+                    pipe.evalsha(*call)
+                results = await pipe.execute(raise_on_error=False)
+            missing = False
+            retry: list[int] = []
+            failure: BaseException | None = None
+            for group, result in zip(groups, results, strict=True):
+                if isinstance(result, NoScriptError):
+                    missing = True
+                    retry += group
+                elif isinstance(result, _RETRYABLE):
+                    failure = result
+                    retry += group
+                elif isinstance(result, BaseException):
+                    for i in group:
+                        replies[i] = result
+                else:
+                    for j, i in enumerate(group):
+                        replies[i] = result[3 * j : 3 * j + 3]
+            todo = retry
+            if missing:  # a restarted (or new) server: load the script, send again
+                await self._client.script_load(_APPEND)
+            if failure is not None:
+                raise failure
+            if missing:
+                await send()
+
+        try:
+            try:
+                await _call(send, self._retry_for)
+            except BackendError as exc:
+                self._fail(batches, exc)
+                return
+            stale = False
+            for (log, batch), reply in zip(batches, replies, strict=True):
+                try:
+                    if isinstance(reply, BaseException):
+                        raise _append_error(reply, log.session_id) from reply
+                    log._committed(batch, reply)
+                except BackendError as exc:
+                    batch.error = exc
+                    if batch.detached:
+                        log._failure = exc
+                    stale = True
+                    if not isinstance(reply, BaseException) and not log._closed:
+                        # Redis lost events readers may have had: end the log with an
+                        # error event after the newest seq this writer saw, so that no
+                        # reader waits for ever and a resume from before sees the gap.
+                        log._closed = True
+                        final = make_event(
+                            EventType.ERROR,
+                            "",
+                            MappingProxyType(
+                                {"error_type": "BackendError", "message": str(exc)[:1000]}
+                            ),
+                        )
+                        self.submit(log, final, final.to_json())[0].detached += 1
+                batch.done.set()
+            follower = self._follower
+            if follower is not None and (stale or follower.stale):
+                await follower.restale()
+        finally:
+            self._fail(batches, BackendError("the Redis backend closed"))
 
 
 class _RedisCursor(EventCursor):
@@ -397,11 +829,29 @@ class _RedisCursor(EventCursor):
         return entries, meta, first
 
     def _take(self, items: list[_Item]) -> None:
-        for _, event in items:
+        buf = self._buf
+        expected = (buf[-1].seq or 0) + 1 if buf else self._pos + 1
+        for key, event in items:
             if event is None:
                 self._finish()
                 return
-            self._buf.append(event)
+            seq = key >> 1
+            if seq != expected:
+                if seq < expected:
+                    continue
+                if buf:  # hand out what came before the gap first
+                    return
+                self._finish()
+                raise HistoryGap(
+                    f"events {expected} to {seq - 1} are missing from Redis (it lost "
+                    "them: restarted without its data, or failed over to a replica "
+                    "that missed them)",
+                    after=self._pos,
+                    oldest_seq=seq,
+                    session_id=self._log.session_id,
+                )
+            buf.append(event)
+            expected += 1
 
     def _check_lag(self, backlog: int, oldest: int) -> None:
         if self._log._policy == "disconnect":
@@ -434,6 +884,14 @@ class _RedisCursor(EventCursor):
                 key = _key_of(first[0][0])
                 oldest = last + 1 if key & 1 else key >> 1
             log._observe(last, oldest, closed)
+            if last < self._pos and self._started:
+                self._finish()
+                raise BackendError(
+                    f"Redis lost this session's events after seq {last}; this reader had "
+                    f"seq {self._pos} (restarted without its data, or failed over to a "
+                    "replica that missed them)",
+                    session_id=sid,
+                )
             if not self._started:
                 self._started = True
                 log._readers += 1
@@ -498,7 +956,7 @@ class RedisEventLog(EventLog):
     except when events they have not read leave the retention window.
 
     Args:
-        client: A ``redis.asyncio.Redis`` client.
+        client: A ``redis.asyncio.Redis`` or ``RedisCluster`` client.
         session_id: The session the log belongs to.
         prefix: The key prefix.
         history_max_events: Events kept in the stream (exact trimming).
@@ -515,11 +973,13 @@ class RedisEventLog(EventLog):
 
     __slots__ = (
         "_append_script",
+        "_appender",
         "_busy",
         "_client",
         "_closed",
         "_counter",
         "_delivered",
+        "_failure",
         "_follower",
         "_lagged_count",
         "_last",
@@ -530,9 +990,11 @@ class RedisEventLog(EventLog):
         "_max_lag",
         "_meta",
         "_oldest",
+        "_pending",
         "_policy",
         "_readers",
         "_retry_for",
+        "_sending",
         "_session_id",
         "_stream",
         "_writer",
@@ -540,7 +1002,7 @@ class RedisEventLog(EventLog):
 
     def __init__(
         self,
-        client: aredis.Redis,
+        client: aredis.Redis | RedisCluster,
         session_id: str,
         *,
         prefix: str = "streamkit",
@@ -559,7 +1021,7 @@ class RedisEventLog(EventLog):
         self._retry_for = float(check_number("retry_for", retry_for, minimum=0))
         check_choice("slow_consumer_policy", slow_consumer_policy, ("disconnect", "block"))
         self._policy: SlowConsumerPolicy = slow_consumer_policy
-        self._client = client
+        self._client: Any = client
         self._append_script = client.register_script(_APPEND)
         self._stream = f"{prefix}:{{{self._session_id}}}:log"
         self._meta = f"{prefix}:{{{self._session_id}}}:meta"
@@ -574,6 +1036,10 @@ class RedisEventLog(EventLog):
         self._writer = secrets.token_hex(6)
         self._counter = 0
         self._busy: anyio.Event | None = None
+        self._appender: _Appender | None = None  # set by RedisBackend.make_log
+        self._pending: _Batch | None = None  # the newest batch queued in the appender
+        self._sending = False  # whether a batch of this log is in flight
+        self._failure: BaseException | None = None  # of an append_nowait, not yet raised
 
     async def refresh(self) -> None:
         """Load ``last_seq``, ``oldest_seq`` and ``is_closed`` from Redis.
@@ -639,23 +1105,19 @@ class RedisEventLog(EventLog):
         """Whether this process has seen the log closed."""
         return self._closed
 
-    async def append(self, event: StreamEvent) -> StreamEvent:
-        """Store ``event`` as the next one in Redis and return the stored copy.
-
-        A lost connection is retried (see the module's rules) without ever storing the
-        event twice.
-
-        Raises:
-            BackendError: Redis failed or stayed unreachable, or the loop is not asyncio.
-            ClosedError: the log is closed.
-            PayloadTooLarge: the event's JSON is larger than ``max_event_bytes``.
-            ValidationError: ``event`` is not a :class:`~streamkit.StreamEvent`.
-        """
+    def _prepare(self, event: StreamEvent) -> str:
+        """Check ``event`` for an append; return the JSON to store."""
         if not isinstance(event, StreamEvent):
             raise ValidationError(
                 f"event must be a StreamEvent, got {type_name(event)}", field="event"
             )
         _require_asyncio()
+        failure = self._failure
+        if failure is not None:
+            self._failure = None
+            if isinstance(failure, BackendError):
+                raise BackendError(str(failure), session_id=self._session_id) from failure
+            raise failure
         if self._closed:
             raise ClosedError("the log is closed", session_id=self._session_id)
         bare = event
@@ -678,47 +1140,139 @@ class RedisEventLog(EventLog):
                 field="event",
                 session_id=self._session_id,
             )
-        # One append in flight per writer, so that a retry is recognised. Not an
-        # anyio.Lock: that costs two checkpoints per append even when nobody waits.
+        return text
+
+    def _batched(self) -> _Appender | None:
+        appender = self._appender
+        return None if appender is None or appender.closed else appender
+
+    async def append(self, event: StreamEvent) -> StreamEvent:
+        """Store ``event`` as the next one in Redis and return the stored copy.
+
+        Through an entered :class:`RedisBackend`, the appends of all its logs travel
+        together (one pipeline per round trip); the call returns once Redis has stored
+        the event. A lost connection is retried (see the module's rules) without ever
+        storing the event twice.
+
+        Raises:
+            BackendError: Redis failed or stayed unreachable, lost this log's newest
+                events, or the loop is not asyncio; also a failure of an earlier
+                :meth:`append_nowait`.
+            ClosedError: the log is closed.
+            PayloadTooLarge: the event's JSON is larger than ``max_event_bytes``.
+            ValidationError: ``event`` is not a :class:`~streamkit.StreamEvent`.
+        """
+        text = self._prepare(event)
+        appender = self._batched()
+        if appender is not None:
+            # Alone: send at once from this task. Otherwise queue behind the rounds in
+            # flight; the appender's task sends what queued meanwhile, together.
+            lead = appender.idle(self)
+            batch, index = appender.submit(self, event, text, kick=not lead)
+            if lead:
+                await appender.lead(self)
+            else:
+                await batch.done.wait()
+            return batch.result(index, self._session_id)
+        # No backend task: one script call per append, one in flight per writer so
+        # that a retry is recognised. Not an anyio.Lock: that costs two checkpoints per
+        # append even when nobody waits.
         while self._busy is not None:
             await self._busy.wait()
         self._busy = busy = anyio.Event()
+        batch = _Batch()
+        batch.events.append(event)
         try:
             self._counter += 1
             args = (
-                text,
-                "1" if event.is_final else "0",
                 self._max_events,
                 self._max_bytes,
                 self._writer,
                 self._counter,
+                "1" if event.is_final else "0",
+                self._last,
+                text,
             )
 
             async def run() -> Any:
                 return await self._append_script(keys=(self._stream, self._meta), args=args)
 
-            try:
-                reply = await _call(run, self._retry_for, self._session_id)
-            except BackendError as exc:
-                cause = exc.__cause__
-                if isinstance(cause, ResponseError) and "STREAMKIT_CLOSED" in str(cause):
-                    self._closed = True
-                    raise ClosedError("the log is closed", session_id=self._session_id) from None
-                raise
+            reply = await _call(run, self._retry_for, self._session_id)
         finally:
             self._busy = None
             busy.set()
-        # The seq, or [seq, id of the oldest entry] when the append trimmed the stream.
-        seq = int(reply[0] if isinstance(reply, list) else reply)
-        stored = with_seq(event, seq, self._session_id)
-        self._local.append(stored)
-        if seq >= self._last:
-            self._last = seq
-            if isinstance(reply, list):
-                self._oldest = _key_of(reply[1]) >> 1
+        self._committed(batch, reply)
+        return batch.result(0, self._session_id)
+
+    def append_nowait(self, event: StreamEvent) -> None:
+        """Queue ``event`` for the next batch without waiting for Redis.
+
+        Readers get it once Redis has stored it, in order with the other appends of
+        this log. A failure to store it is raised by the next :meth:`append`,
+        :meth:`append_nowait` or :meth:`flush` of this log.
+
+        Raises:
+            BackendError: the log was not made by an entered :class:`RedisBackend`,
+                or an earlier queued append failed.
+            ClosedError: the log is closed.
+            PayloadTooLarge: the event's JSON is larger than ``max_event_bytes``.
+            ValidationError: ``event`` is not a :class:`~streamkit.StreamEvent`.
+        """
+        text = self._prepare(event)
+        appender = self._batched()
+        if appender is None:
+            raise BackendError(
+                "append_nowait needs a log made by an entered RedisBackend",
+                session_id=self._session_id,
+            )
+        batch, _ = appender.submit(self, event, text)
+        batch.detached += 1
         if event.is_final:
             self._closed = True
-        return stored
+
+    async def flush(self) -> None:
+        """Wait until every event queued by this log is stored (or failed).
+
+        Raises:
+            BackendError: a queued append failed.
+            ClosedError: a queued append found the log closed by another writer.
+        """
+        batch = self._pending
+        if batch is not None:
+            await batch.done.wait()
+            if self._pending is batch:
+                self._pending = None
+        failure = self._failure
+        if failure is not None:
+            self._failure = None
+            raise failure
+
+    def _committed(self, batch: _Batch, reply: Any) -> None:
+        """Take in the reply of the append script for ``batch``.
+
+        Raises:
+            BackendError: Redis lost this log's newest events.
+        """
+        sid = self._session_id
+        if int(reply[0]) < 0:
+            raise _lost_error(_text(reply[1]), sid)
+        first, accepted, head = int(reply[0]), int(reply[1]), reply[2]
+        stored = [with_seq(e, first + i, sid) for i, e in enumerate(batch.events[:accepted])]
+        batch.stored = stored
+        self._local.extend(stored)
+        last = first + accepted - 1
+        if accepted and last >= self._last:
+            self._last = last
+            if head:
+                key = _key_of(head)
+                self._oldest = last + 1 if key & 1 else key >> 1
+        if accepted < len(batch.events) or (stored and stored[-1].is_final):
+            self._closed = True
+            if accepted < len(batch.events) and batch.detached:
+                self._failure = ClosedError("the log is closed", session_id=sid)
+        follower = self._follower
+        if follower is not None:
+            follower.feed(self, first, stored)
 
     def read(self, after: int = 0) -> EventCursor:
         """Return a cursor over the events with ``seq > after``, replayed then live.
@@ -858,7 +1412,31 @@ _SCHEDULE: Final = (
     _now_ms_lua("now") + "return redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[2])\n"
 )
 
-_WATCH_TRIES: Final = 100
+_SWAP_TRIES: Final = 100
+
+# Compare-and-set of one record. KEYS: sessions hash, lease, leases zset. ARGV: sid,
+# the record JSON read, the new JSON, '1' if the session ends (its lease goes).
+_SET_IF: Final = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+if ARGV[4] == '1' then
+  redis.call('DEL', KEYS[2])
+  redis.call('ZREM', KEYS[3], ARGV[1])
+end
+return 1
+"""
+
+# Remove one record if unchanged. KEYS: sessions, the user's set, lease, leases,
+# removals. ARGV: sid, the record JSON read ('' for none), '1' if it has a user.
+_REMOVE_IF: Final = """
+if (redis.call('HGET', KEYS[1], ARGV[1]) or '') ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+if ARGV[3] == '1' then redis.call('SREM', KEYS[2], ARGV[1]) end
+redis.call('DEL', KEYS[3])
+redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('ZREM', KEYS[5], ARGV[1])
+return 1
+"""
 
 
 def _text(value: bytes | str) -> str:
@@ -872,13 +1450,14 @@ class RedisSessionStore(SessionStore):
     ids per user (``{prefix}:user:<user_id>``); all store keys share the hash tag
     ``{prefix}`` so the scripts work on Redis Cluster (the store lives on one slot).
     :meth:`add` is one Lua script, so the count bounds are exact across processes;
-    :meth:`set_state` and :meth:`remove` are optimistic ``WATCH``/``MULTI``
-    transactions on the records hash (retried on conflict). A store made by a
+    :meth:`set_state` and :meth:`remove` read the record, then write it in a script
+    only if it is unchanged (retried on conflict; updates of different sessions never
+    conflict). A store made by a
     :class:`RedisBackend` adds each record together with the backend's lease on it, and
     drops the lease when the session ends.
 
     Args:
-        client: A ``redis.asyncio.Redis`` client.
+        client: A ``redis.asyncio.Redis`` or ``RedisCluster`` client.
         prefix: The key prefix.
         retry_for: Seconds a lost connection is retried before :class:`BackendError`.
     """
@@ -886,9 +1465,13 @@ class RedisSessionStore(SessionStore):
     __slots__ = ("_client", "_lease_ms", "_owner", "_prefix", "_retry_for", "_sessions")
 
     def __init__(
-        self, client: aredis.Redis, *, prefix: str = "streamkit", retry_for: float = 10.0
+        self,
+        client: aredis.Redis | RedisCluster,
+        *,
+        prefix: str = "streamkit",
+        retry_for: float = 10.0,
     ) -> None:
-        self._client = client
+        self._client: Any = client
         self._prefix = prefix
         self._sessions = f"{{{prefix}}}:sessions"
         self._retry_for = float(check_number("retry_for", retry_for, minimum=0))
@@ -994,58 +1577,51 @@ class RedisSessionStore(SessionStore):
         raws = await self._run(run)
         return [None if raw is None else StreamSession.from_json(raw) for raw in raws]
 
-    async def _watched(
-        self,
-        session_id: str,
-        change: Callable[[Any, StreamSession | None], Awaitable[Any]],
-    ) -> Any:
-        async def attempt() -> tuple[bool, Any]:
-            pipe: Any
-            async with self._client.pipeline(transaction=True) as pipe:
-                try:
-                    await pipe.watch(self._sessions)
-                    raw = await pipe.hget(self._sessions, session_id)
-                    current = None if raw is None else StreamSession.from_json(raw)
-                    pipe.multi()
-                    result = await change(pipe, current)
-                    await pipe.execute()
-                except WatchError:
-                    return False, None
-                return True, result
-
-        for _ in range(_WATCH_TRIES):
-            done, result = await self._run(attempt, session_id)
-            if done:
-                return result
-        raise BackendError("too many conflicting updates", session_id=session_id)
-
     async def set_state(
         self, session_id: str, state: SessionState, *, now: float
     ) -> tuple[StreamSession, StreamSession]:
         """Move a session to ``state`` if the table allows it; return (before, after).
 
-        Moving to an ending state also drops the session's lease.
+        Moving to an ending state also drops the session's lease. A compare-and-set
+        of the one record (one script), so updates of different sessions never
+        conflict.
 
         Raises:
             BackendError: Redis failed, or the event loop is not asyncio.
             SessionNotFound: there is no such record.
             InvalidTransition: the move is not allowed.
         """
+        for _ in range(_SWAP_TRIES):
 
-        async def change(pipe: Any, current: StreamSession | None) -> Any:
-            if current is None:
+            async def read() -> Any:
+                return await self._client.hget(self._sessions, session_id)
+
+            raw = await self._run(read, session_id)
+            if raw is None:
                 raise SessionNotFound("no such session", session_id=session_id)
+            current = StreamSession.from_json(raw)
             # Strictly increasing per record whatever the workers' clocks: a reader can
             # tell a newer record from a stale one.
             after = current.transition(state, now=max(now, current.updated_at + 1e-6))
-            pipe.hset(self._sessions, session_id, after.to_json(include_events=False))
-            if after.is_terminal:
-                pipe.delete(self._lease_key(session_id))
-                pipe.zrem(self._leases, session_id)
-            return current, after
+            new = after.to_json(include_events=False)
+            ends = "1" if after.is_terminal else "0"
 
-        before, after = await self._watched(session_id, change)
-        return before, after
+            async def swap(raw: Any = raw, new: str = new, ends: str = ends) -> Any:
+                return await self._client.eval(
+                    _SET_IF,
+                    3,
+                    self._sessions,
+                    self._lease_key(session_id),
+                    self._leases,
+                    session_id,
+                    raw,
+                    new,
+                    ends,
+                )
+
+            if int(await self._run(swap, session_id)):
+                return current, after
+        raise BackendError("too many conflicting updates", session_id=session_id)
 
     async def remove(self, session_id: str) -> StreamSession | None:
         """Delete a record (and its lease) and return it (``None`` if there was none).
@@ -1053,19 +1629,32 @@ class RedisSessionStore(SessionStore):
         Raises:
             BackendError: Redis failed, or the event loop is not asyncio.
         """
+        for _ in range(_SWAP_TRIES):
 
-        async def change(pipe: Any, current: StreamSession | None) -> Any:
-            if current is not None:
-                pipe.hdel(self._sessions, session_id)
-                if current.user_id is not None:
-                    pipe.srem(self._user_key(current.user_id), session_id)
-            pipe.delete(self._lease_key(session_id))
-            pipe.zrem(self._leases, session_id)
-            pipe.zrem(self._removals, session_id)
-            return current
+            async def read() -> Any:
+                return await self._client.hget(self._sessions, session_id)
 
-        removed: StreamSession | None = await self._watched(session_id, change)
-        return removed
+            raw = await self._run(read, session_id)
+            current = None if raw is None else StreamSession.from_json(raw)
+            user = None if current is None else current.user_id
+
+            async def swap(raw: Any = raw, user: str | None = user) -> Any:
+                return await self._client.eval(
+                    _REMOVE_IF,
+                    5,
+                    self._sessions,
+                    self._user_key(user),
+                    self._lease_key(session_id),
+                    self._leases,
+                    self._removals,
+                    session_id,
+                    "" if raw is None else raw,
+                    "1" if user is not None else "0",
+                )
+
+            if int(await self._run(swap, session_id)):
+                return current
+        raise BackendError("too many conflicting updates", session_id=session_id)
 
     async def list(self, user_id: str | None = None) -> Sequence[StreamSession]:
         """Return the records of ``user_id``, or all of them.
@@ -1152,20 +1741,25 @@ class RedisBackend(Backend):
     (only if this backend made it).
 
     Args:
-        url: The Redis URL.
+        url: The Redis URL (with ``cluster=True``, of any node of the cluster).
         prefix: The key prefix; processes sharing sessions use the same one.
-        client: A ``redis.asyncio.Redis`` client to use instead of one made from ``url``.
+        client: A ``redis.asyncio.Redis`` or ``redis.asyncio.RedisCluster`` client to
+            use instead of one made from ``url``.
         lease_ttl: Seconds a worker's lease on its sessions lasts without renewal: the
             bound on how long a dead worker's sessions stay live.
         retry_for: Seconds a lost connection is retried before :class:`BackendError`.
         max_connections: Connections the pool made from ``url`` opens at most; callers
-            beyond it wait for a free one (however many subscribers there are).
+            beyond it wait for a free one (however many subscribers there are). On a
+            cluster, per node.
+        cluster: Whether ``url`` is a node of a Redis Cluster: the backend then makes a
+            ``RedisCluster`` client, which finds the other nodes itself.
 
     Raises:
         ValidationError: a bad argument.
     """
 
     __slots__ = (
+        "_appender",
         "_client",
         "_follower",
         "_lease_ttl",
@@ -1182,10 +1776,11 @@ class RedisBackend(Backend):
         url: str = "redis://127.0.0.1:6379/0",
         *,
         prefix: str = "streamkit",
-        client: aredis.Redis | None = None,
+        client: aredis.Redis | RedisCluster | None = None,
         lease_ttl: float = 10.0,
         retry_for: float = 10.0,
         max_connections: int = 32,
+        cluster: bool = False,
     ) -> None:
         if not isinstance(prefix, str) or not prefix or "{" in prefix or "}" in prefix:
             raise ValidationError(
@@ -1198,22 +1793,26 @@ class RedisBackend(Backend):
             if not isinstance(url, str):
                 raise ValidationError(f"url must be a str, got {type_name(url)}", field="url")
             try:
-                pool = aredis.BlockingConnectionPool.from_url(
-                    url, max_connections=max_connections, timeout=None
-                )
-                client = aredis.Redis.from_pool(pool)
-            except ValueError as exc:
+                if cluster:
+                    client = RedisCluster.from_url(url, max_connections=max_connections)
+                else:
+                    pool = aredis.BlockingConnectionPool.from_url(
+                        url, max_connections=max_connections, timeout=None
+                    )
+                    client = aredis.Redis.from_pool(pool)
+            except (ValueError, RedisError) as exc:
                 raise ValidationError(f"bad Redis URL: {exc}", field="url") from exc
             self._owned = True
         else:
             self._owned = False
-        self._client = client
+        self._client: Any = client
         self._prefix = prefix
         self._token = secrets.token_hex(12)
         self._store = RedisSessionStore(client, prefix=prefix, retry_for=self._retry_for)
         self._store._owner = self._token
         self._store._lease_ms = max(1, int(self._lease_ttl * 1000))
         self._follower: _Follower | None = None
+        self._appender: _Appender | None = None
         self._tg: TaskGroup | None = None
 
     @property
@@ -1240,14 +1839,19 @@ class RedisBackend(Backend):
         _require_asyncio()
         with _translate():
             await self._client.ping()
-        if self._tg is None and not _is_cluster(self._client):
-            # One XREAD over many streams needs them on one node: not on a Cluster.
+        if self._tg is None:
             tg = anyio.create_task_group()
             await tg.__aenter__()
             self._tg = tg
-            wake = f"{self._prefix}:wake:{self._token}"
-            self._follower = _Follower(self._client, wake, self._retry_for)
+            if _is_cluster(self._client):
+                # One XREAD over many streams needs them in one slot: not on a Cluster.
+                self._follower = _ClusterFollower(self._client, self._retry_for)
+            else:
+                wake = f"{self._prefix}:wake:{self._token}"
+                self._follower = _Follower(self._client, wake, self._retry_for)
             tg.start_soon(self._follower.run, name="streamkit redis follower")
+            self._appender = _Appender(self._client, self._retry_for, self._follower)
+            tg.start_soon(self._appender.run, name="streamkit redis appender")
         return self
 
     async def __aexit__(
@@ -1276,6 +1880,7 @@ class RedisBackend(Backend):
             retry_for=self._retry_for,
         )
         log._follower = self._follower
+        log._appender = self._appender
         await log.refresh()
         return log
 
@@ -1339,6 +1944,8 @@ class RedisBackend(Backend):
         if tg is not None:
             if self._follower is not None:
                 self._follower.close()
+            if self._appender is not None:
+                self._appender.closed = True
             tg.cancel_scope.cancel()
             await tg.__aexit__(None, None, None)
         with anyio.CancelScope(shield=True):

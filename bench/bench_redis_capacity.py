@@ -1,0 +1,206 @@
+"""Benchmark: how many paced sessions one worker on ``RedisBackend`` streams at once.
+
+Run: ``.venv/bin/python bench/bench_redis_capacity.py`` (``STREAMKIT_BENCH_QUICK=1`` for a
+smoke run). Needs a ``redis-server`` binary; the benchmark starts its own on a free port
+(it shares the machine's cores with the benchmark's process, as a local Redis would).
+
+Each step runs N sessions for a few seconds, each fed by a source that yields a token
+every 50 ms (20 tokens/s; ``chunk_size=1``, one event per token), each read by one
+subscriber in the same process. The sources start at phases spread evenly over one
+period. For every token the reader computes the **delivery lag**: when it got the token
+minus when the source was due to yield it. A step passes when the p99 lag is under
+50 ms and every reader got every token and the final event. N grows by steps until a
+step fails. Three rows, measured in the same run:
+
+* **bare loop**: no streamkit; a paced generator task puts each token on an
+  ``asyncio.Queue``, a reader task takes it (the floor for one asyncio process);
+* **memory**: a ``SessionRegistry`` on the default memory backend;
+* **Redis**: a ``SessionRegistry`` on ``RedisBackend`` (one worker: every event goes
+  through Redis before its reader sees it; sessions, leases and logs all in Redis).
+
+The figure is the largest step that passed, and the ratio Redis / bare loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+from typing import Any
+
+import anyio
+import redis.asyncio as aredis
+from _harness import machine, save, table
+from bench_redis import _start
+
+import streamkit as sk
+from streamkit.backends.redis import RedisBackend
+
+QUICK = os.environ.get("STREAMKIT_BENCH_QUICK") == "1"
+RATE = 20.0
+SECONDS = 1.0 if QUICK else 3.0
+LAG_GOAL = 0.050
+STEPS: dict[str, tuple[int, ...]] = {
+    "bare loop": (250, 500) if QUICK else (500, 1000, 1500, 2000, 2500, 3000, 4000),
+    "memory": (100, 200) if QUICK else (250, 500, 750, 1000, 1500, 2000, 2500, 3000),
+    "Redis": (50, 100) if QUICK else (100, 250, 500, 750, 1000, 1250, 1500, 2000),
+}
+CONFIG = sk.StreamConfig(chunk_size=1, stream_delay=0, heartbeat_interval=None)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
+
+
+async def _paced(t0: float, tokens: int) -> Any:
+    period = 1 / RATE
+    for k in range(tokens):
+        await anyio.sleep_until(t0 + k * period)
+        yield f"{k} "
+
+
+def _verdict(sessions: int, tokens: int, lags: list[float], complete: int) -> dict[str, Any]:
+    lags.sort()
+    lost = sessions * tokens - len(lags) + (sessions - complete)
+    p99 = _percentile(lags, 0.99)
+    return {
+        "sessions": sessions,
+        "p50_ms": _percentile(lags, 0.5) * 1e3,
+        "p99_ms": p99 * 1e3,
+        "max_ms": lags[-1] * 1e3 if lags else float("nan"),
+        "lost": lost,
+        "ok": p99 < LAG_GOAL and lost == 0,
+    }
+
+
+async def bare_step(sessions: int, _url: str) -> dict[str, Any]:
+    """Paced generator task -> asyncio.Queue -> reader task, per session."""
+    tokens = round(SECONDS * RATE)
+    period = 1 / RATE
+    lags: list[float] = []
+    complete = 0
+    clock = anyio.current_time
+    start = clock() + 0.5 + sessions * 100e-6
+
+    async def one(t0: float) -> None:
+        nonlocal complete
+        queue: asyncio.Queue[int | None] = asyncio.Queue(1024)
+
+        async def produce() -> None:
+            k = 0
+            async for _ in _paced(t0, tokens):
+                await queue.put(k)
+                k += 1
+            await queue.put(None)
+
+        async def read() -> None:
+            nonlocal complete
+            while (k := await queue.get()) is not None:
+                lags.append(clock() - (t0 + k * period))
+            complete += 1
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(produce)
+            tg.start_soon(read)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(sessions):
+            tg.start_soon(one, start + period * i / sessions)
+    return _verdict(sessions, tokens, lags, complete)
+
+
+async def registry_step(sessions: int, url: str) -> dict[str, Any]:
+    """N sessions of one registry (memory backend if ``url`` is empty, else Redis)."""
+    tokens = round(SECONDS * RATE)
+    period = 1 / RATE
+    lags: list[float] = []
+    complete = 0
+    config = sk.RegistryConfig(max_sessions=sessions, heartbeat_interval=None)
+    backend = None
+    if url:
+        client = aredis.Redis.from_url(url)
+        await client.flushall()
+        await client.aclose()
+        backend = RedisBackend(url, prefix="cap", max_connections=64)
+    async with sk.SessionRegistry(config, backend=backend) as registry:
+        ids = [(await registry.create()).session_id for _ in range(sessions)]
+        clock = anyio.current_time
+        start = clock() + 1.0 + sessions * 200e-6
+        due: dict[str, float] = {}
+
+        async def follow(sid: str) -> None:
+            nonlocal complete
+            t0 = due[sid]
+            received = 0
+            async with registry.subscribe(sid) as subscription:
+                async for event in subscription:
+                    if event.event_type == "token":
+                        index = event.metadata["index"]
+                        assert isinstance(index, int)
+                        lags.append(clock() - (t0 + index * period))
+                        received += 1
+                    elif event.event_type == "complete" and received == tokens:
+                        complete += 1
+
+        async with anyio.create_task_group() as tg:
+            for i, sid in enumerate(ids):
+                due[sid] = start + period * i / sessions
+                tg.start_soon(follow, sid)
+            for sid in ids:
+                registry.start(sid, _paced(due[sid], tokens), CONFIG)
+    return _verdict(sessions, tokens, lags, complete)
+
+
+def capacity(name: str, url: str) -> list[dict[str, Any]]:
+    """Run ``name``'s steps until one fails; return every step's row."""
+    step = bare_step if name == "bare loop" else registry_step
+    rows = []
+    for sessions in STEPS[name]:
+        gc.collect()
+        row = anyio.run(step, sessions, "" if name == "memory" else url, backend="asyncio")
+        row["case"] = name
+        rows.append(row)
+        print(
+            f"  {name} {sessions:>5}: p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, "
+            f"lost {row['lost']}, {'ok' if row['ok'] else 'over the goal'}",
+            flush=True,
+        )
+        if not row["ok"]:
+            break
+    return rows
+
+
+def held(rows: list[dict[str, Any]]) -> int:
+    """The largest step that passed (0 if none)."""
+    return max((r["sessions"] for r in rows if r["ok"]), default=0)
+
+
+def main() -> None:
+    """Run the three cases and print and save their table."""
+    process, url = _start()
+    print(f"{machine()}, {RATE:g} tokens/s per session, {SECONDS:g} s per step\n")
+    try:
+        results = {name: capacity(name, url) for name in STEPS}
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    header = ("case", "sessions", "p50 lag ms", "p99 lag ms", "max lag ms", "lost", "verdict")
+    cells = [
+        [r["case"], r["sessions"], r["p50_ms"], r["p99_ms"], r["max_ms"], r["lost"], r["ok"]]
+        for rows in results.values()
+        for r in rows
+    ]
+    print(table("Paced sessions, one process, asyncio", header, cells))
+    bare = held(results["bare loop"])
+    summary = [
+        (name, held(rows), round(held(rows) / bare, 2) if bare else float("nan"))
+        for name, rows in results.items()
+    ]
+    print(table("Held (p99 < 50 ms, nothing lost)", ("case", "sessions", "÷ bare loop"), summary))
+    save("redis_capacity", {"steps": results, "held": {n: h for n, h, _ in summary}})
+
+
+if __name__ == "__main__":
+    main()
