@@ -33,37 +33,56 @@ from ._session import check_transition as check_transition
 from ._session import new_session_id as new_session_id
 from ._version import __version__ as __version__
 
-# -- streamer (issue 4) --------------------------------------------------------
+# Everything above the model loads when first used (see streamkit/_lazy.py): the
+# name -> module table below, and the same names for type checkers.
 # isort: split
-from . import sources as sources
-from ._streamer import StreamOutcome as StreamOutcome
-from ._streamer import StreamStats as StreamStats
-from ._streamer import TokenStream as TokenStream
-from ._streamer import stream_tokens as stream_tokens
+import typing as _typing
 
-# -- log and registry (issue 5) ------------------------------------------------
-# isort: split
-from . import abc as abc
-from ._log import InMemoryEventLog as InMemoryEventLog
-from ._memory import MemoryBackend as MemoryBackend
-from ._memory import MemorySessionStore as MemorySessionStore
-from ._registry import RegistryStatistics as RegistryStatistics
-from ._registry import SessionRegistry as SessionRegistry
-from ._registry import SessionStatistics as SessionStatistics
-from ._registry import Subscription as Subscription
+from ._lazy import lazy_exports as _lazy_exports
+from ._lazy import rehome as _rehome
 
-# -- wire formats (issue 6) ---------------------------------------------------
-# isort: split
-from . import ndjson as ndjson
-from . import sse as sse
+if _typing.TYPE_CHECKING:
+    # -- streamer (issue 4) ----------------------------------------------------
+    # -- log and registry (issue 5) --------------------------------------------
+    from . import abc as abc
 
-# -- transports (issue 7) ------------------------------------------------------
-# isort: split
-from . import transports as transports
+    # -- wire formats, transports, ASGI (issues 6, 7) ----------------------------
+    from . import asgi as asgi
+    from . import ndjson as ndjson
+    from . import sources as sources
+    from . import sse as sse
+    from . import transports as transports
+    from ._log import InMemoryEventLog as InMemoryEventLog
+    from ._memory import MemoryBackend as MemoryBackend
+    from ._memory import MemorySessionStore as MemorySessionStore
+    from ._registry import RegistryStatistics as RegistryStatistics
+    from ._registry import SessionRegistry as SessionRegistry
+    from ._registry import SessionStatistics as SessionStatistics
+    from ._registry import Subscription as Subscription
+    from ._streamer import StreamOutcome as StreamOutcome
+    from ._streamer import StreamStats as StreamStats
+    from ._streamer import TokenStream as TokenStream
+    from ._streamer import stream_tokens as stream_tokens
 
-# -- ASGI (issue 7) ------------------------------------------------------------
-# isort: split
-from . import asgi as asgi
+_LAZY: dict[str, str] = {
+    "sources": ".sources",
+    "StreamOutcome": "._streamer",
+    "StreamStats": "._streamer",
+    "TokenStream": "._streamer",
+    "stream_tokens": "._streamer",
+    "abc": ".abc",
+    "InMemoryEventLog": "._log",
+    "MemoryBackend": "._memory",
+    "MemorySessionStore": "._memory",
+    "RegistryStatistics": "._registry",
+    "SessionRegistry": "._registry",
+    "SessionStatistics": "._registry",
+    "Subscription": "._registry",
+    "ndjson": ".ndjson",
+    "sse": ".sse",
+    "transports": ".transports",
+    "asgi": ".asgi",
+}
 
 __all__ = [
     "TRANSITIONS",
@@ -110,9 +129,6 @@ __all__ = [
     "transports",
 ]
 
-# Show public objects as streamkit.X in reprs, tracebacks and docs.
-for _name in __all__:
-    _obj = globals()[_name]
-    if getattr(_obj, "__module__", "").startswith("streamkit._"):
-        _obj.__module__ = __name__
-del _name, _obj
+# Show public objects as streamkit.X in reprs, tracebacks and docs; load the rest on use.
+_rehome(__name__, [globals()[_name] for _name in __all__ if _name not in _LAZY])
+__getattr__, __dir__ = _lazy_exports(__name__, globals(), _LAZY)

@@ -7,12 +7,24 @@ real LLM, and conformance suites that any implementation of streamkit's interfac
 
 from __future__ import annotations
 
-# -- simulated sources (issue 4) -----------------------------------------------
-from ._agent import SimulatedAgent as SimulatedAgent
+import typing as _typing
 
-# -- conformance suites (issue 5) ----------------------------------------------
-from ._conformance import EventLogFactory as EventLogFactory
-from ._conformance import check_event_log as check_event_log
+from .._lazy import lazy_exports as _lazy_exports
+
+if _typing.TYPE_CHECKING:
+    # -- simulated sources (issue 4) -----------------------------------------------
+    from ._agent import SimulatedAgent as SimulatedAgent
+
+    # -- conformance suites (issue 5) ----------------------------------------------
+    from ._conformance import EventLogFactory as EventLogFactory
+    from ._conformance import check_event_log as check_event_log
+
+# Each name loads its module when first used (see streamkit/_lazy.py).
+_LAZY: dict[str, str] = {
+    "SimulatedAgent": "._agent",
+    "EventLogFactory": "._conformance",
+    "check_event_log": "._conformance",
+}
 
 __all__ = [
     "EventLogFactory",
@@ -20,9 +32,4 @@ __all__ = [
     "check_event_log",
 ]
 
-# Show public objects as streamkit.testing.X in reprs, tracebacks and docs.
-for _name in __all__:
-    _obj = globals()[_name]
-    if getattr(_obj, "__module__", "").startswith("streamkit.testing._"):
-        _obj.__module__ = __name__
-del _name, _obj
+__getattr__, __dir__ = _lazy_exports(__name__, globals(), _LAZY)
