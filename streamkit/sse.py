@@ -837,5 +837,7 @@ def aiter_events(
 
 # The reconnecting client lives in streamkit._sse_client (it needs anyio); its names
 # stay importable from here and load when first read.
-_CLIENT: Final = ("EventSource", "Fetch", "SSEResponse", "connect", "httpx_fetch")
-__getattr__, __dir__ = lazy_exports(__name__, globals(), dict.fromkeys(_CLIENT, "._sse_client"))
+_LAZY: Final = dict.fromkeys(
+    ("EventSource", "Fetch", "SSEResponse", "connect", "httpx_fetch"), "._sse_client"
+)
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
