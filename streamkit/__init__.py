@@ -3,6 +3,9 @@
 Turn any token producer into a stream of :class:`StreamEvent` values that many
 subscribers can follow and any client can resume, over SSE, NDJSON, WebSocket, a pure
 ASGI app or a plain ``async for``, on asyncio or Trio.
+
+``import streamkit`` loads the model (events, sessions, configs, errors); every other
+name loads its module the first time it is read.
 """
 
 from __future__ import annotations
@@ -33,8 +36,8 @@ from ._session import check_transition as check_transition
 from ._session import new_session_id as new_session_id
 from ._version import __version__ as __version__
 
-# Everything above the model loads when first used (see streamkit/_lazy.py): the
-# name -> module table below, and the same names for type checkers.
+# Everything else loads when first read (see streamkit/_lazy.py): `import streamkit`
+# costs the model above, not the streamer, the registry, the transports or the ASGI app.
 # isort: split
 import typing as _typing
 
@@ -42,11 +45,7 @@ from ._lazy import lazy_exports as _lazy_exports
 from ._lazy import rehome as _rehome
 
 if _typing.TYPE_CHECKING:
-    # -- streamer (issue 4) ----------------------------------------------------
-    # -- log and registry (issue 5) --------------------------------------------
     from . import abc as abc
-
-    # -- wire formats, transports, ASGI (issues 6, 7) ----------------------------
     from . import asgi as asgi
     from . import ndjson as ndjson
     from . import sources as sources
@@ -64,12 +63,15 @@ if _typing.TYPE_CHECKING:
     from ._streamer import TokenStream as TokenStream
     from ._streamer import stream_tokens as stream_tokens
 
+# The same names, each with the module it loads (tests/test_exports.py holds them equal).
 _LAZY: dict[str, str] = {
+    # -- streamer (issue 4)
     "sources": ".sources",
     "StreamOutcome": "._streamer",
     "StreamStats": "._streamer",
     "TokenStream": "._streamer",
     "stream_tokens": "._streamer",
+    # -- log and registry (issue 5)
     "abc": ".abc",
     "InMemoryEventLog": "._log",
     "MemoryBackend": "._memory",
@@ -78,6 +80,7 @@ _LAZY: dict[str, str] = {
     "SessionRegistry": "._registry",
     "SessionStatistics": "._registry",
     "Subscription": "._registry",
+    # -- wire formats, transports, ASGI (issues 6, 7)
     "ndjson": ".ndjson",
     "sse": ".sse",
     "transports": ".transports",
@@ -131,4 +134,5 @@ __all__ = [
 
 # Show public objects as streamkit.X in reprs, tracebacks and docs; load the rest on use.
 _rehome(__name__, [globals()[_name] for _name in __all__ if _name not in _LAZY])
-__getattr__, __dir__ = _lazy_exports(__name__, globals(), _LAZY)
+if not _typing.TYPE_CHECKING:  # type checkers read the imports above, typos included
+    __getattr__, __dir__ = _lazy_exports(__name__, globals(), _LAZY)

@@ -840,4 +840,5 @@ def aiter_events(
 _LAZY: Final = dict.fromkeys(
     ("EventSource", "Fetch", "SSEResponse", "connect", "httpx_fetch"), "._sse_client"
 )
-__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
+if not TYPE_CHECKING:  # type checkers read the imports at the top, typos included
+    __getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)

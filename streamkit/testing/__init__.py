@@ -19,7 +19,8 @@ if _typing.TYPE_CHECKING:
     from ._conformance import EventLogFactory as EventLogFactory
     from ._conformance import check_event_log as check_event_log
 
-# Each name loads its module when first used (see streamkit/_lazy.py).
+# The same names, each with the module it loads when first read (see streamkit/_lazy.py;
+# tests/test_exports.py holds the two lists equal).
 _LAZY: dict[str, str] = {
     "SimulatedAgent": "._agent",
     "EventLogFactory": "._conformance",
@@ -32,4 +33,5 @@ __all__ = [
     "check_event_log",
 ]
 
-__getattr__, __dir__ = _lazy_exports(__name__, globals(), _LAZY)
+if not _typing.TYPE_CHECKING:  # type checkers read the imports above, typos included
+    __getattr__, __dir__ = _lazy_exports(__name__, globals(), _LAZY)

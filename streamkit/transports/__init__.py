@@ -35,7 +35,8 @@ if _typing.TYPE_CHECKING:
     from .websocket import StarletteChannel as StarletteChannel
     from .websocket import WebsocketsChannel as WebsocketsChannel
 
-# Each name loads its module when first used (see streamkit/_lazy.py).
+# The same names, each with the module it loads when first read (see streamkit/_lazy.py;
+# tests/test_exports.py holds the two lists equal).
 _LAZY: dict[str, str] = {
     "CloseCode": "._channel",
     "TextChannel": "..abc",
@@ -68,4 +69,5 @@ __all__ = [
     "memory_channel_pair",
 ]
 
-__getattr__, __dir__ = _lazy_exports(__name__, globals(), _LAZY)
+if not _typing.TYPE_CHECKING:  # type checkers read the imports above, typos included
+    __getattr__, __dir__ = _lazy_exports(__name__, globals(), _LAZY)
