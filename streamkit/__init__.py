@@ -134,5 +134,6 @@ __all__ = [
 
 # Show public objects as streamkit.X in reprs, tracebacks and docs; load the rest on use.
 _rehome(__name__, [globals()[_name] for _name in __all__ if _name not in _LAZY])
-if not _typing.TYPE_CHECKING:  # type checkers read the imports above, typos included
+# Type checkers read the imports above instead, so that a misspelt name is an error.
+if not _typing.TYPE_CHECKING:  # pragma: no branch
     __getattr__, __dir__ = _lazy_exports(__name__, globals(), _LAZY)

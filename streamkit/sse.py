@@ -840,5 +840,6 @@ def aiter_events(
 _LAZY: Final = dict.fromkeys(
     ("EventSource", "Fetch", "SSEResponse", "connect", "httpx_fetch"), "._sse_client"
 )
-if not TYPE_CHECKING:  # type checkers read the imports at the top, typos included
+# Type checkers read the imports at the top instead, so that a misspelt name is an error.
+if not TYPE_CHECKING:  # pragma: no branch
     __getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)

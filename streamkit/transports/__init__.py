@@ -69,5 +69,6 @@ __all__ = [
     "memory_channel_pair",
 ]
 
-if not _typing.TYPE_CHECKING:  # type checkers read the imports above, typos included
+# Type checkers read the imports above instead, so that a misspelt name is an error.
+if not _typing.TYPE_CHECKING:  # pragma: no branch
     __getattr__, __dir__ = _lazy_exports(__name__, globals(), _LAZY)
