@@ -39,12 +39,12 @@ from ._version import __version__ as __version__
 # Everything else loads when first read (see streamkit/_lazy.py): `import streamkit`
 # costs the model above, not the streamer, the registry, the transports or the ASGI app.
 # isort: split
-import typing as _typing
+from typing import TYPE_CHECKING
 
 from ._lazy import lazy_exports as _lazy_exports
 from ._lazy import rehome as _rehome
 
-if _typing.TYPE_CHECKING:
+if TYPE_CHECKING:
     from . import abc as abc
     from . import asgi as asgi
     from . import ndjson as ndjson
@@ -135,5 +135,6 @@ __all__ = [
 # Show public objects as streamkit.X in reprs, tracebacks and docs; load the rest on use.
 _rehome(__name__, [globals()[_name] for _name in __all__ if _name not in _LAZY])
 # Type checkers read the imports above instead, so that a misspelt name is an error.
-if not _typing.TYPE_CHECKING:  # pragma: no branch
+if not TYPE_CHECKING:  # pragma: no branch
     __getattr__, __dir__ = _lazy_exports(__name__, globals(), _LAZY)
+del TYPE_CHECKING  # not a public name

@@ -7,11 +7,11 @@ real LLM, and conformance suites that any implementation of streamkit's interfac
 
 from __future__ import annotations
 
-import typing as _typing
+from typing import TYPE_CHECKING
 
 from .._lazy import lazy_exports as _lazy_exports
 
-if _typing.TYPE_CHECKING:
+if TYPE_CHECKING:
     # -- simulated sources (issue 4) -----------------------------------------------
     from ._agent import SimulatedAgent as SimulatedAgent
 
@@ -34,5 +34,6 @@ __all__ = [
 ]
 
 # Type checkers read the imports above instead, so that a misspelt name is an error.
-if not _typing.TYPE_CHECKING:  # pragma: no branch
+if not TYPE_CHECKING:  # pragma: no branch
     __getattr__, __dir__ = _lazy_exports(__name__, globals(), _LAZY)
+del TYPE_CHECKING  # not a public name

@@ -16,11 +16,11 @@ See ``docs/websocket.md``.
 
 from __future__ import annotations
 
-import typing as _typing
+from typing import TYPE_CHECKING
 
 from .._lazy import lazy_exports as _lazy_exports
 
-if _typing.TYPE_CHECKING:
+if TYPE_CHECKING:
     from ..abc import TextChannel as TextChannel
     from ._channel import CloseCode as CloseCode
     from ._manager import Connection as Connection
@@ -70,5 +70,6 @@ __all__ = [
 ]
 
 # Type checkers read the imports above instead, so that a misspelt name is an error.
-if not _typing.TYPE_CHECKING:  # pragma: no branch
+if not TYPE_CHECKING:  # pragma: no branch
     __getattr__, __dir__ = _lazy_exports(__name__, globals(), _LAZY)
+del TYPE_CHECKING  # not a public name
