@@ -3,6 +3,9 @@
 Turn any token producer into a stream of :class:`StreamEvent` values that many
 subscribers can follow and any client can resume, over SSE, NDJSON, WebSocket, a pure
 ASGI app or a plain ``async for``, on asyncio or Trio.
+
+``import streamkit`` loads the model (events, sessions, configs, errors); every other
+name loads its module the first time it is read.
 """
 
 from __future__ import annotations
@@ -33,37 +36,56 @@ from ._session import check_transition as check_transition
 from ._session import new_session_id as new_session_id
 from ._version import __version__ as __version__
 
-# -- streamer (issue 4) --------------------------------------------------------
+# Everything else loads when first read (see streamkit/_lazy.py): `import streamkit`
+# costs the model above, not the streamer, the registry, the transports or the ASGI app.
 # isort: split
-from . import sources as sources
-from ._streamer import StreamOutcome as StreamOutcome
-from ._streamer import StreamStats as StreamStats
-from ._streamer import TokenStream as TokenStream
-from ._streamer import stream_tokens as stream_tokens
+from typing import TYPE_CHECKING
 
-# -- log and registry (issue 5) ------------------------------------------------
-# isort: split
-from . import abc as abc
-from ._log import InMemoryEventLog as InMemoryEventLog
-from ._memory import MemoryBackend as MemoryBackend
-from ._memory import MemorySessionStore as MemorySessionStore
-from ._registry import RegistryStatistics as RegistryStatistics
-from ._registry import SessionRegistry as SessionRegistry
-from ._registry import SessionStatistics as SessionStatistics
-from ._registry import Subscription as Subscription
+from ._lazy import lazy_exports as _lazy_exports
+from ._lazy import rehome as _rehome
 
-# -- wire formats (issue 6) ---------------------------------------------------
-# isort: split
-from . import ndjson as ndjson
-from . import sse as sse
+if TYPE_CHECKING:
+    from . import abc as abc
+    from . import asgi as asgi
+    from . import ndjson as ndjson
+    from . import sources as sources
+    from . import sse as sse
+    from . import transports as transports
+    from ._log import InMemoryEventLog as InMemoryEventLog
+    from ._memory import MemoryBackend as MemoryBackend
+    from ._memory import MemorySessionStore as MemorySessionStore
+    from ._registry import RegistryStatistics as RegistryStatistics
+    from ._registry import SessionRegistry as SessionRegistry
+    from ._registry import SessionStatistics as SessionStatistics
+    from ._registry import Subscription as Subscription
+    from ._streamer import StreamOutcome as StreamOutcome
+    from ._streamer import StreamStats as StreamStats
+    from ._streamer import TokenStream as TokenStream
+    from ._streamer import stream_tokens as stream_tokens
 
-# -- transports (issue 7) ------------------------------------------------------
-# isort: split
-from . import transports as transports
-
-# -- ASGI (issue 7) ------------------------------------------------------------
-# isort: split
-from . import asgi as asgi
+# The same names, each with the module it loads (tests/test_exports.py holds them equal).
+_LAZY: dict[str, str] = {
+    # -- streamer (issue 4)
+    "sources": ".sources",
+    "StreamOutcome": "._streamer",
+    "StreamStats": "._streamer",
+    "TokenStream": "._streamer",
+    "stream_tokens": "._streamer",
+    # -- log and registry (issue 5)
+    "abc": ".abc",
+    "InMemoryEventLog": "._log",
+    "MemoryBackend": "._memory",
+    "MemorySessionStore": "._memory",
+    "RegistryStatistics": "._registry",
+    "SessionRegistry": "._registry",
+    "SessionStatistics": "._registry",
+    "Subscription": "._registry",
+    # -- wire formats, transports, ASGI (issues 6, 7)
+    "ndjson": ".ndjson",
+    "sse": ".sse",
+    "transports": ".transports",
+    "asgi": ".asgi",
+}
 
 __all__ = [
     "TRANSITIONS",
@@ -110,9 +132,9 @@ __all__ = [
     "transports",
 ]
 
-# Show public objects as streamkit.X in reprs, tracebacks and docs.
-for _name in __all__:
-    _obj = globals()[_name]
-    if getattr(_obj, "__module__", "").startswith("streamkit._"):
-        _obj.__module__ = __name__
-del _name, _obj
+# Show public objects as streamkit.X in reprs, tracebacks and docs; load the rest on use.
+_rehome(__name__, [globals()[_name] for _name in __all__ if _name not in _LAZY])
+# Type checkers read the imports above instead, so that a misspelt name is an error.
+if not TYPE_CHECKING:  # pragma: no branch
+    __getattr__, __dir__ = _lazy_exports(__name__, globals(), _LAZY)
+del TYPE_CHECKING  # not a public name

@@ -36,7 +36,7 @@ import inspect
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, Literal, Self, TypeAlias
 
@@ -57,7 +57,7 @@ from ._memory import MemoryBackend
 from ._session import SessionState, StreamSession, check_transition, events_view, new_session_id
 from ._streamer import StreamStats, TokenStream, loop_clock, stream_tokens
 from ._validate import check_id, check_int, freeze_json_object, type_name
-from .abc import Backend, EventCursor, EventLog, LogStatistics
+from .abc import Backend, EventCursor, EventLog, LogStatistics, TokenSource
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -380,7 +380,7 @@ class SessionRegistry:
     def start(
         self,
         session_id: str,
-        source: AsyncIterable[str] | Iterable[str] | AsyncIterable[bytes] | Iterable[bytes],
+        source: TokenSource,
         config: StreamConfig | None = None,
     ) -> None:
         """Run ``source`` through :func:`~streamkit.stream_tokens` in the background.

@@ -52,9 +52,8 @@ import re
 import threading
 import types
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Final, Literal, Self, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, Literal, Self
 
 import anyio
 import anyio.lowlevel
@@ -64,17 +63,15 @@ from ._config import StreamConfig
 from ._errors import ClosedError, ValidationError
 from ._events import EventType, StreamEvent, make_event
 from ._validate import JSONValue, check_id, type_name
+from .abc import TokenSource  # what stream_tokens accepts
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 
     from anyio.abc import TaskGroup
 
 __all__ = ["StreamOutcome", "StreamStats", "TokenSource", "TokenStream", "stream_tokens"]
 
-#: What :func:`stream_tokens` accepts: text (or UTF-8 bytes) from an async or a sync
-#: iterable.
-TokenSource: TypeAlias = AsyncIterable[str] | AsyncIterable[bytes] | Iterable[str] | Iterable[bytes]
 #: How a stream ended: ``completed`` (the source ran out), ``deadline``
 #: (``max_stream_time`` passed), ``error`` (the source failed or stalled, or yielded
 #: a bad item) or ``closed`` (the consumer closed it or was cancelled before the end).

@@ -49,13 +49,15 @@ def check_str(field: str, value: object, *, allow_empty: bool = True) -> str:
     return value
 
 
-def check_wire_str(field: str, value: object, *, max_len: int = 256) -> str:
-    """Check a non-empty string that may reach a wire-format field (no CR, LF or NUL)."""
-    check_str(field, value, allow_empty=False)
+def check_wire_str(
+    field: str, value: object, *, max_len: int | None = 256, allow_empty: bool = False
+) -> str:
+    """Check a string that may reach a wire-format field (no CR, LF or NUL)."""
+    check_str(field, value, allow_empty=allow_empty)
     assert isinstance(value, str)
     if _FORBIDDEN_IN_FIELDS.search(value):
         raise ValidationError(f"{field} must not contain CR, LF or NUL, got {value!r}", field=field)
-    if len(value) > max_len:
+    if max_len is not None and len(value) > max_len:
         raise ValidationError(
             f"{field} must be at most {max_len} characters, got {len(value)}", field=field
         )

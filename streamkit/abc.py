@@ -20,17 +20,22 @@ The contracts, in short:
   snapshots) and enforces the session count bounds atomically.
 * :class:`Backend` makes logs and owns a store; the registry goes through it for every
   piece of shared state.
+* :class:`TextChannel` is the duck type of a WebSocket-like transport (a
+  :class:`typing.Protocol`: implementations need no streamkit import);
+  :mod:`streamkit.transports` adapts real transports to it.
+* :data:`TokenSource` is what a producer may be.
+
+This module sits in the streaming core layer (see docs/concepts.md): it imports only
+the model, so every layer above can implement or use these interfaces.
 """
 
 from __future__ import annotations
 
 from abc import ABCMeta, abstractmethod
 from collections.abc import AsyncIterable, AsyncIterator, Collection, Iterable, Sequence
-from typing import TYPE_CHECKING, Self, TypeAlias
+from typing import TYPE_CHECKING, Protocol, Self, TypeAlias, runtime_checkable
 
 import attrs
-
-from .transports._channel import TextChannel
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -50,8 +55,10 @@ __all__ = [
 ]
 
 #: What :func:`~streamkit.stream_tokens` and :meth:`~streamkit.SessionRegistry.start`
-#: accept as a producer: any async or sync iterable of text chunks.
-TokenSource: TypeAlias = "AsyncIterable[str] | Iterable[str]"
+#: accept as a producer: any async or sync iterable of text chunks (``str``, or
+#: ``bytes`` of UTF-8, decoded incrementally). The one spelling of the type: the
+#: streamer and the registry import it from here.
+TokenSource: TypeAlias = AsyncIterable[str] | AsyncIterable[bytes] | Iterable[str] | Iterable[bytes]
 
 
 @attrs.frozen(kw_only=True)
@@ -381,3 +388,55 @@ class Backend(metaclass=ABCMeta):
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, empty by default
         """Release the backend's resources (connections). The default does nothing."""
+
+
+@runtime_checkable
+class TextChannel(Protocol):
+    """Anything that sends and receives WebSocket text messages.
+
+    Implementations are adapters over a real transport (see
+    :mod:`streamkit.transports`) or the in-memory pair of
+    :func:`~streamkit.transports.memory_channel_pair`. The contract:
+
+    * :meth:`send_text` and :meth:`receive_text` raise
+      :class:`~streamkit.Disconnected` once the peer has gone (or the channel was
+      closed locally), and only that: framework exceptions never leak out.
+    * :meth:`receive_text` raises :class:`~streamkit.RemoteProtocolError` for a message
+      that is not text (a binary frame).
+    * :meth:`close` is idempotent and returns quietly when the peer has already gone.
+
+    One task may send while another receives; two tasks must not send (or receive)
+    at the same time on one channel.
+    """
+
+    async def send_text(self, text: str) -> None:
+        """Send one text message.
+
+        Args:
+            text: The message.
+
+        Raises:
+            Disconnected: the peer has gone or the channel is closed.
+        """
+        ...
+
+    async def receive_text(self) -> str:
+        """Wait for the next text message and return it.
+
+        Returns:
+            The message.
+
+        Raises:
+            Disconnected: the peer has gone or the channel is closed.
+            RemoteProtocolError: the peer sent a message that is not text.
+        """
+        ...
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close the channel with a WebSocket close code and reason. Idempotent.
+
+        Args:
+            code: The close code (1000 to 4999).
+            reason: A short explanation (at most 123 bytes of UTF-8).
+        """
+        ...

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, overload
 
-from ._decoded import DecodedChunks
-from ._errors import ClosedError, RemoteProtocolError, ValidationError
+from ._decoded import DecodedChunks, DecoderState
+from ._errors import RemoteProtocolError, ValidationError
 from ._events import StreamEvent
 from ._validate import check_int, type_name
 
@@ -70,7 +70,7 @@ def encode(event: StreamEvent) -> bytes:
         ) from exc
 
 
-class NDJSONDecoder(Generic[_T_co]):
+class NDJSONDecoder(DecoderState, Generic[_T_co]):
     """Turn NDJSON bytes into values, one per line, incrementally.
 
     By default each line is read with :meth:`StreamEvent.from_json`, so the decoder
@@ -85,7 +85,7 @@ class NDJSONDecoder(Generic[_T_co]):
     returns the values before it and the next call raises the error, so the values and
     the error are the same however the bytes were split. After an error the decoder
     is unusable: the first call after it raises the error itself, later calls a copy
-    chained to it.
+    chained to it (the rules both decoders share).
 
     Args:
         parse: Turns the text of one line into a value; raises :class:`ValueError`
@@ -96,7 +96,8 @@ class NDJSONDecoder(Generic[_T_co]):
         ValidationError: an argument has the wrong type or value.
     """
 
-    __slots__ = ("_buf", "_closed", "_error", "_line", "_max_line", "_parse", "_raised")
+    __slots__ = ("_buf", "_line", "_max_line", "_parse")
+    _format = "NDJSON"
 
     @overload
     def __init__(
@@ -120,32 +121,12 @@ class NDJSONDecoder(Generic[_T_co]):
         self._max_line = check_int("max_line_size", max_line_size, minimum=1)
         self._buf = bytearray()  # the incomplete last line
         self._line = 0  # complete lines so far
-        self._closed = False
-        self._error: RemoteProtocolError | None = None
-        self._raised = False  # whether _error was raised yet
+        DecoderState.__init__(self)
 
     @property
     def line(self) -> int:
         """The number of complete lines read so far."""
         return self._line
-
-    def _check_usable(self) -> None:
-        error = self._error
-        if error is not None:
-            if not self._raised:
-                # A deferred error: raise it as it was made, with its cause.
-                self._raised = True
-                raise error
-            raise RemoteProtocolError(error.message, line=error.line) from error
-        if self._closed:
-            raise ClosedError("the NDJSON decoder was given bytes after feed_eof()")
-
-    def _fail(self, error: RemoteProtocolError, done: list[_T_co]) -> list[_T_co]:
-        self._error = error
-        self._raised = not done
-        if done:
-            return done
-        raise error
 
     def _too_long(self, line: int) -> RemoteProtocolError:
         # No measured length in the message: it would depend on the chunking.

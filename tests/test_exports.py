@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.util
 import pkgutil
 import types
+from pathlib import Path
+
+import pytest
 
 import streamkit as sk
 
@@ -63,3 +68,47 @@ def test_everything_public_has_a_docstring() -> None:
             value = getattr(module, attr)
             if isinstance(value, type | types.FunctionType | types.ModuleType):
                 assert value.__doc__, f"{name}.{attr} has no docstring"
+
+
+# The faces that load their names on first use (streamkit/_lazy.py).
+LAZY_FACES = ["streamkit", "streamkit.transports", "streamkit.testing", "streamkit.sse"]
+
+
+def type_checking_imports(module: types.ModuleType) -> dict[str, str]:
+    """The names a module imports under ``if TYPE_CHECKING``, mapped to their modules."""
+    assert module.__file__ is not None
+    package = module.__name__ if module.__file__.endswith("__init__.py") else module.__package__
+    assert package is not None
+    tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
+    found: dict[str, str] = {}
+    for node in tree.body:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.body:
+                if isinstance(child, ast.ImportFrom) and child.level:
+                    where = importlib.util.resolve_name(
+                        "." * child.level + (child.module or ""), package
+                    )
+                    for alias in child.names:
+                        found[alias.asname or alias.name] = where
+    return found
+
+
+@pytest.mark.parametrize("name", LAZY_FACES)
+def test_lazy_names_are_the_ones_type_checkers_see(name: str) -> None:
+    module = importlib.import_module(name)
+    anchor = name if hasattr(module, "__path__") else name.rpartition(".")[0]
+    table = {key: importlib.util.resolve_name(where, anchor) for key, where in module._LAZY.items()}
+    seen = type_checking_imports(module)
+    # `from . import sse as sse` names the package; the table names the submodule.
+    seen = {
+        key: f"{where}.{key}" if f"{where}.{key}" == table.get(key) else where
+        for key, where in seen.items()
+    }
+    assert seen == table
+
+
+@pytest.mark.parametrize("name", LAZY_FACES)
+def test_lazy_faces_list_every_name(name: str) -> None:
+    module = importlib.import_module(name)
+    assert set(module.__all__) <= set(dir(module))
+    assert set(module._LAZY) <= set(module.__all__)

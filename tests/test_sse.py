@@ -9,6 +9,7 @@ fast paths on generated streams.
 from __future__ import annotations
 
 import http
+import inspect
 import itertools
 import json
 import random
@@ -1264,6 +1265,25 @@ def test_connect_checks_its_arguments(options: dict[str, Any], field: str) -> No
     with pytest.raises(sk.ValidationError) as info:
         sse.EventSource(**options)
     assert info.value.field == field
+
+
+def test_connect_takes_the_arguments_of_event_source() -> None:
+    # The options are defined once, by EventSource; connect shows and forwards them.
+    connect = inspect.signature(sse.connect)
+    assert connect.parameters == inspect.signature(sse.EventSource).parameters
+    assert connect.return_annotation == "EventSource"
+    source = sse.connect("http://test/events", fetch=FakeServer().fetch, max_retries=2)
+    assert isinstance(source, sse.EventSource)
+    assert source.url == "http://test/events"
+
+
+def test_the_client_is_exported_by_the_codec_module() -> None:
+    for name in ("EventSource", "Fetch", "SSEResponse", "connect", "httpx_fetch"):
+        assert name in sse.__all__
+        assert name in dir(sse)
+        assert getattr(sse, name).__module__ == "streamkit.sse"
+    with pytest.raises(AttributeError, match="has no attribute 'conect'"):
+        sse.conect  # type: ignore[attr-defined]  # noqa: B018
 
 
 async def test_connect_sends_extra_headers() -> None:

@@ -7,12 +7,25 @@ real LLM, and conformance suites that any implementation of streamkit's interfac
 
 from __future__ import annotations
 
-# -- simulated sources (issue 4) -----------------------------------------------
-from ._agent import SimulatedAgent as SimulatedAgent
+from typing import TYPE_CHECKING
 
-# -- conformance suites (issue 5) ----------------------------------------------
-from ._conformance import EventLogFactory as EventLogFactory
-from ._conformance import check_event_log as check_event_log
+from .._lazy import lazy_exports as _lazy_exports
+
+if TYPE_CHECKING:
+    # -- simulated sources (issue 4) -----------------------------------------------
+    from ._agent import SimulatedAgent as SimulatedAgent
+
+    # -- conformance suites (issue 5) ----------------------------------------------
+    from ._conformance import EventLogFactory as EventLogFactory
+    from ._conformance import check_event_log as check_event_log
+
+# The same names, each with the module it loads when first read (see streamkit/_lazy.py;
+# tests/test_exports.py holds the two lists equal).
+_LAZY: dict[str, str] = {
+    "SimulatedAgent": "._agent",
+    "EventLogFactory": "._conformance",
+    "check_event_log": "._conformance",
+}
 
 __all__ = [
     "EventLogFactory",
@@ -20,9 +33,7 @@ __all__ = [
     "check_event_log",
 ]
 
-# Show public objects as streamkit.testing.X in reprs, tracebacks and docs.
-for _name in __all__:
-    _obj = globals()[_name]
-    if getattr(_obj, "__module__", "").startswith("streamkit.testing._"):
-        _obj.__module__ = __name__
-del _name, _obj
+# Type checkers read the imports above instead, so that a misspelt name is an error.
+if not TYPE_CHECKING:  # pragma: no branch
+    __getattr__, __dir__ = _lazy_exports(__name__, globals(), _LAZY)
+del TYPE_CHECKING  # not a public name

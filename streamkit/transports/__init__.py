@@ -16,19 +16,42 @@ See ``docs/websocket.md``.
 
 from __future__ import annotations
 
-from ._channel import CloseCode as CloseCode
-from ._channel import TextChannel as TextChannel
-from ._manager import Connection as Connection
-from ._manager import ConnectionStatistics as ConnectionStatistics
-from ._manager import ManagerStatistics as ManagerStatistics
-from ._manager import MessageHandler as MessageHandler
-from ._manager import SlowClientPolicy as SlowClientPolicy
-from ._manager import WebSocketManager as WebSocketManager
-from .memory import MemoryChannel as MemoryChannel
-from .memory import memory_channel_pair as memory_channel_pair
-from .websocket import ASGIChannel as ASGIChannel
-from .websocket import StarletteChannel as StarletteChannel
-from .websocket import WebsocketsChannel as WebsocketsChannel
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports as _lazy_exports
+
+if TYPE_CHECKING:
+    from ..abc import TextChannel as TextChannel
+    from ._channel import CloseCode as CloseCode
+    from ._manager import Connection as Connection
+    from ._manager import ConnectionStatistics as ConnectionStatistics
+    from ._manager import ManagerStatistics as ManagerStatistics
+    from ._manager import MessageHandler as MessageHandler
+    from ._manager import SlowClientPolicy as SlowClientPolicy
+    from ._manager import WebSocketManager as WebSocketManager
+    from .memory import MemoryChannel as MemoryChannel
+    from .memory import memory_channel_pair as memory_channel_pair
+    from .websocket import ASGIChannel as ASGIChannel
+    from .websocket import StarletteChannel as StarletteChannel
+    from .websocket import WebsocketsChannel as WebsocketsChannel
+
+# The same names, each with the module it loads when first read (see streamkit/_lazy.py;
+# tests/test_exports.py holds the two lists equal).
+_LAZY: dict[str, str] = {
+    "CloseCode": "._channel",
+    "TextChannel": "..abc",
+    "Connection": "._manager",
+    "ConnectionStatistics": "._manager",
+    "ManagerStatistics": "._manager",
+    "MessageHandler": "._manager",
+    "SlowClientPolicy": "._manager",
+    "WebSocketManager": "._manager",
+    "MemoryChannel": ".memory",
+    "memory_channel_pair": ".memory",
+    "ASGIChannel": ".websocket",
+    "StarletteChannel": ".websocket",
+    "WebsocketsChannel": ".websocket",
+}
 
 __all__ = [
     "ASGIChannel",
@@ -46,9 +69,7 @@ __all__ = [
     "memory_channel_pair",
 ]
 
-# Show public objects as streamkit.transports.X in reprs, tracebacks and docs.
-for _name in __all__:
-    _obj = globals()[_name]
-    if getattr(_obj, "__module__", "").startswith("streamkit.transports._"):
-        _obj.__module__ = __name__
-del _name, _obj
+# Type checkers read the imports above instead, so that a misspelt name is an error.
+if not TYPE_CHECKING:  # pragma: no branch
+    __getattr__, __dir__ = _lazy_exports(__name__, globals(), _LAZY)
+del TYPE_CHECKING  # not a public name

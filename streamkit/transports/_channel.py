@@ -2,7 +2,8 @@
 
 Rules of this module, and why:
 
-* :class:`TextChannel` is a :class:`typing.Protocol`, not a base class: Starlette's
+* :class:`TextChannel` (defined in :mod:`streamkit.abc`, beside the other interfaces)
+  is a :class:`typing.Protocol`, not a base class: Starlette's
   ``WebSocket``, a ``websockets`` connection and a raw ASGI ``receive``/``send`` pair are
   all wrapped by a few lines each, and a user's own transport needs no streamkit import.
 * A channel speaks text only. A binary frame is the peer breaking the contract
@@ -16,64 +17,12 @@ Rules of this module, and why:
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import Protocol, runtime_checkable
 
 from .._errors import ValidationError
 from .._validate import check_int, check_str
+from ..abc import TextChannel  # the protocol lives with the interfaces
 
 __all__ = ["CloseCode", "TextChannel"]
-
-
-@runtime_checkable
-class TextChannel(Protocol):
-    """Anything that sends and receives WebSocket text messages.
-
-    Implementations are adapters over a real transport (see
-    :mod:`streamkit.transports`) or the in-memory pair of
-    :func:`~streamkit.transports.memory_channel_pair`. The contract:
-
-    * :meth:`send_text` and :meth:`receive_text` raise
-      :class:`~streamkit.Disconnected` once the peer has gone (or the channel was
-      closed locally), and only that: framework exceptions never leak out.
-    * :meth:`receive_text` raises :class:`~streamkit.RemoteProtocolError` for a message
-      that is not text (a binary frame).
-    * :meth:`close` is idempotent and returns quietly when the peer has already gone.
-
-    One task may send while another receives; two tasks must not send (or receive)
-    at the same time on one channel.
-    """
-
-    async def send_text(self, text: str) -> None:
-        """Send one text message.
-
-        Args:
-            text: The message.
-
-        Raises:
-            Disconnected: the peer has gone or the channel is closed.
-        """
-        ...
-
-    async def receive_text(self) -> str:
-        """Wait for the next text message and return it.
-
-        Returns:
-            The message.
-
-        Raises:
-            Disconnected: the peer has gone or the channel is closed.
-            RemoteProtocolError: the peer sent a message that is not text.
-        """
-        ...
-
-    async def close(self, code: int = 1000, reason: str = "") -> None:
-        """Close the channel with a WebSocket close code and reason. Idempotent.
-
-        Args:
-            code: The close code (1000 to 4999).
-            reason: A short explanation (at most 123 bytes of UTF-8).
-        """
-        ...
 
 
 class CloseCode(IntEnum):
