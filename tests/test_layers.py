@@ -67,6 +67,9 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "streamkit.testing.*",
         "streamkit.demo",
         "streamkit.demo.*",
+        "streamkit._observe",
+        "streamkit.otel",
+        "streamkit.prometheus",
     ),
 }
 
