@@ -483,31 +483,45 @@ class InMemoryEventLog(EventLog):
         self._commit(stored)
         return stored
 
-    async def _append_fresh(self, event: StreamEvent) -> StreamEvent:
-        # The fast path for events nobody else has seen yet (fresh from the streamer):
-        # they are stamped in place, which saves a copy per event. Frozen for users, an
-        # event is completed here, once, before anyone else can hold it.
+    def append_nowait(self, event: StreamEvent, *, owned: bool = False) -> StreamEvent | None:
+        """Store ``event`` now unless the ``block`` policy would make the producer wait.
+
+        See :meth:`streamkit.abc.EventLog.append_nowait`. Never yields. With
+        ``owned=True`` an event whose ``seq`` is ``None`` is stamped in place (one
+        object per event fewer: the streamer's fresh events take this path).
+
+        Returns:
+            The stored event, or ``None`` (nothing stored) when the ``block`` policy
+            would wait for a reader: await :meth:`append` then.
+
+        Raises:
+            ClosedError: the log is closed.
+            PayloadTooLarge: the event's JSON is larger than ``max_event_bytes``.
+            ValidationError: ``event`` is not a :class:`~streamkit.StreamEvent`.
+        """
+        if type(event) is not StreamEvent and not isinstance(event, StreamEvent):
+            raise ValidationError(
+                f"event must be a StreamEvent, got {type_name(event)}", field="event"
+            )
         if self._closed:
             raise self._closed_error()
-        if self._block and self._last + 1 > self._limit:
-            await self._wait_for_room()
-        stamp(event, self._last + 1, self._session_id)
-        self._commit(event)
-        return event
-
-    def _try_append_fresh(self, event: StreamEvent) -> bool:
-        # ``_append_fresh`` without waiting, for a producer that must not wait where it
-        # runs (the stream's source task). ``False``, with nothing stored, when the log
-        # is closed, when the block policy would wait, or when the event may be too
-        # large: the caller then goes through ``_append_fresh``, which waits or raises.
-        if self._closed or (self._block and self._last + 1 > self._limit):
-            return False
-        stamp(event, self._last + 1, self._session_id)
-        size = estimate_size(event)
-        if size * 6 > self._max_event_bytes:
-            return False
-        self._store(event, size)
-        return True
+        if self._block and self._last + 1 > self._limit and not self._has_room():
+            return None
+        if owned and event.seq is None:
+            stamp(event, self._last + 1, self._session_id)
+            stored = event
+        else:
+            stored = make_event(
+                event.event_type,
+                event.content,
+                event.metadata,
+                self._session_id,
+                self._last + 1,
+                event.event_id,
+                event.timestamp,
+            )
+        self._commit(stored)
+        return stored
 
     def _commit(self, event: StreamEvent) -> None:
         size = estimate_size(event)
@@ -554,13 +568,14 @@ class InMemoryEventLog(EventLog):
             head = 0
         self._head = head
 
+    def _has_room(self) -> bool:
+        # Block policy: recompute the bound from the readers; room for the next event?
+        self._limit = min((reader.pos + reader.allow for reader in self._readers), default=math.inf)
+        return self._last + 1 <= self._limit
+
     async def _wait_for_room(self) -> None:
         while True:
-            seq = self._last + 1
-            self._limit = min(
-                (reader.pos + reader.allow for reader in self._readers), default=math.inf
-            )
-            if seq <= self._limit:
+            if self._has_room():
                 return
             self._waits += 1
             room = self._room

@@ -47,6 +47,7 @@ from ._config import RegistryConfig, StreamConfig
 from ._errors import (
     ClosedError,
     InvalidTransition,
+    PayloadTooLarge,
     PermissionDenied,
     SessionLimitExceeded,
     SessionNotFound,
@@ -177,6 +178,45 @@ class _Entry:
         self.subscribers = 0
         self.last_event_at = now
         self.delivered_gone = 0
+
+
+class _LogSink:
+    """A session's :class:`~streamkit.abc.TokenSink`: its stream's tokens into its log.
+
+    Called from the stream's source task. It refuses (and the registry's producer loop
+    then handles the event) whatever that loop would wait for or handle otherwise: a
+    paused or ending session, and an event the log will not take without waiting or
+    raising.
+    """
+
+    __slots__ = ("_append", "_clock", "_counts", "_entry", "_hooks", "_registry")
+
+    def __init__(self, registry: SessionRegistry, entry: _Entry) -> None:
+        self._registry = registry
+        self._entry = entry
+        self._append = entry.log.append_nowait
+        self._hooks = registry._hooks["event"]
+        self._counts = registry._counts
+        clock = registry._clock
+        self._clock = loop_clock() if clock is anyio.current_time else clock
+
+    def offer(self, event: StreamEvent) -> bool:
+        """Append ``event`` to the session's log now, or return ``False``."""
+        entry = self._entry
+        resumed = entry.resumed
+        if entry.finishing or (resumed is not None and not resumed.is_set()):
+            return False
+        try:
+            stored = self._append(event, owned=True)
+        except (ClosedError, PayloadTooLarge):
+            return False
+        if stored is None:
+            return False
+        entry.last_event_at = self._clock()
+        self._counts["appended"] += 1
+        if self._hooks:
+            self._registry._emit("event", stored)
+        return True
 
 
 class SessionRegistry:
@@ -405,7 +445,10 @@ class SessionRegistry:
             raise ValidationError(
                 "the session already has a producer", field="source", session_id=session_id
             )
-        stream = stream_tokens(source, config, session_id=session_id)  # validates source
+        # The stream's source task appends its tokens itself through the sink (one task
+        # switch per token fewer); what the sink refuses comes through _produce.
+        sink = _LogSink(self, entry) if self._lease_ttl is None else None
+        stream = stream_tokens(source, config, session_id=session_id, sink=sink)
         entry.stream = stream
         entry.producer = anyio.CancelScope()
         if entry.resumed is None:
@@ -418,34 +461,13 @@ class SessionRegistry:
 
     async def _produce(self, entry: _Entry, stream: TokenStream) -> None:
         log = entry.log
-        append = getattr(log, "_append_fresh", log.append)
+        append_nowait = log.append_nowait
         hooks = self._hooks["event"]
         scope = entry.producer
         assert scope is not None
         clock = self._clock
         if clock is anyio.current_time:
             clock = loop_clock()  # the same clock, found once instead of at every event
-        try_append = getattr(log, "_try_append_fresh", None)
-        if try_append is not None and self._lease_ttl is None:
-
-            def push(event: StreamEvent) -> bool:
-                # The stream's source task appends its tokens itself (one task switch
-                # per token fewer); anything this loop would wait for or handle
-                # otherwise is refused and comes through the loop below.
-                resumed = entry.resumed
-                if (
-                    entry.finishing
-                    or (resumed is not None and not resumed.is_set())
-                    or not try_append(event)
-                ):
-                    return False
-                entry.last_event_at = clock()
-                self._counts["appended"] += 1
-                if hooks:
-                    self._emit("event", event)
-                return True
-
-            stream._set_sink(push)
         recorded = False
         try:
             with scope:
@@ -466,7 +488,10 @@ class SessionRegistry:
                         if entry.finishing:  # ended elsewhere (cancel, sweep, shutdown)
                             break
                         try:
-                            stored = await append(event)
+                            # The event is fresh from the stream: stamped in place.
+                            stored = append_nowait(event, owned=True)
+                            if stored is None:  # the block policy waits for a reader
+                                stored = await log.append(event)
                         except ClosedError:
                             # Another task (or worker) may have ended the session.
                             if not _finishing(entry) and self._lease_ttl is not None:

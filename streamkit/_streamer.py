@@ -27,10 +27,11 @@ Where the source runs (the reason for the three modes):
   a deadline comes sooner than it is set for (a timer per wait cost a third of the
   CPU of a stream of tokens 50 ms apart, bench/bench_capacity.py). A consumer that
   only stores events (the registry's, appending to a log) may give the stream a
-  *sink*: while the consumer waits for items, the producer task makes the ``token``
-  events itself and hands them to the sink, so a slow source's token costs no wake-up
-  of the consumer at all. Whatever the sink refuses, and every other event (start,
-  heartbeat, final), goes through the consumer as usual, in order.
+  *sink* (:class:`~streamkit.abc.TokenSink`, ``stream_tokens(sink=...)``): while the
+  consumer waits for items, the producer task makes the ``token`` events itself and
+  offers them to the sink, so a slow source's token costs no wake-up of the consumer
+  at all. Whatever the sink refuses, and every other event (start, heartbeat, final),
+  goes through the consumer as usual, in order.
 * An async iterable iterated without ``async with`` is pulled in the consumer's own
   task: a task group held across the consumer's ``async for`` would corrupt the
   cancel-scope stack if the loop were left with ``break``, so there is no task to
@@ -69,6 +70,8 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from anyio.abc import TaskGroup
+
+    from .abc import TokenSink
 
 __all__ = ["StreamOutcome", "StreamStats", "TokenSource", "TokenStream", "stream_tokens"]
 
@@ -587,6 +590,8 @@ class TokenStream:
         config: StreamConfig,
         session_id: str | None,
         raise_on_error: bool,
+        *,
+        sink: TokenSink | None = None,
     ) -> None:
         # Use stream_tokens(): it validates what this trusts.
         self._source = source
@@ -616,7 +621,7 @@ class TokenStream:
         self._producer_scope: anyio.CancelScope | None = None
         self._alarm_scope: anyio.CancelScope | None = None
         self._anext: Callable[[], Any] | None = None
-        self._sink: Callable[[StreamEvent], bool] | None = None
+        self._sink: Callable[[StreamEvent], bool] | None = None if sink is None else sink.offer
         self._decoder: codecs.IncrementalDecoder | None = None
         self._held = ""
         self._slow = False
@@ -876,17 +881,6 @@ class TokenStream:
         else:
             self._anext = self._iterator.__anext__
         return make_event(EventType.START, "", _EMPTY, self._session_id)
-
-    def _set_sink(self, sink: Callable[[StreamEvent], bool]) -> None:
-        """Let the producer task hand ``token`` events to ``sink`` (``async with`` only).
-
-        Internal, for the registry: ``sink(event)`` stores the event and returns
-        ``True``, or returns ``False`` having done nothing, and the event is then
-        returned by ``__anext__`` as usual. It is only called while the consumer waits
-        in ``__anext__``, and never for the final event or a heartbeat. Set it before
-        the stream starts.
-        """
-        self._sink = sink
 
     async def _advance(self) -> StreamEvent:
         while True:
@@ -1272,6 +1266,7 @@ def stream_tokens(
     *,
     session_id: str | None = None,
     raise_on_error: bool = False,
+    sink: TokenSink | None = None,
 ) -> TokenStream:
     """Turn a producer of text into a stream of events.
 
@@ -1296,14 +1291,20 @@ def stream_tokens(
             ``StreamConfig()``.
         session_id: Put on every event.
         raise_on_error: Raise the source's exception after the ``error`` event.
+        sink: Where the task that runs an async source may hand ``token`` events
+            itself (inside ``async with`` only; see :class:`~streamkit.abc.TokenSink`):
+            while the consumer waits for items, each new ``token`` event is offered to
+            ``sink.offer`` and, if taken, never returned by ``__anext__``. For a
+            consumer that only stores events (the registry appends them to a log):
+            a slow source's token then costs no wake-up of the consumer.
 
     Returns:
         The stream: iterate it, ideally inside ``async with``.
 
     Raises:
         ValidationError: ``source`` is not an iterable (or is a ``str`` or ``bytes``
-            itself), ``config`` is not a ``StreamConfig``, or ``session_id`` is not
-            a valid id.
+            itself), ``config`` is not a ``StreamConfig``, ``session_id`` is not
+            a valid id, or ``sink`` has no callable ``offer``.
     """
     if config is None:
         config = StreamConfig()
@@ -1317,6 +1318,10 @@ def stream_tokens(
         raise ValidationError(
             f"raise_on_error must be a bool, got {type_name(raise_on_error)}",
             field="raise_on_error",
+        )
+    if sink is not None and not callable(getattr(sink, "offer", None)):
+        raise ValidationError(
+            f"sink must have an offer(event) method, got {type_name(sink)}", field="sink"
         )
     iterator: AsyncIterator[object] | Iterator[object]
     if isinstance(source, str | bytes | bytearray | memoryview):
@@ -1350,4 +1355,4 @@ def stream_tokens(
             f"{type_name(source)}",
             field="source",
         )
-    return TokenStream(source, iterator, config, session_id, raise_on_error)
+    return TokenStream(source, iterator, config, session_id, raise_on_error, sink=sink)
