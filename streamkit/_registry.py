@@ -56,7 +56,8 @@ from ._errors import (
 from ._events import EventType, StreamEvent, make_event
 from ._memory import MemoryBackend
 from ._session import SessionState, StreamSession, check_transition, events_view, new_session_id
-from ._streamer import StreamStats, TokenStream, loop_clock, stream_tokens
+from ._signals import Signal, loop_clock, signal_factory
+from ._streamer import StreamStats, TokenStream, stream_tokens
 from ._validate import check_id, check_int, freeze_json_object, type_name
 from .abc import Backend, EventCursor, EventLog, LogStatistics
 
@@ -173,7 +174,7 @@ class _Entry:
         self.producer: anyio.CancelScope | None = None
         self.stream: TokenStream | None = None
         # Set while the session may produce; a pause clears it and the producer waits.
-        self.resumed: anyio.Event | None = None
+        self.resumed: Signal | None = None
         self.finishing = False
         self.subscribers = 0
         self.last_event_at = now
@@ -452,7 +453,7 @@ class SessionRegistry:
         entry.stream = stream
         entry.producer = anyio.CancelScope()
         if entry.resumed is None:
-            entry.resumed = anyio.Event()
+            entry.resumed = signal_factory()()
             if entry.session.status is SessionState.ACTIVE:
                 entry.resumed.set()
         if entry.subscribers == 0 and self.config.idle_producer_grace is not None:
@@ -1214,7 +1215,7 @@ def _hold(entry: _Entry, *, paused: bool) -> None:
     """Stop (``paused``) or let go a session's producer, whichever worker asked."""
     if paused:
         if entry.resumed is not None and entry.resumed.is_set():
-            entry.resumed = anyio.Event()
+            entry.resumed = signal_factory()()
         if entry.stream is not None:
             entry.stream.pause()  # the source stops before its next item
     else:
