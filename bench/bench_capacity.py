@@ -63,6 +63,15 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[index]
 
 
+def setup_margin(sessions: int) -> float:
+    """Seconds from the set-up of a step to its first token.
+
+    Long enough for every stream to start and every reader to wait first, even on a
+    loaded machine (a few ms per session): a set-up that overran would count as lag.
+    """
+    return 1.0 + sessions * 2e-3
+
+
 async def paced_source(t0: float, tokens: int) -> Any:
     """Yields token k at t0 + k / RATE (never earlier).
 
@@ -96,7 +105,7 @@ async def streaming_step(sessions: int) -> dict[str, Any]:
         clock = anyio.current_time
         # Time for every stream to start and every subscriber to wait before the first
         # token is due.
-        start = clock() + 0.5 + sessions * 100e-6
+        start = clock() + setup_margin(sessions)
         due: dict[str, float] = {}
         cpu_at_start = 0.0
 
@@ -219,7 +228,7 @@ async def cpu_per_token(layer: str, sessions: int) -> float:
     period = 1 / RATE
     async with sk.SessionRegistry(sk.RegistryConfig(max_sessions=sessions)) as registry:
         ids = [(await registry.create()).session_id for _ in range(sessions)]
-        start = anyio.current_time() + 0.5 + sessions * 100e-6
+        start = anyio.current_time() + setup_margin(sessions)
         cpu_at_start = 0.0
 
         async def mark_start() -> None:
@@ -291,7 +300,7 @@ async def bare_asyncio_step(sessions: int) -> dict[str, Any]:
     period = 1 / RATE
     loop = asyncio.get_running_loop()
     clock = loop.time
-    start = clock() + 0.5 + sessions * 100e-6
+    start = clock() + setup_margin(sessions)
     lags: list[float] = []
     complete = 0
 
@@ -329,7 +338,7 @@ async def bare_trio_step(sessions: int) -> dict[str, Any]:
     tokens = round(SECONDS * RATE)
     period = 1 / RATE
     clock = trio.current_time
-    start = clock() + 0.5 + sessions * 100e-6
+    start = clock() + setup_margin(sessions)
     lags: list[float] = []
     complete = 0
 

@@ -49,7 +49,7 @@ import anyio.lowlevel
 from ._errors import ClosedError, HistoryGap, PayloadTooLarge, SubscriberLagged, ValidationError
 from ._events import StreamEvent, make_event, stamp
 from ._session import new_session_id
-from ._signals import Signal, signal_factory
+from ._signals import Signal, signal_factory, signal_renewer
 from ._validate import check_choice, check_id, check_int, type_name
 from .abc import EventCursor, EventLog, LogStatistics
 
@@ -139,15 +139,33 @@ class _Reader:
 _NO_EVENTS: Final[list[StreamEvent]] = []
 
 
+def _new_signal(old: Signal | None) -> Signal:
+    return anyio.Event()
+
+
 class _Cursor(EventCursor):
     """A cursor over an :class:`InMemoryEventLog` (see the module rules)."""
 
-    __slots__ = ("_after", "_batch", "_done", "_i", "_log", "_new_event", "_state", "_waited")
+    __slots__ = (
+        "_after",
+        "_batch",
+        "_done",
+        "_i",
+        "_log",
+        "_new_event",
+        "_renew",
+        "_signal",
+        "_state",
+        "_waited",
+    )
 
     def __init__(self, log: InMemoryEventLog, after: int) -> None:
         self._log = log
         # The running loop's own event type, found once the cursor starts (_signals).
         self._new_event: Callable[[], Signal] = anyio.Event
+        # This cursor's own event to wait on for the producer, renewed for each wait.
+        self._renew: Callable[[Signal | None], Signal] = _new_signal
+        self._signal: Signal | None = None
         self._after = after
         self._state: _Reader | None = None
         self._batch = _NO_EVENTS
@@ -219,7 +237,7 @@ class _Cursor(EventCursor):
             if data is None:
                 # The reader the producer wakes; it wakes the other waiting readers in
                 # turn (inline: one coroutine frame fewer per wake-up).
-                data = log._data = self._new_event()
+                data = log._data = self._signal = self._renew(self._signal)
                 try:
                     await data.wait()
                 finally:
@@ -253,6 +271,7 @@ class _Cursor(EventCursor):
         state = _Reader(after, max(log._max_lag, log._last - after))
         self._state = state
         self._new_event = signal_factory()
+        self._renew = signal_renewer()
         log._readers.add(state)
         if log._block:
             log._limit = min(log._limit, after + state.allow)
@@ -518,7 +537,24 @@ class InMemoryEventLog(EventLog):
                 event.event_id,
                 event.timestamp,
             )
-        self._commit(stored)
+        size = estimate_size(stored)
+        if size * 6 > self._max_event_bytes:
+            self._commit(stored)  # could be too large: the exact size decides
+            return stored
+        # _store(), inline: this runs for every token of every stream.
+        buf = self._buf
+        buf.append(stored)
+        self._sizes.append(size)
+        self._last += 1
+        self._bytes += size
+        if len(buf) - self._head > self._max_events or self._bytes > self._max_bytes:
+            self._evict()
+        if stored.event_type in _FINAL:
+            self._closed = True
+        data = self._data
+        if data is not None:
+            self._data = None
+            data.set()
         return stored
 
     def _commit(self, event: StreamEvent) -> None:

@@ -11,7 +11,7 @@ cancel scopes reaches a task waiting on either.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import anyio.lowlevel
@@ -19,7 +19,7 @@ import anyio.lowlevel
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["Signal", "loop_clock", "signal_factory"]
+__all__ = ["Signal", "loop_clock", "signal_factory", "signal_renewer"]
 
 
 class Signal(Protocol):
@@ -78,3 +78,28 @@ def signal_factory() -> Callable[[], Signal]:
             factory = backend.create_event
         _FACTORIES[backend] = factory
     return factory
+
+
+def _renew_asyncio(old: Any) -> Signal:
+    # An asyncio.Event that was set and whose waiters have all woken can be cleared and
+    # waited on again: cheaper than a new one (no new deque, no new binding to the loop).
+    if old is None:
+        import asyncio
+
+        return asyncio.Event()
+    old.clear()
+    return old  # type: ignore[no-any-return]
+
+
+def signal_renewer() -> Callable[[Signal | None], Signal]:
+    """Return ``renew(old)``: an unset event to wait on, ``old`` itself when it can be.
+
+    For a waiter that waits again and again on its own event (a cursor waiting for the
+    next event): ``old`` must be ``None`` or an event of this loop that nobody else can
+    set any more. asyncio's events are cleared and reused; Trio's cannot be cleared, so
+    a new one is made.
+    """
+    factory = signal_factory()
+    if factory.__module__ == "asyncio.locks":
+        return _renew_asyncio
+    return lambda old: factory()

@@ -1108,7 +1108,12 @@ class TokenStream:
         if now >= self._deadline or (paced and now < self._next_emit):
             return False
         self._last_input = now
-        self._accept(text)  # a str is always accepted
+        if self._held or not text or "\ud800" <= text[-1] <= "\udbff":
+            self._accept(text)  # a str is always accepted
+        else:  # the common case of _accept, inline: this runs for every token
+            self._items += 1
+            self._tokens += 1
+            self._chunker.feed(text)
         out = self._out
         while out:
             event = self._token_event(out.popleft(), now)
