@@ -249,6 +249,7 @@ class _TaskFeed:
     __slots__ = (
         "alarm",
         "alarm_at",
+        "alarm_task",
         "close_error",
         "closed",
         "done",
@@ -261,7 +262,8 @@ class _TaskFeed:
         "waiter",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, *, alarm_task: bool) -> None:
+        self.alarm_task = alarm_task
         self.new_event = signal_factory()
         self.items: deque[object] = deque()
         # Set while paused: the producer task waits on it before pulling the next item.
@@ -299,7 +301,23 @@ class _TaskFeed:
         return items
 
     async def wait(self, deadline: float) -> None:
-        """Wait for items, or until ``deadline`` (the alarm task wakes the consumer)."""
+        """Wait for items, or until ``deadline`` (the alarm task wakes the consumer).
+
+        Without an alarm task (a stream with a sink, whose consumer seldom waits: the
+        producer task hands the tokens to the sink) the wait has a deadline of its own.
+        """
+        if not self.alarm_task:
+            self.alarm_at = deadline
+            waiter = self.waiter = self.new_event()
+            try:
+                with anyio.CancelScope(deadline=deadline) as scope:
+                    self.alarm = scope
+                    await waiter.wait()
+            finally:
+                self.alarm = None
+                self.alarm_at = math.inf
+                self.waiter = None
+            return
         self.alarm_at = deadline
         alarm = self.alarm
         if alarm is not None and deadline < alarm.deadline:
@@ -853,14 +871,16 @@ class TokenStream:
             self._iterator = None  # the thread owns it now
             feed.thread.start()
         elif self._tg is not None:
-            task_feed = _TaskFeed()
+            # A stream with a sink needs no alarm task: its consumer seldom waits.
+            task_feed = _TaskFeed(alarm_task=self._sink is None)
             if self._paused:
                 task_feed.pause()
             self._feed = task_feed
             scope = self._producer_scope = anyio.CancelScope()
             self._tg.start_soon(self._produce, scope, task_feed, name="streamkit producer")
-            alarm = self._alarm_scope = anyio.CancelScope()
-            self._tg.start_soon(self._alarm, alarm, task_feed, name="streamkit alarm")
+            if task_feed.alarm_task:
+                alarm = self._alarm_scope = anyio.CancelScope()
+                self._tg.start_soon(self._alarm, alarm, task_feed, name="streamkit alarm")
         else:
             self._anext = self._iterator.__anext__
         return make_event(EventType.START, "", _EMPTY, self._session_id)
@@ -1142,11 +1162,17 @@ class TokenStream:
     async def _close_async_source(self, iterator: Any) -> Exception | None:
         """Run the source's ``aclose()`` (and the iterable's, if it is another object)."""
         error: Exception | None = None
+        closers = [
+            aclose
+            for obj in ((iterator, self._source) if self._source is not iterator else (iterator,))
+            if (aclose := getattr(obj, "aclose", None)) is not None
+            # An async generator that ran to its end has nothing left to close.
+            and not (isinstance(obj, types.AsyncGeneratorType) and obj.ag_frame is None)
+        ]
+        if not closers:
+            return None
         with anyio.move_on_after(_CLOSE_TIMEOUT, shield=True):
-            for obj in (iterator, self._source) if self._source is not iterator else (iterator,):
-                aclose = getattr(obj, "aclose", None)
-                if aclose is None:
-                    continue
+            for aclose in closers:
                 try:
                     await aclose()
                 except Exception as exc:
@@ -1161,11 +1187,12 @@ class TokenStream:
             return feed.close_error
         if isinstance(feed, _TaskFeed):
             assert self._producer_scope is not None
-            assert self._alarm_scope is not None
-            self._producer_scope.cancel()
-            self._alarm_scope.cancel()
-            with anyio.move_on_after(_CLOSE_TIMEOUT + 1, shield=True):
-                await feed.closed.wait()
+            if self._alarm_scope is not None:
+                self._alarm_scope.cancel()
+            if not feed.closed.is_set():  # the producer task has not ended by itself
+                self._producer_scope.cancel()
+                with anyio.move_on_after(_CLOSE_TIMEOUT + 1, shield=True):
+                    await feed.closed.wait()
             return feed.close_error
         iterator = self._iterator
         if iterator is None:
