@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import codecs
 import contextvars
+import enum
 import itertools
 import math
 import re
@@ -93,10 +94,24 @@ _CLOSE_TIMEOUT: Final = 5.0
 # Error messages on error events are cut to this many characters.
 _MAX_MESSAGE: Final = 1000
 
-_NEW: Final = 0
-_RUNNING: Final = 1
-_FINISHING: Final = 2
-_DONE: Final = 3
+
+class _Phase(enum.IntEnum):
+    """A stream's phases, in order: it only ever moves forward."""
+
+    #: Made, not started: the first ``__anext__`` starts the source and returns ``start``.
+    NEW = 0
+    #: Running: ``token`` events (and heartbeats) while the source produces.
+    RUNNING = 1
+    #: The source is closed: the rest of its text, then the final event.
+    FINISHING = 2
+    #: Ended: the final event was returned, or the stream was closed.
+    DONE = 3
+
+
+_NEW: Final = _Phase.NEW
+_RUNNING: Final = _Phase.RUNNING
+_FINISHING: Final = _Phase.FINISHING
+_DONE: Final = _Phase.DONE
 
 _EMPTY: Final[Mapping[str, JSONValue]] = MappingProxyType({})
 _WORD_END: Final = re.compile(r"(?<=\S)\s")
