@@ -56,9 +56,11 @@ from ._events import EventType, StreamEvent, make_event
 from ._memory import MemoryBackend
 from ._session import SessionState, StreamSession, check_transition, events_view, new_session_id
 from ._signals import loop_clock, signal_factory
-from ._streamer import StreamStats, TokenStream, stream_tokens
+from ._stats import RegistryStatistics, SessionStatistics
+from ._streamer import TokenStream, stream_tokens
+from ._subscription import Subscription
 from ._validate import check_id, check_int, freeze_json_object, type_name
-from .abc import Backend, EventCursor, LogStatistics
+from .abc import Backend
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -89,62 +91,6 @@ _FINAL_STATE: Final = {
     EventType.COMPLETE: SessionState.COMPLETED,
     EventType.ERROR: SessionState.ERROR,
 }
-
-
-@attrs.frozen(kw_only=True)
-class SessionStatistics:
-    """A snapshot of one session's figures, from :meth:`SessionRegistry.session_statistics`.
-
-    Attributes:
-        session_id: The session.
-        status: Its state.
-        subscribers: Subscriptions reading it now.
-        log: The counters of its event log.
-        stream: The statistics of its producer's stream, if it has had one.
-    """
-
-    session_id: str
-    status: SessionState
-    subscribers: int
-    log: LogStatistics
-    stream: StreamStats | None
-
-
-@attrs.frozen(kw_only=True)
-class RegistryStatistics:
-    """A snapshot of a registry's figures, from :meth:`SessionRegistry.statistics`.
-
-    Attributes:
-        sessions: Sessions held now (live and ended-but-retained).
-        by_state: How many of them are in each state.
-        subscribers: Subscriptions reading now, over all sessions.
-        producers: Producers running now.
-        sessions_created: Sessions created since the registry started.
-        sessions_removed: Sessions removed (closed, or swept after they ended).
-        sessions_expired: Sessions the sweeper expired for idleness.
-        events_appended: Events appended to logs through this registry.
-        events_delivered: Events handed to subscribers.
-        bytes_retained: Bytes retained by the logs of sessions held now.
-        sweeps: Sweeper passes.
-        heartbeats: Heartbeat events sent by the registry.
-        mean_time_to_first_token: Mean time to first token of finished streams, seconds.
-        max_time_to_first_token: The largest such time, seconds.
-    """
-
-    sessions: int
-    by_state: MappingProxyType[str, int]
-    subscribers: int
-    producers: int
-    sessions_created: int
-    sessions_removed: int
-    sessions_expired: int
-    events_appended: int
-    events_delivered: int
-    bytes_retained: int
-    sweeps: int
-    heartbeats: int
-    mean_time_to_first_token: float | None
-    max_time_to_first_token: float | None
 
 
 class _LogSink:
@@ -900,103 +846,6 @@ class SessionRegistry:
             and self.config.idle_producer_grace is not None
         ):
             self._unwatched[entry.session.session_id] = self._clock()
-
-
-class Subscription:
-    """A subscriber's view of one session: an async iterator of its events.
-
-    Made by :meth:`SessionRegistry.subscribe`. Use it with ``async with`` (or iterate it
-    to the end) so that it is released promptly. Checks (existence, permission, the
-    subscriber bound, the resume point) happen when it is entered or first iterated.
-    """
-
-    __slots__ = ("_after", "_closed", "_cursor", "_entry", "_registry", "_session_id", "_user")
-
-    def __init__(
-        self, registry: SessionRegistry, session_id: str, user_id: str | None, after: int
-    ) -> None:
-        self._registry = registry
-        self._session_id = session_id
-        self._user = user_id
-        self._after = after
-        self._cursor: EventCursor | None = None
-        self._entry: _Entry | None = None
-        self._closed = False
-
-    @property
-    def session_id(self) -> str:
-        """The session this subscription follows."""
-        return self._session_id
-
-    @property
-    def position(self) -> int:
-        """The ``seq`` of the last event returned: resume after it."""
-        return self._after if self._cursor is None else self._cursor.position
-
-    async def _open(self) -> EventCursor:
-        if self._closed:
-            raise ClosedError("the subscription is closed", session_id=self._session_id)
-        registry = self._registry
-        entry = await registry._entry(self._session_id, self._user, "read")
-        if self._after > entry.log.last_seq:
-            await registry._coord.sync(entry)  # another worker may have appended since
-        if self._after > entry.log.last_seq:
-            # A reader cannot have seen an event that does not exist yet; following
-            # from there would skip the events up to it when they come.
-            raise ValidationError(
-                f"after={self._after} is past the last event ({entry.log.last_seq})",
-                field="after",
-                session_id=self._session_id,
-            )
-        registry._subscriber_joined(entry)
-        self._entry = entry
-        self._cursor = entry.log.read(self._after)
-        return self._cursor
-
-    async def __aenter__(self) -> Self:
-        if self._cursor is None:
-            await self._open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_val: BaseException | None,
-        exc_tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> StreamEvent:
-        cursor = self._cursor
-        if cursor is None:
-            if self._closed:
-                raise StopAsyncIteration
-            cursor = await self._open()
-        try:
-            return await cursor.__anext__()
-        except StopAsyncIteration:
-            await self.aclose()
-            raise
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self.aclose()
-            raise
-
-    async def aclose(self) -> None:
-        """Stop following the session. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        cursor, self._cursor = self._cursor, None
-        entry, self._entry = self._entry, None
-        if entry is not None:
-            self._registry._subscriber_left(entry)
-        if cursor is not None:
-            self._after = cursor.position
-            await cursor.aclose()
 
 
 _EMPTY: Final[MappingProxyType[str, Any]] = MappingProxyType({})
