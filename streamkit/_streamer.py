@@ -676,6 +676,7 @@ class TokenStream:
         iterator = self._iterator
         anext = iterator.__anext__
         sink = self._sink
+        pushed = 0
         try:
             with scope:
                 try:
@@ -690,6 +691,12 @@ class TokenStream:
                             and type(item) is str
                             and self._push(item, sink, feed)
                         ):
+                            pushed += 1
+                            if pushed == BUFFER_ITEMS:
+                                # A source that never waits would never let the sink's
+                                # readers run: yield as a full buffer would.
+                                pushed = 0
+                                await anyio.lowlevel.checkpoint()
                             continue
                         items = feed.items
                         items.append(item)
