@@ -13,6 +13,13 @@ the source's own timer running late on a busy loop. A step passes when the p99 l
 under 50 ms and every subscriber got every token and the ``complete`` event. N goes up
 by steps until a step fails; the table shows each step.
 
+**Bare baselines, same run.** The same N paced streams without streamkit: per session,
+a paced async generator, a producer task putting its tokens into an ``asyncio.Queue``
+(asyncio) or a ``trio`` memory channel (Trio), and a reader task computing the same lag.
+Each step runs the bare loop and the registry moments apart; the capacity table gives
+the largest passing N of each and their ratio, and the CPU table the µs of CPU per
+token of each at the same N.
+
 **Idle sessions.** 10,000 sessions made by ``registry.create()`` and left alone; the
 memory they hold is measured with ``tracemalloc`` (Python allocations, after a garbage
 collection), divided by the number of sessions.
@@ -22,19 +29,25 @@ from __future__ import annotations
 
 import gc
 import os
+import statistics
 import time
 import tracemalloc
 from pathlib import Path
 from typing import Any
 
 import anyio
+import sniffio
 from _harness import machine, save, table
 
 import streamkit as sk
 
 QUICK = os.environ.get("STREAMKIT_BENCH_QUICK") == "1"
 BACKENDS = ("asyncio", "trio")
-STEPS = (100, 200) if QUICK else (250, 500, 750, 1000, 1500, 2000, 3000, 4000)
+STEPS = (
+    (100, 200)
+    if QUICK
+    else (100, 150, 200, 300, 400, 500, 750, 1000, 1250, 1500, 2000, 2500, 3000, 4000)
+)
 RATE = 20.0  # tokens per second per session
 SECONDS = 1.0 if QUICK else 3.0  # of streaming per session
 LAG_GOAL = 0.050
@@ -50,12 +63,35 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[index]
 
 
+def setup_margin(sessions: int) -> float:
+    """Seconds from the set-up of a step to its first token.
+
+    Long enough for every stream to start and every reader to wait first, even on a
+    loaded machine (a few ms per session): a set-up that overran would count as lag.
+    """
+    return 1.0 + sessions * 2e-3
+
+
 async def paced_source(t0: float, tokens: int) -> Any:
-    """Yields token k at t0 + k / RATE (never earlier)."""
+    """Yields token k at t0 + k / RATE (never earlier).
+
+    It sleeps with the event loop's own call (what the bare rows' source does too), so
+    that both rows pay the same for their source and differ only by what carries it.
+    """
     period = 1 / RATE
-    for k in range(tokens):
-        await anyio.sleep_until(t0 + k * period)
-        yield f"{k} "
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        for k in range(tokens):
+            await trio.sleep_until(t0 + k * period)
+            yield f"{k} "
+    else:
+        import asyncio
+
+        clock = asyncio.get_running_loop().time
+        for k in range(tokens):
+            await asyncio.sleep(max(t0 + k * period - clock(), 0))
+            yield f"{k} "
 
 
 async def streaming_step(sessions: int) -> dict[str, Any]:
@@ -69,7 +105,7 @@ async def streaming_step(sessions: int) -> dict[str, Any]:
         clock = anyio.current_time
         # Time for every stream to start and every subscriber to wait before the first
         # token is due.
-        start = clock() + 0.5 + sessions * 100e-6
+        start = clock() + setup_margin(sessions)
         due: dict[str, float] = {}
         cpu_at_start = 0.0
 
@@ -102,31 +138,19 @@ async def streaming_step(sessions: int) -> dict[str, Any]:
                 registry.start(sid, paced_source(due[sid], tokens), CONFIG)
         wall = time.perf_counter() - begun
         cpu = time.process_time() - cpu_at_start
-    lags.sort()
-    lost = sessions * tokens - len(lags) + (sessions - complete)
-    p99 = percentile(lags, 0.99)
-    return {
-        "sessions": sessions,
-        "events_per_s": sessions * RATE,
-        "p50_ms": percentile(lags, 0.50) * 1e3,
-        "p99_ms": p99 * 1e3,
-        "max_ms": lags[-1] * 1e3 if lags else float("nan"),
-        "lost": lost,
-        "cpu_us_per_token": cpu / (sessions * tokens) * 1e6,
-        "cpu_share": cpu / (SECONDS + period),
-        "wall_s": wall,
-        "ok": p99 < LAG_GOAL and lost == 0,
-    }
+    return {**_summary(tokens, sessions, lags, complete, cpu), "wall_s": wall}
 
 
 BREAKDOWN_SESSIONS = 50 if QUICK else 250
 LAYERS = {
+    "bare loop: paced generator, queue or channel, reader task": "bare",
     "the paced source alone, read by async for": "source",
     "+ stream_tokens (async with)": "streamer",
     "+ registry session and log, no subscriber": "registry",
     "+ one subscriber (the benchmark above)": "full",
 }
 
+BARE_LAYER = next(iter(LAYERS))
 
 HANDOFF_TOKENS = 2_000 if QUICK else 20_000
 
@@ -204,7 +228,7 @@ async def cpu_per_token(layer: str, sessions: int) -> float:
     period = 1 / RATE
     async with sk.SessionRegistry(sk.RegistryConfig(max_sessions=sessions)) as registry:
         ids = [(await registry.create()).session_id for _ in range(sessions)]
-        start = anyio.current_time() + 0.5 + sessions * 100e-6
+        start = anyio.current_time() + setup_margin(sessions)
         cpu_at_start = 0.0
 
         async def mark_start() -> None:
@@ -248,18 +272,127 @@ async def cpu_per_token(layer: str, sessions: int) -> float:
         return (time.process_time() - cpu_at_start) / (sessions * tokens) * 1e6
 
 
-def capacity(backend: str) -> list[dict[str, Any]]:
-    rows = []
+def _summary(
+    tokens: int, sessions: int, lags: list[float], complete: int, cpu: float
+) -> dict[str, Any]:
+    lags.sort()
+    lost = sessions * tokens - len(lags) + (sessions - complete)
+    p99 = percentile(lags, 0.99)
+    period = 1 / RATE
+    return {
+        "sessions": sessions,
+        "events_per_s": sessions * RATE,
+        "p50_ms": percentile(lags, 0.50) * 1e3,
+        "p99_ms": p99 * 1e3,
+        "max_ms": lags[-1] * 1e3 if lags else float("nan"),
+        "lost": lost,
+        "cpu_us_per_token": cpu / (sessions * tokens) * 1e6,
+        "cpu_share": cpu / (SECONDS + period),
+        "ok": p99 < LAG_GOAL and lost == 0,
+    }
+
+
+async def bare_asyncio_step(sessions: int) -> dict[str, Any]:
+    """The anchor on asyncio: paced generator -> producer task -> Queue -> reader task."""
+    import asyncio
+
+    tokens = round(SECONDS * RATE)
+    period = 1 / RATE
+    loop = asyncio.get_running_loop()
+    clock = loop.time
+    start = clock() + setup_margin(sessions)
+    lags: list[float] = []
+    complete = 0
+
+    async def produce(queue: asyncio.Queue[tuple[int, str] | None], t0: float) -> None:
+        k = 0
+        async for text in paced_source(t0, tokens):
+            queue.put_nowait((k, text))
+            k += 1
+        queue.put_nowait(None)
+
+    async def read(queue: asyncio.Queue[tuple[int, str] | None], t0: float) -> None:
+        nonlocal complete
+        received = 0
+        while (item := await queue.get()) is not None:
+            lags.append(clock() - (t0 + item[0] * period))
+            received += 1
+        complete += received == tokens
+
+    async with asyncio.TaskGroup() as tg:
+        for i in range(sessions):
+            queue: asyncio.Queue[tuple[int, str] | None] = asyncio.Queue()
+            t0 = start + period * i / sessions
+            tg.create_task(read(queue, t0))
+            tg.create_task(produce(queue, t0))
+        await asyncio.sleep(max(start - clock(), 0))
+        cpu = time.process_time()
+    cpu = time.process_time() - cpu
+    return _summary(tokens, sessions, lags, complete, cpu)
+
+
+async def bare_trio_step(sessions: int) -> dict[str, Any]:
+    """The anchor on Trio: paced generator -> producer task -> memory channel -> reader."""
+    import trio
+
+    tokens = round(SECONDS * RATE)
+    period = 1 / RATE
+    clock = trio.current_time
+    start = clock() + setup_margin(sessions)
+    lags: list[float] = []
+    complete = 0
+
+    async def produce(send: Any, t0: float) -> None:
+        async with send:
+            k = 0
+            async for text in paced_source(t0, tokens):
+                send.send_nowait((k, text))
+                k += 1
+
+    async def read(receive: Any, t0: float) -> None:
+        nonlocal complete
+        received = 0
+        async with receive:
+            async for k, _ in receive:
+                lags.append(clock() - (t0 + k * period))
+                received += 1
+        complete += received == tokens
+
+    async with trio.open_nursery() as nursery:
+        for i in range(sessions):
+            send, receive = trio.open_memory_channel[tuple[int, str]](tokens)
+            t0 = start + period * i / sessions
+            nursery.start_soon(read, receive, t0)
+            nursery.start_soon(produce, send, t0)
+        await trio.sleep_until(start)
+        cpu = time.process_time()
+    cpu = time.process_time() - cpu
+    return _summary(tokens, sessions, lags, complete, cpu)
+
+
+BARE = {"asyncio": bare_asyncio_step, "trio": bare_trio_step}
+
+
+def capacity(backend: str) -> dict[str, list[dict[str, Any]]]:
+    """Step N up for the registry and the bare loop, each step measuring both."""
+    rows: dict[str, list[dict[str, Any]]] = {"registry": [], "bare": []}
+    going = {"registry": True, "bare": True}
     for sessions in STEPS:
-        gc.collect()
-        row = anyio.run(streaming_step, sessions, backend=backend)
-        rows.append(row)
-        print(
-            f"  {backend} {sessions:>5} sessions: p99 {row['p99_ms']:.1f} ms, "
-            f"lost {row['lost']}, {'ok' if row['ok'] else 'over the goal'}",
-            flush=True,
-        )
-        if not row["ok"]:
+        for kind in ("bare", "registry"):
+            if not going[kind]:
+                continue
+            gc.collect()
+            step = BARE[backend] if kind == "bare" else streaming_step
+            row = anyio.run(step, sessions, backend=backend)
+            rows[kind].append(row)
+            going[kind] = row["ok"]
+            print(
+                f"  {backend} {kind:>8} {sessions:>5} sessions: p99 {row['p99_ms']:.1f} ms, "
+                f"CPU {row['cpu_us_per_token']:.1f} µs/token, "
+                f"lost {row['lost']}, {'ok' if row['ok'] else 'over the goal'}",
+                flush=True,
+            )
+        if not any(going.values()):
             break
     return rows
 
@@ -297,45 +430,103 @@ def main() -> None:
         f"streamkit capacity, {machine()}, {RATE:g} tokens/s per session, "
         f"{SECONDS:g} s of streaming per step\n"
     )
-    results: dict[str, Any] = {"streaming": {}, "idle": {}}
+    results: dict[str, Any] = {"streaming": {}, "bare": {}, "idle": {}}
     header = [
         "sessions",
-        "events/s",
-        "p50 lag ms",
-        "p99 lag ms",
-        "max lag ms",
+        "bare p99 lag ms",
+        "bare CPU µs/token",
+        "bare",
+        "streamkit p50 lag ms",
+        "streamkit p99 lag ms",
+        "streamkit max lag ms",
         "lost",
-        "CPU µs/token",
+        "streamkit CPU µs/token",
+        "CPU ratio",
         "CPU busy",
-        "verdict",
+        "streamkit",
     ]
     for backend in BACKENDS:
-        rows = capacity(backend)
-        results["streaming"][backend] = rows
-        cells = [
-            [
-                r["sessions"],
-                r["events_per_s"],
-                r["p50_ms"],
-                r["p99_ms"],
-                r["max_ms"],
-                r["lost"],
-                r["cpu_us_per_token"],
-                f"{r['cpu_share']:.0%}",
-                "ok" if r["ok"] else "over",
-            ]
-            for r in rows
-        ]
+        both = capacity(backend)
+        results["streaming"][backend] = rows = both["registry"]
+        results["bare"][backend] = bare_rows = both["bare"]
+        bare_by_n = {r["sessions"]: r for r in bare_rows}
+        reg_by_n = {r["sessions"]: r for r in rows}
+        cells = []
+        for n in sorted(bare_by_n.keys() | reg_by_n.keys()):
+            b = bare_by_n.get(n)
+            r = reg_by_n.get(n)
+            cells.append(
+                [
+                    n,
+                    b["p99_ms"] if b else "",
+                    b["cpu_us_per_token"] if b else "",
+                    ("ok" if b["ok"] else "over") if b else "",
+                    r["p50_ms"] if r else "",
+                    r["p99_ms"] if r else "",
+                    r["max_ms"] if r else "",
+                    r["lost"] if r else "",
+                    r["cpu_us_per_token"] if r else "",
+                    f"{r['cpu_us_per_token'] / b['cpu_us_per_token']:.2f}x" if r and b else "",
+                    f"{r['cpu_share']:.0%}" if r else "",
+                    ("ok" if r["ok"] else "over") if r else "",
+                ]
+            )
         print()
-        print(table(f"{backend}: streaming sessions, in-process subscribers", header, cells))
+        print(
+            table(
+                f"{backend}: streaming sessions, in-process readers, bare loop and streamkit",
+                header,
+                cells,
+            )
+        )
+    ratios = []
+    for backend in BACKENDS:
+        rows = results["streaming"][backend]
+        bare_rows = results["bare"][backend]
+        held = max((r["sessions"] for r in rows if r["ok"]), default=0)
+        bare_held = max((r["sessions"] for r in bare_rows if r["ok"]), default=0)
+        common = [
+            r["cpu_us_per_token"] / b["cpu_us_per_token"]
+            for r in rows
+            for b in bare_rows
+            if r["sessions"] == b["sessions"]
+        ]
+        cpu_ratio = statistics.median(common) if common else float("nan")
+        ratios.append(
+            [
+                backend,
+                bare_held,
+                held,
+                f"{held / bare_held:.2f}x" if bare_held else "n/a",
+                f"{cpu_ratio:.2f}x",
+            ]
+        )
+    results["ratios"] = ratios
+    print(
+        table(
+            "sessions held (p99 < 50 ms, no loss), same run",
+            [
+                "backend",
+                "bare loop",
+                "streamkit",
+                "streamkit ÷ bare",
+                "CPU/token ÷ bare (median over the steps both ran)",
+            ],
+            ratios,
+        )
+    )
     breakdown: dict[str, dict[str, float]] = {}
     for backend in BACKENDS:
         breakdown[backend] = {}
         for name, layer in LAYERS.items():
             gc.collect()
-            breakdown[backend][name] = anyio.run(
-                cpu_per_token, layer, BREAKDOWN_SESSIONS, backend=backend
-            )
+            if layer == "bare":
+                row = anyio.run(BARE[backend], BREAKDOWN_SESSIONS, backend=backend)
+                breakdown[backend][name] = row["cpu_us_per_token"]
+            else:
+                breakdown[backend][name] = anyio.run(
+                    cpu_per_token, layer, BREAKDOWN_SESSIONS, backend=backend
+                )
     results["breakdown"] = breakdown
     handoffs: dict[str, dict[str, float]] = {}
     for backend in BACKENDS:
@@ -350,8 +541,15 @@ def main() -> None:
     print(
         table(
             f"where the CPU goes: µs per token, {BREAKDOWN_SESSIONS} sessions",
-            ["pipeline cut at", *BACKENDS],
-            [[name, *(breakdown[b][name] for b in BACKENDS)] for name in LAYERS],
+            ["pipeline cut at", *BACKENDS, *(f"{b} ÷ bare" for b in BACKENDS)],
+            [
+                [
+                    name,
+                    *(breakdown[b][name] for b in BACKENDS),
+                    *(f"{breakdown[b][name] / breakdown[b][BARE_LAYER]:.2f}x" for b in BACKENDS),
+                ]
+                for name in LAYERS
+            ],
         )
     )
     print(
@@ -375,14 +573,31 @@ def main() -> None:
         if backend == BACKENDS[0]:  # the same allocations on every backend
             print(table("where they are, per session", ["allocated at", "bytes"], idle["top"]))
     goals = []
-    for backend, rows in results["streaming"].items():
-        best = max((r["sessions"] for r in rows if r["ok"]), default=0)
+    for backend, bare_held, held, _, cpu_ratio in ratios:
+        share = held / bare_held if bare_held else 0.0
+        goals.append(
+            [
+                backend,
+                ">= 0.8x the bare loop's sessions (p99 < 50 ms, no loss)",
+                f"{held:,} vs {bare_held:,} ({share:.2f}x)",
+                "n/a (quick run)" if QUICK else "met" if share >= 0.8 else "NOT met",
+            ]
+        )
+        ratio = float(cpu_ratio.rstrip("x"))
+        goals.append(
+            [
+                backend,
+                "CPU per token <= 1.3x the bare loop's",
+                cpu_ratio,
+                "n/a (quick run)" if QUICK else "met" if ratio <= 1.3 else "NOT met",
+            ]
+        )
         goals.append(
             [
                 backend,
                 ">= 2,000 streaming sessions (p99 < 50 ms, no loss)",
-                f"{best:,}",
-                "n/a (quick run)" if QUICK else "met" if best >= 2000 else "NOT met",
+                f"{held:,}",
+                "n/a (quick run)" if QUICK else "met" if held >= 2000 else "NOT met",
             ]
         )
     for backend, idle in results["idle"].items():

@@ -54,9 +54,9 @@ class TimedLog(sk.InMemoryEventLog):
         super().__init__(*args, **kwargs)
         self.durations: list[float] = []
 
-    async def _append_fresh(self, event: StreamEvent) -> StreamEvent:
+    def append_nowait(self, event: StreamEvent, *, owned: bool = False) -> StreamEvent | None:
         started = time.perf_counter()
-        stored = await super()._append_fresh(event)
+        stored = super().append_nowait(event, owned=owned)
         self.durations.append(time.perf_counter() - started)
         return stored
 

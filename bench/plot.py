@@ -117,6 +117,19 @@ def capacity(data: dict[str, Any]) -> None:
             sessions, [r["p50_ms"] for r in rows], "s--", color=color, label=f"{backend}, p50"
         )
         right.plot(sessions, [100 * r["cpu_share"] for r in rows], "o-", color=color, label=backend)
+    for backend, rows in data.get("bare", {}).items():  # the bare loop, same run
+        sessions = [r["sessions"] for r in rows]
+        color = COLORS[backend]
+        left.plot(
+            sessions, [r["p99_ms"] for r in rows], "^:", color=color, label=f"bare {backend}, p99"
+        )
+        right.plot(
+            sessions,
+            [100 * r["cpu_share"] for r in rows],
+            "^:",
+            color=color,
+            label=f"bare {backend}",
+        )
     left.axhline(50, color="tab:red", linestyle=":", label="goal: p99 < 50 ms")
     left.set_yscale("log")
     left.set_title(f"delivery lag, {data['rate']:g} tokens/s per session (ms)")

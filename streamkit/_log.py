@@ -49,6 +49,7 @@ import anyio.lowlevel
 from ._errors import ClosedError, HistoryGap, PayloadTooLarge, SubscriberLagged, ValidationError
 from ._events import StreamEvent, make_event, stamp
 from ._session import new_session_id
+from ._signals import Signal, signal_factory, signal_renewer
 from ._validate import check_choice, check_id, check_int, type_name
 from .abc import EventCursor, EventLog, LogStatistics
 
@@ -138,16 +139,33 @@ class _Reader:
 _NO_EVENTS: Final[list[StreamEvent]] = []
 
 
+def _new_signal(old: Signal | None) -> Signal:
+    return anyio.Event()
+
+
 class _Cursor(EventCursor):
     """A cursor over an :class:`InMemoryEventLog` (see the module rules)."""
 
-    __slots__ = ("_after", "_batch", "_done", "_i", "_log", "_new_event", "_state", "_waited")
+    __slots__ = (
+        "_after",
+        "_batch",
+        "_done",
+        "_i",
+        "_log",
+        "_new_event",
+        "_renew",
+        "_signal",
+        "_state",
+        "_waited",
+    )
 
     def __init__(self, log: InMemoryEventLog, after: int) -> None:
         self._log = log
-        # anyio.Event's constructor, bound to the running backend once the cursor starts:
-        # anyio.Event() looks the backend up at every call, half of its cost.
-        self._new_event: Callable[[], anyio.Event] = anyio.Event
+        # The running loop's own event type, found once the cursor starts (_signals).
+        self._new_event: Callable[[], Signal] = anyio.Event
+        # This cursor's own event to wait on for the producer, renewed for each wait.
+        self._renew: Callable[[Signal | None], Signal] = _new_signal
+        self._signal: Signal | None = None
         self._after = after
         self._state: _Reader | None = None
         self._batch = _NO_EVENTS
@@ -201,7 +219,7 @@ class _Cursor(EventCursor):
                             f"the reader fell {backlog} events behind (allowed {state.allow})",
                             oldest,
                         )
-                    state.allow = max(log._max_lag, backlog)
+                    state.allow = backlog if backlog > log._max_lag else log._max_lag
                 if not self._waited:
                     self._waited = True
                     await anyio.lowlevel.checkpoint()
@@ -215,28 +233,26 @@ class _Cursor(EventCursor):
             if log._closed or self._done:
                 self._finish()
                 raise StopAsyncIteration
-            if log._data is None:
-                await self._wait_first()
+            data = log._data
+            if data is None:
+                # The reader the producer wakes; it wakes the other waiting readers in
+                # turn (inline: one coroutine frame fewer per wake-up).
+                data = log._data = self._signal = self._renew(self._signal)
+                try:
+                    await data.wait()
+                finally:
+                    if log._data is data:  # left before any data came: the next is first
+                        log._data = None
+                    others = log._others
+                    if others is not None:
+                        log._others = None
+                        others.set()
             else:
                 others = log._others
                 if others is None:
                     others = log._others = self._new_event()
                 await others.wait()
             self._waited = True
-
-    async def _wait_first(self) -> None:
-        # The reader the producer wakes; it wakes the other waiting readers in turn.
-        log = self._log
-        event = log._data = self._new_event()
-        try:
-            await event.wait()
-        finally:
-            if log._data is event:  # left before any data came: the next waiter is first
-                log._data = None
-            others = log._others
-            if others is not None:
-                log._others = None
-                others.set()
 
     def _start(self) -> _Reader:
         if self._done:
@@ -254,7 +270,8 @@ class _Cursor(EventCursor):
             )
         state = _Reader(after, max(log._max_lag, log._last - after))
         self._state = state
-        self._new_event = anyio.lowlevel.current_token().backend_class.create_event
+        self._new_event = signal_factory()
+        self._renew = signal_renewer()
         log._readers.add(state)
         if log._block:
             log._limit = min(log._limit, after + state.allow)
@@ -409,10 +426,10 @@ class InMemoryEventLog(EventLog):
         self._closed = False
         # Set once when events arrive or the log closes: the first reader that caught up
         # waits on it, and sets _others, on which the other readers that caught up wait.
-        self._data: anyio.Event | None = None
-        self._others: anyio.Event | None = None
+        self._data: Signal | None = None
+        self._others: Signal | None = None
         # Set when a reader advances or leaves; a blocked producer waits on it.
-        self._room: anyio.Event | None = None
+        self._room: Signal | None = None
         self._readers: set[_Reader] = set()
         # Block policy: a lower bound of min(reader.pos + reader.allow), the highest seq
         # the producer may append without looking at the readers again.
@@ -483,31 +500,62 @@ class InMemoryEventLog(EventLog):
         self._commit(stored)
         return stored
 
-    async def _append_fresh(self, event: StreamEvent) -> StreamEvent:
-        # The fast path for events nobody else has seen yet (fresh from the streamer):
-        # they are stamped in place, which saves a copy per event. Frozen for users, an
-        # event is completed here, once, before anyone else can hold it.
+    def append_nowait(self, event: StreamEvent, *, owned: bool = False) -> StreamEvent | None:
+        """Store ``event`` now unless the ``block`` policy would make the producer wait.
+
+        See :meth:`streamkit.abc.EventLog.append_nowait`. Never yields. With
+        ``owned=True`` an event whose ``seq`` is ``None`` is stamped in place (one
+        object per event fewer: the streamer's fresh events take this path).
+
+        Returns:
+            The stored event, or ``None`` (nothing stored) when the ``block`` policy
+            would wait for a reader: await :meth:`append` then.
+
+        Raises:
+            ClosedError: the log is closed.
+            PayloadTooLarge: the event's JSON is larger than ``max_event_bytes``.
+            ValidationError: ``event`` is not a :class:`~streamkit.StreamEvent`.
+        """
+        if type(event) is not StreamEvent and not isinstance(event, StreamEvent):
+            raise ValidationError(
+                f"event must be a StreamEvent, got {type_name(event)}", field="event"
+            )
         if self._closed:
             raise self._closed_error()
-        if self._block and self._last + 1 > self._limit:
-            await self._wait_for_room()
-        stamp(event, self._last + 1, self._session_id)
-        self._commit(event)
-        return event
-
-    def _try_append_fresh(self, event: StreamEvent) -> bool:
-        # ``_append_fresh`` without waiting, for a producer that must not wait where it
-        # runs (the stream's source task). ``False``, with nothing stored, when the log
-        # is closed, when the block policy would wait, or when the event may be too
-        # large: the caller then goes through ``_append_fresh``, which waits or raises.
-        if self._closed or (self._block and self._last + 1 > self._limit):
-            return False
-        stamp(event, self._last + 1, self._session_id)
-        size = estimate_size(event)
+        if self._block and self._last + 1 > self._limit and not self._has_room():
+            return None
+        if owned and event.seq is None:
+            stamp(event, self._last + 1, self._session_id)
+            stored = event
+        else:
+            stored = make_event(
+                event.event_type,
+                event.content,
+                event.metadata,
+                self._session_id,
+                self._last + 1,
+                event.event_id,
+                event.timestamp,
+            )
+        size = estimate_size(stored)
         if size * 6 > self._max_event_bytes:
-            return False
-        self._store(event, size)
-        return True
+            self._commit(stored)  # could be too large: the exact size decides
+            return stored
+        # _store(), inline: this runs for every token of every stream.
+        buf = self._buf
+        buf.append(stored)
+        self._sizes.append(size)
+        self._last += 1
+        self._bytes += size
+        if len(buf) - self._head > self._max_events or self._bytes > self._max_bytes:
+            self._evict()
+        if stored.event_type in _FINAL:
+            self._closed = True
+        data = self._data
+        if data is not None:
+            self._data = None
+            data.set()
+        return stored
 
     def _commit(self, event: StreamEvent) -> None:
         size = estimate_size(event)
@@ -554,13 +602,14 @@ class InMemoryEventLog(EventLog):
             head = 0
         self._head = head
 
+    def _has_room(self) -> bool:
+        # Block policy: recompute the bound from the readers; room for the next event?
+        self._limit = min((reader.pos + reader.allow for reader in self._readers), default=math.inf)
+        return self._last + 1 <= self._limit
+
     async def _wait_for_room(self) -> None:
         while True:
-            seq = self._last + 1
-            self._limit = min(
-                (reader.pos + reader.allow for reader in self._readers), default=math.inf
-            )
-            if seq <= self._limit:
+            if self._has_room():
                 return
             self._waits += 1
             room = self._room
@@ -617,7 +666,7 @@ class InMemoryEventLog(EventLog):
             return
         self._closed = True
         for name in ("_data", "_others", "_room"):
-            event: anyio.Event | None = getattr(self, name)
+            event: Signal | None = getattr(self, name)
             if event is not None:
                 setattr(self, name, None)
                 event.set()

@@ -17,16 +17,14 @@ Rules of this module:
   walks each map from the oldest entry and stops at the first that is not due.
 * The registry's clock (``anyio.current_time`` unless one is injected) drives every
   deadline; session timestamps are wall-clock Unix seconds.
-* **A shared backend (Redis) is the truth.** With a backend that has leases
-  (``backend.lease_ttl`` is not ``None``), other workers create and change sessions
-  too: a session this registry did not create is loaded from the store as a *remote*
-  entry (no producer here), cached only while it has subscribers here; the record is
-  re-read from the store on every call, and one lease task per registry renews the
-  leases of the sessions it owns, reads their records (so that a pause, resume or end
-  made on another worker takes effect here within ``lease_ttl / 3``), and ends the
-  sessions of dead workers. Ending a session there sets its state in the store
-  *first*: only one worker wins, and the others adopt its state without adding a
-  second final event. With the memory backend none of this runs.
+* **A shared backend (Redis) is the truth.** What only a shared backend needs (leases,
+  sessions of other workers, shared sweeps, ending a session in the store first) is in
+  a coordinator chosen once when the registry is made (:mod:`streamkit._coordinator`):
+  no method here tests the mode. With the memory backend the coordinator does nothing.
+* **The fast path is declared.** A stream's tokens are appended from its source task
+  through a :class:`~streamkit.abc.TokenSink` that calls the log's
+  :meth:`~streamkit.abc.EventLog.append_nowait`; whatever it refuses comes through the
+  producer loop.
 """
 
 from __future__ import annotations
@@ -44,9 +42,11 @@ import anyio
 import attrs
 
 from ._config import RegistryConfig, StreamConfig
+from ._coordinator import EntryPhase, _Entry, hold, make_coordinator
 from ._errors import (
     ClosedError,
     InvalidTransition,
+    PayloadTooLarge,
     PermissionDenied,
     SessionLimitExceeded,
     SessionNotFound,
@@ -55,9 +55,12 @@ from ._errors import (
 from ._events import EventType, StreamEvent, make_event
 from ._memory import MemoryBackend
 from ._session import SessionState, StreamSession, check_transition, events_view, new_session_id
-from ._streamer import StreamStats, TokenStream, loop_clock, stream_tokens
+from ._signals import loop_clock, signal_factory
+from ._stats import RegistryStatistics, SessionStatistics
+from ._streamer import TokenStream, stream_tokens
+from ._subscription import Subscription
 from ._validate import check_id, check_int, freeze_json_object, type_name
-from .abc import Backend, EventCursor, EventLog, LogStatistics, TokenSource
+from .abc import Backend, TokenSource
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -90,93 +93,43 @@ _FINAL_STATE: Final = {
 }
 
 
-@attrs.frozen(kw_only=True)
-class SessionStatistics:
-    """A snapshot of one session's figures, from :meth:`SessionRegistry.session_statistics`.
+class _LogSink:
+    """A session's :class:`~streamkit.abc.TokenSink`: its stream's tokens into its log.
 
-    Attributes:
-        session_id: The session.
-        status: Its state.
-        subscribers: Subscriptions reading it now.
-        log: The counters of its event log.
-        stream: The statistics of its producer's stream, if it has had one.
+    Called from the stream's source task. It refuses (and the registry's producer loop
+    then handles the event) whatever that loop would wait for or handle otherwise: a
+    paused or ending session, and an event the log will not take without waiting or
+    raising.
     """
 
-    session_id: str
-    status: SessionState
-    subscribers: int
-    log: LogStatistics
-    stream: StreamStats | None
+    __slots__ = ("_append", "_clock", "_counts", "_entry", "_hooks", "_registry")
 
+    def __init__(self, registry: SessionRegistry, entry: _Entry) -> None:
+        self._registry = registry
+        self._entry = entry
+        self._append = entry.log.append_nowait
+        self._hooks = registry._hooks["event"]
+        self._counts = registry._counts
+        clock = registry._clock
+        self._clock = loop_clock() if clock is anyio.current_time else clock
 
-@attrs.frozen(kw_only=True)
-class RegistryStatistics:
-    """A snapshot of a registry's figures, from :meth:`SessionRegistry.statistics`.
-
-    Attributes:
-        sessions: Sessions held now (live and ended-but-retained).
-        by_state: How many of them are in each state.
-        subscribers: Subscriptions reading now, over all sessions.
-        producers: Producers running now.
-        sessions_created: Sessions created since the registry started.
-        sessions_removed: Sessions removed (closed, or swept after they ended).
-        sessions_expired: Sessions the sweeper expired for idleness.
-        events_appended: Events appended to logs through this registry.
-        events_delivered: Events handed to subscribers.
-        bytes_retained: Bytes retained by the logs of sessions held now.
-        sweeps: Sweeper passes.
-        heartbeats: Heartbeat events sent by the registry.
-        mean_time_to_first_token: Mean time to first token of finished streams, seconds.
-        max_time_to_first_token: The largest such time, seconds.
-    """
-
-    sessions: int
-    by_state: MappingProxyType[str, int]
-    subscribers: int
-    producers: int
-    sessions_created: int
-    sessions_removed: int
-    sessions_expired: int
-    events_appended: int
-    events_delivered: int
-    bytes_retained: int
-    sweeps: int
-    heartbeats: int
-    mean_time_to_first_token: float | None
-    max_time_to_first_token: float | None
-
-
-class _Entry:
-    """What this process holds for one session besides its record."""
-
-    __slots__ = (
-        "delivered_gone",
-        "finishing",
-        "last_event_at",
-        "log",
-        "producer",
-        "remote",
-        "resumed",
-        "session",
-        "stream",
-        "subscribers",
-    )
-
-    def __init__(
-        self, session: StreamSession, log: EventLog, now: float, *, remote: bool = False
-    ) -> None:
-        self.session = session
-        # Made by another worker (shared backend): no producer here, not swept here.
-        self.remote = remote
-        self.log = log
-        self.producer: anyio.CancelScope | None = None
-        self.stream: TokenStream | None = None
-        # Set while the session may produce; a pause clears it and the producer waits.
-        self.resumed: anyio.Event | None = None
-        self.finishing = False
-        self.subscribers = 0
-        self.last_event_at = now
-        self.delivered_gone = 0
+    def offer(self, event: StreamEvent) -> bool:
+        """Append ``event`` to the session's log now, or return ``False``."""
+        entry = self._entry
+        resumed = entry.resumed
+        if entry.finishing or (resumed is not None and not resumed.is_set()):
+            return False
+        try:
+            stored = self._append(event, owned=True)
+        except (ClosedError, PayloadTooLarge):
+            return False
+        if stored is None:
+            return False
+        entry.last_event_at = self._clock()
+        self._counts["appended"] += 1
+        if self._hooks:
+            self._registry._emit("event", stored)
+        return True
 
 
 class SessionRegistry:
@@ -224,9 +177,6 @@ class SessionRegistry:
         self._authorize = authorize
         self._clock = clock or anyio.current_time
         self._entries: dict[str, _Entry] = {}
-        # Sessions of other workers that this one serves (shared backends only).
-        self._remote: dict[str, _Entry] = {}
-        self._lease_ttl = self.backend.lease_ttl
         # Upkeep queues, oldest first (see the module's rules).
         self._idle: OrderedDict[str, float] = OrderedDict()
         self._ended: OrderedDict[str, float] = OrderedDict()
@@ -239,6 +189,8 @@ class SessionRegistry:
         )
         self._delivered_gone = 0
         self._ttfts: list[float] = []
+        # What only a shared backend needs, or nothing: chosen once, here.
+        self._coord = make_coordinator(self)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -254,8 +206,7 @@ class SessionRegistry:
         tg.start_soon(self._sweeper, name="streamkit sweeper")
         if self.config.heartbeat_interval is not None:
             tg.start_soon(self._heartbeater, name="streamkit heartbeats")
-        if self._lease_ttl is not None:
-            tg.start_soon(self._lease_keeper, name="streamkit leases")
+        self._coord.start(tg)
         return self
 
     async def __aexit__(
@@ -345,8 +296,7 @@ class SessionRegistry:
             PermissionDenied: ``user_id`` may not read it.
         """
         entry = await self._entry(session_id, user_id, "read")
-        if self._lease_ttl is not None:
-            await entry.log.sync()
+        await self._coord.sync(entry)
         return self._snapshot(entry)
 
     async def list(self, user_id: str | None = None) -> Sequence[StreamSession]:
@@ -361,21 +311,7 @@ class SessionRegistry:
         """
         if user_id is not None:
             check_id("user_id", user_id)
-        if self._lease_ttl is not None:
-            out: list[StreamSession] = []
-            for record in await self.backend.store.list(user_id):
-                entry = self._entries.get(record.session_id)
-                out.append(
-                    record
-                    if entry is None
-                    else attrs.evolve(record, events=events_view(entry.log.retained()))
-                )
-            return out
-        return [
-            self._snapshot(entry)
-            for entry in self._entries.values()
-            if user_id is None or entry.session.user_id == user_id
-        ]
+        return await self._coord.list(user_id)
 
     def start(
         self,
@@ -405,11 +341,14 @@ class SessionRegistry:
             raise ValidationError(
                 "the session already has a producer", field="source", session_id=session_id
             )
-        stream = stream_tokens(source, config, session_id=session_id)  # validates source
+        # The stream's source task appends its tokens itself through the sink (one task
+        # switch per token fewer); what the sink refuses comes through _produce.
+        sink = _LogSink(self, entry) if self._coord.direct_appends else None
+        stream = stream_tokens(source, config, session_id=session_id, sink=sink)
         entry.stream = stream
         entry.producer = anyio.CancelScope()
         if entry.resumed is None:
-            entry.resumed = anyio.Event()
+            entry.resumed = signal_factory()()
             if entry.session.status is SessionState.ACTIVE:
                 entry.resumed.set()
         if entry.subscribers == 0 and self.config.idle_producer_grace is not None:
@@ -418,34 +357,13 @@ class SessionRegistry:
 
     async def _produce(self, entry: _Entry, stream: TokenStream) -> None:
         log = entry.log
-        append = getattr(log, "_append_fresh", log.append)
+        append_nowait = log.append_nowait
         hooks = self._hooks["event"]
         scope = entry.producer
         assert scope is not None
         clock = self._clock
         if clock is anyio.current_time:
             clock = loop_clock()  # the same clock, found once instead of at every event
-        try_append = getattr(log, "_try_append_fresh", None)
-        if try_append is not None and self._lease_ttl is None:
-
-            def push(event: StreamEvent) -> bool:
-                # The stream's source task appends its tokens itself (one task switch
-                # per token fewer); anything this loop would wait for or handle
-                # otherwise is refused and comes through the loop below.
-                resumed = entry.resumed
-                if (
-                    entry.finishing
-                    or (resumed is not None and not resumed.is_set())
-                    or not try_append(event)
-                ):
-                    return False
-                entry.last_event_at = clock()
-                self._counts["appended"] += 1
-                if hooks:
-                    self._emit("event", event)
-                return True
-
-            stream._set_sink(push)
         recorded = False
         try:
             with scope:
@@ -466,12 +384,13 @@ class SessionRegistry:
                         if entry.finishing:  # ended elsewhere (cancel, sweep, shutdown)
                             break
                         try:
-                            stored = await append(event)
+                            # The event is fresh from the stream: stamped in place.
+                            stored = append_nowait(event, owned=True)
+                            if stored is None:  # the block policy waits for a reader
+                                stored = await log.append(event)
                         except ClosedError:
                             # Another task (or worker) may have ended the session.
-                            if not _finishing(entry) and self._lease_ttl is not None:
-                                with contextlib.suppress(SessionNotFound):
-                                    await self._fresh(entry.session.session_id, entry)
+                            await self._coord.refused(entry)
                             if _finishing(entry):
                                 break
                             raise
@@ -569,7 +488,7 @@ class SessionRegistry:
         """
         entry = await self._entry(session_id, user_id, "control")
         await self._set_state(entry, SessionState.PAUSED)
-        _hold(entry, paused=True)
+        hold(entry, paused=True)
         return self._snapshot(entry)
 
     async def resume(self, session_id: str, *, user_id: str | None = None) -> StreamSession:
@@ -582,7 +501,7 @@ class SessionRegistry:
         """
         entry = await self._entry(session_id, user_id, "control")
         await self._set_state(entry, SessionState.ACTIVE)
-        _hold(entry, paused=False)
+        hold(entry, paused=False)
         return self._snapshot(entry)
 
     async def cancel(self, session_id: str, *, user_id: str | None = None) -> StreamSession:
@@ -649,7 +568,7 @@ class SessionRegistry:
             stats = entry.log.statistics()
             retained += stats.retained_bytes
             delivered += stats.events_delivered
-        subscribers += sum(entry.subscribers for entry in self._remote.values())
+        subscribers += sum(entry.subscribers for entry in self._coord.remote_entries())
         ttfts = self._ttfts
         return RegistryStatistics(
             sessions=len(self._entries),
@@ -742,27 +661,7 @@ class SessionRegistry:
             if entry is not None:
                 await self._remove(entry)
                 done += 1
-        if self._lease_ttl is not None:
-            done += await self._sweep_shared()
-        return done
-
-    async def _sweep_shared(self) -> int:
-        # Ended sessions of any worker (a dead one's included) whose time is up; each
-        # is claimed by one worker. Bounded work per sweep.
-        done = 0
-        for session_id in await self.backend.claim_removals(_SWEEP_BATCH):
-            entry = self._entries.get(session_id)
-            if entry is not None:
-                await self._remove(entry)
-            else:
-                self._remote.pop(session_id, None)
-                with anyio.CancelScope(shield=True):
-                    await self.backend.delete_log(session_id)
-                    await self.backend.store.remove(session_id)
-            done += 1
-        for session_id, entry in list(self._remote.items()):
-            if not entry.subscribers:
-                del self._remote[session_id]
+        done += await self._coord.sweep()
         return done
 
     async def emit_heartbeats(self) -> int:
@@ -777,7 +676,7 @@ class SessionRegistry:
             return 0
         now = self._clock()
         sent = 0
-        for entry in [*self._entries.values(), *self._remote.values()]:
+        for entry in [*self._entries.values(), *self._coord.remote_entries()]:
             if (
                 entry.subscribers
                 and not entry.finishing
@@ -804,43 +703,6 @@ class SessionRegistry:
             except Exception:
                 logger.exception("streamkit: a sweep failed")
 
-    async def _lease_keeper(self) -> None:
-        ttl = self._lease_ttl
-        assert ttl is not None
-        while True:
-            await anyio.sleep(ttl / 3)
-            try:
-                await self._keep_leases()
-            except Exception:
-                logger.exception("streamkit: renewing leases failed")
-
-    async def _keep_leases(self) -> None:
-        """Renew owned leases, adopt remote state changes, end dead workers' sessions."""
-        owned = [e for e in self._entries.values() if not e.finishing]
-        if owned:
-            ids = [e.session.session_id for e in owned]
-            lost = set(await self.backend.renew_leases(ids))
-            records = await self.backend.store.get_many(ids)
-            for entry, record in zip(owned, records, strict=True):
-                if entry.finishing:
-                    continue
-                if record is None:
-                    self._forget(entry)
-                    continue
-                self._adopt(entry, record)
-                if entry.session.session_id in lost and not entry.finishing:
-                    await self._end_quietly(entry, SessionState.ERROR, _producer_lost())
-        for session_id in await self.backend.claim_orphans(_SWEEP_BATCH):
-            # Claimed by this worker alone: it must end the session.
-            orphan = self._entries.get(session_id) or self._remote.get(session_id)
-            if orphan is None or orphan.finishing:  # (finishing: a finish that failed)
-                found = await self.backend.store.get(session_id)
-                if found is None or found.is_terminal:
-                    continue
-                log = await self.backend.make_log(session_id, self.config)
-                orphan = _Entry(found, log, self._clock(), remote=True)
-            await self._end_quietly(orphan, SessionState.ERROR, _producer_lost())
-
     async def _heartbeater(self) -> None:
         interval = self.config.heartbeat_interval
         assert interval is not None
@@ -857,11 +719,8 @@ class SessionRegistry:
         check_id("session_id", session_id)
         if user_id is not None:
             check_id("user_id", user_id)
-        entry = self._entries.get(session_id) or self._remote.get(session_id)
-        if self._lease_ttl is not None:
-            entry = await self._fresh(session_id, entry)
-        elif entry is None:
-            raise SessionNotFound("no such session", session_id=session_id)
+        entry = self._entries.get(session_id) or self._coord.held(session_id)
+        entry = await self._coord.lookup(session_id, entry)
         session = entry.session
         if session.user_id is not None and session.user_id != user_id:
             allowed = False
@@ -875,67 +734,6 @@ class SessionRegistry:
                     f"this user may not {action} the session", session_id=session_id
                 )
         return entry
-
-    async def _fresh(self, session_id: str, entry: _Entry | None) -> _Entry:
-        """Return the entry of a session in a shared store, its record re-read.
-
-        Raises:
-            SessionNotFound: the store has no such record.
-            BackendError: the store failed.
-        """
-        record = await self.backend.store.get(session_id)
-        if record is None:
-            if entry is not None:
-                self._forget(entry)
-            raise SessionNotFound("no such session", session_id=session_id)
-        if entry is None:
-            log = await self.backend.make_log(session_id, self.config)
-            known = self._entries.get(session_id) or self._remote.get(session_id)
-            if known is None:  # nobody made it during the await
-                made = _Entry(record, log, self._clock(), remote=True)
-                self._remote[session_id] = made
-                return made
-            entry = known
-        self._adopt(entry, record)
-        return entry
-
-    def _adopt(self, entry: _Entry, record: StreamSession) -> None:
-        """Take a state that another worker set in the shared store."""
-        before = entry.session
-        if entry.finishing or record.updated_at < before.updated_at:
-            return
-        entry.session = record
-        if record.status is before.status:
-            return
-        session_id = record.session_id
-        if record.is_terminal:
-            entry.finishing = True
-            if entry.producer is not None:
-                entry.producer.cancel()  # quietly: the final event is already there
-            if entry.resumed is not None:
-                entry.resumed.set()
-            self._idle.pop(session_id, None)
-            self._unwatched.pop(session_id, None)
-            if not entry.remote:
-                self._ended[session_id] = self._clock()
-        else:
-            _hold(entry, paused=record.status is SessionState.PAUSED)
-        self._emit("state_changed", before, record)
-
-    def _forget(self, entry: _Entry) -> None:
-        """Drop an entry whose record another worker removed."""
-        session_id = entry.session.session_id
-        entry.finishing = True
-        if entry.producer is not None:
-            entry.producer.cancel()
-        if entry.resumed is not None:
-            entry.resumed.set()
-        for queue in (self._idle, self._unwatched, self._ended):
-            queue.pop(session_id, None)
-        if self._entries.get(session_id) is entry:
-            del self._entries[session_id]
-        if self._remote.get(session_id) is entry:
-            del self._remote[session_id]
 
     def _snapshot(self, entry: _Entry) -> StreamSession:
         return attrs.evolve(entry.session, events=events_view(entry.log.retained()))
@@ -975,23 +773,10 @@ class SessionRegistry:
         if entry.finishing:
             raise ClosedError("the session has ended", session_id=session_id)
         check_transition(entry.session.status, state, session_id=session_id)
-        entry.finishing = True
-        stored = final
+        entry.phase = EntryPhase.ENDING
         try:
             with anyio.CancelScope(shield=True):
-                if self._lease_ttl is None:
-                    if not entry.log.is_closed:
-                        stored = await entry.log.append(final)
-                        self._counts["appended"] += 1
-                    before, after = await self.backend.store.set_state(
-                        session_id, state, now=time.time()
-                    )
-                else:
-                    before, after = await self._finish_shared(entry, state)
-                    with contextlib.suppress(ClosedError):
-                        stored = await entry.log.append(final)
-                        self._counts["appended"] += 1
-                    await self.backend.schedule_removal(session_id, self.config.ended_session_ttl)
+                before, after, stored = await self._coord.end(entry, state, final)
                 entry.session = after
         finally:
             if entry.producer is not None and not from_producer:
@@ -1005,22 +790,6 @@ class SessionRegistry:
         self._emit("event", stored)
         self._emit("state_changed", before, after)
         return stored
-
-    async def _finish_shared(
-        self, entry: _Entry, state: SessionState
-    ) -> tuple[StreamSession, StreamSession]:
-        # The state first: of several workers ending a session at once, one wins the
-        # store's transition and appends the final event; the others adopt its state.
-        session_id = entry.session.session_id
-        try:
-            return await self.backend.store.set_state(session_id, state, now=time.time())
-        except InvalidTransition:
-            record = await self.backend.store.get(session_id)
-            if record is not None:
-                entry.finishing = False
-                self._adopt(entry, record)
-                entry.finishing = True
-            raise
 
     async def _end_quietly(
         self,
@@ -1036,9 +805,7 @@ class SessionRegistry:
 
     async def _remove(self, entry: _Entry) -> None:
         session_id = entry.session.session_id
-        if self._remote.get(session_id) is entry:
-            del self._remote[session_id]
-        elif self._entries.pop(session_id, None) is None:
+        if not self._coord.forget_remote(entry) and self._entries.pop(session_id, None) is None:
             return
         self._ended.pop(session_id, None)
         self._idle.pop(session_id, None)
@@ -1071,9 +838,7 @@ class SessionRegistry:
 
     def _subscriber_left(self, entry: _Entry) -> None:
         entry.subscribers -= 1
-        session_id = entry.session.session_id
-        if entry.remote and not entry.subscribers and self._remote.get(session_id) is entry:
-            del self._remote[session_id]  # cached only while someone here reads it
+        self._coord.subscriber_left(entry)
         if (
             entry.subscribers == 0
             and entry.producer is not None
@@ -1083,141 +848,16 @@ class SessionRegistry:
             self._unwatched[entry.session.session_id] = self._clock()
 
 
-class Subscription:
-    """A subscriber's view of one session: an async iterator of its events.
-
-    Made by :meth:`SessionRegistry.subscribe`. Use it with ``async with`` (or iterate it
-    to the end) so that it is released promptly. Checks (existence, permission, the
-    subscriber bound, the resume point) happen when it is entered or first iterated.
-    """
-
-    __slots__ = ("_after", "_closed", "_cursor", "_entry", "_registry", "_session_id", "_user")
-
-    def __init__(
-        self, registry: SessionRegistry, session_id: str, user_id: str | None, after: int
-    ) -> None:
-        self._registry = registry
-        self._session_id = session_id
-        self._user = user_id
-        self._after = after
-        self._cursor: EventCursor | None = None
-        self._entry: _Entry | None = None
-        self._closed = False
-
-    @property
-    def session_id(self) -> str:
-        """The session this subscription follows."""
-        return self._session_id
-
-    @property
-    def position(self) -> int:
-        """The ``seq`` of the last event returned: resume after it."""
-        return self._after if self._cursor is None else self._cursor.position
-
-    async def _open(self) -> EventCursor:
-        if self._closed:
-            raise ClosedError("the subscription is closed", session_id=self._session_id)
-        registry = self._registry
-        entry = await registry._entry(self._session_id, self._user, "read")
-        if self._after > entry.log.last_seq and registry._lease_ttl is not None:
-            await entry.log.sync()  # another worker may have appended since
-        if self._after > entry.log.last_seq:
-            # A reader cannot have seen an event that does not exist yet; following
-            # from there would skip the events up to it when they come.
-            raise ValidationError(
-                f"after={self._after} is past the last event ({entry.log.last_seq})",
-                field="after",
-                session_id=self._session_id,
-            )
-        registry._subscriber_joined(entry)
-        self._entry = entry
-        self._cursor = entry.log.read(self._after)
-        return self._cursor
-
-    async def __aenter__(self) -> Self:
-        if self._cursor is None:
-            await self._open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_val: BaseException | None,
-        exc_tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> StreamEvent:
-        cursor = self._cursor
-        if cursor is None:
-            if self._closed:
-                raise StopAsyncIteration
-            cursor = await self._open()
-        try:
-            return await cursor.__anext__()
-        except StopAsyncIteration:
-            await self.aclose()
-            raise
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self.aclose()
-            raise
-
-    async def aclose(self) -> None:
-        """Stop following the session. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        cursor, self._cursor = self._cursor, None
-        entry, self._entry = self._entry, None
-        if entry is not None:
-            self._registry._subscriber_left(entry)
-        if cursor is not None:
-            self._after = cursor.position
-            await cursor.aclose()
-
-
 _EMPTY: Final[MappingProxyType[str, Any]] = MappingProxyType({})
-#: Sessions claimed per pass of the shared sweeps (removals, orphans).
-_SWEEP_BATCH: Final = 100
-
-
-def _hold(entry: _Entry, *, paused: bool) -> None:
-    """Stop (``paused``) or let go a session's producer, whichever worker asked."""
-    if paused:
-        if entry.resumed is not None and entry.resumed.is_set():
-            entry.resumed = anyio.Event()
-        if entry.stream is not None:
-            entry.stream.pause()  # the source stops before its next item
-    else:
-        if entry.stream is not None:
-            entry.stream.resume()
-        if entry.resumed is not None:
-            entry.resumed.set()
 
 
 def _finishing(entry: _Entry) -> bool:
+    # A call, so that type checkers do not narrow ``entry.finishing`` across an await.
     return entry.finishing
 
 
 def _final(kind: Literal["complete"], reason: str) -> StreamEvent:
     return make_event(EventType(kind), "", MappingProxyType({"reason": reason}))
-
-
-def _producer_lost() -> StreamEvent:
-    return make_event(
-        EventType.ERROR,
-        "",
-        MappingProxyType(
-            {
-                "error_type": "ProducerLost",
-                "message": "the worker that owned this session stopped renewing its lease",
-            }
-        ),
-    )
 
 
 def _error_event(exc: BaseException) -> StreamEvent:

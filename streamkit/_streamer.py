@@ -27,10 +27,11 @@ Where the source runs (the reason for the three modes):
   a deadline comes sooner than it is set for (a timer per wait cost a third of the
   CPU of a stream of tokens 50 ms apart, bench/bench_capacity.py). A consumer that
   only stores events (the registry's, appending to a log) may give the stream a
-  *sink*: while the consumer waits for items, the producer task makes the ``token``
-  events itself and hands them to the sink, so a slow source's token costs no wake-up
-  of the consumer at all. Whatever the sink refuses, and every other event (start,
-  heartbeat, final), goes through the consumer as usual, in order.
+  *sink* (:class:`~streamkit.abc.TokenSink`, ``stream_tokens(sink=...)``): while the
+  consumer waits for items, the producer task makes the ``token`` events itself and
+  offers them to the sink, so a slow source's token costs no wake-up of the consumer
+  at all. Whatever the sink refuses, and every other event (start, heartbeat, final),
+  goes through the consumer as usual, in order.
 * An async iterable iterated without ``async with`` is pulled in the consumer's own
   task: a task group held across the consumer's ``async for`` would corrupt the
   cancel-scope stack if the loop were left with ``break``, so there is no task to
@@ -45,11 +46,8 @@ Where the source runs (the reason for the three modes):
 from __future__ import annotations
 
 import codecs
-import contextvars
-import itertools
+import enum
 import math
-import re
-import threading
 import types
 from collections import deque
 from types import MappingProxyType
@@ -57,11 +55,14 @@ from typing import TYPE_CHECKING, Any, Final, Literal, Self
 
 import anyio
 import anyio.lowlevel
-import attrs
 
+from ._chunker import Chunker
 from ._config import StreamConfig
 from ._errors import ClosedError, ValidationError
 from ._events import EventType, StreamEvent, make_event
+from ._feeds import BUFFER_ITEMS, TaskFeed, ThreadFeed
+from ._signals import loop_clock
+from ._stats import StreamStats
 from ._validate import JSONValue, check_id, type_name
 from .abc import TokenSource  # what stream_tokens accepts
 
@@ -70,6 +71,8 @@ if TYPE_CHECKING:
 
     from anyio.abc import TaskGroup
 
+    from .abc import TokenSink
+
 __all__ = ["StreamOutcome", "StreamStats", "TokenSource", "TokenStream", "stream_tokens"]
 
 #: How a stream ended: ``completed`` (the source ran out), ``deadline``
@@ -77,435 +80,32 @@ __all__ = ["StreamOutcome", "StreamStats", "TokenSource", "TokenStream", "stream
 #: a bad item) or ``closed`` (the consumer closed it or was cancelled before the end).
 StreamOutcome = Literal["completed", "deadline", "error", "closed"]
 
-# Items a source may run ahead of the consumer (per buffer; the chunker's output is
-# bounded by the same figure because the buffer is only drained when it is empty).
-_BUFFER_ITEMS: Final = 256
 # Seconds a source's aclose() (or the producer task's exit) may take before the
 # stream stops waiting for it; closing is shielded from cancellation, so it is bounded.
 _CLOSE_TIMEOUT: Final = 5.0
 # Error messages on error events are cut to this many characters.
 _MAX_MESSAGE: Final = 1000
 
-_NEW: Final = 0
-_RUNNING: Final = 1
-_FINISHING: Final = 2
-_DONE: Final = 3
+
+class _Phase(enum.IntEnum):
+    """A stream's phases, in order: it only ever moves forward."""
+
+    #: Made, not started: the first ``__anext__`` starts the source and returns ``start``.
+    NEW = 0
+    #: Running: ``token`` events (and heartbeats) while the source produces.
+    RUNNING = 1
+    #: The source is closed: the rest of its text, then the final event.
+    FINISHING = 2
+    #: Ended: the final event was returned, or the stream was closed.
+    DONE = 3
+
+
+_NEW: Final = _Phase.NEW
+_RUNNING: Final = _Phase.RUNNING
+_FINISHING: Final = _Phase.FINISHING
+_DONE: Final = _Phase.DONE
 
 _EMPTY: Final[Mapping[str, JSONValue]] = MappingProxyType({})
-_WORD_END: Final = re.compile(r"(?<=\S)\s")
-_thread_ids = itertools.count(1)
-
-
-def _round(value: float) -> float:
-    return round(value, 6)
-
-
-@attrs.frozen(kw_only=True)
-class StreamStats:
-    """Figures about one stream, live while it runs and final once it has ended.
-
-    Times are in seconds on anyio's clock, measured from the ``start`` event.
-
-    Attributes:
-        tokens: Pieces of text received from the source (empty pieces not counted).
-        chunks: ``token`` events emitted.
-        characters: Characters emitted in ``token`` events.
-        heartbeats: ``heartbeat`` events emitted.
-        time_to_first_token: From the start to the first ``token`` event, or ``None``
-            before there is one.
-        mean_inter_token_latency: Mean time between consecutive ``token`` events, or
-            ``None`` before there are two.
-        max_inter_token_latency: Longest time between consecutive ``token`` events, or
-            ``None`` before there are two.
-        tokens_per_second: ``tokens`` divided by ``duration`` (``0.0`` at first).
-        duration: From the start to now, or to the final event once the stream ended.
-    """
-
-    tokens: int = 0
-    chunks: int = 0
-    characters: int = 0
-    heartbeats: int = 0
-    time_to_first_token: float | None = None
-    mean_inter_token_latency: float | None = None
-    max_inter_token_latency: float | None = None
-    tokens_per_second: float = 0.0
-    duration: float = 0.0
-
-    def to_dict(self) -> dict[str, JSONValue]:
-        """Return the figures as JSON-ready data (floats rounded to microseconds)."""
-        return {
-            "tokens": self.tokens,
-            "chunks": self.chunks,
-            "characters": self.characters,
-            "heartbeats": self.heartbeats,
-            "time_to_first_token": _maybe_round(self.time_to_first_token),
-            "mean_inter_token_latency": _maybe_round(self.mean_inter_token_latency),
-            "max_inter_token_latency": _maybe_round(self.max_inter_token_latency),
-            "tokens_per_second": _round(self.tokens_per_second),
-            "duration": _round(self.duration),
-        }
-
-
-def _maybe_round(value: float | None) -> float | None:
-    return None if value is None else _round(value)
-
-
-def loop_clock() -> Callable[[], float]:
-    """Return the running event loop's clock: what ``anyio.current_time()`` reads.
-
-    ``anyio.current_time()`` finds the backend again at every call, which costs most of
-    its 0.4 µs; per-event timestamps call the clock this returns instead (0.1 µs).
-    """
-    return anyio.lowlevel.current_token().backend_class.current_time
-
-
-def loop_event_factory() -> Callable[[], anyio.Event]:
-    """Return the running backend's ``anyio.Event`` constructor.
-
-    ``anyio.Event()`` finds the backend again at every call (0.9 µs, of which 0.5 µs
-    is the look-up); a wait per token makes its events through this instead.
-    """
-    return anyio.lowlevel.current_token().backend_class.create_event
-
-
-# --- chunking -------------------------------------------------------------------------
-
-
-class _Chunker:
-    r"""Cuts text into chunks of at most ``size`` units, appending them to ``out``.
-
-    Units: source pieces (``token``), words with their leading whitespace (``word``)
-    or lines with their ``\\n`` (``line``); ``whole`` keeps everything for one final
-    chunk. A chunk is cut as soon as it holds ``size`` complete units; ``flush``
-    sends the partial rest. Cuts fall between characters only: lossless.
-    """
-
-    __slots__ = ("_by", "_in_word", "_parts", "_size", "_units", "feed", "out")
-
-    def __init__(self, out: deque[str], size: int, by: str) -> None:
-        self.out = out
-        self._size = size
-        self._by = by
-        self._parts: list[str] = []
-        self._units = 0
-        self._in_word = False
-        self.feed: Callable[[str], None]
-        if by == "whole":
-            self.feed = self._parts.append
-        elif by == "token":
-            self.feed = self.out.append if size == 1 else self._feed_token
-        else:
-            self.feed = self._feed_cuts
-
-    @property
-    def has_partial(self) -> bool:
-        return bool(self._parts)
-
-    def flush(self) -> None:
-        parts = self._parts
-        if parts:
-            self.out.append(parts[0] if len(parts) == 1 else "".join(parts))
-            parts.clear()
-        self._units = 0
-
-    def _feed_token(self, text: str) -> None:
-        parts = self._parts
-        parts.append(text)
-        if len(parts) >= self._size:
-            self.out.append("".join(parts))
-            parts.clear()
-
-    def _cuts(self, text: str) -> Iterator[int]:
-        """Yield the positions in ``text`` where a unit ends (exclusive), in order."""
-        if self._by == "word":
-            if self._in_word and text[0].isspace():
-                yield 0
-            for match in _WORD_END.finditer(text):
-                yield match.start()
-            self._in_word = not text[-1].isspace()
-        else:
-            pos = text.find("\n")
-            while pos >= 0:
-                yield pos + 1
-                pos = text.find("\n", pos + 1)
-
-    def _feed_cuts(self, text: str) -> None:
-        size = self._size
-        parts = self._parts
-        units = self._units
-        start = 0
-        for cut in self._cuts(text):
-            units += 1
-            if units == size:
-                piece = text[start:cut]
-                if parts:
-                    parts.append(piece)
-                    piece = "".join(parts)
-                    parts.clear()
-                if piece:
-                    self.out.append(piece)
-                start = cut
-                units = 0
-        if start < len(text):
-            parts.append(text[start:] if start else text)
-        self._units = units
-
-
-# --- feeds: where a buffered source's items wait for the consumer ---------------------
-
-
-class _TaskFeed:
-    """Buffer between the producer task (async source) and the consumer."""
-
-    __slots__ = (
-        "alarm",
-        "alarm_at",
-        "close_error",
-        "closed",
-        "done",
-        "error",
-        "gate",
-        "items",
-        "new_event",
-        "pending",
-        "space",
-        "waiter",
-    )
-
-    def __init__(self) -> None:
-        self.new_event = loop_event_factory()
-        self.items: deque[object] = deque()
-        # Set while paused: the producer task waits on it before pulling the next item.
-        self.gate: anyio.Event | None = None
-        self.done = False
-        self.error: BaseException | None = None
-        self.close_error: Exception | None = None
-        self.waiter: anyio.Event | None = None
-        # An event the producer task made but the sink refused: the consumer returns it.
-        self.pending: StreamEvent | None = None
-        self.space: anyio.Event | None = None
-        self.closed = anyio.Event()
-        # When the waiting consumer must be woken, and the alarm task's timer, if set.
-        self.alarm_at = math.inf
-        self.alarm: anyio.CancelScope | None = None
-
-    def pause(self) -> None:
-        if self.gate is None:
-            self.gate = anyio.Event()
-
-    def resume(self) -> None:
-        gate, self.gate = self.gate, None
-        if gate is not None:
-            gate.set()
-
-    def take(self) -> deque[object] | None:
-        items = self.items
-        if not items:
-            return None
-        self.items = deque()
-        space = self.space
-        if space is not None:
-            self.space = None
-            space.set()
-        return items
-
-    async def wait(self, deadline: float) -> None:
-        """Wait for items, or until ``deadline`` (the alarm task wakes the consumer)."""
-        self.alarm_at = deadline
-        alarm = self.alarm
-        if alarm is not None and deadline < alarm.deadline:
-            alarm.deadline = deadline  # sooner than the timer is set for: move it
-        waiter = self.waiter = self.new_event()
-        try:
-            await waiter.wait()
-        finally:
-            self.waiter = None
-
-    def wake_by(self, at: float) -> None:
-        """Have the alarm wake the waiting consumer by ``at`` at the latest."""
-        if at < self.alarm_at:
-            self.alarm_at = at
-            alarm = self.alarm
-            if alarm is not None and at < alarm.deadline:
-                alarm.deadline = at
-
-    def wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None:
-            self.waiter = None
-            waiter.set()
-
-    def finish(self, error: BaseException | None) -> None:
-        self.done = True
-        self.error = error
-        self.wake()
-
-    async def run_alarm(self, now: Callable[[], float]) -> None:
-        """The alarm task's loop: wake the waiting consumer once ``alarm_at`` has come.
-
-        A deadline that moved later makes the timer fire early: it is set again for
-        the new one. With nobody waiting it sleeps until a wait sets a deadline.
-        """
-        while True:
-            with anyio.CancelScope(deadline=self.alarm_at) as alarm:
-                self.alarm = alarm
-                await anyio.sleep_forever()
-            self.alarm = None
-            if self.waiter is None:
-                self.alarm_at = math.inf
-            elif now() >= self.alarm_at:
-                self.wake()
-
-
-class _ThreadFeed:
-    """A daemon thread iterating a sync source into a bounded buffer.
-
-    The thread holds this object only, never the stream. It wakes a waiting consumer
-    through the event loop token; once stopped it never calls into the event
-    loop again, closes the iterator and exits at its next item.
-    """
-
-    __slots__ = (
-        "_iterator",
-        "_lock",
-        "_space",
-        "_token",
-        "close_error",
-        "done",
-        "error",
-        "items",
-        "paused",
-        "pending",
-        "stopped",
-        "thread",
-        "waiter",
-    )
-
-    def __init__(self, iterator: Iterator[object], token: anyio.lowlevel.EventLoopToken) -> None:
-        self._iterator = iterator
-        self._token = token
-        # Reentrant: the stream's __del__ calls stop(), and garbage collection can run
-        # it in the source thread while that thread holds the lock.
-        self._lock = threading.RLock()
-        self._space = threading.Condition(self._lock)
-        self.items: deque[object] = deque()
-        self.done = False
-        self.error: BaseException | None = None
-        self.close_error: Exception | None = None
-        self.stopped = False
-        self.paused = False
-        self.pending: StreamEvent | None = None  # always: a thread has no sink
-        self.waiter: anyio.Event | None = None
-        context = contextvars.copy_context()
-        self.thread = threading.Thread(
-            target=context.run,
-            args=(self._run,),
-            name=f"streamkit-source-{next(_thread_ids)}",
-            daemon=True,
-        )
-
-    # consumer side (event loop thread)
-
-    def pause(self) -> None:
-        with self._lock:
-            self.paused = True
-
-    def resume(self) -> None:
-        with self._lock:
-            self.paused = False
-            self._space.notify_all()
-
-    def take(self) -> deque[object] | None:
-        with self._lock:
-            items = self.items
-            if not items:
-                return None
-            self.items = deque()
-            self._space.notify()
-        return items
-
-    async def wait(self, deadline: float) -> None:
-        with self._lock:
-            if self.items or self.done:
-                return
-            waiter = self.waiter = anyio.Event()
-        try:
-            with anyio.CancelScope(deadline=deadline):
-                await waiter.wait()
-        finally:
-            with self._lock:
-                if self.waiter is waiter:
-                    self.waiter = None
-
-    def stop(self) -> None:
-        with self._lock:
-            self.stopped = True
-            self.waiter = None
-            self._space.notify_all()
-
-    # producer side (the source thread)
-
-    def _signal(self, waiter: anyio.Event) -> None:
-        # Not anyio.from_thread.run_sync: it would block this thread until the loop
-        # ran the call, so the thread and the consumer would take turns one item at
-        # a time. Scheduling without waiting lets the thread go on filling the batch.
-        token = self._token
-        try:
-            token.backend_class.run_sync_soon(waiter.set, (), token.native_token)
-        except RuntimeError:  # the event loop has finished: nobody is listening
-            self.stop()
-
-    def _put(self, item: object) -> bool:
-        with self._lock:
-            if self.stopped:
-                return False
-            items = self.items
-            items.append(item)
-            waiter = self.waiter
-            self.waiter = None
-            full = len(items) >= _BUFFER_ITEMS
-        if waiter is not None:
-            self._signal(waiter)
-        if full or self.paused:
-            with self._lock:
-                # A full buffer or a pause holds the thread before it pulls the next item.
-                while (len(self.items) >= _BUFFER_ITEMS or self.paused) and not self.stopped:
-                    self._space.wait()
-        return not self.stopped
-
-    def _finish(self, error: BaseException | None) -> None:
-        with self._lock:
-            if self.stopped:
-                return
-            self.done = True
-            self.error = error
-            waiter = self.waiter
-            self.waiter = None
-        if waiter is not None:
-            self._signal(waiter)
-
-    def _run(self) -> None:
-        iterator = self._iterator
-        try:
-            while not self.stopped:
-                try:
-                    item = next(iterator)
-                except StopIteration:
-                    self._finish(None)
-                    return
-                except BaseException as exc:  # a thread has nowhere else to report it
-                    self._finish(exc)
-                    return
-                if not self._put(item):
-                    return
-        finally:
-            close = getattr(iterator, "close", None)
-            if close is not None:
-                try:
-                    close()
-                except Exception as exc:
-                    self.close_error = exc
-            del iterator, self._iterator
 
 
 # --- the stream -----------------------------------------------------------------------
@@ -584,6 +184,8 @@ class TokenStream:
         config: StreamConfig,
         session_id: str | None,
         raise_on_error: bool,
+        *,
+        sink: TokenSink | None = None,
     ) -> None:
         # Use stream_tokens(): it validates what this trusts.
         self._source = source
@@ -600,7 +202,7 @@ class TokenStream:
         self._flush = config.flush_interval
         self._stall = config.stall_timeout
         self._out: deque[str] = deque()
-        self._chunker = _Chunker(
+        self._chunker = Chunker(
             self._out, config.chunk_size, config.chunk_by if config.enable_progressive else "whole"
         )
         self._phase = _NEW
@@ -609,11 +211,11 @@ class TokenStream:
         self._busy = False
         self._entered = False
         self._tg: TaskGroup | None = None
-        self._feed: _TaskFeed | _ThreadFeed | None = None
+        self._feed: TaskFeed | ThreadFeed | None = None
         self._producer_scope: anyio.CancelScope | None = None
         self._alarm_scope: anyio.CancelScope | None = None
         self._anext: Callable[[], Any] | None = None
-        self._sink: Callable[[StreamEvent], bool] | None = None
+        self._sink: Callable[[StreamEvent], bool] | None = None if sink is None else sink.offer
         self._decoder: codecs.IncrementalDecoder | None = None
         self._held = ""
         self._slow = False
@@ -650,7 +252,7 @@ class TokenStream:
         # A stream dropped without aclose() (``break`` out of ``async for``) must not
         # leave its source thread behind: it exits at its next item.
         feed = getattr(self, "_feed", None)
-        if isinstance(feed, _ThreadFeed):
+        if isinstance(feed, ThreadFeed):
             feed.stop()
 
     # --- public surface ---------------------------------------------------------------
@@ -856,34 +458,25 @@ class TokenStream:
         self._phase = _RUNNING
         self._fast = not self._paced
         if self._sync:
-            feed = _ThreadFeed(self._iterator, anyio.lowlevel.current_token())
+            feed = ThreadFeed(self._iterator, anyio.lowlevel.current_token())
             feed.paused = self._paused
             self._feed = feed
             self._iterator = None  # the thread owns it now
             feed.thread.start()
         elif self._tg is not None:
-            task_feed = _TaskFeed()
+            # A stream with a sink needs no alarm task: its consumer seldom waits.
+            task_feed = TaskFeed(alarm_task=self._sink is None)
             if self._paused:
                 task_feed.pause()
             self._feed = task_feed
             scope = self._producer_scope = anyio.CancelScope()
             self._tg.start_soon(self._produce, scope, task_feed, name="streamkit producer")
-            alarm = self._alarm_scope = anyio.CancelScope()
-            self._tg.start_soon(self._alarm, alarm, task_feed, name="streamkit alarm")
+            if task_feed.alarm_task:
+                alarm = self._alarm_scope = anyio.CancelScope()
+                self._tg.start_soon(self._alarm, alarm, task_feed, name="streamkit alarm")
         else:
             self._anext = self._iterator.__anext__
         return make_event(EventType.START, "", _EMPTY, self._session_id)
-
-    def _set_sink(self, sink: Callable[[StreamEvent], bool]) -> None:
-        """Let the producer task hand ``token`` events to ``sink`` (``async with`` only).
-
-        Internal, for the registry: ``sink(event)`` stores the event and returns
-        ``True``, or returns ``False`` having done nothing, and the event is then
-        returned by ``__anext__`` as usual. It is only called while the consumer waits
-        in ``__anext__``, and never for the final event or a heartbeat. Set it before
-        the stream starts.
-        """
-        self._sink = sink
 
     async def _advance(self) -> StreamEvent:
         while True:
@@ -1075,11 +668,12 @@ class TokenStream:
                 continue
             return now
 
-    async def _produce(self, scope: anyio.CancelScope, feed: _TaskFeed) -> None:
+    async def _produce(self, scope: anyio.CancelScope, feed: TaskFeed) -> None:
         """The producer task (``async with`` mode): source items into the feed."""
         iterator = self._iterator
         anext = iterator.__anext__
         sink = self._sink
+        pushed = 0
         try:
             with scope:
                 try:
@@ -1094,12 +688,18 @@ class TokenStream:
                             and type(item) is str
                             and self._push(item, sink, feed)
                         ):
+                            pushed += 1
+                            if pushed == BUFFER_ITEMS:
+                                # A source that never waits would never let the sink's
+                                # readers run: yield as a full buffer would.
+                                pushed = 0
+                                await anyio.lowlevel.checkpoint()
                             continue
                         items = feed.items
                         items.append(item)
                         if feed.waiter is not None:
                             feed.wake()
-                        if len(items) >= _BUFFER_ITEMS:
+                        if len(items) >= BUFFER_ITEMS:
                             space = feed.space = feed.new_event()
                             await space.wait()
                 except StopAsyncIteration:
@@ -1112,7 +712,7 @@ class TokenStream:
             finally:
                 feed.closed.set()
 
-    def _push(self, text: str, sink: Callable[[StreamEvent], bool], feed: _TaskFeed) -> bool:
+    def _push(self, text: str, sink: Callable[[StreamEvent], bool], feed: TaskFeed) -> bool:
         """Hand a source item's chunks to the sink from the producer task.
 
         Only while the consumer waits for items (so every event it returned has been
@@ -1128,7 +728,12 @@ class TokenStream:
         if now >= self._deadline or (paced and now < self._next_emit):
             return False
         self._last_input = now
-        self._accept(text)  # a str is always accepted
+        if self._held or not text or "\ud800" <= text[-1] <= "\udbff":
+            self._accept(text)  # a str is always accepted
+        else:  # the common case of _accept, inline: this runs for every token
+            self._items += 1
+            self._tokens += 1
+            self._chunker.feed(text)
         out = self._out
         while out:
             event = self._token_event(out.popleft(), now)
@@ -1142,14 +747,14 @@ class TokenStream:
                 break
         if out:
             feed.wake()
-        elif self._progressive and self._chunker.has_partial:
+        elif self._progressive and self._chunker._parts:  # a partial chunk is held
             if self._flush > 0:
                 feed.wake_by(now + self._flush)
             else:
                 feed.wake()
         return True
 
-    async def _alarm(self, scope: anyio.CancelScope, feed: _TaskFeed) -> None:
+    async def _alarm(self, scope: anyio.CancelScope, feed: TaskFeed) -> None:
         """The alarm task (``async with`` mode): wakes the consumer when a timer is due."""
         with scope:
             await feed.run_alarm(self._now)
@@ -1157,11 +762,17 @@ class TokenStream:
     async def _close_async_source(self, iterator: Any) -> Exception | None:
         """Run the source's ``aclose()`` (and the iterable's, if it is another object)."""
         error: Exception | None = None
+        closers = [
+            aclose
+            for obj in ((iterator, self._source) if self._source is not iterator else (iterator,))
+            if (aclose := getattr(obj, "aclose", None)) is not None
+            # An async generator that ran to its end has nothing left to close.
+            and not (isinstance(obj, types.AsyncGeneratorType) and obj.ag_frame is None)
+        ]
+        if not closers:
+            return None
         with anyio.move_on_after(_CLOSE_TIMEOUT, shield=True):
-            for obj in (iterator, self._source) if self._source is not iterator else (iterator,):
-                aclose = getattr(obj, "aclose", None)
-                if aclose is None:
-                    continue
+            for aclose in closers:
                 try:
                     await aclose()
                 except Exception as exc:
@@ -1171,16 +782,17 @@ class TokenStream:
     async def _close_source(self) -> Exception | None:
         """Stop the source wherever it runs; return an exception its closing raised."""
         feed = self._feed
-        if isinstance(feed, _ThreadFeed):
+        if isinstance(feed, ThreadFeed):
             feed.stop()
             return feed.close_error
-        if isinstance(feed, _TaskFeed):
+        if isinstance(feed, TaskFeed):
             assert self._producer_scope is not None
-            assert self._alarm_scope is not None
-            self._producer_scope.cancel()
-            self._alarm_scope.cancel()
-            with anyio.move_on_after(_CLOSE_TIMEOUT + 1, shield=True):
-                await feed.closed.wait()
+            if self._alarm_scope is not None:
+                self._alarm_scope.cancel()
+            if not feed.closed.is_set():  # the producer task has not ended by itself
+                self._producer_scope.cancel()
+                with anyio.move_on_after(_CLOSE_TIMEOUT + 1, shield=True):
+                    await feed.closed.wait()
             return feed.close_error
         iterator = self._iterator
         if iterator is None:
@@ -1269,6 +881,7 @@ def stream_tokens(
     *,
     session_id: str | None = None,
     raise_on_error: bool = False,
+    sink: TokenSink | None = None,
 ) -> TokenStream:
     """Turn a producer of text into a stream of events.
 
@@ -1293,14 +906,20 @@ def stream_tokens(
             ``StreamConfig()``.
         session_id: Put on every event.
         raise_on_error: Raise the source's exception after the ``error`` event.
+        sink: Where the task that runs an async source may hand ``token`` events
+            itself (inside ``async with`` only; see :class:`~streamkit.abc.TokenSink`):
+            while the consumer waits for items, each new ``token`` event is offered to
+            ``sink.offer`` and, if taken, never returned by ``__anext__``. For a
+            consumer that only stores events (the registry appends them to a log):
+            a slow source's token then costs no wake-up of the consumer.
 
     Returns:
         The stream: iterate it, ideally inside ``async with``.
 
     Raises:
         ValidationError: ``source`` is not an iterable (or is a ``str`` or ``bytes``
-            itself), ``config`` is not a ``StreamConfig``, or ``session_id`` is not
-            a valid id.
+            itself), ``config`` is not a ``StreamConfig``, ``session_id`` is not
+            a valid id, or ``sink`` has no callable ``offer``.
     """
     if config is None:
         config = StreamConfig()
@@ -1314,6 +933,10 @@ def stream_tokens(
         raise ValidationError(
             f"raise_on_error must be a bool, got {type_name(raise_on_error)}",
             field="raise_on_error",
+        )
+    if sink is not None and not callable(getattr(sink, "offer", None)):
+        raise ValidationError(
+            f"sink must have an offer(event) method, got {type_name(sink)}", field="sink"
         )
     iterator: AsyncIterator[object] | Iterator[object]
     if isinstance(source, str | bytes | bytearray | memoryview):
@@ -1347,4 +970,4 @@ def stream_tokens(
             f"{type_name(source)}",
             field="source",
         )
-    return TokenStream(source, iterator, config, session_id, raise_on_error)
+    return TokenStream(source, iterator, config, session_id, raise_on_error, sink=sink)

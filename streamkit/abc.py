@@ -51,6 +51,7 @@ __all__ = [
     "LogStatistics",
     "SessionStore",
     "TextChannel",
+    "TokenSink",
     "TokenSource",
 ]
 
@@ -188,6 +189,42 @@ class EventLog(metaclass=ABCMeta):
             ValidationError: ``event`` is not a :class:`~streamkit.StreamEvent`.
         """
 
+    def append_nowait(self, event: StreamEvent, *, owned: bool = False) -> StreamEvent | None:
+        """Store ``event`` as the next one if that takes no waiting; return the stored event.
+
+        The declared fast path: it never yields, so a producer may call it where it must
+        not wait (the registry appends a stream's tokens from the task that runs the
+        stream's source). It returns ``None``, having stored nothing, when storing would
+        mean waiting: the ``block`` policy holding the producer back, or a log whose
+        appends do I/O. The caller then awaits :meth:`append`, which waits or raises.
+        A log implements it when it can store without waiting; the default stores
+        nothing and always returns ``None`` (for a log that is not closed).
+
+        Args:
+            event: The event to store.
+            owned: The caller made ``event`` and holds the only reference to it (its
+                ``seq`` is ``None``): the log may stamp it in place, with its ``seq``
+                and session id, instead of storing a copy. Never pass an event another
+                task may hold.
+
+        Returns:
+            The stored event (``event`` itself when it was stamped in place), or
+            ``None`` when the event was not taken.
+
+        Raises:
+            ClosedError: the log is closed.
+            PayloadTooLarge: the event is larger than the log's ``max_event_bytes``.
+            ValidationError: ``event`` is not a :class:`~streamkit.StreamEvent`.
+        """
+        from ._errors import ClosedError, ValidationError
+        from ._events import StreamEvent
+
+        if not isinstance(event, StreamEvent):
+            raise ValidationError("event must be a StreamEvent", field="event")
+        if self.is_closed:
+            raise ClosedError("the event log is closed", session_id=self.session_id)
+        return None
+
     @abstractmethod
     def read(self, after: int = 0) -> EventCursor:
         """Return a cursor over the events with ``seq > after``, replayed then live.
@@ -240,6 +277,28 @@ class EventLog(metaclass=ABCMeta):
         exc_tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+@runtime_checkable
+class TokenSink(Protocol):
+    """Where a stream's producer task may hand its ``token`` events (the fast path).
+
+    Given to :func:`~streamkit.stream_tokens` as ``sink=``. Inside ``async with``, while
+    the stream's consumer waits for items, the task that runs the source makes each
+    ``token`` event itself and offers it here instead of waking the consumer. The
+    registry gives one that appends to the session's log with
+    :meth:`EventLog.append_nowait`.
+    """
+
+    def offer(self, event: StreamEvent) -> bool:
+        """Take ``event`` and return ``True``, or return ``False`` having done nothing.
+
+        An event refused is returned by the stream's ``__anext__`` as usual, before
+        any later one: nothing is lost and the order holds. Called from the stream's
+        producer task, never for a ``start``, ``heartbeat`` or final event; it must
+        not block and should not raise (an exception fails the stream's source).
+        """
+        ...
 
 
 class SessionStore(metaclass=ABCMeta):

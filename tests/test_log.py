@@ -158,3 +158,71 @@ async def test_a_cancelled_first_waiter_does_not_strand_the_others() -> None:
             await log.append(token("b"))
             await log.append(sk.StreamEvent(event_type="complete"))
     assert got == {"first": [], "second": ["a", "b", ""], "third": ["a", "b", ""]}
+
+
+async def test_append_nowait_stamps_an_owned_event_in_place_and_copies_the_others() -> None:
+    log = sk.InMemoryEventLog()
+    given = token("a")
+    stored = log.append_nowait(given)
+    assert stored is not None
+    assert stored is not given
+    assert (stored.seq, given.seq) == (1, None)
+    fresh = token("b")
+    assert log.append_nowait(fresh, owned=True) is fresh
+    assert (fresh.seq, fresh.session_id) == (2, log.session_id)
+    again = log.append_nowait(fresh, owned=True)  # stamped already: copied
+    assert again is not None
+    assert again is not fresh
+    assert again.seq == 3
+    assert [e.content for e in log.retained()] == ["a", "b", "b"]
+
+
+async def test_append_nowait_declines_when_the_block_policy_would_wait() -> None:
+    log = sk.InMemoryEventLog(max_lag=2, slow_consumer_policy="block")
+    async with log.read(0) as cursor:
+        assert log.append_nowait(token("0")) is not None
+        await cursor.__anext__()
+        taken = [log.append_nowait(token(str(i))) for i in range(1, 6)]
+        assert taken[0] is not None
+        assert taken[-1] is None, "the reader is max_lag behind: the producer would wait"
+        kept = sum(e is not None for e in taken)
+        assert log.last_seq == 1 + kept, "a declined event takes no seq"
+        assert (await cursor.__anext__()).seq == 2  # the reader moves on: room again
+        assert log.append_nowait(token("next")) is not None
+
+
+async def test_the_base_class_append_nowait_takes_nothing() -> None:
+    class Wrapper(sk.abc.EventLog):
+        # A log whose appends go through another: the inherited append_nowait.
+        def __init__(self, **limits: Any) -> None:
+            self.inner = sk.InMemoryEventLog(**limits)
+
+        session_id = property(lambda self: self.inner.session_id)
+        last_seq = property(lambda self: self.inner.last_seq)
+        oldest_seq = property(lambda self: self.inner.oldest_seq)
+        is_closed = property(lambda self: self.inner.is_closed)
+
+        async def append(self, event: sk.StreamEvent) -> sk.StreamEvent:
+            return await self.inner.append(event)
+
+        def read(self, after: int = 0) -> sk.abc.EventCursor:
+            return self.inner.read(after)
+
+        def retained(self) -> Any:
+            return self.inner.retained()
+
+        def statistics(self) -> sk.abc.LogStatistics:
+            return self.inner.statistics()
+
+        async def aclose(self) -> None:
+            await self.inner.aclose()
+
+    await check_event_log(Wrapper)  # the suite accepts a log that never takes one
+    log = Wrapper()
+    assert log.append_nowait(token("a")) is None
+    assert log.last_seq == 0
+    with pytest.raises(sk.ValidationError):
+        log.append_nowait("a")  # type: ignore[arg-type]
+    await log.aclose()
+    with pytest.raises(sk.ClosedError):
+        log.append_nowait(token("a"))

@@ -631,3 +631,21 @@ async def test_event_hooks_fire_once_per_event_in_seq_order() -> None:
                 got += [e async for e in sub]
     assert [e.seq for e in got] == list(range(1, len(got) + 1))
     assert seen == [e.seq for e in got]
+
+
+async def test_a_source_that_never_waits_lets_its_subscriber_keep_up() -> None:
+    # The stream's source task appends through the sink; a source that never yields to
+    # the event loop must still let the subscriber read before the log trims its events.
+    async def burst() -> AsyncIterator[str]:
+        for _ in range(20_000):
+            yield "t"
+
+    config = sk.RegistryConfig(history_max_events=2_000, max_lag=1_000)
+    with anyio.fail_after(30):
+        async with sk.SessionRegistry(config) as registry:
+            sid = (await registry.create()).session_id
+            async with registry.subscribe(sid) as subscription:
+                registry.start(sid, burst(), FAST)
+                events = [event async for event in subscription]
+    assert sum(e.event_type == "token" for e in events) == 20_000
+    assert events[-1].event_type == "complete"

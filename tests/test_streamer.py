@@ -858,3 +858,94 @@ async def test_pause_holds_the_source_back() -> None:
             events = [e async for e in stream]
         assert events[-1].event_type == sk.EventType.COMPLETE
         assert pulled == 1000
+
+
+async def test_a_sink_takes_tokens_from_the_source_task_and_refusals_come_through() -> None:
+    offered: list[str] = []
+    refuse = {"b"}
+
+    class Sink:
+        def offer(self, event: sk.StreamEvent) -> bool:
+            assert event.event_type == "token"
+            offered.append(event.content)
+            return event.content not in refuse
+
+    step = [anyio.Event()]
+
+    async def source() -> AsyncIterator[str]:
+        for text in "abc":
+            await step[0].wait()  # the consumer is waiting: the source task offers
+            step[0] = anyio.Event()
+            yield text
+
+    async def release() -> None:
+        for _ in range(3):
+            await anyio.wait_all_tasks_blocked()
+            step[0].set()
+
+    stream = sk.stream_tokens(source(), EXACT, sink=Sink())
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg, stream:
+            tg.start_soon(release)
+            events = [(e.event_type, e.content) async for e in stream]
+    assert offered == ["a", "b", "c"]
+    assert events == [("start", ""), ("token", "b"), ("complete", "")]
+    assert stream.stats.chunks == 3
+
+
+def test_rejects_a_sink_without_offer() -> None:
+    with pytest.raises(sk.ValidationError) as info:
+        sk.stream_tokens(["a"], sink=lambda event: True)  # type: ignore[arg-type]
+    assert info.value.field == "sink"
+
+
+async def test_with_a_sink_the_timers_still_fire_flush_heartbeat_stall() -> None:
+    taken: list[str] = []
+
+    class Sink:
+        def offer(self, event: sk.StreamEvent) -> bool:
+            taken.append(event.content)
+            return True
+
+    async def source() -> AsyncIterator[str]:
+        yield "a"
+        yield "b"
+        await anyio.sleep_forever()  # silent: flush, heartbeats, then the stall watchdog
+        yield "never"  # pragma: no cover
+
+    config = sk.StreamConfig(
+        chunk_size=3,
+        stream_delay=0,
+        flush_interval=0.01,
+        heartbeat_interval=0.05,
+        stall_timeout=0.3,
+    )
+    with anyio.fail_after(10):
+        async with sk.stream_tokens(source(), config, sink=Sink()) as stream:
+            events = [(e.event_type, e.content) async for e in stream]
+    assert events[0] == ("start", "")
+    assert ("token", "ab") in events, "the partial chunk is flushed while the source is silent"
+    assert ("heartbeat", "") in events
+    assert events[-1][0] == "error"
+    assert stream.outcome == "error"
+    assert isinstance(stream.exception, TimeoutError)
+    assert taken == []  # a chunk completed by a flush goes through __anext__
+
+
+async def test_with_a_sink_the_deadline_ends_a_silent_source() -> None:
+    class Sink:
+        def offer(self, event: sk.StreamEvent) -> bool:
+            return True
+
+    async def source() -> AsyncIterator[str]:
+        yield "a"
+        await anyio.sleep_forever()
+        yield "never"  # pragma: no cover
+
+    config = sk.StreamConfig(chunk_size=1, stream_delay=0, max_stream_time=0.1)
+    with anyio.fail_after(10):
+        async with sk.stream_tokens(source(), config, sink=Sink()) as stream:
+            events = [e async for e in stream]
+    assert events[-1].event_type == "complete"
+    assert events[-1].metadata["reason"] == "deadline"
+    assert stream.stats.chunks == 1

@@ -59,8 +59,10 @@ async def check_event_log(factory: EventLogFactory) -> None:
     Covers: ``seq`` stamping and session ids, replay, live following by many readers
     with identical sequences, resume from every position, a reader past the end, the
     final event closing the log, ``aclose``, ``HistoryGap`` past retention,
-    ``SubscriberLagged`` for a reader too far behind, the event size bound, and bad
-    arguments. Each check uses a fresh log from ``factory``.
+    ``SubscriberLagged`` for a reader too far behind, the event size bound, bad
+    arguments, and the non-blocking ``append_nowait`` (which a log may implement by
+    never taking an event: it then returns ``None`` and stores nothing). Each check
+    uses a fresh log from ``factory``.
 
     Args:
         factory: Makes a new empty log, given keyword limits (see
@@ -76,6 +78,7 @@ async def check_event_log(factory: EventLogFactory) -> None:
     await _check_retention(factory)
     await _check_lag(factory)
     await _check_bounds_and_arguments(factory)
+    await _check_append_nowait(factory)
 
 
 async def _check_append_and_replay(factory: EventLogFactory) -> None:
@@ -251,3 +254,61 @@ async def _check_bounds_and_arguments(factory: EventLogFactory) -> None:
         pass
     else:
         raise AssertionError("append of a non-event must raise ValidationError")
+
+
+async def _check_append_nowait(factory: EventLogFactory) -> None:
+    log = await _make(factory)
+    await log.append(_token("a"))
+    original = _token("b")
+    stored = log.append_nowait(original)
+    if stored is None:
+        assert log.last_seq == 1, "append_nowait returned None: it must have stored nothing"
+        stored = await log.append(original)
+    assert stored.seq == 2, f"append_nowait must stamp the next seq, got {stored.seq}"
+    assert stored.session_id == log.session_id
+    assert original.seq is None, "append_nowait without owned=True must not change the event"
+    fresh = _token("c")
+    taken = log.append_nowait(fresh, owned=True)
+    if taken is None:
+        assert log.last_seq == 2, "append_nowait returned None: it must have stored nothing"
+        await log.append(fresh)
+    else:
+        assert taken.seq == 3, f"append_nowait must stamp the next seq, got {taken.seq}"
+        assert taken.content == "c", "append_nowait must store the event's content"
+        assert taken.event_id == fresh.event_id, "append_nowait must keep the event's id"
+    events = await _read_all_until(log, 3)
+    assert [(e.seq, e.content) for e in events] == [(1, "a"), (2, "b"), (3, "c")], (
+        "events stored by append_nowait must be read like the others"
+    )
+    try:
+        log.append_nowait({"event_type": "token"})  # type: ignore[arg-type]
+    except ValidationError:
+        pass
+    else:
+        raise AssertionError("append_nowait of a non-event must raise ValidationError")
+    await log.append(StreamEvent(event_type=EventType.COMPLETE))
+    try:
+        log.append_nowait(_token("late"))
+    except ClosedError:
+        pass
+    else:
+        raise AssertionError("append_nowait after the final event must raise ClosedError")
+    small = await _make(factory, max_event_bytes=1000)
+    try:
+        taken = small.append_nowait(_token("x" * 5000))
+    except PayloadTooLarge:
+        taken = None
+    assert taken is None, "append_nowait must not store an event over max_event_bytes"
+    assert small.last_seq == 0, "a refused event must not take a seq"
+    await small.aclose()
+
+
+async def _read_all_until(log: EventLog, last: int) -> list[StreamEvent]:
+    events: list[StreamEvent] = []
+    with anyio.fail_after(10):
+        async with log.read(0) as cursor:
+            async for event in cursor:
+                events.append(event)
+                if event.seq == last:
+                    break
+    return events

@@ -1,0 +1,308 @@
+"""Where a buffered source's items wait for the stream's consumer: a task or a thread.
+
+* :class:`TaskFeed`: an async source run inside ``async with`` by a producer task of
+  the stream's own task group. The consumer waits on the feed (never on the source);
+  an alarm task (or, for a stream with a sink, the wait's own deadline) wakes it when
+  one of the stream's timers is due.
+* :class:`ThreadFeed`: a sync source iterated by a daemon thread into a bounded
+  buffer, so that a blocking model never blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import itertools
+import math
+import threading
+from collections import deque
+from typing import TYPE_CHECKING, Final
+
+import anyio
+import anyio.lowlevel
+
+from ._signals import signal_factory
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from ._events import StreamEvent
+    from ._signals import Signal
+
+__all__ = ["BUFFER_ITEMS", "TaskFeed", "ThreadFeed"]
+
+#: Items a source may run ahead of the consumer (per buffer; the chunker's output is
+#: bounded by the same figure because the buffer is only drained when it is empty).
+BUFFER_ITEMS: Final = 256
+_thread_ids = itertools.count(1)
+
+
+class TaskFeed:
+    """Buffer between the producer task (async source) and the consumer."""
+
+    __slots__ = (
+        "alarm",
+        "alarm_at",
+        "alarm_task",
+        "close_error",
+        "closed",
+        "done",
+        "error",
+        "gate",
+        "items",
+        "new_event",
+        "pending",
+        "space",
+        "waiter",
+    )
+
+    def __init__(self, *, alarm_task: bool) -> None:
+        self.alarm_task = alarm_task
+        self.new_event = signal_factory()
+        self.items: deque[object] = deque()
+        # Set while paused: the producer task waits on it before pulling the next item.
+        self.gate: anyio.Event | None = None
+        self.done = False
+        self.error: BaseException | None = None
+        self.close_error: Exception | None = None
+        self.waiter: Signal | None = None
+        # An event the producer task made but the sink refused: the consumer returns it.
+        self.pending: StreamEvent | None = None
+        self.space: Signal | None = None
+        self.closed = anyio.Event()
+        # When the waiting consumer must be woken, and the alarm task's timer, if set.
+        self.alarm_at = math.inf
+        self.alarm: anyio.CancelScope | None = None
+
+    def pause(self) -> None:
+        if self.gate is None:
+            self.gate = anyio.Event()
+
+    def resume(self) -> None:
+        gate, self.gate = self.gate, None
+        if gate is not None:
+            gate.set()
+
+    def take(self) -> deque[object] | None:
+        items = self.items
+        if not items:
+            return None
+        self.items = deque()
+        space = self.space
+        if space is not None:
+            self.space = None
+            space.set()
+        return items
+
+    async def wait(self, deadline: float) -> None:
+        """Wait for items, or until ``deadline`` (the alarm task wakes the consumer).
+
+        Without an alarm task (a stream with a sink, whose consumer seldom waits: the
+        producer task hands the tokens to the sink) the wait has a deadline of its own.
+        """
+        if not self.alarm_task:
+            self.alarm_at = deadline
+            waiter = self.waiter = self.new_event()
+            try:
+                with anyio.CancelScope(deadline=deadline) as scope:
+                    self.alarm = scope
+                    await waiter.wait()
+            finally:
+                self.alarm = None
+                self.alarm_at = math.inf
+                self.waiter = None
+            return
+        self.alarm_at = deadline
+        alarm = self.alarm
+        if alarm is not None and deadline < alarm.deadline:
+            alarm.deadline = deadline  # sooner than the timer is set for: move it
+        waiter = self.waiter = self.new_event()
+        try:
+            await waiter.wait()
+        finally:
+            self.waiter = None
+
+    def wake_by(self, at: float) -> None:
+        """Have the alarm wake the waiting consumer by ``at`` at the latest."""
+        if at < self.alarm_at:
+            self.alarm_at = at
+            alarm = self.alarm
+            if alarm is not None and at < alarm.deadline:
+                alarm.deadline = at
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            waiter.set()
+
+    def finish(self, error: BaseException | None) -> None:
+        self.done = True
+        self.error = error
+        self.wake()
+
+    async def run_alarm(self, now: Callable[[], float]) -> None:
+        """The alarm task's loop: wake the waiting consumer once ``alarm_at`` has come.
+
+        A deadline that moved later makes the timer fire early: it is set again for
+        the new one. With nobody waiting it sleeps until a wait sets a deadline.
+        """
+        while True:
+            with anyio.CancelScope(deadline=self.alarm_at) as alarm:
+                self.alarm = alarm
+                await anyio.sleep_forever()
+            self.alarm = None
+            if self.waiter is None:
+                self.alarm_at = math.inf
+            elif now() >= self.alarm_at:
+                self.wake()
+
+
+class ThreadFeed:
+    """A daemon thread iterating a sync source into a bounded buffer.
+
+    The thread holds this object only, never the stream. It wakes a waiting consumer
+    through the event loop token; once stopped it never calls into the event
+    loop again, closes the iterator and exits at its next item.
+    """
+
+    __slots__ = (
+        "_iterator",
+        "_lock",
+        "_space",
+        "_token",
+        "close_error",
+        "done",
+        "error",
+        "items",
+        "paused",
+        "pending",
+        "stopped",
+        "thread",
+        "waiter",
+    )
+
+    def __init__(self, iterator: Iterator[object], token: anyio.lowlevel.EventLoopToken) -> None:
+        self._iterator = iterator
+        self._token = token
+        # Reentrant: the stream's __del__ calls stop(), and garbage collection can run
+        # it in the source thread while that thread holds the lock.
+        self._lock = threading.RLock()
+        self._space = threading.Condition(self._lock)
+        self.items: deque[object] = deque()
+        self.done = False
+        self.error: BaseException | None = None
+        self.close_error: Exception | None = None
+        self.stopped = False
+        self.paused = False
+        self.pending: StreamEvent | None = None  # always: a thread has no sink
+        self.waiter: anyio.Event | None = None
+        context = contextvars.copy_context()
+        self.thread = threading.Thread(
+            target=context.run,
+            args=(self._run,),
+            name=f"streamkit-source-{next(_thread_ids)}",
+            daemon=True,
+        )
+
+    # consumer side (event loop thread)
+
+    def pause(self) -> None:
+        with self._lock:
+            self.paused = True
+
+    def resume(self) -> None:
+        with self._lock:
+            self.paused = False
+            self._space.notify_all()
+
+    def take(self) -> deque[object] | None:
+        with self._lock:
+            items = self.items
+            if not items:
+                return None
+            self.items = deque()
+            self._space.notify()
+        return items
+
+    async def wait(self, deadline: float) -> None:
+        with self._lock:
+            if self.items or self.done:
+                return
+            waiter = self.waiter = anyio.Event()
+        try:
+            with anyio.CancelScope(deadline=deadline):
+                await waiter.wait()
+        finally:
+            with self._lock:
+                if self.waiter is waiter:
+                    self.waiter = None
+
+    def stop(self) -> None:
+        with self._lock:
+            self.stopped = True
+            self.waiter = None
+            self._space.notify_all()
+
+    # producer side (the source thread)
+
+    def _signal(self, waiter: anyio.Event) -> None:
+        # Not anyio.from_thread.run_sync: it would block this thread until the loop
+        # ran the call, so the thread and the consumer would take turns one item at
+        # a time. Scheduling without waiting lets the thread go on filling the batch.
+        token = self._token
+        try:
+            token.backend_class.run_sync_soon(waiter.set, (), token.native_token)
+        except RuntimeError:  # the event loop has finished: nobody is listening
+            self.stop()
+
+    def _put(self, item: object) -> bool:
+        with self._lock:
+            if self.stopped:
+                return False
+            items = self.items
+            items.append(item)
+            waiter = self.waiter
+            self.waiter = None
+            full = len(items) >= BUFFER_ITEMS
+        if waiter is not None:
+            self._signal(waiter)
+        if full or self.paused:
+            with self._lock:
+                # A full buffer or a pause holds the thread before it pulls the next item.
+                while (len(self.items) >= BUFFER_ITEMS or self.paused) and not self.stopped:
+                    self._space.wait()
+        return not self.stopped
+
+    def _finish(self, error: BaseException | None) -> None:
+        with self._lock:
+            if self.stopped:
+                return
+            self.done = True
+            self.error = error
+            waiter = self.waiter
+            self.waiter = None
+        if waiter is not None:
+            self._signal(waiter)
+
+    def _run(self) -> None:
+        iterator = self._iterator
+        try:
+            while not self.stopped:
+                try:
+                    item = next(iterator)
+                except StopIteration:
+                    self._finish(None)
+                    return
+                except BaseException as exc:  # a thread has nowhere else to report it
+                    self._finish(exc)
+                    return
+                if not self._put(item):
+                    return
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception as exc:
+                    self.close_error = exc
+            del iterator, self._iterator

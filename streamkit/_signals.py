@@ -1,0 +1,105 @@
+"""The running event loop's own primitives, found once: its clock and its event type.
+
+The hot path (a token appended, a reader woken) runs these per event. Through anyio's
+portable wrappers each call first finds the backend again (``anyio.current_time()``,
+``anyio.Event()``) and then goes through one more layer of Python calls; found once,
+the loop's own clock and event type cost what the bare loop pays. Only the waits that
+the hot path makes use them: an ``asyncio.Event`` or ``trio.Event`` waits and is set
+exactly like ``anyio.Event`` (anyio wraps the same objects), and cancellation by anyio's
+cancel scopes reaches a task waiting on either.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+import anyio
+import anyio.lowlevel
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["Signal", "loop_clock", "signal_factory", "signal_renewer"]
+
+
+class Signal(Protocol):
+    """What the hot path needs of an event: set it, ask it, wait for it."""
+
+    def set(self) -> object: ...
+
+    def is_set(self) -> bool: ...
+
+    async def wait(self) -> object: ...
+
+
+def loop_clock() -> Callable[[], float]:
+    """Return the running event loop's clock: what ``anyio.current_time()`` reads.
+
+    ``anyio.current_time()`` finds the backend again at every call, which costs most of
+    its 0.4 µs; per-event timestamps call the clock this returns instead (0.1 µs): the
+    loop's own ``time`` method on asyncio, ``trio.current_time`` on Trio.
+    """
+    backend = anyio.lowlevel.current_token().backend_class
+    name = backend.__module__.rsplit(".", 1)[-1]
+    if name == "_asyncio":  # the loop's own method: anyio's goes through two more calls
+        import asyncio
+
+        return asyncio.get_running_loop().time
+    if name == "_trio":
+        import trio
+
+        return trio.current_time
+    return backend.current_time  # pragma: no cover - anyio ships these two backends
+
+
+_FACTORIES: dict[type, Callable[[], Signal]] = {}
+
+
+def signal_factory() -> Callable[[], Signal]:
+    """Return the constructor of the running loop's own event (``asyncio.Event``, ...).
+
+    ``anyio.Event()`` finds the backend at every call (0.9 µs, of which 0.5 µs is the
+    look-up) and its ``wait`` and ``set`` add a layer of calls to the loop's own event.
+    Another backend than asyncio and Trio gets anyio's event.
+    """
+    backend = anyio.lowlevel.current_token().backend_class
+    factory = _FACTORIES.get(backend)
+    if factory is None:
+        name = backend.__module__.rsplit(".", 1)[-1]
+        if name == "_asyncio":
+            import asyncio
+
+            factory = asyncio.Event
+        elif name == "_trio":
+            import trio
+
+            factory = trio.Event
+        else:  # pragma: no cover - anyio ships these two backends
+            factory = backend.create_event
+        _FACTORIES[backend] = factory
+    return factory
+
+
+def _renew_asyncio(old: Any) -> Signal:
+    # An asyncio.Event that was set and whose waiters have all woken can be cleared and
+    # waited on again: cheaper than a new one (no new deque, no new binding to the loop).
+    if old is None:
+        import asyncio
+
+        return asyncio.Event()
+    old.clear()
+    return old  # type: ignore[no-any-return]
+
+
+def signal_renewer() -> Callable[[Signal | None], Signal]:
+    """Return ``renew(old)``: an unset event to wait on, ``old`` itself when it can be.
+
+    For a waiter that waits again and again on its own event (a cursor waiting for the
+    next event): ``old`` must be ``None`` or an event of this loop that nobody else can
+    set any more. asyncio's events are cleared and reused; Trio's cannot be cleared, so
+    a new one is made.
+    """
+    factory = signal_factory()
+    if factory.__module__ == "asyncio.locks":
+        return _renew_asyncio
+    return lambda old: factory()

@@ -1,0 +1,126 @@
+"""The statistics value types: of a stream, of a session, of a registry."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import attrs
+
+if TYPE_CHECKING:
+    from types import MappingProxyType
+
+    from ._session import SessionState
+    from ._validate import JSONValue
+    from .abc import LogStatistics
+
+__all__ = ["RegistryStatistics", "SessionStatistics", "StreamStats"]
+
+
+def _round(value: float) -> float:
+    return round(value, 6)
+
+
+@attrs.frozen(kw_only=True)
+class StreamStats:
+    """Figures about one stream, live while it runs and final once it has ended.
+
+    Times are in seconds on anyio's clock, measured from the ``start`` event.
+
+    Attributes:
+        tokens: Pieces of text received from the source (empty pieces not counted).
+        chunks: ``token`` events emitted.
+        characters: Characters emitted in ``token`` events.
+        heartbeats: ``heartbeat`` events emitted.
+        time_to_first_token: From the start to the first ``token`` event, or ``None``
+            before there is one.
+        mean_inter_token_latency: Mean time between consecutive ``token`` events, or
+            ``None`` before there are two.
+        max_inter_token_latency: Longest time between consecutive ``token`` events, or
+            ``None`` before there are two.
+        tokens_per_second: ``tokens`` divided by ``duration`` (``0.0`` at first).
+        duration: From the start to now, or to the final event once the stream ended.
+    """
+
+    tokens: int = 0
+    chunks: int = 0
+    characters: int = 0
+    heartbeats: int = 0
+    time_to_first_token: float | None = None
+    mean_inter_token_latency: float | None = None
+    max_inter_token_latency: float | None = None
+    tokens_per_second: float = 0.0
+    duration: float = 0.0
+
+    def to_dict(self) -> dict[str, JSONValue]:
+        """Return the figures as JSON-ready data (floats rounded to microseconds)."""
+        return {
+            "tokens": self.tokens,
+            "chunks": self.chunks,
+            "characters": self.characters,
+            "heartbeats": self.heartbeats,
+            "time_to_first_token": _maybe_round(self.time_to_first_token),
+            "mean_inter_token_latency": _maybe_round(self.mean_inter_token_latency),
+            "max_inter_token_latency": _maybe_round(self.max_inter_token_latency),
+            "tokens_per_second": _round(self.tokens_per_second),
+            "duration": _round(self.duration),
+        }
+
+
+def _maybe_round(value: float | None) -> float | None:
+    return None if value is None else _round(value)
+
+
+@attrs.frozen(kw_only=True)
+class SessionStatistics:
+    """A snapshot of one session's figures, from :meth:`SessionRegistry.session_statistics`.
+
+    Attributes:
+        session_id: The session.
+        status: Its state.
+        subscribers: Subscriptions reading it now.
+        log: The counters of its event log.
+        stream: The statistics of its producer's stream, if it has had one.
+    """
+
+    session_id: str
+    status: SessionState
+    subscribers: int
+    log: LogStatistics
+    stream: StreamStats | None
+
+
+@attrs.frozen(kw_only=True)
+class RegistryStatistics:
+    """A snapshot of a registry's figures, from :meth:`SessionRegistry.statistics`.
+
+    Attributes:
+        sessions: Sessions held now (live and ended-but-retained).
+        by_state: How many of them are in each state.
+        subscribers: Subscriptions reading now, over all sessions.
+        producers: Producers running now.
+        sessions_created: Sessions created since the registry started.
+        sessions_removed: Sessions removed (closed, or swept after they ended).
+        sessions_expired: Sessions the sweeper expired for idleness.
+        events_appended: Events appended to logs through this registry.
+        events_delivered: Events handed to subscribers.
+        bytes_retained: Bytes retained by the logs of sessions held now.
+        sweeps: Sweeper passes.
+        heartbeats: Heartbeat events sent by the registry.
+        mean_time_to_first_token: Mean time to first token of finished streams, seconds.
+        max_time_to_first_token: The largest such time, seconds.
+    """
+
+    sessions: int
+    by_state: MappingProxyType[str, int]
+    subscribers: int
+    producers: int
+    sessions_created: int
+    sessions_removed: int
+    sessions_expired: int
+    events_appended: int
+    events_delivered: int
+    bytes_retained: int
+    sweeps: int
+    heartbeats: int
+    mean_time_to_first_token: float | None
+    max_time_to_first_token: float | None
