@@ -18,7 +18,7 @@ run). Needs a ``redis-server`` binary; the benchmark starts its own on a free po
   awaiting every append (as a registry's producer does) and one follower on worker B;
   the time until every follower has its final event, per delivery. The appends of all
   sessions travel together (group commit), which one sequential producer cannot show;
-* **append_nowait across workers** (only where the log has it): one producer queues
+* **enqueue across workers** (only where the log has it): one producer queues
   its events without waiting for each, one follower on worker B.
 
 To compare with the code before a change, run it twice in a row, once with the old
@@ -120,9 +120,9 @@ async def _run(url: str) -> dict[str, float]:
             worker_a, b, config
         )
         producer = await worker_a.make_log("nowait", config)
-        if hasattr(producer, "append_nowait"):
+        if hasattr(producer, "enqueue"):
             reader = await b.make_log("nowait", config)
-            results["fan-out x1, across workers, append_nowait"] = await _fan_out(
+            results["fan-out x1, across workers, enqueue"] = await _fan_out(
                 producer, reader, 1, nowait=True
             )
     return results
@@ -172,7 +172,7 @@ async def _fan_out(
 ) -> float:
     """Seconds per delivery: ``followers`` cursors on ``reader``, appends on ``producer``.
 
-    With ``nowait``, the producer queues its events with ``append_nowait``.
+    With ``nowait``, the producer queues its events with ``enqueue``.
     """
     ready = [anyio.Event() for _ in range(followers)]
 
@@ -189,7 +189,7 @@ async def _fan_out(
         for event in ready:
             await event.wait()
         if nowait:
-            queue = getattr(producer, "append_nowait", None)
+            queue = getattr(producer, "enqueue", None)
             assert queue is not None
             for i in range(EVENTS):
                 queue(_token(i))

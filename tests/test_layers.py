@@ -50,8 +50,12 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "streamkit._log",
         "streamkit._memory",
         "streamkit.sources",
+        "streamkit._signals",
+        "streamkit._chunker",
+        "streamkit._feeds",
+        "streamkit._stats",
     ),
-    "registry": ("streamkit._registry",),
+    "registry": ("streamkit._registry", "streamkit._coordinator", "streamkit._subscription"),
     "transports": (
         "streamkit.transports",
         "streamkit.transports.*",

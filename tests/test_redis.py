@@ -345,7 +345,7 @@ async def test_history_max_bytes_trims_the_stream(client: aredis.Redis) -> None:
             await cursor.__anext__()
 
 
-async def test_append_nowait_queues_events_that_readers_get_in_order(
+async def test_enqueue_queues_events_that_readers_get_in_order(
     redis_url: str, client: aredis.Redis
 ) -> None:
     config = sk.RegistryConfig()
@@ -354,12 +354,12 @@ async def test_append_nowait_queues_events_that_readers_get_in_order(
         writer = await a.make_log(sid, config)
         reader = await b.make_log(sid, config)
         for i in range(50):
-            writer.append_nowait(_token(f"{i} "))
+            writer.enqueue(_token(f"{i} "))
         await writer.flush()
         assert writer.last_seq == 50
-        writer.append_nowait(sk.StreamEvent(event_type=sk.EventType.COMPLETE))
+        writer.enqueue(sk.StreamEvent(event_type=sk.EventType.COMPLETE))
         with pytest.raises(sk.ClosedError):
-            writer.append_nowait(_token("late"))
+            writer.enqueue(_token("late"))
         await writer.flush()
         with anyio.fail_after(10):
             async with reader.read(0) as cursor:
@@ -372,11 +372,11 @@ async def test_append_nowait_queues_events_that_readers_get_in_order(
         first = await a.make_log(other, config)
         second = await b.make_log(other, config)
         await second.append(sk.StreamEvent(event_type=sk.EventType.COMPLETE))
-        first.append_nowait(_token("x"))
+        first.enqueue(_token("x"))
         with pytest.raises(sk.ClosedError):
             await first.flush()
     with pytest.raises(sk.BackendError, match="entered RedisBackend"):
-        RedisEventLog(client, _sid()).append_nowait(_token("x"))
+        RedisEventLog(client, _sid()).enqueue(_token("x"))
 
 
 async def test_a_hole_in_the_stream_is_reported_not_skipped(client: aredis.Redis) -> None:

@@ -563,7 +563,7 @@ class _Batch:
         self.error: BaseException | None = None
         self.done = anyio.Event()
         self.counter = 0
-        self.detached = 0  # events appended without waiting (append_nowait)
+        self.detached = 0  # events appended without waiting (enqueue)
 
     def result(self, index: int, session_id: str) -> StreamEvent:
         """The stored copy of event ``index``, or the error that kept it out."""
@@ -1039,7 +1039,7 @@ class RedisEventLog(EventLog):
         self._appender: _Appender | None = None  # set by RedisBackend.make_log
         self._pending: _Batch | None = None  # the newest batch queued in the appender
         self._sending = False  # whether a batch of this log is in flight
-        self._failure: BaseException | None = None  # of an append_nowait, not yet raised
+        self._failure: BaseException | None = None  # of an enqueue, not yet raised
 
     async def refresh(self) -> None:
         """Load ``last_seq``, ``oldest_seq`` and ``is_closed`` from Redis.
@@ -1157,7 +1157,7 @@ class RedisEventLog(EventLog):
         Raises:
             BackendError: Redis failed or stayed unreachable, lost this log's newest
                 events, or the loop is not asyncio; also a failure of an earlier
-                :meth:`append_nowait`.
+                :meth:`enqueue`.
             ClosedError: the log is closed.
             PayloadTooLarge: the event's JSON is larger than ``max_event_bytes``.
             ValidationError: ``event`` is not a :class:`~streamkit.StreamEvent`.
@@ -1204,12 +1204,12 @@ class RedisEventLog(EventLog):
         self._committed(batch, reply)
         return batch.result(0, self._session_id)
 
-    def append_nowait(self, event: StreamEvent) -> None:
+    def enqueue(self, event: StreamEvent) -> None:
         """Queue ``event`` for the next batch without waiting for Redis.
 
         Readers get it once Redis has stored it, in order with the other appends of
         this log. A failure to store it is raised by the next :meth:`append`,
-        :meth:`append_nowait` or :meth:`flush` of this log.
+        :meth:`enqueue` or :meth:`flush` of this log.
 
         Raises:
             BackendError: the log was not made by an entered :class:`RedisBackend`,
@@ -1222,7 +1222,7 @@ class RedisEventLog(EventLog):
         appender = self._batched()
         if appender is None:
             raise BackendError(
-                "append_nowait needs a log made by an entered RedisBackend",
+                "enqueue needs a log made by an entered RedisBackend",
                 session_id=self._session_id,
             )
         batch, _ = appender.submit(self, event, text)
