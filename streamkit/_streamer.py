@@ -63,6 +63,8 @@ import attrs
 from ._config import StreamConfig
 from ._errors import ClosedError, ValidationError
 from ._events import EventType, StreamEvent, make_event
+from ._parts import Part, TextDelta, Usage
+from ._parts_chunker import PartsChunker, accept_part, part_event
 from ._validate import JSONValue, check_id, type_name
 
 if TYPE_CHECKING:
@@ -74,7 +76,14 @@ __all__ = ["StreamOutcome", "StreamStats", "TokenSource", "TokenStream", "stream
 
 #: What :func:`stream_tokens` accepts: text (or UTF-8 bytes) from an async or a sync
 #: iterable.
-TokenSource: TypeAlias = AsyncIterable[str] | AsyncIterable[bytes] | Iterable[str] | Iterable[bytes]
+TokenSource: TypeAlias = (
+    AsyncIterable[str]
+    | AsyncIterable[bytes]
+    | AsyncIterable[str | Part]
+    | Iterable[str]
+    | Iterable[bytes]
+    | Iterable[str | Part]
+)
 #: How a stream ended: ``completed`` (the source ran out), ``deadline``
 #: (``max_stream_time`` passed), ``error`` (the source failed or stalled, or yielded
 #: a bad item) or ``closed`` (the consumer closed it or was cancelled before the end).
@@ -122,6 +131,9 @@ class StreamStats:
             ``None`` before there are two.
         tokens_per_second: ``tokens`` divided by ``duration`` (``0.0`` at first).
         duration: From the start to now, or to the final event once the stream ended.
+        reasoning_tokens: Reasoning pieces received (``tokens`` counts text only).
+        tool_calls: Tool calls started.
+        usage: The sum of the usage parts the model reported, or ``None``.
     """
 
     tokens: int = 0
@@ -133,10 +145,17 @@ class StreamStats:
     max_inter_token_latency: float | None = None
     tokens_per_second: float = 0.0
     duration: float = 0.0
+    reasoning_tokens: int = 0
+    tool_calls: int = 0
+    usage: Usage | None = None
 
     def to_dict(self) -> dict[str, JSONValue]:
-        """Return the figures as JSON-ready data (floats rounded to microseconds)."""
-        return {
+        """Return the figures as JSON-ready data (floats rounded to microseconds).
+
+        ``reasoning_tokens``, ``tool_calls`` and ``usage`` are only present when a
+        stream carried any, so that a text stream's figures keep their shape.
+        """
+        data: dict[str, JSONValue] = {
             "tokens": self.tokens,
             "chunks": self.chunks,
             "characters": self.characters,
@@ -147,6 +166,12 @@ class StreamStats:
             "tokens_per_second": _round(self.tokens_per_second),
             "duration": _round(self.duration),
         }
+        if self.reasoning_tokens or self.tool_calls or self.usage is not None:
+            data["reasoning_tokens"] = self.reasoning_tokens
+            data["tool_calls"] = self.tool_calls
+            usage = self.usage
+            data["usage"] = None if usage is None else MappingProxyType(usage.to_dict())
+        return data
 
 
 def _maybe_round(value: float | None) -> float | None:
@@ -562,6 +587,7 @@ class TokenStream:
         "_out",
         "_outcome",
         "_paced",
+        "_parts",
         "_paused",
         "_phase",
         "_producer_scope",
@@ -603,6 +629,7 @@ class TokenStream:
         self._flush = config.flush_interval
         self._stall = config.stall_timeout
         self._out: deque[str] = deque()
+        self._parts: PartsChunker | None = None  # made at the first part
         self._chunker = _Chunker(
             self._out, config.chunk_size, config.chunk_by if config.enable_progressive else "whole"
         )
@@ -815,7 +842,8 @@ class TokenStream:
     def _make_stats(self, now: float) -> StreamStats:
         duration = now - self._started_at
         first = self._first_token_at
-        gaps = self._chunks - 1
+        parts = self._parts
+        gaps = self._chunks - 1 + (0 if parts is None else parts.delta_events)
         return StreamStats(
             tokens=self._tokens,
             chunks=self._chunks,
@@ -826,9 +854,14 @@ class TokenStream:
             max_inter_token_latency=self._itl_max if gaps > 0 else None,
             tokens_per_second=self._tokens / duration if duration > 0 else 0.0,
             duration=duration,
+            reasoning_tokens=0 if parts is None else parts.reasoning_tokens,
+            tool_calls=0 if parts is None else parts.tool_calls,
+            usage=None if parts is None else parts.usage,
         )
 
     def _token_event(self, text: str, now: float) -> StreamEvent:
+        if type(text) is not str:  # a part, queued by the parts chunker
+            return part_event(self, text, now)  # type: ignore[arg-type]
         index = self._chunks
         self._chunks = index + 1
         self._chars += len(text)
@@ -950,6 +983,10 @@ class TokenStream:
             if decoder is None:
                 decoder = self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
             text = decoder.decode(item)
+        elif isinstance(item, Part):
+            if type(item) is not TextDelta:
+                return accept_part(self, item, index)
+            text = item.text
         else:
             self._exception = ValidationError(
                 f"source item {index} must be str or bytes, got {type_name(item)}",
@@ -978,7 +1015,6 @@ class TokenStream:
         """
         feed = self._feed
         assert feed is not None
-        chunker = self._chunker
         while True:
             done = feed.done
             items = feed.take()
@@ -1000,10 +1036,10 @@ class TokenStream:
             if now >= wake:
                 await self._finish("deadline")
                 return None
-            if self._progressive and chunker.has_partial:
+            if self._progressive and self._chunker.has_partial:
                 at = self._last_input + self._flush
                 if now >= at:
-                    chunker.flush()
+                    self._chunker.flush()
                     return None
                 wake = min(wake, at)
             if self._heartbeat is not None:
@@ -1040,12 +1076,11 @@ class TokenStream:
         """
         anext = self._anext
         assert anext is not None
-        chunker = self._chunker
         out = self._out
         while True:
             began = self._now()
-            if self._slow and self._progressive and chunker.has_partial:
-                chunker.flush()  # the source is slow: do not hold its text back
+            if self._slow and self._progressive and self._chunker.has_partial:
+                self._chunker.flush()  # the source is slow: do not hold its text back
                 return began
             limit = self._deadline
             if self._stall is not None:
