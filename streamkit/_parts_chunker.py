@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from ._errors import ValidationError
+from ._errors import PayloadTooLarge, ValidationError
 from ._events import StreamEvent, make_part_event
 from ._parts import (
     Part,
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
     from ._streamer import TokenStream
 
-__all__ = ["PartsChunker", "accept_part", "part_event"]
+__all__ = ["PartsChunker", "accept_part", "part_event", "too_large"]
 
 
 class _ChunkerLike(Protocol):
@@ -252,3 +252,15 @@ def part_event(stream: TokenStream, part: Part, now: float) -> StreamEvent:
             stream._itl_max = max(stream._itl_max, gap)
         stream._last_token_at = now
     return make_part_event(part, stream._session_id)
+
+
+def too_large(exc: PayloadTooLarge, event: StreamEvent) -> PayloadTooLarge:
+    """Return ``exc`` again, its message naming the event (and part) that was too large."""
+    what = f"a {event.event_type} event"
+    part = event.part
+    if part is not None:
+        call_id = getattr(part, "call_id", None)
+        what = f"a {part.type} part" + (f" (call {call_id!r})" if call_id is not None else "")
+    if event.seq is not None:
+        what += f" at seq {event.seq}"
+    return PayloadTooLarge(f"{what}: {exc.message}", field=exc.field, session_id=exc.session_id)

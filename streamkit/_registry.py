@@ -47,6 +47,7 @@ from ._config import RegistryConfig, StreamConfig
 from ._errors import (
     ClosedError,
     InvalidTransition,
+    PayloadTooLarge,
     PermissionDenied,
     SessionLimitExceeded,
     SessionNotFound,
@@ -54,6 +55,7 @@ from ._errors import (
 )
 from ._events import EventType, StreamEvent, make_event
 from ._memory import MemoryBackend
+from ._parts_chunker import too_large
 from ._session import SessionState, StreamSession, check_transition, events_view, new_session_id
 from ._streamer import StreamStats, TokenStream, loop_clock, stream_tokens
 from ._validate import check_id, check_int, freeze_json_object, type_name
@@ -63,6 +65,8 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from anyio.abc import TaskGroup
+
+    from ._parts import Usage
 
 __all__ = [
     "Authorize",
@@ -107,6 +111,11 @@ class SessionStatistics:
     subscribers: int
     log: LogStatistics
     stream: StreamStats | None
+
+    @property
+    def usage(self) -> Usage | None:
+        """The usage its producer's model reported (summed), or ``None``."""
+        return None if self.stream is None else self.stream.usage
 
 
 @attrs.frozen(kw_only=True)
@@ -467,6 +476,8 @@ class SessionRegistry:
                             break
                         try:
                             stored = await append(event)
+                        except PayloadTooLarge as exc:
+                            raise too_large(exc, event) from exc
                         except ClosedError:
                             # Another task (or worker) may have ended the session.
                             if not _finishing(entry) and self._lease_ttl is not None:
