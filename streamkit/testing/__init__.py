@@ -9,6 +9,7 @@ from __future__ import annotations
 
 # -- simulated sources (issue 4) -----------------------------------------------
 from ._agent import SimulatedAgent as SimulatedAgent
+from ._agent import SimulatedToolAgent as SimulatedToolAgent
 
 # -- conformance suites (issue 5) ----------------------------------------------
 from ._conformance import EventLogFactory as EventLogFactory
@@ -17,6 +18,7 @@ from ._conformance import check_event_log as check_event_log
 __all__ = [
     "EventLogFactory",
     "SimulatedAgent",
+    "SimulatedToolAgent",
     "check_event_log",
 ]
 
