@@ -103,8 +103,10 @@ async def agent_pipeline(config: sk.StreamConfig, items: list[Any]) -> tuple[flo
     """The pipeline with an agent's source (parts): seconds and events received."""
 
     async def source() -> Any:
-        for item in items:
+        for index, item in enumerate(items):
             yield item
+            if index % 256 == 255:  # as a real source does, let the reader run
+                await anyio.lowlevel.checkpoint()
 
     async with sk.SessionRegistry() as registry:
         session = await registry.create()

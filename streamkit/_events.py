@@ -31,7 +31,6 @@ from ._validate import (
     check_number,
     check_str,
     check_wire_str,
-    freeze_json,
     freeze_json_object,
     thaw_json,
     type_name,
@@ -377,14 +376,12 @@ def make_part_event(part: Part, session_id: str | None = None) -> StreamEvent:
     event = make_event(
         EventType.PART,
         "",
-        MappingProxyType({"part": freeze_json(_PART_FIELD, part.to_dict())}),
+        MappingProxyType({"part": MappingProxyType(part._frozen_dict())}),
         session_id,
     )
     _set_part(event, part)
     return event
 
-
-_PART_FIELD: Final = "metadata.part"
 
 
 def stamp(event: StreamEvent, seq: int, session_id: str | None) -> None:

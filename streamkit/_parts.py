@@ -105,6 +105,13 @@ class Part:
             data[field.name] = thaw_json(value) if field.metadata.get("json") else value
         return data
 
+    def _frozen_dict(self) -> dict[str, Any]:
+        # The dict of to_dict() with the stored (read-only) JSON values: for events.
+        data: dict[str, Any] = {"type": self.type}
+        for field in attrs.fields(type(self)):  # type: ignore[arg-type]
+            data[field.name] = getattr(self, field.name)
+        return data
+
     def to_json(self) -> str:
         """Return the part as compact JSON."""
         return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
@@ -316,6 +323,14 @@ class DataPart(Part):
     def type(self) -> str:  # type: ignore[override]
         """``"data-" + name``."""
         return f"data-{self.name}"
+
+    def _frozen_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "value": self.value,
+            "data_id": self.data_id,
+            "transient": self.transient,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         """Return the part as plain JSON-ready data (``type`` is ``data-<name>``)."""
