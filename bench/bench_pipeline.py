@@ -120,7 +120,8 @@ async def agent_pipeline(config: sk.StreamConfig, items: list[Any]) -> tuple[flo
                 received += 1
                 last = event
             elapsed = time.perf_counter() - started
-    assert last is not None and last.event_type == "complete", last
+    assert last is not None
+    assert last.event_type == "complete", last
     return elapsed, received
 
 

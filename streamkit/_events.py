@@ -383,7 +383,6 @@ def make_part_event(part: Part, session_id: str | None = None) -> StreamEvent:
     return event
 
 
-
 def stamp(event: StreamEvent, seq: int, session_id: str | None) -> None:
     """Complete ``event`` in place with its ``seq`` and ``session_id``.
 

@@ -84,9 +84,18 @@ def _v_bool(inst: object, attribute: attrs.Attribute[Any], value: object) -> Non
     check_bool(_where(inst, attribute), value)
 
 
-def _v_json(inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    # Checked and stored read-only (a frozen copy replaces what was passed).
-    object.__setattr__(inst, attribute.name, freeze_json(_where(inst, attribute), value))
+# JSON values are checked and stored read-only (mappings and tuples). Named converters,
+# one per field, so that the error names the field and type checkers see `object`.
+def _freeze_arguments(value: object) -> JSONValue:
+    return freeze_json("ToolCallEnd.arguments", value)
+
+
+def _freeze_output(value: object) -> JSONValue:
+    return freeze_json("ToolResult.output", value)
+
+
+def _freeze_value(value: object) -> JSONValue:
+    return freeze_json("DataPart.value", value)
 
 
 class Part:
@@ -190,7 +199,9 @@ class ToolCallEnd(Part):
     type: ClassVar[str] = "tool-call-end"
     call_id: str = attrs.field(validator=_v_wire)
     name: str | None = attrs.field(default=None, validator=_v_opt_wire)
-    arguments: JSONValue = attrs.field(default=None, validator=_v_json, metadata={"json": True})
+    arguments: JSONValue = attrs.field(
+        default=None, converter=_freeze_arguments, metadata={"json": True}
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -205,7 +216,7 @@ class ToolResult(Part):
 
     type: ClassVar[str] = "tool-result"
     call_id: str = attrs.field(validator=_v_wire)
-    output: JSONValue = attrs.field(default=None, validator=_v_json, metadata={"json": True})
+    output: JSONValue = attrs.field(default=None, converter=_freeze_output, metadata={"json": True})
     error: str | None = attrs.field(default=None, validator=_v_opt_text)
 
     def __attrs_post_init__(self) -> None:
@@ -315,7 +326,7 @@ class DataPart(Part):
     """
 
     name: str = attrs.field(validator=_v_data_name)
-    value: JSONValue = attrs.field(default=None, validator=_v_json, metadata={"json": True})
+    value: JSONValue = attrs.field(default=None, converter=_freeze_value, metadata={"json": True})
     data_id: str | None = attrs.field(default=None, validator=_v_opt_wire)
     transient: bool = attrs.field(default=False, validator=_v_bool)
 

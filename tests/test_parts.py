@@ -27,9 +27,9 @@ from streamkit.parts import (
     part_from_json,
 )
 
-text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
+text = st.text(st.characters(exclude_categories=["Cs"]), max_size=20)
 wire = st.text(
-    st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n\x00"),
+    st.characters(exclude_categories=["Cs"], exclude_characters="\r\n\x00"),
     min_size=1,
     max_size=20,
 )
@@ -123,13 +123,17 @@ def test_json_values_are_read_only() -> None:
         end.call_id = "d"  # type: ignore[misc]
 
 
+BAD_INT: Any = 1
+BAD_NONE: Any = None
+
+
 @pytest.mark.parametrize(
     ("build", "field"),
     [
-        (lambda: ReasoningDelta(text=1), "ReasoningDelta.text"),
+        (lambda: ReasoningDelta(text=BAD_INT), "ReasoningDelta.text"),
         (lambda: ToolCallStart(call_id="a\nb", name="f"), "ToolCallStart.call_id"),
         (lambda: ToolCallStart(call_id="a", name=""), "ToolCallStart.name"),
-        (lambda: ToolCallDelta(call_id="a", delta=None), "ToolCallDelta.delta"),
+        (lambda: ToolCallDelta(call_id="a", delta=BAD_NONE), "ToolCallDelta.delta"),
         (lambda: ToolCallEnd(call_id="a", arguments={1: 2}), "ToolCallEnd.arguments"),
         (lambda: ToolCallEnd(call_id="a", arguments=float("nan")), "ToolCallEnd.arguments"),
         (lambda: ToolResult(call_id="a", output=1, error="x"), "output"),
@@ -140,7 +144,7 @@ def test_json_values_are_read_only() -> None:
         (lambda: SourcePart(source_id="s", url="u", document="d"), "url"),
         (lambda: StepFinish(finish_reason="a\rb"), "StepFinish.finish_reason"),
         (lambda: DataPart(name="a b", value=1), "DataPart.name"),
-        (lambda: DataPart(name="a", transient=1), "DataPart.transient"),
+        (lambda: DataPart(name="a", transient=BAD_INT), "DataPart.transient"),
     ],
 )
 def test_bad_values_name_the_field(build: Any, field: str) -> None:

@@ -26,6 +26,11 @@ from streamkit.parts import (
 pytestmark = pytest.mark.anyio
 
 
+def stats_of(event: sk.StreamEvent) -> Any:
+    """The final event's statistics, as plain data."""
+    return event.to_dict()["metadata"]["stats"]
+
+
 async def _agen(items: Iterable[object]) -> AsyncIterator[object]:
     for item in items:
         yield item
@@ -106,7 +111,7 @@ async def test_chunks_never_cross_a_part_boundary(mode: str) -> None:
         DataPart(name="status", value="done", transient=True),
         "complete",
     ]
-    stats = events[-1].metadata["stats"]
+    stats = stats_of(events[-1])
     assert stats["tokens"] == 2
     assert stats["reasoning_tokens"] == 2
     assert stats["tool_calls"] == 2
@@ -179,7 +184,7 @@ async def test_explicit_arguments_are_kept_and_no_deltas_mean_empty_object() -> 
 
 async def test_time_to_first_token_counts_reasoning() -> None:
     events = await run([ReasoningDelta(text="hm"), "ok"])
-    stats = events[-1].metadata["stats"]
+    stats = stats_of(events[-1])
     assert stats["time_to_first_token"] is not None
     assert stats["mean_inter_token_latency"] is not None
 
@@ -187,8 +192,8 @@ async def test_time_to_first_token_counts_reasoning() -> None:
 async def test_text_only_stats_keep_their_shape() -> None:
     events = await run(["a", TextDelta(text="b")])
     assert shape(events) == ["start", "a", "b", "complete"]
-    assert "reasoning_tokens" not in events[-1].metadata["stats"]
-    assert "tool_calls" not in events[-1].metadata["stats"]
+    assert "reasoning_tokens" not in stats_of(events[-1])
+    assert "tool_calls" not in stats_of(events[-1])
 
 
 BAD: list[tuple[list[object], str]] = [

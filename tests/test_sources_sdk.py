@@ -47,6 +47,11 @@ pytestmark = [
 EXACT = sk.StreamConfig(chunk_size=1, flush_interval=60, heartbeat_interval=None)
 
 
+def stats_of(event: sk.StreamEvent) -> Any:
+    """The final event's statistics, as plain data."""
+    return event.to_dict()["metadata"]["stats"]
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[tuple[str, list[tuple[str, dict[str, object]]]]]:
     with provider_server() as found:
@@ -151,7 +156,7 @@ async def test_openai_chat_parallel_tool_calls(server: Any) -> None:
         ToolCallEnd(call_id="call_a", name="get_weather", arguments={"city": "Paris"}),
         ToolCallEnd(call_id="call_b", name="get_time", arguments={"tz": "CET"}),
     ]
-    assert events[-1].metadata["stats"]["tool_calls"] == 2
+    assert stats_of(events[-1])["tool_calls"] == 2
 
 
 async def test_openai_responses_text(server: Any) -> None:
