@@ -103,9 +103,10 @@ class PartsChunker:
         self.out = out
         self._text = text_chunker
         self._make_chunker = make_chunker
-        # The current segment: "text", "reasoning", a tool call's id, or None.
-        self._segment: str | None = None
-        self._segment_chunker: _ChunkerLike | None = None
+        # The current segment: "text", "reasoning", a tool call's id, or None. Text
+        # first: the text chunker may hold a partial chunk from before the first part.
+        self._segment: str | None = _TEXT
+        self._segment_chunker: _ChunkerLike | None = text_chunker
         self.calls: dict[str, _Call] = {}
         self.reasoning_tokens = 0
         self.tool_calls = 0

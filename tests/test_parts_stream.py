@@ -273,3 +273,10 @@ async def test_part_events_round_trip_through_the_codecs() -> None:
     nd_out = ndjson.feed(b"".join(sk.ndjson.encode(e) for e in events))
     assert [e.part for e in nd_out] == [e.part for e in events]
     assert len(sse_out) == len(events)
+
+
+@pytest.mark.parametrize("mode", ["direct", "task", "sync"])
+async def test_text_held_before_the_first_part_comes_first(mode: str) -> None:
+    items: list[object] = ["Hello ", "there.", ToolCallStart(call_id="c", name="f"), "end"]
+    got = shape(await run(items, mode, chunk_size=4, flush_interval=60))
+    assert got == ["start", "Hello there.", ToolCallStart(call_id="c", name="f"), "end", "complete"]
