@@ -53,7 +53,8 @@ def serve(name: str, data: bytes) -> None:
 
 def accumulate(chunks: list[Any]) -> dict[str, Any]:
     """What an OpenAI client builds from chunks: content, reasoning, tool calls, usage."""
-    content, reasoning, calls, finish, usage = "", "", {}, None, None
+    content, reasoning, finish, usage = "", "", None, None
+    calls: dict[int, dict[str, Any]] = {}
     for chunk in chunks:
         assert chunk.object == "chat.completion.chunk"
         assert chunk.model == "sim-1"
