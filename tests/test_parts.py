@@ -212,3 +212,18 @@ def test_usage_adds_up() -> None:
 def test_tool_result_failed() -> None:
     assert ToolResult(call_id="a", error="boom").failed
     assert not ToolResult(call_id="a", output={"ok": True}).failed
+
+
+@pytest.mark.anyio
+async def test_a_copied_part_event_gives_its_part_back() -> None:
+    from streamkit._events import with_seq
+
+    part = ToolCallEnd(call_id="c", name="f", arguments={"a": [1]})
+    event = sk.StreamEvent.from_part(part)
+    log = sk.InMemoryEventLog()
+    stored = await log.append(event)  # a copy made without validation
+    assert stored.part == part
+    assert stored.part is stored.part  # parsed once
+    copy = with_seq(event, 7, "s")
+    assert copy.part is event.part
+    assert with_seq(sk.StreamEvent(event_type="token", content="x"), 1, None).part is None
