@@ -77,6 +77,54 @@ async def pipeline(config: sk.StreamConfig, n: int) -> tuple[float, int]:
     return elapsed, received
 
 
+def agent_items(n: int) -> list[Any]:
+    """``n`` source items of an agent's stream: reasoning, tool calls, then text, repeated.
+
+    Per group of 10: 3 reasoning pieces, a tool call (start, 2 argument pieces, end) and
+    3 text pieces. Made before the clock starts, as the text source's constant is.
+    """
+    from streamkit.parts import ReasoningDelta, ToolCallDelta, ToolCallEnd, ToolCallStart
+
+    items: list[Any] = []
+    for group in range(n // 10):
+        call = f"call_{group}"
+        items += [ReasoningDelta(text="hm ")] * 3
+        items += [
+            ToolCallStart(call_id=call, name="search"),
+            ToolCallDelta(call_id=call, delta='{"q": '),
+            ToolCallDelta(call_id=call, delta='"x"}'),
+            ToolCallEnd(call_id=call),
+        ]
+        items += ["tok "] * 3
+    return items
+
+
+async def agent_pipeline(config: sk.StreamConfig, items: list[Any]) -> tuple[float, int]:
+    """The pipeline with an agent's source (parts): seconds and events received."""
+
+    async def source() -> Any:
+        for index, item in enumerate(items):
+            yield item
+            if index % 256 == 255:  # as a real source does, let the reader run
+                await anyio.lowlevel.checkpoint()
+
+    async with sk.SessionRegistry() as registry:
+        session = await registry.create()
+        sid = session.session_id
+        received = 0
+        last = None
+        async with registry.subscribe(sid) as subscription:
+            started = time.perf_counter()
+            registry.start(sid, source(), config)
+            async for event in subscription:
+                received += 1
+                last = event
+            elapsed = time.perf_counter() - started
+    assert last is not None
+    assert last.event_type == "complete", last
+    return elapsed, received
+
+
 async def streamer_alone(config: sk.StreamConfig, n: int) -> tuple[float, int]:
     """``stream_tokens`` inside ``async with``, consumed by ``async for`` (no log)."""
     received = 0
@@ -150,6 +198,19 @@ def bench_backend(backend: str) -> dict[str, Any]:
             ]
         )
     metadata_on = CASES["chunk_size=1, metadata on"]
+    items = agent_items(N)
+    seconds, events = per_event(partial(agent_pipeline, metadata_on, items), backend)
+    figures["agent_parts"] = {"us_per_event": us(seconds), "us_per_item": us(seconds * events / N)}
+    rows.append(
+        [
+            "pipeline, parts: reasoning + tool calls + text, chunk_size=1",
+            us(seconds),
+            us(seconds * events / N),
+            f"{seconds / queue:.2f}x",
+            f"{anyio0 / seconds:.1f}x",
+            f"{seconds / bare:.1f}x",
+        ]
+    )
     seconds, _ = per_event(partial(streamer_alone, metadata_on, N), backend)
     figures["streamer_alone"] = us(seconds)
     rows.append(["part: stream_tokens alone, chunk_size=1", us(seconds), "", "", "", ""])

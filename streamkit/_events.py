@@ -22,6 +22,7 @@ from typing import Any, Final, Self
 import attrs
 
 from ._errors import ValidationError
+from ._parts import Part, part_from_dict
 from ._validate import (
     JSONValue,
     check_id,
@@ -31,10 +32,11 @@ from ._validate import (
     check_str,
     check_wire_str,
     freeze_json_object,
+    thaw_json,
     type_name,
 )
 
-__all__ = ["EventType", "StreamEvent", "make_event"]
+__all__ = ["EventType", "StreamEvent", "make_event", "make_part_event"]
 
 
 class EventType(StrEnum):
@@ -52,6 +54,10 @@ class EventType(StrEnum):
     """Nothing happened for a while; keeps connections alive."""
     METADATA = "metadata"
     """Application information in ``metadata``, no text."""
+    PART = "part"
+    """A typed part of an agent's message other than answer text (reasoning, a tool
+    call, a tool result, usage, a source, a step, app data): ``metadata["part"]`` is
+    the part's dict and :attr:`StreamEvent.part` the typed part."""
     COMPLETE = "complete"
     """The stream ended normally (final)."""
     ERROR = "error"
@@ -200,6 +206,48 @@ class StreamEvent:
     event_id: str = attrs.field(factory=_new_event_id, converter=_convert_event_id)
     timestamp: float = attrs.field(factory=time.time, converter=_convert_timestamp)
     _json: str | None = attrs.field(init=False, default=None, eq=False, repr=False, hash=False)
+    _part: Part | None = attrs.field(init=False, default=None, eq=False, repr=False, hash=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.event_type == "part":
+            data = self.metadata.get("part")
+            if not isinstance(data, Mapping):
+                raise ValidationError(
+                    f"a part event needs metadata.part, the part's dict, got {type_name(data)}",
+                    field="metadata.part",
+                )
+            object.__setattr__(self, "_part", part_from_dict(thaw_json(data)))
+
+    @classmethod
+    def from_part(cls, part: Part, *, session_id: str | None = None) -> Self:
+        """Build the ``part`` event that carries ``part``.
+
+        Raises:
+            ValidationError: ``part`` is not a :class:`~streamkit.parts.Part`, or
+                ``session_id`` is not a valid id.
+        """
+        if not isinstance(part, Part):
+            raise ValidationError(f"part must be a Part, got {type_name(part)}", field="part")
+        return cls(
+            event_type=EventType.PART, metadata={"part": part.to_dict()}, session_id=session_id
+        )
+
+    @property
+    def part(self) -> Part | None:
+        """The typed part a ``part`` event carries (``None`` for other events).
+
+        The answer's text travels in ``token`` events (``content``), as it always did.
+        """
+        if self.event_type != "part":
+            return None
+        try:
+            cached = self._part
+        except AttributeError:  # made by make_event: parsed once, on first use
+            cached = None
+        if cached is None:
+            cached = part_from_dict(thaw_json(self.metadata["part"]))
+            _set_part(self, cached)
+        return cached
 
     @property
     def is_final(self) -> bool:
@@ -292,6 +340,7 @@ _set_seq = _slot["seq"]
 _set_id = _slot["event_id"]
 _set_time = _slot["timestamp"]
 _set_json = _slot["_json"]
+_set_part = _slot["_part"]
 _clock = time.time
 
 
@@ -322,6 +371,18 @@ def make_event(  # noqa: PLR0917 - positional on purpose: the hot path calls it 
     return event
 
 
+def make_part_event(part: Part, session_id: str | None = None) -> StreamEvent:
+    """Build the ``part`` event of a valid ``part`` without validation (internal)."""
+    event = make_event(
+        EventType.PART,
+        "",
+        MappingProxyType({"part": MappingProxyType(part._frozen_dict())}),
+        session_id,
+    )
+    _set_part(event, part)
+    return event
+
+
 def stamp(event: StreamEvent, seq: int, session_id: str | None) -> None:
     """Complete ``event`` in place with its ``seq`` and ``session_id``.
 
@@ -336,7 +397,7 @@ def stamp(event: StreamEvent, seq: int, session_id: str | None) -> None:
 
 def with_seq(event: StreamEvent, seq: int, session_id: str | None) -> StreamEvent:
     """Return a copy of a valid ``event`` stamped with ``seq`` and ``session_id``."""
-    return make_event(
+    copy = make_event(
         event.event_type,
         event.content,
         event.metadata,
@@ -345,3 +406,7 @@ def with_seq(event: StreamEvent, seq: int, session_id: str | None) -> StreamEven
         event.event_id,
         event.timestamp,
     )
+    part = getattr(event, "_part", None)
+    if part is not None:
+        _set_part(copy, part)
+    return copy

@@ -54,6 +54,7 @@ from ._errors import (
 )
 from ._events import EventType, StreamEvent, make_event
 from ._memory import MemoryBackend
+from ._parts_chunker import too_large
 from ._session import SessionState, StreamSession, check_transition, events_view, new_session_id
 from ._signals import loop_clock, signal_factory
 from ._stats import RegistryStatistics, SessionStatistics
@@ -388,6 +389,8 @@ class SessionRegistry:
                             stored = append_nowait(event, owned=True)
                             if stored is None:  # the block policy waits for a reader
                                 stored = await log.append(event)
+                        except PayloadTooLarge as exc:
+                            raise too_large(exc, event) from exc
                         except ClosedError:
                             # Another task (or worker) may have ended the session.
                             await self._coord.refused(entry)

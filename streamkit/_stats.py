@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 import attrs
 
 if TYPE_CHECKING:
-    from types import MappingProxyType
-
+    from ._parts import Usage
     from ._session import SessionState
     from ._validate import JSONValue
     from .abc import LogStatistics
@@ -39,6 +39,9 @@ class StreamStats:
             ``None`` before there are two.
         tokens_per_second: ``tokens`` divided by ``duration`` (``0.0`` at first).
         duration: From the start to now, or to the final event once the stream ended.
+        reasoning_tokens: Reasoning pieces received (``tokens`` counts text only).
+        tool_calls: Tool calls started.
+        usage: The sum of the usage parts the model reported, or ``None``.
     """
 
     tokens: int = 0
@@ -50,10 +53,17 @@ class StreamStats:
     max_inter_token_latency: float | None = None
     tokens_per_second: float = 0.0
     duration: float = 0.0
+    reasoning_tokens: int = 0
+    tool_calls: int = 0
+    usage: Usage | None = None
 
     def to_dict(self) -> dict[str, JSONValue]:
-        """Return the figures as JSON-ready data (floats rounded to microseconds)."""
-        return {
+        """Return the figures as JSON-ready data (floats rounded to microseconds).
+
+        ``reasoning_tokens``, ``tool_calls`` and ``usage`` are only present when a
+        stream carried any, so that a text stream's figures keep their shape.
+        """
+        data: dict[str, JSONValue] = {
             "tokens": self.tokens,
             "chunks": self.chunks,
             "characters": self.characters,
@@ -64,6 +74,12 @@ class StreamStats:
             "tokens_per_second": _round(self.tokens_per_second),
             "duration": _round(self.duration),
         }
+        if self.reasoning_tokens or self.tool_calls or self.usage is not None:
+            data["reasoning_tokens"] = self.reasoning_tokens
+            data["tool_calls"] = self.tool_calls
+            usage = self.usage
+            data["usage"] = None if usage is None else MappingProxyType(usage.to_dict())
+        return data
 
 
 def _maybe_round(value: float | None) -> float | None:
@@ -87,6 +103,11 @@ class SessionStatistics:
     subscribers: int
     log: LogStatistics
     stream: StreamStats | None
+
+    @property
+    def usage(self) -> Usage | None:
+        """The usage its producer's model reported (summed), or ``None``."""
+        return None if self.stream is None else self.stream.usage
 
 
 @attrs.frozen(kw_only=True)

@@ -61,6 +61,8 @@ from ._config import StreamConfig
 from ._errors import ClosedError, ValidationError
 from ._events import EventType, StreamEvent, make_event
 from ._feeds import BUFFER_ITEMS, TaskFeed, ThreadFeed
+from ._parts import Part, TextDelta
+from ._parts_chunker import PartsChunker, accept_part, part_event
 from ._signals import loop_clock
 from ._stats import StreamStats
 from ._validate import JSONValue, check_id, type_name
@@ -159,6 +161,7 @@ class TokenStream:
         "_out",
         "_outcome",
         "_paced",
+        "_parts",
         "_paused",
         "_phase",
         "_producer_scope",
@@ -202,6 +205,7 @@ class TokenStream:
         self._flush = config.flush_interval
         self._stall = config.stall_timeout
         self._out: deque[str] = deque()
+        self._parts: PartsChunker | None = None  # made at the first part
         self._chunker = Chunker(
             self._out, config.chunk_size, config.chunk_by if config.enable_progressive else "whole"
         )
@@ -414,7 +418,8 @@ class TokenStream:
     def _make_stats(self, now: float) -> StreamStats:
         duration = now - self._started_at
         first = self._first_token_at
-        gaps = self._chunks - 1
+        parts = self._parts
+        gaps = self._chunks - 1 + (0 if parts is None else parts.delta_events)
         return StreamStats(
             tokens=self._tokens,
             chunks=self._chunks,
@@ -425,9 +430,14 @@ class TokenStream:
             max_inter_token_latency=self._itl_max if gaps > 0 else None,
             tokens_per_second=self._tokens / duration if duration > 0 else 0.0,
             duration=duration,
+            reasoning_tokens=0 if parts is None else parts.reasoning_tokens,
+            tool_calls=0 if parts is None else parts.tool_calls,
+            usage=None if parts is None else parts.usage,
         )
 
     def _token_event(self, text: str, now: float) -> StreamEvent:
+        if type(text) is not str:  # a part, queued by the parts chunker
+            return part_event(self, text, now)  # type: ignore[arg-type]
         index = self._chunks
         self._chunks = index + 1
         self._chars += len(text)
@@ -540,6 +550,10 @@ class TokenStream:
             if decoder is None:
                 decoder = self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
             text = decoder.decode(item)
+        elif isinstance(item, Part):
+            if type(item) is not TextDelta:
+                return accept_part(self, item, index)
+            text = item.text
         else:
             self._exception = ValidationError(
                 f"source item {index} must be str or bytes, got {type_name(item)}",
@@ -568,7 +582,6 @@ class TokenStream:
         """
         feed = self._feed
         assert feed is not None
-        chunker = self._chunker
         while True:
             done = feed.done
             items = feed.take()
@@ -590,10 +603,10 @@ class TokenStream:
             if now >= wake:
                 await self._finish("deadline")
                 return None
-            if self._progressive and chunker.has_partial:
+            if self._progressive and self._chunker.has_partial:
                 at = self._last_input + self._flush
                 if now >= at:
-                    chunker.flush()
+                    self._chunker.flush()
                     return None
                 wake = min(wake, at)
             if self._heartbeat is not None:
@@ -630,12 +643,11 @@ class TokenStream:
         """
         anext = self._anext
         assert anext is not None
-        chunker = self._chunker
         out = self._out
         while True:
             began = self._now()
-            if self._slow and self._progressive and chunker.has_partial:
-                chunker.flush()  # the source is slow: do not hold its text back
+            if self._slow and self._progressive and self._chunker.has_partial:
+                self._chunker.flush()  # the source is slow: do not hold its text back
                 return began
             limit = self._deadline
             if self._stall is not None:
@@ -747,7 +759,7 @@ class TokenStream:
                 break
         if out:
             feed.wake()
-        elif self._progressive and self._chunker._parts:  # a partial chunk is held
+        elif self._progressive and self._chunker.has_partial:  # a partial chunk is held
             if self._flush > 0:
                 feed.wake_by(now + self._flush)
             else:

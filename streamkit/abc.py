@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING, Protocol, Self, TypeAlias, runtime_checkable
 
 import attrs
 
+from ._parts import Part
+
 if TYPE_CHECKING:
     from types import TracebackType
 
@@ -57,9 +59,16 @@ __all__ = [
 
 #: What :func:`~streamkit.stream_tokens` and :meth:`~streamkit.SessionRegistry.start`
 #: accept as a producer: any async or sync iterable of text chunks (``str``, or
-#: ``bytes`` of UTF-8, decoded incrementally). The one spelling of the type: the
-#: streamer and the registry import it from here.
-TokenSource: TypeAlias = AsyncIterable[str] | AsyncIterable[bytes] | Iterable[str] | Iterable[bytes]
+#: ``bytes`` of UTF-8, decoded incrementally) and of typed parts (:mod:`streamkit.parts`).
+#: The one spelling of the type: the streamer and the registry import it from here.
+TokenSource: TypeAlias = (
+    AsyncIterable[str]
+    | AsyncIterable[bytes]
+    | AsyncIterable[str | Part]
+    | Iterable[str]
+    | Iterable[bytes]
+    | Iterable[str | Part]
+)
 
 
 @attrs.frozen(kw_only=True)

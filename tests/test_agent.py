@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
 import pytest
 from hypothesis import given
@@ -9,9 +11,14 @@ from hypothesis import strategies as st
 
 import streamkit as sk
 import streamkit.testing
-from streamkit.testing import SimulatedAgent
+from streamkit.testing import SimulatedAgent, SimulatedToolAgent
 
 pytestmark = pytest.mark.anyio
+
+
+def stats_of(event: sk.StreamEvent) -> Any:
+    """The final event's statistics, as plain data."""
+    return event.to_dict()["metadata"]["stats"]
 
 
 def test_the_same_seed_and_prompt_give_the_same_tokens_and_delays() -> None:
@@ -134,3 +141,66 @@ def test_public_surface() -> None:
     assert streamkit.testing.__all__ == sorted(streamkit.testing.__all__)
     assert SimulatedAgent.__module__ == "streamkit.testing"
     assert "SimulatedAgent(seed=0" in repr(SimulatedAgent())
+
+
+# --- SimulatedToolAgent ----------------------------------------------------------------
+
+
+def test_tool_agent_is_deterministic_and_complete() -> None:
+    from streamkit.parts import StepStart, ToolCallStart, ToolResult
+
+    agent = SimulatedToolAgent(seed=4, realtime=False)
+    parts = agent.parts("a trip")
+    assert parts == SimulatedToolAgent(seed=4).parts("a trip")
+    assert parts != SimulatedToolAgent(seed=5).parts("a trip")
+    assert sum(isinstance(p, StepStart) for p in parts) == 3
+    starts = [p.name for p in parts if isinstance(p, ToolCallStart)]
+    assert starts == ["search", "get_weather", "get_time"]
+    results = [p for p in parts if isinstance(p, ToolResult)]
+    assert [r.failed for r in results] == [False, False, True]
+    assert agent.answer("a trip").startswith("In ")
+    assert "SimulatedToolAgent(seed=4" in repr(agent)
+    assert len(agent._plan("a trip")[1]) == len(parts)
+
+
+@pytest.mark.parametrize("sync", [False, True])
+async def test_tool_agent_streams_through_stream_tokens(sync: bool) -> None:
+    from streamkit.parts import ReasoningDelta, ToolCallDelta, ToolCallEnd, Usage
+
+    agent = SimulatedToolAgent(seed=2, realtime=False)
+    source = agent.stream_sync("go") if sync else agent("go")
+    config = sk.StreamConfig(chunk_size=4, flush_interval=60)
+    with anyio.fail_after(10):
+        async with sk.stream_tokens(source, config) as stream:
+            events = [event async for event in stream]
+    assert events[-1].event_type == "complete"
+    assert "".join(e.content for e in events) == agent.answer("go")
+    parts = [e.part for e in events if e.part is not None]
+    ends = {p.call_id: p for p in parts if isinstance(p, ToolCallEnd)}
+    assert ends["call_1"].name == "search"
+    city = ends["call_3"].to_dict()["arguments"]["city"]
+    assert ends["call_2"].arguments == {"city": city, "unit": "celsius"}
+    # Interleaved argument pieces of the parallel pair are never merged together.
+    deltas = [p for p in parts if isinstance(p, ToolCallDelta)]
+    for delta in deltas:
+        assert delta.call_id in ends
+    reasoning = "".join(p.text for p in parts if isinstance(p, ReasoningDelta))
+    assert reasoning.startswith("The user asks about go.")
+    stats = stats_of(events[-1])
+    assert stats["tool_calls"] == 3
+    usage = [p for p in parts if isinstance(p, Usage)]
+    assert stats["usage"]["output_tokens"] == sum(u.output_tokens for u in usage)
+
+
+async def test_tool_agent_realtime_uses_the_clock() -> None:
+    agent = SimulatedToolAgent(seed=1, tokens_per_second=10_000, first_token_latency=0)
+    with anyio.fail_after(10):
+        items = [item async for item in agent.stream("x")]
+    assert items == agent.parts("x")
+
+
+def test_tool_agent_rejects_bad_arguments() -> None:
+    with pytest.raises(sk.ValidationError, match="jitter"):
+        SimulatedToolAgent(jitter=2)
+    with pytest.raises(sk.ValidationError, match="prompt"):
+        SimulatedToolAgent().parts(3)  # type: ignore[arg-type]

@@ -42,8 +42,16 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "streamkit._config",
         "streamkit._version",
         "streamkit._lazy",
+        "streamkit._parts",
+        "streamkit.parts",
     ),
-    "codecs": ("streamkit._decoded", "streamkit.sse", "streamkit.ndjson"),
+    "codecs": (
+        "streamkit._decoded",
+        "streamkit.sse",
+        "streamkit.ndjson",
+        "streamkit.ui_message_stream",
+        "streamkit.openai_chunks",
+    ),
     "streaming core": (
         "streamkit.abc",
         "streamkit._streamer",
@@ -54,6 +62,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "streamkit._chunker",
         "streamkit._feeds",
         "streamkit._stats",
+        "streamkit._parts_chunker",
     ),
     "registry": ("streamkit._registry", "streamkit._coordinator", "streamkit._subscription"),
     "transports": (

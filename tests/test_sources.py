@@ -10,6 +10,16 @@ import pytest
 
 import streamkit as sk
 from streamkit import sources
+from streamkit.parts import (
+    ReasoningDelta,
+    SourcePart,
+    StepFinish,
+    StepStart,
+    ToolCallDelta,
+    ToolCallEnd,
+    ToolCallStart,
+    Usage,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable
@@ -174,3 +184,179 @@ async def test_a_consumer_that_stops_early_closes_the_sdk_stream() -> None:
             if event.content == "a":
                 break
     assert stream.closed
+
+
+# --- the parts adapters, on dicts (the SDK-driven cases are in test_sources_sdk.py) ---
+
+
+async def parts_of(stream: AsyncIterator[object]) -> list[object]:
+    return [item async for item in stream]
+
+
+def chat_chunk(delta: dict[str, Any] | None = None, finish: str | None = None) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "delta": delta or {}, "finish_reason": finish}]}
+
+
+BAD_PARTS: list[tuple[Any, list[Any], str]] = [
+    (sources.openai_chat_parts, [{"choices": 3}], "chunk 0: choices must be a sequence"),
+    (sources.openai_chat_parts, [{"error": {"message": "boom"}}], "boom"),
+    (
+        sources.openai_chat_parts,
+        [chat_chunk({"tool_calls": [{"index": 0, "function": {"arguments": "{"}}]})],
+        "chunk 0: a tool_calls delta for index 0, which no call started",
+    ),
+    (
+        sources.openai_chat_parts,
+        [chat_chunk({"tool_calls": [{"index": "0"}]})],
+        "tool_calls[].index must be an int",
+    ),
+    (sources.openai_chat_parts, [chat_chunk({"tool_calls": 5})], "delta.tool_calls must be"),
+    (sources.openai_chat_parts, [chat_chunk({"content": 5})], "delta.content must be a str"),
+    (
+        sources.openai_chat_parts,
+        [chat_chunk(finish="stop"), chat_chunk({"content": "late"})],
+        "chunk 1: a choice after the finish_reason: nothing may follow",
+    ),
+    (sources.openai_responses_parts, [{"no": "type"}], "chunk 0: a Responses API event must"),
+    (
+        sources.openai_responses_parts,
+        [{"type": "response.function_call_arguments.delta", "item_id": "fc_9", "delta": "{"}],
+        "chunk 0: function call arguments for item 'fc_9', which was never added",
+    ),
+    (
+        sources.openai_responses_parts,
+        [{"type": "response.failed", "response": {"error": {"message": "quota"}}}],
+        "quota",
+    ),
+    (
+        sources.openai_responses_parts,
+        [{"type": "response.completed", "response": {}}, {"type": "response.created"}],
+        "chunk 1: a response.created event after response.completed",
+    ),
+    (sources.anthropic_parts, [42], "chunk 0: an Anthropic stream event must"),
+    (
+        sources.anthropic_parts,
+        [{"type": "content_block_delta", "index": 3, "delta": {"type": "input_json_delta"}}],
+        "chunk 0: an input_json_delta for block 3, which is not a tool_use block",
+    ),
+    (
+        sources.anthropic_parts,
+        [{"type": "error", "error": {"message": "overloaded"}}],
+        "overloaded",
+    ),
+    (
+        sources.anthropic_parts,
+        [{"type": "message_stop"}, {"type": "ping"}, {"type": "message_start"}],
+        "chunk 2: a message_start event after message_stop",
+    ),
+]
+
+
+@pytest.mark.parametrize(("adapter", "chunks", "message"), BAD_PARTS)
+async def test_parts_adapters_reject_bad_chunks(
+    adapter: Any, chunks: list[Any], message: str
+) -> None:
+    stream = SDKStream(chunks)
+    with pytest.raises(sk.StreamkitError, match=None) as info:
+        await parts_of(adapter(stream))
+    assert message in str(info.value)
+    assert stream.closed
+
+
+@pytest.mark.parametrize(
+    "adapter",
+    [sources.openai_chat_parts, sources.openai_responses_parts, sources.anthropic_parts],
+)
+async def test_parts_adapters_need_an_async_iterable(adapter: Any) -> None:
+    with pytest.raises(sk.ValidationError, match="must be an async iterable"):
+        adapter([])
+
+
+async def test_openai_chat_parts_on_dicts() -> None:
+    chunks = [
+        chat_chunk({"role": "assistant", "reasoning": "hm"}),
+        {"choices": [{"index": 1, "delta": {"content": "other choice"}}]},
+        chat_chunk({"refusal": "I can't."}),
+        chat_chunk(
+            {"tool_calls": [{"index": 0, "id": "c1", "function": {"name": "f", "arguments": "{}"}}]}
+        ),
+        chat_chunk(finish="tool_calls"),
+        {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": True}},
+    ]
+    assert await parts_of(sources.openai_chat_parts(SDKStream(chunks))) == [
+        StepStart(),
+        ReasoningDelta(text="hm"),
+        "I can't.",
+        ToolCallStart(call_id="c1", name="f"),
+        ToolCallDelta(call_id="c1", delta="{}"),
+        ToolCallEnd(call_id="c1"),
+        StepFinish(finish_reason="tool_calls"),
+        Usage(input_tokens=3),
+    ]
+
+
+async def test_responses_parts_on_dicts() -> None:
+    events = [
+        {"type": "response.reasoning_text.delta", "delta": "think"},
+        {"type": "response.refusal.delta", "delta": "no"},
+        {"type": "response.output_item.added", "item": {"type": "message"}},
+        {
+            "type": "response.output_item.added",
+            "item": {"type": "function_call", "call_id": "c1", "name": "f"},
+        },
+        {
+            "type": "response.output_item.done",
+            "item": {"type": "function_call", "call_id": "c1", "arguments": '{"a":1}'},
+        },
+        {"type": "response.output_item.done", "item": {"type": "message"}},
+        {"type": "response.output_text.annotation.added", "annotation": {"type": "file_citation"}},
+        {"type": "response.in_progress"},
+        {
+            "type": "response.incomplete",
+            "response": {"incomplete_details": {"reason": "max_output_tokens"}},
+        },
+    ]
+    assert await parts_of(sources.openai_responses_parts(SDKStream(events))) == [
+        ReasoningDelta(text="think"),
+        "no",
+        ToolCallStart(call_id="c1", name="f"),
+        ToolCallDelta(call_id="c1", delta='{"a":1}'),
+        ToolCallEnd(call_id="c1"),
+        StepFinish(finish_reason="max_output_tokens"),
+    ]
+
+
+async def test_anthropic_parts_on_dicts() -> None:
+    events = [
+        {"type": "message_start", "message": {"usage": {"input_tokens": 5}}},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": "A"}},
+        {
+            "type": "content_block_start",
+            "index": 1,
+            "content_block": {"type": "thinking", "thinking": "B"},
+        },
+        {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "citations_delta", "citation": {"url": "https://x", "title": "X"}},
+        },
+        {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "citations_delta", "citation": {"document_title": "Doc"}},
+        },
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "citations_delta"}},
+        {"type": "text", "text": "A"},  # the SDK helper's repeat: skipped
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": "refusal"}, "usage": {}},
+        {"type": "message_stop"},
+    ]
+    assert await parts_of(sources.anthropic_parts(SDKStream(events))) == [
+        StepStart(),
+        "A",
+        ReasoningDelta(text="B"),
+        SourcePart(source_id="src-3", url="https://x", title="X"),
+        SourcePart(source_id="src-4", document="Doc", title="Doc"),
+        Usage(input_tokens=5),
+        StepFinish(finish_reason="refusal"),
+    ]

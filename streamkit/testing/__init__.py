@@ -14,6 +14,7 @@ from .._lazy import lazy_exports as _lazy_exports
 if TYPE_CHECKING:
     # -- simulated sources (issue 4) -----------------------------------------------
     from ._agent import SimulatedAgent as SimulatedAgent
+    from ._agent import SimulatedToolAgent as SimulatedToolAgent
 
     # -- conformance suites (issue 5) ----------------------------------------------
     from ._conformance import EventLogFactory as EventLogFactory
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 # tests/test_exports.py holds the two lists equal).
 _LAZY: dict[str, str] = {
     "SimulatedAgent": "._agent",
+    "SimulatedToolAgent": "._agent",
     "EventLogFactory": "._conformance",
     "check_event_log": "._conformance",
 }
@@ -30,6 +32,7 @@ _LAZY: dict[str, str] = {
 __all__ = [
     "EventLogFactory",
     "SimulatedAgent",
+    "SimulatedToolAgent",
     "check_event_log",
 ]
 

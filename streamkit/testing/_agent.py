@@ -10,19 +10,34 @@ between tokens, as a real network source does).
 from __future__ import annotations
 
 import hashlib
+import itertools
+import json
 import random
 import re
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import Final
+from typing import Any, Final
 
 import anyio
 import anyio.lowlevel
 
 from .._errors import ValidationError
+from .._parts import (
+    DataPart,
+    Part,
+    ReasoningDelta,
+    SourcePart,
+    StepFinish,
+    StepStart,
+    ToolCallDelta,
+    ToolCallEnd,
+    ToolCallStart,
+    ToolResult,
+    Usage,
+)
 from .._validate import check_bool, check_int, check_number, check_str, type_name
 
-__all__ = ["SimulatedAgent"]
+__all__ = ["SimulatedAgent", "SimulatedToolAgent"]
 
 _SENTENCES: Final = (
     "Streaming sends each piece of the answer as soon as it exists.",
@@ -190,7 +205,7 @@ class SimulatedAgent:
         tokens, delays = self._plan(prompt)
         return self._stream_sync(tokens, delays)
 
-    async def _stream(self, tokens: list[str], delays: list[float]) -> AsyncIterator[str]:
+    async def _stream(self, tokens: list[Any], delays: list[float]) -> AsyncIterator[Any]:
         due = anyio.current_time()
         for count, (token, delay) in enumerate(zip(tokens, delays, strict=True)):
             self._maybe_fail(count)
@@ -202,7 +217,7 @@ class SimulatedAgent:
             yield token
         self._maybe_fail(len(tokens))
 
-    def _stream_sync(self, tokens: list[str], delays: list[float]) -> Iterator[str]:
+    def _stream_sync(self, tokens: list[Any], delays: list[float]) -> Iterator[Any]:
         due = time.monotonic()
         for count, (token, delay) in enumerate(zip(tokens, delays, strict=True)):
             self._maybe_fail(count)
@@ -247,3 +262,184 @@ class SimulatedAgent:
             else:
                 tokens.append(piece)
         return tokens
+
+
+_CITIES: Final = ("Paris", "Lisbon", "Kyoto", "Montréal", "Nairobi", "Oslo", "Lima")
+_TOPICS: Final = ("trains", "museums", "markets", "parks", "bakeries", "bridges")
+
+
+class SimulatedToolAgent:
+    """A fake agent that reasons, calls tools, gets their results and answers.
+
+    Deterministic like :class:`SimulatedAgent` (the same seed and prompt always give
+    the same parts and delays), it yields what a tool-calling model's stream holds,
+    as ``str`` (the answer's text) and typed parts (:mod:`streamkit.parts`), in three
+    steps:
+
+    1. reasoning, then one call of ``search`` whose JSON arguments stream in pieces;
+       its result;
+    2. reasoning, then a parallel pair, ``get_weather`` and ``get_time``, whose
+       argument pieces interleave; ``get_weather`` answers and ``get_time`` fails
+       (a :class:`~streamkit.parts.ToolResult` with an ``error``);
+    3. the answer's text, a cited source, app data (``data-forecast``), usage, and the
+       final step's finish.
+
+    Every step starts with a :class:`~streamkit.parts.StepStart` and ends with a
+    :class:`~streamkit.parts.StepFinish` and the step's
+    :class:`~streamkit.parts.Usage`.
+
+    Args:
+        seed: Picks the city, the topic, the texts and the timings.
+        tokens_per_second: The mean rate of the pieces after the first.
+        first_token_latency: Seconds before the first piece.
+        jitter: How uneven the delays are, from 0 to 1.
+        realtime: Sleep the delays (``True``), or stream with no delay (``False``).
+
+    Raises:
+        ValidationError: an argument is of the wrong type or out of range.
+    """
+
+    __slots__ = ("_text",)
+
+    def __init__(
+        self,
+        *,
+        seed: int = 0,
+        tokens_per_second: float = 30.0,
+        first_token_latency: float = 0.3,
+        jitter: float = 0.2,
+        realtime: bool = True,
+    ) -> None:
+        self._text = SimulatedAgent(
+            seed=seed,
+            tokens_per_second=tokens_per_second,
+            first_token_latency=first_token_latency,
+            jitter=jitter,
+            realtime=realtime,
+        )
+
+    def __repr__(self) -> str:
+        return repr(self._text).replace("SimulatedAgent", "SimulatedToolAgent", 1)
+
+    def parts(self, prompt: str) -> list[str | Part]:
+        """Return everything the agent streams for ``prompt``, in order.
+
+        Raises:
+            ValidationError: ``prompt`` is not a ``str``.
+        """
+        return self._plan(prompt)[0]
+
+    def answer(self, prompt: str) -> str:
+        """Return the answer's text: the ``str`` items of :meth:`parts`, joined.
+
+        Raises:
+            ValidationError: ``prompt`` is not a ``str``.
+        """
+        return "".join(item for item in self.parts(prompt) if isinstance(item, str))
+
+    def __call__(self, prompt: str) -> AsyncIterator[str | Part]:
+        """Same as :meth:`stream`.
+
+        Raises:
+            ValidationError: ``prompt`` is not a ``str``.
+        """
+        return self.stream(prompt)
+
+    def stream(self, prompt: str) -> AsyncIterator[str | Part]:
+        """Stream the agent's run for ``prompt`` on anyio's clock.
+
+        Raises:
+            ValidationError: at once, if ``prompt`` is not a ``str``.
+        """
+        items, delays = self._plan(prompt)
+        return self._text._stream(items, delays)
+
+    def stream_sync(self, prompt: str) -> Iterator[str | Part]:
+        """Stream the agent's run with blocking sleeps, like a local model in a thread.
+
+        Raises:
+            ValidationError: at once, if ``prompt`` is not a ``str``.
+        """
+        items, delays = self._plan(prompt)
+        return self._text._stream_sync(items, delays)
+
+    def _plan(self, prompt: str) -> tuple[list[str | Part], list[float]]:
+        check_str("prompt", prompt)
+        text = self._text
+        rng = _rng(text._seed, "tools\x00" + prompt)
+        city = rng.choice(_CITIES)
+        topic = rng.choice(_TOPICS)
+        items: list[str | Part] = []
+
+        def say(words: str, kind: type[ReasoningDelta] | None) -> None:
+            for piece in SimulatedAgent._tokenize(words, rng):
+                items.append(piece if kind is None else kind(text=piece))
+
+        def arguments(call_id: str, data: dict[str, object]) -> list[ToolCallDelta]:
+            whole = json.dumps(data, ensure_ascii=False)
+            cuts = sorted(rng.sample(range(1, len(whole)), min(3, len(whole) - 1)))
+            bounds = [0, *cuts, len(whole)]
+            return [
+                ToolCallDelta(call_id=call_id, delta=whole[a:b])
+                for a, b in itertools.pairwise(bounds)
+            ]
+
+        def usage(out: int) -> Usage:
+            return Usage(
+                input_tokens=40 + rng.randint(0, 40),
+                output_tokens=out,
+                reasoning_tokens=out // 2,
+                cached_tokens=rng.randint(0, 30),
+            )
+
+        # Step 1: reason, search.
+        items.append(StepStart())
+        say(
+            f"The user asks about {prompt or 'the city'}. I should search for {topic} first.",
+            ReasoningDelta,
+        )
+        items.append(ToolCallStart(call_id="call_1", name="search"))
+        items += arguments("call_1", {"query": f"{topic} in {city}", "limit": 3})
+        items.append(ToolCallEnd(call_id="call_1"))
+        items += [StepFinish(finish_reason="tool_calls"), usage(len(items))]
+        results = [f"{topic.capitalize()} of {city} #{n}" for n in range(1, 4)]
+        items.append(ToolResult(call_id="call_1", output={"results": tuple(results)}))
+        # Step 2: reason, a parallel pair; the second tool fails.
+        items.append(StepStart())
+        say(f"Now the weather and the local time in {city}, both at once.", ReasoningDelta)
+        items.append(ToolCallStart(call_id="call_2", name="get_weather"))
+        items.append(ToolCallStart(call_id="call_3", name="get_time"))
+        weather = arguments("call_2", {"city": city, "unit": "celsius"})
+        clock = arguments("call_3", {"city": city})
+        for pair in itertools.zip_longest(weather, clock):
+            items += [delta for delta in pair if delta is not None]
+        items += [ToolCallEnd(call_id="call_2"), ToolCallEnd(call_id="call_3")]
+        items += [StepFinish(finish_reason="tool_calls"), usage(12)]
+        temp = rng.randint(-5, 30)
+        items.append(
+            ToolResult(call_id="call_2", output={"city": city, "temp_c": temp, "sky": "clear"})
+        )
+        items.append(ToolResult(call_id="call_3", error="get_time: the time service timed out"))
+        # Step 3: the answer.
+        items.append(StepStart())
+        say(
+            f"In {city} it is {temp} °C under a clear sky, a fine day for {topic}: "
+            f"start with {results[0]}, then {results[1]}. "
+            "I could not get the local time, so check it before you go.",
+            None,
+        )
+        items.append(
+            SourcePart(
+                source_id="src_1",
+                url=f"https://example.com/{topic}/{city.lower()}",
+                title=results[0],
+            )
+        )
+        items.append(DataPart(name="forecast", value={"city": city, "temp_c": temp}))
+        items += [StepFinish(finish_reason="stop"), usage(sum(isinstance(i, str) for i in items))]
+        jitter = text._jitter
+        gap = 1.0 / text._tps
+        delays = [text._first_latency * rng.uniform(1 - jitter, 1 + jitter)] + [
+            gap * rng.uniform(1 - jitter, 1 + jitter) for _ in items[1:]
+        ]
+        return items, delays
