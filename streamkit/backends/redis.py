@@ -787,7 +787,8 @@ def _now_ms_lua(name: str) -> str:
     )
 
 
-# KEYS: sessions hash, the user's set (any same-slot key when anonymous), lease, leases.
+# KEYS: sessions hash, the user's set (any same-slot key when anonymous), lease, leases,
+# the user's set of live sessions (what the per-user bound counts).
 # ARGV: sid, record JSON, max_sessions, max per user ('' for none), '1' if the user
 # counts, owner token ('' for no lease), lease ttl ms.
 _ADD: Final = (
@@ -797,10 +798,11 @@ if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then
   return redis.error_reply('STREAMKIT_MAX')
 end
 if ARGV[5] == '1' then
-  if ARGV[4] ~= '' and redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[4]) then
+  if ARGV[4] ~= '' and redis.call('SCARD', KEYS[5]) >= tonumber(ARGV[4]) then
     return redis.error_reply('STREAMKIT_USER')
   end
   redis.call('SADD', KEYS[2], ARGV[1])
+  redis.call('SADD', KEYS[5], ARGV[1])
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 if ARGV[6] ~= '' then
@@ -898,6 +900,10 @@ class RedisSessionStore(SessionStore):
     def _user_key(self, user_id: str | None) -> str:
         return f"{{{self._prefix}}}:user:{user_id or ''}"
 
+    def _live_key(self, user_id: str | None) -> str:
+        # The user's sessions that have not ended: what max_sessions_per_user counts.
+        return f"{{{self._prefix}}}:live:{user_id or ''}"
+
     def _lease_key(self, session_id: str) -> str:
         return f"{{{self._prefix}}}:lease:{session_id}"
 
@@ -933,11 +939,12 @@ class RedisSessionStore(SessionStore):
         async def run() -> Any:
             return await self._client.eval(
                 _ADD,
-                4,
+                5,
                 self._sessions,
                 self._user_key(session.user_id),
                 self._lease_key(sid),
                 self._leases,
+                self._live_key(session.user_id),
                 sid,
                 record,
                 str(max_sessions),
@@ -1042,6 +1049,8 @@ class RedisSessionStore(SessionStore):
             if after.is_terminal:
                 pipe.delete(self._lease_key(session_id))
                 pipe.zrem(self._leases, session_id)
+                if after.user_id is not None:
+                    pipe.srem(self._live_key(after.user_id), session_id)
             return current, after
 
         before, after = await self._watched(session_id, change)
@@ -1059,6 +1068,7 @@ class RedisSessionStore(SessionStore):
                 pipe.hdel(self._sessions, session_id)
                 if current.user_id is not None:
                     pipe.srem(self._user_key(current.user_id), session_id)
+                    pipe.srem(self._live_key(current.user_id), session_id)
             pipe.delete(self._lease_key(session_id))
             pipe.zrem(self._leases, session_id)
             pipe.zrem(self._removals, session_id)
