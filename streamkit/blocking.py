@@ -17,6 +17,7 @@ stream. Calls must not be made from inside the portal's own event loop thread.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
@@ -82,13 +83,38 @@ def stream_tokens(
             yield from _iterate(portal, stream)
 
 
-class BlockingSubscription(Iterator["StreamEvent"]):
-    """A sync iterator over a :class:`~streamkit.Subscription`; close it or use ``with``."""
+def _closed_error() -> ClosedError:
+    return ClosedError(
+        "the BlockingRegistry is not running (it was left, or never entered with `with`): "
+        "iterate its subscriptions inside the `with` block"
+    )
 
-    def __init__(self, portal: BlockingPortal, subscription: Any) -> None:
+
+class BlockingSubscription(Iterator["StreamEvent"]):
+    """A sync iterator over a :class:`~streamkit.Subscription`; close it or use ``with``.
+
+    Iterating it after its :class:`BlockingRegistry` was left raises
+    :class:`~streamkit.ClosedError`; closing it then does nothing.
+    """
+
+    def __init__(
+        self, portal: BlockingPortal, subscription: Any, running: Callable[[], bool]
+    ) -> None:
         self._portal = portal
         self._subscription = subscription
+        self._running = running
         self._closed = False
+
+    def _call(self, func: Callable[..., Any], *args: Any) -> Any:
+        if not self._running():
+            raise _closed_error()
+        try:
+            return self._portal.call(func, *args)
+        except RuntimeError:
+            # The registry was left while this call was on its way: the portal stopped.
+            if self._running():
+                raise
+            raise _closed_error() from None
 
     @property
     def position(self) -> int:
@@ -101,17 +127,19 @@ class BlockingSubscription(Iterator["StreamEvent"]):
     def __next__(self) -> StreamEvent:
         if self._closed:
             raise StopIteration
-        item = self._portal.call(_next, self._subscription)
+        item = self._call(_next, self._subscription)
         if item is _END:
             self.close()
             raise StopIteration
         return item  # type: ignore[no-any-return]
 
     def close(self) -> None:
-        """Stop following the session. Idempotent."""
+        """Stop following the session. Idempotent; nothing to do once the registry was left."""
         if not self._closed:
             self._closed = True
-            self._portal.call(self._subscription.aclose)
+            if self._running():
+                with contextlib.suppress(ClosedError):
+                    self._call(self._subscription.aclose)
 
     def __enter__(self) -> Self:
         return self
@@ -215,7 +243,7 @@ class BlockingRegistry(AbstractContextManager["BlockingRegistry"]):
         if portal is None:
             raise ClosedError("the BlockingRegistry is not running (use it with `with`)")
         subscription = self.registry.subscribe(session_id, user_id=user_id, after=after)
-        return BlockingSubscription(portal, subscription)
+        return BlockingSubscription(portal, subscription, lambda: self._portal is portal)
 
     def pause(self, session_id: str, *, user_id: str | None = None) -> StreamSession:
         """Pause a session; see :meth:`streamkit.SessionRegistry.pause`."""

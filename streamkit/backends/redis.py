@@ -36,17 +36,18 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
 
 import anyio
-import sniffio
 
 try:
     import redis.asyncio as aredis
+    import sniffio
     from redis.asyncio.cluster import RedisCluster
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import RedisError, ResponseError, WatchError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "streamkit.backends.redis needs the redis package: pip install 'streamkit[redis]'"
+        f"streamkit.backends.redis needs {exc.name or 'redis'}, which is not installed: "
+        "install 'streamkit[redis]' (pip install 'streamkit[redis]')"
     ) from exc
 
 from .._errors import (
