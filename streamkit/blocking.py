@@ -97,13 +97,14 @@ class BlockingSubscription(Iterator["StreamEvent"]):
     :class:`~streamkit.ClosedError`; closing it then does nothing.
     """
 
-    def __init__(
-        self, portal: BlockingPortal, subscription: Any, running: Callable[[], bool]
-    ) -> None:
+    def __init__(self, portal: BlockingPortal, subscription: Any, owner: BlockingRegistry) -> None:
         self._portal = portal
         self._subscription = subscription
-        self._running = running
+        self._owner = owner
         self._closed = False
+
+    def _running(self) -> bool:
+        return self._owner._portal is self._portal
 
     def _call(self, func: Callable[..., Any], *args: Any) -> Any:
         if not self._running():
@@ -112,7 +113,7 @@ class BlockingSubscription(Iterator["StreamEvent"]):
             return self._portal.call(func, *args)
         except RuntimeError:
             # The registry was left while this call was on its way: the portal stopped.
-            if self._running():
+            if self._running() and not self._owner._leaving:
                 raise
             raise _closed_error() from None
 
@@ -131,15 +132,18 @@ class BlockingSubscription(Iterator["StreamEvent"]):
         if item is _END:
             self.close()
             raise StopIteration
+        if item.is_final:
+            # Nothing follows a final event: end here, without asking a registry that
+            # may be stopping.
+            self.close()
         return item  # type: ignore[no-any-return]
 
     def close(self) -> None:
         """Stop following the session. Idempotent; nothing to do once the registry was left."""
         if not self._closed:
             self._closed = True
-            if self._running():
-                with contextlib.suppress(ClosedError):
-                    self._call(self._subscription.aclose)
+            with contextlib.suppress(ClosedError):
+                self._call(self._subscription.aclose)
 
     def __enter__(self) -> Self:
         return self
@@ -175,6 +179,7 @@ class BlockingRegistry(AbstractContextManager["BlockingRegistry"]):
         self._event_loop = event_loop
         self._stack: ExitStack | None = None
         self._portal: BlockingPortal | None = None
+        self._leaving = False
 
     def __enter__(self) -> Self:
         stack = ExitStack()
@@ -193,9 +198,15 @@ class BlockingRegistry(AbstractContextManager["BlockingRegistry"]):
         exc_val: BaseException | None,
         exc_tb: TracebackType | None,
     ) -> None:
-        stack, self._stack, self._portal = self._stack, None, None
-        if stack is not None:
-            stack.close()
+        stack = self._stack
+        self._leaving = True
+        try:
+            if stack is not None:
+                # Other threads may go on calling while the registry ends its sessions:
+                # their readers get the final events.
+                stack.close()
+        finally:
+            self._stack, self._portal, self._leaving = None, None, False
 
     def _call(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         portal = self._portal
@@ -243,7 +254,7 @@ class BlockingRegistry(AbstractContextManager["BlockingRegistry"]):
         if portal is None:
             raise ClosedError("the BlockingRegistry is not running (use it with `with`)")
         subscription = self.registry.subscribe(session_id, user_id=user_id, after=after)
-        return BlockingSubscription(portal, subscription, lambda: self._portal is portal)
+        return BlockingSubscription(portal, subscription, self)
 
     def pause(self, session_id: str, *, user_id: str | None = None) -> StreamSession:
         """Pause a session; see :meth:`streamkit.SessionRegistry.pause`."""
