@@ -220,3 +220,158 @@ def test_a_new_prompt_gets_its_own_answer(page: Any) -> None:
     wait_for_text(page, "state", "completed")
     assert by_id(page, "answer").text_content() == AGENT.answer(prompt)
     assert by_id(page, "reconnect-note").is_hidden()
+
+
+# -- the docs' EventSource snippet, as written, across a cut connection ----------------------
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+JS_BLOCK = re.compile(r"^```js\n(?P<code>.*?)^```", re.M | re.S)
+SNIPPET_AGENT = make_agent(tokens_per_second=60.0, first_token_latency=0.05)
+SNIPPET_PROMPT = "Why resume?"
+COOKIE = "streamkit_test_user"
+
+
+def docs_snippet(name: str) -> str:
+    """The first ```js block after "EventSource" in docs/<name>: the browser snippet."""
+    text = (DOCS / name).read_text(encoding="utf-8")
+    match = JS_BLOCK.search(text, text.index("EventSource"))
+    assert match, f"no js block in docs/{name}"
+    return match["code"]
+
+
+def _cookie_user(scope: Any) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"cookie":
+            for part in value.decode("latin-1").split(";"):
+                key, _, user = part.strip().partition("=")
+                if key == COOKIE:
+                    return str(user)
+    return None
+
+
+class SnippetSite:
+    """The StreamApp at ``/`` and at ``/stream`` (the two docs' paths), and a page.
+
+    ``GET /page?session=<id>&doc=<name>`` is a page that runs the docs' snippet as
+    written, with ``sessionId`` and ``output`` defined.
+    """
+
+    def __init__(self, stream_app: Any) -> None:
+        self.stream_app = stream_app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and path == "/page":
+            query = dict(
+                part.split("=", 1) for part in scope["query_string"].decode().split("&") if part
+            )
+            page = (
+                "<!doctype html><meta charset=utf-8><pre id=output></pre><script>\n"
+                f"const sessionId = {query['session']!r};\n"
+                "const output = document.getElementById('output');\n"
+                f"{docs_snippet(query['doc'])}\n</script>"
+            ).encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"text/html; charset=utf-8")],
+                }
+            )
+            await send({"type": "http.response.body", "body": page})
+            return
+        if scope["type"] in ("http", "websocket") and path.startswith("/stream/"):
+            scope = {**scope, "root_path": "/stream", "path": path[len("/stream") :]}
+        await self.stream_app(scope, receive, send)
+
+
+def _failing_agent(prompt: str) -> Iterator[str]:
+    yield "partial "
+    yield "answer "
+    raise RuntimeError("the model failed")
+
+
+def _agent(prompt: str) -> Any:
+    if prompt == "fail":
+        return _failing_agent(prompt)
+    return SNIPPET_AGENT(prompt)
+
+
+@pytest.fixture(scope="module")
+def snippet_site() -> Iterator[Any]:
+    import streamkit as sk
+    from streamkit.asgi import StreamApp
+
+    from .asgi_helpers import serve
+
+    stream_app = StreamApp(
+        agent=_agent,
+        authenticate=_cookie_user,
+        retry_ms=100,  # reconnect soon after the cut
+        compression=False,  # count the bytes of the events themselves
+        heartbeat_interval=None,
+        registry_config=sk.RegistryConfig(heartbeat_interval=None),
+        stream_config=sk.StreamConfig(chunk_size=2, heartbeat_interval=None),
+    )
+    with serve(SnippetSite(stream_app)) as server:
+        yield server
+
+
+def _create(server: Any, prompt: str, prefix: str) -> str:
+    import httpx
+
+    response = httpx.post(
+        f"{server.url}{prefix}/sessions",
+        json={"prompt": prompt},
+        cookies={COOKIE: "alice"},
+        timeout=10,
+    )
+    assert response.status_code == 201, response.text
+    return str(response.json()["session"]["session_id"])
+
+
+@pytest.mark.parametrize(("doc", "prefix"), [("asgi.md", "/stream"), ("wire.md", "")])
+def test_docs_snippet_survives_a_cut_and_ends_at_the_final_event(
+    browser: Any, snippet_site: Any, doc: str, prefix: str
+) -> None:
+    from .browser_helpers import CuttingProxy
+
+    answer = SNIPPET_AGENT.answer(SNIPPET_PROMPT)
+    session_id = _create(snippet_site, SNIPPET_PROMPT, prefix)
+    with CuttingProxy(snippet_site.port, marker=b"/events", cut_after=1500) as proxy:
+        context = browser.new_context()
+        context.add_cookies([{"name": COOKIE, "value": "alice", "url": proxy.url}])
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        try:
+            page.goto(f"{proxy.url}/page?session={session_id}&doc={doc}")
+            page.wait_for_function("() => source.readyState === EventSource.CLOSED")
+            text = page.evaluate("() => output.textContent")
+        finally:
+            context.close()
+        assert proxy.cuts == 1  # the connection was cut mid-stream ...
+        assert proxy.streams >= 2  # ... and EventSource came back
+    assert not errors, errors
+    assert text == answer, f"got {len(text)} of {len(answer)} characters"
+
+
+def test_docs_snippet_ends_at_a_failed_stream_without_reconnecting(
+    browser: Any, snippet_site: Any
+) -> None:
+    session_id = _create(snippet_site, "fail", "/stream")
+    context = browser.new_context()
+    context.add_cookies([{"name": COOKIE, "value": "alice", "url": snippet_site.url}])
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    try:
+        page.goto(f"{snippet_site.url}/page?session={session_id}&doc=asgi.md")
+        page.wait_for_function("() => source.readyState === EventSource.CLOSED")
+        text = page.evaluate("() => output.textContent")
+    finally:
+        context.close()
+    assert text == "partial answer \n[failed: the model failed]"
+    assert sum("/events" in url for url in requests) == 1
