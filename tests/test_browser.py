@@ -375,3 +375,135 @@ def test_docs_snippet_ends_at_a_failed_stream_without_reconnecting(
         context.close()
     assert text == "partial answer \n[failed: the model failed]"
     assert sum("/events" in url for url in requests) == 1
+
+
+# -- examples/browser_app.py: a cookie, and a page served from a second origin ----------------
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "browser_app.py"
+
+
+def _load_browser_example(frontend_origin: str) -> Any:
+    import importlib.util
+
+    previous = os.environ.get("STREAMKIT_FRONTEND_ORIGINS")
+    os.environ["STREAMKIT_FRONTEND_ORIGINS"] = frontend_origin
+    try:
+        spec = importlib.util.spec_from_file_location("example_browser_app", EXAMPLE)
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        if previous is None:
+            del os.environ["STREAMKIT_FRONTEND_ORIGINS"]
+        else:
+            os.environ["STREAMKIT_FRONTEND_ORIGINS"] = previous
+    return module
+
+
+@pytest.fixture(scope="module")
+def two_origins() -> Iterator[tuple[Any, Any, Any]]:
+    """(frontend server, API server, example module): the page and the API apart."""
+    from .asgi_helpers import ServerThread
+
+    holder: dict[str, Any] = {}
+
+    async def frontend_app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/html; charset=utf-8")],
+            }
+        )
+        await send({"type": "http.response.body", "body": holder["module"].PAGE.encode()})
+
+    frontend = ServerThread(frontend_app)
+    module = holder["module"] = _load_browser_example(frontend.url)
+    api = ServerThread(module.app)
+    frontend.start()
+    api.start()
+    try:
+        yield frontend, api, module
+    finally:
+        api.stop()
+        frontend.stop()
+
+
+def _status(page: Any, startswith: str) -> str:
+    page.wait_for_function(
+        "(text) => document.getElementById('status').textContent.startsWith(text)",
+        arg=startswith,
+    )
+    return str(page.evaluate("() => document.getElementById('status').textContent"))
+
+
+def test_page_from_another_origin_reads_pauses_and_cancels(
+    browser: Any, two_origins: tuple[Any, Any, Any]
+) -> None:
+    frontend, api, module = two_origins
+    assert frontend.url != api.url  # two origins (other ports)
+    answer = module.agent.answer("Why stream?")
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    requests: list[str] = []
+    problems: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    try:
+        page.goto(f"{frontend.url}/?api={api.url}")
+        # Not signed in: the API says 401, and the page says so.
+        page.click("#start")
+        assert "401 unauthenticated" in _status(page, "refused")
+        page.click("#login")
+        _status(page, "signed in as alice")
+        page.click("#start")
+        page.wait_for_function("() => document.getElementById('output').textContent.length > 0")
+        page.click("#pause")
+        _status(page, "paused")
+        page.click("#resume")
+        _status(page, "active")
+        page.click("#cancel")
+        _status(page, "cancelled")
+        page.wait_for_function("() => source.readyState === EventSource.CLOSED")
+        text = page.evaluate("() => document.getElementById('output').textContent")
+    finally:
+        context.close()
+    assert not problems, problems
+    assert text
+    assert answer.startswith(text)
+    assert len(text) < len(answer)
+    assert any(url.startswith(f"{api.url}/stream/sessions/") for url in requests)
+    assert any(url.startswith(f"{api.url}/login") for url in requests)
+
+
+def test_the_example_refuses_forged_expired_and_foreign_requests(
+    two_origins: tuple[Any, Any, Any],
+) -> None:
+    import httpx
+
+    frontend, api, module = two_origins
+    good = module.make_token("alice")
+    assert module.check_token(good) == "alice"
+    user, expiry, signature = good.split(".")
+    assert module.check_token(f"mallory.{expiry}.{signature}") is None
+    assert module.check_token(f"{user}.{expiry}.{'0' * len(signature)}") is None
+    assert module.check_token(module.make_token("alice", seconds=-1)) is None
+    assert module.check_token("garbage") is None
+    cookie = {"cookie": f"{module.COOKIE}={good}"}
+    with httpx.Client(base_url=api.url, timeout=10) as client:
+        ok = client.post("/stream/sessions", json={}, headers=cookie)
+        assert ok.status_code == 201
+        # The listed frontend may; another page of the same site may not (CSRF).
+        allowed = client.get("/stream/sessions", headers={**cookie, "origin": frontend.url})
+        assert allowed.status_code == 200
+        assert allowed.headers["access-control-allow-origin"] == frontend.url
+        foreign = client.post(
+            "/stream/sessions", json={}, headers={**cookie, "origin": "http://127.0.0.1:1"}
+        )
+        assert foreign.status_code == 401
+        forged = {"cookie": f"{module.COOKIE}=mallory.{expiry}.{signature}"}
+        assert client.get("/stream/sessions", headers=forged).status_code == 401
