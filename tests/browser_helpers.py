@@ -82,7 +82,7 @@ class CuttingProxy:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._listener.close()
+        _close(self._listener)  # shutdown() wakes the thread blocked in accept()
         with self._lock:
             for sock in self._sockets:
                 _close(sock)
