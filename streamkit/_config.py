@@ -137,7 +137,9 @@ class RegistryConfig(_ConfigMixin):
         cleanup_interval: Seconds between sweeper passes.
         heartbeat_interval: Seconds of silence before live subscribers of a session get
             a ``heartbeat`` event. ``None``: no registry heartbeats.
-        max_sessions_per_user: Sessions one user may hold at once. ``None``: no bound.
+        max_sessions_per_user: Live (active or paused) sessions one user may hold at once;
+            ended sessions, kept readable for ``ended_session_ttl``, do not count.
+            ``None``: no bound.
         max_subscribers_per_session: Readers one session may have at once.
         history_max_events: Events retained per session for replay.
         history_max_bytes: Bytes of event JSON retained per session for replay.

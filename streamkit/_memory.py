@@ -22,7 +22,8 @@ class MemorySessionStore(SessionStore):
     """Session records in a dict.
 
     Every method completes without yielding, so the count bounds hold exactly under any
-    number of concurrent tasks.
+    number of concurrent tasks. The per-user count holds live sessions only: a session
+    leaves it when it ends, not when its retained record is removed.
     """
 
     __slots__ = ("_per_user", "_sessions")
@@ -82,15 +83,22 @@ class MemorySessionStore(SessionStore):
             raise SessionNotFound("no such session", session_id=session_id)
         after = before.transition(state, now=now)
         self._sessions[session_id] = after
+        if after.is_terminal and not before.is_terminal:
+            self._forget_live(after)
         return before, after
+
+    def _forget_live(self, session: StreamSession) -> None:
+        user = session.user_id
+        if user is not None:
+            self._per_user[user] -= 1
+            if not self._per_user[user]:
+                del self._per_user[user]
 
     async def remove(self, session_id: str) -> StreamSession | None:
         """Delete a record and return it (``None`` if there was none)."""
         session = self._sessions.pop(session_id, None)
-        if session is not None and session.user_id is not None:
-            self._per_user[session.user_id] -= 1
-            if not self._per_user[session.user_id]:
-                del self._per_user[session.user_id]
+        if session is not None and not session.is_terminal:
+            self._forget_live(session)
         return session
 
     async def list(self, user_id: str | None = None) -> Sequence[StreamSession]:

@@ -133,6 +133,19 @@ class _LogSink:
         return True
 
 
+def _denied(user_id: str | None, action: Action) -> str:
+    # The next step, without naming the owner.
+    if user_id is None:
+        return (
+            f"the session has an owner and no user_id was given: pass the owner's "
+            f"user_id= to {action} it (or let others in with SessionRegistry(authorize=...))"
+        )
+    return (
+        f"this user may not {action} the session: it has another owner "
+        "(SessionRegistry(authorize=...) can let other users in)"
+    )
+
+
 class SessionRegistry:
     """Holds sessions: creates them, runs their producers, and serves their subscribers.
 
@@ -524,11 +537,22 @@ class SessionRegistry:
     async def close(self, session_id: str, *, user_id: str | None = None) -> None:
         """Cancel the session if it is live, then remove it and free its memory.
 
+        Closing is not idempotent: once closed, the session is gone, and a second
+        ``close`` raises :class:`~streamkit.SessionNotFound` (as a second HTTP ``DELETE``
+        answers 404), so a caller learns that it used a stale id.
+
         Raises:
-            SessionNotFound: no such session.
+            SessionNotFound: no such session, including one closed already.
             PermissionDenied: ``user_id`` may not control it.
         """
-        entry = await self._entry(session_id, user_id, "control")
+        try:
+            entry = await self._entry(session_id, user_id, "control")
+        except SessionNotFound:
+            raise SessionNotFound(
+                "no such session: closed already, removed after ended_session_ttl, "
+                "or never created",
+                session_id=session_id,
+            ) from None
         if not entry.finishing:
             await self._end_quietly(entry, SessionState.CANCELLED, _final("complete", "cancelled"))
         await self._remove(entry)
@@ -733,9 +757,7 @@ class SessionRegistry:
                     verdict = await verdict
                 allowed = verdict is True
             if not allowed:
-                raise PermissionDenied(
-                    f"this user may not {action} the session", session_id=session_id
-                )
+                raise PermissionDenied(_denied(user_id, action), session_id=session_id)
         return entry
 
     def _snapshot(self, entry: _Entry) -> StreamSession:

@@ -334,8 +334,9 @@ class SessionStore(metaclass=ABCMeta):
         Args:
             session: The new record; its id must not be in the store.
             max_sessions: How many records the store may hold at once.
-            max_sessions_per_user: How many records one ``user_id`` may hold (``None``:
-                no bound; anonymous sessions are not counted per user).
+            max_sessions_per_user: How many live (not ended) records one ``user_id`` may
+                hold (``None``: no bound; anonymous sessions are not counted per user). A
+                record stops counting when :meth:`set_state` ends it.
 
         Raises:
             SessionLimitExceeded: a bound is reached; nothing was stored.

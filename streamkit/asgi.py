@@ -13,6 +13,7 @@ mount it inside Starlette or FastAPI. The endpoints, relative to where it is mou
     POST   /sessions/{id}/cancel
     GET    /sessions/{id}/events      SSE (or NDJSON with Accept: application/x-ndjson)
     GET    /stats                     registry and app statistics
+    GET    /openapi.json              the OpenAPI 3.1 document of these endpoints
     WS     /sessions/{id}/ws          WebSocket, subscribed to one session
     WS     /ws                        WebSocket, multiplexed over sessions
 
@@ -204,6 +205,8 @@ def _match_http(path: str) -> _Route | None:
         return _Route("sessions", ("GET", "HEAD", "POST"))
     if parts == ["stats"]:
         return _Route("stats", ("GET", "HEAD"))
+    if parts == ["openapi.json"]:
+        return _Route("openapi", ("GET", "HEAD"))
     if len(parts) == 2 and parts[0] == "sessions":
         return _Route("session", ("GET", "HEAD", "DELETE"), parts[1])
     if len(parts) == 3 and parts[0] == "sessions":
@@ -567,6 +570,36 @@ class StreamApp:
         else:
             self._connections.pop(user, None)
 
+    def openapi(self, *, prefix: str = "") -> dict[str, Any]:
+        """Return the OpenAPI 3.1 document of the app's HTTP endpoints (``GET /openapi.json``).
+
+        To merge it into a parent application's document (FastAPI's ``app.openapi()``),
+        pass the path the app is mounted at and copy ``paths`` and each of
+        ``components``' sections; every component name starts with ``Streamkit``.
+
+        Args:
+            prefix: The mount path put before every path, such as ``"/streams"``.
+
+        Returns:
+            A new JSON-ready dict.
+
+        Raises:
+            ValidationError: ``prefix`` is not empty and does not start with ``/``.
+        """
+        from ._openapi import openapi_document
+
+        check_str("prefix", prefix)
+        if prefix and not prefix.startswith("/"):
+            raise ValidationError(f"prefix must start with '/', got {prefix!r}", field="prefix")
+        return openapi_document(expose_stats=self._expose_stats, prefix=prefix)
+
+    def _served_openapi(self, scope: Scope) -> dict[str, Any]:
+        document = self.openapi()
+        root = (scope.get("root_path") or "").rstrip("/")
+        if root:
+            document["servers"] = [{"url": quote(root, safe="/-._~%")}]
+        return document
+
     # -- HTTP -----------------------------------------------------------------------------
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -584,6 +617,9 @@ class StreamApp:
                     f"{method} is not allowed here (allowed: {', '.join(route.allowed)})",
                     headers=[(b"allow", ", ".join(route.allowed).encode())],
                 )
+            if route.action == "openapi":  # public, as 404 and 405 are
+                await send_json(send, 200, self._served_openapi(scope), head=head)
+                return
             user = await self._user(scope)
             session_id = route.session_id
             if session_id is not None:

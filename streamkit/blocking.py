@@ -17,6 +17,7 @@ stream. Calls must not be made from inside the portal's own event loop thread.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
@@ -82,13 +83,39 @@ def stream_tokens(
             yield from _iterate(portal, stream)
 
 
-class BlockingSubscription(Iterator["StreamEvent"]):
-    """A sync iterator over a :class:`~streamkit.Subscription`; close it or use ``with``."""
+def _closed_error() -> ClosedError:
+    return ClosedError(
+        "the BlockingRegistry is not running (it was left, or never entered with `with`): "
+        "iterate its subscriptions inside the `with` block"
+    )
 
-    def __init__(self, portal: BlockingPortal, subscription: Any) -> None:
+
+class BlockingSubscription(Iterator["StreamEvent"]):
+    """A sync iterator over a :class:`~streamkit.Subscription`; close it or use ``with``.
+
+    Iterating it after its :class:`BlockingRegistry` was left raises
+    :class:`~streamkit.ClosedError`; closing it then does nothing.
+    """
+
+    def __init__(self, portal: BlockingPortal, subscription: Any, owner: BlockingRegistry) -> None:
         self._portal = portal
         self._subscription = subscription
+        self._owner = owner
         self._closed = False
+
+    def _running(self) -> bool:
+        return self._owner._portal is self._portal
+
+    def _call(self, func: Callable[..., Any], *args: Any) -> Any:
+        if not self._running():
+            raise _closed_error()
+        try:
+            return self._portal.call(func, *args)
+        except RuntimeError:
+            # The registry was left while this call was on its way: the portal stopped.
+            if self._running() and not self._owner._leaving:
+                raise
+            raise _closed_error() from None
 
     @property
     def position(self) -> int:
@@ -101,17 +128,22 @@ class BlockingSubscription(Iterator["StreamEvent"]):
     def __next__(self) -> StreamEvent:
         if self._closed:
             raise StopIteration
-        item = self._portal.call(_next, self._subscription)
+        item = self._call(_next, self._subscription)
         if item is _END:
             self.close()
             raise StopIteration
+        if item.is_final:
+            # Nothing follows a final event: end here, without asking a registry that
+            # may be stopping.
+            self.close()
         return item  # type: ignore[no-any-return]
 
     def close(self) -> None:
-        """Stop following the session. Idempotent."""
+        """Stop following the session. Idempotent; nothing to do once the registry was left."""
         if not self._closed:
             self._closed = True
-            self._portal.call(self._subscription.aclose)
+            with contextlib.suppress(ClosedError):
+                self._call(self._subscription.aclose)
 
     def __enter__(self) -> Self:
         return self
@@ -147,6 +179,7 @@ class BlockingRegistry(AbstractContextManager["BlockingRegistry"]):
         self._event_loop = event_loop
         self._stack: ExitStack | None = None
         self._portal: BlockingPortal | None = None
+        self._leaving = False
 
     def __enter__(self) -> Self:
         stack = ExitStack()
@@ -165,9 +198,15 @@ class BlockingRegistry(AbstractContextManager["BlockingRegistry"]):
         exc_val: BaseException | None,
         exc_tb: TracebackType | None,
     ) -> None:
-        stack, self._stack, self._portal = self._stack, None, None
-        if stack is not None:
-            stack.close()
+        stack = self._stack
+        self._leaving = True
+        try:
+            if stack is not None:
+                # Other threads may go on calling while the registry ends its sessions:
+                # their readers get the final events.
+                stack.close()
+        finally:
+            self._stack, self._portal, self._leaving = None, None, False
 
     def _call(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         portal = self._portal
@@ -215,7 +254,7 @@ class BlockingRegistry(AbstractContextManager["BlockingRegistry"]):
         if portal is None:
             raise ClosedError("the BlockingRegistry is not running (use it with `with`)")
         subscription = self.registry.subscribe(session_id, user_id=user_id, after=after)
-        return BlockingSubscription(portal, subscription)
+        return BlockingSubscription(portal, subscription, self)
 
     def pause(self, session_id: str, *, user_id: str | None = None) -> StreamSession:
         """Pause a session; see :meth:`streamkit.SessionRegistry.pause`."""

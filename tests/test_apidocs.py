@@ -16,6 +16,7 @@ MODULES = [
     "streamkit.sources",
     "streamkit.transports",
     "streamkit.blocking",
+    "streamkit.notebook",
     "streamkit.asgi",
 ]
 

@@ -78,3 +78,26 @@ def test_registry_round_trip(event_loop: Literal["asyncio", "trio"]) -> None:
         registry.create()
     with pytest.raises(sk.ClosedError):
         registry.subscribe("x")
+
+
+def test_a_reader_in_another_thread_gets_the_final_event_when_the_registry_is_left() -> None:
+    got: list[sk.StreamEvent] = []
+    reading = threading.Event()
+
+    def reader(events: Iterator[sk.StreamEvent]) -> None:
+        for event in events:
+            got.append(event)
+            reading.set()
+
+    with BlockingRegistry() as registry:
+        session = registry.create(user_id="alice")
+        registry.publish(session.session_id, sk.StreamEvent(event_type="x-note"), user_id="alice")
+        thread = threading.Thread(
+            target=reader, args=(registry.subscribe(session.session_id, user_id="alice"),)
+        )
+        thread.start()
+        assert reading.wait(10)
+    thread.join(10)
+    assert not thread.is_alive()
+    assert got[-1].is_final
+    assert got[-1].metadata["reason"] == "shutdown"

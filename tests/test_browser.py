@@ -220,3 +220,290 @@ def test_a_new_prompt_gets_its_own_answer(page: Any) -> None:
     wait_for_text(page, "state", "completed")
     assert by_id(page, "answer").text_content() == AGENT.answer(prompt)
     assert by_id(page, "reconnect-note").is_hidden()
+
+
+# -- the docs' EventSource snippet, as written, across a cut connection ----------------------
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+JS_BLOCK = re.compile(r"^```js\n(?P<code>.*?)^```", re.M | re.S)
+SNIPPET_AGENT = make_agent(tokens_per_second=60.0, first_token_latency=0.05)
+SNIPPET_PROMPT = "Why resume?"
+COOKIE = "streamkit_test_user"
+
+
+def docs_snippet(name: str) -> str:
+    """The first ```js block after "EventSource" in docs/<name>: the browser snippet."""
+    text = (DOCS / name).read_text(encoding="utf-8")
+    match = JS_BLOCK.search(text, text.index("EventSource"))
+    assert match, f"no js block in docs/{name}"
+    return match["code"]
+
+
+def _cookie_user(scope: Any) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"cookie":
+            for part in value.decode("latin-1").split(";"):
+                key, _, user = part.strip().partition("=")
+                if key == COOKIE:
+                    return str(user)
+    return None
+
+
+class SnippetSite:
+    """The StreamApp at ``/`` and at ``/stream`` (the two docs' paths), and a page.
+
+    ``GET /page?session=<id>&doc=<name>`` is a page that runs the docs' snippet as
+    written, with ``sessionId`` and ``output`` defined.
+    """
+
+    def __init__(self, stream_app: Any) -> None:
+        self.stream_app = stream_app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and path == "/page":
+            query = dict(
+                part.split("=", 1) for part in scope["query_string"].decode().split("&") if part
+            )
+            page = (
+                "<!doctype html><meta charset=utf-8><pre id=output></pre><script>\n"
+                f"const sessionId = {query['session']!r};\n"
+                "const output = document.getElementById('output');\n"
+                f"{docs_snippet(query['doc'])}\n</script>"
+            ).encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"text/html; charset=utf-8")],
+                }
+            )
+            await send({"type": "http.response.body", "body": page})
+            return
+        if scope["type"] in ("http", "websocket") and path.startswith("/stream/"):
+            scope = {**scope, "root_path": "/stream", "path": path[len("/stream") :]}
+        await self.stream_app(scope, receive, send)
+
+
+def _failing_agent(prompt: str) -> Iterator[str]:
+    yield "partial "
+    yield "answer "
+    raise RuntimeError("the model failed")
+
+
+def _agent(prompt: str) -> Any:
+    if prompt == "fail":
+        return _failing_agent(prompt)
+    return SNIPPET_AGENT(prompt)
+
+
+@pytest.fixture(scope="module")
+def snippet_site() -> Iterator[Any]:
+    import streamkit as sk
+    from streamkit.asgi import StreamApp
+
+    from .asgi_helpers import serve
+
+    stream_app = StreamApp(
+        agent=_agent,
+        authenticate=_cookie_user,
+        retry_ms=100,  # reconnect soon after the cut
+        compression=False,  # count the bytes of the events themselves
+        heartbeat_interval=None,
+        registry_config=sk.RegistryConfig(heartbeat_interval=None),
+        stream_config=sk.StreamConfig(chunk_size=2, heartbeat_interval=None),
+    )
+    with serve(SnippetSite(stream_app)) as server:
+        yield server
+
+
+def _create(server: Any, prompt: str, prefix: str) -> str:
+    import httpx
+
+    response = httpx.post(
+        f"{server.url}{prefix}/sessions",
+        json={"prompt": prompt},
+        cookies={COOKIE: "alice"},
+        timeout=10,
+    )
+    assert response.status_code == 201, response.text
+    return str(response.json()["session"]["session_id"])
+
+
+@pytest.mark.parametrize(("doc", "prefix"), [("asgi.md", "/stream"), ("wire.md", "")])
+def test_docs_snippet_survives_a_cut_and_ends_at_the_final_event(
+    browser: Any, snippet_site: Any, doc: str, prefix: str
+) -> None:
+    from .browser_helpers import CuttingProxy
+
+    answer = SNIPPET_AGENT.answer(SNIPPET_PROMPT)
+    session_id = _create(snippet_site, SNIPPET_PROMPT, prefix)
+    with CuttingProxy(snippet_site.port, marker=b"/events", cut_after=1500) as proxy:
+        context = browser.new_context()
+        context.add_cookies([{"name": COOKIE, "value": "alice", "url": proxy.url}])
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        try:
+            page.goto(f"{proxy.url}/page?session={session_id}&doc={doc}")
+            page.wait_for_function("() => source.readyState === EventSource.CLOSED")
+            text = page.evaluate("() => output.textContent")
+        finally:
+            context.close()
+        assert proxy.cuts == 1  # the connection was cut mid-stream ...
+        assert proxy.streams >= 2  # ... and EventSource came back
+    assert not errors, errors
+    assert text == answer, f"got {len(text)} of {len(answer)} characters"
+
+
+def test_docs_snippet_ends_at_a_failed_stream_without_reconnecting(
+    browser: Any, snippet_site: Any
+) -> None:
+    session_id = _create(snippet_site, "fail", "/stream")
+    context = browser.new_context()
+    context.add_cookies([{"name": COOKIE, "value": "alice", "url": snippet_site.url}])
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    try:
+        page.goto(f"{snippet_site.url}/page?session={session_id}&doc=asgi.md")
+        page.wait_for_function("() => source.readyState === EventSource.CLOSED")
+        text = page.evaluate("() => output.textContent")
+    finally:
+        context.close()
+    assert text == "partial answer \n[failed: the model failed]"
+    assert sum("/events" in url for url in requests) == 1
+
+
+# -- examples/browser_app.py: a cookie, and a page served from a second origin ----------------
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "browser_app.py"
+
+
+def _load_browser_example(frontend_origin: str) -> Any:
+    import importlib.util
+
+    previous = os.environ.get("STREAMKIT_FRONTEND_ORIGINS")
+    os.environ["STREAMKIT_FRONTEND_ORIGINS"] = frontend_origin
+    try:
+        spec = importlib.util.spec_from_file_location("example_browser_app", EXAMPLE)
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        if previous is None:
+            del os.environ["STREAMKIT_FRONTEND_ORIGINS"]
+        else:
+            os.environ["STREAMKIT_FRONTEND_ORIGINS"] = previous
+    return module
+
+
+@pytest.fixture(scope="module")
+def two_origins() -> Iterator[tuple[Any, Any, Any]]:
+    """(frontend server, API server, example module): the page and the API apart."""
+    from .asgi_helpers import ServerThread
+
+    holder: dict[str, Any] = {}
+
+    async def frontend_app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/html; charset=utf-8")],
+            }
+        )
+        await send({"type": "http.response.body", "body": holder["module"].PAGE.encode()})
+
+    frontend = ServerThread(frontend_app)
+    module = holder["module"] = _load_browser_example(frontend.url)
+    api = ServerThread(module.app)
+    frontend.start()
+    api.start()
+    try:
+        yield frontend, api, module
+    finally:
+        api.stop()
+        frontend.stop()
+
+
+def _status(page: Any, startswith: str) -> str:
+    page.wait_for_function(
+        "(text) => document.getElementById('status').textContent.startsWith(text)",
+        arg=startswith,
+    )
+    return str(page.evaluate("() => document.getElementById('status').textContent"))
+
+
+def test_page_from_another_origin_reads_pauses_and_cancels(
+    browser: Any, two_origins: tuple[Any, Any, Any]
+) -> None:
+    frontend, api, module = two_origins
+    assert frontend.url != api.url  # two origins (other ports)
+    answer = module.agent.answer("Why stream?")
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    requests: list[str] = []
+    problems: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    try:
+        page.goto(f"{frontend.url}/?api={api.url}")
+        # Not signed in: the API says 401, and the page says so.
+        page.click("#start")
+        assert "401 unauthenticated" in _status(page, "refused")
+        page.click("#login")
+        _status(page, "signed in as alice")
+        page.click("#start")
+        page.wait_for_function("() => document.getElementById('output').textContent.length > 0")
+        page.click("#pause")
+        _status(page, "paused")
+        page.click("#resume")
+        _status(page, "active")
+        page.click("#cancel")
+        _status(page, "cancelled")
+        page.wait_for_function("() => source.readyState === EventSource.CLOSED")
+        text = page.evaluate("() => document.getElementById('output').textContent")
+    finally:
+        context.close()
+    assert not problems, problems
+    assert text
+    assert answer.startswith(text)
+    assert len(text) < len(answer)
+    assert any(url.startswith(f"{api.url}/stream/sessions/") for url in requests)
+    assert any(url.startswith(f"{api.url}/login") for url in requests)
+
+
+def test_the_example_refuses_forged_expired_and_foreign_requests(
+    two_origins: tuple[Any, Any, Any],
+) -> None:
+    import httpx
+
+    frontend, api, module = two_origins
+    good = module.make_token("alice")
+    assert module.check_token(good) == "alice"
+    user, expiry, signature = good.split(".")
+    assert module.check_token(f"mallory.{expiry}.{signature}") is None
+    assert module.check_token(f"{user}.{expiry}.{'0' * len(signature)}") is None
+    assert module.check_token(module.make_token("alice", seconds=-1)) is None
+    assert module.check_token("garbage") is None
+    cookie = {"cookie": f"{module.COOKIE}={good}"}
+    with httpx.Client(base_url=api.url, timeout=10) as client:
+        ok = client.post("/stream/sessions", json={}, headers=cookie)
+        assert ok.status_code == 201
+        # The listed frontend may; another page of the same site may not (CSRF).
+        allowed = client.get("/stream/sessions", headers={**cookie, "origin": frontend.url})
+        assert allowed.status_code == 200
+        assert allowed.headers["access-control-allow-origin"] == frontend.url
+        foreign = client.post(
+            "/stream/sessions", json={}, headers={**cookie, "origin": "http://127.0.0.1:1"}
+        )
+        assert foreign.status_code == 401
+        forged = {"cookie": f"{module.COOKIE}=mallory.{expiry}.{signature}"}
+        assert client.get("/stream/sessions", headers=forged).status_code == 401

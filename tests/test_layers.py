@@ -71,6 +71,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "streamkit._sse_client",
         "streamkit._asgi_*",
         "streamkit.asgi",
+        "streamkit._openapi",
     ),
     "backends": ("streamkit.backends", "streamkit.backends.*"),
     "facades": (
@@ -83,6 +84,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "streamkit._observe",
         "streamkit.otel",
         "streamkit.prometheus",
+        "streamkit.notebook",
     ),
 }
 

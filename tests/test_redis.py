@@ -141,7 +141,7 @@ def _backend(url: str, prefix: str) -> RedisBackend:
 
 
 async def test_two_workers_share_sessions_limits_and_states(redis_url: str, client: Any) -> None:
-    config = sk.RegistryConfig(max_sessions=3, max_sessions_per_user=2)
+    config = sk.RegistryConfig(max_sessions=4, max_sessions_per_user=2)
     prefix = f"p{next(_ids)}"
     async with (
         sk.SessionRegistry(config, backend=_backend(redis_url, prefix)) as a,
@@ -163,14 +163,16 @@ async def test_two_workers_share_sessions_limits_and_states(redis_url: str, clie
                 rest = [event async for event in cursor]
         assert [e.seq for e in rest] == [3, 4, 5, 6, 7]
         assert [e.content for e in rest[:-1]] == ["2", "3", "4", "5"]
-        # Per-user and total bounds hold across both workers.
+        # Per-user and total bounds hold across both workers; the per-user bound counts
+        # live sessions only (ann's first one has completed).
         await b.create(user_id="ann")
+        await a.create(user_id="ann")
         with pytest.raises(sk.SessionLimitExceeded):
             await a.create(user_id="ann")
         third = await b.create()
         with pytest.raises(sk.SessionLimitExceeded):
             await a.create(user_id="bob")
-        assert await a.backend.store.count() == 3
+        assert await a.backend.store.count() == 4
         assert {s.session_id for s in await b.backend.store.list("ann")} == {
             first.session_id,
             *(s.session_id for s in await a.backend.store.list("ann")),
@@ -188,7 +190,7 @@ async def test_two_workers_share_sessions_limits_and_states(redis_url: str, clie
         assert removed is not None
         assert await b.backend.store.get(third.session_id) is None
         assert await b.backend.store.remove(third.session_id) is None
-        assert await b.backend.store.count() == 2
+        assert await b.backend.store.count() == 3
 
 
 async def test_store_refuses_a_duplicate_id(redis_url: str, client: Any) -> None:

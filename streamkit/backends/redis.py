@@ -39,10 +39,10 @@ from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
 
 import anyio
 import anyio.lowlevel
-import sniffio
 
 try:
     import redis.asyncio as aredis
+    import sniffio
     from redis.asyncio.cluster import RedisCluster
     from redis.exceptions import (
         ClusterDownError,
@@ -56,7 +56,8 @@ try:
     from redis.exceptions import TimeoutError as RedisTimeoutError
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "streamkit.backends.redis needs the redis package: pip install 'streamkit[redis]'"
+        f"streamkit.backends.redis needs {exc.name or 'redis'}, which is not installed: "
+        "install 'streamkit[redis]' (pip install 'streamkit[redis]')"
     ) from exc
 
 from .._errors import (
@@ -1341,7 +1342,8 @@ def _now_ms_lua(name: str) -> str:
     )
 
 
-# KEYS: sessions hash, the user's set (any same-slot key when anonymous), lease, leases.
+# KEYS: sessions hash, the user's set (any same-slot key when anonymous), lease, leases,
+# the user's set of live sessions (what the per-user bound counts).
 # ARGV: sid, record JSON, max_sessions, max per user ('' for none), '1' if the user
 # counts, owner token ('' for no lease), lease ttl ms.
 _ADD: Final = (
@@ -1351,10 +1353,11 @@ if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then
   return redis.error_reply('STREAMKIT_MAX')
 end
 if ARGV[5] == '1' then
-  if ARGV[4] ~= '' and redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[4]) then
+  if ARGV[4] ~= '' and redis.call('SCARD', KEYS[5]) >= tonumber(ARGV[4]) then
     return redis.error_reply('STREAMKIT_USER')
   end
   redis.call('SADD', KEYS[2], ARGV[1])
+  redis.call('SADD', KEYS[5], ARGV[1])
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 if ARGV[6] ~= '' then
@@ -1414,24 +1417,30 @@ _SCHEDULE: Final = (
 
 _SWAP_TRIES: Final = 100
 
-# Compare-and-set of one record. KEYS: sessions hash, lease, leases zset. ARGV: sid,
-# the record JSON read, the new JSON, '1' if the session ends (its lease goes).
+# Compare-and-set of one record. KEYS: sessions hash, lease, leases zset, the user's
+# live set. ARGV: sid, the record JSON read, the new JSON, '1' if the session ends (its
+# lease goes, and it leaves the live set), '1' if it has a user.
 _SET_IF: Final = """
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 if ARGV[4] == '1' then
   redis.call('DEL', KEYS[2])
   redis.call('ZREM', KEYS[3], ARGV[1])
+  if ARGV[5] == '1' then redis.call('SREM', KEYS[4], ARGV[1]) end
 end
 return 1
 """
 
 # Remove one record if unchanged. KEYS: sessions, the user's set, lease, leases,
-# removals. ARGV: sid, the record JSON read ('' for none), '1' if it has a user.
+# removals, the user's live set. ARGV: sid, the record JSON read ('' for none), '1' if
+# it has a user.
 _REMOVE_IF: Final = """
 if (redis.call('HGET', KEYS[1], ARGV[1]) or '') ~= ARGV[2] then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[1])
-if ARGV[3] == '1' then redis.call('SREM', KEYS[2], ARGV[1]) end
+if ARGV[3] == '1' then
+  redis.call('SREM', KEYS[2], ARGV[1])
+  redis.call('SREM', KEYS[6], ARGV[1])
+end
 redis.call('DEL', KEYS[3])
 redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('ZREM', KEYS[5], ARGV[1])
@@ -1481,6 +1490,10 @@ class RedisSessionStore(SessionStore):
     def _user_key(self, user_id: str | None) -> str:
         return f"{{{self._prefix}}}:user:{user_id or ''}"
 
+    def _live_key(self, user_id: str | None) -> str:
+        # The user's sessions that have not ended: what max_sessions_per_user counts.
+        return f"{{{self._prefix}}}:live:{user_id or ''}"
+
     def _lease_key(self, session_id: str) -> str:
         return f"{{{self._prefix}}}:lease:{session_id}"
 
@@ -1516,11 +1529,12 @@ class RedisSessionStore(SessionStore):
         async def run() -> Any:
             return await self._client.eval(
                 _ADD,
-                4,
+                5,
                 self._sessions,
                 self._user_key(session.user_id),
                 self._lease_key(sid),
                 self._leases,
+                self._live_key(session.user_id),
                 sid,
                 record,
                 str(max_sessions),
@@ -1606,17 +1620,23 @@ class RedisSessionStore(SessionStore):
             new = after.to_json(include_events=False)
             ends = "1" if after.is_terminal else "0"
 
-            async def swap(raw: Any = raw, new: str = new, ends: str = ends) -> Any:
+            user = after.user_id
+
+            async def swap(
+                raw: Any = raw, new: str = new, ends: str = ends, user: str | None = user
+            ) -> Any:
                 return await self._client.eval(
                     _SET_IF,
-                    3,
+                    4,
                     self._sessions,
                     self._lease_key(session_id),
                     self._leases,
+                    self._live_key(user),
                     session_id,
                     raw,
                     new,
                     ends,
+                    "1" if user is not None else "0",
                 )
 
             if int(await self._run(swap, session_id)):
@@ -1641,12 +1661,13 @@ class RedisSessionStore(SessionStore):
             async def swap(raw: Any = raw, user: str | None = user) -> Any:
                 return await self._client.eval(
                     _REMOVE_IF,
-                    5,
+                    6,
                     self._sessions,
                     self._user_key(user),
                     self._lease_key(session_id),
                     self._leases,
                     self._removals,
+                    self._live_key(user),
                     session_id,
                     "" if raw is None else raw,
                     "1" if user is not None else "0",
