@@ -37,6 +37,7 @@ from ._errors import (
     SubscriberLagged,
     ValidationError,
 )
+from ._parts import Usage
 from ._registry import RegistryStatistics, SessionStatistics
 from ._session import SessionState
 from ._streamer import StreamStats
@@ -49,6 +50,7 @@ _REF: Final = "#/components/schemas/"
 _NESTED: Final[dict[str, type]] = {
     "LogStatistics": LogStatistics,
     "StreamStats": StreamStats,
+    "Usage": Usage,
 }
 _SCALARS: Final[dict[str, dict[str, Any]]] = {
     "int": {"type": "integer"},
@@ -333,6 +335,9 @@ def _schemas() -> dict[str, Any]:
             SessionStatistics, "One session's figures now."
         ),
         "StreamkitLogStatistics": _attrs_schema(LogStatistics, "The counters of a session's log."),
+        "StreamkitUsage": _attrs_schema(
+            Usage, "Tokens the model reported using, summed over the stream (or session)."
+        ),
         "StreamkitStreamStats": _attrs_schema(
             StreamStats, "The producer's stream, live while it runs and final once it ended."
         ),
