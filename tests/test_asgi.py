@@ -188,6 +188,74 @@ async def test_head_answers_without_streaming(client: httpx.AsyncClient) -> None
     assert response.content == b""
 
 
+#: Headers that only frame the body (or stamp the response), not what it says.
+_FRAMING = frozenset({"date", "server", "transfer-encoding"})
+
+
+async def head_and_get(
+    client: httpx.AsyncClient, url: str, headers: dict[str, str]
+) -> tuple[httpx.Response, httpx.Response]:
+    """HEAD, then GET ``url`` (the GET's body is not read: a live stream never ends)."""
+    with anyio.fail_after(10):
+        head = await client.head(url, headers=headers)
+        async with client.stream("GET", url, headers=headers) as got:
+            pass
+    return head, got
+
+
+def described(response: httpx.Response) -> tuple[int, list[tuple[str, str]]]:
+    kept = [(k, v) for k, v in response.headers.multi_items() if k not in _FRAMING]
+    return response.status_code, sorted(kept)
+
+
+async def test_head_answers_what_get_would_in_every_state() -> None:
+    app = make_app(max_connections_per_user=2, compression=True)
+    with serve(app) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            live = await create(client)
+            ended = await create(client, prompt=PROMPT)
+            events = await read_events(client, ended)
+            last = str(events[-1].seq)
+            cases: list[tuple[str, dict[str, str], int]] = [
+                (f"/sessions/{live}/events", ALICE, 200),
+                (f"/sessions/{live}/events", {**ALICE, "Accept": "application/x-ndjson"}, 200),
+                (f"/sessions/{live}/events", {**ALICE, "Accept-Encoding": "gzip"}, 200),
+                (f"/sessions/{ended}/events", {**ALICE, "Last-Event-ID": last}, 204),
+                (f"/sessions/{ended}/events", {**ALICE, "Last-Event-ID": "1"}, 200),
+                (f"/sessions/{ended}/events?after=999", ALICE, 400),
+                (f"/sessions/{live}/events", {**ALICE, "Last-Event-ID": "x"}, 400),
+                (f"/sessions/{sk.new_session_id()}/events", ALICE, 404),
+                (f"/sessions/{live}/events", BOB, 404),
+                (f"/sessions/{live}/events", {}, 401),
+                (f"/sessions/{live}", ALICE, 200),
+                (f"/sessions/{live}/nothing", ALICE, 404),
+            ]
+            for url, headers, status in cases:
+                head, got = await head_and_get(client, url, headers)
+                assert described(head) == described(got), url
+                assert head.status_code == status, url
+                assert head.content == b""
+            # Past the per-user bound: 429 for both.
+            url = f"/sessions/{live}/events"
+            async with RawStream.open(server.port, url, ALICE), RawStream.open(
+                server.port, url, ALICE
+            ):
+                await wait_until(lambda: app.statistics()["streams_open"] == 2)
+                head, got = await head_and_get(client, url, ALICE)
+                assert described(head) == described(got)
+                assert head.status_code == 429
+            await wait_until(lambda: app.statistics()["streams_open"] == 0)
+            # While the app shuts down: 503 for both.
+            async def shut_down() -> None:
+                app.shutdown()
+
+            await server.call(shut_down)
+            head, got = await head_and_get(client, url, ALICE)
+            assert described(head) == described(got)
+            assert head.status_code == 503
+            assert head.content == b""
+
+
 async def test_heartbeat_comments_while_silent(
     server: ServerThread, client: httpx.AsyncClient
 ) -> None:

@@ -12,6 +12,15 @@ per second each, once every client is connected; ``--clients`` SSE clients, spre
 check every event by ``seq`` (no gap, no duplicate), measure the lag from the event's
 ``timestamp`` to its arrival, and end at the session's ``complete`` event.
 
+``--app`` swaps the server app, everything else (publisher, wire bytes, clients) kept:
+``streamapp`` (the default), ``bare`` (a bare ASGI app: one ``asyncio.Queue`` per
+connection, each event encoded once by the publisher, one ``send`` per event) or
+``sse-starlette`` (sse-starlette's ``EventSourceResponse`` over the same queues). The
+anchors serve ``GET /sessions/{id}/events`` only, with the same ``retry:`` line and
+headers. ``--backend trio`` runs StreamApp under hypercorn's Trio worker instead of
+uvicorn. The summary's ``server_cpu_us_per_delivery`` is the server process's CPU time
+over the publish window divided by the events the clients received.
+
 ``soak``: ``--workers`` client loops create a session (``POST /sessions`` with a
 prompt), read its SSE stream to the end checking ``seq``, and delete it (every other
 one; the rest are left to the registry's sweep), continuously. After a warm-up and at
@@ -34,14 +43,19 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h11
 
 import streamkit as sk
 from streamkit import sse
 
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
 HOST = "127.0.0.1"
+#: The server apps ``load`` can run (see the module docstring).
+_APPS = ("streamapp", "bare", "sse-starlette")
 #: Lag histogram resolution: one bucket per millisecond (the last bucket takes the rest).
 _MAX_LAG_MS = 60_000
 
@@ -67,14 +81,171 @@ def _sample(registry: sk.SessionRegistry) -> dict[str, Any]:
     }
 
 
-async def _serve(args: argparse.Namespace) -> None:
+class _Hub:
+    """The anchors' fan-out: one ``asyncio.Queue`` of encoded events per connection."""
+
+    def __init__(self, sessions: list[str]) -> None:
+        self.queues: dict[str, set[asyncio.Queue[bytes | None]]] = {s: set() for s in sessions}
+        self.seq = dict.fromkeys(sessions, 0)
+        self.open = 0
+
+    def streams_open(self) -> int:
+        return self.open
+
+    def publish(self, session_id: str, event_type: str, content: str) -> int:
+        seq = self.seq[session_id] = self.seq[session_id] + 1
+        event = sk.StreamEvent(
+            event_type=event_type, content=content, seq=seq, session_id=session_id
+        )
+        data = sse.encode(event)  # once, shared by every connection
+        for queue in self.queues[session_id]:
+            queue.put_nowait(data)
+            if event_type == "complete":
+                queue.put_nowait(None)
+        return seq
+
+
+_ANCHOR_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-store"),
+    (b"x-accel-buffering", b"no"),
+]
+_RETRY = b"retry: 3000\n"
+
+
+def _bare_app(hub: _Hub) -> Any:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        session_id = scope["path"].split("/")[2]
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        hub.queues[session_id].add(queue)
+        hub.open += 1
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": _ANCHOR_HEADERS})
+            await send({"type": "http.response.body", "body": _RETRY, "more_body": True})
+            while (data := await queue.get()) is not None:
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            hub.open -= 1
+            hub.queues[session_id].discard(queue)
+
+    return app
+
+
+def _sse_starlette_app(hub: _Hub) -> Any:
+    from sse_starlette.sse import EventSourceResponse
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        session_id = scope["path"].split("/")[2]
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+        async def events() -> Any:
+            yield _RETRY
+            while (data := await queue.get()) is not None:
+                yield data
+
+        hub.queues[session_id].add(queue)
+        hub.open += 1
+        try:
+            response = EventSourceResponse(
+                events(), ping=5, headers={"cache-control": "no-store", "x-accel-buffering": "no"}
+            )
+            await response(scope, receive, send)
+        finally:
+            hub.open -= 1
+            hub.queues[session_id].discard(queue)
+
+    return app
+
+
+async def _serve_anchor(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from streamkit.asgi import StreamApp
-    from streamkit.testing import SimulatedAgent
+    sessions = [sk.new_session_id() for _ in range(args.sessions)]
+    hub = _Hub(sessions)
+    app = _bare_app(hub) if args.app == "bare" else _sse_starlette_app(hub)
+    config = uvicorn.Config(
+        app,
+        host=HOST,
+        port=0,
+        lifespan="off",
+        log_level="warning",
+        backlog=4096,
+        limit_concurrency=None,
+        timeout_keep_alive=30,
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.ensure_future(server.serve())
+    while not server.started:
+        if serving.done():
+            await serving
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    print(json.dumps({"port": port, "sessions": sessions}), flush=True)
 
+    async def publish(session_id: str, event_type: str, content: str) -> int:
+        return hub.publish(session_id, event_type, content)
+
+    result = await _publish_loop(args, hub.streams_open, publish, sessions)
+    result["app_statistics"] = {}
+    server.should_exit = True
+    await serving
+    print(json.dumps(result), flush=True)
+
+
+async def _serve_trio(args: argparse.Namespace) -> None:
+    import socket
+
+    import trio
+    from hypercorn.config import Config
+    from hypercorn.trio import serve
+
+    from streamkit.asgi import StreamApp
+
+    registry = sk.SessionRegistry(_registry_config(args))
+    app = StreamApp(registry, **_app_options(None))
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        port = probe.getsockname()[1]
+    config = Config()
+    config.bind = [f"{HOST}:{port}"]
+    config.loglevel = "WARNING"
+    config.backlog = 4096
+    stop = trio.Event()
+    async with registry, trio.open_nursery() as nursery:
+        nursery.start_soon(serve, app, config, stop.wait)  # type: ignore[arg-type]
+        while True:
+            try:
+                conn = await trio.open_tcp_stream(HOST, port)
+            except OSError:
+                await trio.sleep(0.01)
+                continue
+            await conn.aclose()
+            break
+        sessions = [(await registry.create()).session_id for _ in range(args.sessions)]
+        print(json.dumps({"port": port, "sessions": sessions}), flush=True)
+
+        async def publish(session_id: str, event_type: str, content: str) -> int:
+            event = await registry.publish(
+                session_id, sk.StreamEvent(event_type=event_type, content=content)
+            )
+            return event.seq or 0
+
+        result = await _publish_loop(
+            args, lambda: int(app.statistics()["streams_open"]), publish, sessions
+        )
+        result["app_statistics"] = app.statistics()
+        stop.set()
+    print(json.dumps(result), flush=True)
+
+
+def _registry_config(args: argparse.Namespace) -> sk.RegistryConfig:
     soak = args.mode == "soak"
-    registry_config = sk.RegistryConfig(
+    return sk.RegistryConfig(
         max_sessions=max(1000, args.sessions),
         max_subscribers_per_session=max(1000, args.clients),
         heartbeat_interval=None,
@@ -85,18 +256,33 @@ async def _serve(args: argparse.Namespace) -> None:
         history_max_bytes=1 << 30,
         max_lag=1_000_000,
     )
-    registry = sk.SessionRegistry(registry_config)
-    app = StreamApp(
-        registry,
-        agent=SimulatedAgent(seed=1, tokens_per_second=args.tps, first_token_latency=0.02)
+
+
+def _app_options(agent: Any) -> dict[str, Any]:
+    return {
+        "agent": agent,
+        "allow_anonymous": True,
+        "max_connections_per_user": None,
+        "stream_config": sk.StreamConfig(stream_delay=0, chunk_size=4, heartbeat_interval=None),
+        "heartbeat_interval": 5.0,
+        "write_timeout": 60.0,
+    }
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from streamkit.asgi import StreamApp
+    from streamkit.testing import SimulatedAgent
+
+    soak = args.mode == "soak"
+    registry = sk.SessionRegistry(_registry_config(args))
+    agent = (
+        SimulatedAgent(seed=1, tokens_per_second=args.tps, first_token_latency=0.02)
         if soak
-        else None,
-        allow_anonymous=True,
-        max_connections_per_user=None,
-        stream_config=sk.StreamConfig(stream_delay=0, chunk_size=4, heartbeat_interval=None),
-        heartbeat_interval=5.0,
-        write_timeout=60.0,
+        else None
     )
+    app = StreamApp(registry, **_app_options(agent))
     done = asyncio.Event()
 
     async def router(scope: Any, receive: Any, send: Any) -> None:
@@ -134,22 +320,37 @@ async def _serve(args: argparse.Namespace) -> None:
             # Ends when the driver closes our stdin.
             await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
         else:
-            result = await _publish(args, app, registry, sessions)
+
+            async def publish(session_id: str, event_type: str, content: str) -> int:
+                event = await registry.publish(
+                    session_id, sk.StreamEvent(event_type=event_type, content=content)
+                )
+                return event.seq or 0
+
+            result = await _publish_loop(
+                args, lambda: int(app.statistics()["streams_open"]), publish, sessions
+            )
+            result["app_statistics"] = app.statistics()
             done.set()
         server.should_exit = True
         await serving
     print(json.dumps(result), flush=True)
 
 
-async def _publish(
-    args: argparse.Namespace, app: Any, registry: sk.SessionRegistry, sessions: list[str]
+async def _publish_loop(
+    args: argparse.Namespace,
+    streams_open: Callable[[], int],
+    publish: Callable[[str, str, str], Awaitable[int]],
+    sessions: list[str],
 ) -> dict[str, Any]:
+    import anyio
+
     deadline = time.monotonic() + args.connect_timeout
-    while app.statistics()["streams_open"] < args.clients:
+    while streams_open() < args.clients:
         if time.monotonic() > deadline:
             break
-        await asyncio.sleep(0.1)
-    connected = app.statistics()["streams_open"]
+        await anyio.sleep(0.1)
+    connected = streams_open()
     started = time.monotonic()
     cpu0 = time.process_time()
     end = started + args.minutes * 60
@@ -159,33 +360,41 @@ async def _publish(
     payload = "x" * args.size
     while tick < end:
         for session_id in sessions:
-            await registry.publish(session_id, sk.StreamEvent(event_type="token", content=payload))
+            await publish(session_id, "token", payload)
             published += 1
         tick += period
-        await asyncio.sleep(max(0.0, tick - time.monotonic()))
+        await anyio.sleep(max(0.0, tick - time.monotonic()))
     last = {}
     for session_id in sessions:
-        final = await registry.publish(session_id, sk.StreamEvent(event_type="complete"))
-        last[session_id] = final.seq
+        last[session_id] = await publish(session_id, "complete", "")
     wall = time.monotonic() - started
     cpu = time.process_time() - cpu0
-    # Wait for the clients to read to the end and leave.
+    # Wait for the clients to read to the end and leave: the CPU time until then counts
+    # every delivery (a server that lags delivers after the last publish).
     deadline = time.monotonic() + 120
-    while app.statistics()["streams_open"] and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
+    while streams_open() and time.monotonic() < deadline:
+        await anyio.sleep(0.05)
     return {
         "connected_at_start": connected,
         "published": published,
         "last_seq": last,
         "publish_seconds": wall,
         "server_cpu_seconds": cpu,
+        "server_cpu_seconds_to_drain": time.process_time() - cpu0,
+        "drain_seconds": time.monotonic() - started,
         "server_rss_end": _rss_bytes(),
-        "app_statistics": app.statistics(),
     }
 
 
 def _server_main(args: argparse.Namespace) -> None:
-    asyncio.run(_serve(args))
+    if args.app != "streamapp":
+        asyncio.run(_serve_anchor(args))
+    elif args.backend == "trio":
+        import trio
+
+        trio.run(_serve_trio, args)
+    else:
+        asyncio.run(_serve(args))
 
 
 # -- load clients --------------------------------------------------------------------------
@@ -322,6 +531,10 @@ def _start_server(
         str(getattr(args, "connect_timeout", 120.0)),
         "--tps",
         str(getattr(args, "tps", 200.0)),
+        "--app",
+        getattr(args, "app", "streamapp"),
+        "--backend",
+        getattr(args, "backend", "asyncio"),
     ]
     server = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert server.stdout is not None
@@ -390,6 +603,11 @@ def run_load(args: argparse.Namespace) -> int:
         },
         "deliveries_per_second": sum(r["events"] for r in results)
         / max(server_result["publish_seconds"], 1e-9),
+        "server_cpu_us_per_delivery": server_result["server_cpu_seconds_to_drain"]
+        * 1e6
+        / max(sum(r["events"] for r in results), 1),
+        "app": args.app,
+        "backend": args.backend,
         "client_cpu_seconds": sum(r["cpu_seconds"] for r in results),
         "server": server_result,
         "wall_seconds": time.time() - started,
@@ -541,6 +759,8 @@ def main(argv: list[str] | None = None) -> int:
     load.add_argument("--size", type=int, default=16, help="content bytes per event")
     load.add_argument("--minutes", type=float, default=_minutes("STREAMKIT_LOAD_MINUTES", 10))
     load.add_argument("--connect-timeout", type=float, default=180.0)
+    load.add_argument("--app", choices=_APPS, default="streamapp")
+    load.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
     load.add_argument("--out")
     soak = sub.add_parser("soak")
     soak.add_argument("--workers", type=int, default=20)
@@ -557,6 +777,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--size", type=int, default=16)
     serve.add_argument("--connect-timeout", type=float, default=120.0)
     serve.add_argument("--tps", type=float, default=200.0)
+    serve.add_argument("--app", choices=_APPS, default="streamapp")
+    serve.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
     args = parser.parse_args(argv)
     if args.command == "load":
         return run_load(args)
