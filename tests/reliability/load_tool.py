@@ -43,6 +43,7 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import h11
@@ -217,15 +218,7 @@ async def _serve_trio(args: argparse.Namespace) -> None:
     config.backlog = 4096
     stop = trio.Event()
     async with registry, trio.open_nursery() as nursery:
-        nursery.start_soon(serve, app, config, stop.wait)  # type: ignore[arg-type]
-        while True:
-            try:
-                conn = await trio.open_tcp_stream(HOST, port)
-            except OSError:
-                await trio.sleep(0.01)
-                continue
-            await conn.aclose()
-            break
+        await nursery.start(partial(serve, app, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
         sessions = [(await registry.create()).session_id for _ in range(args.sessions)]
         print(json.dumps({"port": port, "sessions": sessions}), flush=True)
 
