@@ -237,14 +237,16 @@ async def test_head_answers_what_get_would_in_every_state() -> None:
                 assert head.content == b""
             # Past the per-user bound: 429 for both.
             url = f"/sessions/{live}/events"
-            async with RawStream.open(server.port, url, ALICE), RawStream.open(
-                server.port, url, ALICE
+            async with (
+                RawStream.open(server.port, url, ALICE),
+                RawStream.open(server.port, url, ALICE),
             ):
                 await wait_until(lambda: app.statistics()["streams_open"] == 2)
                 head, got = await head_and_get(client, url, ALICE)
                 assert described(head) == described(got)
                 assert head.status_code == 429
             await wait_until(lambda: app.statistics()["streams_open"] == 0)
+
             # While the app shuts down: 503 for both.
             async def shut_down() -> None:
                 app.shutdown()
@@ -345,7 +347,7 @@ async def test_sse_output_reads_the_same_in_every_decoder() -> None:
                 while (chunk := await stream.chunk()) is not None:
                     body += chunk
     assert b"\n: ping\n" in body
-    ours = [m for m in sse.SSEDecoder().feed(body)]
+    ours = sse.SSEDecoder().feed(body)
     theirs_decoder = HttpxSSEDecoder()
     theirs = [
         message
