@@ -64,6 +64,7 @@ from ._asgi_http import (
     check_resume_point,
     dump_json,
     error_status,
+    on_exit_signals,
     parse_query,
     read_json_object,
     resume_point,
@@ -435,14 +436,16 @@ class StreamApp:
                 self._stopping = False
                 self._stop = None
                 try:
-                    yield
+                    with on_exit_signals(self.shutdown):
+                        yield
                 finally:
                     self.shutdown()
                     self._running = False
                     self._session_gzip.clear()
         else:
             try:
-                yield
+                with on_exit_signals(self.shutdown):
+                    yield
             finally:
                 self.shutdown()
 
