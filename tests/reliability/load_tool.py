@@ -330,6 +330,49 @@ async def _serve(args: argparse.Namespace) -> None:
     print(json.dumps(result), flush=True)
 
 
+class _Counts:
+    """Counts loop callbacks (task steps and others), timers and GC runs (asyncio only).
+
+    Patching adds overhead: CPU figures of a run with counts are not comparable.
+    """
+
+    def __init__(self) -> None:
+        self.callbacks = 0
+        self.timers = 0
+        self.collections = [0, 0, 0]
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        handle_run = self._handle_run = asyncio.events.Handle._run
+        call_at = loop.call_at
+        counts = self
+
+        def counting_run(handle: Any) -> None:
+            counts.callbacks += 1
+            handle_run(handle)
+
+        def counting_call_at(when: float, callback: Any, *args: Any, **kwargs: Any) -> Any:
+            counts.timers += 1
+            return call_at(when, callback, *args, **kwargs)
+
+        asyncio.events.Handle._run = counting_run  # type: ignore[method-assign]
+        loop.call_at = counting_call_at  # type: ignore[method-assign]
+        gc.callbacks.append(self._gc)
+
+    def _gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.collections[info["generation"]] += 1
+
+    def stop(self) -> dict[str, Any]:
+        asyncio.events.Handle._run = self._handle_run  # type: ignore[method-assign]
+        del self._loop.call_at
+        gc.callbacks.remove(self._gc)
+        return {
+            "loop_callbacks": self.callbacks,
+            "timers": self.timers,
+            "gc_collections": self.collections,
+        }
+
+
 async def _publish_loop(
     args: argparse.Namespace,
     streams_open: Callable[[], int],
@@ -344,6 +387,7 @@ async def _publish_loop(
             break
         await anyio.sleep(0.1)
     connected = streams_open()
+    counts = _Counts() if args.counts and args.backend == "asyncio" else None
     started = time.monotonic()
     cpu0 = time.process_time()
     end = started + args.minutes * 60
@@ -367,19 +411,32 @@ async def _publish_loop(
     deadline = time.monotonic() + 120
     while streams_open() and time.monotonic() < deadline:
         await anyio.sleep(0.05)
+    cpu_to_drain = time.process_time() - cpu0
+    counted = counts.stop() if counts is not None else {}
     return {
+        "counts": counted,
         "connected_at_start": connected,
         "published": published,
         "last_seq": last,
         "publish_seconds": wall,
         "server_cpu_seconds": cpu,
-        "server_cpu_seconds_to_drain": time.process_time() - cpu0,
+        "server_cpu_seconds_to_drain": cpu_to_drain,
         "drain_seconds": time.monotonic() - started,
         "server_rss_end": _rss_bytes(),
     }
 
 
 def _server_main(args: argparse.Namespace) -> None:
+    profile = os.environ.get("STREAMKIT_LOAD_PROFILE")
+    if profile:  # the whole server process under cProfile, written to that path
+        import cProfile
+
+        cProfile.runctx("_run_server(args)", globals(), {"args": args}, profile)
+    else:
+        _run_server(args)
+
+
+def _run_server(args: argparse.Namespace) -> None:
     if args.app != "streamapp":
         asyncio.run(_serve_anchor(args))
     elif args.backend == "trio":
@@ -528,6 +585,7 @@ def _start_server(
         getattr(args, "app", "streamapp"),
         "--backend",
         getattr(args, "backend", "asyncio"),
+        *(["--counts"] if getattr(args, "counts", False) else []),
     ]
     server = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert server.stdout is not None
@@ -596,6 +654,12 @@ def run_load(args: argparse.Namespace) -> int:
         },
         "deliveries_per_second": sum(r["events"] for r in results)
         / max(server_result["publish_seconds"], 1e-9),
+        "per_delivery_counts": {
+            key: [n / max(sum(r["events"] for r in results), 1) for n in value]
+            if isinstance(value, list)
+            else value / max(sum(r["events"] for r in results), 1)
+            for key, value in server_result["counts"].items()
+        },
         "server_cpu_us_per_delivery": server_result["server_cpu_seconds_to_drain"]
         * 1e6
         / max(sum(r["events"] for r in results), 1),
@@ -754,6 +818,9 @@ def main(argv: list[str] | None = None) -> int:
     load.add_argument("--connect-timeout", type=float, default=180.0)
     load.add_argument("--app", choices=_APPS, default="streamapp")
     load.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
+    load.add_argument(
+        "--counts", action="store_true", help="count loop callbacks, timers, GC runs (asyncio)"
+    )
     load.add_argument("--out")
     soak = sub.add_parser("soak")
     soak.add_argument("--workers", type=int, default=20)
@@ -772,6 +839,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--tps", type=float, default=200.0)
     serve.add_argument("--app", choices=_APPS, default="streamapp")
     serve.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
+    serve.add_argument("--counts", action="store_true")
     args = parser.parse_args(argv)
     if args.command == "load":
         return run_load(args)
