@@ -124,9 +124,10 @@ class _Response:
     __slots__ = (
         "_compressor",
         "_idle",
-        "_send",
         "finishing",
+        "gzip",
         "outcome",
+        "send",
         "sender",
         "since",
         "state",
@@ -135,8 +136,9 @@ class _Response:
     )
 
     def __init__(self, send: Send, *, gzip: bool, write_timeout: float | None) -> None:
-        self._send = send
+        self.send = send
         self._compressor = zlib.compressobj(6, zlib.DEFLATED, 31) if gzip else None
+        self.gzip = gzip
         self._idle: anyio.Event | None = None
         self.write_timeout = write_timeout
         self.state = _PULLING
@@ -157,15 +159,14 @@ class _Response:
     async def write(self, data: bytes) -> None:
         """Send ``data`` (the sender's path: no timer; the watcher keeps the deadline)."""
         if self.state == _HEARTBEAT:
-            await self._wait_idle()
+            await self.wait_idle()
         self.state = _WRITING
         self.since = _now()
-        try:
-            await self._send(self._body(data))
-        finally:
-            self.state = _PULLING
+        await self.send(self._body(data))
+        self.state = _PULLING
 
-    async def _wait_idle(self) -> None:
+    async def wait_idle(self) -> None:
+        """Wait for the watcher's heartbeat to be sent (rare: only after a silence)."""
         self.state = _WRITING  # the shutdown must not cancel the event it holds
         idle = self._idle = anyio.Event()
         await idle.wait()
@@ -176,7 +177,7 @@ class _Response:
         self.since = _now()
         try:
             with anyio.fail_after(self.write_timeout):
-                await self._send(self._body(data))
+                await self.send(self._body(data))
         finally:
             if self.state == _HEARTBEAT:
                 self.state = _PULLING
@@ -187,21 +188,21 @@ class _Response:
 
     async def start(self, message: dict[str, object], prelude: bytes) -> None:
         with anyio.fail_after(self.write_timeout):
-            await self._send(message)
+            await self.send(message)
             if prelude:
-                await self._send(self._body(prelude))
+                await self.send(self._body(prelude))
         self.since = _now()
 
     async def finish(self, tail: bytes) -> None:
         """End the body, ``tail`` last (the sender's path, once)."""
         if self.state == _HEARTBEAT:
-            await self._wait_idle()
+            await self.wait_idle()
         self.finishing = True
         compressor = self._compressor
         if compressor is not None:
             tail = compressor.compress(tail) + compressor.flush()
         with anyio.fail_after(self.write_timeout):
-            await self._send({"type": "http.response.body", "body": tail, "more_body": False})
+            await self.send({"type": "http.response.body", "body": tail, "more_body": False})
 
     def end(self, outcome: Outcome) -> None:
         """Stop the sender now (the client left, or a write missed its deadline)."""
@@ -316,12 +317,29 @@ async def run_event_stream(
             tg.start_soon(_watch_stop, response, stop)
         try:
             with response.sender:
-                write = response.write
-                async for event in events:
-                    await write(encode(event))
-                    if response.stopping:
-                        response.outcome = "shutdown"
-                        break
+                if response.gzip:
+                    async for event in events:
+                        await response.write(encode(event))
+                        if response.stopping:
+                            response.outcome = "shutdown"
+                            break
+                else:
+                    # The hot path, inlined: no coroutine or dict made per event but
+                    # the message itself. A write cut short by a cancellation ends the
+                    # response, so its state needs no reset.
+                    send = response.send
+                    async for event in events:
+                        if response.state == _HEARTBEAT:
+                            await response.wait_idle()
+                        response.state = _WRITING
+                        response.since = _now()
+                        await send(
+                            {"type": "http.response.body", "body": encode(event), "more_body": True}
+                        )
+                        response.state = _PULLING
+                        if response.stopping:
+                            response.outcome = "shutdown"
+                            break
             outcome = response.outcome
             if outcome in ("ended", "shutdown"):
                 await response.finish(b"")

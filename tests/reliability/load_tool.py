@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 import h11
 
 import streamkit as sk
-from streamkit import sse
+from streamkit import ndjson, sse
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -85,8 +85,11 @@ def _sample(registry: sk.SessionRegistry) -> dict[str, Any]:
 class _Hub:
     """The anchors' fan-out: one ``asyncio.Queue`` of encoded events per connection."""
 
-    def __init__(self, sessions: list[str]) -> None:
+    def __init__(self, sessions: list[str], *, ndjson_format: bool) -> None:
         self.queues: dict[str, set[asyncio.Queue[bytes | None]]] = {s: set() for s in sessions}
+        self.encode = ndjson.encode if ndjson_format else sse.encode
+        self.headers = _ndjson_headers if ndjson_format else _anchor_headers
+        self.prelude = b"" if ndjson_format else _RETRY
         self.seq = dict.fromkeys(sessions, 0)
         self.open = 0
 
@@ -98,7 +101,7 @@ class _Hub:
         event = sk.StreamEvent(
             event_type=event_type, content=content, seq=seq, session_id=session_id
         )
-        data = sse.encode(event)  # once, shared by every connection
+        data = self.encode(event)  # once, shared by every connection
         for queue in self.queues[session_id]:
             queue.put_nowait(data)
             if event_type == "complete":
@@ -106,11 +109,12 @@ class _Hub:
         return seq
 
 
-_ANCHOR_HEADERS = [
+_anchor_headers = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-store"),
     (b"x-accel-buffering", b"no"),
 ]
+_ndjson_headers = [(b"content-type", b"application/x-ndjson"), *_anchor_headers[1:]]
 _RETRY = b"retry: 3000\n"
 
 
@@ -123,8 +127,9 @@ def _bare_app(hub: _Hub) -> Any:
         hub.queues[session_id].add(queue)
         hub.open += 1
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": _ANCHOR_HEADERS})
-            await send({"type": "http.response.body", "body": _RETRY, "more_body": True})
+            await send({"type": "http.response.start", "status": 200, "headers": hub.headers})
+            if hub.prelude:
+                await send({"type": "http.response.body", "body": hub.prelude, "more_body": True})
             while (data := await queue.get()) is not None:
                 await send({"type": "http.response.body", "body": data, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -167,7 +172,7 @@ async def _serve_anchor(args: argparse.Namespace) -> None:
     import uvicorn
 
     sessions = [sk.new_session_id() for _ in range(args.sessions)]
-    hub = _Hub(sessions)
+    hub = _Hub(sessions, ndjson_format=args.format == "ndjson")
     app = _bare_app(hub) if args.app == "bare" else _sse_starlette_app(hub)
     config = uvicorn.Config(
         app,
@@ -354,8 +359,8 @@ class _Counts:
             counts.timers += 1
             return call_at(when, callback, *args, **kwargs)
 
-        asyncio.events.Handle._run = counting_run  # type: ignore[method-assign]
-        loop.call_at = counting_call_at  # type: ignore[method-assign]
+        asyncio.events.Handle._run = counting_run  # type: ignore[method-assign,assignment]
+        loop.call_at = counting_call_at  # type: ignore[method-assign,assignment]
         gc.callbacks.append(self._gc)
 
     def _gc(self, phase: str, info: dict[str, int]) -> None:
@@ -466,15 +471,35 @@ class _Tally:
             self.errors.append(text)
 
 
-async def _sse_client(port: int, session_id: str, tally: _Tally, gate: asyncio.Semaphore) -> None:
+def _ndjson_messages(buffer: bytearray, data: bytes) -> list[sse.SSEMessage]:
+    """Split NDJSON lines off ``buffer`` and read them as messages (id = the line's seq)."""
+    buffer += data
+    end = buffer.rfind(b"\n") + 1
+    lines = bytes(buffer[:end]).split(b"\n")
+    del buffer[:end]
+    messages = []
+    for line in lines:
+        if line.strip():
+            text = line.decode()
+            messages.append(sse.SSEMessage("message", text, str(json.loads(text)["seq"]), None))
+    return messages
+
+
+async def _sse_client(
+    port: int, session_id: str, tally: _Tally, gate: asyncio.Semaphore, ndjson_format: bool
+) -> None:
     async with gate:
         reader, writer = await asyncio.open_connection(HOST, port)
     conn = h11.Connection(h11.CLIENT)
     request = h11.Request(
         method="GET",
         target=f"/sessions/{session_id}/events?after=0",
-        headers=[("Host", f"{HOST}:{port}"), ("Accept", "text/event-stream")],
+        headers=[
+            ("Host", f"{HOST}:{port}"),
+            ("Accept", "application/x-ndjson" if ndjson_format else "text/event-stream"),
+        ],
     )
+    buffer = bytearray()
     writer.write(conn.send(request) + conn.send(h11.EndOfMessage()))
     decoder = sse.SSEDecoder()
     expected = 1
@@ -494,7 +519,9 @@ async def _sse_client(port: int, session_id: str, tally: _Tally, gate: asyncio.S
                 continue
             if isinstance(event, h11.Data):
                 now = time.time()
-                for message in decoder.feed(bytes(event.data)):
+                data = bytes(event.data)
+                messages = _ndjson_messages(buffer, data) if ndjson_format else decoder.feed(data)
+                for message in messages:
                     item = json.loads(message.data)
                     seq = item["seq"]
                     if int(message.id) != seq:
@@ -522,13 +549,15 @@ async def _sse_client(port: int, session_id: str, tally: _Tally, gate: asyncio.S
         writer.close()
 
 
-def _client_process(port: int, assignments: list[str], connect_gate: int) -> dict[str, Any]:
+def _client_process(
+    port: int, assignments: list[str], connect_gate: int, ndjson_format: bool
+) -> dict[str, Any]:
     async def run() -> _Tally:
         tally = _Tally()
         gate = asyncio.Semaphore(connect_gate)
         async with asyncio.TaskGroup() as tg:
             for session_id in assignments:
-                tg.create_task(_sse_client(port, session_id, tally, gate))
+                tg.create_task(_sse_client(port, session_id, tally, gate, ndjson_format))
         return tally
 
     tally = asyncio.run(run())
@@ -586,6 +615,8 @@ def _start_server(
         "--backend",
         getattr(args, "backend", "asyncio"),
         *(["--counts"] if getattr(args, "counts", False) else []),
+        "--format",
+        getattr(args, "format", "sse"),
     ]
     server = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert server.stdout is not None
@@ -613,7 +644,10 @@ def run_load(args: argparse.Namespace) -> int:
     gate = max(1, 100 // args.procs)
     context = multiprocessing.get_context("spawn")
     with context.Pool(args.procs) as pool:
-        results = pool.starmap(_client_process, [(port, a, gate) for a in assignments])
+        ndjson_format = args.format == "ndjson"
+        results = pool.starmap(
+            _client_process, [(port, a, gate, ndjson_format) for a in assignments]
+        )
     assert server.stdout is not None
     server_result = json.loads(server.stdout.readline())
     server.wait(60)
@@ -665,6 +699,7 @@ def run_load(args: argparse.Namespace) -> int:
         / max(sum(r["events"] for r in results), 1),
         "app": args.app,
         "backend": args.backend,
+        "format": args.format,
         "client_cpu_seconds": sum(r["cpu_seconds"] for r in results),
         "server": server_result,
         "wall_seconds": time.time() - started,
@@ -818,6 +853,7 @@ def main(argv: list[str] | None = None) -> int:
     load.add_argument("--connect-timeout", type=float, default=180.0)
     load.add_argument("--app", choices=_APPS, default="streamapp")
     load.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
+    load.add_argument("--format", choices=["sse", "ndjson"], default="sse")
     load.add_argument(
         "--counts", action="store_true", help="count loop callbacks, timers, GC runs (asyncio)"
     )
@@ -840,8 +876,11 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--app", choices=_APPS, default="streamapp")
     serve.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
     serve.add_argument("--counts", action="store_true")
+    serve.add_argument("--format", choices=["sse", "ndjson"], default="sse")
     args = parser.parse_args(argv)
     if args.command == "load":
+        if args.app == "sse-starlette" and args.format == "ndjson":
+            parser.error("sse-starlette serves SSE only")
         return run_load(args)
     if args.command == "soak":
         return run_soak(args)
