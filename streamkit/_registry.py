@@ -1166,6 +1166,14 @@ class Subscription:
                 await self.aclose()
             raise
 
+    def take_ready(self, limit: int) -> Sequence[StreamEvent]:
+        """Return up to ``limit`` events already fetched and not yet returned, at once.
+
+        They count as iterated. Empty when the cursor holds none (or cannot tell).
+        """
+        take = getattr(self._cursor, "take_ready", None)
+        return take(limit) if take is not None else ()
+
     async def aclose(self) -> None:
         """Stop following the session. Idempotent."""
         if self._closed:
