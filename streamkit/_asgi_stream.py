@@ -245,6 +245,9 @@ async def _watch(
         now = _now()
         if response.state == _WRITING:
             due = response.since + write_timeout if write_timeout is not None else _NEVER
+            if heartbeat_interval is not None and response.since + heartbeat_interval > now:
+                # The write may end soon: the next heartbeat may be due before the deadline.
+                due = min(due, response.since + heartbeat_interval)
         else:
             due = response.since + heartbeat_interval if heartbeat_interval is not None else _NEVER
             if write_timeout is not None:
