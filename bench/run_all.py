@@ -28,6 +28,7 @@ BENCHMARKS = {
     "pipeline": "bench_pipeline.py",
     "fanout": "bench_fanout.py",
     "http": "bench_http.py",
+    "http_load": "bench_http_load.py",
     "capacity": "bench_capacity.py",
     "codecs": "bench_codecs.py",
     "redis": "bench_redis.py",

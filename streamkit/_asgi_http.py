@@ -14,10 +14,15 @@ Rules of this module:
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+import signal
+import threading
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
 from urllib.parse import parse_qsl
+
+import anyio.lowlevel
 
 from ._errors import Disconnected, HistoryGap, PayloadTooLarge, StreamkitError, ValidationError
 from ._events import loads_json
@@ -366,3 +371,56 @@ async def send_error(send: Send, error: StreamkitError, *, head: bool = False) -
     await send_json(
         send, error_status(error), {"error": error.to_dict()}, headers=headers, head=head
     )
+
+
+# -- server shutdown -----------------------------------------------------------------------
+
+#: The signals servers stop on (Ctrl-C, ``kill``).
+_EXIT_SIGNALS: Final = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGBREAK") if hasattr(signal, name)
+)
+
+
+@contextlib.contextmanager
+def on_exit_signals(callback: Callable[[], object]) -> Iterator[None]:
+    """Run ``callback`` in this event loop when the process gets SIGINT or SIGTERM.
+
+    Servers (uvicorn, hypercorn with ``--workers 0``) wait for open responses before
+    they tell the app to shut down, and an event stream never ends by itself: without
+    this, Ctrl-C waits for the server's grace time. The signal handler found in place
+    (the server's own, or Python's ``KeyboardInterrupt``) is chained, not replaced: it
+    still runs, after ``callback`` was scheduled, and it is put back when the block
+    ends. Nothing happens outside the main thread (signals only reach that one), nor
+    for a signal whose handler is the default action or ignored.
+
+    Must be entered in a running event loop (asyncio or Trio).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    native: Any = anyio.lowlevel.current_token().native_token
+    # Both are safe to call from a signal handler: they queue and wake the loop.
+    call_soon: Callable[[Callable[[], object]], object] = (
+        native.call_soon_threadsafe  # asyncio
+        if hasattr(native, "call_soon_threadsafe")
+        else native.run_sync_soon  # Trio
+    )
+    chained: dict[int, Callable[[int, Any], Any]] = {}
+
+    def handler(signum: int, frame: Any) -> None:
+        call_soon(callback)
+        original = chained.get(signum)
+        if original is not None:
+            original(signum, frame)
+
+    for signum in _EXIT_SIGNALS:
+        current = signal.getsignal(signum)
+        if callable(current):
+            chained[signum] = current
+            signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, original in chained.items():
+            if signal.getsignal(signum) is handler:
+                signal.signal(signum, original)

@@ -2,28 +2,46 @@
 
 Rules of this module, and why:
 
-* **A pump decouples reading from writing.** One task pulls events from the source (a
-  registry subscription) into a small bounded buffer; the sender takes *everything*
-  that is ready at once and writes it as one ``http.response.body`` message. A burst of
-  events thus costs one ASGI ``send`` (and one TCP write), not one per event. The pump
-  also lets the sender wait with a deadline (for heartbeats) without ever cancelling the
-  source's ``__anext__``, which not every iterator survives.
-* **The first of "send events" and "wait for http.disconnect" to end cancels the other.**
-  A client that goes away ends the subscription at once, never the session.
-* **Every write has a deadline** (``write_timeout``): a half-open client that stops
-  reading fills the server's buffers, ``send`` stops returning, and the response is
-  dropped instead of pinning a subscription forever.
-* **Backpressure reaches the log.** When the client is slow the buffer (256 events)
-  fills, the pump stops pulling, and the log's slow-consumer policy decides (disconnect
-  or block). Events already pulled are always sent before the response ends, so a
-  lagged reader's resume point (the error's ``after``) is exactly its last event.
-* **gzip is flushed per batch** (``Z_SYNC_FLUSH``) so compressed events still arrive live.
+* **One task on the delivery path.** The response's own task iterates the source and
+  sends each event as it comes: one wake-up per delivery (the source's), one ``send``,
+  and nothing made per delivery that outlives it (no cancel scope, no timer, no event,
+  no task). Each event's bytes are encoded once and shared by every response that
+  sends them (a small cache keyed by the event).
+* **A backlog goes out in one write.** When the source can hand over what it already
+  holds without waiting (a registry subscription's ``take_ready``), the events ready
+  after the one just read (up to 64) are sent with it: a client that fell behind
+  catches up in few writes instead of one per event (each of which yields to the loop
+  on Trio).
+* **A watcher task keeps the clocks, not the deliveries.** A second task per response
+  waits for ``http.disconnect`` with a deadline: the next heartbeat (``heartbeat_interval``
+  after the last write) or the running write's deadline (``write_timeout`` after it
+  started). When it wakes it only compares times the sender stamped
+  (one ``time.monotonic()`` per write): it sends a heartbeat when the response was
+  silent long enough, drops the response when a write has been blocked too long (a
+  half-open client that stops reading), and otherwise sleeps again. It wakes about once
+  per ``min(heartbeat_interval, write_timeout)``, whatever the event rate.
+* **A client that goes away ends the subscription at once**, never the session: the
+  watcher cancels the sender (in the source's wait or in a blocked ``send``).
+* **Backpressure reaches the log.** A sender blocked in ``send`` pulls nothing more, so
+  a slow client falls behind in the log and the log's slow-consumer policy decides
+  (disconnect or block). An event taken from the source is always sent before the
+  response ends, except when the client is gone or dropped, so a lagged reader's
+  resume point (the error's ``after``) is exactly its last event.
+* **Shutdown ends the body cleanly**: the sender is stopped in the source's wait, or
+  after the write in flight, and the response finishes (``more_body: False``).
+* **Every message httpx-sse (and the OpenAI SDK's decoder) yields carries data.** Those
+  clients dispatch a message at every empty line once an ``id`` or ``retry`` was seen,
+  data or not. So the ``retry:`` hint is a lone field line that rides with the first
+  event (browsers apply it when they read it), heartbeats and the closing error note
+  are comment lines without an empty line after them (ignored by every client, no
+  dispatch), and only events end with an empty line.
+* **gzip is flushed per write** (``Z_SYNC_FLUSH``) so compressed events still arrive live.
 """
 
 from __future__ import annotations
 
+import time
 import zlib
-from collections import deque
 from typing import TYPE_CHECKING, Final, Literal
 
 import anyio
@@ -33,7 +51,7 @@ from ._asgi_http import dump_json
 from ._errors import StreamkitError
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterable, Callable, Iterable
+    from collections.abc import AsyncIterable, Callable, Iterable, Sequence
 
     from ._asgi_http import Headers, Receive, Scope, Send
     from ._events import StreamEvent
@@ -43,105 +61,63 @@ __all__ = ["Outcome", "run_event_stream"]
 #: Why a stream response ended.
 Outcome = Literal["ended", "disconnected", "write_timeout", "shutdown", "failed"]
 
-#: Events the pump holds for the sender before it stops pulling from the source.
-_BUFFER_EVENTS: Final = 256
-#: A batch is cut once its encoded size passes this many bytes.
-_MAX_BATCH_BYTES: Final = 256 * 1024
-
 SSE_MEDIA_TYPE: Final = b"text/event-stream; charset=utf-8"
 NDJSON_MEDIA_TYPE: Final = b"application/x-ndjson"
 
+#: The SSE heartbeat: a comment line, no empty line (no client dispatches anything).
+SSE_HEARTBEAT: Final = b": ping\n"
+#: The NDJSON heartbeat: an empty line (NDJSON readers skip it).
+NDJSON_HEARTBEAT: Final = b"\n"
 
-class _Pump:
-    """Moves events from a source into a bounded deque, waking the sender once per batch."""
+#: Events whose encoded bytes are kept for the next response that sends them.
+_CACHE_EVENTS: Final = 256
+#: ... and at most this many bytes of them.
+_CACHE_BYTES: Final = 8 * 1024 * 1024
 
-    __slots__ = ("_limit", "_ready", "_room", "done", "error", "items", "stopped")
+#: Events a response takes from its source's backlog for one write (when the source
+#: offers ``take_ready(limit)``, as a registry subscription does).
+_BATCH_EVENTS: Final = 64
 
-    def __init__(self, limit: int) -> None:
-        self.items: deque[StreamEvent] = deque()
-        self._limit = limit
-        self._ready: anyio.Event | None = None
-        self._room: anyio.Event | None = None
-        self.done = False
-        self.stopped = False
-        self.error: StreamkitError | None = None
 
-    def _wake(self) -> None:
-        ready = self._ready
-        if ready is not None:
-            self._ready = None
-            ready.set()
+def _take_nothing(limit: int) -> Sequence[StreamEvent]:
+    del limit
+    return ()
 
-    async def run(self, events: AsyncIterable[StreamEvent]) -> None:
-        items = self.items
-        try:
-            async for event in events:
-                items.append(event)
-                self._wake()
-                if len(items) >= self._limit:
-                    room = self._room = anyio.Event()
-                    await room.wait()
-        except StreamkitError as exc:
-            # A lagged reader, a trimmed resume point, a session removed while read: the
-            # response ends and says why; the client resumes from its last id.
-            self.error = exc
-        self.done = True
-        self._wake()
 
-    def stop(self) -> None:
-        self.stopped = True
-        self._wake()
+_now = time.monotonic
+_NEVER: Final = float("inf")
 
-    async def wait(self) -> None:
-        """Wait until there are events, the source ended or the stream was stopped."""
-        if not self.items and not self.done and not self.stopped:
-            ready = self._ready = anyio.Event()
-            await ready.wait()
+# What the sender is doing, for the watcher and the shutdown.
+_PULLING: Final = 0  # waiting for the source (cancelling it loses nothing)
+_WRITING: Final = 1  # holding an event it has not finished sending
+_HEARTBEAT: Final = 2  # the watcher is sending a heartbeat (the sender is pulling)
 
-    def take(self, encode: Callable[[StreamEvent], bytes]) -> bytes:
-        """Encode and remove ready events, up to about ``_MAX_BATCH_BYTES``."""
-        items = self.items
-        if len(items) == 1:
-            data = encode(items.popleft())
-        else:
-            parts: list[bytes] = []
-            size = 0
-            while items and size < _MAX_BATCH_BYTES:
-                part = encode(items.popleft())
-                parts.append(part)
-                size += len(part)
-            data = b"".join(parts)
-        room = self._room
-        if room is not None:
-            self._room = None
-            room.set()
+
+class _EncodeCache:
+    """Encodes an event once for every response that sends it (bounded, by identity)."""
+
+    __slots__ = ("_encode", "_items", "_size")
+
+    def __init__(self, encode: Callable[[StreamEvent], bytes]) -> None:
+        self._encode = encode
+        self._items: dict[int, tuple[StreamEvent, bytes]] = {}
+        self._size = 0
+
+    def __call__(self, event: StreamEvent) -> bytes:
+        hit = self._items.get(id(event))
+        if hit is not None and hit[0] is event:
+            return hit[1]
+        data = self._encode(event)
+        if len(self._items) >= _CACHE_EVENTS or self._size > _CACHE_BYTES:
+            self._items.clear()
+            self._size = 0
+        self._items[id(event)] = (event, data)
+        self._size += len(data)
         return data
 
 
-class _Writer:
-    """Sends body chunks with a deadline each, compressing them if asked."""
-
-    __slots__ = ("_compressor", "_send", "_timeout")
-
-    def __init__(self, send: Send, *, gzip: bool, write_timeout: float | None) -> None:
-        self._send = send
-        self._timeout = write_timeout
-        self._compressor = zlib.compressobj(6, zlib.DEFLATED, 31) if gzip else None
-
-    async def message(self, message: dict[str, object]) -> None:
-        with anyio.fail_after(self._timeout):
-            await self._send(message)
-
-    async def chunk(self, data: bytes) -> None:
-        compressor = self._compressor
-        if compressor is not None:
-            data = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
-        await self.message({"type": "http.response.body", "body": data, "more_body": True})
-
-    async def finish(self) -> None:
-        compressor = self._compressor
-        tail = compressor.flush() if compressor is not None else b""
-        await self.message({"type": "http.response.body", "body": tail, "more_body": False})
+_encode_sse: Final = _EncodeCache(sse.encode)
+_encode_ndjson: Final = _EncodeCache(ndjson.encode)
 
 
 def stream_headers(*, ndjson_format: bool, gzip: bool) -> Headers:
@@ -157,12 +133,151 @@ def stream_headers(*, ndjson_format: bool, gzip: bool) -> Headers:
     return headers
 
 
-async def _watch_disconnect(receive: Receive, on_disconnect: Callable[[], None]) -> None:
+class _Response:
+    """One streaming response: the sender's state, read by the watcher and the shutdown."""
+
+    __slots__ = (
+        "_compressor",
+        "_idle",
+        "finishing",
+        "gzip",
+        "outcome",
+        "send",
+        "sender",
+        "since",
+        "state",
+        "stopping",
+        "write_timeout",
+    )
+
+    def __init__(self, send: Send, *, gzip: bool, write_timeout: float | None) -> None:
+        self.send = send
+        self._compressor = zlib.compressobj(6, zlib.DEFLATED, 31) if gzip else None
+        self.gzip = gzip
+        self._idle: anyio.Event | None = None
+        self.write_timeout = write_timeout
+        self.state = _PULLING
+        #: When the last write started (the running one's, while writing).
+        self.since = _now()
+        self.outcome: Outcome = "ended"
+        self.stopping = False
+        self.finishing = False
+        #: Cancels the sender; set once the response has started.
+        self.sender = anyio.CancelScope()
+
+    def _body(self, data: bytes) -> dict[str, object]:
+        compressor = self._compressor
+        if compressor is not None:
+            data = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        return {"type": "http.response.body", "body": data, "more_body": True}
+
+    async def write(self, data: bytes) -> None:
+        """Send ``data`` (the sender's path: no timer; the watcher keeps the deadline)."""
+        if self.state == _HEARTBEAT:
+            await self.wait_idle()
+        self.state = _WRITING
+        self.since = _now()
+        await self.send(self._body(data))
+        self.state = _PULLING
+
+    async def wait_idle(self) -> None:
+        """Wait for the watcher's heartbeat to be sent (rare: only after a silence)."""
+        self.state = _WRITING  # the shutdown must not cancel the event it holds
+        idle = self._idle = anyio.Event()
+        await idle.wait()
+
+    async def heartbeat(self, data: bytes) -> None:
+        """Send a heartbeat while the sender waits for the source (the watcher's path)."""
+        self.state = _HEARTBEAT
+        self.since = _now()
+        try:
+            with anyio.fail_after(self.write_timeout):
+                await self.send(self._body(data))
+        finally:
+            if self.state == _HEARTBEAT:
+                self.state = _PULLING
+            idle = self._idle
+            if idle is not None:
+                self._idle = None
+                idle.set()
+
+    async def start(self, message: dict[str, object], prelude: bytes) -> None:
+        with anyio.fail_after(self.write_timeout):
+            await self.send(message)
+            if prelude:
+                await self.send(self._body(prelude))
+        self.since = _now()
+
+    async def finish(self, tail: bytes) -> None:
+        """End the body, ``tail`` last (the sender's path, once)."""
+        if self.state == _HEARTBEAT:
+            await self.wait_idle()
+        self.finishing = True
+        compressor = self._compressor
+        if compressor is not None:
+            tail = compressor.compress(tail) + compressor.flush()
+        with anyio.fail_after(self.write_timeout):
+            await self.send({"type": "http.response.body", "body": tail, "more_body": False})
+
+    def end(self, outcome: Outcome) -> None:
+        """Stop the sender now (the client left, or a write missed its deadline)."""
+        if not self.finishing:  # once the body is complete, servers report a disconnect
+            self.outcome = outcome
+            self.sender.cancel()
+
+    def stop(self) -> None:
+        """End the response cleanly: now if the sender is waiting, else after its write."""
+        self.stopping = True
+        if self.state != _WRITING and not self.finishing:
+            self.outcome = "shutdown"
+            self.sender.cancel()
+
+
+async def _watch(
+    response: _Response,
+    receive: Receive,
+    heartbeat: bytes,
+    heartbeat_interval: float | None,
+) -> None:
+    """Wait for the disconnect; send heartbeats and keep the write deadline meanwhile."""
+    write_timeout = response.write_timeout
     while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            on_disconnect()
+        now = _now()
+        if response.state == _WRITING:
+            due = response.since + write_timeout if write_timeout is not None else _NEVER
+            if heartbeat_interval is not None and response.since + heartbeat_interval > now:
+                # The write may end soon: the next heartbeat may be due before the deadline.
+                due = min(due, response.since + heartbeat_interval)
+        else:
+            due = response.since + heartbeat_interval if heartbeat_interval is not None else _NEVER
+            if write_timeout is not None:
+                # Look again within a write deadline: a write may start (and block) later.
+                due = min(due, now + write_timeout)
+        if due > now:
+            with anyio.move_on_after(due - now if due != _NEVER else None):
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    response.end("disconnected")
+                    return
+            continue
+        if response.state == _WRITING:
+            response.end("write_timeout")
             return
+        if response.stopping or response.finishing:
+            return  # the sender ends the body itself, under a deadline of its own
+        try:
+            await response.heartbeat(heartbeat)
+        except TimeoutError:
+            response.end("write_timeout")
+            return
+        except OSError:
+            response.end("disconnected")
+            return
+
+
+async def _watch_stop(response: _Response, stop: anyio.Event) -> None:
+    await stop.wait()
+    response.stop()
 
 
 async def run_event_stream(
@@ -178,14 +293,13 @@ async def run_event_stream(
     retry_ms: int | None = None,
     stop: anyio.Event | None = None,
     headers: Iterable[tuple[bytes, bytes]] = (),
-    buffer_events: int = _BUFFER_EVENTS,
 ) -> Outcome:
     """Send ``events`` as one streaming response until they end or the client leaves.
 
     The response starts at once (status 200 and the headers of :func:`stream_headers`),
-    with a ``retry:`` hint first for SSE. Ready events are coalesced into one body
-    message; a comment (SSE) or an empty line (NDJSON) is sent after each
-    ``heartbeat_interval`` seconds of silence.
+    with a ``retry:`` line first for SSE. Each event is sent as it comes; a comment line
+    (SSE) or an empty line (NDJSON) is sent after each ``heartbeat_interval`` seconds of
+    silence.
 
     Returns:
         Why the response ended. ``"failed"``: the source raised a streamkit error (a
@@ -193,74 +307,87 @@ async def run_event_stream(
     """
     del scope  # the caller negotiated everything the scope says
     if ndjson_format:
-        encode: Callable[[StreamEvent], bytes] = ndjson.encode
-        heartbeat = b"\n"
+        encode = _encode_ndjson
+        heartbeat = NDJSON_HEARTBEAT
         prelude = b""
     else:
-        encode = sse.encode
-        heartbeat = sse.encode_comment("ping")
-        prelude = sse.encode_retry(retry_ms) if retry_ms is not None else b""
+        encode = _encode_sse
+        heartbeat = SSE_HEARTBEAT
+        # A lone field line: applied by EventSource at once, dispatched with the
+        # first event by the clients that dispatch field-only blocks.
+        prelude = f"retry: {retry_ms}\n".encode() if retry_ms is not None else b""
 
-    writer = _Writer(send, gzip=gzip, write_timeout=write_timeout)
-    pump = _Pump(buffer_events)
-    outcome: Outcome = "ended"
+    response = _Response(send, gzip=gzip, write_timeout=write_timeout)
+    start = {
+        "type": "http.response.start",
+        "status": 200,
+        "headers": [*stream_headers(ndjson_format=ndjson_format, gzip=gzip), *headers],
+    }
     try:
-        await writer.message(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [*stream_headers(ndjson_format=ndjson_format, gzip=gzip), *headers],
-            }
-        )
-        if prelude:
-            await writer.chunk(prelude)
+        await response.start(start, prelude)
     except TimeoutError:
         return "write_timeout"
 
+    error: StreamkitError | None = None
     async with anyio.create_task_group() as tg:
-        finishing = False
-
-        def disconnected() -> None:
-            nonlocal outcome
-            if not finishing:  # once the body is complete, servers report a disconnect
-                outcome = "disconnected"
-                tg.cancel_scope.cancel()
-
-        tg.start_soon(_watch_disconnect, receive, disconnected)
-        tg.start_soon(pump.run, events)
+        tg.start_soon(_watch, response, receive, heartbeat, heartbeat_interval)
         if stop is not None:
-
-            async def watch_stop(stop: anyio.Event) -> None:
-                await stop.wait()
-                pump.stop()
-
-            tg.start_soon(watch_stop, stop)
+            tg.start_soon(_watch_stop, response, stop)
         try:
-            while True:
-                if not pump.items and not pump.done and not pump.stopped:
-                    with anyio.move_on_after(heartbeat_interval):
-                        await pump.wait()
-                if pump.items:
-                    await writer.chunk(pump.take(encode))
-                elif pump.done:
-                    error = pump.error
-                    if error is not None:
-                        outcome = "failed"
-                        if not ndjson_format:
-                            comment = f"error {dump_json(error.to_dict()).decode()}"
-                            await writer.chunk(sse.encode_comment(comment))
-                    break
-                elif pump.stopped:
-                    outcome = "shutdown"
-                    break
+            with response.sender:
+                if response.gzip:
+                    take = getattr(events, "take_ready", _take_nothing)
+                    async for event in events:
+                        backlog = take(_BATCH_EVENTS)
+                        data = encode(event)
+                        if backlog:
+                            data = b"".join([data, *map(encode, backlog)])
+                        await response.write(data)
+                        if response.stopping:
+                            response.outcome = "shutdown"
+                            break
                 else:
-                    await writer.chunk(heartbeat)
-            finishing = True
-            await writer.finish()
+                    # The hot path, inlined: no coroutine or dict made per event but
+                    # the message itself. A write cut short by a cancellation ends the
+                    # response, so its state needs no reset.
+                    send = response.send
+                    take = getattr(events, "take_ready", _take_nothing)
+                    async for event in events:
+                        data = encode(event)
+                        backlog = take(_BATCH_EVENTS)
+                        if backlog:  # the client fell behind: one write for what is ready
+                            data = b"".join([data, *map(encode, backlog)])
+                        if response.state == _HEARTBEAT:
+                            await response.wait_idle()
+                        response.state = _WRITING
+                        response.since = _now()
+                        await send({"type": "http.response.body", "body": data, "more_body": True})
+                        response.state = _PULLING
+                        if response.stopping:
+                            response.outcome = "shutdown"
+                            break
+            outcome = response.outcome
+            if outcome in ("ended", "shutdown"):
+                await response.finish(b"")
+        except StreamkitError as exc:
+            # A lagged reader, a trimmed resume point, a session removed while read: the
+            # response ends and says why; the client resumes from its last id.
+            error = exc
         except TimeoutError:
-            outcome = "write_timeout"
+            response.outcome = "write_timeout"
         except OSError:
             # The server's "client disconnected" error (hypercorn, some uvicorn paths).
-            outcome = "disconnected"
+            response.outcome = "disconnected"
+        if error is not None:
+            try:
+                tail = b""
+                if not ndjson_format:
+                    tail = b": error " + dump_json(error.to_dict()) + b"\n"
+                await response.finish(tail)
+                response.outcome = "failed"
+            except TimeoutError:
+                response.outcome = "write_timeout"
+            except OSError:
+                response.outcome = "disconnected"
         tg.cancel_scope.cancel()
-    return outcome
+    return response.outcome

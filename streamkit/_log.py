@@ -189,6 +189,20 @@ class _Cursor(EventCursor):
             return batch[i]
         return await self._refill()
 
+    def take_ready(self, limit: int) -> Sequence[StreamEvent]:
+        """Return up to ``limit`` events already fetched and not yet returned.
+
+        Never waits; what it returns counts as iterated (the position moves past it).
+        Transports use it to send a backlog in one write.
+        """
+        i = self._i
+        batch = self._batch
+        if i >= len(batch):
+            return _NO_EVENTS
+        end = min(len(batch), i + limit)
+        self._i = end
+        return batch[i:end]
+
     async def _refill(self) -> StreamEvent:
         log = self._log
         state = self._state

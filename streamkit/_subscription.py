@@ -9,6 +9,7 @@ import anyio
 from ._errors import ClosedError, ValidationError
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from types import TracebackType
 
     from ._coordinator import _Entry
@@ -101,6 +102,15 @@ class Subscription:
             with anyio.CancelScope(shield=True):
                 await self.aclose()
             raise
+
+    def take_ready(self, limit: int) -> Sequence[StreamEvent]:
+        """Return up to ``limit`` events already fetched and not yet returned, at once.
+
+        Never waits; they count as iterated. Empty before the first event, or when the
+        log's cursor holds none (see :meth:`streamkit.abc.EventCursor.take_ready`).
+        """
+        cursor = self._cursor
+        return () if cursor is None else cursor.take_ready(limit)
 
     async def aclose(self) -> None:
         """Stop following the session. Idempotent."""

@@ -132,6 +132,14 @@ class EventCursor(AsyncIterator["StreamEvent"], metaclass=ABCMeta):
     async def aclose(self) -> None:
         """Release the cursor; later iteration ends at once. Idempotent."""
 
+    def take_ready(self, limit: int) -> Sequence[StreamEvent]:
+        """Return up to ``limit`` events the cursor already holds, without waiting.
+
+        What it returns counts as iterated (the position moves past it). Transports
+        use it to send a backlog in one write. The default holds nothing: ``()``.
+        """
+        return ()
+
     def __aiter__(self) -> Self:
         return self
 

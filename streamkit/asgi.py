@@ -65,6 +65,7 @@ from ._asgi_http import (
     check_resume_point,
     dump_json,
     error_status,
+    on_exit_signals,
     parse_query,
     read_json_object,
     resume_point,
@@ -438,14 +439,16 @@ class StreamApp:
                 self._stopping = False
                 self._stop = None
                 try:
-                    yield
+                    with on_exit_signals(self.shutdown):
+                        yield
                 finally:
                     self.shutdown()
                     self._running = False
                     self._session_gzip.clear()
         else:
             try:
-                yield
+                with on_exit_signals(self.shutdown):
+                    yield
             finally:
                 self.shutdown()
 
@@ -808,28 +811,30 @@ class StreamApp:
         registry = self._registry_or_503()
         session = await registry.get(session_id, user_id=user)
         last = check_resume_point(session, after)
-        if head:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 200,
-                    "headers": stream_headers(ndjson_format=ndjson_format, gzip=gzip),
-                }
-            )
-            await send({"type": "http.response.body", "body": b""})
-            return
         if self._stopping:
             raise HTTPError(503, "unavailable", "the server is shutting down")
         if session.is_terminal and after >= last:
             # Nothing left to send, ever: 204 also stops a browser's EventSource from
             # reconnecting.
-            await send_response(send, 204)
+            await send_response(send, 204, head=head)
             return
         stop = self._stop_event()
         counters = self._counters
         self._claim_connection(user)
         try:
             async with registry.subscribe(session_id, user_id=user, after=after) as subscription:
+                if head:
+                    # The same checks as GET (the per-user and per-session bounds
+                    # included), then the same status and headers, without the body.
+                    await send(
+                        {
+                            "type": "http.response.start",
+                            "status": 200,
+                            "headers": stream_headers(ndjson_format=ndjson_format, gzip=gzip),
+                        }
+                    )
+                    await send({"type": "http.response.body", "body": b""})
+                    return
                 counters["streams_open"] += 1
                 counters["streams_total"] += 1
                 outcome: Outcome = "failed"

@@ -175,7 +175,7 @@ async def test_plain_stream_without_accept_encoding(client: httpx.AsyncClient) -
     async with client.stream("GET", f"/sessions/{session_id}/events", headers=headers) as response:
         assert "content-encoding" not in response.headers
         body = await response.aread()
-    assert body.startswith(b"retry: 3000\n\n")
+    assert body.startswith(b"retry: 3000\nid: ")
     assert b"event: complete\n" in body
 
 
@@ -186,6 +186,76 @@ async def test_head_answers_without_streaming(client: httpx.AsyncClient) -> None
     assert response.status_code == 200
     assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
     assert response.content == b""
+
+
+#: Headers that only frame the body (or stamp the response), not what it says.
+_FRAMING = frozenset({"date", "server", "transfer-encoding"})
+
+
+async def head_and_get(
+    client: httpx.AsyncClient, url: str, headers: dict[str, str]
+) -> tuple[httpx.Response, httpx.Response]:
+    """HEAD, then GET ``url`` (the GET's body is not read: a live stream never ends)."""
+    with anyio.fail_after(10):
+        head = await client.head(url, headers=headers)
+        async with client.stream("GET", url, headers=headers) as got:
+            pass
+    return head, got
+
+
+def described(response: httpx.Response) -> tuple[int, list[tuple[str, str]]]:
+    kept = [(k, v) for k, v in response.headers.multi_items() if k not in _FRAMING]
+    return response.status_code, sorted(kept)
+
+
+async def test_head_answers_what_get_would_in_every_state() -> None:
+    app = make_app(max_connections_per_user=2, compression=True)
+    with serve(app) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            live = await create(client)
+            ended = await create(client, prompt=PROMPT)
+            events = await read_events(client, ended)
+            last = str(events[-1].seq)
+            cases: list[tuple[str, dict[str, str], int]] = [
+                (f"/sessions/{live}/events", ALICE, 200),
+                (f"/sessions/{live}/events", {**ALICE, "Accept": "application/x-ndjson"}, 200),
+                (f"/sessions/{live}/events", {**ALICE, "Accept-Encoding": "gzip"}, 200),
+                (f"/sessions/{ended}/events", {**ALICE, "Last-Event-ID": last}, 204),
+                (f"/sessions/{ended}/events", {**ALICE, "Last-Event-ID": "1"}, 200),
+                (f"/sessions/{ended}/events?after=999", ALICE, 400),
+                (f"/sessions/{live}/events", {**ALICE, "Last-Event-ID": "x"}, 400),
+                (f"/sessions/{sk.new_session_id()}/events", ALICE, 404),
+                (f"/sessions/{live}/events", BOB, 404),
+                (f"/sessions/{live}/events", {}, 401),
+                (f"/sessions/{live}", ALICE, 200),
+                (f"/sessions/{live}/nothing", ALICE, 404),
+            ]
+            for url, headers, status in cases:
+                head, got = await head_and_get(client, url, headers)
+                assert described(head) == described(got), url
+                assert head.status_code == status, url
+                assert head.content == b""
+            # Past the per-user bound: 429 for both.
+            url = f"/sessions/{live}/events"
+            async with (
+                RawStream.open(server.port, url, ALICE),
+                RawStream.open(server.port, url, ALICE),
+            ):
+                await wait_until(lambda: app.statistics()["streams_open"] == 2)
+                head, got = await head_and_get(client, url, ALICE)
+                assert described(head) == described(got)
+                assert head.status_code == 429
+            await wait_until(lambda: app.statistics()["streams_open"] == 0)
+
+            # While the app shuts down: 503 for both.
+            async def shut_down() -> None:
+                app.shutdown()
+
+            await server.call(shut_down)
+            head, got = await head_and_get(client, url, ALICE)
+            assert described(head) == described(got)
+            assert head.status_code == 503
+            assert head.content == b""
 
 
 async def test_heartbeat_comments_while_silent(
@@ -202,6 +272,90 @@ async def test_heartbeat_comments_while_silent(
                 assert chunk is not None
                 items.extend(decoder.feed(chunk))
     assert items[0] == sse.SSEComment("ping")
+
+
+class CountHeartbeats:
+    """Passes an ASGI app through, counting the SSE heartbeats it sends."""
+
+    def __init__(self, app: StreamApp) -> None:
+        self.app = app
+        self.heartbeats = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async def counting_send(message: Any) -> None:
+            if message["type"] == "http.response.body":
+                self.heartbeats += message.get("body", b"").count(b": ping")
+            await send(message)
+
+        await self.app(scope, receive, counting_send)
+
+
+async def test_httpx_sse_reads_every_message_as_json() -> None:
+    """httpx-sse dispatches every block that ends with an empty line once it saw an id.
+
+    So the retry hint, the heartbeats during silence (before and after the first event)
+    and the end of the stream must give it only events with data.
+    """
+    from httpx_sse import aconnect_sse
+
+    app = make_app(heartbeat_interval=0.05, compression=False)  # heartbeats counted as sent
+    counted = CountHeartbeats(app)
+    with serve(counted) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            session_id = await create(client)
+            url = f"/sessions/{session_id}/events"
+            async with aconnect_sse(client, "GET", url, headers=ALICE) as source:
+                # Silence before the first event, then between events: heartbeats.
+                await wait_until(lambda: counted.heartbeats >= 2)
+                await publish(server, app, session_id, token("a"))
+                seen = counted.heartbeats
+                await wait_until(lambda: counted.heartbeats >= seen + 2)
+                await publish(server, app, session_id, token("b"))
+                seen = counted.heartbeats
+                await wait_until(lambda: counted.heartbeats >= seen + 2)
+                await publish(server, app, session_id, complete())
+                with anyio.fail_after(10):
+                    messages = [message async for message in source.aiter_sse()]
+            assert [json.loads(m.data)["event_type"] for m in messages] == [
+                "token",
+                "token",
+                "complete",
+            ]
+            assert [m.event for m in messages] == ["token", "token", "complete"]
+            assert [m.id for m in messages] == ["1", "2", "3"]
+            assert messages[0].retry == 3000  # the hint rides with the first event
+            # Resuming from the last id is a clean 204, as before.
+            headers = {**ALICE, "Last-Event-ID": messages[-1].id}
+            assert (await client.get(url, headers=headers)).status_code == 204
+
+
+async def test_sse_output_reads_the_same_in_every_decoder() -> None:
+    """Our decoder (WHATWG rules) and httpx-sse's see the same events."""
+    from httpx_sse._decoders import SSEDecoder as HttpxSSEDecoder
+
+    app = make_app(heartbeat_interval=0.05, compression=False)  # heartbeats counted as sent
+    counted = CountHeartbeats(app)
+    with serve(counted) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            session_id = await create(client)
+            await publish(server, app, session_id, token("x"))
+            url = f"/sessions/{session_id}/events"
+            async with RawStream.open(server.port, url, ALICE) as stream:
+                await wait_until(lambda: counted.heartbeats >= 2)
+                await publish(server, app, session_id, complete())
+                body = b""
+                while (chunk := await stream.chunk()) is not None:
+                    body += chunk
+    assert b"\n: ping\n" in body
+    ours = sse.SSEDecoder().feed(body)
+    theirs_decoder = HttpxSSEDecoder()
+    theirs = [
+        message
+        for line in body.decode().split("\n")[:-1]  # the body ends with a line end
+        if (message := theirs_decoder.decode(line)) is not None
+    ]
+    assert [(m.event, m.data, m.id) for m in ours] == [(m.event, m.data, m.id) for m in theirs]
+    assert [json.loads(m.data)["event_type"] for m in theirs] == ["token", "complete"]
 
 
 async def test_disconnect_mid_stream_then_resume_with_last_event_id(

@@ -12,6 +12,15 @@ per second each, once every client is connected; ``--clients`` SSE clients, spre
 check every event by ``seq`` (no gap, no duplicate), measure the lag from the event's
 ``timestamp`` to its arrival, and end at the session's ``complete`` event.
 
+``--app`` swaps the server app, everything else (publisher, wire bytes, clients) kept:
+``streamapp`` (the default), ``bare`` (a bare ASGI app: one ``asyncio.Queue`` per
+connection, each event encoded once by the publisher, one ``send`` per event) or
+``sse-starlette`` (sse-starlette's ``EventSourceResponse`` over the same queues). The
+anchors serve ``GET /sessions/{id}/events`` only, with the same ``retry:`` line and
+headers. ``--backend trio`` runs StreamApp under hypercorn's Trio worker instead of
+uvicorn. The summary's ``server_cpu_us_per_delivery`` is the server process's CPU time
+over the publish window divided by the events the clients received.
+
 ``soak``: ``--workers`` client loops create a session (``POST /sessions`` with a
 prompt), read its SSE stream to the end checking ``seq``, and delete it (every other
 one; the rest are left to the registry's sweep), continuously. After a warm-up and at
@@ -34,14 +43,20 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import h11
 
 import streamkit as sk
-from streamkit import sse
+from streamkit import ndjson, sse
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
 
 HOST = "127.0.0.1"
+#: The server apps ``load`` can run (see the module docstring).
+_APPS = ("streamapp", "bare", "sse-starlette")
 #: Lag histogram resolution: one bucket per millisecond (the last bucket takes the rest).
 _MAX_LAG_MS = 60_000
 
@@ -67,14 +82,168 @@ def _sample(registry: sk.SessionRegistry) -> dict[str, Any]:
     }
 
 
-async def _serve(args: argparse.Namespace) -> None:
+class _Hub:
+    """The anchors' fan-out: one ``asyncio.Queue`` of encoded events per connection."""
+
+    def __init__(self, sessions: list[str], *, ndjson_format: bool) -> None:
+        self.queues: dict[str, set[asyncio.Queue[bytes | None]]] = {s: set() for s in sessions}
+        self.encode = ndjson.encode if ndjson_format else sse.encode
+        self.headers = _ndjson_headers if ndjson_format else _anchor_headers
+        self.prelude = b"" if ndjson_format else _RETRY
+        self.seq = dict.fromkeys(sessions, 0)
+        self.open = 0
+
+    def streams_open(self) -> int:
+        return self.open
+
+    def publish(self, session_id: str, event_type: str, content: str) -> int:
+        seq = self.seq[session_id] = self.seq[session_id] + 1
+        event = sk.StreamEvent(
+            event_type=event_type, content=content, seq=seq, session_id=session_id
+        )
+        data = self.encode(event)  # once, shared by every connection
+        for queue in self.queues[session_id]:
+            queue.put_nowait(data)
+            if event_type == "complete":
+                queue.put_nowait(None)
+        return seq
+
+
+_anchor_headers = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-store"),
+    (b"x-accel-buffering", b"no"),
+]
+_ndjson_headers = [(b"content-type", b"application/x-ndjson"), *_anchor_headers[1:]]
+_RETRY = b"retry: 3000\n"
+
+
+def _bare_app(hub: _Hub) -> Any:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        session_id = scope["path"].split("/")[2]
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        hub.queues[session_id].add(queue)
+        hub.open += 1
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": hub.headers})
+            if hub.prelude:
+                await send({"type": "http.response.body", "body": hub.prelude, "more_body": True})
+            while (data := await queue.get()) is not None:
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            hub.open -= 1
+            hub.queues[session_id].discard(queue)
+
+    return app
+
+
+def _sse_starlette_app(hub: _Hub) -> Any:
+    from sse_starlette.sse import EventSourceResponse
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        session_id = scope["path"].split("/")[2]
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+        async def events() -> Any:
+            yield _RETRY
+            while (data := await queue.get()) is not None:
+                yield data
+
+        hub.queues[session_id].add(queue)
+        hub.open += 1
+        try:
+            response = EventSourceResponse(
+                events(), ping=5, headers={"cache-control": "no-store", "x-accel-buffering": "no"}
+            )
+            await response(scope, receive, send)
+        finally:
+            hub.open -= 1
+            hub.queues[session_id].discard(queue)
+
+    return app
+
+
+async def _serve_anchor(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from streamkit.asgi import StreamApp
-    from streamkit.testing import SimulatedAgent
+    sessions = [sk.new_session_id() for _ in range(args.sessions)]
+    hub = _Hub(sessions, ndjson_format=args.format == "ndjson")
+    app = _bare_app(hub) if args.app == "bare" else _sse_starlette_app(hub)
+    config = uvicorn.Config(
+        app,
+        host=HOST,
+        port=0,
+        lifespan="off",
+        log_level="warning",
+        backlog=4096,
+        limit_concurrency=None,
+        timeout_keep_alive=30,
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.ensure_future(server.serve())
+    while not server.started:
+        if serving.done():
+            await serving
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    print(json.dumps({"port": port, "sessions": sessions}), flush=True)
 
+    async def publish(session_id: str, event_type: str, content: str) -> int:
+        return hub.publish(session_id, event_type, content)
+
+    result = await _publish_loop(args, hub.streams_open, publish, sessions)
+    result["app_statistics"] = {}
+    server.should_exit = True
+    await serving
+    print(json.dumps(result), flush=True)
+
+
+async def _serve_trio(args: argparse.Namespace) -> None:
+    import socket
+
+    import trio
+    from hypercorn.config import Config
+    from hypercorn.trio import serve
+
+    from streamkit.asgi import StreamApp
+
+    registry = sk.SessionRegistry(_registry_config(args))
+    app = StreamApp(registry, **_app_options(None))
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        port = probe.getsockname()[1]
+    config = Config()
+    config.bind = [f"{HOST}:{port}"]
+    config.loglevel = "WARNING"
+    config.backlog = 4096
+    stop = trio.Event()
+    async with registry, trio.open_nursery() as nursery:
+        await nursery.start(partial(serve, app, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
+        sessions = [(await registry.create()).session_id for _ in range(args.sessions)]
+        print(json.dumps({"port": port, "sessions": sessions}), flush=True)
+
+        async def publish(session_id: str, event_type: str, content: str) -> int:
+            event = await registry.publish(
+                session_id, sk.StreamEvent(event_type=event_type, content=content)
+            )
+            return event.seq or 0
+
+        result = await _publish_loop(
+            args, lambda: int(app.statistics()["streams_open"]), publish, sessions
+        )
+        result["app_statistics"] = app.statistics()
+        stop.set()
+    print(json.dumps(result), flush=True)
+
+
+def _registry_config(args: argparse.Namespace) -> sk.RegistryConfig:
     soak = args.mode == "soak"
-    registry_config = sk.RegistryConfig(
+    return sk.RegistryConfig(
         max_sessions=max(1000, args.sessions),
         max_subscribers_per_session=max(1000, args.clients),
         heartbeat_interval=None,
@@ -85,18 +254,33 @@ async def _serve(args: argparse.Namespace) -> None:
         history_max_bytes=1 << 30,
         max_lag=1_000_000,
     )
-    registry = sk.SessionRegistry(registry_config)
-    app = StreamApp(
-        registry,
-        agent=SimulatedAgent(seed=1, tokens_per_second=args.tps, first_token_latency=0.02)
+
+
+def _app_options(agent: Any) -> dict[str, Any]:
+    return {
+        "agent": agent,
+        "allow_anonymous": True,
+        "max_connections_per_user": None,
+        "stream_config": sk.StreamConfig(stream_delay=0, chunk_size=4, heartbeat_interval=None),
+        "heartbeat_interval": 5.0,
+        "write_timeout": 60.0,
+    }
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from streamkit.asgi import StreamApp
+    from streamkit.testing import SimulatedAgent
+
+    soak = args.mode == "soak"
+    registry = sk.SessionRegistry(_registry_config(args))
+    agent = (
+        SimulatedAgent(seed=1, tokens_per_second=args.tps, first_token_latency=0.02)
         if soak
-        else None,
-        allow_anonymous=True,
-        max_connections_per_user=None,
-        stream_config=sk.StreamConfig(stream_delay=0, chunk_size=4, heartbeat_interval=None),
-        heartbeat_interval=5.0,
-        write_timeout=60.0,
+        else None
     )
+    app = StreamApp(registry, **_app_options(agent))
     done = asyncio.Event()
 
     async def router(scope: Any, receive: Any, send: Any) -> None:
@@ -134,22 +318,81 @@ async def _serve(args: argparse.Namespace) -> None:
             # Ends when the driver closes our stdin.
             await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
         else:
-            result = await _publish(args, app, registry, sessions)
+
+            async def publish(session_id: str, event_type: str, content: str) -> int:
+                event = await registry.publish(
+                    session_id, sk.StreamEvent(event_type=event_type, content=content)
+                )
+                return event.seq or 0
+
+            result = await _publish_loop(
+                args, lambda: int(app.statistics()["streams_open"]), publish, sessions
+            )
+            result["app_statistics"] = app.statistics()
             done.set()
         server.should_exit = True
         await serving
     print(json.dumps(result), flush=True)
 
 
-async def _publish(
-    args: argparse.Namespace, app: Any, registry: sk.SessionRegistry, sessions: list[str]
+class _Counts:
+    """Counts loop callbacks (task steps and others), timers and GC runs (asyncio only).
+
+    Patching adds overhead: CPU figures of a run with counts are not comparable.
+    """
+
+    def __init__(self) -> None:
+        self.callbacks = 0
+        self.timers = 0
+        self.collections = [0, 0, 0]
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        handle_run = self._handle_run = asyncio.events.Handle._run
+        call_at = loop.call_at
+        counts = self
+
+        def counting_run(handle: Any) -> None:
+            counts.callbacks += 1
+            handle_run(handle)
+
+        def counting_call_at(when: float, callback: Any, *args: Any, **kwargs: Any) -> Any:
+            counts.timers += 1
+            return call_at(when, callback, *args, **kwargs)
+
+        asyncio.events.Handle._run = counting_run  # type: ignore[method-assign,assignment]
+        loop.call_at = counting_call_at  # type: ignore[method-assign,assignment]
+        gc.callbacks.append(self._gc)
+
+    def _gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.collections[info["generation"]] += 1
+
+    def stop(self) -> dict[str, Any]:
+        asyncio.events.Handle._run = self._handle_run  # type: ignore[method-assign]
+        del self._loop.call_at
+        gc.callbacks.remove(self._gc)
+        return {
+            "loop_callbacks": self.callbacks,
+            "timers": self.timers,
+            "gc_collections": self.collections,
+        }
+
+
+async def _publish_loop(
+    args: argparse.Namespace,
+    streams_open: Callable[[], int],
+    publish: Callable[[str, str, str], Awaitable[int]],
+    sessions: list[str],
 ) -> dict[str, Any]:
+    import anyio
+
     deadline = time.monotonic() + args.connect_timeout
-    while app.statistics()["streams_open"] < args.clients:
+    while streams_open() < args.clients:
         if time.monotonic() > deadline:
             break
-        await asyncio.sleep(0.1)
-    connected = app.statistics()["streams_open"]
+        await anyio.sleep(0.1)
+    connected = streams_open()
+    counts = _Counts() if args.counts and args.backend == "asyncio" else None
     started = time.monotonic()
     cpu0 = time.process_time()
     end = started + args.minutes * 60
@@ -159,33 +402,54 @@ async def _publish(
     payload = "x" * args.size
     while tick < end:
         for session_id in sessions:
-            await registry.publish(session_id, sk.StreamEvent(event_type="token", content=payload))
+            await publish(session_id, "token", payload)
             published += 1
         tick += period
-        await asyncio.sleep(max(0.0, tick - time.monotonic()))
+        await anyio.sleep(max(0.0, tick - time.monotonic()))
     last = {}
     for session_id in sessions:
-        final = await registry.publish(session_id, sk.StreamEvent(event_type="complete"))
-        last[session_id] = final.seq
+        last[session_id] = await publish(session_id, "complete", "")
     wall = time.monotonic() - started
     cpu = time.process_time() - cpu0
-    # Wait for the clients to read to the end and leave.
+    # Wait for the clients to read to the end and leave: the CPU time until then counts
+    # every delivery (a server that lags delivers after the last publish).
     deadline = time.monotonic() + 120
-    while app.statistics()["streams_open"] and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
+    while streams_open() and time.monotonic() < deadline:
+        await anyio.sleep(0.05)
+    cpu_to_drain = time.process_time() - cpu0
+    counted = counts.stop() if counts is not None else {}
     return {
+        "counts": counted,
         "connected_at_start": connected,
         "published": published,
         "last_seq": last,
         "publish_seconds": wall,
         "server_cpu_seconds": cpu,
+        "server_cpu_seconds_to_drain": cpu_to_drain,
+        "drain_seconds": time.monotonic() - started,
         "server_rss_end": _rss_bytes(),
-        "app_statistics": app.statistics(),
     }
 
 
 def _server_main(args: argparse.Namespace) -> None:
-    asyncio.run(_serve(args))
+    profile = os.environ.get("STREAMKIT_LOAD_PROFILE")
+    if profile:  # the whole server process under cProfile, written to that path
+        import cProfile
+
+        cProfile.runctx("_run_server(args)", globals(), {"args": args}, profile)
+    else:
+        _run_server(args)
+
+
+def _run_server(args: argparse.Namespace) -> None:
+    if args.app != "streamapp":
+        asyncio.run(_serve_anchor(args))
+    elif args.backend == "trio":
+        import trio
+
+        trio.run(_serve_trio, args)
+    else:
+        asyncio.run(_serve(args))
 
 
 # -- load clients --------------------------------------------------------------------------
@@ -207,15 +471,35 @@ class _Tally:
             self.errors.append(text)
 
 
-async def _sse_client(port: int, session_id: str, tally: _Tally, gate: asyncio.Semaphore) -> None:
+def _ndjson_messages(buffer: bytearray, data: bytes) -> list[sse.SSEMessage]:
+    """Split NDJSON lines off ``buffer`` and read them as messages (id = the line's seq)."""
+    buffer += data
+    end = buffer.rfind(b"\n") + 1
+    lines = bytes(buffer[:end]).split(b"\n")
+    del buffer[:end]
+    messages = []
+    for line in lines:
+        if line.strip():
+            text = line.decode()
+            messages.append(sse.SSEMessage("message", text, str(json.loads(text)["seq"]), None))
+    return messages
+
+
+async def _sse_client(
+    port: int, session_id: str, tally: _Tally, gate: asyncio.Semaphore, ndjson_format: bool
+) -> None:
     async with gate:
         reader, writer = await asyncio.open_connection(HOST, port)
     conn = h11.Connection(h11.CLIENT)
     request = h11.Request(
         method="GET",
         target=f"/sessions/{session_id}/events?after=0",
-        headers=[("Host", f"{HOST}:{port}"), ("Accept", "text/event-stream")],
+        headers=[
+            ("Host", f"{HOST}:{port}"),
+            ("Accept", "application/x-ndjson" if ndjson_format else "text/event-stream"),
+        ],
     )
+    buffer = bytearray()
     writer.write(conn.send(request) + conn.send(h11.EndOfMessage()))
     decoder = sse.SSEDecoder()
     expected = 1
@@ -235,7 +519,9 @@ async def _sse_client(port: int, session_id: str, tally: _Tally, gate: asyncio.S
                 continue
             if isinstance(event, h11.Data):
                 now = time.time()
-                for message in decoder.feed(bytes(event.data)):
+                data = bytes(event.data)
+                messages = _ndjson_messages(buffer, data) if ndjson_format else decoder.feed(data)
+                for message in messages:
                     item = json.loads(message.data)
                     seq = item["seq"]
                     if int(message.id) != seq:
@@ -263,13 +549,15 @@ async def _sse_client(port: int, session_id: str, tally: _Tally, gate: asyncio.S
         writer.close()
 
 
-def _client_process(port: int, assignments: list[str], connect_gate: int) -> dict[str, Any]:
+def _client_process(
+    port: int, assignments: list[str], connect_gate: int, ndjson_format: bool
+) -> dict[str, Any]:
     async def run() -> _Tally:
         tally = _Tally()
         gate = asyncio.Semaphore(connect_gate)
         async with asyncio.TaskGroup() as tg:
             for session_id in assignments:
-                tg.create_task(_sse_client(port, session_id, tally, gate))
+                tg.create_task(_sse_client(port, session_id, tally, gate, ndjson_format))
         return tally
 
     tally = asyncio.run(run())
@@ -322,6 +610,13 @@ def _start_server(
         str(getattr(args, "connect_timeout", 120.0)),
         "--tps",
         str(getattr(args, "tps", 200.0)),
+        "--app",
+        getattr(args, "app", "streamapp"),
+        "--backend",
+        getattr(args, "backend", "asyncio"),
+        *(["--counts"] if getattr(args, "counts", False) else []),
+        "--format",
+        getattr(args, "format", "sse"),
     ]
     server = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert server.stdout is not None
@@ -349,7 +644,10 @@ def run_load(args: argparse.Namespace) -> int:
     gate = max(1, 100 // args.procs)
     context = multiprocessing.get_context("spawn")
     with context.Pool(args.procs) as pool:
-        results = pool.starmap(_client_process, [(port, a, gate) for a in assignments])
+        ndjson_format = args.format == "ndjson"
+        results = pool.starmap(
+            _client_process, [(port, a, gate, ndjson_format) for a in assignments]
+        )
     assert server.stdout is not None
     server_result = json.loads(server.stdout.readline())
     server.wait(60)
@@ -390,6 +688,18 @@ def run_load(args: argparse.Namespace) -> int:
         },
         "deliveries_per_second": sum(r["events"] for r in results)
         / max(server_result["publish_seconds"], 1e-9),
+        "per_delivery_counts": {
+            key: [n / max(sum(r["events"] for r in results), 1) for n in value]
+            if isinstance(value, list)
+            else value / max(sum(r["events"] for r in results), 1)
+            for key, value in server_result["counts"].items()
+        },
+        "server_cpu_us_per_delivery": server_result["server_cpu_seconds_to_drain"]
+        * 1e6
+        / max(sum(r["events"] for r in results), 1),
+        "app": args.app,
+        "backend": args.backend,
+        "format": args.format,
         "client_cpu_seconds": sum(r["cpu_seconds"] for r in results),
         "server": server_result,
         "wall_seconds": time.time() - started,
@@ -541,6 +851,12 @@ def main(argv: list[str] | None = None) -> int:
     load.add_argument("--size", type=int, default=16, help="content bytes per event")
     load.add_argument("--minutes", type=float, default=_minutes("STREAMKIT_LOAD_MINUTES", 10))
     load.add_argument("--connect-timeout", type=float, default=180.0)
+    load.add_argument("--app", choices=_APPS, default="streamapp")
+    load.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
+    load.add_argument("--format", choices=["sse", "ndjson"], default="sse")
+    load.add_argument(
+        "--counts", action="store_true", help="count loop callbacks, timers, GC runs (asyncio)"
+    )
     load.add_argument("--out")
     soak = sub.add_parser("soak")
     soak.add_argument("--workers", type=int, default=20)
@@ -557,8 +873,14 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--size", type=int, default=16)
     serve.add_argument("--connect-timeout", type=float, default=120.0)
     serve.add_argument("--tps", type=float, default=200.0)
+    serve.add_argument("--app", choices=_APPS, default="streamapp")
+    serve.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
+    serve.add_argument("--counts", action="store_true")
+    serve.add_argument("--format", choices=["sse", "ndjson"], default="sse")
     args = parser.parse_args(argv)
     if args.command == "load":
+        if args.app == "sse-starlette" and args.format == "ndjson":
+            parser.error("sse-starlette serves SSE only")
         return run_load(args)
     if args.command == "soak":
         return run_soak(args)

@@ -194,7 +194,7 @@ async def test_client_retry_is_ignored(
         body = (await response.aread()).decode()
     assert response.status_code == 200
     # The server's hint (retry_ms=3000) comes first; the client's value appears nowhere.
-    assert body.startswith("retry: 3000\n\n")
+    assert body.startswith("retry: 3000\nid: ")
     assert body.count("retry:") == 1
 
 

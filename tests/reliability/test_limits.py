@@ -171,8 +171,9 @@ async def test_connections_per_user() -> None:
                     "a user may hold at most 3 open event streams and WebSockets"
                 )
             assert app.statistics()["connections_refused"] == 2
-            # Requests that are not streams are still served; HEAD opens no stream.
-            assert (await client.head(path, headers=ALICE)).status_code == 200
+            # HEAD answers what GET would (issue 19); requests that are not streams
+            # are still served.
+            assert (await client.head(path, headers=ALICE)).status_code == 429
             assert (await client.get(f"/sessions/{session_id}", headers=ALICE)).status_code == 200
             # Another user has a bound of their own.
             bobs = await create(client, BOB)

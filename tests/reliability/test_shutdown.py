@@ -7,11 +7,17 @@ of its subscribers is left, and no thread (sync sources run in threads of their 
 
 from __future__ import annotations
 
+import signal
+import socket
+import subprocess
+import sys
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
+import httpx
 import pytest
 
 import streamkit as sk
@@ -144,3 +150,100 @@ async def test_shutdown_while_subscribers_are_slow(anyio_backend: str) -> None:
     assert not bound.cancel_called
     assert ended == 50
     assert count_tasks(anyio_backend) == tasks_before
+
+
+# -- Ctrl-C under a real server, with open event streams -------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+#: Seconds a server process may take to exit after SIGINT (it takes well under two).
+EXIT_BOUND = 20.0
+TOKEN = {"Authorization": "Bearer demo-token-alice"}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def server_command(server: str, port: int) -> list[str]:
+    app = "examples.fastapi_app:app"
+    if server == "uvicorn":
+        return [sys.executable, "-m", "uvicorn", app, "--port", str(port)]
+    # One process: with worker processes the signal never reaches the app (see
+    # docs/asgi.md, "Shutting down").
+    return [sys.executable, "-m", "hypercorn", app, "--bind", f"127.0.0.1:{port}", "-w", "0"]
+
+
+async def wait_listening(client: httpx.AsyncClient, process: anyio.abc.Process) -> None:
+    with anyio.fail_after(60):
+        while True:
+            assert process.returncode is None, "the server exited at start-up"
+            try:
+                await client.get("/stream/sessions", headers=TOKEN)
+                return
+            except httpx.TransportError:
+                await anyio.sleep(0.05)
+
+
+@pytest.mark.parametrize("server", ["uvicorn", "hypercorn"])
+async def test_ctrl_c_with_open_streams_ends_them_cleanly(server: str) -> None:
+    """The documented set-up (examples/fastapi_app.py), no extra code: SIGINT stops it.
+
+    Two open streams, one of a silent session (only heartbeats keep it alive) and one
+    of an agent answering in real time: both end as complete HTTP responses, at an
+    event boundary, and the server process exits.
+    """
+    port = free_port()
+    process = await anyio.open_process(
+        server_command(server, port), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    bodies: list[bytes] = []
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            await wait_listening(client, process)
+            silent = await client.post("/stream/sessions", json={}, headers=TOKEN)
+            talking = await client.post(
+                "/stream/sessions", json={"prompt": "a long answer " * 20}, headers=TOKEN
+            )
+            urls = [r.json()["urls"]["events"] for r in (silent, talking)]
+            opened = anyio.Event()
+            started = 0
+
+            async def read(url: str) -> None:
+                nonlocal started
+                body = b""
+                async with client.stream("GET", url, headers=TOKEN) as response:
+                    assert response.status_code == 200
+                    async for chunk in response.aiter_bytes():
+                        if not body:
+                            started += 1
+                            if started == 2:
+                                opened.set()
+                        body += chunk
+                bodies.append(body)  # the body ended as a complete response
+
+            async with anyio.create_task_group() as tg:
+                for url in urls:
+                    tg.start_soon(read, url)
+                with anyio.fail_after(30):
+                    await opened.wait()
+                process.send_signal(signal.SIGINT)
+                with anyio.fail_after(EXIT_BOUND):
+                    await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await process.aclose()
+    assert len(bodies) == 2
+    counts = []
+    for body in bodies:
+        assert body.startswith(b"retry: ")
+        assert body.endswith(b"\n")  # at a line (and event) boundary
+        events = sk.sse.SSEDecoder().feed(body)
+        seqs = [int(m.id) for m in events]
+        assert seqs == list(range(1, len(seqs) + 1))  # resume after the last one
+        assert not any(m.event == "complete" for m in events)  # cut short, not ended
+        counts.append(len(seqs))
+    assert max(counts) > 0  # the agent's stream was stopped mid-answer
