@@ -248,7 +248,6 @@ async def test_slow_client_does_not_stall_others() -> None:
         registry_config=sk.RegistryConfig(
             max_lag=50, history_max_bytes=64 * 1024 * 1024, heartbeat_interval=None
         ),
-        ws_send_queue=4,
     )
     count = 300
     payload = "p" * (64 * 1024)
