@@ -33,7 +33,7 @@ from __future__ import annotations
 import secrets
 from collections import deque
 from contextlib import suppress
-from typing import TYPE_CHECKING, Final, Literal, TypeAlias
+from typing import TYPE_CHECKING, Final, TypeAlias
 
 import anyio
 import attrs
@@ -58,26 +58,26 @@ from .._validate import (
     type_name,
 )
 from ._channel import CloseCode, TextChannel, check_close, clip_reason, text_size
+from ._serve import ServeResult, SlowClientPolicy, serve_subscription
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import AsyncIterable, Awaitable, Callable
     from contextlib import AbstractAsyncContextManager
     from types import TracebackType
     from typing import Self
 
     from anyio.abc import TaskGroup
 
+    from .._events import StreamEvent
+
 __all__ = [
     "Connection",
     "ConnectionStatistics",
     "ManagerStatistics",
     "MessageHandler",
-    "SlowClientPolicy",
     "WebSocketManager",
 ]
 
-#: What happens to a connection more than ``max_queue`` messages behind.
-SlowClientPolicy = Literal["disconnect", "drop_oldest"]
 #: An application's handler of received messages: ``await handler(connection, text)``.
 MessageHandler: TypeAlias = "Callable[[Connection, str], Awaitable[None]]"
 
@@ -356,6 +356,46 @@ class Connection:
         if self.closed:
             raise Disconnected(f"connection {self.id} is closed")
 
+    async def serve(
+        self,
+        events: AsyncIterable[StreamEvent],
+        *,
+        encode: Callable[[StreamEvent], str] | None = None,
+        after: int = 0,
+        close: bool = False,
+    ) -> ServeResult:
+        """Send ``events`` (a session's subscription, say) to this connection until they end.
+
+        :func:`~streamkit.transports.serve_subscription` over this connection: each
+        event is queued as one message beside the connection's other messages and
+        broadcasts, once there is room (:meth:`wait_writable`): a slow client holds
+        back the subscription's cursor, where the log's slow-consumer policy applies.
+        The manager's heartbeat, ``send_timeout`` and statistics cover these messages
+        as any others. Run it in the ``connect()`` block or in a task of your own; it
+        ends when the connection does.
+
+        Args:
+            events: The events, e.g. ``registry.subscribe(session_id, after=n)``.
+            encode: Turns an event into the message (default: its JSON).
+            after: Events whose ``seq`` is at most this are skipped.
+            close: Close the connection at the end, with a code telling why (see
+                :func:`~streamkit.transports.serve_subscription`).
+
+        Returns:
+            What was done: the outcome, and the ``position`` to resume after.
+
+        Raises:
+            ValidationError: an argument is invalid.
+        """
+        channel = _ConnectionChannel(self)
+        if encode is None:
+            return await serve_subscription(
+                channel, events, after=after, slow_client_policy="block", close=close
+            )
+        return await serve_subscription(
+            channel, events, encode=encode, after=after, slow_client_policy="block", close=close
+        )
+
     def join(self, group: str) -> None:
         """Add the connection to ``group``; it gets the group's broadcasts from now on.
 
@@ -620,6 +660,30 @@ class Connection:
         self._closed_event.set()
 
 
+class _ConnectionChannel:
+    """A manager connection seen as a channel by serve_subscription (send side only)."""
+
+    __slots__ = ("_connection",)
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+
+    async def send_text(self, text: str) -> None:
+        connection = self._connection
+        # The common case, room in the queue, costs no checkpoint: the subscription's
+        # cursor already yields between batches.
+        if connection.closed or len(connection._private) >= connection._manager.max_queue:
+            await connection.wait_writable()
+        connection.send(text)
+
+    async def receive_text(self) -> str:  # pragma: no cover - never read by serving
+        raise Disconnected("a served connection is read by its manager")
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        self._connection.close(code, reason)
+        await checkpoint()
+
+
 class _ConnectionContext:
     """What :meth:`WebSocketManager.connect` returns: ``async with`` it."""
 
@@ -729,6 +793,13 @@ class WebSocketManager:
     ) -> None:
         self.max_connections = check_int("max_connections", max_connections, minimum=1)
         self.max_queue = check_int("max_queue", max_queue, minimum=1)
+        if slow_client_policy == "block":
+            raise ValidationError(
+                "slow_client_policy 'block' cannot apply to a broadcast (one append for "
+                "every connection, never a wait); await connection.wait_writable() before "
+                "connection.send() for back-pressure",
+                field="slow_client_policy",
+            )
         check_choice("slow_client_policy", slow_client_policy, ("disconnect", "drop_oldest"))
         self.slow_client_policy: SlowClientPolicy = slow_client_policy
         self.max_message_size = check_int("max_message_size", max_message_size, minimum=1)
