@@ -70,7 +70,7 @@ def test_it_is_frozen_and_keyword_only() -> None:
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         config.write_timeout = 1.0  # type: ignore[misc]
     with pytest.raises(TypeError):
-        StreamAppConfig(False)  # type: ignore[arg-type]
+        StreamAppConfig(False)  # type: ignore[call-arg, arg-type]
 
 
 @pytest.mark.parametrize(
