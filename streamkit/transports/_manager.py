@@ -252,6 +252,8 @@ class Connection:
         "_room",
         "_scope",
         "_sending",
+        "_stuck_out",
+        "_stuck_since",
         "_wake",
         "_writer_done",
         "channel",
@@ -276,6 +278,9 @@ class Connection:
         self._cursors: dict[str | None, _Cursor] = {}
         self._wake: anyio.Event | None = None
         self._sending: _Entry | None = None
+        # The send the manager's sweep saw in progress: messages_out then, and when.
+        self._stuck_out = -1
+        self._stuck_since = 0.0
         self._room: anyio.Event | None = None
         self._scope = anyio.CancelScope()
         self._reader_scope = anyio.CancelScope()
@@ -529,6 +534,17 @@ class Connection:
         reason = clip_reason(str(error)) if isinstance(error, StreamkitError) else "internal error"
         self._request_close(code, reason)
 
+    def _send_stuck(self, now: float, limit: float) -> bool:
+        """Whether the send in progress has lasted ``limit`` seconds (as far as seen)."""
+        if self._sending is None:
+            self._stuck_out = -1
+            return False
+        if self._stuck_out != self._messages_out:  # a send first seen in progress now
+            self._stuck_out = self._messages_out
+            self._stuck_since = now
+            return False
+        return now - self._stuck_since >= limit
+
     def _lagging(self) -> bool:
         return any(c.ring.head - c.position > c.ring.capacity for c in self._cursors.values())
 
@@ -540,7 +556,6 @@ class Connection:
         """
         channel = self.channel
         manager = self._manager
-        send_timeout = manager.send_timeout
         drop = manager.slow_client_policy == "drop_oldest"
         private = self._private
         cursors = self._cursors
@@ -573,15 +588,9 @@ class Connection:
                         cursor.ring.idle.add(self)
                     await wake.wait()
                     continue
+                # No timer per send: the manager's sweep finds a send past send_timeout.
                 self._sending = entry
-                if send_timeout is None:
-                    await channel.send_text(entry[1])
-                else:
-                    with anyio.move_on_after(send_timeout) as scope:
-                        await channel.send_text(entry[1])
-                    if scope.cancelled_caught:
-                        self._slow()
-                        return
+                await channel.send_text(entry[1])
                 self._sending = None
                 self._messages_out += 1
                 self._bytes_out += entry[2]
@@ -845,7 +854,11 @@ class WebSocketManager:
         self._task_group = task_group
         self._running = True
         task_group.start_soon(self._waker, name="streamkit WebSocket waker")
-        if self.ping_interval is not None or self.ping_timeout is not None:
+        if (
+            self.ping_interval is not None
+            or self.ping_timeout is not None
+            or self.send_timeout is not None
+        ):
             task_group.start_soon(self._heartbeat, name="streamkit WebSocket heartbeat")
         return self
 
@@ -1128,21 +1141,36 @@ class WebSocketManager:
         self._ended_drops += connection._drops
 
     async def _heartbeat(self) -> None:
-        interval, timeout = self.ping_interval, self.ping_timeout
-        period = interval if interval is not None else timeout
-        assert period is not None
+        """Pings, ping timeouts, lagging writers and send deadlines: one sweep for all.
+
+        Send deadlines cost no timer per send: a sweep every quarter of
+        ``send_timeout`` finds a send still in progress since an earlier sweep.
+        """
+        interval, timeout, send_timeout = self.ping_interval, self.ping_timeout, self.send_timeout
+        base = interval if interval is not None else timeout
+        period = min(
+            base if base is not None else float("inf"),
+            send_timeout / 4 if send_timeout is not None else float("inf"),
+        )
         silence = None if timeout is None else (interval or 0.0) + timeout
         ping = self.ping_message
         ping_size = _message_size(ping, self.max_message_size)
         all_ring = self._rings[None]
+        clock = anyio.current_time
+        next_sweep = clock() + base if base is not None else float("inf")
         with self._heartbeat_scope:
             while True:
                 await anyio.sleep(period)
-                now = anyio.current_time()
+                now = clock()
+                sweep = now >= next_sweep
                 for connection in list(self._connections.values()):
                     if connection.closed:
                         continue
-                    if (
+                    if send_timeout is not None and connection._send_stuck(now, send_timeout):
+                        connection._slow()
+                    elif not sweep:
+                        continue
+                    elif (
                         silence is not None
                         and not connection._in_handler
                         and now - connection._last_received > silence
@@ -1151,9 +1179,12 @@ class WebSocketManager:
                         connection._request_close(CloseCode.INTERNAL_ERROR, "ping timeout")
                     elif self.slow_client_policy == "disconnect" and connection._lagging():
                         connection._slow()
-                if interval is not None and all_ring.members:
-                    self._publish(all_ring, ping, ping_size)
-                    self._pings += 1
+                if sweep:
+                    assert base is not None
+                    next_sweep = now + base
+                    if interval is not None and all_ring.members:
+                        self._publish(all_ring, ping, ping_size)
+                        self._pings += 1
 
     def __repr__(self) -> str:
         state = "running" if self._running else "stopped"
