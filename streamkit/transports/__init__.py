@@ -23,10 +23,10 @@ from __future__ import annotations
 
 from ._channel import CloseCode as CloseCode
 from ._channel import TextChannel as TextChannel
-from ._manager import Connection as Connection
-from ._manager import ConnectionStatistics as ConnectionStatistics
+from ._connection import Connection as Connection
+from ._connection import ConnectionStatistics as ConnectionStatistics
+from ._connection import MessageHandler as MessageHandler
 from ._manager import ManagerStatistics as ManagerStatistics
-from ._manager import MessageHandler as MessageHandler
 from ._manager import WebSocketManager as WebSocketManager
 from ._serve import ServeOutcome as ServeOutcome
 from ._serve import ServeResult as ServeResult
