@@ -36,11 +36,11 @@ import httpx
 from _harness import QUICK, machine, repetitions, save, table
 from websockets.asyncio.client import connect
 
-CLIENTS = int(os.environ.get("BENCH_WS_CLIENTS", 10 if QUICK else 500))
-EVENTS = int(os.environ.get("BENCH_WS_EVENTS", 20 if QUICK else 200))
-RATE = 50.0
+CLIENTS = int(os.environ.get("BENCH_WS_CLIENTS") or (10 if QUICK else 500))
+EVENTS = int(os.environ.get("BENCH_WS_EVENTS") or (20 if QUICK else 200))
+RATE = float(os.environ.get("BENCH_WS_RATE") or 20)
 
-SERVER = r'''
+SERVER = r"""
 import asyncio, json, sys
 import uvicorn
 
@@ -120,7 +120,7 @@ else:
 
 uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", ws="websockets-sansio",
             lifespan="on")
-'''
+"""
 
 
 def free_port() -> int:
@@ -141,8 +141,14 @@ class Server:
         if pythonpath is not None:
             env["PYTHONPATH"] = pythonpath
         self.process = subprocess.Popen(
-            [sys.executable, "-c", SERVER, "bare" if kind == "bare" else "sk", str(self.port),
-             str(RATE)],
+            [
+                sys.executable,
+                "-c",
+                SERVER,
+                "bare" if kind == "bare" else "sk",
+                str(self.port),
+                str(RATE),
+            ],
             env=env,
         )
         url = f"http://127.0.0.1:{self.port}/bench/count"
@@ -195,9 +201,7 @@ async def one_run(server: Server) -> float:
 def main() -> None:
     baseline = os.environ.get("STREAMKIT_BENCH_BASELINE")
     kinds = ["bare", "streamkit"] + (["baseline"] if baseline else [])
-    servers = {
-        kind: Server(kind, baseline if kind == "baseline" else None) for kind in kinds
-    }
+    servers = {kind: Server(kind, baseline if kind == "baseline" else None) for kind in kinds}
     samples: dict[str, list[float]] = {kind: [] for kind in kinds}
     try:
         for _ in range(repetitions(3)):
@@ -208,11 +212,18 @@ def main() -> None:
             server.close()
     medians = {kind: statistics.median(values) for kind, values in samples.items()}
     bare = medians["bare"]
-    names = {"bare": "bare ASGI loop", "streamkit": "StreamApp (this code)",
-             "baseline": f"StreamApp ({baseline})"}
+    names = {
+        "bare": "bare ASGI loop",
+        "streamkit": "StreamApp (this code)",
+        "baseline": f"StreamApp ({baseline})",
+    }
     rows = [
-        [names[kind], f"{medians[kind]:.1f}", f"{medians[kind] / bare:.2f}x",
-         " ".join(f"{v:.1f}" for v in samples[kind])]
+        [
+            names[kind],
+            f"{medians[kind]:.1f}",
+            f"{medians[kind] / bare:.2f}x",
+            " ".join(f"{v:.1f}" for v in samples[kind]),
+        ]
         for kind in kinds
     ]
     header = ["server", "µs CPU / delivery", "vs bare", "runs"]
@@ -224,8 +235,16 @@ def main() -> None:
             rows,
         )
     )
-    save("ws", {"machine": machine(), "clients": CLIENTS, "events": EVENTS, "medians": medians,
-                "samples": samples})
+    save(
+        "ws",
+        {
+            "machine": machine(),
+            "clients": CLIENTS,
+            "events": EVENTS,
+            "medians": medians,
+            "samples": samples,
+        },
+    )
 
 
 if __name__ == "__main__":
