@@ -29,6 +29,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -87,6 +88,8 @@ if kind == "bare":
 else:
     import streamkit as sk
     from streamkit.asgi import StreamApp
+
+    print("streamkit from", sk.__file__, file=sys.stderr)
 
     stream_app = StreamApp(
         registry_config=sk.RegistryConfig(max_sessions=10, heartbeat_interval=None,
@@ -150,6 +153,9 @@ class Server:
                 str(RATE),
             ],
             env=env,
+            # Not this checkout: `python -c` puts the working directory first on
+            # sys.path, before PYTHONPATH, which would hide the baseline's streamkit.
+            cwd=tempfile.gettempdir(),
         )
         url = f"http://127.0.0.1:{self.port}/bench/count"
         for _ in range(200):
