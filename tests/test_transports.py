@@ -1338,3 +1338,50 @@ async def test_manager_refuses_block_with_a_reason() -> None:
     with pytest.raises(sk.ValidationError, match="wait_writable") as caught:
         tr.WebSocketManager(slow_client_policy="block")
     assert caught.value.field == "slow_client_policy"
+
+
+class HeldChannel(GatedChannel):
+    """The first send goes through; every later one waits for ``gate``."""
+
+    async def send_text(self, text: str) -> None:
+        if self.sent:
+            self.waiting.set()
+            await self.gate.wait()
+        self.sent.append(text)
+
+
+@pytest.mark.parametrize("then", ["open", "stop"])
+async def test_serve_takes_turns_with_its_heartbeats(then: str) -> None:
+    channel = HeldChannel()
+    go, stop = anyio.Event(), anyio.Event()
+    results: list[tr.ServeResult] = []
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+
+            async def serve() -> None:
+                results.append(
+                    await tr.serve_subscription(
+                        channel,
+                        silence_then(numbered("a"), go),
+                        heartbeat_interval=0.01,
+                        heartbeat_message="hb",
+                        stop=stop,
+                    )
+                )
+
+            tg.start_soon(serve)
+            await channel.waiting.wait()  # the second heartbeat is stuck in its send
+            go.set()  # the event comes: its send waits for the heartbeat's turn to end
+            await anyio.wait_all_tasks_blocked()
+            if then == "open":
+                channel.gate.set()
+            else:
+                stop.set()  # leaving while waiting for the turn
+    if then == "open":
+        events = [json.loads(text) for text in channel.sent if text != "hb"]
+        assert [(e["seq"], e["content"]) for e in events] == [(1, "a")]
+        assert results[0].outcome == "ended"
+    else:
+        assert channel.sent == ["hb"]
+        assert results[0].outcome == "stopped"
+        assert channel.closed == (1001, "server shutting down")
