@@ -19,11 +19,13 @@ Server to client::
 
 Rules of this module, and why:
 
-* **One writer per connection.** Every outgoing message goes through a bounded queue
-  that one task drains, each ``send`` under the write deadline; a client that stops
-  reading is dropped after ``write_timeout``. When the queue is full, subscriptions
-  stop pulling from their cursors, and the log's slow-consumer policy applies to this
-  connection alone: other connections have their own cursors and queues.
+* **Built on the transport adapter API.** Each subscription is
+  :func:`~streamkit.transports.serve_subscription` over the connection's one shared
+  channel: an event goes from the session log's cursor to the socket in the
+  subscription's own task, with no queue, no second task and no timer per message.
+  Sends on the channel take turns; one watchdog per connection drops a client whose
+  send outlasts ``write_timeout``. A client that reads slowly holds back its own
+  cursors, so the log's slow-consumer policy applies to this connection alone.
 * **A bad message is answered, never fatal.** Malformed JSON, an unknown type, a bad
   field, an oversize message, a session the caller may not see: each gets an ``error``
   message (with the ``request_id`` when one could be read), and every other
@@ -49,14 +51,15 @@ from ._errors import (
 )
 from ._events import loads_json
 from ._validate import check_id, check_int, type_name
-from .transports import ASGIChannel
+from .transports import ASGIChannel, serve_subscription
+from .transports._serve import Link
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from anyio.abc import TaskGroup
-    from anyio.streams.memory import MemoryObjectSendStream
 
+    from ._events import StreamEvent
     from ._registry import SessionRegistry
 
 __all__ = ["WebSocketOptions", "serve_websocket"]
@@ -81,7 +84,6 @@ class WebSocketOptions:
 
     max_message_bytes: int
     max_subscriptions: int
-    send_queue: int
     write_timeout: float | None
 
 
@@ -96,20 +98,22 @@ class _Connection:
         default_session: str | None,
         options: WebSocketOptions,
         public_error: Callable[[StreamkitError], StreamkitError],
-        outbox: MemoryObjectSendStream[str],
+        link: Link,
+        end: Callable[[], None],
     ) -> None:
         self.registry = registry
         self.user = user
         self.default_session = default_session
         self.options = options
         self.public_error = public_error
-        self.outbox = outbox
+        self.link = link
+        self.end = end
         self.subscriptions: dict[str, anyio.CancelScope] = {}
 
     # -- outgoing ----------------------------------------------------------------------------
 
     async def put(self, message: dict[str, Any]) -> None:
-        await self.outbox.send(dump_json(message).decode())
+        await self.link.send(dump_json(message).decode())
 
     async def error(
         self,
@@ -177,6 +181,8 @@ class _Connection:
                 )
             else:
                 await self.control(kind, session_id, request_id)
+        except Disconnected:
+            raise
         except StreamkitError as exc:
             await self.error(exc, request_id)
 
@@ -233,28 +239,43 @@ class _Connection:
         request_id: str | int | None,
         scope: anyio.CancelScope,
     ) -> None:
-        outbox = self.outbox
         prefix = f'{{"type":"event","session_id":"{session_id}","event":'
+
+        def encode(event: StreamEvent) -> str:
+            return f"{prefix}{event.to_json()}}}"
+
         with scope:
             reason = "ended"
             try:
-                async with self.registry.subscribe(
-                    session_id, user_id=self.user, after=after
-                ) as subscription:
-                    await self.put(
-                        _reply(
-                            {"type": "subscribed", "session_id": session_id, "after": after},
-                            request_id,
+                error: StreamkitError | None = None
+                try:
+                    async with self.registry.subscribe(
+                        session_id, user_id=self.user, after=after
+                    ) as subscription:
+                        await self.put(
+                            _reply(
+                                {"type": "subscribed", "session_id": session_id, "after": after},
+                                request_id,
+                            )
                         )
-                    )
-                    async for event in subscription:
-                        await outbox.send(f"{prefix}{event.to_json()}}}")
-            except StreamkitError as exc:
-                reason = "error"
-                await self.error(exc, request_id, session_id=session_id)
-            if self.subscriptions.get(session_id) is scope:
-                del self.subscriptions[session_id]
-            await self.put({"type": "unsubscribed", "session_id": session_id, "reason": reason})
+                        result = await serve_subscription(
+                            self.link, subscription, encode=encode, close=False
+                        )
+                    if result.outcome == "disconnected":
+                        raise Disconnected("the WebSocket client went away")
+                    error = result.error
+                except Disconnected:
+                    raise
+                except StreamkitError as exc:
+                    error = exc
+                if error is not None:
+                    reason = "error"
+                    await self.error(error, request_id, session_id=session_id)
+                if self.subscriptions.get(session_id) is scope:
+                    del self.subscriptions[session_id]
+                await self.put({"type": "unsubscribed", "session_id": session_id, "reason": reason})
+            except Disconnected:
+                self.end()  # the client is gone: the whole connection ends
 
 
 def _reply(body: dict[str, Any], request_id: str | int | None) -> dict[str, Any]:
@@ -300,30 +321,23 @@ async def serve_websocket(
         await channel.accept()
     except Disconnected:
         return
-    outbox, outgoing = anyio.create_memory_object_stream[str](options.send_queue)
-    connection = _Connection(
-        registry,
-        user=user,
-        default_session=session_id,
-        options=options,
-        public_error=public_error,
-        outbox=outbox,
-    )
+    # Sends take turns on the one channel; its watchdog drops a client that stops
+    # reading (a close frame would not get through either: the server closes the
+    # socket when the app returns).
+    link = Link(channel, write_timeout=options.write_timeout)
     close_code: int | None = None
-    write_timeout = options.write_timeout
 
-    async with anyio.create_task_group() as tg, outbox, outgoing:
-
-        async def writer() -> None:
-            try:
-                async for text in outgoing:
-                    with anyio.fail_after(write_timeout):
-                        await channel.send_text(text)
-            except (TimeoutError, Disconnected):
-                # Gone, or not reading: a close frame would not get through either; the
-                # server closes the socket when the app returns.
-                pass
-            tg.cancel_scope.cancel()
+    async with anyio.create_task_group() as tg:
+        link.on_end = tg.cancel_scope.cancel
+        connection = _Connection(
+            registry,
+            user=user,
+            default_session=session_id,
+            options=options,
+            public_error=public_error,
+            link=link,
+            end=tg.cancel_scope.cancel,
+        )
 
         async def watch_stop() -> None:
             nonlocal close_code
@@ -331,23 +345,25 @@ async def serve_websocket(
             close_code = GOING_AWAY
             tg.cancel_scope.cancel()
 
-        tg.start_soon(writer)
+        if link.watched:
+            tg.start_soon(link.watch, name="streamkit WebSocket watchdog")
         tg.start_soon(watch_stop)
         if session_id is not None:
             scope = anyio.CancelScope()
             connection.subscriptions[session_id] = scope
             tg.start_soon(connection.follow, session_id, after, None, scope)
-        while True:
-            try:
-                text = await channel.receive_text()
-            except Disconnected:
-                break
-            except RemoteProtocolError as exc:  # a binary message: answered, not fatal
-                await connection.error(exc, None)
-                continue
-            await connection.handle(text, tg)
+        try:
+            while True:
+                try:
+                    text = await channel.receive_text()
+                except RemoteProtocolError as exc:  # a binary message: answered, not fatal
+                    await connection.error(exc, None)
+                    continue
+                await connection.handle(text, tg)
+        except Disconnected:
+            pass
         tg.cancel_scope.cancel()
 
     if close_code is not None:
-        with anyio.move_on_after(write_timeout):
+        with anyio.move_on_after(options.write_timeout):
             await channel.close(close_code)

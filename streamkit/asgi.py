@@ -48,12 +48,13 @@ from collections.abc import (
     Mapping,
 )
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Final, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypedDict, Unpack
 from urllib.parse import quote
 
 import anyio
 import attrs
 
+from ._asgi_config import StreamAppConfig
 from ._asgi_http import (
     ASGIApp,
     HTTPError,
@@ -87,7 +88,7 @@ from ._errors import (
     StreamkitError,
     ValidationError,
 )
-from ._validate import check_bool, check_id, check_int, check_number, check_str, type_name
+from ._validate import check_id, check_int, check_number, check_str, type_name
 
 if TYPE_CHECKING:
     from ._events import StreamEvent
@@ -103,6 +104,8 @@ __all__ = [
     "Scope",
     "Send",
     "StreamApp",
+    "StreamAppConfig",
+    "StreamAppOptions",
     "serve_events",
 ]
 
@@ -112,10 +115,30 @@ Authenticate: TypeAlias = Callable[[Scope], "str | Awaitable[str | None] | None"
 #: Turns a prompt into a token source: an async or sync iterable of text.
 Agent: TypeAlias = Callable[[str], "AsyncIterable[str] | Iterable[str]"]
 
-#: StreamConfig fields a client may set in ``POST /sessions`` unless told otherwise.
-DEFAULT_CLIENT_CONFIG_FIELDS: Final = frozenset(
-    {"chunk_size", "chunk_by", "enable_progressive", "enable_metadata", "compression_enabled"}
-)
+
+# Shown as streamkit.asgi.StreamAppConfig in reprs and docs (it lives in a private module).
+StreamAppConfig.__module__ = __name__
+
+
+class StreamAppOptions(TypedDict, total=False):
+    """The keyword options of :class:`StreamApp`: the fields of :class:`StreamAppConfig`."""
+
+    registry_config: RegistryConfig | None
+    allow_anonymous: bool
+    stream_config: StreamConfig | None
+    client_config_fields: Iterable[str]
+    compression: bool | None
+    heartbeat_interval: float | None
+    write_timeout: float | None
+    retry_ms: int | None
+    max_body_bytes: int
+    body_timeout: float | None
+    max_ws_message_bytes: int
+    max_ws_subscriptions: int
+    max_connections_per_user: int | None
+    ws_send_queue: int | None
+    expose_stats: bool
+
 
 logger = logging.getLogger("streamkit.asgi")
 
@@ -238,85 +261,49 @@ class StreamApp:
 
     Args:
         registry: A registry the application enters and closes itself; ``None`` to let
-            the app own one.
-        registry_config: The config of the app's own registry (only without
-            ``registry``).
+            the app own one (made from ``registry_config``).
+        config: The app's options, a :class:`StreamAppConfig` (or a mapping for its
+            ``from_dict``); see there for each option.
         agent: Called with the prompt of ``POST /sessions``; what it returns (an async
             or sync iterable of text) becomes the session's source. ``None``: sessions
             are created empty, for the application to publish into.
         authenticate: Called with each request's scope; returns the user id, or
             ``None`` when the request is not authenticated. May be async; may raise
             :class:`~streamkit.PermissionDenied` (403).
-        allow_anonymous: Serve requests ``authenticate`` does not identify (or all
-            requests, without ``authenticate``) as the anonymous user ``None``. Off by
-            default: a StreamApp without ``authenticate`` answers 401 to everything.
-        stream_config: The :class:`~streamkit.StreamConfig` agent sessions start with.
-        client_config_fields: The StreamConfig fields a client may override in
-            ``POST /sessions`` (``"config": {...}``); others are refused with 400.
-        compression: gzip event streams for clients that accept it: ``True`` always,
-            ``False`` never, ``None`` (the default) as the session's
-            ``compression_enabled`` says (a client's ``config`` override, else
-            ``stream_config``'s).
-        heartbeat_interval: Seconds of silence on an event stream before a heartbeat
-            (an SSE comment, an empty NDJSON line). ``None``: none.
-        write_timeout: Seconds one write to a client may take before it is dropped
-            (a half-open client stops reading).
-        retry_ms: The SSE ``retry:`` hint sent at the start of each stream.
-        max_body_bytes: The largest JSON request body (413 past it).
-        body_timeout: Seconds a request body may take to arrive in full; a client that
-            trickles it (or stops sending) gets 408 ``request_timeout``. ``None``: wait
-            forever.
-        max_ws_message_bytes: The largest WebSocket message a client may send.
-        max_ws_subscriptions: Subscriptions one WebSocket connection may hold at once.
-        max_connections_per_user: Event streams (SSE, NDJSON) and WebSockets one
-            authenticated user may hold open at once; past it a stream is refused with
-            429 and a WebSocket handshake with 429 (close code 1013 on servers that
-            cannot send an HTTP answer to a handshake). ``None``: no bound. Anonymous
-            callers are not counted (bound them per address at the proxy).
-        ws_send_queue: Outgoing WebSocket messages queued per connection before its
-            subscriptions stop pulling events (and the slow-consumer policy applies).
-        expose_stats: Serve ``GET /stats`` (to authenticated callers).
+        **options: Any field of :class:`StreamAppConfig` (``allow_anonymous``,
+            ``stream_config``, ``write_timeout``, ...), overriding ``config``'s.
+
+    Attributes:
+        config: The options in force, a :class:`StreamAppConfig`.
 
     Raises:
-        ValidationError: an option is invalid, or both ``registry`` and
-            ``registry_config`` were given.
+        ValidationError: an option is invalid (the error names it), or both
+            ``registry`` and ``registry_config`` were given.
     """
 
     def __init__(
         self,
         registry: SessionRegistry | None = None,
         *,
-        registry_config: RegistryConfig | None = None,
+        config: StreamAppConfig | Mapping[str, Any] | None = None,
         agent: Agent | None = None,
         authenticate: Authenticate | None = None,
-        allow_anonymous: bool = False,
-        stream_config: StreamConfig | None = None,
-        client_config_fields: Iterable[str] = DEFAULT_CLIENT_CONFIG_FIELDS,
-        compression: bool | None = None,
-        heartbeat_interval: float | None = 15.0,
-        write_timeout: float | None = 30.0,
-        retry_ms: int | None = 3000,
-        max_body_bytes: int = 64 * 1024,
-        body_timeout: float | None = 30.0,
-        max_ws_message_bytes: int = 64 * 1024,
-        max_ws_subscriptions: int = 32,
-        max_connections_per_user: int | None = 128,
-        ws_send_queue: int = 256,
-        expose_stats: bool = True,
+        **options: Unpack[StreamAppOptions],
     ) -> None:
-        if registry is not None and registry_config is not None:
+        if config is None:
+            config = StreamAppConfig(**options)
+        else:
+            if isinstance(config, Mapping):
+                config = StreamAppConfig.from_dict(config)
+            elif not isinstance(config, StreamAppConfig):
+                raise ValidationError(
+                    f"config must be a StreamAppConfig or a mapping, got {type_name(config)}",
+                    field="config",
+                )
+            config = config.replace(**options)
+        if registry is not None and config.registry_config is not None:
             raise ValidationError(
                 "pass either registry or registry_config, not both", field="registry_config"
-            )
-        if registry_config is not None and not isinstance(registry_config, RegistryConfig):
-            raise ValidationError(
-                f"registry_config must be a RegistryConfig, got {type_name(registry_config)}",
-                field="registry_config",
-            )
-        if stream_config is not None and not isinstance(stream_config, StreamConfig):
-            raise ValidationError(
-                f"stream_config must be a StreamConfig, got {type_name(stream_config)}",
-                field="stream_config",
             )
         if agent is not None and not callable(agent):
             raise ValidationError(f"agent must be callable, got {type_name(agent)}", field="agent")
@@ -325,55 +312,34 @@ class StreamApp:
                 f"authenticate must be callable, got {type_name(authenticate)}",
                 field="authenticate",
             )
-        check_bool("allow_anonymous", allow_anonymous)
-        check_bool("expose_stats", expose_stats)
-        if compression is not None:
-            check_bool("compression", compression)
-        _check_optional_positive("heartbeat_interval", heartbeat_interval)
-        _check_optional_positive("write_timeout", write_timeout)
-        if retry_ms is not None:
-            check_int("retry_ms", retry_ms, minimum=0)
-        check_int("max_body_bytes", max_body_bytes, minimum=1)
-        _check_optional_positive("body_timeout", body_timeout)
-        if max_connections_per_user is not None:
-            check_int("max_connections_per_user", max_connections_per_user, minimum=1)
-        self._stream_config = stream_config if stream_config is not None else StreamConfig()
-        known = set(self._stream_config.to_dict())
-        fields = frozenset(client_config_fields)
-        for name in sorted(fields):
-            check_str("client_config_fields", name)
-            if name not in known:
-                raise ValidationError(
-                    f"client_config_fields names an unknown StreamConfig field {name!r}",
-                    field="client_config_fields",
-                )
+        self.config = config
+        self._stream_config = config.stream_config
         self._registry = registry
-        self._registry_config = registry_config
+        self._registry_config = config.registry_config
         self._owns_registry = registry is None
         self._running = registry is not None
         self._agent = agent
         self._authenticate = authenticate
-        self._allow_anonymous = allow_anonymous
-        self._client_config_fields = fields
-        self._compression = compression
+        self._allow_anonymous = config.allow_anonymous
+        self._client_config_fields = config.client_config_fields
+        self._compression = config.compression
         # Sessions whose client asked for another compression_enabled than the default;
         # entries leave with their session (a "removed" hook on the registry).
         self._session_gzip: dict[str, bool] = {}
         self._hooked: object = None
-        self._heartbeat_interval = heartbeat_interval
-        self._write_timeout = write_timeout
-        self._retry_ms = retry_ms
-        self._max_body_bytes = max_body_bytes
-        self._body_timeout = body_timeout
-        self._expose_stats = expose_stats
-        self._max_connections_per_user = max_connections_per_user
+        self._heartbeat_interval = config.heartbeat_interval
+        self._write_timeout = config.write_timeout
+        self._retry_ms = config.retry_ms
+        self._max_body_bytes = config.max_body_bytes
+        self._body_timeout = config.body_timeout
+        self._expose_stats = config.expose_stats
+        self._max_connections_per_user = config.max_connections_per_user
         # Open event streams and WebSockets per authenticated user (entries leave at 0).
         self._connections: dict[str, int] = {}
         self._ws = WebSocketOptions(
-            max_message_bytes=check_int("max_ws_message_bytes", max_ws_message_bytes, minimum=1),
-            max_subscriptions=check_int("max_ws_subscriptions", max_ws_subscriptions, minimum=1),
-            send_queue=check_int("ws_send_queue", ws_send_queue, minimum=1),
-            write_timeout=write_timeout,
+            max_message_bytes=config.max_ws_message_bytes,
+            max_subscriptions=config.max_ws_subscriptions,
+            write_timeout=config.write_timeout,
         )
         self._stopping = False
         self._stop: anyio.Event | None = None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import AsyncIterable, AsyncIterator, MutableMapping
 from typing import Any
 
 import anyio
@@ -1010,3 +1010,378 @@ async def test_websockets_adapter_reports_the_peers_close_code() -> None:
         await silent.receive_text()
     assert reset.value.close_code is None
     assert "close_code" not in reset.value.to_dict()
+
+
+# -- the adapter API: serve_subscription -------------------------------------------------
+
+
+def numbered(*contents: str, start: int = 1) -> list[sk.StreamEvent]:
+    return [
+        sk.StreamEvent(event_type="token", content=text, seq=start + i)
+        for i, text in enumerate(contents)
+    ]
+
+
+class from_list:
+    """Events from a list, after ``go`` is set: an async iterator with nothing to close."""
+
+    def __init__(self, events: list[sk.StreamEvent], go: anyio.Event | None = None) -> None:
+        self.events = list(events)
+        self.go = go
+
+    def __aiter__(self) -> from_list:
+        return self
+
+    async def __anext__(self) -> sk.StreamEvent:
+        if self.go is not None:
+            await self.go.wait()
+            self.go = None
+        await anyio.lowlevel.checkpoint()
+        if not self.events:
+            raise StopAsyncIteration
+        return self.events.pop(0)
+
+
+class events_then_silence(from_list):
+    """The events, then a wait for ``later``."""
+
+    def __init__(self, first: from_list, later: anyio.Event) -> None:
+        super().__init__(first.events)
+        self.later = later
+
+    async def __anext__(self) -> sk.StreamEvent:
+        if not self.events:
+            await self.later.wait()
+        return await super().__anext__()
+
+
+def silence_then(events: list[sk.StreamEvent], go: anyio.Event) -> from_list:
+    return from_list(events, go)
+
+
+async def test_serve_sends_each_event_and_closes_normally() -> None:
+    server, client = tr.memory_channel_pair()
+    events = numbered("a", "b", "c")
+    result = await serve_with_reader(server, client, from_list(events))
+    outcome, got = result
+    assert outcome == tr.ServeResult(outcome="ended", position=3, sent=3)
+    assert [sk.StreamEvent.from_json(text) for text in got] == events
+    assert (client.close_code, client.closed_by) == (1000, "server")
+
+
+async def serve_with_reader(
+    server: tr.MemoryChannel,
+    client: tr.MemoryChannel,
+    events: AsyncIterable[sk.StreamEvent],
+    **options: Any,
+) -> tuple[tr.ServeResult, list[str]]:
+    got: list[str] = []
+
+    async def read() -> None:
+        got.extend([text async for text in client])
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(read)
+            result = await tr.serve_subscription(server, events, **options)
+    return result, got
+
+
+async def test_serve_uses_the_codec_and_skips_what_the_client_had() -> None:
+    server, client = tr.memory_channel_pair()
+    result, got = await serve_with_reader(
+        server,
+        client,
+        from_list(numbered("a", "b", "c", "d")),
+        encode=lambda event: f"{event.seq}:{event.content}",
+        after=2,
+    )
+    assert got == ["3:c", "4:d"]
+    assert (result.position, result.sent) == (4, 2)
+
+
+async def test_serve_resumes_a_session_after_a_write_deadline() -> None:
+    async with sk.SessionRegistry(sk.RegistryConfig(heartbeat_interval=None)) as registry:
+        session = await registry.create(user_id="alice")
+        sid = session.session_id
+        for i in range(5):
+            await registry.publish(
+                sid, sk.StreamEvent(event_type="token", content=str(i)), user_id="alice"
+            )
+        await registry.publish(sid, sk.StreamEvent(event_type="complete"), user_id="alice")
+        # A client that reads nothing: its one-message buffer fills, the send stalls.
+        server, client = tr.memory_channel_pair(max_buffer=1)
+        with anyio.fail_after(10):
+            async with registry.subscribe(sid, user_id="alice") as subscription:
+                result = await tr.serve_subscription(server, subscription, write_timeout=0.05)
+        assert (result.outcome, result.position) == ("slow", 1)
+        assert (client.close_code, client.close_reason) == (1013, "slow client: resume after 1")
+        # It comes back and resumes after the position it was told: nothing is lost.
+        server, client = tr.memory_channel_pair()
+        async with registry.subscribe(sid, user_id="alice", after=result.position) as subscription:
+            result, got = await serve_with_reader(server, client, subscription)
+        assert [json.loads(text)["seq"] for text in got] == [2, 3, 4, 5, 6]
+        assert result.outcome == "ended"
+
+
+async def test_serve_sends_heartbeats_in_silences() -> None:
+    server, client = tr.memory_channel_pair()
+    go = anyio.Event()
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+
+            async def serve() -> None:
+                result = await tr.serve_subscription(
+                    server,
+                    silence_then(numbered("late"), go),
+                    heartbeat_interval=0.02,
+                    heartbeat_message="hb",
+                    write_timeout=5,
+                )
+                assert result.outcome == "ended"
+
+            tg.start_soon(serve)
+            assert await client.receive_text() == "hb"
+            assert await client.receive_text() == "hb"
+            go.set()
+            rest = [text async for text in client]
+    assert json.loads(next(text for text in rest if text != "hb"))["content"] == "late"
+
+
+async def test_serve_heartbeat_finds_a_client_gone_in_silence() -> None:
+    server, client = tr.memory_channel_pair()
+    go = anyio.Event()
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+
+            async def leave() -> None:
+                assert await client.receive_text() == "hb"
+                await client.close(1001)
+
+            tg.start_soon(leave)
+            result = await tr.serve_subscription(
+                server, silence_then([], go), heartbeat_interval=0.02, heartbeat_message="hb"
+            )
+    assert result.outcome == "disconnected"
+
+
+async def test_serve_ends_when_the_client_goes_or_stop_is_set() -> None:
+    server, client = tr.memory_channel_pair()
+    await client.close(1001, "tab closed")
+    result = await tr.serve_subscription(server, from_list(numbered("a")))
+    assert (result.outcome, result.sent) == ("disconnected", 0)
+
+    server, client = tr.memory_channel_pair()
+    stop = anyio.Event()
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+
+            async def stop_after_first() -> None:
+                assert json.loads(await client.receive_text())["seq"] == 1
+                stop.set()
+
+            tg.start_soon(stop_after_first)
+            events = from_list(numbered("a"))
+            result = await tr.serve_subscription(
+                server, events_then_silence(events, anyio.Event()), stop=stop
+            )
+    assert (result.outcome, result.position) == ("stopped", 1)
+    assert client.close_code == 1001
+
+
+class GatedChannel:
+    """A channel of one's own: records what is sent; the second send waits for ``gate``."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.waiting = anyio.Event()
+        self.gate = anyio.Event()
+        self.closed: tuple[int, str] | None = None
+
+    async def send_text(self, text: str) -> None:
+        if self.sent:
+            self.waiting.set()
+            await self.gate.wait()
+        self.sent.append(text)
+
+    async def receive_text(self) -> str:
+        raise sk.Disconnected("nothing comes back")
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        self.closed = (code, reason)
+        await anyio.lowlevel.checkpoint()
+
+
+async def test_serve_reports_a_lagged_reader_and_other_errors() -> None:
+    config = sk.RegistryConfig(heartbeat_interval=None, history_max_events=3)
+    async with sk.SessionRegistry(config) as registry:
+        session = await registry.create()
+        sid = session.session_id
+
+        async def publish(count: int) -> None:
+            for i in range(count):
+                await registry.publish(sid, sk.StreamEvent(event_type="token", content=str(i)))
+
+        channel = GatedChannel()
+        assert isinstance(channel, tr.TextChannel)
+        results: list[tr.ServeResult] = []
+        await publish(1)
+        with anyio.fail_after(10):
+            async with registry.subscribe(sid) as subscription, anyio.create_task_group() as tg:
+
+                async def serve() -> None:
+                    results.append(await tr.serve_subscription(channel, subscription))
+
+                tg.start_soon(serve)
+                await publish(1)
+                await channel.waiting.wait()  # stuck sending event 2
+                await publish(5)  # events 3..7: only 5, 6, 7 are retained
+                channel.gate.set()
+        assert [json.loads(text)["seq"] for text in channel.sent] == [1, 2]
+        assert (results[0].outcome, results[0].position) == ("slow", 2)
+        assert isinstance(results[0].error, sk.SubscriberLagged)
+        assert channel.closed == (1013, "slow client: resume after 2")
+        # Resuming there is a gap now: failed, and the close says so.
+        channel = GatedChannel()
+        async with registry.subscribe(sid, after=2) as subscription:
+            result = await tr.serve_subscription(channel, subscription)
+        assert (result.outcome, channel.sent) == ("failed", [])
+        assert isinstance(result.error, sk.HistoryGap)
+        assert channel.closed is not None
+        assert channel.closed[0] == 1008
+        assert channel.closed[1].startswith("history_gap")
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"channel": object()}, "channel"),
+        ({"encode": "json"}, "encode"),
+        ({"heartbeat_interval": 0}, "heartbeat_interval"),
+        ({"heartbeat_message": ""}, "heartbeat_message"),
+        ({"write_timeout": -1}, "write_timeout"),
+        ({"slow_client_policy": "drop_oldest"}, "slow_client_policy"),
+        ({"slow_client_policy": "wait"}, "slow_client_policy"),
+        ({"slow_client_policy": "block", "write_timeout": 1}, "write_timeout"),
+        ({"after": -1}, "after"),
+    ],
+)
+async def test_serve_checks_its_arguments(options: dict[str, Any], field: str) -> None:
+    server, _client = tr.memory_channel_pair()
+    arguments: dict[str, Any] = {"channel": server, **options}
+    channel = arguments.pop("channel")
+    with pytest.raises(sk.ValidationError) as caught:
+        await tr.serve_subscription(channel, from_list([]), **arguments)
+    assert caught.value.field == field
+
+
+async def test_serve_blocks_for_a_slow_client_under_block() -> None:
+    server, client = tr.memory_channel_pair(max_buffer=1)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            results: list[tr.ServeResult] = []
+
+            async def serve() -> None:
+                results.append(
+                    await tr.serve_subscription(
+                        server, from_list(numbered("a", "b", "c")), slow_client_policy="block"
+                    )
+                )
+
+            tg.start_soon(serve)
+            got = [await client.receive_text() for _ in range(3)]
+    assert [json.loads(text)["content"] for text in got] == ["a", "b", "c"]
+    assert results[0].outcome == "ended"
+
+
+async def test_manager_connection_serves_a_session() -> None:
+    async with (
+        sk.SessionRegistry(sk.RegistryConfig(heartbeat_interval=None)) as registry,
+        manager(max_queue=2) as m,
+    ):
+        session = await registry.create()
+        sid = session.session_id
+        for i in range(5):
+            await registry.publish(sid, sk.StreamEvent(event_type="token", content=str(i)))
+        await registry.publish(sid, sk.StreamEvent(event_type="complete"))
+        server, client = tr.memory_channel_pair(max_buffer=1)
+        results: list[tr.ServeResult] = []
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+
+                async def handler() -> None:
+                    async with (
+                        m.connect(server, groups=["news"]) as connection,
+                        registry.subscribe(sid, after=1) as subscription,
+                    ):
+                        m.broadcast("breaking", group="news")
+                        results.append(
+                            await connection.serve(
+                                subscription,
+                                encode=lambda event: str(event.seq),
+                                close=True,
+                            )
+                        )
+
+                tg.start_soon(handler)
+                got = await drain(client)
+        # The queue of 2 held the session back (no drop, no disconnect); the broadcast
+        # went out beside it, in order of production.
+        assert sorted(got, key=lambda t: t == "breaking") == ["2", "3", "4", "5", "6", "breaking"]
+        assert got.index("breaking") <= 2
+        assert results[0] == tr.ServeResult(outcome="ended", position=6, sent=5)
+        assert client.close_code == 1000
+        assert m.statistics().drops == 0
+
+
+async def test_manager_refuses_block_with_a_reason() -> None:
+    with pytest.raises(sk.ValidationError, match="wait_writable") as caught:
+        tr.WebSocketManager(slow_client_policy="block")
+    assert caught.value.field == "slow_client_policy"
+
+
+class HeldChannel(GatedChannel):
+    """The first send goes through; every later one waits for ``gate``."""
+
+    async def send_text(self, text: str) -> None:
+        if self.sent:
+            self.waiting.set()
+            await self.gate.wait()
+        self.sent.append(text)
+
+
+@pytest.mark.parametrize("then", ["open", "stop"])
+async def test_serve_takes_turns_with_its_heartbeats(then: str) -> None:
+    channel = HeldChannel()
+    go, stop = anyio.Event(), anyio.Event()
+    results: list[tr.ServeResult] = []
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+
+            async def serve() -> None:
+                results.append(
+                    await tr.serve_subscription(
+                        channel,
+                        silence_then(numbered("a"), go),
+                        heartbeat_interval=0.01,
+                        heartbeat_message="hb",
+                        stop=stop,
+                    )
+                )
+
+            tg.start_soon(serve)
+            await channel.waiting.wait()  # the second heartbeat is stuck in its send
+            go.set()  # the event comes: its send waits for the heartbeat's turn to end
+            await anyio.wait_all_tasks_blocked()
+            if then == "open":
+                channel.gate.set()
+            else:
+                stop.set()  # leaving while waiting for the turn
+    if then == "open":
+        events = [json.loads(text) for text in channel.sent if text != "hb"]
+        assert [(e["seq"], e["content"]) for e in events] == [(1, "a")]
+        assert results[0].outcome == "ended"
+    else:
+        assert channel.sent == ["hb"]
+        assert results[0].outcome == "stopped"
+        assert channel.closed == (1001, "server shutting down")

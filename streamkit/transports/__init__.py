@@ -5,6 +5,11 @@
   (:class:`ASGIChannel`), Starlette or FastAPI (:class:`StarletteChannel`) and the
   ``websockets`` package (:class:`WebsocketsChannel`); :func:`memory_channel_pair` makes
   two connected in-memory ends for tests.
+* :func:`serve_subscription` is the adapter API: it serves a session's subscription
+  (or any async iterable of events) over any channel, with a codec, heartbeats, a
+  write deadline, a slow-client policy and a resume point. StreamApp's WebSocket
+  endpoints and :meth:`Connection.follow` are built on it; so are your own adapters
+  (``docs/transports.md``).
 * :class:`WebSocketManager` runs many connections: a bounded send queue per
   connection with a slow-client policy, broadcast to all or to a group at a cost that
   does not grow with the number of connections, heartbeat pings that find dead
@@ -23,12 +28,15 @@ from .._lazy import lazy_exports as _lazy_exports
 if TYPE_CHECKING:
     from ..abc import TextChannel as TextChannel
     from ._channel import CloseCode as CloseCode
-    from ._manager import Connection as Connection
-    from ._manager import ConnectionStatistics as ConnectionStatistics
+    from ._connection import Connection as Connection
+    from ._connection import ConnectionStatistics as ConnectionStatistics
+    from ._connection import MessageHandler as MessageHandler
     from ._manager import ManagerStatistics as ManagerStatistics
-    from ._manager import MessageHandler as MessageHandler
-    from ._manager import SlowClientPolicy as SlowClientPolicy
     from ._manager import WebSocketManager as WebSocketManager
+    from ._serve import ServeOutcome as ServeOutcome
+    from ._serve import ServeResult as ServeResult
+    from ._serve import SlowClientPolicy as SlowClientPolicy
+    from ._serve import serve_subscription as serve_subscription
     from .memory import MemoryChannel as MemoryChannel
     from .memory import memory_channel_pair as memory_channel_pair
     from .websocket import ASGIChannel as ASGIChannel
@@ -40,12 +48,15 @@ if TYPE_CHECKING:
 _LAZY: dict[str, str] = {
     "CloseCode": "._channel",
     "TextChannel": "..abc",
-    "Connection": "._manager",
-    "ConnectionStatistics": "._manager",
+    "Connection": "._connection",
+    "ConnectionStatistics": "._connection",
+    "MessageHandler": "._connection",
     "ManagerStatistics": "._manager",
-    "MessageHandler": "._manager",
-    "SlowClientPolicy": "._manager",
     "WebSocketManager": "._manager",
+    "ServeOutcome": "._serve",
+    "ServeResult": "._serve",
+    "SlowClientPolicy": "._serve",
+    "serve_subscription": "._serve",
     "MemoryChannel": ".memory",
     "memory_channel_pair": ".memory",
     "ASGIChannel": ".websocket",
@@ -61,12 +72,15 @@ __all__ = [
     "ManagerStatistics",
     "MemoryChannel",
     "MessageHandler",
+    "ServeOutcome",
+    "ServeResult",
     "SlowClientPolicy",
     "StarletteChannel",
     "TextChannel",
     "WebSocketManager",
     "WebsocketsChannel",
     "memory_channel_pair",
+    "serve_subscription",
 ]
 
 # Type checkers read the imports above instead, so that a misspelt name is an error.

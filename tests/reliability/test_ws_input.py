@@ -212,7 +212,6 @@ async def test_connections_per_user_counts_websockets_and_streams() -> None:
 async def test_websocket_that_stops_reading_is_dropped_by_the_write_deadline() -> None:
     app = make_app(
         write_timeout=0.3,
-        ws_send_queue=4,
         registry_config=sk.RegistryConfig(
             history_max_bytes=64 * 1024 * 1024, max_lag=100_000, heartbeat_interval=None
         ),
