@@ -75,6 +75,10 @@ class ServerThread:
                 lifespan="on",
                 log_level="warning",
                 timeout_graceful_shutdown=5,
+                # Longer than any test: a pooled connection the server closes for
+                # idleness just as the client reuses it fails the request (a race of
+                # HTTP/1.1 keep-alive, not of the app).
+                timeout_keep_alive=120,
                 ws="wsproto",
             )
             server = self._uvicorn = uvicorn.Server(config)
@@ -91,6 +95,7 @@ class ServerThread:
             hyper_config.bind = [f"127.0.0.1:{self.port}"]
             hyper_config.loglevel = "WARNING"
             hyper_config.graceful_timeout = 5
+            hyper_config.keep_alive_timeout = 120  # as uvicorn's above
             self._sock.close()
             stop = self._stop_hypercorn = asyncio.Event()
             serving = asyncio.ensure_future(
