@@ -64,6 +64,28 @@ def _nested(cls: type[StreamConfig] | type[RegistryConfig], field: str) -> Calla
     return convert
 
 
+def _chat_path(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise ValidationError(
+            f"{attribute.name} must be a str or None, got {type_name(value)}",
+            field=attribute.name,
+        )
+    plain = value.isprintable() and not any(c in value for c in "?#%")
+    if not (plain and value.startswith("/") and len(value) > 1) or value.endswith("/"):
+        raise ValidationError(
+            f"{attribute.name} must be a path such as '/chat' (a leading '/', no trailing "
+            f"'/', no '?', '#' or '%'), got {value!r}",
+            field=attribute.name,
+        )
+    if "//" in value:
+        raise ValidationError(
+            f"{attribute.name} must not hold an empty segment, got {value!r}",
+            field=attribute.name,
+        )
+
+
 def _stream_config(value: Any) -> Any:
     return StreamConfig() if value is None else value
 
@@ -132,6 +154,11 @@ class StreamAppConfig:
             log cursor directly (where the registry's slow-consumer policy applies).
             Setting it warns.
         expose_stats: Serve ``GET /stats`` (to authenticated callers).
+        chat_path: Where the AI SDK's ``useChat`` routes are served when the app has an
+            agent: ``POST {chat_path}``, ``GET {chat_path}/{chat id}/stream`` (resume)
+            and ``POST {chat_path}/{chat id}/stop``. ``None``: not served.
+        openai_compatible: Serve ``POST /v1/chat/completions`` (``stream: true``
+            only) when the app has an agent.
 
     Raises:
         ValidationError: a value is invalid; the error names the field.
@@ -161,6 +188,8 @@ class StreamAppConfig:
     )
     ws_send_queue: int | None = attrs.field(default=None, validator=_int(1, optional=True))
     expose_stats: bool = attrs.field(default=True, validator=_bool())
+    chat_path: str | None = attrs.field(default="/chat", validator=_chat_path)
+    openai_compatible: bool = attrs.field(default=True, validator=_bool())
 
     def __attrs_post_init__(self) -> None:
         known = set(self.stream_config.to_dict())

@@ -14,6 +14,10 @@ mount it inside Starlette or FastAPI. The endpoints, relative to where it is mou
     GET    /sessions/{id}/events      SSE (or NDJSON with Accept: application/x-ndjson)
     GET    /stats                     registry and app statistics
     GET    /openapi.json              the OpenAPI 3.1 document of these endpoints
+    POST   /chat                      an agent answer for the AI SDK's useChat (UI message
+    GET    /chat/{chat id}/stream     stream), its resume and its stop (with an agent;
+    POST   /chat/{chat id}/stop       the path is the chat_path option)
+    POST   /v1/chat/completions       OpenAI chat.completion.chunk SSE (with an agent)
     WS     /sessions/{id}/ws          WebSocket, subscribed to one session
     WS     /ws                        WebSocket, multiplexed over sessions
 
@@ -54,6 +58,7 @@ from urllib.parse import quote
 import anyio
 import attrs
 
+from ._asgi_agent import AgentRoute, AgentRoutes, match_agent_route
 from ._asgi_config import StreamAppConfig
 from ._asgi_http import (
     ASGIApp,
@@ -138,6 +143,8 @@ class StreamAppOptions(TypedDict, total=False):
     max_connections_per_user: int | None
     ws_send_queue: int | None
     expose_stats: bool
+    chat_path: str | None
+    openai_compatible: bool
 
 
 logger = logging.getLogger("streamkit.asgi")
@@ -352,6 +359,7 @@ class StreamApp:
             "connections_refused": 0,
         }
         self._outcomes: dict[str, int] = {}
+        self._agent_routes = AgentRoutes(self)
 
     # -- registry and lifecycle -----------------------------------------------------------
 
@@ -411,6 +419,7 @@ class StreamApp:
                     self.shutdown()
                     self._running = False
                     self._session_gzip.clear()
+                    self._agent_routes.clear()
         else:
             try:
                 with on_exit_signals(self.shutdown):
@@ -576,7 +585,13 @@ class StreamApp:
         method: str = scope.get("method", "GET").upper()
         head = method == "HEAD"
         try:
-            route = _match_http(route_path(scope))
+            route: _Route | AgentRoute | None = _match_http(route_path(scope))
+            if route is None and self._agent is not None:
+                route = match_agent_route(
+                    scope,
+                    chat_path=self.config.chat_path,
+                    openai_compatible=self.config.openai_compatible,
+                )
             if route is None:
                 raise HTTPError(404, "not_found", "no such endpoint")
             if method not in route.allowed:
@@ -608,7 +623,7 @@ class StreamApp:
 
     async def _dispatch(
         self,
-        route: _Route,
+        route: _Route | AgentRoute,
         method: str,
         user: str | None,
         *,
@@ -616,6 +631,9 @@ class StreamApp:
         receive: Receive,
         send: Send,
     ) -> None:
+        if isinstance(route, AgentRoute):
+            await self._agent_routes.serve(route, user, scope, receive, send)
+            return
         head = method == "HEAD"
         action = route.action
         session_id = route.session_id
@@ -671,16 +689,7 @@ class StreamApp:
         return {"session": _session_dict(session), "statistics": _plain(statistics)}
 
     async def _create(self, user: str | None, scope: Scope, receive: Receive, send: Send) -> None:
-        # A body trickled byte by byte would hold this request (and its task) forever.
-        with anyio.move_on_after(self._body_timeout) as reading:
-            body = await read_json_object(scope, receive, self._max_body_bytes)
-        if reading.cancelled_caught:
-            raise HTTPError(
-                408,
-                "request_timeout",
-                f"the request body did not arrive within {self._body_timeout} seconds",
-                headers=[(b"connection", b"close")],
-            )
+        body = await self._read_body(scope, receive)
         for key in body:
             if key not in _CREATE_FIELDS:
                 raise ValidationError(
@@ -704,14 +713,7 @@ class StreamApp:
         if config.compression_enabled != self._stream_config.compression_enabled:
             self._remember_gzip(registry, session.session_id, config.compression_enabled)
         if prompt is not None:
-            assert self._agent is not None
-            try:
-                source = self._agent(prompt)
-                registry.start(session.session_id, source, config=config)
-            except BaseException:
-                with anyio.CancelScope(shield=True):
-                    await registry.cancel(session.session_id, user_id=user)
-                raise
+            await self._start(registry, session, user, prompt, config)
         # root_path comes from the server or a parent router: quoted, so that nothing
         # it holds (CR, LF, spaces) can reach the Location header raw.
         root = quote((scope.get("root_path") or "").rstrip("/"), safe="/-._~%")
@@ -729,6 +731,53 @@ class StreamApp:
             },
             headers=[(b"location", location.encode())],
         )
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> dict[str, Any]:
+        """Read a JSON object body within ``body_timeout`` (408 past it)."""
+        # A body trickled byte by byte would hold this request (and its task) forever.
+        with anyio.move_on_after(self._body_timeout) as reading:
+            body = await read_json_object(scope, receive, self._max_body_bytes)
+        if reading.cancelled_caught:
+            raise HTTPError(
+                408,
+                "request_timeout",
+                f"the request body did not arrive within {self._body_timeout} seconds",
+                headers=[(b"connection", b"close")],
+            )
+        return body
+
+    def _check_open(self) -> None:
+        if self._stopping:
+            raise HTTPError(503, "unavailable", "the server is shutting down")
+
+    async def _start(
+        self,
+        registry: SessionRegistry,
+        session: StreamSession,
+        user: str | None,
+        prompt: str,
+        config: StreamConfig,
+    ) -> None:
+        assert self._agent is not None
+        try:
+            source = self._agent(prompt)
+            registry.start(session.session_id, source, config=config)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await registry.cancel(session.session_id, user_id=user)
+            raise
+
+    async def _start_agent(
+        self,
+        registry: SessionRegistry,
+        user: str | None,
+        prompt: str,
+        context: dict[str, Any],
+    ) -> StreamSession:
+        """Create a session of ``user`` and start the agent on ``prompt`` in it."""
+        session = await registry.create(user_id=user, context=context)
+        await self._start(registry, session, user, prompt, self._stream_config)
+        return session
 
     def _wants_gzip(self, session_id: str) -> bool:
         if self._compression is not None:
