@@ -447,6 +447,145 @@ _EVENTS_DESCRIPTION: Final = (
 )
 
 
+_SESSION_HEADER: Final = {
+    "x-streamkit-session-id": {
+        "description": "The id of the session that runs this answer: follow it, resume "
+        "it (`/sessions/{session_id}/events`) or cancel it.",
+        "schema": {"type": "string"},
+    }
+}
+_CHAT_ID: Final = {
+    "name": "chat_id",
+    "in": "path",
+    "required": True,
+    "description": "The chat's id, as `useChat` sends it (`encodeURIComponent`: a `/` in "
+    "it arrives as `%2F`).",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 256},
+}
+_UI_STREAM: Final = {
+    "text/event-stream": {
+        "schema": {
+            "type": "string",
+            "description": "The AI SDK UI message stream (`x-vercel-ai-ui-message-stream: "
+            "v1`): one `data: <chunk JSON>` per event, `data: [DONE]` at the end.",
+        }
+    }
+}
+
+
+def _agent_paths(chat_path: str | None, openai_compatible: bool) -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    if chat_path is not None:
+        paths[chat_path] = {
+            "post": _operation(
+                "streamkitChat",
+                "Answer a `useChat` request: run the app's agent as a session",
+                {
+                    "200": {
+                        "description": "The answer as a UI message stream.",
+                        "headers": _SESSION_HEADER,
+                        "content": _UI_STREAM,
+                    },
+                    **_errors(400, 408, 413, 429),
+                },
+                description="The body `useChat`'s transport sends: `id` (the chat id), "
+                "`messages` (UI messages; the text parts of the last `user` message are "
+                "the agent's prompt), `trigger`, `messageId`; other fields are ignored. A "
+                "chat has one answer at a time: a new request closes the chat's previous "
+                "session. A dropped connection does not stop the answer.",
+                body={
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["id", "messages"],
+                                "properties": {
+                                    "id": {"type": "string"},
+                                    "messages": {"type": "array", "items": {"type": "object"}},
+                                    "trigger": {"type": "string"},
+                                    "messageId": {"type": "string"},
+                                },
+                            }
+                        }
+                    },
+                },
+            )
+        }
+        paths[chat_path + "/{chat_id}/stream"] = {
+            "get": _operation(
+                "streamkitChatResume",
+                "Resume the chat's running answer (`useChat({resume: true})`)",
+                {
+                    "200": {
+                        "description": "The running answer from its first chunk (a full "
+                        "replay, as the AI SDK's transport expects), then live.",
+                        "headers": _SESSION_HEADER,
+                        "content": _UI_STREAM,
+                    },
+                    "204": {"description": "The chat has no running answer."},
+                    **_errors(400, 429),
+                },
+                parameters=[_CHAT_ID],
+            )
+        }
+        paths[chat_path + "/{chat_id}/stop"] = {
+            "post": _operation(
+                "streamkitChatStop",
+                "Stop the chat's running answer (cancel its session)",
+                {
+                    "204": {
+                        "description": "Stopped, or nothing was running. Readers get the "
+                        "end of the stream (`finish`)."
+                    },
+                    **_errors(400),
+                },
+                parameters=[_CHAT_ID],
+            )
+        }
+    if openai_compatible:
+        paths["/v1/chat/completions"] = {
+            "post": _operation(
+                "streamkitChatCompletions",
+                "OpenAI-compatible chat completions: run the app's agent as a session",
+                {
+                    "200": {
+                        "description": "`chat.completion.chunk` events (`data:` lines "
+                        "only), `data: [DONE]` at the end.",
+                        "headers": _SESSION_HEADER,
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    },
+                    **_errors(400, 408, 413, 429),
+                },
+                description="`stream` must be `true` (400 otherwise: answers are streamed "
+                "only). The text of the last `user` message is the agent's prompt; "
+                "`model` is echoed in every chunk; `stream_options.include_usage` adds "
+                "the usage chunk; other fields are ignored.",
+                body={
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["messages", "stream"],
+                                "properties": {
+                                    "model": {"type": "string"},
+                                    "messages": {"type": "array", "items": {"type": "object"}},
+                                    "stream": {"const": True},
+                                    "stream_options": {
+                                        "type": "object",
+                                        "properties": {"include_usage": {"type": "boolean"}},
+                                    },
+                                },
+                            }
+                        }
+                    },
+                },
+            )
+        }
+    return paths
+
+
 def _paths(expose_stats: bool) -> dict[str, Any]:
     session_status = _json("StreamkitSessionStatus", "The session and its figures.")
     paths: dict[str, Any] = {}
@@ -618,17 +757,26 @@ _WEBSOCKET: Final[dict[str, Any]] = {
 }
 
 
-def openapi_document(*, expose_stats: bool = True, prefix: str = "") -> dict[str, Any]:
+def openapi_document(
+    *,
+    expose_stats: bool = True,
+    prefix: str = "",
+    chat_path: str | None = None,
+    openai_compatible: bool = False,
+) -> dict[str, Any]:
     """Return the OpenAPI 3.1 document of :class:`~streamkit.asgi.StreamApp`'s endpoints.
 
     Args:
         expose_stats: Whether ``GET /stats`` is served.
         prefix: Where the app is mounted (``"/streams"``), put before every path.
+        chat_path: Where the ``useChat`` routes are served (``None``: they are not).
+        openai_compatible: Whether ``POST /v1/chat/completions`` is served.
 
     Returns:
         A new JSON-ready dict.
     """
-    paths = {prefix.rstrip("/") + path: item for path, item in _paths(expose_stats).items()}
+    routes = {**_paths(expose_stats), **_agent_paths(chat_path, openai_compatible)}
+    paths = {prefix.rstrip("/") + path: item for path, item in routes.items()}
     return {
         "openapi": "3.1.0",
         "info": {

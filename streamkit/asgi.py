@@ -569,7 +569,13 @@ class StreamApp:
         check_str("prefix", prefix)
         if prefix and not prefix.startswith("/"):
             raise ValidationError(f"prefix must start with '/', got {prefix!r}", field="prefix")
-        return openapi_document(expose_stats=self._expose_stats, prefix=prefix)
+        agent = self._agent is not None
+        return openapi_document(
+            expose_stats=self._expose_stats,
+            prefix=prefix,
+            chat_path=self.config.chat_path if agent else None,
+            openai_compatible=self.config.openai_compatible and agent,
+        )
 
     def _served_openapi(self, scope: Scope) -> dict[str, Any]:
         document = self.openapi()

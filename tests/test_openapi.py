@@ -31,6 +31,10 @@ OUTSIDE = [
     "/sessions/{session_id}/other",
     "/sessions/{session_id}/events/more",
     "/stats/more",
+    "/chat/{chat_id}/other",
+    "/chat/{chat_id}",
+    "/v1/chat",
+    "/v1/chat/completions/more",
 ]
 
 
@@ -176,6 +180,15 @@ async def test_a_plain_get_of_a_trimmed_session_is_410_as_documented(
     events = app.openapi()["paths"]["/sessions/{session_id}/events"]["get"]
     assert "410" in events["responses"]
     assert "trimmed" in events["description"]
+
+
+def test_agent_routes_are_listed_only_when_served() -> None:
+    paths = set(make_app(chat_path="/api/chat").openapi()["paths"])
+    assert {"/api/chat", "/api/chat/{chat_id}/stream", "/api/chat/{chat_id}/stop"} <= paths
+    assert "/v1/chat/completions" in paths
+    bare = set(StreamApp(authenticate=bearer_authenticate).openapi()["paths"])
+    assert not any("chat" in path for path in bare)
+    validate(make_app(chat_path=None, openai_compatible=False).openapi())
 
 
 def test_prefix_for_merging_into_a_parent_document() -> None:
