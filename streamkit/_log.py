@@ -129,14 +129,61 @@ def _exact_size(event: StreamEvent) -> int:
 class _Reader:
     """A reader's state as the log sees it: where it is, and how far it may lag."""
 
-    __slots__ = ("allow", "pos")
+    __slots__ = ("allow", "pos", "swaps")
 
     def __init__(self, pos: int, allow: int) -> None:
         self.pos = pos
         self.allow = allow
+        # Transient events this reader gets in place of their stand-ins, by seq.
+        self.swaps: dict[int, StreamEvent] | None = None
 
 
 _NO_EVENTS: Final[list[StreamEvent]] = []
+_PART: Final = "part"
+
+
+def transient_standin(event: StreamEvent) -> StreamEvent | None:
+    """Return the stand-in stored for a transient part event, or ``None`` for others.
+
+    A transient part (``DataPart(transient=True)``) is not kept in a log: the log
+    stores a ``heartbeat`` event in its place (same ``seq``, so the sequence has no
+    hole), whose ``metadata["transient"]`` names the part's type, and hands the part
+    itself to the readers that were reading when it came. A resume or a replay gets
+    the heartbeat.
+    """
+    part = event.metadata.get("part")
+    if not (isinstance(part, Mapping) and part.get("transient") is True):
+        return None
+    kind = part.get("type")
+    return make_event(
+        "heartbeat",
+        "",
+        {"transient": kind if isinstance(kind, str) else "data"},
+        event.session_id,
+        None,
+        event.event_id,
+        event.timestamp,
+    )
+
+
+def _swapped(batch: list[StreamEvent], swaps: dict[int, StreamEvent]) -> list[StreamEvent]:
+    """``batch`` with the stand-ins of transient events a reader is owed put back."""
+    out = list(batch)
+    for index, event in enumerate(out):
+        full = swaps.pop(event.seq or 0, None)
+        if full is not None:
+            out[index] = full
+    return out
+
+
+def _check_size(event: StreamEvent, limit: int, session_id: str) -> None:
+    size = estimate_size(event)
+    if size * 6 > limit and _exact_size(event) > limit:
+        raise PayloadTooLarge(
+            f"event is {_exact_size(event)} bytes as JSON, more than max_event_bytes ({limit})",
+            field="event",
+            session_id=session_id,
+        )
 
 
 def _new_signal(old: Signal | None) -> Signal:
@@ -241,6 +288,8 @@ class _Cursor(EventCursor):
                 self._waited = False
                 start = pos + 1 - log._base
                 batch = log._buf[start : start + _MAX_BATCH]
+                if state.swaps:
+                    batch = _swapped(batch, state.swaps)
                 self._batch = batch
                 self._i = 1
                 return batch[0]
@@ -502,6 +551,10 @@ class InMemoryEventLog(EventLog):
             raise self._closed_error()
         if self._block and self._last + 1 > self._limit:
             await self._wait_for_room()
+        if event.event_type == _PART:
+            standin = transient_standin(event)
+            if standin is not None:
+                return self._append_transient(event, standin)
         stored = make_event(
             event.event_type,
             event.content,
@@ -538,6 +591,10 @@ class InMemoryEventLog(EventLog):
             raise self._closed_error()
         if self._block and self._last + 1 > self._limit and not self._has_room():
             return None
+        if event.event_type == _PART:
+            standin = transient_standin(event)
+            if standin is not None:
+                return self._append_transient(event, standin)
         if owned and event.seq is None:
             stamp(event, self._last + 1, self._session_id)
             stored = event
@@ -569,6 +626,35 @@ class InMemoryEventLog(EventLog):
         if data is not None:
             self._data = None
             data.set()
+        return stored
+
+    def _append_transient(self, event: StreamEvent, standin: StreamEvent) -> StreamEvent:
+        """Store ``standin`` for the transient ``event``; owe ``event`` to the readers."""
+        seq = self._last + 1
+        stored = make_event(
+            standin.event_type,
+            standin.content,
+            standin.metadata,
+            self._session_id,
+            seq,
+            standin.event_id,
+            standin.timestamp,
+        )
+        full = make_event(
+            event.event_type,
+            event.content,
+            event.metadata,
+            self._session_id,
+            seq,
+            event.event_id,
+            event.timestamp,
+        )
+        _check_size(full, self._max_event_bytes, self._session_id)
+        self._commit(stored)
+        for reader in self._readers:
+            if reader.swaps is None:
+                reader.swaps = {}
+            reader.swaps[seq] = full
         return stored
 
     def _commit(self, event: StreamEvent) -> None:

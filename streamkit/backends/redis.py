@@ -71,6 +71,7 @@ from .._errors import (
     ValidationError,
 )
 from .._events import EventType, StreamEvent, make_event, with_seq
+from .._log import transient_standin
 from .._session import SessionState, StreamSession
 from .._validate import check_choice, check_id, check_int, check_number, type_name
 from ..abc import Backend, EventCursor, EventLog, LogStatistics, SessionStore
@@ -790,7 +791,7 @@ class _Appender:
 
 
 class _RedisCursor(EventCursor):
-    __slots__ = ("_allow", "_buf", "_done", "_live", "_log", "_pos", "_started")
+    __slots__ = ("_allow", "_buf", "_done", "_live", "_log", "_owed", "_pos", "_started")
 
     def __init__(self, log: RedisEventLog, after: int) -> None:
         self._log = log
@@ -802,6 +803,9 @@ class _RedisCursor(EventCursor):
         # As in the in-memory log: the backlog a reader may have, at least max_lag and
         # never less than the backlog it started with or last caught up to.
         self._allow = log._max_lag
+        # Transient events appended by this process while it read, by seq: handed out in
+        # place of their stand-ins.
+        self._owed: dict[int, StreamEvent] | None = None
 
     @property
     def position(self) -> int:
@@ -815,6 +819,9 @@ class _RedisCursor(EventCursor):
             raise StopAsyncIteration
         event = self._buf.popleft()
         self._pos = event.seq or self._pos
+        owed = self._owed
+        if owed:
+            event = owed.pop(self._pos, event)
         self._log._delivered += 1
         if event.is_final:
             self._finish()
@@ -896,6 +903,7 @@ class _RedisCursor(EventCursor):
             if not self._started:
                 self._started = True
                 log._readers += 1
+                log._cursors.add(self)
                 if self._pos < oldest - 1:
                     self._finish()
                     raise HistoryGap(
@@ -938,6 +946,7 @@ class _RedisCursor(EventCursor):
     def _finish(self) -> None:
         if not self._done and self._started:
             self._log._readers -= 1
+            self._log._cursors.discard(self)
         self._done = True
 
     async def aclose(self) -> None:
@@ -979,6 +988,7 @@ class RedisEventLog(EventLog):
         "_client",
         "_closed",
         "_counter",
+        "_cursors",
         "_delivered",
         "_failure",
         "_follower",
@@ -991,6 +1001,7 @@ class RedisEventLog(EventLog):
         "_max_lag",
         "_meta",
         "_oldest",
+        "_owed",
         "_pending",
         "_policy",
         "_readers",
@@ -1031,6 +1042,10 @@ class RedisEventLog(EventLog):
         self._closed = False
         self._local: deque[StreamEvent] = deque(maxlen=self._max_events)
         self._readers = 0
+        # This process's started cursors, and the transient events whose stand-ins are
+        # on their way to Redis (by the stand-in's id): see _transient.
+        self._cursors: set[_RedisCursor] = set()
+        self._owed: dict[int, StreamEvent] | None = None
         self._delivered = 0
         self._lagged_count = 0
         self._follower: _Follower | None = None
@@ -1143,6 +1158,24 @@ class RedisEventLog(EventLog):
             )
         return text
 
+    def _transient(self, event: StreamEvent) -> StreamEvent:
+        """Return what to store for ``event``: a transient part's stand-in, else itself.
+
+        The part goes to this process's readers that are reading when it is stored;
+        Redis, other workers and any later reader get the stand-in (a heartbeat).
+        """
+        if not isinstance(event, StreamEvent) or event.event_type != "part":
+            return event
+        standin = transient_standin(event)
+        if standin is None:
+            return event
+        self._prepare(event)  # the part itself must be a valid, small enough event
+        owed = self._owed
+        if owed is None:
+            owed = self._owed = {}
+        owed[id(standin)] = event
+        return standin
+
     def _batched(self) -> _Appender | None:
         appender = self._appender
         return None if appender is None or appender.closed else appender
@@ -1163,6 +1196,7 @@ class RedisEventLog(EventLog):
             PayloadTooLarge: the event's JSON is larger than ``max_event_bytes``.
             ValidationError: ``event`` is not a :class:`~streamkit.StreamEvent`.
         """
+        event = self._transient(event)
         text = self._prepare(event)
         appender = self._batched()
         if appender is not None:
@@ -1219,6 +1253,7 @@ class RedisEventLog(EventLog):
             PayloadTooLarge: the event's JSON is larger than ``max_event_bytes``.
             ValidationError: ``event`` is not a :class:`~streamkit.StreamEvent`.
         """
+        event = self._transient(event)
         text = self._prepare(event)
         appender = self._batched()
         if appender is None:
@@ -1260,6 +1295,8 @@ class RedisEventLog(EventLog):
         first, accepted, head = int(reply[0]), int(reply[1]), reply[2]
         stored = [with_seq(e, first + i, sid) for i, e in enumerate(batch.events[:accepted])]
         batch.stored = stored
+        if self._owed:
+            self._owe(batch.events, stored)
         self._local.extend(stored)
         last = first + accepted - 1
         if accepted and last >= self._last:
@@ -1274,6 +1311,21 @@ class RedisEventLog(EventLog):
         follower = self._follower
         if follower is not None:
             follower.feed(self, first, stored)
+
+    def _owe(self, events: Sequence[StreamEvent], stored: Sequence[StreamEvent]) -> None:
+        """Hand the transient parts behind stored stand-ins to the reading cursors."""
+        owed = self._owed
+        assert owed is not None
+        for index, event in enumerate(events):
+            full = owed.pop(id(event), None)
+            if full is None or index >= len(stored):
+                continue
+            seq = stored[index].seq or 0
+            copy = with_seq(full, seq, self._session_id)
+            for cursor in self._cursors:
+                if cursor._owed is None:
+                    cursor._owed = {}
+                cursor._owed[seq] = copy
 
     def read(self, after: int = 0) -> EventCursor:
         """Return a cursor over the events with ``seq > after``, replayed then live.
