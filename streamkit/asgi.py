@@ -97,6 +97,7 @@ from ._validate import check_id, check_int, check_number, check_str, type_name
 
 if TYPE_CHECKING:
     from ._events import StreamEvent
+    from ._parts import Part
     from ._registry import SessionRegistry
     from ._session import StreamSession
 
@@ -117,8 +118,9 @@ __all__ = [
 #: Turns a request's scope into a user id; ``None`` means "not authenticated".
 #: It may also raise :class:`~streamkit.PermissionDenied` (answered 403).
 Authenticate: TypeAlias = Callable[[Scope], "str | Awaitable[str | None] | None"]
-#: Turns a prompt into a token source: an async or sync iterable of text.
-Agent: TypeAlias = Callable[[str], "AsyncIterable[str] | Iterable[str]"]
+#: Turns a prompt into a token source: an async or sync iterable of text (and of
+#: :mod:`streamkit.parts` parts: reasoning, tool calls, usage, ...).
+Agent: TypeAlias = Callable[[str], "AsyncIterable[str | Part] | Iterable[str | Part]"]
 
 
 # Shown as streamkit.asgi.StreamAppConfig in reprs and docs (it lives in a private module).
@@ -271,8 +273,9 @@ class StreamApp:
             the app own one (made from ``registry_config``).
         config: The app's options, a :class:`StreamAppConfig` (or a mapping for its
             ``from_dict``); see there for each option.
-        agent: Called with the prompt of ``POST /sessions``; what it returns (an async
-            or sync iterable of text) becomes the session's source. ``None``: sessions
+        agent: Called with the prompt of ``POST /sessions`` (and of the chat routes:
+            the text of the last user message); what it returns (an async or sync
+            iterable of text and parts) becomes the session's source. ``None``: sessions
             are created empty, for the application to publish into.
         authenticate: Called with each request's scope; returns the user id, or
             ``None`` when the request is not authenticated. May be async; may raise

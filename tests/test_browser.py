@@ -10,6 +10,7 @@ docs/demo-screenshot.png (the README's picture), else it goes to a temporary fil
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -19,6 +20,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from streamkit.demo import DEFAULT_PROMPT, make_agent, make_app, running_server
+from streamkit.demo._app import DEMO_SEED
+from streamkit.parts import ToolCallDelta, ToolCallEnd, ToolCallStart, ToolResult, Usage
+from streamkit.testing import SimulatedToolAgent
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -118,7 +122,7 @@ def test_drop_connection_resumes_with_the_exact_answer(page: Any, tmp_path: Path
     by_id(page, "submit").click()
     # Mid-answer: some tokens are on the page, more are to come.
     page.wait_for_function(
-        "() => Number(document.querySelector('[data-testid=events]').textContent) >= 20"
+        "() => document.querySelector('[data-testid=answer]').textContent.length >= 40"
     )
     assert by_id(page, "connection").get_attribute("data-status") == "live"
     seen = by_id(page, "answer").text_content()
@@ -155,6 +159,7 @@ def test_drop_connection_resumes_with_the_exact_answer(page: Any, tmp_path: Path
     log = by_id(page, "log").text_content()
     assert f"connection dropped after seq {dropped_at}" in log
     assert f"reconnecting with ?after={dropped_at}" in log
+    check_parts(page, DEFAULT_PROMPT)
 
     page.evaluate("() => document.activeElement && document.activeElement.blur()")
     screenshot = (
@@ -507,3 +512,68 @@ def test_the_example_refuses_forged_expired_and_foreign_requests(
         assert foreign.status_code == 401
         forged = {"cookie": f"{module.COOKIE}=mallory.{expiry}.{signature}"}
         assert client.get("/stream/sessions", headers=forged).status_code == 401
+
+
+def expected_steps(prompt: str) -> dict[str, Any]:
+    """What the demo agent's reasoning and tool steps hold for ``prompt``."""
+    parts = SimulatedToolAgent(seed=DEMO_SEED, realtime=False).parts(prompt)
+    pieces: dict[str, str] = {}
+    for part in parts:
+        if isinstance(part, ToolCallDelta):
+            pieces[part.call_id] = pieces.get(part.call_id, "") + part.delta
+    names = {p.call_id: p.name for p in parts if isinstance(p, ToolCallStart)}
+    usage = sum((p for p in parts if isinstance(p, Usage)), Usage())
+    results = {p.call_id: p for p in parts if isinstance(p, ToolResult)}
+    calls = [p.call_id for p in parts if isinstance(p, ToolCallEnd)]
+    return {"calls": calls, "names": names, "pieces": pieces, "usage": usage, "results": results}
+
+
+def check_parts(page: Any, prompt: str) -> None:
+    """The reasoning, the tool calls, their results and the usage, each once."""
+    expected = expected_steps(prompt)
+    calls = page.locator("[data-testid=tool-call]")
+    assert calls.count() == len(expected["calls"])
+    for index, call_id in enumerate(expected["calls"]):
+        call = calls.nth(index)
+        assert call.get_attribute("data-call-id") == call_id
+        assert call.locator("b").text_content() == expected["names"][call_id]
+        args = call.get_by_test_id("tool-args").text_content()
+        assert json.loads(args) == json.loads(expected["pieces"][call_id])
+        result = expected["results"][call_id]
+        shown = call.get_by_test_id("tool-result").text_content()
+        if result.error is not None:
+            assert call.get_attribute("data-state") == "failed"
+            assert shown == result.error
+        else:
+            assert call.get_attribute("data-state") == "done"
+            assert json.loads(shown) == json.loads(json.dumps(result.to_dict()["output"]))
+    failed = sum(r.error is not None for r in expected["results"].values())
+    assert by_id(page, "tools").text_content() == f"{len(expected['calls'])} \u00b7 {failed}"
+    usage = expected["usage"]
+    assert by_id(page, "usage").text_content() == (
+        f"{usage.input_tokens} \u00b7 {usage.output_tokens}"
+    )
+    # Two steps reasoned; each block is collapsed once its step ended, and opens on a click.
+    reasoning = page.locator("[data-testid=reasoning]")
+    assert reasoning.count() == 2
+    first = reasoning.nth(0)
+    assert first.get_attribute("open") is None
+    first.locator("summary").click()
+    assert first.get_attribute("open") is not None
+    assert "search" in first.text_content()
+    assert by_id(page, "sources").text_content().startswith("Source: ")
+
+
+def test_drop_during_the_tool_calls_loses_nothing(page: Any) -> None:
+    by_id(page, "submit").click()
+    # Arguments of the first call are filling in: drop the connection there.
+    page.wait_for_function(
+        "() => { const a = document.querySelector('[data-testid=tool-args]');"
+        " return a !== null && a.textContent.length > 0; }"
+    )
+    by_id(page, "drop").click()
+    wait_for_text(page, "state", "completed")
+    assert by_id(page, "answer").text_content() == AGENT.answer(DEFAULT_PROMPT)
+    assert by_id(page, "reconnects").text_content() == "1 \u00b7 0"
+    assert events_received(page) == int(by_id(page, "seq").text_content())
+    check_parts(page, DEFAULT_PROMPT)

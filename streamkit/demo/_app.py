@@ -18,18 +18,25 @@ from functools import cache
 from importlib import resources
 from typing import TYPE_CHECKING, Final
 
+import anyio
+
 from .._config import RegistryConfig, StreamConfig
 from .._errors import ValidationError
+from .._parts import StepStart
 from .._validate import check_bool, type_name
 from ..asgi import StreamApp
-from ..testing import SimulatedAgent
+from ..testing import SimulatedAgent, SimulatedToolAgent
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from .._parts import Part
     from ..asgi import Receive, Scope, Send
 
 __all__ = [
     "DEFAULT_PROMPT",
     "DEMO_SEED",
+    "DemoAgent",
     "DemoApp",
     "make_agent",
     "make_app",
@@ -95,6 +102,68 @@ def make_agent(
     )
 
 
+class DemoAgent:
+    """The demo's agent: it reasons and calls tools, then streams the model's answer.
+
+    The reasoning, the tool calls (arguments streamed in pieces, a parallel pair, one
+    failing tool), their results, a source, app data, the steps and the usage come from
+    :class:`~streamkit.testing.SimulatedToolAgent` (seed :data:`DEMO_SEED`), at the
+    text model's pace; the answer's text is exactly ``text.answer(prompt)``, streamed
+    in the third step.
+
+    Args:
+        text: The model whose answer is the text (:func:`make_agent`).
+
+    Raises:
+        ValidationError: ``text`` is not a :class:`~streamkit.testing.SimulatedAgent`.
+    """
+
+    __slots__ = ("_text", "_tools")
+
+    def __init__(self, text: SimulatedAgent) -> None:
+        if not isinstance(text, SimulatedAgent):
+            raise ValidationError(
+                f"text must be a SimulatedAgent, got {type_name(text)}", field="text"
+            )
+        self._text = text
+        self._tools = SimulatedToolAgent(
+            seed=DEMO_SEED,
+            tokens_per_second=text._tps,
+            first_token_latency=text._first_latency,
+            jitter=text._jitter,
+            realtime=text._realtime,
+        )
+
+    @property
+    def text(self) -> SimulatedAgent:
+        """The model whose answer is the text."""
+        return self._text
+
+    def answer(self, prompt: str) -> str:
+        """Return the text the agent streams for ``prompt``."""
+        return self._text.answer(prompt)
+
+    def __call__(self, prompt: str) -> AsyncIterator[str | Part]:
+        """Stream the steps and the answer for ``prompt``."""
+        return self._stream(prompt)
+
+    async def _stream(self, prompt: str) -> AsyncIterator[str | Part]:
+        items, delays = self._tools._plan(prompt)
+        realtime = self._text._realtime
+        steps = 0
+        for item, delay in zip(items, delays, strict=True):
+            if isinstance(item, str):
+                continue  # the tool agent's own text: the text model answers instead
+            if realtime:
+                await anyio.sleep(delay)
+            yield item
+            if isinstance(item, StepStart):
+                steps += 1
+                if steps == 3:
+                    async for token in self._text.stream(prompt):
+                        yield token
+
+
 @cache
 def page_html() -> bytes:
     """Return the demo page: one self-contained HTML document, as UTF-8 bytes."""
@@ -158,7 +227,9 @@ class DemoApp:
         await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
 
 
-def make_app(agent: SimulatedAgent | None = None, *, fast: bool = False) -> DemoApp:
+def make_app(
+    agent: SimulatedAgent | None = None, *, fast: bool = False, tools: bool = True
+) -> DemoApp:
     """Build the demo app: the page and a StreamApp over its own registry.
 
     The StreamApp makes its registry and runs it in the ASGI ``lifespan`` (uvicorn runs
@@ -168,6 +239,8 @@ def make_app(agent: SimulatedAgent | None = None, *, fast: bool = False) -> Demo
     Args:
         agent: The model; :func:`make_agent` with realistic timing by default.
         fast: With no ``agent``: the model streams with no delay (for checks and tests).
+        tools: Wrap the model in a :class:`DemoAgent`, which reasons and calls tools
+            before the answer (the page shows them); ``False``: text only.
 
     Returns:
         The ASGI app.
@@ -183,6 +256,7 @@ def make_app(agent: SimulatedAgent | None = None, *, fast: bool = False) -> Demo
         raise ValidationError(
             f"agent must be a SimulatedAgent, got {type_name(agent)}", field="agent"
         )
+    check_bool("tools", tools)
     stream_app = StreamApp(
         registry_config=RegistryConfig(
             max_sessions=500,
@@ -192,7 +266,7 @@ def make_app(agent: SimulatedAgent | None = None, *, fast: bool = False) -> Demo
             heartbeat_interval=5.0,
             ended_session_ttl=600.0,
         ),
-        agent=agent,
+        agent=DemoAgent(agent) if tools else agent,
         allow_anonymous=True,  # a demo on 127.0.0.1: no login
         stream_config=StreamConfig(
             chunk_size=1, stream_delay=0, max_stream_time=300.0, heartbeat_interval=None
