@@ -566,3 +566,106 @@ async def test_shutdown_ends_agent_streams(client: httpx.AsyncClient) -> None:
                 assert app.statistics()["stream_outcomes"].get("shutdown") == 1
     finally:
         agent.gate.set()
+
+
+# -- routing, a second app over the same registry, a trimmed history -------------------------
+
+
+def http_scope(path: str, raw: bytes | None = None, root: str = "") -> dict[str, Any]:
+    scope: dict[str, Any] = {"type": "http", "path": path, "root_path": root}
+    if raw is not None:
+        scope["raw_path"] = raw
+    return scope
+
+
+@pytest.mark.parametrize(
+    ("scope", "action", "chat_id"),
+    [
+        (http_scope("/chat/a b/stream", b"/chat/a%20b/stream"), "chat-stream", "a b"),
+        (http_scope("/chat/a/b/stop", b"/chat/a%2Fb/stop"), "chat-stop", "a/b"),
+        (http_scope("/chat/x/stream"), "chat-stream", "x"),  # a server without raw_path
+        (http_scope("/m/chat/x/stop", b"/m/chat/x/stop", root="/m"), "chat-stop", "x"),
+        (http_scope("/chat/a/b/stop", b"/chat/a/b/stop"), None, None),  # two segments
+        (http_scope("/chat/\ufffd/stop", b"/chat/%ff/stop"), None, None),  # not UTF-8
+        (http_scope("/chat/x/stop", b"/chat/y/stop"), None, None),  # raw and path disagree
+        (http_scope("/chat/x/stop", b"stop"), None, None),
+        (http_scope("/chats/x/stop", b"/chats/x/stop"), None, None),
+        (http_scope("/chat/x/y/z/stop"), None, None),
+        (http_scope("/chat/x/more"), None, None),
+    ],
+)
+def test_chat_route_matching(
+    scope: dict[str, Any], action: str | None, chat_id: str | None
+) -> None:
+    from streamkit._asgi_agent import match_agent_route
+
+    route = match_agent_route(scope, chat_path="/chat", openai_compatible=True)
+    assert (route and route.action, route and route.chat_id) == (action, chat_id)
+    assert match_agent_route(http_scope("/chat"), chat_path=None, openai_compatible=False) is None
+
+
+class TwoApps:
+    """Two StreamApps over one registry: ``/b/...`` goes to the second."""
+
+    def __init__(self) -> None:
+        self.a = make_app()
+        self.b: StreamApp | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/b/"):
+            if self.b is None:
+                self.b = StreamApp(self.a.registry, agent=AGENTS, authenticate=bearer_authenticate)
+            await self.b({**scope, "root_path": "/b"}, receive, send)
+        else:
+            await self.a(scope, receive, send)
+
+
+async def test_another_app_over_the_same_store_finds_the_chat() -> None:
+    prompt = "gated: two apps"
+    agent = gated(prompt, hold_after=6)
+    try:
+        with serve(TwoApps()) as server:
+            async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+                async with client.stream(
+                    "POST", "/chat", json=ui_body("c-two", prompt), headers=ALICE
+                ) as first:
+                    assert first.status_code == 200
+                    await wait_until(agent.held.is_set)
+                    # The second app never saw the POST: it finds the chat in the store.
+                    async with client.stream(
+                        "GET", "/b/chat/c-two/stream", headers=ALICE
+                    ) as resumed:
+                        assert resumed.status_code == 200
+                        agent.gate.set()
+                        chunks = ui_chunks(await resumed.aread())
+                    await first.aread()
+                text = "".join(c["delta"] for c in chunks if c["type"] == "text-delta")
+                assert text == TOOLS.answer(prompt)
+                assert (await client.get("/b/chat/c-none/stream", headers=ALICE)).status_code == 204
+    finally:
+        agent.gate.set()
+
+
+async def test_resume_of_a_trimmed_answer_ends_with_the_formats_error() -> None:
+    config = sk.RegistryConfig(max_sessions=100, heartbeat_interval=None, history_max_events=4)
+    app = make_app(registry_config=config)
+    prompt = "gated: trimmed"
+    agent = gated(prompt, hold_after=12)
+    try:
+        with serve(app) as server:
+            async with (
+                httpx.AsyncClient(base_url=server.url, timeout=10) as client,
+                client.stream(
+                    "POST", "/chat", json=ui_body("c-trim", prompt), headers=ALICE
+                ) as first,
+            ):
+                await wait_until(agent.held.is_set)
+                resumed = await client.get("/chat/c-trim/stream", headers=ALICE)
+                assert resumed.status_code == 200
+                chunks = ui_chunks(resumed.content)
+                assert chunks[-1]["type"] == "error"
+                assert "cannot resume" in chunks[-1]["errorText"]
+                agent.gate.set()
+                await first.aread()
+    finally:
+        agent.gate.set()
