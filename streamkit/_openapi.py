@@ -536,7 +536,7 @@ def _agent_paths(chat_path: str | None, openai_compatible: bool) -> dict[str, An
                 {
                     "204": {
                         "description": "Stopped, or nothing was running. Readers get the "
-                        "end of the stream (`finish`)."
+                        "end of the stream (`abort`)."
                     },
                     **_errors(400),
                 },

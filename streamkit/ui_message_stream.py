@@ -13,7 +13,8 @@ a step -> ``start-step``/``finish-step``; a tool call -> ``tool-input-start``,
 ``tool-input-delta``, ``tool-input-available``; a tool result ->
 ``tool-output-available`` or ``tool-output-error``; a source -> ``source-url`` or
 ``source-document``; app data -> ``data-<name>``; usage -> ``message-metadata`` with
-``{"usage": {...}}`` (summed); ``complete`` -> ``finish``; ``error`` -> ``error``;
+``{"usage": {...}}`` (summed); ``complete`` -> ``finish`` (``abort`` when the session was
+cancelled, as by the chat's stop route); ``error`` -> ``error``;
 a heartbeat -> an SSE comment (``: ping``). Other events carry nothing the protocol
 has a place for and give no bytes.
 
@@ -123,6 +124,11 @@ class UIMessageStreamEncoder:
             out.append(_chunk(start))
         elif kind == "heartbeat":
             out.append(_PING)
+        elif kind == "complete" and event.metadata.get("reason") == "cancelled":
+            # Stopped (cancelled): the AI SDK's own stream says "abort", not "finish".
+            self._close(out)
+            out += [_chunk({"type": "abort"}), _DONE]
+            self._done = True
         elif kind == "complete":
             self._close(out)
             finish: dict[str, Any] = {"type": "finish"}

@@ -241,7 +241,7 @@ async def test_stop_endpoint_ends_the_answer(
             assert stopped.status_code == 204
             data = await response.aread()
         chunks = ui_chunks(data)
-        assert chunks[-1]["type"] == "finish"
+        assert chunks[-1] == {"type": "abort"}
         state = await client.get(f"/sessions/{session_id}", headers=ALICE)
         assert state.json()["session"]["status"] == "cancelled"
         assert (await client.get("/chat/c-stop/stream", headers=ALICE)).status_code == 204

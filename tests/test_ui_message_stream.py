@@ -115,6 +115,24 @@ async def test_the_ai_package_reads_an_error_end(ai_package: Path) -> None:
     assert result["message"]["parts"][0]["text"] == "partial "
 
 
+@pytest.mark.anyio
+async def test_the_ai_package_reads_a_stopped_answer(ai_package: Path) -> None:
+    encoder = UIMessageStreamEncoder()
+    events = [
+        sk.StreamEvent(event_type="start", session_id="chat-9"),
+        sk.StreamEvent(event_type="token", content="half an"),
+        sk.StreamEvent(event_type="complete", metadata={"reason": "cancelled"}),
+    ]
+    data = b"".join(encoder.encode(event) for event in events)
+    assert encoder.done
+    assert data.endswith(
+        b'data: {"type":"text-end","id":"text-1"}\n\ndata: {"type":"abort"}\n\ndata: [DONE]\n\n'
+    )
+    result = read_with_ai(ai_package, data)
+    assert result["errors"] == []
+    assert result["message"]["parts"][0]["text"] == "half an"
+
+
 def test_headers() -> None:
     assert (b"x-vercel-ai-ui-message-stream", b"v1") in HEADERS
 
