@@ -322,7 +322,8 @@ class DataPart(Part):
         data_id: An id: a later part with the same name and id replaces this one in a
             frontend (the AI SDK's rule), if any.
         transient: Delivered to live readers but not kept in the session's log, so
-            a reader that resumes does not see it.
+            a reader that resumes does not see it: the log keeps a ``heartbeat`` event
+            at its ``seq`` instead (``metadata["transient"]`` names the part).
     """
 
     name: str = attrs.field(validator=_v_data_name)

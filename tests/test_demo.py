@@ -522,3 +522,42 @@ def test_bind_socket_names_a_host_it_cannot_resolve() -> None:
     with pytest.raises(sk.ValidationError, match="cannot resolve host") as info:
         bind_socket("no-such-host.invalid", 0)
     assert info.value.field == "host"
+
+
+async def test_the_demo_agent_reasons_and_calls_tools_before_the_answer(
+    client: httpx.AsyncClient,
+) -> None:
+    from streamkit.demo._app import DemoAgent
+    from streamkit.parts import ReasoningDelta, ToolCallEnd, ToolResult
+
+    created = await client.post("/sessions", json={"prompt": DEFAULT_PROMPT})
+    response = await client.get(created.json()["urls"]["events"])
+    events = [event async for event in sse.aiter_events(response.aiter_bytes())]
+    parts = [event.part for event in events if event.part is not None]
+    assert any(isinstance(part, ReasoningDelta) for part in parts)
+    calls = [part.name for part in parts if isinstance(part, ToolCallEnd)]
+    assert calls == ["search", "get_weather", "get_time"]
+    assert sum(isinstance(p, ToolResult) and p.failed for p in parts) == 1
+    # The text comes after the tool steps, and is exactly the model's answer.
+    first_token = next(i for i, e in enumerate(events) if e.event_type == sk.EventType.TOKEN)
+    last_call = max(i for i, e in enumerate(events) if isinstance(e.part, ToolResult))
+    assert last_call < first_token
+    agent = DemoAgent(make_agent(realtime=False))
+    assert agent.text.answer(DEFAULT_PROMPT) == agent.answer(DEFAULT_PROMPT)
+    with pytest.raises(sk.ValidationError) as info:
+        DemoAgent("model")  # type: ignore[arg-type]
+    assert info.value.field == "text"
+
+
+async def test_the_demo_without_tools_streams_text_only() -> None:
+    app = make_app(fast=True, tools=False)
+    async with app.stream_app.lifespan():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://demo") as client:
+            created = await client.post("/sessions", json={"prompt": "Hi"})
+            response = await client.get(created.json()["urls"]["events"])
+            events = [event async for event in sse.aiter_events(response.aiter_bytes())]
+    assert [e for e in events if e.event_type == sk.EventType.PART] == []
+    with pytest.raises(sk.ValidationError) as info:
+        make_app(tools="yes")  # type: ignore[arg-type]
+    assert info.value.field == "tools"
