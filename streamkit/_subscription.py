@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Self
+import time
+from typing import TYPE_CHECKING, Final, Self
 
 import anyio
 
-from ._errors import ClosedError, ValidationError
+from ._errors import ClosedError, HistoryGap, SubscriberLagged, ValidationError
+from .abc import EventCursor
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -15,9 +17,11 @@ if TYPE_CHECKING:
     from ._coordinator import _Entry
     from ._events import StreamEvent
     from ._registry import SessionRegistry
-    from .abc import EventCursor
 
 __all__ = ["Subscription"]
+
+#: A subscription with ``delivered`` hooks reports one live event in this many.
+SAMPLE_EVERY: Final = 16
 
 
 class Subscription:
@@ -68,8 +72,11 @@ class Subscription:
             )
         registry._subscriber_joined(entry)
         self._entry = entry
-        self._cursor = entry.log.read(self._after)
-        return self._cursor
+        cursor = entry.log.read(self._after)
+        if registry._hooks["delivered"]:  # decided once: no cost per event without hooks
+            cursor = _SampledCursor(cursor, registry, entry.log.last_seq)
+        self._cursor = cursor
+        return cursor
 
     async def __aenter__(self) -> Self:
         if self._cursor is None:
@@ -98,7 +105,11 @@ class Subscription:
         except StopAsyncIteration:
             await self.aclose()
             raise
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, SubscriberLagged):
+                self._registry._counts["lagged"] += 1
+            elif isinstance(exc, HistoryGap):
+                self._registry._counts["gaps"] += 1
             with anyio.CancelScope(shield=True):
                 await self.aclose()
             raise
@@ -124,3 +135,44 @@ class Subscription:
         if cursor is not None:
             self._after = cursor.position
             await cursor.aclose()
+
+
+class _SampledCursor(EventCursor):
+    """A cursor that reports the delivery lag of a sample of the live events it returns.
+
+    Made instead of the log's own cursor only when the registry has ``delivered``
+    hooks. The first live event (``seq`` past the log's last one at subscription time:
+    replayed history is not late) and then one in :data:`SAMPLE_EVERY` are reported,
+    with the seconds from the event's ``timestamp`` (made just before it was appended)
+    to now.
+    """
+
+    __slots__ = ("_countdown", "_cursor", "_live_after", "_registry")
+
+    def __init__(self, cursor: EventCursor, registry: SessionRegistry, live_after: int) -> None:
+        self._cursor = cursor
+        self._registry = registry
+        self._live_after = live_after
+        self._countdown = 1
+
+    @property
+    def position(self) -> int:
+        return self._cursor.position
+
+    async def __anext__(self) -> StreamEvent:
+        event = await self._cursor.__anext__()
+        self._countdown -= 1
+        if not self._countdown:
+            if (event.seq or 0) > self._live_after:
+                self._countdown = SAMPLE_EVERY
+                lag = time.time() - event.timestamp
+                self._registry._emit("delivered", event, lag if lag > 0.0 else 0.0)
+            else:
+                self._countdown = 1  # still replaying: look at the next one
+        return event
+
+    def take_ready(self, limit: int) -> Sequence[StreamEvent]:
+        return self._cursor.take_ready(limit)
+
+    async def aclose(self) -> None:
+        await self._cursor.aclose()
