@@ -16,6 +16,10 @@ the ratios to the plain run are what to compare across runs.
   event here, and one span pair and a few metric records per stream.
 * **per session**: M sessions of 10 tokens each, created, run and read one after the
   other; the difference per session is what the spans and per-stream metrics cost.
+* **lag sampling only**: the plain run with a no-op ``delivered`` hook, so that its
+  subscriptions read through the sampling cursor (one wrapper call per event, a clock
+  read and a hook call per 16): the share of the ``otel`` and ``prometheus`` costs
+  that the delivery-lag histogram takes.
 * **the token hook alone**: the ``event`` hook the instrumentation registers, called
   with a ``token`` event C times, against an empty function called as often (what the
   registry's own dispatch of a hook costs is not in it: it is the same for any hook).
@@ -98,8 +102,18 @@ def plain(registry: sk.SessionRegistry) -> Callable[[], None]:
     return lambda: None
 
 
+def lag_sampling(registry: sk.SessionRegistry) -> Callable[[], None]:
+    """Only a no-op ``delivered`` hook: what the sampling cursor costs by itself."""
+
+    def delivered(event: object, lag: float) -> None:
+        del event, lag
+
+    return registry.on("delivered", delivered)
+
+
 VARIANTS: dict[str, Callable[[sk.SessionRegistry], Callable[[], None]]] = {
     "plain": plain,
+    "lag sampling only": lag_sampling,
     "otel": with_otel,
     "prometheus": with_prometheus,
 }
@@ -150,6 +164,7 @@ class HookCatcher:
 
     def __init__(self) -> None:
         self.hooks: dict[str, Callable[..., object]] = {}
+        self.backend = None  # not Redis: no round trips to watch
 
     def on(self, name: str, callback: Callable[..., object]) -> Callable[[], None]:
         self.hooks[name] = callback

@@ -138,41 +138,76 @@ class Subscription:
 
 
 class _SampledCursor(EventCursor):
-    """A cursor that reports the delivery lag of a sample of the live events it returns.
+    """A cursor that reports the delivery lag of one live event in :data:`SAMPLE_EVERY`.
 
     Made instead of the log's own cursor only when the registry has ``delivered``
-    hooks. The first live event (``seq`` past the log's last one at subscription time:
-    replayed history is not late) and then one in :data:`SAMPLE_EVERY` are reported,
-    with the seconds from the event's ``timestamp`` (made just before it was appended)
-    to now.
+    hooks. The events reported are those with ``seq`` ``live + 1``, ``live + 17``...
+    where ``live`` was the log's last ``seq`` when the subscription opened (replayed
+    history is not late), whether they are returned one by one or by
+    :meth:`take_ready`; the lag is the seconds from the event's ``timestamp`` (made
+    just before it was appended) to now.
+
+    It takes the events up to the next one to report from the log's cursor at once
+    (``take_ready``) and hands them out from its own list, so that an event costs one
+    coroutine frame here as in the log's cursor, and the checks are paid once per run.
     """
 
-    __slots__ = ("_countdown", "_cursor", "_live_after", "_registry")
+    __slots__ = ("_cursor", "_i", "_last", "_next", "_ready", "_registry")
 
     def __init__(self, cursor: EventCursor, registry: SessionRegistry, live_after: int) -> None:
         self._cursor = cursor
         self._registry = registry
-        self._live_after = live_after
-        self._countdown = 1
+        self._next = live_after + 1  # the seq of the next event to report
+        self._ready: Sequence[StreamEvent] = ()
+        self._i = 0
+        self._last = 0  # the seq of the event __anext__ took from the cursor itself
 
     @property
     def position(self) -> int:
+        i = self._i
+        if i < len(self._ready):  # some of what was taken ahead is not handed out yet
+            return (self._ready[i - 1].seq or 0) if i else self._last
         return self._cursor.position
 
     async def __anext__(self) -> StreamEvent:
-        event = await self._cursor.__anext__()
-        self._countdown -= 1
-        if not self._countdown:
-            if (event.seq or 0) > self._live_after:
-                self._countdown = SAMPLE_EVERY
-                lag = time.time() - event.timestamp
-                self._registry._emit("delivered", event, lag if lag > 0.0 else 0.0)
-            else:
-                self._countdown = 1  # still replaying: look at the next one
+        i = self._i
+        ready = self._ready
+        if i < len(ready):
+            self._i = i + 1
+            return ready[i]
+        cursor = self._cursor
+        event = await cursor.__anext__()
+        seq = self._last = event.seq or 0
+        if seq >= self._next:
+            self._report(event, seq)
+        # Everything before the next event to report, if it is there already.
+        self._ready = cursor.take_ready(self._next - seq - 1)
+        self._i = 0
         return event
 
     def take_ready(self, limit: int) -> Sequence[StreamEvent]:
-        return self._cursor.take_ready(limit)
+        i = self._i
+        ready = self._ready
+        if i < len(ready):
+            taken = ready[i : i + limit]
+            self._i = i + len(taken)
+            return taken
+        taken = self._cursor.take_ready(limit)
+        if taken:
+            first = taken[0].seq or 0
+            while first <= self._next <= (taken[-1].seq or 0):
+                index = self._next - first
+                if index >= len(taken):  # pragma: no cover - a cursor's seqs are contiguous
+                    break
+                self._report(taken[index], self._next)
+        return taken
+
+    def _report(self, event: StreamEvent, seq: int) -> None:
+        if seq == self._next:
+            lag = time.time() - event.timestamp
+            self._registry._emit("delivered", event, lag if lag > 0.0 else 0.0)
+        # The next one: SAMPLE_EVERY after the one due (seq jumps only if events skip).
+        self._next += SAMPLE_EVERY * ((seq - self._next) // SAMPLE_EVERY + 1)
 
     async def aclose(self) -> None:
         await self._cursor.aclose()

@@ -338,3 +338,30 @@ async def test_delivered_hook_samples_live_events_only() -> None:
             assert len([event async for event in unsampled]) == 3
         assert seen == []
         unhook()
+
+
+async def test_delivered_hook_samples_events_taken_in_batches_too() -> None:
+    seen: list[int] = []
+    async with sk.SessionRegistry(sk.RegistryConfig(heartbeat_interval=None)) as registry:
+        registry.on("delivered", lambda event, lag: seen.append(event.seq))
+        session = await registry.create()
+        sid = session.session_id
+        with anyio.fail_after(10):
+            async with registry.subscribe(sid) as reader:
+                for _ in range(40):
+                    await registry.publish(sid, token("x"))
+                first = await reader.__anext__()
+                assert first.seq == 1
+                assert reader.position == 1
+                assert reader.take_ready(0) == []
+                ahead = reader.take_ready(5)  # what the reader holds before seq 17
+                assert [event.seq for event in ahead] == [2, 3, 4, 5, 6]
+                assert reader.position == 6
+                rest = list(reader.take_ready(10))
+                rest += reader.take_ready(100)
+                assert [event.seq for event in rest] == list(range(7, 41))
+                assert reader.position == 40
+                await registry.publish(sid, token("y"))
+                assert (await reader.__anext__()).seq == 41
+                assert reader.position == 41
+        assert seen == [1, 17, 33]
