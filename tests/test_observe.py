@@ -365,3 +365,15 @@ async def test_delivered_hook_samples_events_taken_in_batches_too() -> None:
                 assert (await reader.__anext__()).seq == 41
                 assert reader.position == 41
         assert seen == [1, 17, 33]
+
+
+def test_the_docs_list_every_metric_under_both_names() -> None:
+    from pathlib import Path
+
+    page = (Path(__file__).parent.parent / "docs" / "observability.md").read_text()
+    for metric in METRICS:
+        assert f"`{metric.name}`" in page, metric.name
+        suffix = "_total" if "counter" in metric.kind else ""
+        assert f"`{metric.prometheus_name}{suffix}`" in page, metric.prometheus_name
+        for attribute in metric.attributes:
+            assert f"`{attribute}`" in page, attribute
