@@ -20,6 +20,9 @@ the ratios to the plain run are what to compare across runs.
   subscriptions read through the sampling cursor (one wrapper call per event, a clock
   read and a hook call per 16): the share of the ``otel`` and ``prometheus`` costs
   that the delivery-lag histogram takes.
+* **one delivery-lag sample**: the registry's dispatch of the ``delivered`` hook with
+  each instrumentation recording into its histogram, against the dispatch with no hook;
+  divided by 16, the cost per token of the delivery-lag histogram.
 * **the token hook alone**: the ``event`` hook the instrumentation registers, called
   with a ``token`` event C times, against an empty function called as often (what the
   registry's own dispatch of a hook costs is not in it: it is the same for any hook).
@@ -196,6 +199,29 @@ def token_hook_cost() -> dict[str, float]:
     return {name: min(values) for name, values in times.items()}
 
 
+def lag_record_cost() -> dict[str, float]:
+    """Seconds per call (best of the repetitions) of reporting one delivery-lag sample.
+
+    What the sampling cursor calls for one event in 16: the registry's dispatch of the
+    ``delivered`` hooks, with the instrumentation's hook recording into its histogram.
+    """
+    event = sk.StreamEvent(event_type="token", content="tok ", session_id="s" * 22)
+    registries = {name: sk.SessionRegistry(REGISTRY) for name in ("no hook", "otel", "prometheus")}
+    stops = [with_otel(registries["otel"]), with_prometheus(registries["prometheus"])]
+    emits = {name: registry._emit for name, registry in registries.items()}
+    times: dict[str, list[float]] = {name: [] for name in emits}
+    calls = CALLS // 10
+    for _ in range(REPEAT):
+        for name, emit in emits.items():
+            started = time.perf_counter()
+            for _ in range(calls):
+                emit("delivered", event, 0.001)
+            times[name].append((time.perf_counter() - started) / calls)
+    for stop in stops:
+        stop()
+    return {name: min(values) for name, values in times.items()}
+
+
 def measure(
     workload: Callable[[Callable[[sk.SessionRegistry], Callable[[], None]]], Any], backend: str
 ) -> dict[str, float]:
@@ -221,6 +247,18 @@ def main() -> None:
         ["difference", us(hook["instrumentation's event hook"] - hook["empty function"]) * 1000]
     )
     print(table(f"the token hook alone ({CALLS} calls)", ["call", "ns/call"], rows))
+    lag = lag_record_cost()
+    rows = [
+        [name, us(seconds) * 1000, us(seconds - lag["no hook"]) * 1000 / 16]
+        for name, seconds in lag.items()
+    ]
+    print(
+        table(
+            f"one delivery-lag sample ({CALLS // 10} calls)",
+            ["instrumentation", "ns/sample", "+ns/token (1 in 16)"],
+            rows,
+        )
+    )
     for backend in BACKENDS:
         long = measure(one_long_stream, backend)
         short = measure(many_sessions, backend)
