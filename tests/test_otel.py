@@ -692,17 +692,25 @@ async def test_under_uvicorn_delivery_lag_of_a_live_subscriber(
         async with http.stream("GET", f"/sessions/{sid}/events", headers=auth("alice")) as stream:
             assert stream.status_code == 200  # subscribed: what comes now is live
 
+            async def collect() -> dict[str, list[Any]]:
+                return telemetry.points()
+
+            live = await server.call(collect)
+
             async def start() -> None:
                 registry.start(sid, ["x"] * 20, sk.StreamConfig(chunk_size=1))
 
             await server.call(start)
             events = [event async for event in sse.aiter_events(stream.aiter_bytes())]
     assert len(events) == 22
-
-    async def collect() -> dict[str, list[Any]]:
-        return telemetry.points()
-
+    state = response.json()["session"]["status"]
+    assert value(live["streamkit.sessions"], **{"streamkit.session.state": state}) == 1
+    assert value(live["streamkit.subscribers"]) == 1
+    assert value(live["streamkit.producers"]) == 0
+    stream_kind = {"streamkit.connection.kind": "stream"}
+    assert value(live["streamkit.http.open_streams"], **stream_kind) == 1
     points = await server.call(collect)
+    assert value(points["streamkit.http.open_streams"], **stream_kind) == 0
     assert value(points["streamkit.delivery.lag"]) == 2  # seq 1 and 17
     dropped = points["streamkit.subscribers.dropped"]
     assert value(dropped, **{"streamkit.subscriber.drop_reason": "lagged"}) == 0

@@ -305,6 +305,7 @@ async def test_delivery_lag_and_dropped_subscribers_under_uvicorn(served: Server
         sid = response.json()["session"]["session_id"]
         async with http.stream("GET", f"/sessions/{sid}/events", headers=auth("alice")) as stream:
             assert stream.status_code == 200  # subscribed: what comes now is live
+            live = samples((await http.get("/metrics", headers=auth("admin"))).text)
 
             async def start() -> None:
                 registry.start(sid, ["x"] * 40, sk.StreamConfig(chunk_size=1))
@@ -313,7 +314,16 @@ async def test_delivery_lag_and_dropped_subscribers_under_uvicorn(served: Server
             events = [event async for event in sse.aiter_events(stream.aiter_bytes())]
         assert len(events) == 42  # start, 40 tokens, complete
         text = (await http.get("/metrics", headers=auth("admin"))).text
+    state = response.json()["session"]["status"]
+    assert live[("streamkit_sessions", (("streamkit_session_state", state),))] == 1
+    assert live[("streamkit_subscribers", ())] == 1
+    assert live[("streamkit_producers", ())] == 0
+    assert live[("streamkit_http_open_streams", (("streamkit_connection_kind", "stream"),))] == 1
     found = samples(text)
+    assert found[("streamkit_sessions", (("streamkit_session_state", state),))] == 0
+    assert found[("streamkit_sessions", (("streamkit_session_state", "completed"),))] == 1
+    assert found[("streamkit_subscribers", ())] == 0
+    assert found[("streamkit_http_open_streams", (("streamkit_connection_kind", "stream"),))] == 0
     # The first live event of the subscription, then one in 16: seq 1, 17 and 33.
     assert found[("streamkit_delivery_lag_seconds_count", ())] == 3
     assert found[("streamkit_delivery_lag_seconds_sum", ())] >= 0
