@@ -21,6 +21,7 @@ from streamkit.testing import SimulatedAgent
 
 from .asgi_helpers import auth, bearer_authenticate, serve
 from .redis_server import free_port, start_redis, stop_redis
+from .test_otel import Telemetry
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -372,6 +373,8 @@ async def test_redis_round_trips_and_retries(tmp_path: Path) -> None:
             sk.RegistryConfig(heartbeat_interval=None), backend=backend
         ) as registry:
             metrics = streamkit.prometheus.instrument(registry)
+            telemetry = Telemetry()  # and OpenTelemetry, from the same observers
+            instrumentation = telemetry.instrument(registry)
             other = streamkit.prometheus.instrument(sk.SessionRegistry())  # memory: not Redis
             session = await registry.create()
             registry.start(session.session_id, ["a", "b", "c"])
@@ -412,6 +415,17 @@ async def test_redis_round_trips_and_retries(tmp_path: Path) -> None:
             ]
             assert retries
             assert all(count >= 1 for _, count in retries)
+            points = telemetry.points()
+            assert sum(p.value for p in points["streamkit.redis.retries"]) >= sum(
+                count for _, count in retries
+            )
+            (durations,) = points["streamkit.redis.round_trip.duration"]
+            assert (
+                durations.count == found[("streamkit_redis_round_trip_duration_seconds_count", ())]
+            )
+            instrumentation.uninstrument()
+            telemetry.tracer_provider.shutdown()
+            telemetry.meter_provider.shutdown()
             assert {labels["error_type"] for labels, _ in retries} <= {
                 "ConnectionError",
                 "TimeoutError",
