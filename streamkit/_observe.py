@@ -5,12 +5,17 @@ Rules of this module:
 * **Public surfaces only.** A :class:`Watcher` sees a registry through
   :meth:`SessionRegistry.on` hooks and its ``statistics()``; an ASGI app through the
   messages it sends (:class:`RequestWatcher`). Nothing here reaches into a private
-  attribute, so the registry and the ASGI layer can change inside freely.
+  attribute, so the registry and the ASGI layer can change inside freely. The one
+  exception is the Redis backend's list of observers (``_observers`` in
+  :mod:`streamkit.backends.redis`), which times its round trips only while it is not
+  empty: the backend's layer cannot import this one.
 * **Nothing per token but one type check.** The ``event`` hook runs for every event the
   registry appends: a ``token`` or ``heartbeat`` event returns after one identity test.
   Per-stream figures (time to first token, inter-token latency, tokens) come from the
   ``stats`` of the stream's final event, and counts the registry keeps already
-  (events, subscribers, producers) are read when a metric reader asks for them.
+  (events, subscribers, producers, lagged subscribers) are read when a metric reader
+  asks for them. Delivery lag comes from the registry's ``delivered`` hook, a sample
+  of one live event in 16 per subscription.
 * **No user data by default.** The figures a sink receives carry states, reasons,
   error *types* and numbers; the session's ids and the error's message travel only in
   fields a sink records when the application opted in.
@@ -21,6 +26,7 @@ Rules of this module:
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias
 
@@ -45,6 +51,7 @@ __all__ = [
     "app_figures",
     "read_statistics",
     "time_per_output_token",
+    "watch_redis",
 ]
 
 # The same shapes as streamkit.asgi's aliases (kept here so this module needs no ASGI code).
@@ -150,6 +157,28 @@ METRICS: Final = (
         attributes=("error.type", "http.response.status_code", "streamkit.request.kind"),
     ),
     Metric(
+        name="streamkit.delivery.lag",
+        kind="histogram",
+        unit="s",
+        description=(
+            "Time from an event's making (just before its append) to its delivery to a "
+            "subscriber, for the first live event of each subscription and one in 16 after."
+        ),
+    ),
+    Metric(
+        name="streamkit.redis.round_trip.duration",
+        kind="histogram",
+        unit="s",
+        description="Redis round trips of this process's Redis backends (answered calls).",
+    ),
+    Metric(
+        name="streamkit.redis.retries",
+        kind="counter",
+        unit="{retry}",
+        description="Redis calls retried after a lost connection or a busy server, by cause.",
+        attributes=("error.type",),
+    ),
+    Metric(
         name="streamkit.sessions.created",
         kind="observed_counter",
         unit="{session}",
@@ -178,6 +207,16 @@ METRICS: Final = (
         kind="observed_counter",
         unit="{event}",
         description="Heartbeat events the registry sent to silent watched sessions.",
+    ),
+    Metric(
+        name="streamkit.subscribers.dropped",
+        kind="observed_counter",
+        unit="{subscriber}",
+        description=(
+            "Subscriptions ended for lagging (lagged) or refused because their resume "
+            "point had left the history (history_gap)."
+        ),
+        attributes=("streamkit.subscriber.drop_reason",),
     ),
     Metric(
         name="streamkit.sessions",
@@ -212,6 +251,11 @@ TTFT_BUCKETS: Final = (
 )  # fmt: skip
 TPOT_BUCKETS: Final = (
     0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
+)  # fmt: skip
+#: Delivery lag and Redis round trips: from a tenth of a millisecond up.
+LAG_BUCKETS: Final = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
 )  # fmt: skip
 DURATION_BUCKETS: Final = (
     0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
@@ -264,6 +308,15 @@ class Sink(Protocol):
     def session_ended(self, handle: object | None, end: SessionEnd) -> None:
         """The session reached a terminal state (``handle`` ``None``: not followed)."""
 
+    def delivered(self, lag: float) -> None:
+        """A sampled live event reached a subscriber ``lag`` seconds after it was made."""
+
+    def redis_round_trip(self, seconds: float) -> None:
+        """A Redis call of this process was answered after ``seconds``."""
+
+    def redis_retry(self, error_type: str) -> None:
+        """A Redis call of this process is retried after an error of that type."""
+
 
 class _Followed:
     __slots__ = ("final", "handle", "streaming")
@@ -292,7 +345,11 @@ class Watcher:
             registry.on("state_changed", self._changed),
             registry.on("event", self._event),
             registry.on("removed", self._removed),
+            registry.on("delivered", self._delivered),
         ]
+        unwatch = watch_redis(registry.backend, self._redis)
+        if unwatch is not None:
+            self._unhook.append(unwatch)
 
     @property
     def followed(self) -> int:
@@ -307,6 +364,16 @@ class Watcher:
         handles = [followed.handle for followed in self._followed.values()]
         self._followed.clear()
         return handles
+
+    def _delivered(self, event: StreamEvent, lag: float) -> None:
+        del event
+        self._sink.delivered(lag)
+
+    def _redis(self, kind: str, value: object) -> None:
+        if kind == "round_trip" and isinstance(value, float):
+            self._sink.redis_round_trip(value)
+        elif kind == "retry":
+            self._sink.redis_retry(type(value).__name__)
 
     def _created(self, session: StreamSession) -> None:
         self._followed[session.session_id] = _Followed(self._sink.session_created(session))
@@ -364,6 +431,28 @@ class Watcher:
             self._sink.session_ended(
                 followed.handle, SessionEnd(state=session.status.value, reason="removed")
             )
+
+
+def watch_redis(
+    backend: object, observer: Callable[[str, object], None]
+) -> Callable[[], None] | None:
+    """Observe the Redis traffic of this process if ``backend`` is a Redis backend.
+
+    The backend's observers are the module's, not the instance's: every Redis backend
+    of the process is timed (see docs/observability.md). Returns the function that
+    stops observing, or ``None`` for another backend.
+    """
+    module = sys.modules.get("streamkit.backends.redis")
+    if module is None or not isinstance(backend, module.RedisBackend):
+        return None
+    observers: list[Callable[[str, object], None]] = module._observers
+    observers.append(observer)
+
+    def unwatch() -> None:
+        if observer in observers:
+            observers.remove(observer)
+
+    return unwatch
 
 
 def _text(value: object) -> str | None:

@@ -85,8 +85,8 @@ Action: TypeAlias = Literal["read", "control"]
 #: returns ``True`` to allow, and may be a coroutine function.
 Authorize: TypeAlias = Callable[[str | None, StreamSession, Action], "bool | Awaitable[bool]"]
 #: The moments a hook can be registered for with :meth:`SessionRegistry.on`.
-HookName: TypeAlias = Literal["created", "state_changed", "event", "removed"]
-_HOOK_NAMES: Final = ("created", "state_changed", "event", "removed")
+HookName: TypeAlias = Literal["created", "state_changed", "event", "removed", "delivered"]
+_HOOK_NAMES: Final = ("created", "state_changed", "event", "removed", "delivered")
 
 _FINAL_STATE: Final = {
     EventType.COMPLETE: SessionState.COMPLETED,
@@ -199,7 +199,8 @@ class SessionRegistry:
         self._tg: TaskGroup | None = None
         self._closing = False
         self._counts = dict.fromkeys(
-            ("created", "removed", "expired", "appended", "sweeps", "heartbeats"), 0
+            ("created", "removed", "expired", "appended", "sweeps", "heartbeats", "lagged", "gaps"),
+            0,
         )
         self._delivered_gone = 0
         self._ttfts: list[float] = []
@@ -565,6 +566,10 @@ class SessionRegistry:
         ``created(session)``, ``state_changed(before, after)``, ``event(event)`` and
         ``removed(session)`` are called inline, synchronously: keep them quick. A hook
         that raises is logged (logger ``streamkit.registry``) and the registry goes on.
+        ``delivered(event, lag)`` reports a sample of the live events subscriptions
+        return (the first, then one in 16 per subscription), with the seconds since the
+        event was made; only subscriptions opened while such a hook is registered are
+        sampled, and the others pay nothing for it.
 
         Raises:
             ValidationError: unknown ``name`` or a ``callback`` that is not callable.
@@ -612,6 +617,8 @@ class SessionRegistry:
             heartbeats=self._counts["heartbeats"],
             mean_time_to_first_token=sum(ttfts) / len(ttfts) if ttfts else None,
             max_time_to_first_token=max(ttfts) if ttfts else None,
+            subscribers_lagged=self._counts["lagged"],
+            history_gaps=self._counts["gaps"],
         )
 
     async def session_statistics(

@@ -129,6 +129,11 @@ class RegistryStatistics:
         heartbeats: Heartbeat events sent by the registry.
         mean_time_to_first_token: Mean time to first token of finished streams, seconds.
         max_time_to_first_token: The largest such time, seconds.
+        subscribers_lagged: Subscriptions ended with :class:`~streamkit.SubscriberLagged`:
+            they fell more than ``max_lag`` events behind, or their next event left the
+            retention window, while they read.
+        history_gaps: Subscriptions refused with :class:`~streamkit.HistoryGap`: the
+            resume point they asked for had already left the retention window.
     """
 
     sessions: int
@@ -145,3 +150,5 @@ class RegistryStatistics:
     heartbeats: int
     mean_time_to_first_token: float | None
     max_time_to_first_token: float | None
+    subscribers_lagged: int = 0
+    history_gaps: int = 0

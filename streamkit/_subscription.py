@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Self
+import time
+from typing import TYPE_CHECKING, Final, Self
 
 import anyio
 
-from ._errors import ClosedError, ValidationError
+from ._errors import ClosedError, HistoryGap, SubscriberLagged, ValidationError
+from .abc import EventCursor
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -15,9 +17,11 @@ if TYPE_CHECKING:
     from ._coordinator import _Entry
     from ._events import StreamEvent
     from ._registry import SessionRegistry
-    from .abc import EventCursor
 
 __all__ = ["Subscription"]
+
+#: A subscription with ``delivered`` hooks reports one live event in this many.
+SAMPLE_EVERY: Final = 16
 
 
 class Subscription:
@@ -68,8 +72,11 @@ class Subscription:
             )
         registry._subscriber_joined(entry)
         self._entry = entry
-        self._cursor = entry.log.read(self._after)
-        return self._cursor
+        cursor = entry.log.read(self._after)
+        if registry._hooks["delivered"]:  # decided once: no cost per event without hooks
+            cursor = _SampledCursor(cursor, registry, entry.log.last_seq)
+        self._cursor = cursor
+        return cursor
 
     async def __aenter__(self) -> Self:
         if self._cursor is None:
@@ -98,7 +105,11 @@ class Subscription:
         except StopAsyncIteration:
             await self.aclose()
             raise
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, SubscriberLagged):
+                self._registry._counts["lagged"] += 1
+            elif isinstance(exc, HistoryGap):
+                self._registry._counts["gaps"] += 1
             with anyio.CancelScope(shield=True):
                 await self.aclose()
             raise
@@ -124,3 +135,79 @@ class Subscription:
         if cursor is not None:
             self._after = cursor.position
             await cursor.aclose()
+
+
+class _SampledCursor(EventCursor):
+    """A cursor that reports the delivery lag of one live event in :data:`SAMPLE_EVERY`.
+
+    Made instead of the log's own cursor only when the registry has ``delivered``
+    hooks. The events reported are those with ``seq`` ``live + 1``, ``live + 17``...
+    where ``live`` was the log's last ``seq`` when the subscription opened (replayed
+    history is not late), whether they are returned one by one or by
+    :meth:`take_ready`; the lag is the seconds from the event's ``timestamp`` (made
+    just before it was appended) to now.
+
+    It takes the events up to the next one to report from the log's cursor at once
+    (``take_ready``) and hands them out from its own list, so that an event costs one
+    coroutine frame here as in the log's cursor, and the checks are paid once per run.
+    """
+
+    __slots__ = ("_cursor", "_i", "_last", "_next", "_ready", "_registry")
+
+    def __init__(self, cursor: EventCursor, registry: SessionRegistry, live_after: int) -> None:
+        self._cursor = cursor
+        self._registry = registry
+        self._next = live_after + 1  # the seq of the next event to report
+        self._ready: Sequence[StreamEvent] = ()
+        self._i = 0
+        self._last = 0  # the seq of the event __anext__ took from the cursor itself
+
+    @property
+    def position(self) -> int:
+        i = self._i
+        if i < len(self._ready):  # some of what was taken ahead is not handed out yet
+            return (self._ready[i - 1].seq or 0) if i else self._last
+        return self._cursor.position
+
+    async def __anext__(self) -> StreamEvent:
+        i = self._i
+        ready = self._ready
+        if i < len(ready):
+            self._i = i + 1
+            return ready[i]
+        cursor = self._cursor
+        event = await cursor.__anext__()
+        seq = self._last = event.seq or 0
+        if seq >= self._next:
+            self._report(event, seq)
+        # Everything before the next event to report, if it is there already.
+        self._ready = cursor.take_ready(self._next - seq - 1)
+        self._i = 0
+        return event
+
+    def take_ready(self, limit: int) -> Sequence[StreamEvent]:
+        i = self._i
+        ready = self._ready
+        if i < len(ready):
+            taken = ready[i : i + limit]
+            self._i = i + len(taken)
+            return taken
+        taken = self._cursor.take_ready(limit)
+        if taken:
+            first = taken[0].seq or 0
+            while first <= self._next <= (taken[-1].seq or 0):
+                index = self._next - first
+                if index >= len(taken):  # pragma: no cover - a cursor's seqs are contiguous
+                    break
+                self._report(taken[index], self._next)
+        return taken
+
+    def _report(self, event: StreamEvent, seq: int) -> None:
+        if seq == self._next:
+            lag = time.time() - event.timestamp
+            self._registry._emit("delivered", event, lag if lag > 0.0 else 0.0)
+        # The next one: SAMPLE_EVERY after the one due (seq jumps only if events skip).
+        self._next += SAMPLE_EVERY * ((seq - self._next) // SAMPLE_EVERY + 1)
+
+    async def aclose(self) -> None:
+        await self._cursor.aclose()

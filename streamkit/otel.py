@@ -17,8 +17,9 @@ Rules of this module:
 * **Public hooks only, nothing on the hot path when absent.** Instrumenting registers
   hooks with :meth:`SessionRegistry.on` (see :mod:`streamkit._observe`); a registry that
   is not instrumented runs no code of this module. With it, a token costs one hook call
-  and one type check; everything else happens once per session or stream, or when a
-  metric reader collects.
+  and one type check when appended, and a delivery-lag record for one event in 16 when
+  read; everything else happens once per session or stream, or when a metric reader
+  collects.
 * **No user data unless asked.** Spans and metrics carry states, reasons, error types
   and numbers. Session ids, user ids and error messages are recorded only with
   ``record_content=True``; the text of events never is.
@@ -48,6 +49,7 @@ from . import SessionRegistry  # the public name: it stays wherever the class mo
 from ._errors import ValidationError
 from ._observe import (
     DURATION_BUCKETS,
+    LAG_BUCKETS,
     METRICS,
     TPOT_BUCKETS,
     TTFT_BUCKETS,
@@ -135,6 +137,9 @@ class _Recorder:
         self._streams = counter("streamkit.streams")
         self._ended = counter("streamkit.sessions.ended")
         self._rejected = counter("streamkit.requests.rejected")
+        self._lag = histogram("streamkit.delivery.lag", LAG_BUCKETS)
+        self._round_trip = histogram("streamkit.redis.round_trip.duration", LAG_BUCKETS)
+        self._retries = counter("streamkit.redis.retries")
         self._stream_apps = list(stream_apps)
         self._observed: list[Any] = []
         for metric in METRICS:
@@ -274,6 +279,15 @@ class _Recorder:
             self._set_error(span, end.error_type, end.error_message)
         span.end()
 
+    def delivered(self, lag: float) -> None:
+        self._lag.record(lag)
+
+    def redis_round_trip(self, seconds: float) -> None:
+        self._round_trip.record(seconds)
+
+    def redis_retry(self, error_type: str) -> None:
+        self._retries.add(1, {"error.type": error_type})
+
     def _set_error(self, span: Span, error_type: str, message: str | None) -> None:
         span.set_attribute("error.type", error_type)
         event: dict[str, Any] = {"exception.type": error_type}
@@ -305,6 +319,12 @@ class _Recorder:
                 return [
                     Observation(count, {"streamkit.session.state": state})
                     for state, count in stats.by_state.items()
+                ]
+            if name == "streamkit.subscribers.dropped":
+                reason = "streamkit.subscriber.drop_reason"
+                return [
+                    Observation(stats.subscribers_lagged, {reason: "lagged"}),
+                    Observation(stats.history_gaps, {reason: "history_gap"}),
                 ]
             value = {
                 "streamkit.sessions.created": stats.sessions_created,

@@ -16,7 +16,8 @@ Rules of this module:
 
 * The same hooks and statistics as :mod:`streamkit.otel` (see :mod:`streamkit._observe`):
   no code on the hot path of a registry that is not instrumented, one type check per
-  token of one that is; gauges are read from ``statistics()`` at scrape time.
+  token of one that is (and a delivery-lag record for one event in 16 read); gauges
+  are read from ``statistics()`` at scrape time.
 * The endpoint is a separate pure ASGI app, off until the application mounts it, and
   it may sit behind the same ``authenticate`` callable as the StreamApp.
 * Nothing about a user (ids, text, error messages) is ever exported: label values are
@@ -45,6 +46,7 @@ from . import SessionRegistry  # the public name: it stays wherever the class mo
 from ._errors import PermissionDenied, ValidationError
 from ._observe import (
     DURATION_BUCKETS,
+    LAG_BUCKETS,
     METRICS,
     TPOT_BUCKETS,
     TTFT_BUCKETS,
@@ -103,6 +105,14 @@ class _Statistics(Collector):
         }
         for otel_name, value in counts.items():
             yield CounterMetricFamily(_name(otel_name), _doc(otel_name), value=value)
+        dropped = CounterMetricFamily(
+            _name("streamkit.subscribers.dropped"),
+            _doc("streamkit.subscribers.dropped"),
+            labels=["streamkit_subscriber_drop_reason"],
+        )
+        dropped.add_metric(["lagged"], stats.subscribers_lagged)
+        dropped.add_metric(["history_gap"], stats.history_gaps)
+        yield dropped
         sessions = GaugeMetricFamily(
             _name("streamkit.sessions"),
             _doc("streamkit.sessions"),
@@ -229,6 +239,9 @@ class _Sink:
             "http_response_status_code",
             "streamkit_request_kind",
         )
+        self._lag = histogram("streamkit.delivery.lag", LAG_BUCKETS)
+        self._round_trip = histogram("streamkit.redis.round_trip.duration", LAG_BUCKETS)
+        self._retries = counter("streamkit.redis.retries", "error_type")
 
     def session_created(self, session: StreamSession) -> object:
         del session
@@ -269,6 +282,15 @@ class _Sink:
     def session_ended(self, handle: object | None, end: SessionEnd) -> None:
         del handle
         self._ended.labels(end.state, end.reason, end.error_type or "").inc()
+
+    def delivered(self, lag: float) -> None:
+        self._lag.observe(lag)
+
+    def redis_round_trip(self, seconds: float) -> None:
+        self._round_trip.observe(seconds)
+
+    def redis_retry(self, error_type: str) -> None:
+        self._retries.labels(error_type).inc()
 
     def on_rejected(self, cause: str, status: int | None, kind: str) -> None:
         self._rejected.labels(cause, "" if status is None else str(status), kind).inc()

@@ -561,3 +561,41 @@ async def test_the_demo_without_tools_streams_text_only() -> None:
     with pytest.raises(sk.ValidationError) as info:
         make_app(tools="yes")  # type: ignore[arg-type]
     assert info.value.field == "tools"
+
+
+async def test_metrics_show_the_figures_of_the_running_demo() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from .asgi_helpers import serve
+
+    with serve(make_app(fast=True)) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as http:
+            created = await http.post("/sessions", json={"prompt": DEFAULT_PROMPT})
+            session_id = created.json()["session"]["session_id"]
+            async with http.stream("GET", f"/sessions/{session_id}/events") as response:
+                events = [event async for event in sse.aiter_events(response.aiter_bytes())]
+            metrics = await http.get("/metrics")
+    assert metrics.status_code == 200
+    assert metrics.headers["content-type"].startswith("text/plain")
+    found = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(metrics.text)
+        for sample in family.samples
+    }
+    stats: Any = events[-1].metadata["stats"]
+    done = (("streamkit_stream_outcome", "completed"),)
+    assert found[("streamkit_sessions_created_total", ())] == 1
+    assert found[("streamkit_stream_tokens_total", done)] == stats["tokens"]
+    assert found[("gen_ai_server_time_to_first_token_seconds_count", done)] == 1
+    assert found[("streamkit_sessions", (("streamkit_session_state", "completed"),))] == 1
+    assert found[("streamkit_http_open_streams", (("streamkit_connection_kind", "stream"),))] == 0
+    assert session_id not in metrics.text
+
+
+async def test_metrics_before_the_lifespan_say_what_is_missing(
+    client: httpx.AsyncClient,
+) -> None:
+    # The fixture runs the StreamApp's registry without the demo's ASGI lifespan.
+    response = await client.get("/metrics")
+    assert response.status_code == 404
+    assert "prometheus-client" in response.json()["error"]["message"]

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from typing import Any
 
+import anyio
 import pytest
 
 import streamkit as sk
@@ -33,6 +34,7 @@ class FakeRegistry:
     def __init__(self, failures: int = 0) -> None:
         self.hooks: dict[str, Any] = {}
         self.failures = failures
+        self.backend = object()
 
     def on(self, name: str, callback: Any) -> Any:
         self.hooks[name] = callback
@@ -67,6 +69,15 @@ class RecordingSink:
 
     def session_ended(self, handle: object | None, end: SessionEnd) -> None:
         self.calls.append(("session_ended", (handle, end)))
+
+    def delivered(self, lag: float) -> None:
+        self.calls.append(("delivered", lag))
+
+    def redis_round_trip(self, seconds: float) -> None:
+        self.calls.append(("redis_round_trip", seconds))
+
+    def redis_retry(self, error_type: str) -> None:
+        self.calls.append(("redis_retry", error_type))
 
 
 def state(session: sk.StreamSession, status: str) -> sk.StreamSession:
@@ -262,3 +273,107 @@ def test_missing_extra_names_what_to_install(module: str, dependency: str, extra
     )
     assert result.returncode != 0
     assert f"install 'streamkit[{extra}]'" in result.stderr
+
+
+# -- the registry's figures for observers: dropped subscribers, delivery lag -----------------
+
+
+def token(text: str) -> sk.StreamEvent:
+    return sk.StreamEvent(event_type="token", content=text)
+
+
+async def test_lagged_and_gapped_subscriptions_are_counted() -> None:
+    config = sk.RegistryConfig(max_lag=5, history_max_events=4, heartbeat_interval=None)
+    async with sk.SessionRegistry(config) as registry:
+        session = await registry.create()
+        sid = session.session_id
+        await registry.publish(sid, token("a"))
+        with anyio.fail_after(10):
+            async with registry.subscribe(sid) as slow:
+                assert (await slow.__anext__()).content == "a"
+                for _ in range(6):  # one more than max_lag while the reader waits
+                    await registry.publish(sid, token("b"))
+                with pytest.raises(sk.SubscriberLagged):
+                    await slow.__anext__()
+            with pytest.raises(sk.HistoryGap):
+                async for _ in registry.subscribe(sid, after=1):
+                    pass  # pragma: no cover - refused before the first event
+            with pytest.raises(sk.HistoryGap):
+                async for _ in registry.subscribe(sid, after=0):
+                    pass  # pragma: no cover - refused before the first event
+            async with registry.subscribe(sid, after=3) as resumed:  # retained: no gap
+                assert (await resumed.__anext__()).seq == 4
+        stats = registry.statistics()
+        assert stats.subscribers_lagged == 1
+        assert stats.history_gaps == 2
+        per_session = await registry.session_statistics(sid)
+        assert per_session.log.readers_lagged == 1
+
+
+async def test_delivered_hook_samples_live_events_only() -> None:
+    seen: list[tuple[int, float]] = []
+    async with sk.SessionRegistry(sk.RegistryConfig(heartbeat_interval=None)) as registry:
+        before = await registry.create()
+        # Opened before any hook: never sampled, whatever comes later.
+        unsampled = registry.subscribe(before.session_id)
+        await unsampled.__aenter__()
+        unhook = registry.on("delivered", lambda event, lag: seen.append((event.seq, lag)))
+        session = await registry.create()
+        with anyio.fail_after(10):
+            async with registry.subscribe(session.session_id) as reader:
+                registry.start(session.session_id, ["x"] * 40, sk.StreamConfig(chunk_size=1))
+                events = [event async for event in reader]
+        assert len(events) == 42  # start, 40 tokens, complete
+        # The first live event, then one in 16.
+        assert [seq for seq, _ in seen] == [1, 17, 33]
+        assert all(lag >= 0.0 for _, lag in seen)
+        # Replayed history is not late: a reader of an ended session reports nothing.
+        seen.clear()
+        with anyio.fail_after(10):
+            replayed = [event async for event in registry.subscribe(session.session_id)]
+        assert len(replayed) == 42
+        assert seen == []
+        registry.start(before.session_id, ["y"])
+        with anyio.fail_after(10):
+            assert len([event async for event in unsampled]) == 3
+        assert seen == []
+        unhook()
+
+
+async def test_delivered_hook_samples_events_taken_in_batches_too() -> None:
+    seen: list[int] = []
+    async with sk.SessionRegistry(sk.RegistryConfig(heartbeat_interval=None)) as registry:
+        registry.on("delivered", lambda event, lag: seen.append(event.seq))
+        session = await registry.create()
+        sid = session.session_id
+        with anyio.fail_after(10):
+            async with registry.subscribe(sid) as reader:
+                for _ in range(40):
+                    await registry.publish(sid, token("x"))
+                first = await reader.__anext__()
+                assert first.seq == 1
+                assert reader.position == 1
+                assert reader.take_ready(0) == []
+                ahead = reader.take_ready(5)  # what the reader holds before seq 17
+                assert [event.seq for event in ahead] == [2, 3, 4, 5, 6]
+                assert reader.position == 6
+                rest = list(reader.take_ready(10))
+                rest += reader.take_ready(100)
+                assert [event.seq for event in rest] == list(range(7, 41))
+                assert reader.position == 40
+                await registry.publish(sid, token("y"))
+                assert (await reader.__anext__()).seq == 41
+                assert reader.position == 41
+        assert seen == [1, 17, 33]
+
+
+def test_the_docs_list_every_metric_under_both_names() -> None:
+    from pathlib import Path
+
+    page = (Path(__file__).parent.parent / "docs" / "observability.md").read_text()
+    for metric in METRICS:
+        assert f"`{metric.name}`" in page, metric.name
+        suffix = "_total" if "counter" in metric.kind else ""
+        assert f"`{metric.prometheus_name}{suffix}`" in page, metric.prometheus_name
+        for attribute in metric.attributes:
+            assert f"`{attribute}`" in page, attribute

@@ -646,3 +646,74 @@ async def test_a_current_span_is_kept_over_the_traceparent_header(telemetry: Tel
     assert not seen[2].is_valid
     assert len(seen) == 4
     assert not trace.get_current_span().get_span_context().is_valid
+
+
+async def test_delivery_lag_and_dropped_subscribers(telemetry: Telemetry) -> None:
+    config = sk.RegistryConfig(max_lag=2, history_max_events=3, heartbeat_interval=None)
+    async with sk.SessionRegistry(config) as registry:
+        telemetry.instrument(registry)
+        streaming = await registry.create()
+        with anyio.fail_after(10):
+            async with registry.subscribe(streaming.session_id) as reader:
+                registry.start(streaming.session_id, ["x"] * 40, sk.StreamConfig(chunk_size=1))
+                assert len([event async for event in reader]) == 42
+        lagging = await registry.create()
+        sid = lagging.session_id
+        await registry.publish(sid, sk.StreamEvent(event_type="token", content="a"))
+        with anyio.fail_after(10):
+            async with registry.subscribe(sid) as slow:
+                await slow.__anext__()
+                for _ in range(3):
+                    await registry.publish(sid, sk.StreamEvent(event_type="token", content="b"))
+                with pytest.raises(sk.SubscriberLagged):
+                    await slow.__anext__()
+            with pytest.raises(sk.HistoryGap):
+                async for _ in registry.subscribe(sid, after=0):
+                    pass  # pragma: no cover - refused before the first event
+        points = telemetry.points()
+    # The 42 live events of the first subscription: seq 1, 17 and 33. The lagging one
+    # read only an event appended before it subscribed: history, not late.
+    assert value(points["streamkit.delivery.lag"]) == 3
+    assert points["streamkit.delivery.lag"][0].min >= 0
+    dropped = points["streamkit.subscribers.dropped"]
+    assert value(dropped, **{"streamkit.subscriber.drop_reason": "lagged"}) == 1
+    assert value(dropped, **{"streamkit.subscriber.drop_reason": "history_gap"}) == 1
+    assert "streamkit.redis.round_trip.duration" not in points  # not a Redis registry
+
+
+async def test_under_uvicorn_delivery_lag_of_a_live_subscriber(
+    served: tuple[ServerThread, Telemetry, Any],
+) -> None:
+    server, telemetry, _ = served
+    registry: sk.SessionRegistry = server.app.registry
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+        response = await http.post("/sessions", json={}, headers=auth("alice"))
+        sid = response.json()["session"]["session_id"]
+        async with http.stream("GET", f"/sessions/{sid}/events", headers=auth("alice")) as stream:
+            assert stream.status_code == 200  # subscribed: what comes now is live
+
+            async def collect() -> dict[str, list[Any]]:
+                return telemetry.points()
+
+            live = await server.call(collect)
+
+            async def start() -> None:
+                registry.start(sid, ["x"] * 20, sk.StreamConfig(chunk_size=1))
+
+            await server.call(start)
+            events = [event async for event in sse.aiter_events(stream.aiter_bytes())]
+    assert len(events) == 22
+    state = response.json()["session"]["status"]
+    assert value(live["streamkit.sessions"], **{"streamkit.session.state": state}) == 1
+    assert value(live["streamkit.subscribers"]) == 1
+    assert value(live["streamkit.producers"]) == 0
+    stream_kind = {"streamkit.connection.kind": "stream"}
+    assert value(live["streamkit.http.open_streams"], **stream_kind) == 1
+    points = await server.call(collect)
+    assert value(points["streamkit.http.open_streams"], **stream_kind) == 0
+    assert value(points["streamkit.delivery.lag"]) == 2  # seq 1 and 17
+    dropped = points["streamkit.subscribers.dropped"]
+    assert value(dropped, **{"streamkit.subscriber.drop_reason": "lagged"}) == 0
+    assert value(dropped, **{"streamkit.subscriber.drop_reason": "history_gap"}) == 0
+    assert value(points["streamkit.subscribers"]) == 0
+    assert value(points["streamkit.sessions"], **{"streamkit.session.state": "completed"}) == 1

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import anyio
+import anyio.to_thread
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 import streamkit as sk
+import streamkit._observe
 import streamkit.prometheus
 from streamkit import sse
 from streamkit.asgi import StreamApp
 from streamkit.testing import SimulatedAgent
 
 from .asgi_helpers import auth, bearer_authenticate, serve
+from .redis_server import free_port, start_redis, stop_redis
+from .test_otel import Telemetry
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -290,3 +296,146 @@ def test_bad_arguments_are_refused() -> None:
     with pytest.raises(sk.ValidationError, match="app"):
         metrics.wrap(42)  # type: ignore[arg-type]
     metrics.uninstrument()
+
+
+async def test_delivery_lag_and_dropped_subscribers_under_uvicorn(served: ServerThread) -> None:
+    registry: sk.SessionRegistry = served.app.registry
+    async with httpx.AsyncClient(base_url=served.url, timeout=10) as http:
+        response = await http.post("/sessions", json={}, headers=auth("alice"))
+        assert response.status_code == 201, response.text
+        sid = response.json()["session"]["session_id"]
+        async with http.stream("GET", f"/sessions/{sid}/events", headers=auth("alice")) as stream:
+            assert stream.status_code == 200  # subscribed: what comes now is live
+            live = samples((await http.get("/metrics", headers=auth("admin"))).text)
+
+            async def start() -> None:
+                registry.start(sid, ["x"] * 40, sk.StreamConfig(chunk_size=1))
+
+            await served.call(start)
+            events = [event async for event in sse.aiter_events(stream.aiter_bytes())]
+        assert len(events) == 42  # start, 40 tokens, complete
+        text = (await http.get("/metrics", headers=auth("admin"))).text
+    state = response.json()["session"]["status"]
+    assert live[("streamkit_sessions", (("streamkit_session_state", state),))] == 1
+    assert live[("streamkit_subscribers", ())] == 1
+    assert live[("streamkit_producers", ())] == 0
+    assert live[("streamkit_http_open_streams", (("streamkit_connection_kind", "stream"),))] == 1
+    found = samples(text)
+    assert found[("streamkit_sessions", (("streamkit_session_state", state),))] == 0
+    assert found[("streamkit_sessions", (("streamkit_session_state", "completed"),))] == 1
+    assert found[("streamkit_subscribers", ())] == 0
+    assert found[("streamkit_http_open_streams", (("streamkit_connection_kind", "stream"),))] == 0
+    # The first live event of the subscription, then one in 16: seq 1, 17 and 33.
+    assert found[("streamkit_delivery_lag_seconds_count", ())] == 3
+    assert found[("streamkit_delivery_lag_seconds_sum", ())] >= 0
+    dropped = "streamkit_subscribers_dropped_total"
+    assert found[(dropped, (("streamkit_subscriber_drop_reason", "lagged"),))] == 0
+    assert found[(dropped, (("streamkit_subscriber_drop_reason", "history_gap"),))] == 0
+    assert ("streamkit_redis_round_trip_duration_seconds_count", ()) in found
+    assert found[("streamkit_redis_round_trip_duration_seconds_count", ())] == 0
+
+
+async def test_dropped_subscribers_count_by_reason() -> None:
+    config = sk.RegistryConfig(max_lag=2, history_max_events=3, heartbeat_interval=None)
+    async with sk.SessionRegistry(config) as registry:
+        metrics = streamkit.prometheus.instrument(registry)
+        session = await registry.create()
+        sid = session.session_id
+        await registry.publish(sid, sk.StreamEvent(event_type="token", content="a"))
+        with anyio.fail_after(10):
+            async with registry.subscribe(sid) as slow:
+                await slow.__anext__()
+                for _ in range(3):
+                    await registry.publish(sid, sk.StreamEvent(event_type="token", content="b"))
+                with pytest.raises(sk.SubscriberLagged):
+                    await slow.__anext__()
+            with pytest.raises(sk.HistoryGap):
+                async for _ in registry.subscribe(sid, after=0):
+                    pass  # pragma: no cover - refused before the first event
+        found = samples(metrics.exposition().decode())
+        metrics.uninstrument()
+    dropped = "streamkit_subscribers_dropped_total"
+    assert found[(dropped, (("streamkit_subscriber_drop_reason", "lagged"),))] == 1
+    assert found[(dropped, (("streamkit_subscriber_drop_reason", "history_gap"),))] == 1
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # redis-py is asyncio-only
+async def test_redis_round_trips_and_retries(tmp_path: Path) -> None:
+    from streamkit.backends.redis import RedisBackend
+
+    port = free_port()
+    process, url = start_redis(tmp_path, port=port)
+    retried = anyio.Event()
+    try:
+        backend = RedisBackend(url, prefix=f"metrics{port}", retry_for=30)
+        async with sk.SessionRegistry(
+            sk.RegistryConfig(heartbeat_interval=None), backend=backend
+        ) as registry:
+            metrics = streamkit.prometheus.instrument(registry)
+            telemetry = Telemetry()  # and OpenTelemetry, from the same observers
+            instrumentation = telemetry.instrument(registry)
+            other = streamkit.prometheus.instrument(sk.SessionRegistry())  # memory: not Redis
+            session = await registry.create()
+            registry.start(session.session_id, ["a", "b", "c"])
+            with anyio.fail_after(20):
+                events = [event async for event in registry.subscribe(session.session_id)]
+            assert events[-1].event_type == sk.EventType.COMPLETE
+            found = samples(metrics.exposition().decode())
+            trips = found[("streamkit_redis_round_trip_duration_seconds_count", ())]
+            assert trips >= 3  # create, appends, reads: each at least one round trip
+            assert found[("streamkit_redis_round_trip_duration_seconds_sum", ())] > 0
+            assert not [key for key in found if key[0] == "streamkit_redis_retries_total"]
+            assert b"streamkit_redis_round_trip_duration_seconds_count 0.0" in (other.exposition())
+
+            # Redis goes away: the next call is retried until it is back.
+            stop_redis(process)
+            unwatch = streamkit._observe.watch_redis(
+                backend, lambda kind, value: retried.set() if kind == "retry" else None
+            )
+            assert unwatch is not None
+
+            async def restart_when_retried() -> None:
+                nonlocal process
+                await retried.wait()
+                process, _ = await anyio.to_thread.run_sync(
+                    lambda: start_redis(tmp_path, port=port)
+                )
+
+            with anyio.fail_after(30):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(restart_when_retried)
+                    await registry.create()
+            unwatch()
+            found = samples(metrics.exposition().decode())
+            retries = [
+                (dict(labels), count)
+                for (name, labels), count in found.items()
+                if name == "streamkit_redis_retries_total"
+            ]
+            assert retries
+            assert all(count >= 1 for _, count in retries)
+            points = telemetry.points()
+            assert sum(p.value for p in points["streamkit.redis.retries"]) >= sum(
+                count for _, count in retries
+            )
+            (durations,) = points["streamkit.redis.round_trip.duration"]
+            assert (
+                durations.count == found[("streamkit_redis_round_trip_duration_seconds_count", ())]
+            )
+            instrumentation.uninstrument()
+            telemetry.tracer_provider.shutdown()
+            telemetry.meter_provider.shutdown()
+            assert {labels["error_type"] for labels, _ in retries} <= {
+                "ConnectionError",
+                "TimeoutError",
+                "OSError",
+                "ConnectionRefusedError",
+            }
+            metrics.uninstrument()
+            other.uninstrument()
+            from streamkit.backends import redis as redis_backend
+
+            assert redis_backend._observers == []
+    finally:
+        stop_redis(process)

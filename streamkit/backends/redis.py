@@ -33,6 +33,7 @@ import contextlib
 import hashlib
 import logging
 import secrets
+import time
 from collections import deque
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
@@ -219,10 +220,23 @@ def _translate(session_id: str | None = None) -> Iterator[None]:
         raise BackendError(f"redis failed: {exc}", session_id=session_id) from exc
 
 
+#: Observers of this process's Redis traffic (streamkit.otel and streamkit.prometheus
+#: add theirs, see streamkit._observe): called with ``("round_trip", seconds)`` after
+#: each answered call of :func:`_call` and ``("retry", exception)`` before each retry.
+#: Empty unless instrumented: then nothing is timed.
+_observers: list[Callable[[str, object], None]] = []
+
+
 async def _call(
-    fn: Callable[[], Awaitable[_T]], retry_for: float, session_id: str | None = None
+    fn: Callable[[], Awaitable[_T]],
+    retry_for: float,
+    session_id: str | None = None,
+    *,
+    blocking: bool = False,
 ) -> _T:
     """Run ``fn``, retrying lost connections with backoff for at most ``retry_for`` s.
+
+    ``blocking``: ``fn`` waits for data (``XREAD BLOCK``); its time is no round trip.
 
     Raises:
         BackendError: Redis failed, or stayed unreachable for ``retry_for`` seconds.
@@ -231,7 +245,12 @@ async def _call(
     deadline = anyio.current_time() + retry_for
     while True:
         try:
-            return await fn()
+            if not _observers or blocking:
+                return await fn()
+            began = time.perf_counter()
+            result = await fn()
+            _observe("round_trip", time.perf_counter() - began)
+            return result
         except _RETRYABLE as exc:
             logger.debug("streamkit: redis call failed (%s); retrying in %.2f s", exc, delay)
             if anyio.current_time() + delay > deadline:
@@ -239,10 +258,20 @@ async def _call(
                     f"redis unreachable (gave up after {retry_for:g} s): {exc}",
                     session_id=session_id,
                 ) from exc
+            if _observers:
+                _observe("retry", exc)
         except RedisError as exc:
             raise _append_error(exc, session_id) from exc
         await anyio.sleep(delay)
         delay = min(delay * 2, _MAX_DELAY)
+
+
+def _observe(kind: str, value: object) -> None:
+    for observer in tuple(_observers):
+        try:
+            observer(kind, value)
+        except Exception:
+            logger.exception("streamkit: a redis observer raised; it was ignored")
 
 
 def _is_cluster(client: object) -> bool:
@@ -931,7 +960,7 @@ class _RedisCursor(EventCursor):
             async def block(stream: str = stream, pos: int = pos) -> Any:
                 return await log._client.xread({stream: f"{pos}-0"}, count=1, block=_BLOCK_MS)
 
-            await _call(block, log._retry_for, sid)
+            await _call(block, log._retry_for, sid, blocking=True)
 
     def _lagged(self, why: str, oldest: int) -> SubscriberLagged:
         self._log._lagged_count += 1

@@ -10,13 +10,17 @@ Rules of this module:
 * The demo has no login: the StreamApp serves everyone as the anonymous user
   (``allow_anonymous=True``). That is a demo setting for a server on ``127.0.0.1``, not a
   pattern for production.
+* ``/metrics`` shows the registry's figures in the Prometheus text format
+  (:mod:`streamkit.prometheus`, measured from the lifespan's start) when
+  ``prometheus-client`` is installed, anonymously as the rest of the demo.
 """
 
 from __future__ import annotations
 
+import json
 from functools import cache
 from importlib import resources
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 
@@ -30,6 +34,7 @@ from ..testing import SimulatedAgent, SimulatedToolAgent
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    from .._asgi_http import Message
     from .._parts import Part
     from ..asgi import Receive, Scope, Send
 
@@ -188,13 +193,66 @@ class DemoApp:
                 field="stream_app",
             )
         self.stream_app = stream_app
+        #: The :mod:`streamkit.prometheus` figures of the running registry, served at
+        #: ``/metrics``; ``None`` before the lifespan starts or without prometheus-client.
+        self.metrics: Any = None
+        self._metrics_app: Any = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one ASGI connection."""
-        if scope["type"] == "http" and scope.get("path") in _PAGE_PATHS:
+        kind = scope["type"]
+        if kind == "http" and scope.get("path") in _PAGE_PATHS:
             await self._page(scope, send)
+        elif kind == "http" and scope.get("path") == "/metrics":
+            await self._metrics(scope, receive, send)
+        elif kind == "lifespan":
+
+            async def watch(message: Message) -> None:
+                if message["type"] == "lifespan.startup.complete":
+                    self._instrument()
+                await send(message)
+
+            await self.stream_app(scope, receive, watch)
         else:
             await self.stream_app(scope, receive, send)
+
+    def _instrument(self) -> None:
+        try:
+            import streamkit.prometheus
+        except ImportError:
+            return
+        if self.metrics is not None:
+            self.metrics.uninstrument()
+        self.metrics = streamkit.prometheus.instrument(
+            self.stream_app.registry, stream_apps=[self.stream_app]
+        )
+        self._metrics_app = self.metrics.app(allow_anonymous=True)  # a demo: no login
+
+    async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._metrics_app is not None:
+            await self._metrics_app(scope, receive, send)
+            return
+        body = json.dumps(
+            {
+                "error": {
+                    "code": "not_found",
+                    "message": "no metrics: they are measured from the server's lifespan "
+                    "start, with prometheus-client installed "
+                    "(pip install 'streamkit[prometheus]')",
+                }
+            }
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 404,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
 
     @staticmethod
     async def _page(scope: Scope, send: Send) -> None:
