@@ -182,6 +182,20 @@ redis.call('XADD', KEYS[1], last .. '-1', 'c', '1')
 return 1
 """
 
+# Ends a log whose keys Redis lost (or whose counter went back) while readers waited
+# on it: an error event numbered after the newest seq they saw, so that no reader waits
+# for ever. The keys it makes expire after ARGV[3] ms (nothing else removes them).
+# KEYS: stream, meta. ARGV: the newest seq seen, the event JSON, expiry ms.
+_END_LOST: Final = """
+local seen = tonumber(ARGV[1])
+if tonumber(redis.call('HGET', KEYS[2], 'last') or '0') >= seen then return 0 end
+redis.call('XADD', KEYS[1], (seen + 1) .. '-0', 'e', ARGV[2])
+redis.call('HSET', KEYS[2], 'last', seen + 1, 'closed', '1', 'bytes', #ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return 1
+"""
+
 _BATCH: Final = 256
 _BLOCK_MS: Final = 1000
 # A stream this worker appends to is fed from its appends and left out of the shared
@@ -192,6 +206,10 @@ _LOGS_PER_CALL: Final = 256
 # Append rounds a backend has in flight at once (each log in at most one).
 _ROUNDS_IN_FLIGHT: Final = 4
 _IDLE_RECHECK: Final = 1.0
+# How often the follower checks that the logs its readers wait on still hold what
+# they saw (a Redis restarted without its data, a failover that lost writes).
+_LOSS_CHECK: Final = 1.0
+_LOST_KEYS_TTL_MS: Final = 3_600_000
 # The cluster follower's pause between rounds that found nothing: from, up to (s).
 _CLUSTER_FIRST_IDLE: Final = 0.002
 _CLUSTER_IDLE: Final = 0.05
@@ -267,6 +285,34 @@ def _key_of(entry_id: bytes | str) -> int:
     return 2 * int(ms) + (sub != "0")
 
 
+async def _end_lost(client: Any, stream: str, seen: int, session_id: str) -> int:
+    """End a log whose counter is behind ``seen``, the newest seq a reader had.
+
+    Appends an error event numbered ``seen + 1`` (unless the counter caught up), so
+    that readers get a final event instead of waiting for ever. Returns 1 if it did.
+    """
+    message = (
+        f"Redis lost events of this log: it no longer holds seq {seen}, which readers "
+        "had (restarted without its data, failed over to a replica that missed the "
+        "newest writes, or the session was removed)"
+    )
+    logger.warning("streamkit: session %s: %s", session_id, message)
+    final = make_event(
+        EventType.ERROR,
+        "",
+        MappingProxyType({"error_type": "BackendError", "message": message}),
+    )
+    ended = await client.eval(
+        _END_LOST, 2, stream, _meta_of(stream), seen, final.to_json(), _LOST_KEYS_TTL_MS
+    )
+    return int(ended)
+
+
+def _meta_of(stream: str) -> str:
+    """The meta hash's key of a log's stream key (``...:log`` -> ``...:meta``)."""
+    return stream.removesuffix(":log") + ":meta"
+
+
 def _decode(fields: dict[bytes, bytes], seq: int, session_id: str) -> StreamEvent:
     return with_seq(StreamEvent.from_json(fields[b"e"]), seq, session_id)
 
@@ -335,6 +381,8 @@ class _Follower:
         self._need = anyio.Event()
         self.stale = False  # a fed stream showed another writer's entries: read it
         self.closed = False
+        self._checked_at = 0.0  # when the followed logs were last checked for a loss
+        self.lost_logs = 0  # logs this follower found lost and ended
 
     @staticmethod
     def _after(watch: _Watch, pos: int) -> list[_Item] | None:
@@ -447,10 +495,38 @@ class _Follower:
         self.closed = True
         self._wake_all()
 
+    async def check_lost(self) -> None:
+        """End the followed logs whose newest events Redis no longer holds.
+
+        A quiet log (its producer appends nothing) would otherwise never show the
+        loss: its readers would wait for ever. One pipeline reads the counter of every
+        log that has waiting readers; a log whose counter is behind what they saw (its
+        keys are gone) gets an error event after that seq, which the next read delivers.
+        """
+        self._checked_at = anyio.current_time()
+        watched = [
+            (key, watch)
+            for key, watch in self._watches.items()
+            if watch.waiters and watch.last > 0 and not watch.last & 1
+        ]
+        if not watched:
+            return
+        pipe = self._client.pipeline(transaction=False)
+        for key, _ in watched:
+            pipe.hget(_meta_of(key), "last")
+        counters = await pipe.execute()
+        for (key, watch), raw in zip(watched, counters, strict=True):
+            seen = watch.last >> 1
+            if int(raw or 0) < seen:
+                self.lost_logs += await _end_lost(self._client, key, seen, watch.session_id)
+
     async def run(self) -> None:
         delay = _FIRST_DELAY
         while True:
             now = anyio.current_time()
+            if now - self._checked_at >= _LOSS_CHECK:
+                with contextlib.suppress(Exception):  # Redis down: the next round retries
+                    await self.check_lost()
             recheck = _IDLE_RECHECK  # seconds until a fed stream may go back into XREAD
             streams: dict[Any, Any] = {}
             for key, watch in list(self._watches.items()):
@@ -865,6 +941,7 @@ class _RedisCursor(EventCursor):
     async def _fill(self) -> None:
         log = self._log
         sid = log.session_id
+        ending_lost = False
         while not self._buf and not self._done:
             follower = log._follower
             if follower is not None and self._started:
@@ -886,6 +963,13 @@ class _RedisCursor(EventCursor):
                 oldest = last + 1 if key & 1 else key >> 1
             log._observe(last, oldest, closed)
             if last < self._pos and self._started:
+                if not ending_lost:
+                    # Redis lost what this reader had: end the log with an error event
+                    # after it (every reader gets a final event), then read it.
+                    ending_lost = True
+                    with contextlib.suppress(RedisError, OSError):
+                        await _end_lost(log._client, log._stream, self._pos, sid)
+                        continue
                 self._finish()
                 raise BackendError(
                     f"Redis lost this session's events after seq {last}; this reader had "
