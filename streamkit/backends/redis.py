@@ -685,10 +685,19 @@ class _Appender:
     is handed to readers (and its ``append`` returns) only once Redis has stored it.
     """
 
-    def __init__(self, client: Any, retry_for: float, follower: _Follower | None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        retry_for: float,
+        follower: _Follower | None,
+        replicas: int = 0,
+        replica_timeout: float = 1.0,
+    ) -> None:
         self._client = client
         self._retry_for = retry_for
         self._follower = follower
+        self._replicas = replicas
+        self._replica_ms = max(1, round(replica_timeout * 1000))
         self._queue: dict[RedisEventLog, _Batch] = {}
         self._kick = anyio.Event()
         self._sha = hashlib.sha1(_APPEND.encode()).hexdigest()  # noqa: S324 - Redis's id
@@ -763,6 +772,14 @@ class _Appender:
                     log._failure = error
                 batch.done.set()
 
+    def _unconfirmed(self, log: RedisEventLog, got: str) -> BackendError:
+        return BackendError(
+            f"Redis stored these events on its master, but {self._replicas} replica(s) did "
+            f"not confirm them within {self._replica_ms / 1000:g} s (WAIT answered {got}): "
+            "a failover now could lose them; the append is not confirmed",
+            session_id=log.session_id,
+        )
+
     async def _flush(self, batches: list[tuple[RedisEventLog, _Batch]]) -> None:
         self.rounds += 1
         for log, batch in batches:
@@ -770,7 +787,10 @@ class _Appender:
             batch.counter = log._counter
         replies: list[Any] = [None] * len(batches)
         todo = list(range(len(batches)))
-        per_call = 1 if _is_cluster(self._client) else _LOGS_PER_CALL
+        cluster = _is_cluster(self._client)
+        per_call = 1 if cluster else _LOGS_PER_CALL
+        # With replicas: the batches (by index) whose WAIT fell short, and why.
+        unconfirmed: dict[int, str] = {}
 
         async def send() -> None:
             nonlocal todo
@@ -793,7 +813,8 @@ class _Appender:
                     )
                 calls.append([self._sha, len(keys), *keys, *args])
             results: list[Any]
-            if len(calls) == 1:  # one command: no pipeline object to build
+            waits: dict[str, tuple[Any, list[int]]] = {}
+            if len(calls) == 1 and not self._replicas:  # no pipeline object to build
                 try:
                     results = [await self._client.evalsha(*calls[0])]
                 except ResponseError as exc:
@@ -802,7 +823,29 @@ class _Appender:
                 pipe = self._client.pipeline(transaction=False)
                 for call in calls:
                     pipe.evalsha(*call)
+                if self._replicas:
+                    # WAIT on the connection (per master, on a cluster) that carried
+                    # the writes: it returns once that many replicas have them.
+                    for i in todo:
+                        node = (
+                            self._client.get_node_from_key(batches[i][0]._stream)
+                            if cluster
+                            else None
+                        )
+                        name = "" if node is None else node.name
+                        waits.setdefault(name, (node, []))[1].append(i)
+                    for node, _ in waits.values():
+                        target = {} if node is None else {"target_nodes": node}
+                        pipe.execute_command("WAIT", self._replicas, self._replica_ms, **target)
                 results = await pipe.execute(raise_on_error=False)
+                acks = results[len(calls) :]
+                results = results[: len(calls)]
+                for (_, indices), ack in zip(waits.values(), acks, strict=True):
+                    for i in indices:
+                        if isinstance(ack, int) and ack >= self._replicas:
+                            unconfirmed.pop(i, None)
+                        else:
+                            unconfirmed[i] = str(ack)
             missing = False
             retry: list[int] = []
             failure: BaseException | None = None
@@ -834,10 +877,18 @@ class _Appender:
                 self._fail(batches, exc)
                 return
             stale = False
-            for (log, batch), reply in zip(batches, replies, strict=True):
+            for i, ((log, batch), reply) in enumerate(zip(batches, replies, strict=True)):
                 try:
                     if isinstance(reply, BaseException):
                         raise _append_error(reply, log.session_id) from reply
+                    if i in unconfirmed and int(reply[0]) > 0:
+                        # Stored on the master only: not for this worker's readers (a
+                        # later confirmed round covers it; they then read it).
+                        self._fail([(log, batch)], self._unconfirmed(log, unconfirmed[i]))
+                        stale = True
+                        if self._follower is not None:
+                            self._follower.feed(log, 0, ())  # read it from Redis later
+                        continue
                     log._committed(batch, reply)
                 except BackendError as exc:
                     batch.error = exc
@@ -1858,6 +1909,13 @@ class RedisBackend(Backend):
             cluster, per node.
         cluster: Whether ``url`` is a node of a Redis Cluster: the backend then makes a
             ``RedisCluster`` client, which finds the other nodes itself.
+        replicas: With ``replicas > 0``, every append round ends with ``WAIT replicas
+            replica_timeout`` (on each master it wrote to): an append returns, and
+            this worker's readers get its events, only once that many replicas have
+            them. A round they do not confirm in time fails with
+            :class:`~streamkit.BackendError` (the events are on the master; see
+            docs/scaling.md). ``0`` (the default): no ``WAIT``.
+        replica_timeout: Seconds a ``WAIT`` waits for the replicas.
 
     Raises:
         ValidationError: a bad argument.
@@ -1870,6 +1928,8 @@ class RedisBackend(Backend):
         "_lease_ttl",
         "_owned",
         "_prefix",
+        "_replica_timeout",
+        "_replicas",
         "_retry_for",
         "_store",
         "_tg",
@@ -1886,6 +1946,8 @@ class RedisBackend(Backend):
         retry_for: float = 10.0,
         max_connections: int = 32,
         cluster: bool = False,
+        replicas: int = 0,
+        replica_timeout: float = 1.0,
     ) -> None:
         if not isinstance(prefix, str) or not prefix or "{" in prefix or "}" in prefix:
             raise ValidationError(
@@ -1894,6 +1956,10 @@ class RedisBackend(Backend):
         self._lease_ttl = float(check_number("lease_ttl", lease_ttl, minimum=0, positive=True))
         self._retry_for = float(check_number("retry_for", retry_for, minimum=0))
         check_int("max_connections", max_connections, minimum=2)
+        self._replicas = check_int("replicas", replicas, minimum=0)
+        self._replica_timeout = float(
+            check_number("replica_timeout", replica_timeout, minimum=0, positive=True)
+        )
         if client is None:
             if not isinstance(url, str):
                 raise ValidationError(f"url must be a str, got {type_name(url)}", field="url")
@@ -1955,7 +2021,13 @@ class RedisBackend(Backend):
                 wake = f"{self._prefix}:wake:{self._token}"
                 self._follower = _Follower(self._client, wake, self._retry_for)
             tg.start_soon(self._follower.run, name="streamkit redis follower")
-            self._appender = _Appender(self._client, self._retry_for, self._follower)
+            self._appender = _Appender(
+                self._client,
+                self._retry_for,
+                self._follower,
+                self._replicas,
+                self._replica_timeout,
+            )
             tg.start_soon(self._appender.run, name="streamkit redis appender")
         return self
 
