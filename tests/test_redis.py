@@ -62,6 +62,19 @@ async def test_conformance(client: aredis.Redis) -> None:
     await check_event_log(factory)
 
 
+async def test_conformance_through_an_entered_backend(redis_url: str) -> None:
+    # Logs of an entered backend: group commit, append_nowait queueing, the follower.
+    async with RedisBackend(redis_url, prefix=f"cf{next(_ids)}") as backend:
+
+        def factory(**limits: Any) -> RedisEventLog:
+            log = RedisEventLog(backend._client, _sid(), prefix=backend._prefix, **limits)
+            log._appender = backend._appender
+            log._follower = backend._follower
+            return log
+
+        await check_event_log(factory)
+
+
 async def test_second_process_resumes_exactly_the_rest(redis_url: str, client: Any) -> None:
     other = aredis.Redis.from_url(redis_url)
     try:

@@ -70,7 +70,7 @@ from .._errors import (
     SubscriberLagged,
     ValidationError,
 )
-from .._events import EventType, StreamEvent, make_event, with_seq
+from .._events import EventType, StreamEvent, make_event, stamp, with_seq
 from .._session import SessionState, StreamSession
 from .._validate import check_choice, check_id, check_int, check_number, type_name
 from ..abc import Backend, EventCursor, EventLog, LogStatistics, SessionStore
@@ -206,6 +206,8 @@ _LOGS_PER_CALL: Final = 256
 # Append rounds a backend has in flight at once (each log in at most one).
 _ROUNDS_IN_FLIGHT: Final = 4
 _IDLE_RECHECK: Final = 1.0
+# Events append_nowait queues on one log before it asks the caller to await append.
+_NOWAIT_MAX: Final = 1024
 # How often the follower checks that the logs its readers wait on still hold what
 # they saw (a Redis restarted without its data, a failover that lost writes).
 _LOSS_CHECK: Final = 1.0
@@ -504,21 +506,22 @@ class _Follower:
         keys are gone) gets an error event after that seq, which the next read delivers.
         """
         self._checked_at = anyio.current_time()
+        # What the readers saw, taken before the counters are read: appends that
+        # come in meanwhile raise both.
         watched = [
-            (key, watch)
+            (key, watch.last >> 1, watch.session_id)
             for key, watch in self._watches.items()
             if watch.waiters and watch.last > 0 and not watch.last & 1
         ]
         if not watched:
             return
         pipe = self._client.pipeline(transaction=False)
-        for key, _ in watched:
+        for key, _, _ in watched:
             pipe.hget(_meta_of(key), "last")
         counters = await pipe.execute()
-        for (key, watch), raw in zip(watched, counters, strict=True):
-            seen = watch.last >> 1
+        for (key, seen, session_id), raw in zip(watched, counters, strict=True):
             if int(raw or 0) < seen:
-                self.lost_logs += await _end_lost(self._client, key, seen, watch.session_id)
+                self.lost_logs += await _end_lost(self._client, key, seen, session_id)
 
     async def run(self) -> None:
         delay = _FIRST_DELAY
@@ -718,6 +721,7 @@ class _Appender:
         batch.events.append(event)
         batch.texts.append(text)
         batch.flags.append("1" if event.is_final else "0")
+        log._predicted = max(log._predicted, log._last) + 1
         return batch, len(batch.events) - 1
 
     async def run(self) -> None:
@@ -1128,6 +1132,7 @@ class RedisEventLog(EventLog):
         "_oldest",
         "_pending",
         "_policy",
+        "_predicted",
         "_readers",
         "_retry_for",
         "_sending",
@@ -1174,6 +1179,7 @@ class RedisEventLog(EventLog):
         self._busy: anyio.Event | None = None
         self._appender: _Appender | None = None  # set by RedisBackend.make_log
         self._pending: _Batch | None = None  # the newest batch queued in the appender
+        self._predicted = 0  # the seq the newest event queued is expected to get
         self._sending = False  # whether a batch of this log is in flight
         self._failure: BaseException | None = None  # of an enqueue, not yet raised
 
@@ -1340,6 +1346,43 @@ class RedisEventLog(EventLog):
         self._committed(batch, reply)
         return batch.result(0, self._session_id)
 
+    def append_nowait(self, event: StreamEvent, *, owned: bool = False) -> StreamEvent | None:
+        """Queue ``event`` for the next append round and return it with its ``seq``.
+
+        Never yields. Through an entered :class:`RedisBackend` the event joins the next
+        group commit; readers get it only once Redis has stored it (as with
+        :meth:`append`), and a failure to store it is raised by this log's next call.
+        The ``seq`` returned is the one this writer expects: the newest it knows plus
+        the events it has queued. It differs from the stored one only if another
+        worker appended to the same log in between (a remote ``publish``): readers
+        then get the stored seqs, in order. Returns ``None`` (nothing queued) for a log
+        without an entered backend, or with 1024 events already waiting.
+
+        Raises:
+            BackendError: an earlier queued append failed, or the loop is not asyncio.
+            ClosedError: the log is closed.
+            PayloadTooLarge: the event's JSON is larger than ``max_event_bytes``.
+            ValidationError: ``event`` is not a :class:`~streamkit.StreamEvent`.
+        """
+        appender = self._batched()
+        pending = self._pending
+        if appender is None or (
+            pending is not None and len(pending.events) >= _NOWAIT_MAX and not pending.done.is_set()
+        ):
+            return super().append_nowait(event, owned=owned)
+        text = self._prepare(event)
+        seq = max(self._predicted, self._last) + 1
+        if owned and event.seq is None:
+            stamp(event, seq, self._session_id)
+            stored = event
+        else:
+            stored = with_seq(event, seq, self._session_id)
+        batch, _ = appender.submit(self, stored, text)
+        batch.detached += 1
+        if stored.is_final:
+            self._closed = True
+        return stored
+
     def enqueue(self, event: StreamEvent) -> None:
         """Queue ``event`` for the next batch without waiting for Redis.
 
@@ -1393,7 +1436,12 @@ class RedisEventLog(EventLog):
         if int(reply[0]) < 0:
             raise _lost_error(_text(reply[1]), sid)
         first, accepted, head = int(reply[0]), int(reply[1]), reply[2]
-        stored = [with_seq(e, first + i, sid) for i, e in enumerate(batch.events[:accepted])]
+        # An event queued by append_nowait already carries the seq it was stored
+        # with (unless another writer came in between): readers get that object.
+        stored = [
+            e if e.seq == first + i and e.session_id == sid else with_seq(e, first + i, sid)
+            for i, e in enumerate(batch.events[:accepted])
+        ]
         batch.stored = stored
         self._local.extend(stored)
         last = first + accepted - 1
