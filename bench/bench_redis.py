@@ -21,6 +21,11 @@ run). Needs a ``redis-server`` binary; the benchmark starts its own on a free po
 * **enqueue across workers** (only where the log has it): one producer queues
   its events without waiting for each, one follower on worker B.
 
+With ``--cluster``, the same cases run again on a **Redis Cluster** started on loopback
+(three masters, three replicas, as in ``tests/redis_server.py``; it needs ``redis-cli``),
+and a table puts each case's cluster figure beside the single node's, same run. The
+``replicas=1`` rows (``WAIT 1`` after each append round) run on the cluster too.
+
 To compare with the code before a change, run it twice in a row, once with the old
 tree first on ``PYTHONPATH`` (``cd /tmp && PYTHONPATH=/path/to/old python
 /path/to/bench/bench_redis.py``); the machine's load changes between runs, so
@@ -33,6 +38,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from typing import TYPE_CHECKING
@@ -41,6 +47,7 @@ import anyio
 import anyio.lowlevel
 import redis.asyncio as aredis
 from _harness import machine, save, table, us
+from redis.asyncio.cluster import RedisCluster
 
 import streamkit as sk
 from streamkit.backends.redis import RedisBackend, RedisEventLog
@@ -78,6 +85,113 @@ def _start() -> tuple[subprocess.Popen[bytes], str]:
         except OSError:
             time.sleep(0.05)
     raise SystemExit("redis-server did not start")
+
+
+def _free_pair() -> int:
+    """A free port whose cluster bus port (+10000) is free too."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port > 55535:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
+def _start_cluster() -> tuple[list[subprocess.Popen[bytes]], str]:
+    """Six redis-server nodes joined as three masters and three replicas."""
+    binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    if binary is None or cli is None:
+        raise SystemExit("--cluster needs redis-server and redis-cli on PATH")
+    ports = [_free_pair() for _ in range(6)]
+    directory = tempfile.mkdtemp()
+    processes = []
+    for port in ports:
+        os.mkdir(f"{directory}/{port}")
+        processes.append(
+            subprocess.Popen(
+                [
+                    *(binary, "--port", str(port), "--bind", "127.0.0.1"),
+                    *("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"),
+                    *("--cluster-node-timeout", "1000", "--save", "", "--appendonly", "no"),
+                    *("--repl-diskless-sync-delay", "0", "--dir", f"{directory}/{port}"),
+                ],
+                stdout=subprocess.DEVNULL,
+            )
+        )
+    for port in ports:
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+    nodes = [f"127.0.0.1:{port}" for port in ports]
+    subprocess.run(
+        [cli, "--cluster", "create", *nodes, "--cluster-replicas", "1", "--cluster-yes"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        timeout=60,
+    )
+    for port in ports:  # every node sees the cluster healthy
+        for _ in range(600):
+            out = subprocess.run(
+                [cli, "-p", str(port), "cluster", "info"],
+                check=False,
+                capture_output=True,
+                text=True,
+            ).stdout
+            if "cluster_state:ok" in out:
+                break
+            time.sleep(0.05)
+    return processes, f"redis://127.0.0.1:{ports[0]}/0"
+
+
+async def _run_cluster(url: str) -> dict[str, float]:
+    """The cases across workers on a cluster (and with WAIT 1), seconds per delivery."""
+    results: dict[str, float] = {}
+    client = RedisCluster.from_url(url)
+    try:
+        log = RedisEventLog(client, "append", history_max_events=EVENTS + 10)
+        start = time.perf_counter()
+        for i in range(EVENTS):
+            await log.append(_token(i))
+        results["append"] = (time.perf_counter() - start) / EVENTS
+    finally:
+        await client.aclose()
+    config = sk.RegistryConfig(history_max_events=EVENTS + 10, max_lag=EVENTS + 10)
+    for replicas in (0, 1):
+        tail = ", replicas=1 (WAIT)" if replicas else ""
+        options: dict[str, object] = {"prefix": f"c{replicas}", "cluster": True}
+        for followers in FOLLOWERS[:2]:
+            async with (
+                RedisBackend(url, replicas=replicas, **options) as worker_a,  # type: ignore[arg-type]
+                RedisBackend(url, **options) as b,  # type: ignore[arg-type]
+            ):
+                sid = f"x{followers}"
+                producer = await worker_a.make_log(sid, config)
+                reader = await b.make_log(sid, config)
+                results[f"fan-out x{followers}, across workers{tail}"] = await _fan_out(
+                    producer, reader, followers
+                )
+        async with (
+            RedisBackend(url, replicas=replicas, **options) as worker_a,  # type: ignore[arg-type]
+            RedisBackend(url, **options) as b,  # type: ignore[arg-type]
+        ):
+            results[f"{SESSIONS} sessions x1 follower, across workers{tail}"] = await _many(
+                worker_a, b, config
+            )
+            producer = await worker_a.make_log("nowait", config)
+            reader = await b.make_log("nowait", config)
+            results[f"fan-out x1, across workers, enqueue{tail}"] = await _fan_out(
+                producer, reader, 1, nowait=True
+            )
+    return results
 
 
 def _token(i: int) -> sk.StreamEvent:
@@ -225,6 +339,31 @@ def main() -> None:
     print(machine())
     print(table(f"Redis log, {EVENTS} events", ("case", "us per event"), rows))
     print(table("Ratios", ("case", "x"), ratios))
+    cluster: dict[str, float] = {}
+    if "--cluster" in sys.argv[1:]:
+        processes, cluster_url = _start_cluster()
+        try:
+            cluster = anyio.run(_run_cluster, cluster_url, backend="asyncio")
+        finally:
+            for node in processes:
+                node.kill()
+                node.wait(timeout=10)
+        side = [
+            (
+                name,
+                round(us(results[name]), 2) if name in results else "",
+                round(us(value), 2),
+                f"{value / results[name]:.2f}x" if name in results else "",
+            )
+            for name, value in cluster.items()
+        ]
+        print(
+            table(
+                "Redis Cluster (3 masters, 3 replicas) beside a single node, same run",
+                ("case", "single node us", "cluster us", "cluster ÷ single"),
+                side,
+            )
+        )
     same_process = ("append", "replay", *(f"fan-out x{n}" for n in PER_CURSOR_FOLLOWERS))
     save(
         "redis",
@@ -237,6 +376,7 @@ def main() -> None:
                 if name not in same_process
             },
             "ratios": dict(ratios),
+            "cluster_us": {name: round(us(value), 2) for name, value in cluster.items()},
         },
     )
 

@@ -2,7 +2,8 @@
 
 Run: ``bash scripts/bench`` (which makes the virtualenv first), or
 ``.venv/bin/python bench/run_all.py [NAME ...]`` to run some of them (``pipeline``,
-``fanout``, ``http``, ``capacity``, ``codecs``, ``redis``). ``STREAMKIT_BENCH_QUICK=1``
+``fanout``, ``http``, ``capacity``, ``codecs``, ``redis``, ``redis_capacity``).
+``STREAMKIT_BENCH_QUICK=1``
 makes a smoke run of a few seconds each.
 
 Every table is printed as it comes and gathered in ``bench/results/report.md`` (with the
@@ -32,6 +33,7 @@ BENCHMARKS = {
     "capacity": "bench_capacity.py",
     "codecs": "bench_codecs.py",
     "redis": "bench_redis.py",
+    "redis_capacity": "bench_redis_capacity.py",
 }
 
 
@@ -99,7 +101,7 @@ def ratios(names: list[str]) -> str:
             rows.append(["http", f"{server}: sse-starlette ÷ (server CPU/event)", _x(cpu), ""])
         rate = servers["streamkit"]["events_per_s"] / raw["events_per_s"]
         rows.append(["http", "streamkit: ÷ raw Starlette (events/s)", _x(rate), ""])
-    for name in ("pipeline", "fanout", "http", "capacity"):
+    for name in ("pipeline", "fanout", "http", "capacity", "redis_capacity"):
         data = _load(name) if name in names else None
         if data:
             for goal in data["goals"]:
@@ -129,9 +131,10 @@ def main() -> int:
     if unknown:
         print(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
         return 2
-    if "redis" in names and shutil.which("redis-server") is None:
-        print("no redis-server on PATH: skipping the redis benchmark")
-        names.remove("redis")
+    for name in ("redis", "redis_capacity"):
+        if name in names and shutil.which("redis-server") is None:
+            print(f"no redis-server on PATH: skipping the {name} benchmark")
+            names.remove(name)
     started = time.perf_counter()
     command = "STREAMKIT_BENCH_QUICK=1 bash scripts/bench" if QUICK else "bash scripts/bench"
     report = [

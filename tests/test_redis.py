@@ -62,6 +62,19 @@ async def test_conformance(client: aredis.Redis) -> None:
     await check_event_log(factory)
 
 
+async def test_conformance_through_an_entered_backend(redis_url: str) -> None:
+    # Logs of an entered backend: group commit, append_nowait queueing, the follower.
+    async with RedisBackend(redis_url, prefix=f"cf{next(_ids)}") as backend:
+
+        def factory(**limits: Any) -> RedisEventLog:
+            log = RedisEventLog(backend._client, _sid(), prefix=backend._prefix, **limits)
+            log._appender = backend._appender
+            log._follower = backend._follower
+            return log
+
+        await check_event_log(factory)
+
+
 async def test_second_process_resumes_exactly_the_rest(redis_url: str, client: Any) -> None:
     other = aredis.Redis.from_url(redis_url)
     try:
@@ -393,3 +406,27 @@ async def test_a_hole_in_the_stream_is_reported_not_skipped(client: aredis.Redis
         with pytest.raises(sk.HistoryGap) as gap:
             await cursor.__anext__()
     assert gap.value.oldest_seq == 3
+
+
+async def test_replicas_with_no_replica_to_confirm_fail_the_append_clearly(
+    redis_url: str, client: aredis.Redis
+) -> None:
+    # A lone redis-server has no replica: WAIT 1 times out, the append says so, and this
+    # worker's readers are not given the unconfirmed event. With replicas=0 it works.
+    config = sk.RegistryConfig()
+    async with (
+        RedisBackend(redis_url, prefix="wt", replicas=1, replica_timeout=0.05) as a,
+        RedisBackend(redis_url, prefix="wt") as b,
+    ):
+        sid = _sid()
+        writer = await a.make_log(sid, config)
+        with pytest.raises(sk.BackendError, match=r"1 replica\(s\) did not confirm"):
+            await writer.append(_token("unconfirmed"))
+        # Stored on the master (a failover could lose it): a plain writer goes on after it.
+        other = await b.make_log(sid, config)
+        stored = await other.append(_token("later"))
+        assert stored.seq == 2
+    with pytest.raises(sk.ValidationError):
+        RedisBackend(redis_url, replicas=-1)
+    with pytest.raises(sk.ValidationError):
+        RedisBackend(redis_url, replicas=1, replica_timeout=0)

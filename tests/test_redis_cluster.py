@@ -8,14 +8,17 @@ master killed during a stream (its replica takes over).
 from __future__ import annotations
 
 import contextlib
+import signal
 from collections.abc import Iterator
 
 import anyio
 import pytest
+import redis.asyncio as aredis
 from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.cluster import RedisCluster as ClusterClient
 
 import streamkit as sk
+from streamkit.backends.redis import RedisBackend
 
 from .redis_server import CLUSTER, RedisCluster, redis_cluster_fixture
 from .test_redis_workers import (
@@ -156,3 +159,55 @@ async def test_a_master_killed_mid_stream_loses_nothing_silently(
             if process.poll() is not None:
                 redis_cluster.start(port)
         redis_cluster.wait_ok()
+
+
+async def test_replicas_wait_for_a_replica_and_say_when_none_confirms(
+    redis_cluster: RedisCluster,
+) -> None:
+    url = redis_cluster.url
+    config = sk.RegistryConfig()
+    observer = await ClusterClient.from_url(url).initialize()
+    stopped: list[int] = []
+    try:
+        async with (
+            RedisBackend(url, cluster=True, prefix="wait", replicas=1, replica_timeout=0.5) as a,
+            RedisBackend(url, cluster=True, prefix="wait") as b,
+            RedisBackend(url, cluster=True, prefix="wait", replicas=1, replica_timeout=10) as c,
+        ):
+            sid = "waited"
+            writer = await a.make_log(sid, config)
+            master = _node(observer, _log_key("wait", sid))
+            node = aredis.Redis(host=master.host, port=int(master.port))
+            try:
+                before = (await node.info("commandstats")).get("cmdstat_wait", {"calls": 0})
+                with anyio.fail_after(30):
+                    for i in range(20):
+                        await writer.append(sk.StreamEvent(event_type="token", content=f"{i} "))
+                after = (await node.info("commandstats"))["cmdstat_wait"]
+                replica_port = int((await node.info("replication"))["slave0"]["port"])
+            finally:
+                await node.aclose()
+            assert after["calls"] > before["calls"]  # every round waited for the replica
+            # The replica stops answering: the append is not confirmed, and says so.
+            process = redis_cluster.processes[replica_port]
+            process.send_signal(signal.SIGSTOP)
+            stopped.append(replica_port)
+            with anyio.fail_after(30), pytest.raises(sk.BackendError, match="did not confirm"):
+                await writer.append(sk.StreamEvent(event_type="token", content="unconfirmed "))
+            process.send_signal(signal.SIGCONT)
+            stopped.clear()
+            redis_cluster.wait_ok()
+            # Nothing was lost silently: the unconfirmed event is on the master, after the
+            # confirmed ones; a writer that waits again goes on after it.
+            closer = await c.make_log(sid, config)
+            with anyio.fail_after(30):
+                await closer.append(sk.StreamEvent(event_type="complete"))
+                async with (await b.make_log(sid, config)).read(0) as cursor:
+                    events = [event async for event in cursor]
+        assert _contiguous(events)
+        assert _text(events) == "".join(f"{i} " for i in range(20)) + "unconfirmed "
+        assert events[-1].event_type == sk.EventType.COMPLETE
+    finally:
+        for port in stopped:
+            redis_cluster.processes[port].send_signal(signal.SIGCONT)
+        await observer.aclose()

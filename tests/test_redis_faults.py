@@ -190,3 +190,57 @@ async def test_a_redis_restarted_without_its_data_ends_streams_with_an_error(
     assert final.event_type == sk.EventType.ERROR
     assert final.metadata["error_type"] == "BackendError"
     assert "Redis lost events" in str(final.metadata["message"])
+
+
+@pytest.mark.parametrize("loss", ["restart", "flushall"])
+async def test_readers_of_a_quiet_session_learn_that_redis_lost_its_data(
+    tmp_path: Path, loss: str
+) -> None:
+    # The producer appends nothing after the loss: no append can find it out. A restart
+    # breaks the connections: the readers read the log again and find its counter
+    # behind what they had. A FLUSHALL breaks nothing: the followers of both workers,
+    # which check the logs their readers wait on every second, find it.
+    port = free_port()
+    process, url = start_redis(tmp_path, port=port)
+    try:
+        prefix = f"f{next(_prefixes)}"
+        async with _worker(url, prefix, lease_ttl=5.0) as a, _worker(url, prefix) as b:
+            sid = (await a.create()).session_id
+            send, receive = _source()
+            a.start(sid, receive, _STREAM)
+            got: dict[str, list[sk.StreamEvent]] = {"a": [], "b": []}
+            caught_up = {"a": anyio.Event(), "b": anyio.Event()}
+
+            async def read(name: str, registry: sk.SessionRegistry) -> None:
+                async with registry.subscribe(sid) as subscription:
+                    async for event in subscription:
+                        got[name].append(event)
+                        if _text(got[name]) == "t0 t1 t2 ":
+                            caught_up[name].set()
+
+            with send, anyio.fail_after(30):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(read, "a", a)
+                    tg.start_soon(read, "b", b)
+                    for i in range(3):
+                        await send.send(f"t{i} ")
+                    await caught_up["a"].wait()
+                    await caught_up["b"].wait()
+                    if loss == "restart":
+                        stop_redis(process)
+                        process, _ = start_redis(tmp_path, port=port)  # empty
+                    else:
+                        admin = aredis.Redis.from_url(url)
+                        await admin.flushall()
+                        await admin.aclose()
+                # Both readers ended (the task group returned) with the error event.
+    finally:
+        stop_redis(process)
+    for events in got.values():
+        assert _contiguous(events)
+        assert _text(events) == "t0 t1 t2 "
+        final = events[-1]
+        assert final.event_type == sk.EventType.ERROR
+        assert final.seq == 5  # start, three tokens, then the error
+        assert final.metadata["error_type"] == "BackendError"
+        assert "Redis lost events" in str(final.metadata["message"])

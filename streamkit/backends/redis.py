@@ -71,7 +71,7 @@ from .._errors import (
     SubscriberLagged,
     ValidationError,
 )
-from .._events import EventType, StreamEvent, make_event, with_seq
+from .._events import EventType, StreamEvent, make_event, stamp, with_seq
 from .._log import transient_standin
 from .._session import SessionState, StreamSession
 from .._validate import check_choice, check_id, check_int, check_number, type_name
@@ -184,6 +184,20 @@ redis.call('XADD', KEYS[1], last .. '-1', 'c', '1')
 return 1
 """
 
+# Ends a log whose keys Redis lost (or whose counter went back) while readers waited
+# on it: an error event numbered after the newest seq they saw, so that no reader waits
+# for ever. The keys it makes expire after ARGV[3] ms (nothing else removes them).
+# KEYS: stream, meta. ARGV: the newest seq seen, the event JSON, expiry ms.
+_END_LOST: Final = """
+local seen = tonumber(ARGV[1])
+if tonumber(redis.call('HGET', KEYS[2], 'last') or '0') >= seen then return 0 end
+redis.call('XADD', KEYS[1], (seen + 1) .. '-0', 'e', ARGV[2])
+redis.call('HSET', KEYS[2], 'last', seen + 1, 'closed', '1', 'bytes', #ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return 1
+"""
+
 _BATCH: Final = 256
 _BLOCK_MS: Final = 1000
 # A stream this worker appends to is fed from its appends and left out of the shared
@@ -194,6 +208,12 @@ _LOGS_PER_CALL: Final = 256
 # Append rounds a backend has in flight at once (each log in at most one).
 _ROUNDS_IN_FLIGHT: Final = 4
 _IDLE_RECHECK: Final = 1.0
+# Events append_nowait queues on one log before it asks the caller to await append.
+_NOWAIT_MAX: Final = 1024
+# How often the follower checks that the logs its readers wait on still hold what
+# they saw (a Redis restarted without its data, a failover that lost writes).
+_LOSS_CHECK: Final = 1.0
+_LOST_KEYS_TTL_MS: Final = 3_600_000
 # The cluster follower's pause between rounds that found nothing: from, up to (s).
 _CLUSTER_FIRST_IDLE: Final = 0.002
 _CLUSTER_IDLE: Final = 0.05
@@ -297,6 +317,34 @@ def _key_of(entry_id: bytes | str) -> int:
     return 2 * int(ms) + (sub != "0")
 
 
+async def _end_lost(client: Any, stream: str, seen: int, session_id: str) -> int:
+    """End a log whose counter is behind ``seen``, the newest seq a reader had.
+
+    Appends an error event numbered ``seen + 1`` (unless the counter caught up), so
+    that readers get a final event instead of waiting for ever. Returns 1 if it did.
+    """
+    message = (
+        f"Redis lost events of this log: it no longer holds seq {seen}, which readers "
+        "had (restarted without its data, failed over to a replica that missed the "
+        "newest writes, or the session was removed)"
+    )
+    logger.warning("streamkit: session %s: %s", session_id, message)
+    final = make_event(
+        EventType.ERROR,
+        "",
+        MappingProxyType({"error_type": "BackendError", "message": message}),
+    )
+    ended = await client.eval(
+        _END_LOST, 2, stream, _meta_of(stream), seen, final.to_json(), _LOST_KEYS_TTL_MS
+    )
+    return int(ended)
+
+
+def _meta_of(stream: str) -> str:
+    """The meta hash's key of a log's stream key (``...:log`` -> ``...:meta``)."""
+    return stream.removesuffix(":log") + ":meta"
+
+
 def _decode(fields: dict[bytes, bytes], seq: int, session_id: str) -> StreamEvent:
     return with_seq(StreamEvent.from_json(fields[b"e"]), seq, session_id)
 
@@ -365,6 +413,8 @@ class _Follower:
         self._need = anyio.Event()
         self.stale = False  # a fed stream showed another writer's entries: read it
         self.closed = False
+        self._checked_at = 0.0  # when the followed logs were last checked for a loss
+        self.lost_logs = 0  # logs this follower found lost and ended
 
     @staticmethod
     def _after(watch: _Watch, pos: int) -> list[_Item] | None:
@@ -477,10 +527,39 @@ class _Follower:
         self.closed = True
         self._wake_all()
 
+    async def check_lost(self) -> None:
+        """End the followed logs whose newest events Redis no longer holds.
+
+        A quiet log (its producer appends nothing) would otherwise never show the
+        loss: its readers would wait for ever. One pipeline reads the counter of every
+        log that has waiting readers; a log whose counter is behind what they saw (its
+        keys are gone) gets an error event after that seq, which the next read delivers.
+        """
+        self._checked_at = anyio.current_time()
+        # What the readers saw, taken before the counters are read: appends that
+        # come in meanwhile raise both.
+        watched = [
+            (key, watch.last >> 1, watch.session_id)
+            for key, watch in self._watches.items()
+            if watch.waiters and watch.last > 0 and not watch.last & 1
+        ]
+        if not watched:
+            return
+        pipe = self._client.pipeline(transaction=False)
+        for key, _, _ in watched:
+            pipe.hget(_meta_of(key), "last")
+        counters = await pipe.execute()
+        for (key, seen, session_id), raw in zip(watched, counters, strict=True):
+            if int(raw or 0) < seen:
+                self.lost_logs += await _end_lost(self._client, key, seen, session_id)
+
     async def run(self) -> None:
         delay = _FIRST_DELAY
         while True:
             now = anyio.current_time()
+            if now - self._checked_at >= _LOSS_CHECK:
+                with contextlib.suppress(Exception):  # Redis down: the next round retries
+                    await self.check_lost()
             recheck = _IDLE_RECHECK  # seconds until a fed stream may go back into XREAD
             streams: dict[Any, Any] = {}
             for key, watch in list(self._watches.items()):
@@ -639,10 +718,19 @@ class _Appender:
     is handed to readers (and its ``append`` returns) only once Redis has stored it.
     """
 
-    def __init__(self, client: Any, retry_for: float, follower: _Follower | None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        retry_for: float,
+        follower: _Follower | None,
+        replicas: int = 0,
+        replica_timeout: float = 1.0,
+    ) -> None:
         self._client = client
         self._retry_for = retry_for
         self._follower = follower
+        self._replicas = replicas
+        self._replica_ms = max(1, round(replica_timeout * 1000))
         self._queue: dict[RedisEventLog, _Batch] = {}
         self._kick = anyio.Event()
         self._sha = hashlib.sha1(_APPEND.encode()).hexdigest()  # noqa: S324 - Redis's id
@@ -663,6 +751,7 @@ class _Appender:
         batch.events.append(event)
         batch.texts.append(text)
         batch.flags.append("1" if event.is_final else "0")
+        log._predicted = max(log._predicted, log._last) + 1
         return batch, len(batch.events) - 1
 
     async def run(self) -> None:
@@ -717,6 +806,14 @@ class _Appender:
                     log._failure = error
                 batch.done.set()
 
+    def _unconfirmed(self, log: RedisEventLog, got: str) -> BackendError:
+        return BackendError(
+            f"Redis stored these events on its master, but {self._replicas} replica(s) did "
+            f"not confirm them within {self._replica_ms / 1000:g} s (WAIT answered {got}): "
+            "a failover now could lose them; the append is not confirmed",
+            session_id=log.session_id,
+        )
+
     async def _flush(self, batches: list[tuple[RedisEventLog, _Batch]]) -> None:
         self.rounds += 1
         for log, batch in batches:
@@ -724,7 +821,10 @@ class _Appender:
             batch.counter = log._counter
         replies: list[Any] = [None] * len(batches)
         todo = list(range(len(batches)))
-        per_call = 1 if _is_cluster(self._client) else _LOGS_PER_CALL
+        cluster = _is_cluster(self._client)
+        per_call = 1 if cluster else _LOGS_PER_CALL
+        # With replicas: the batches (by index) whose WAIT fell short, and why.
+        unconfirmed: dict[int, str] = {}
 
         async def send() -> None:
             nonlocal todo
@@ -747,7 +847,8 @@ class _Appender:
                     )
                 calls.append([self._sha, len(keys), *keys, *args])
             results: list[Any]
-            if len(calls) == 1:  # one command: no pipeline object to build
+            waits: dict[str, tuple[Any, list[int]]] = {}
+            if len(calls) == 1 and not self._replicas:  # no pipeline object to build
                 try:
                     results = [await self._client.evalsha(*calls[0])]
                 except ResponseError as exc:
@@ -756,7 +857,29 @@ class _Appender:
                 pipe = self._client.pipeline(transaction=False)
                 for call in calls:
                     pipe.evalsha(*call)
+                if self._replicas:
+                    # WAIT on the connection (per master, on a cluster) that carried
+                    # the writes: it returns once that many replicas have them.
+                    for i in todo:
+                        node = (
+                            self._client.get_node_from_key(batches[i][0]._stream)
+                            if cluster
+                            else None
+                        )
+                        name = "" if node is None else node.name
+                        waits.setdefault(name, (node, []))[1].append(i)
+                    for node, _ in waits.values():
+                        target = {} if node is None else {"target_nodes": node}
+                        pipe.execute_command("WAIT", self._replicas, self._replica_ms, **target)
                 results = await pipe.execute(raise_on_error=False)
+                acks = results[len(calls) :]
+                results = results[: len(calls)]
+                for (_, indices), ack in zip(waits.values(), acks, strict=True):
+                    for i in indices:
+                        if isinstance(ack, int) and ack >= self._replicas:
+                            unconfirmed.pop(i, None)
+                        else:
+                            unconfirmed[i] = str(ack)
             missing = False
             retry: list[int] = []
             failure: BaseException | None = None
@@ -788,10 +911,18 @@ class _Appender:
                 self._fail(batches, exc)
                 return
             stale = False
-            for (log, batch), reply in zip(batches, replies, strict=True):
+            for i, ((log, batch), reply) in enumerate(zip(batches, replies, strict=True)):
                 try:
                     if isinstance(reply, BaseException):
                         raise _append_error(reply, log.session_id) from reply
+                    if i in unconfirmed and int(reply[0]) > 0:
+                        # Stored on the master only: not for this worker's readers (a
+                        # later confirmed round covers it; they then read it).
+                        self._fail([(log, batch)], self._unconfirmed(log, unconfirmed[i]))
+                        stale = True
+                        if self._follower is not None:
+                            self._follower.feed(log, 0, ())  # read it from Redis later
+                        continue
                     log._committed(batch, reply)
                 except BackendError as exc:
                     batch.error = exc
@@ -901,6 +1032,7 @@ class _RedisCursor(EventCursor):
     async def _fill(self) -> None:
         log = self._log
         sid = log.session_id
+        ending_lost = False
         while not self._buf and not self._done:
             follower = log._follower
             if follower is not None and self._started:
@@ -922,6 +1054,13 @@ class _RedisCursor(EventCursor):
                 oldest = last + 1 if key & 1 else key >> 1
             log._observe(last, oldest, closed)
             if last < self._pos and self._started:
+                if not ending_lost:
+                    # Redis lost what this reader had: end the log with an error event
+                    # after it (every reader gets a final event), then read it.
+                    ending_lost = True
+                    with contextlib.suppress(RedisError, OSError):
+                        await _end_lost(log._client, log._stream, self._pos, sid)
+                        continue
                 self._finish()
                 raise BackendError(
                     f"Redis lost this session's events after seq {last}; this reader had "
@@ -1033,6 +1172,7 @@ class RedisEventLog(EventLog):
         "_owed",
         "_pending",
         "_policy",
+        "_predicted",
         "_readers",
         "_retry_for",
         "_sending",
@@ -1083,6 +1223,7 @@ class RedisEventLog(EventLog):
         self._busy: anyio.Event | None = None
         self._appender: _Appender | None = None  # set by RedisBackend.make_log
         self._pending: _Batch | None = None  # the newest batch queued in the appender
+        self._predicted = 0  # the seq the newest event queued is expected to get
         self._sending = False  # whether a batch of this log is in flight
         self._failure: BaseException | None = None  # of an enqueue, not yet raised
 
@@ -1268,6 +1409,46 @@ class RedisEventLog(EventLog):
         self._committed(batch, reply)
         return batch.result(0, self._session_id)
 
+    def append_nowait(self, event: StreamEvent, *, owned: bool = False) -> StreamEvent | None:
+        """Queue ``event`` for the next append round and return it with its ``seq``.
+
+        Never yields. Through an entered :class:`RedisBackend` the event joins the next
+        group commit; readers get it only once Redis has stored it (as with
+        :meth:`append`), and a failure to store it is raised by this log's next call.
+        The ``seq`` returned is the one this writer expects: the newest it knows plus
+        the events it has queued. It differs from the stored one only if another
+        worker appended to the same log in between (a remote ``publish``): readers
+        then get the stored seqs, in order. Returns ``None`` (nothing queued) for a log
+        without an entered backend, or with 1024 events already waiting.
+
+        Raises:
+            BackendError: an earlier queued append failed, or the loop is not asyncio.
+            ClosedError: the log is closed.
+            PayloadTooLarge: the event's JSON is larger than ``max_event_bytes``.
+            ValidationError: ``event`` is not a :class:`~streamkit.StreamEvent`.
+        """
+        appender = self._batched()
+        pending = self._pending
+        if appender is None or (
+            pending is not None and len(pending.events) >= _NOWAIT_MAX and not pending.done.is_set()
+        ):
+            return super().append_nowait(event, owned=owned)
+        standin = self._transient(event)
+        if standin is not event:
+            event, owned = standin, True  # the stand-in is this log's own object
+        text = self._prepare(event)
+        seq = max(self._predicted, self._last) + 1
+        if owned and event.seq is None:
+            stamp(event, seq, self._session_id)
+            stored = event
+        else:
+            stored = with_seq(event, seq, self._session_id)
+        batch, _ = appender.submit(self, stored, text)
+        batch.detached += 1
+        if stored.is_final:
+            self._closed = True
+        return stored
+
     def enqueue(self, event: StreamEvent) -> None:
         """Queue ``event`` for the next batch without waiting for Redis.
 
@@ -1322,7 +1503,12 @@ class RedisEventLog(EventLog):
         if int(reply[0]) < 0:
             raise _lost_error(_text(reply[1]), sid)
         first, accepted, head = int(reply[0]), int(reply[1]), reply[2]
-        stored = [with_seq(e, first + i, sid) for i, e in enumerate(batch.events[:accepted])]
+        # An event queued by append_nowait already carries the seq it was stored
+        # with (unless another writer came in between): readers get that object.
+        stored = [
+            e if e.seq == first + i and e.session_id == sid else with_seq(e, first + i, sid)
+            for i, e in enumerate(batch.events[:accepted])
+        ]
         batch.stored = stored
         if self._owed:
             self._owe(batch.events, stored)
@@ -1855,6 +2041,13 @@ class RedisBackend(Backend):
             cluster, per node.
         cluster: Whether ``url`` is a node of a Redis Cluster: the backend then makes a
             ``RedisCluster`` client, which finds the other nodes itself.
+        replicas: With ``replicas > 0``, every append round ends with ``WAIT replicas
+            replica_timeout`` (on each master it wrote to): an append returns, and
+            this worker's readers get its events, only once that many replicas have
+            them. A round they do not confirm in time fails with
+            :class:`~streamkit.BackendError` (the events are on the master; see
+            docs/scaling.md). ``0`` (the default): no ``WAIT``.
+        replica_timeout: Seconds a ``WAIT`` waits for the replicas.
 
     Raises:
         ValidationError: a bad argument.
@@ -1867,6 +2060,8 @@ class RedisBackend(Backend):
         "_lease_ttl",
         "_owned",
         "_prefix",
+        "_replica_timeout",
+        "_replicas",
         "_retry_for",
         "_store",
         "_tg",
@@ -1883,6 +2078,8 @@ class RedisBackend(Backend):
         retry_for: float = 10.0,
         max_connections: int = 32,
         cluster: bool = False,
+        replicas: int = 0,
+        replica_timeout: float = 1.0,
     ) -> None:
         if not isinstance(prefix, str) or not prefix or "{" in prefix or "}" in prefix:
             raise ValidationError(
@@ -1891,6 +2088,10 @@ class RedisBackend(Backend):
         self._lease_ttl = float(check_number("lease_ttl", lease_ttl, minimum=0, positive=True))
         self._retry_for = float(check_number("retry_for", retry_for, minimum=0))
         check_int("max_connections", max_connections, minimum=2)
+        self._replicas = check_int("replicas", replicas, minimum=0)
+        self._replica_timeout = float(
+            check_number("replica_timeout", replica_timeout, minimum=0, positive=True)
+        )
         if client is None:
             if not isinstance(url, str):
                 raise ValidationError(f"url must be a str, got {type_name(url)}", field="url")
@@ -1952,7 +2153,13 @@ class RedisBackend(Backend):
                 wake = f"{self._prefix}:wake:{self._token}"
                 self._follower = _Follower(self._client, wake, self._retry_for)
             tg.start_soon(self._follower.run, name="streamkit redis follower")
-            self._appender = _Appender(self._client, self._retry_for, self._follower)
+            self._appender = _Appender(
+                self._client,
+                self._retry_for,
+                self._follower,
+                self._replicas,
+                self._replica_timeout,
+            )
             tg.start_soon(self._appender.run, name="streamkit redis appender")
         return self
 
