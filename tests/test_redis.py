@@ -430,3 +430,25 @@ async def test_replicas_with_no_replica_to_confirm_fail_the_append_clearly(
         RedisBackend(redis_url, replicas=-1)
     with pytest.raises(sk.ValidationError):
         RedisBackend(redis_url, replicas=1, replica_timeout=0)
+
+
+async def test_a_final_event_after_a_failed_queued_append_ends_the_log_with_an_error(
+    redis_url: str,
+) -> None:
+    config = sk.RegistryConfig()
+    async with RedisBackend(redis_url, prefix=f"ff{next(_ids)}") as backend:
+        log = await backend.make_log(_sid(), config)
+        stored = log.append_nowait(_token("a"), owned=True)
+        assert stored is not None
+        assert stored.seq == 1
+        await log.flush()
+        # As if the next queued events had failed for good (Redis away past retry_for).
+        log._failure = sk.BackendError("redis unreachable (gave up after 10 s)")
+        with pytest.raises(sk.BackendError, match="unreachable"):
+            await log.append(sk.StreamEvent(event_type=sk.EventType.COMPLETE))
+        with anyio.fail_after(10):
+            async with log.read(0) as cursor:
+                events = [event async for event in cursor]
+    assert [e.seq for e in events] == [1, 2]
+    assert events[-1].event_type == sk.EventType.ERROR
+    assert "unreachable" in str(events[-1].metadata["message"])

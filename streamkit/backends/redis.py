@@ -1366,6 +1366,22 @@ class RedisEventLog(EventLog):
             PayloadTooLarge: the event's JSON is larger than ``max_event_bytes``.
             ValidationError: ``event`` is not a :class:`~streamkit.StreamEvent`.
         """
+        failure = self._failure
+        if failure is not None and event.is_final and not self._closed:
+            # Events queued without waiting were not stored: end the log with an error
+            # event saying so rather than with this one (its readers would otherwise
+            # get a final event after a silent hole), then raise.
+            self._failure = None
+            error = make_event(
+                EventType.ERROR,
+                "",
+                MappingProxyType(
+                    {"error_type": type(failure).__name__, "message": str(failure)[:1000]}
+                ),
+            )
+            with contextlib.suppress(BackendError, ClosedError):
+                await self.append(error)
+            raise failure
         event = self._transient(event)
         text = self._prepare(event)
         appender = self._batched()
