@@ -182,11 +182,23 @@ def test_a_second_tab_follows_the_same_session(page: Any) -> None:
     # The second tab reads the log from its start while the first goes on live.
     for reader in (page, second):
         wait_for_text(reader, "state", "completed")
+        # The state may come from the session's record before the tab has read the
+        # final event: wait for the tab's own end of the stream.
+        reader.wait_for_function(
+            "() => document.querySelector('[data-testid=summary]').textContent"
+            ".includes('completed')"
+        )
         assert by_id(reader, "answer").text_content() == answer
         assert by_id(reader, "reconnects").text_content() == "0 \u00b7 0"
     assert by_id(second, "reconnect-note").text_content().startswith("Following session")
     assert by_id(second, "prompt").input_value() == DEFAULT_PROMPT
-    assert by_id(second, "seq").text_content() == by_id(page, "seq").text_content()
+    # Both read up to the same final event. The first tab is in the background now,
+    # where the browser may hold back its animation frames (and so its redraw).
+    final_seq = by_id(second, "seq").text_content()
+    page.bring_to_front()
+    page.wait_for_function(
+        "seq => document.querySelector('[data-testid=seq]').textContent === seq", arg=final_seq
+    )
     second.close()
 
 

@@ -221,7 +221,11 @@ async def test_list_and_limits_are_shared(redis_url: str) -> None:
         everyone = await b.list()
         assert len(everyone) == 5
         assert {s.session_id for s in everyone} == {s.session_id for s in await a.list()}
-        assert len(await a.list("ann")) == 3
+        # Which user got the five places depends on the order the creates ran in;
+        # the per-user bound holds whatever it was.
+        ann, bob = len(await a.list("ann")), len(await b.list("bob"))
+        assert ann <= 3
+        assert ann + bob == 5
 
 
 async def test_a_dead_owner_session_ends_with_an_error_and_is_removed(redis_url: str) -> None:
