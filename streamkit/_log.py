@@ -47,7 +47,7 @@ import anyio
 import anyio.lowlevel
 
 from ._errors import ClosedError, HistoryGap, PayloadTooLarge, SubscriberLagged, ValidationError
-from ._events import StreamEvent, make_event, stamp
+from ._events import StreamEvent, freeze_event, make_event, stamp, thaw_event
 from ._session import new_session_id
 from ._signals import Signal, signal_factory, signal_renewer
 from ._validate import check_choice, check_id, check_int, type_name
@@ -62,6 +62,8 @@ __all__ = ["InMemoryEventLog", "estimate_size"]
 _MAX_BATCH: Final = 1024
 #: Evicted slots kept at the head of the list before it is compacted.
 _COMPACT_AT: Final = 256
+#: Appends between two freezes of the events that several readers have all passed.
+_FREEZE_EVERY: Final = 8
 
 
 def _skeleton_size() -> int:
@@ -211,10 +213,13 @@ class _Cursor(EventCursor):
         elif self._batch:
             # The whole previous batch was delivered: advance, and tell a waiting producer.
             batch = self._batch
-            state.pos = batch[-1].seq  # type: ignore[assignment]
+            passed: int = batch[-1].seq  # type: ignore[assignment]
+            state.pos = passed
             log._delivered += len(batch)
             self._batch = _NO_EVENTS
             self._i = 0
+            if passed > log._cold and len(log._readers) == 1:
+                log._freeze(passed)  # the only reader has passed them: freeze them now
             room = log._room
             if room is not None:
                 log._room = None
@@ -240,8 +245,10 @@ class _Cursor(EventCursor):
                     continue
                 self._waited = False
                 start = pos + 1 - log._base
-                batch = log._buf[start : start + _MAX_BATCH]
-                self._batch = batch
+                stored: list[Any] = log._buf[start : start + _MAX_BATCH]
+                if pos < log._cold:  # a replay: some events are kept frozen
+                    stored = [e if type(e) is StreamEvent else thaw_event(e) for e in stored]
+                self._batch = batch = stored
                 self._i = 1
                 return batch[0]
             if log._closed or self._done:
@@ -287,6 +294,7 @@ class _Cursor(EventCursor):
         self._new_event = signal_factory()
         self._renew = signal_renewer()
         log._readers.add(state)
+        log._freeze_at = log._last  # the readers changed: look again at the next append
         if log._block:
             log._limit = min(log._limit, after + state.allow)
         return state
@@ -317,6 +325,7 @@ class _Cursor(EventCursor):
         self._batch = _NO_EVENTS
         self._i = 0
         log._readers.discard(state)
+        log._freeze_at = log._last
         room = log._room
         if room is not None:
             log._room = None
@@ -355,13 +364,16 @@ class _RetainedView(Sequence[StreamEvent]):
     def __getitem__(self, index: int | slice) -> StreamEvent | Sequence[StreamEvent]:
         log = self._log
         if isinstance(index, slice):
-            return tuple(log._buf[log._head :][index])
+            return tuple(
+                e if type(e) is StreamEvent else thaw_event(e) for e in log._buf[log._head :][index]
+            )
         size = len(log._buf) - log._head
         if index < 0:
             index += size
         if not 0 <= index < size:
             raise IndexError("retained event index out of range")
-        return log._buf[log._head + index]
+        event = log._buf[log._head + index]
+        return event if type(event) is StreamEvent else thaw_event(event)
 
     def __repr__(self) -> str:
         return f"<retained events: {len(self)}>"
@@ -391,8 +403,10 @@ class InMemoryEventLog(EventLog):
         "_buf",
         "_bytes",
         "_closed",
+        "_cold",
         "_data",
         "_delivered",
+        "_freeze_at",
         "_head",
         "_lagged",
         "_last",
@@ -431,7 +445,12 @@ class InMemoryEventLog(EventLog):
         self._policy: SlowConsumerPolicy = slow_consumer_policy
         self._block = slow_consumer_policy == "block"
         # Events live in _buf[_head:]; _buf[i] has seq _base + i.
-        self._buf: list[StreamEvent] = []
+        # Events every reader has passed (seq <= _cold) are kept frozen (freeze_event):
+        # flat tuples the garbage collector does not track, so that a long history costs
+        # full collections nothing. _freeze_at: the seq at whose append to look again.
+        self._buf: list[Any] = []
+        self._cold = 0
+        self._freeze_at = 1
         self._sizes: list[int] = []
         self._head = 0
         self._base = 1
@@ -569,6 +588,8 @@ class InMemoryEventLog(EventLog):
         if data is not None:
             self._data = None
             data.set()
+        if self._last >= self._freeze_at:
+            self._freeze_passed()
         return stored
 
     def _commit(self, event: StreamEvent) -> None:
@@ -599,6 +620,39 @@ class InMemoryEventLog(EventLog):
         if data is not None:
             self._data = None
             data.set()
+        if self._last >= self._freeze_at:
+            self._freeze_passed()
+
+    def _freeze_passed(self) -> None:
+        """Freeze the events every reader has passed (see ``_buf``).
+
+        With no reader, every event (the new one too); with one, the reader does it as
+        it moves on (at once, so that no event lives long enough to reach an old
+        generation of the garbage collector); with more, every few appends.
+        """
+        readers = self._readers
+        if not readers:
+            self._freeze_at = self._last + 1
+            self._freeze(self._last)
+        elif len(readers) == 1:
+            self._freeze_at = self._last + _FREEZE_EVERY
+        else:
+            self._freeze_at = self._last + _FREEZE_EVERY
+            self._freeze(min(reader.pos for reader in readers))
+
+    def _freeze(self, upto: int) -> None:
+        """Freeze the events up to ``seq`` ``upto`` that are not yet."""
+        buf = self._buf
+        base = self._base
+        start = max(self._cold + 1, base + self._head) - base
+        end = upto + 1 - base
+        for i in range(start, end):
+            event = buf[i]
+            if type(event) is StreamEvent:
+                frozen = freeze_event(event)
+                if frozen is not None:
+                    buf[i] = frozen
+        self._cold = max(self._cold, upto)
 
     def _evict(self) -> None:
         buf = self._buf
