@@ -40,7 +40,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, overload
 
 import anyio
@@ -183,13 +183,9 @@ class _Cursor(EventCursor):
         state = self._state
         return self._after if state is None else state.pos
 
-    async def __anext__(self) -> StreamEvent:
-        i = self._i
-        batch = self._batch
-        if i < len(batch):
-            self._i = i + 1
-            return batch[i]
-        return await self._refill()
+    def __anext__(self) -> Coroutine[Any, Any, StreamEvent]:
+        # The coroutine itself, not one awaiting it: one frame fewer per wake-up.
+        return self._next()
 
     def take_ready(self, limit: int) -> Sequence[StreamEvent]:
         """Return up to ``limit`` events already fetched and not yet returned.
@@ -205,7 +201,12 @@ class _Cursor(EventCursor):
         self._i = end
         return batch[i:end]
 
-    async def _refill(self) -> StreamEvent:
+    async def _next(self) -> StreamEvent:
+        i = self._i
+        batch = self._batch
+        if i < len(batch):
+            self._i = i + 1
+            return batch[i]
         log = self._log
         state = self._state
         if state is None:
