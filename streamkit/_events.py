@@ -481,8 +481,13 @@ def freeze_event(event: StreamEvent) -> FrozenEvent | None:
 def thaw_event(frozen: FrozenEvent) -> StreamEvent:
     """Return the event that :func:`freeze_event` made ``frozen`` from (an equal copy)."""
     event_type: str = frozen[0]
-    metadata: Mapping[str, JSONValue] = _EMPTY
-    if len(frozen) > 7:
+    size = len(frozen)
+    metadata: Mapping[str, JSONValue]
+    if size == 7:
+        metadata = _EMPTY
+    elif size == 11:  # a token event's index and elapsed time: the common case
+        metadata = MappingProxyType({frozen[7]: frozen[8], frozen[9]: frozen[10]})
+    else:
         items = frozen[7:]
         metadata = MappingProxyType(dict(zip(items[::2], items[1::2], strict=True)))
     event = make_event(

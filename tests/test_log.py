@@ -236,6 +236,7 @@ def mixed_events() -> list[sk.StreamEvent]:
             event_type="token", content="héllo ", metadata={"index": 0, "elapsed": 0.25}
         ),
         sk.StreamEvent(event_type="x-note", content="n", metadata={"flag": True, "none": None}),
+        sk.StreamEvent(event_type="metadata", metadata={"a": 1, "b": "two", "c": 3.5}),
         sk.StreamEvent(event_type="metadata", metadata={"nested": {"a": [1, 2]}, "s": "x"}),
         sk.StreamEvent(event_type="heartbeat"),
     ]
