@@ -62,7 +62,8 @@ __all__ = ["InMemoryEventLog", "estimate_size"]
 _MAX_BATCH: Final = 1024
 #: Evicted slots kept at the head of the list before it is compacted.
 _COMPACT_AT: Final = 256
-#: Appends between two freezes of the events that several readers have all passed.
+#: Appends between two freezes of the events that several readers have all passed: this
+#: many, or as many as there are readers if there are more.
 _FREEZE_EVERY: Final = 8
 
 
@@ -629,7 +630,8 @@ class InMemoryEventLog(EventLog):
 
         With no reader, every event (the new one too); with one, the reader does it as
         it moves on (at once, so that no event lives long enough to reach an old
-        generation of the garbage collector); with more, every few appends.
+        generation of the garbage collector); with more, every few appends (at least
+        as many as there are readers).
         """
         readers = self._readers
         if not readers:
@@ -637,8 +639,8 @@ class InMemoryEventLog(EventLog):
             self._freeze(self._last)
         elif len(readers) == 1:
             self._freeze_at = self._last + _FREEZE_EVERY
-        else:
-            self._freeze_at = self._last + _FREEZE_EVERY
+        else:  # a look at every reader: amortised over as many appends as there are readers
+            self._freeze_at = self._last + max(_FREEZE_EVERY, len(readers))
             self._freeze(min(reader.pos for reader in readers))
 
     def _freeze(self, upto: int) -> None:
