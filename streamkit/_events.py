@@ -36,7 +36,14 @@ from ._validate import (
     type_name,
 )
 
-__all__ = ["EventType", "StreamEvent", "make_event", "make_part_event"]
+__all__ = [
+    "EventType",
+    "StreamEvent",
+    "freeze_event",
+    "make_event",
+    "make_part_event",
+    "thaw_event",
+]
 
 
 class EventType(StrEnum):
@@ -410,3 +417,88 @@ def with_seq(event: StreamEvent, seq: int, session_id: str | None) -> StreamEven
     if part is not None:
         _set_part(copy, part)
     return copy
+
+
+# --- compact storage of retained events ----------------------------------------------
+
+#: A retained event as one flat tuple of strings and numbers: ``(event_type, content,
+#: session_id, seq, event_id, timestamp, json, key, value, key, value, ...)``.
+FrozenEvent = tuple[Any, ...]
+
+_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
+_TYPES_BY_VALUE: Final[dict[str, EventType]] = {t.value: t for t in EventType}
+_TOKEN: Final = EventType.TOKEN
+
+
+def freeze_event(event: StreamEvent) -> FrozenEvent | None:
+    """Return ``event`` as a flat tuple of strings and numbers, or ``None`` if it is not flat.
+
+    Internal: the in-memory log keeps the events every reader has passed this way. A
+    tuple holding only strings and numbers is untracked by the cyclic garbage collector
+    after its first collection, while a :class:`StreamEvent` (and its read-only
+    metadata mapping) stays tracked as long as it lives: a log of retained events would
+    otherwise make every full collection walk every event of every session (tens of ms
+    for a few hundred paced sessions, a stall of the whole event loop). Events whose
+    metadata holds anything but strings, numbers, booleans and ``None`` (parts, stats)
+    are few per stream and stay as they are.
+    """
+    event_type = event.event_type
+    if event_type is _TOKEN:  # the common case, without the enum's slow ``value``
+        event_type = "token"
+    elif type(event_type) is not str:
+        if not isinstance(event_type, EventType):
+            return None
+        event_type = event_type.value
+    metadata = event.metadata
+    if not metadata:
+        return (
+            event_type,
+            event.content,
+            event.session_id,
+            event.seq,
+            event.event_id,
+            event.timestamp,
+            event._json,
+        )
+    flat: list[object] = [
+        event_type,
+        event.content,
+        event.session_id,
+        event.seq,
+        event.event_id,
+        event.timestamp,
+        event._json,
+    ]
+    scalars = _SCALARS
+    for key, value in metadata.items():
+        if type(value) not in scalars:
+            return None
+        flat.append(key)
+        flat.append(value)
+    return tuple(flat)
+
+
+def thaw_event(frozen: FrozenEvent) -> StreamEvent:
+    """Return the event that :func:`freeze_event` made ``frozen`` from (an equal copy)."""
+    event_type: str = frozen[0]
+    size = len(frozen)
+    metadata: Mapping[str, JSONValue]
+    if size == 7:
+        metadata = _EMPTY
+    elif size == 11:  # a token event's index and elapsed time: the common case
+        metadata = MappingProxyType({frozen[7]: frozen[8], frozen[9]: frozen[10]})
+    else:
+        items = frozen[7:]
+        metadata = MappingProxyType(dict(zip(items[::2], items[1::2], strict=True)))
+    event = make_event(
+        _TYPES_BY_VALUE.get(event_type, event_type),
+        frozen[1],
+        metadata,
+        frozen[2],
+        frozen[3],
+        frozen[4],
+        frozen[5],
+    )
+    if frozen[6] is not None:
+        _set_json(event, frozen[6])
+    return event

@@ -40,14 +40,14 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, overload
 
 import anyio
 import anyio.lowlevel
 
 from ._errors import ClosedError, HistoryGap, PayloadTooLarge, SubscriberLagged, ValidationError
-from ._events import StreamEvent, make_event, stamp
+from ._events import StreamEvent, freeze_event, make_event, stamp, thaw_event
 from ._session import new_session_id
 from ._signals import Signal, signal_factory, signal_renewer
 from ._validate import check_choice, check_id, check_int, type_name
@@ -62,6 +62,9 @@ __all__ = ["InMemoryEventLog", "estimate_size"]
 _MAX_BATCH: Final = 1024
 #: Evicted slots kept at the head of the list before it is compacted.
 _COMPACT_AT: Final = 256
+#: Appends between two freezes of the events that several readers have all passed: this
+#: many, or as many as there are readers if there are more.
+_FREEZE_EVERY: Final = 8
 
 
 def _skeleton_size() -> int:
@@ -228,13 +231,9 @@ class _Cursor(EventCursor):
         state = self._state
         return self._after if state is None else state.pos
 
-    async def __anext__(self) -> StreamEvent:
-        i = self._i
-        batch = self._batch
-        if i < len(batch):
-            self._i = i + 1
-            return batch[i]
-        return await self._refill()
+    def __anext__(self) -> Coroutine[Any, Any, StreamEvent]:
+        # The coroutine itself, not one awaiting it: one frame fewer per wake-up.
+        return self._next()
 
     def take_ready(self, limit: int) -> Sequence[StreamEvent]:
         """Return up to ``limit`` events already fetched and not yet returned.
@@ -250,7 +249,12 @@ class _Cursor(EventCursor):
         self._i = end
         return batch[i:end]
 
-    async def _refill(self) -> StreamEvent:
+    async def _next(self) -> StreamEvent:
+        i = self._i
+        batch = self._batch
+        if i < len(batch):
+            self._i = i + 1
+            return batch[i]
         log = self._log
         state = self._state
         if state is None:
@@ -258,10 +262,13 @@ class _Cursor(EventCursor):
         elif self._batch:
             # The whole previous batch was delivered: advance, and tell a waiting producer.
             batch = self._batch
-            state.pos = batch[-1].seq  # type: ignore[assignment]
+            passed: int = batch[-1].seq  # type: ignore[assignment]
+            state.pos = passed
             log._delivered += len(batch)
             self._batch = _NO_EVENTS
             self._i = 0
+            if passed > log._cold and len(log._readers) == 1:
+                log._freeze(passed)  # the only reader has passed them: freeze them now
             room = log._room
             if room is not None:
                 log._room = None
@@ -287,10 +294,12 @@ class _Cursor(EventCursor):
                     continue
                 self._waited = False
                 start = pos + 1 - log._base
-                batch = log._buf[start : start + _MAX_BATCH]
+                stored: list[Any] = log._buf[start : start + _MAX_BATCH]
+                if pos < log._cold:  # a replay: some events are kept frozen
+                    stored = [e if type(e) is StreamEvent else thaw_event(e) for e in stored]
                 if state.swaps:
-                    batch = _swapped(batch, state.swaps)
-                self._batch = batch
+                    stored = _swapped(stored, state.swaps)
+                self._batch = batch = stored
                 self._i = 1
                 return batch[0]
             if log._closed or self._done:
@@ -336,6 +345,7 @@ class _Cursor(EventCursor):
         self._new_event = signal_factory()
         self._renew = signal_renewer()
         log._readers.add(state)
+        log._freeze_at = log._last  # the readers changed: look again at the next append
         if log._block:
             log._limit = min(log._limit, after + state.allow)
         return state
@@ -366,6 +376,7 @@ class _Cursor(EventCursor):
         self._batch = _NO_EVENTS
         self._i = 0
         log._readers.discard(state)
+        log._freeze_at = log._last
         room = log._room
         if room is not None:
             log._room = None
@@ -404,13 +415,16 @@ class _RetainedView(Sequence[StreamEvent]):
     def __getitem__(self, index: int | slice) -> StreamEvent | Sequence[StreamEvent]:
         log = self._log
         if isinstance(index, slice):
-            return tuple(log._buf[log._head :][index])
+            return tuple(
+                e if type(e) is StreamEvent else thaw_event(e) for e in log._buf[log._head :][index]
+            )
         size = len(log._buf) - log._head
         if index < 0:
             index += size
         if not 0 <= index < size:
             raise IndexError("retained event index out of range")
-        return log._buf[log._head + index]
+        event = log._buf[log._head + index]
+        return event if type(event) is StreamEvent else thaw_event(event)
 
     def __repr__(self) -> str:
         return f"<retained events: {len(self)}>"
@@ -440,8 +454,10 @@ class InMemoryEventLog(EventLog):
         "_buf",
         "_bytes",
         "_closed",
+        "_cold",
         "_data",
         "_delivered",
+        "_freeze_at",
         "_head",
         "_lagged",
         "_last",
@@ -480,7 +496,12 @@ class InMemoryEventLog(EventLog):
         self._policy: SlowConsumerPolicy = slow_consumer_policy
         self._block = slow_consumer_policy == "block"
         # Events live in _buf[_head:]; _buf[i] has seq _base + i.
-        self._buf: list[StreamEvent] = []
+        # Events every reader has passed (seq <= _cold) are kept frozen (freeze_event):
+        # flat tuples the garbage collector does not track, so that a long history costs
+        # full collections nothing. _freeze_at: the seq at whose append to look again.
+        self._buf: list[Any] = []
+        self._cold = 0
+        self._freeze_at = 1
         self._sizes: list[int] = []
         self._head = 0
         self._base = 1
@@ -626,6 +647,8 @@ class InMemoryEventLog(EventLog):
         if data is not None:
             self._data = None
             data.set()
+        if self._last >= self._freeze_at:
+            self._freeze_passed()
         return stored
 
     def _append_transient(self, event: StreamEvent, standin: StreamEvent) -> StreamEvent:
@@ -685,6 +708,40 @@ class InMemoryEventLog(EventLog):
         if data is not None:
             self._data = None
             data.set()
+        if self._last >= self._freeze_at:
+            self._freeze_passed()
+
+    def _freeze_passed(self) -> None:
+        """Freeze the events every reader has passed (see ``_buf``).
+
+        With no reader, every event (the new one too); with one, the reader does it as
+        it moves on (at once, so that no event lives long enough to reach an old
+        generation of the garbage collector); with more, every few appends (at least
+        as many as there are readers).
+        """
+        readers = self._readers
+        if not readers:
+            self._freeze_at = self._last + 1
+            self._freeze(self._last)
+        elif len(readers) == 1:
+            self._freeze_at = self._last + _FREEZE_EVERY
+        else:  # a look at every reader: amortised over as many appends as there are readers
+            self._freeze_at = self._last + max(_FREEZE_EVERY, len(readers))
+            self._freeze(min(reader.pos for reader in readers))
+
+    def _freeze(self, upto: int) -> None:
+        """Freeze the events up to ``seq`` ``upto`` that are not yet."""
+        buf = self._buf
+        base = self._base
+        start = max(self._cold + 1, base + self._head) - base
+        end = upto + 1 - base
+        for i in range(start, end):
+            event = buf[i]
+            if type(event) is StreamEvent:
+                frozen = freeze_event(event)
+                if frozen is not None:
+                    buf[i] = frozen
+        self._cold = max(self._cold, upto)
 
     def _evict(self) -> None:
         buf = self._buf

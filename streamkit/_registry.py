@@ -88,6 +88,8 @@ Authorize: TypeAlias = Callable[[str | None, StreamSession, Action], "bool | Awa
 HookName: TypeAlias = Literal["created", "state_changed", "event", "removed", "delivered"]
 _HOOK_NAMES: Final = ("created", "state_changed", "event", "removed", "delivered")
 
+_ENDING: Final = EntryPhase.ENDING
+
 _FINAL_STATE: Final = {
     EventType.COMPLETE: SessionState.COMPLETED,
     EventType.ERROR: SessionState.ERROR,
@@ -118,7 +120,7 @@ class _LogSink:
         """Append ``event`` to the session's log now, or return ``False``."""
         entry = self._entry
         resumed = entry.resumed
-        if entry.finishing or (resumed is not None and not resumed.is_set()):
+        if entry.phase is _ENDING or (resumed is not None and not resumed.is_set()):
             return False
         try:
             stored = self._append(event, owned=True)

@@ -226,3 +226,61 @@ async def test_the_base_class_append_nowait_takes_nothing() -> None:
     await log.aclose()
     with pytest.raises(sk.ClosedError):
         log.append_nowait(token("a"))
+
+
+def mixed_events() -> list[sk.StreamEvent]:
+    """Events of every shape a log keeps: flat, nested, custom, with cached JSON."""
+    events = [
+        sk.StreamEvent(event_type="start"),
+        sk.StreamEvent(
+            event_type="token", content="héllo ", metadata={"index": 0, "elapsed": 0.25}
+        ),
+        sk.StreamEvent(event_type="x-note", content="n", metadata={"flag": True, "none": None}),
+        sk.StreamEvent(event_type="metadata", metadata={"a": 1, "b": "two", "c": 3.5}),
+        sk.StreamEvent(event_type="metadata", metadata={"nested": {"a": [1, 2]}, "s": "x"}),
+        sk.StreamEvent(event_type="heartbeat"),
+    ]
+    events[1].to_json()  # a cached JSON text is kept too
+    return events
+
+
+async def test_events_every_reader_passed_read_back_equal() -> None:
+    # The log keeps events all its readers passed in a compact form; replays, the
+    # retained view and late readers see events equal to those appended.
+    log = sk.InMemoryEventLog()
+    async with log.read() as live:
+        stored = []
+        for event in mixed_events():
+            stored.append(await log.append(event))
+            assert await live.__anext__() == stored[-1]
+    stored.append(await log.append(sk.StreamEvent(event_type="complete")))
+    assert list(log.retained()) == stored
+    assert list(log.retained()[1:3]) == stored[1:3]
+    assert [type(e.event_type) for e in log.retained()] == [type(e.event_type) for e in stored]
+    assert log.retained()[1].to_json() == stored[1].to_json()
+    async with log.read(1) as late:
+        assert [e async for e in late] == stored[1:]
+    async with log.read(0) as replay:
+        first = await replay.__anext__()
+        assert first == stored[0]
+        assert replay.position == 1
+
+
+async def test_a_long_history_adds_no_objects_the_garbage_collector_tracks() -> None:
+    # A full collection walks every tracked object: a log of retained token events
+    # (read by a live reader, or by none) must not make it walk each of them.
+    import gc
+
+    for with_reader in (False, True):
+        log = sk.InMemoryEventLog()
+        gc.collect()
+        before = len(gc.get_objects())
+        async with log.read() as cursor:
+            for i in range(2000):
+                event = sk.StreamEvent(event_type="token", content=f"{i} ", metadata={"index": i})
+                await log.append(event)
+                if with_reader:
+                    assert (await cursor.__anext__()).content == f"{i} "
+        gc.collect()
+        assert len(gc.get_objects()) - before < 200
+        assert len(log.retained()) == 2000
