@@ -49,6 +49,7 @@ import anyio
 from . import ndjson, sse
 from ._asgi_http import dump_json
 from ._errors import StreamkitError
+from ._subscription import Subscription
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, Callable, Iterable, Sequence
@@ -328,6 +329,9 @@ async def run_event_stream(
     except TimeoutError:
         return "write_timeout"
 
+    if isinstance(events, Subscription):
+        # Entered by the caller (StreamApp): its cursor, one coroutine fewer per event.
+        events = events._direct()
     error: StreamkitError | None = None
     async with anyio.create_task_group() as tg:
         tg.start_soon(_watch, response, receive, heartbeat, heartbeat_interval)

@@ -137,6 +137,8 @@ class _Reader:
 
 
 _NO_EVENTS: Final[list[StreamEvent]] = []
+#: What a cursor's one-event batch holds before its first event.
+_NO_EVENT: Final = make_event("", "", {}, "", 0, "", 0.0)
 
 
 def _new_signal(old: Signal | None) -> Signal:
@@ -153,6 +155,7 @@ class _Cursor(EventCursor):
         "_i",
         "_log",
         "_new_event",
+        "_one",
         "_renew",
         "_signal",
         "_state",
@@ -169,6 +172,8 @@ class _Cursor(EventCursor):
         self._after = after
         self._state: _Reader | None = None
         self._batch = _NO_EVENTS
+        #: The batch of one event, reused (a reader kept up with the log gets one at a time).
+        self._one: list[StreamEvent] = [_NO_EVENT]
         self._i = 0
         self._done = False
         self._waited = False
@@ -180,14 +185,6 @@ class _Cursor(EventCursor):
             return self._batch[self._i - 1].seq or 0
         state = self._state
         return self._after if state is None else state.pos
-
-    async def __anext__(self) -> StreamEvent:
-        i = self._i
-        batch = self._batch
-        if i < len(batch):
-            self._i = i + 1
-            return batch[i]
-        return await self._refill()
 
     def take_ready(self, limit: int) -> Sequence[StreamEvent]:
         """Return up to ``limit`` events already fetched and not yet returned.
@@ -203,7 +200,14 @@ class _Cursor(EventCursor):
         self._i = end
         return batch[i:end]
 
-    async def _refill(self) -> StreamEvent:
+    async def __anext__(self) -> StreamEvent:
+        i = self._i
+        batch = self._batch
+        if i < len(batch):
+            self._i = i + 1
+            return batch[i]
+        # The refill, in the same coroutine: a reader that waits holds one coroutine
+        # frame fewer (each is made per event, and the collector scans it while it waits).
         log = self._log
         state = self._state
         if state is None:
@@ -240,6 +244,12 @@ class _Cursor(EventCursor):
                     continue
                 self._waited = False
                 start = pos + 1 - log._base
+                if last == pos + 1:  # one new event (the live case): no list made
+                    batch = self._one
+                    batch[0] = event = log._buf[start]
+                    self._batch = batch
+                    self._i = 1
+                    return event
                 batch = log._buf[start : start + _MAX_BATCH]
                 self._batch = batch
                 self._i = 1
