@@ -45,6 +45,7 @@ import zlib
 from typing import TYPE_CHECKING, Final, Literal
 
 import anyio
+import anyio.lowlevel
 
 from . import ndjson, sse
 from ._asgi_http import dump_json
@@ -87,6 +88,8 @@ def _take_nothing(limit: int) -> Sequence[StreamEvent]:
 
 _now = time.monotonic
 _NEVER: Final = float("inf")
+#: How many times per interval (heartbeat, write timeout) the clock looks at a stream.
+_LOOKS: Final = 4
 
 # What the sender is doing, for the watcher and the shutdown.
 _PULLING: Final = 0  # waiting for the source (cancelling it loses nothing)
@@ -142,17 +145,29 @@ class _Response:
         "_idle",
         "finishing",
         "gzip",
+        "heartbeat_interval",
         "outcome",
         "send",
         "sender",
         "since",
         "state",
         "stopping",
+        "watch",
         "write_timeout",
     )
 
-    def __init__(self, send: Send, *, gzip: bool, write_timeout: float | None) -> None:
+    def __init__(
+        self,
+        send: Send,
+        *,
+        gzip: bool,
+        write_timeout: float | None,
+        heartbeat_interval: float | None = None,
+    ) -> None:
         self.send = send
+        self.heartbeat_interval = heartbeat_interval
+        #: The watcher's wait for the client; the clock cancels it when a heartbeat is due.
+        self.watch: anyio.CancelScope | None = None
         self._compressor = zlib.compressobj(6, zlib.DEFLATED, 31) if gzip else None
         self.gzip = gzip
         self._idle: anyio.Event | None = None
@@ -233,37 +248,131 @@ class _Response:
             self.outcome = "shutdown"
             self.sender.cancel()
 
+    def check(self, now: float) -> None:
+        """The clock's look: drop a write past its deadline, or wake the watcher to beat."""
+        state = self.state
+        if state == _WRITING:
+            limit = self.write_timeout
+            if limit is not None and now - self.since >= limit:
+                self.end("write_timeout")
+        elif state == _PULLING:
+            interval = self.heartbeat_interval
+            if interval is not None and now - self.since >= interval:
+                watch = self.watch
+                if watch is not None and not self.stopping and not self.finishing:
+                    watch.cancel()
 
-async def _watch(
-    response: _Response,
-    receive: Receive,
-    heartbeat: bytes,
-    heartbeat_interval: float | None,
-) -> None:
-    """Wait for the disconnect; send heartbeats and keep the write deadline meanwhile."""
-    write_timeout = response.write_timeout
-    while True:
+
+class _Clock:
+    """One timer per event loop keeps the heartbeats and write deadlines of its streams.
+
+    It looks at every open stream a few times per interval (a quarter of the shortest
+    heartbeat interval or write timeout among them) and compares the times the senders
+    stamped: a write blocked past its deadline ends its response, and a stream silent
+    for a heartbeat interval gets its watcher woken to send the heartbeat. A busy stream
+    costs nothing between two looks: no timer, cancel scope or wake-up per stream. On
+    asyncio it is a loop callback; on Trio a system task. It stops when no stream is
+    left.
+    """
+
+    __slots__ = ("key", "period", "responses", "running")
+
+    def __init__(self, key: object) -> None:
+        self.key = key
+        self.responses: set[_Response] = set()
+        self.period = _NEVER
+        self.running = False
+
+    def add(self, response: _Response, period: float) -> None:
+        self.responses.add(response)
+        self.period = min(self.period, period)
+        if not self.running:
+            self.running = True
+            _start_clock(self)
+
+    def remove(self, response: _Response) -> None:
+        self.responses.discard(response)
+
+    def tick(self) -> bool:
+        """Look at every stream; return whether to go on (streams are left)."""
+        responses = self.responses
+        if not responses:
+            self.running = False
+            self.period = _NEVER
+            if _CLOCKS.get(self.key) is self:
+                del _CLOCKS[self.key]
+            return False
         now = _now()
-        if response.state == _WRITING:
-            due = response.since + write_timeout if write_timeout is not None else _NEVER
-            if heartbeat_interval is not None and response.since + heartbeat_interval > now:
-                # The write may end soon: the next heartbeat may be due before the deadline.
-                due = min(due, response.since + heartbeat_interval)
-        else:
-            due = response.since + heartbeat_interval if heartbeat_interval is not None else _NEVER
-            if write_timeout is not None:
-                # Look again within a write deadline: a write may start (and block) later.
-                due = min(due, now + write_timeout)
-        if due > now:
-            with anyio.move_on_after(due - now if due != _NEVER else None):
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    response.end("disconnected")
-                    return
+        for response in list(responses):
+            response.check(now)
+        return True
+
+
+#: The clock of each running event loop (by the loop, or the Trio run's token).
+_CLOCKS: dict[object, _Clock] = {}
+
+
+def _loop_key() -> tuple[object, bool]:
+    """The running loop (key of its clock), and whether it is Trio."""
+    if anyio.lowlevel.current_token().backend_class.__module__.endswith("_trio"):
+        import trio
+
+        return trio.lowlevel.current_trio_token(), True
+    import asyncio
+
+    return asyncio.get_running_loop(), False
+
+
+def _clock() -> _Clock:
+    key, _ = _loop_key()
+    clock = _CLOCKS.get(key)
+    if clock is None:
+        clock = _CLOCKS[key] = _Clock(key)
+    return clock
+
+
+def _start_clock(clock: _Clock) -> None:
+    key, trio_run = _loop_key()
+    if trio_run:
+        import trio
+
+        async def run() -> None:
+            try:
+                while True:
+                    await trio.sleep(clock.period)
+                    if not clock.tick():
+                        return
+            finally:
+                clock.running = False
+                if _CLOCKS.get(key) is clock:
+                    del _CLOCKS[key]
+
+        trio.lowlevel.spawn_system_task(run, name="streamkit stream clock")
+        return
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    assert key is loop
+
+    def tick() -> None:
+        if clock.tick():
+            loop.call_later(clock.period, tick)
+
+    loop.call_later(clock.period, tick)
+
+
+async def _watch(response: _Response, receive: Receive, heartbeat: bytes) -> None:
+    """Wait for the disconnect; send a heartbeat when the clock wakes us for one."""
+    while True:
+        with anyio.CancelScope() as watch:
+            response.watch = watch
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                response.end("disconnected")
+                return
             continue
-        if response.state == _WRITING:
-            response.end("write_timeout")
-            return
+        # The clock cancelled the wait: the stream was silent for a heartbeat interval.
+        response.watch = None
         if response.stopping or response.finishing:
             return  # the sender ends the body itself, under a deadline of its own
         try:
@@ -318,7 +427,9 @@ async def run_event_stream(
         # first event by the clients that dispatch field-only blocks.
         prelude = f"retry: {retry_ms}\n".encode() if retry_ms is not None else b""
 
-    response = _Response(send, gzip=gzip, write_timeout=write_timeout)
+    response = _Response(
+        send, gzip=gzip, write_timeout=write_timeout, heartbeat_interval=heartbeat_interval
+    )
     start = {
         "type": "http.response.start",
         "status": 200,
@@ -332,9 +443,40 @@ async def run_event_stream(
     if isinstance(events, Subscription):
         # Entered by the caller (StreamApp): its cursor, one coroutine fewer per event.
         events = events._direct()
+    clock: _Clock | None = None
+    period = min(heartbeat_interval or _NEVER, write_timeout or _NEVER) / _LOOKS
+    if period != _NEVER:
+        clock = _clock()
+        clock.add(response, period)
+    try:
+        await _respond(
+            response,
+            events,
+            encode=encode,
+            ndjson_format=ndjson_format,
+            receive=receive,
+            heartbeat=heartbeat,
+            stop=stop,
+        )
+    finally:
+        if clock is not None:
+            clock.remove(response)
+    return response.outcome
+
+
+async def _respond(
+    response: _Response,
+    events: AsyncIterable[StreamEvent],
+    *,
+    encode: Callable[[StreamEvent], bytes],
+    ndjson_format: bool,
+    receive: Receive,
+    heartbeat: bytes,
+    stop: anyio.Event | None,
+) -> None:
     error: StreamkitError | None = None
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_watch, response, receive, heartbeat, heartbeat_interval)
+        tg.start_soon(_watch, response, receive, heartbeat)
         if stop is not None:
             tg.start_soon(_watch_stop, response, stop)
         try:
@@ -394,4 +536,3 @@ async def run_event_stream(
             except OSError:
                 response.outcome = "disconnected"
         tg.cancel_scope.cancel()
-    return response.outcome
