@@ -449,90 +449,71 @@ async def run_event_stream(
         clock = _clock()
         clock.add(response, period)
     try:
-        await _respond(
-            response,
-            events,
-            encode=encode,
-            ndjson_format=ndjson_format,
-            receive=receive,
-            heartbeat=heartbeat,
-            stop=stop,
-        )
+        error: StreamkitError | None = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_watch, response, receive, heartbeat)
+            if stop is not None:
+                tg.start_soon(_watch_stop, response, stop)
+            try:
+                with response.sender:
+                    if response.gzip:
+                        take = getattr(events, "take_ready", _take_nothing)
+                        async for event in events:
+                            backlog = take(_BATCH_EVENTS)
+                            data = encode(event)
+                            if backlog:
+                                data = b"".join([data, *map(encode, backlog)])
+                            await response.write(data)
+                            if response.stopping:
+                                response.outcome = "shutdown"
+                                break
+                    else:
+                        # The hot path, inlined: no coroutine or dict made per event but
+                        # the message itself. A write cut short by a cancellation ends the
+                        # response, so its state needs no reset.
+                        send = response.send
+                        take = getattr(events, "take_ready", _take_nothing)
+                        async for event in events:
+                            data = encode(event)
+                            backlog = take(_BATCH_EVENTS)
+                            if backlog:  # the client fell behind: one write for what is ready
+                                data = b"".join([data, *map(encode, backlog)])
+                            if response.state == _HEARTBEAT:
+                                await response.wait_idle()
+                            response.state = _WRITING
+                            response.since = _now()
+                            await send(
+                                {"type": "http.response.body", "body": data, "more_body": True}
+                            )
+                            response.state = _PULLING
+                            if response.stopping:
+                                response.outcome = "shutdown"
+                                break
+                outcome = response.outcome
+                if outcome in ("ended", "shutdown"):
+                    await response.finish(b"")
+            except StreamkitError as exc:
+                # A lagged reader, a trimmed resume point, a session removed while read: the
+                # response ends and says why; the client resumes from its last id.
+                error = exc
+            except TimeoutError:
+                response.outcome = "write_timeout"
+            except OSError:
+                # The server's "client disconnected" error (hypercorn, some uvicorn paths).
+                response.outcome = "disconnected"
+            if error is not None:
+                try:
+                    tail = b""
+                    if not ndjson_format:
+                        tail = b": error " + dump_json(error.to_dict()) + b"\n"
+                    await response.finish(tail)
+                    response.outcome = "failed"
+                except TimeoutError:
+                    response.outcome = "write_timeout"
+                except OSError:
+                    response.outcome = "disconnected"
+            tg.cancel_scope.cancel()
     finally:
         if clock is not None:
             clock.remove(response)
     return response.outcome
-
-
-async def _respond(
-    response: _Response,
-    events: AsyncIterable[StreamEvent],
-    *,
-    encode: Callable[[StreamEvent], bytes],
-    ndjson_format: bool,
-    receive: Receive,
-    heartbeat: bytes,
-    stop: anyio.Event | None,
-) -> None:
-    error: StreamkitError | None = None
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(_watch, response, receive, heartbeat)
-        if stop is not None:
-            tg.start_soon(_watch_stop, response, stop)
-        try:
-            with response.sender:
-                if response.gzip:
-                    take = getattr(events, "take_ready", _take_nothing)
-                    async for event in events:
-                        backlog = take(_BATCH_EVENTS)
-                        data = encode(event)
-                        if backlog:
-                            data = b"".join([data, *map(encode, backlog)])
-                        await response.write(data)
-                        if response.stopping:
-                            response.outcome = "shutdown"
-                            break
-                else:
-                    # The hot path, inlined: no coroutine or dict made per event but
-                    # the message itself. A write cut short by a cancellation ends the
-                    # response, so its state needs no reset.
-                    send = response.send
-                    take = getattr(events, "take_ready", _take_nothing)
-                    async for event in events:
-                        data = encode(event)
-                        backlog = take(_BATCH_EVENTS)
-                        if backlog:  # the client fell behind: one write for what is ready
-                            data = b"".join([data, *map(encode, backlog)])
-                        if response.state == _HEARTBEAT:
-                            await response.wait_idle()
-                        response.state = _WRITING
-                        response.since = _now()
-                        await send({"type": "http.response.body", "body": data, "more_body": True})
-                        response.state = _PULLING
-                        if response.stopping:
-                            response.outcome = "shutdown"
-                            break
-            outcome = response.outcome
-            if outcome in ("ended", "shutdown"):
-                await response.finish(b"")
-        except StreamkitError as exc:
-            # A lagged reader, a trimmed resume point, a session removed while read: the
-            # response ends and says why; the client resumes from its last id.
-            error = exc
-        except TimeoutError:
-            response.outcome = "write_timeout"
-        except OSError:
-            # The server's "client disconnected" error (hypercorn, some uvicorn paths).
-            response.outcome = "disconnected"
-        if error is not None:
-            try:
-                tail = b""
-                if not ndjson_format:
-                    tail = b": error " + dump_json(error.to_dict()) + b"\n"
-                await response.finish(tail)
-                response.outcome = "failed"
-            except TimeoutError:
-                response.outcome = "write_timeout"
-            except OSError:
-                response.outcome = "disconnected"
-        tg.cancel_scope.cancel()
