@@ -12,14 +12,17 @@ Rules of this module, and why:
   after the one just read (up to 64) are sent with it: a client that fell behind
   catches up in few writes instead of one per event (each of which yields to the loop
   on Trio).
-* **A watcher task keeps the clocks, not the deliveries.** A second task per response
-  waits for ``http.disconnect`` with a deadline: the next heartbeat (``heartbeat_interval``
-  after the last write) or the running write's deadline (``write_timeout`` after it
-  started). When it wakes it only compares times the sender stamped
-  (one ``time.monotonic()`` per write): it sends a heartbeat when the response was
-  silent long enough, drops the response when a write has been blocked too long (a
-  half-open client that stops reading), and otherwise sleeps again. It wakes about once
-  per ``min(heartbeat_interval, write_timeout)``, whatever the event rate.
+* **One clock per event loop keeps the time, not the deliveries.** Each response stamps
+  the time its last write started (one ``time.monotonic()`` per write); a single timer
+  per event loop (a loop callback on asyncio, a system task on Trio) looks at every open
+  response four times per interval (a quarter of the shortest ``heartbeat_interval`` or
+  ``write_timeout``) and only compares times: a write blocked past its deadline ends
+  its response (a half-open client that stops reading), and a response silent for a
+  heartbeat interval gets its watcher woken to send the heartbeat. A busy stream has no
+  timer, cancel scope or wake-up of its own; heartbeats and drops come up to a quarter
+  interval late.
+* **A watcher task per response waits for the disconnect**, with no deadline: it wakes
+  when the client leaves, or when the clock asks for a heartbeat.
 * **A client that goes away ends the subscription at once**, never the session: the
   watcher cancels the sender (in the source's wait or in a blocked ``send``).
 * **Backpressure reaches the log.** A sender blocked in ``send`` pulls nothing more, so
@@ -42,7 +45,7 @@ from __future__ import annotations
 
 import time
 import zlib
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import anyio
 import anyio.lowlevel
@@ -275,10 +278,12 @@ class _Clock:
     left.
     """
 
-    __slots__ = ("key", "period", "responses", "running")
+    __slots__ = ("handle", "key", "period", "responses", "running")
 
     def __init__(self, key: object) -> None:
         self.key = key
+        #: The pending loop callback (asyncio).
+        self.handle: Any = None
         self.responses: set[_Response] = set()
         self.period = _NEVER
         self.running = False
@@ -291,16 +296,24 @@ class _Clock:
             _start_clock(self)
 
     def remove(self, response: _Response) -> None:
-        self.responses.discard(response)
+        responses = self.responses
+        responses.discard(response)
+        if not responses:  # the last one: this loop's clock stops now
+            self.stop()
+
+    def stop(self) -> None:
+        self.running = False
+        self.period = _NEVER
+        handle, self.handle = self.handle, None
+        if handle is not None:
+            handle.cancel()
+        if _CLOCKS.get(self.key) is self:
+            del _CLOCKS[self.key]
 
     def tick(self) -> bool:
         """Look at every stream; return whether to go on (streams are left)."""
         responses = self.responses
-        if not responses:
-            self.running = False
-            self.period = _NEVER
-            if _CLOCKS.get(self.key) is self:
-                del _CLOCKS[self.key]
+        if not responses or not self.running:
             return False
         now = _now()
         for response in list(responses):
@@ -337,15 +350,9 @@ def _start_clock(clock: _Clock) -> None:
         import trio
 
         async def run() -> None:
-            try:
-                while True:
-                    await trio.sleep(clock.period)
-                    if not clock.tick():
-                        return
-            finally:
-                clock.running = False
-                if _CLOCKS.get(key) is clock:
-                    del _CLOCKS[key]
+            while clock.running:
+                await trio.sleep(clock.period)
+                clock.tick()
 
         trio.lowlevel.spawn_system_task(run, name="streamkit stream clock")
         return
@@ -356,9 +363,9 @@ def _start_clock(clock: _Clock) -> None:
 
     def tick() -> None:
         if clock.tick():
-            loop.call_later(clock.period, tick)
+            clock.handle = loop.call_later(clock.period, tick)
 
-    loop.call_later(clock.period, tick)
+    clock.handle = loop.call_later(clock.period, tick)
 
 
 async def _watch(response: _Response, receive: Receive, heartbeat: bytes) -> None:
