@@ -17,9 +17,17 @@ check every event by ``seq`` (no gap, no duplicate), measure the lag from the ev
 connection, each event encoded once by the publisher, one ``send`` per event) or
 ``sse-starlette`` (sse-starlette's ``EventSourceResponse`` over the same queues). The
 anchors serve ``GET /sessions/{id}/events`` only, with the same ``retry:`` line and
-headers. ``--backend trio`` runs StreamApp under hypercorn's Trio worker instead of
-uvicorn. The summary's ``server_cpu_us_per_delivery`` is the server process's CPU time
-over the publish window divided by the events the clients received.
+headers. ``--backend trio`` runs StreamApp (or the bare app, over Trio memory channels)
+under hypercorn's Trio worker instead of uvicorn. The summary's
+``server_cpu_us_per_delivery`` is the server process's CPU time over the publish window
+divided by the events the clients received.
+
+``load --paced``: issue 17's end-to-end case instead: one session per client, each fed
+by a source paced at ``--rate`` tokens per second for ``--minutes`` (StreamApp: the
+registry runs it, ``chunk_size=1``; ``sse-starlette``: an ``EventSourceResponse`` over
+the same paced generator per connection), started at phases spread over one period once
+every client is connected; each token's text is the wall-clock time it was due, and a
+client's lag is measured from it.
 
 ``soak``: ``--workers`` client loops create a session (``POST /sessions`` with a
 prompt), read its SSE stream to the end checking ``seq``, and delete it (every other
@@ -86,7 +94,8 @@ class _Hub:
     """The anchors' fan-out: one ``asyncio.Queue`` of encoded events per connection."""
 
     def __init__(self, sessions: list[str], *, ndjson_format: bool) -> None:
-        self.queues: dict[str, set[asyncio.Queue[bytes | None]]] = {s: set() for s in sessions}
+        #: Per session, each connection's ``put_nowait`` (a queue's, or a channel's send).
+        self.queues: dict[str, set[Callable[[bytes | None], None]]] = {s: set() for s in sessions}
         self.encode = ndjson.encode if ndjson_format else sse.encode
         self.headers = _ndjson_headers if ndjson_format else _anchor_headers
         self.prelude = b"" if ndjson_format else _RETRY
@@ -102,10 +111,10 @@ class _Hub:
             event_type=event_type, content=content, seq=seq, session_id=session_id
         )
         data = self.encode(event)  # once, shared by every connection
-        for queue in self.queues[session_id]:
-            queue.put_nowait(data)
+        for put in self.queues[session_id]:
+            put(data)
             if event_type == "complete":
-                queue.put_nowait(None)
+                put(None)
         return seq
 
 
@@ -124,7 +133,7 @@ def _bare_app(hub: _Hub) -> Any:
             return
         session_id = scope["path"].split("/")[2]
         queue: asyncio.Queue[bytes | None] = asyncio.Queue()
-        hub.queues[session_id].add(queue)
+        hub.queues[session_id].add(queue.put_nowait)
         hub.open += 1
         try:
             await send({"type": "http.response.start", "status": 200, "headers": hub.headers})
@@ -135,7 +144,39 @@ def _bare_app(hub: _Hub) -> Any:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             hub.open -= 1
-            hub.queues[session_id].discard(queue)
+            hub.queues[session_id].discard(queue.put_nowait)
+
+    return app
+
+
+def _bare_trio_app(hub: _Hub) -> Any:
+    """The bare app on Trio: a memory channel per connection instead of a queue."""
+    import math
+
+    import trio
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":  # hypercorn runs it
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["type"] != "http":
+            return
+        session_id = scope["path"].split("/")[2]
+        put, get = trio.open_memory_channel[bytes | None](math.inf)
+        hub.queues[session_id].add(put.send_nowait)
+        hub.open += 1
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": hub.headers})
+            if hub.prelude:
+                await send({"type": "http.response.body", "body": hub.prelude, "more_body": True})
+            while (data := await get.receive()) is not None:
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            hub.open -= 1
+            hub.queues[session_id].discard(put.send_nowait)
 
     return app
 
@@ -154,7 +195,7 @@ def _sse_starlette_app(hub: _Hub) -> Any:
             while (data := await queue.get()) is not None:
                 yield data
 
-        hub.queues[session_id].add(queue)
+        hub.queues[session_id].add(queue.put_nowait)
         hub.open += 1
         try:
             response = EventSourceResponse(
@@ -163,7 +204,7 @@ def _sse_starlette_app(hub: _Hub) -> Any:
             await response(scope, receive, send)
         finally:
             hub.open -= 1
-            hub.queues[session_id].discard(queue)
+            hub.queues[session_id].discard(queue.put_nowait)
 
     return app
 
@@ -295,6 +336,12 @@ async def _serve_trio(args: argparse.Namespace) -> None:
 
     registry = sk.SessionRegistry(_registry_config(args))
     app = StreamApp(registry, **_app_options(None))
+    hub = _Hub([], ndjson_format=args.format == "ndjson")
+    if args.app == "bare":
+        hub = _Hub(
+            [sk.new_session_id() for _ in range(args.sessions)],
+            ndjson_format=args.format == "ndjson",
+        )
     with socket.socket() as probe:
         probe.bind((HOST, 0))
         port = probe.getsockname()[1]
@@ -303,20 +350,30 @@ async def _serve_trio(args: argparse.Namespace) -> None:
     config.loglevel = "WARNING"
     config.backlog = 4096
     stop = trio.Event()
+    served: Any = _bare_trio_app(hub) if args.app == "bare" else app
     async with registry, trio.open_nursery() as nursery:
-        await nursery.start(partial(serve, app, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
-        sessions = [(await registry.create()).session_id for _ in range(args.sessions)]
-        print(json.dumps({"port": port, "sessions": sessions}), flush=True)
+        await nursery.start(partial(serve, served, config, shutdown_trigger=stop.wait))
+        if args.app == "bare":
+            sessions = list(hub.seq)
+            print(json.dumps({"port": port, "sessions": sessions}), flush=True)
 
-        async def publish(session_id: str, event_type: str, content: str) -> int:
-            event = await registry.publish(
-                session_id, sk.StreamEvent(event_type=event_type, content=content)
+            async def publish_bare(session_id: str, event_type: str, content: str) -> int:
+                return hub.publish(session_id, event_type, content)
+
+            result = await _publish_loop(args, hub.streams_open, publish_bare, sessions)
+        else:
+            sessions = [(await registry.create()).session_id for _ in range(args.sessions)]
+            print(json.dumps({"port": port, "sessions": sessions}), flush=True)
+
+            async def publish(session_id: str, event_type: str, content: str) -> int:
+                event = await registry.publish(
+                    session_id, sk.StreamEvent(event_type=event_type, content=content)
+                )
+                return event.seq or 0
+
+            result = await _publish_loop(
+                args, lambda: int(app.statistics()["streams_open"]), publish, sessions
             )
-            return event.seq or 0
-
-        result = await _publish_loop(
-            args, lambda: int(app.statistics()["streams_open"]), publish, sessions
-        )
         result["app_statistics"] = app.statistics()
         stop.set()
     print(json.dumps(result), flush=True)
@@ -398,7 +455,7 @@ async def _serve(args: argparse.Namespace) -> None:
         if args.mode == "paced":
             schedule = _Schedule(sessions, args.rate)
             tokens = round(args.minutes * 60 * args.rate)
-            config = sk.StreamConfig(chunk_size=1, stream_delay=0, heartbeat_interval=None)
+            stream_config = sk.StreamConfig(chunk_size=1, stream_delay=0, heartbeat_interval=None)
 
             def start_all() -> dict[str, int]:
                 schedule.start()
@@ -406,7 +463,7 @@ async def _serve(args: argparse.Namespace) -> None:
                     source = _paced_tokens(
                         schedule.t0 + phase, schedule.t0_wall + phase, tokens, args.rate
                     )
-                    registry.start(session_id, source, config)
+                    registry.start(session_id, source, stream_config)
                 return dict.fromkeys(sessions, 0)
 
             result = await _paced_loop(
@@ -574,12 +631,12 @@ def _server_main(args: argparse.Namespace) -> None:
 
 
 def _run_server(args: argparse.Namespace) -> None:
-    if args.app != "streamapp":
-        asyncio.run(_serve_anchor(args))
-    elif args.backend == "trio":
+    if args.backend == "trio":
         import trio
 
         trio.run(_serve_trio, args)
+    elif args.app != "streamapp":
+        asyncio.run(_serve_anchor(args))
     else:
         asyncio.run(_serve(args))
 
@@ -1034,6 +1091,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("sse-starlette serves SSE only")
         if args.paced and (args.app == "bare" or args.backend != "asyncio"):
             parser.error("--paced runs StreamApp or sse-starlette on asyncio")
+        if args.backend == "trio" and args.app == "sse-starlette":
+            parser.error("on Trio: StreamApp or the bare app")
         return run_load(args)
     if args.command == "soak":
         return run_soak(args)
