@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from ._asgi_http import Headers, Receive, Scope, Send
     from ._events import StreamEvent
 
-__all__ = ["Outcome", "run_event_stream"]
+__all__ = ["Outcome", "StopSignal", "run_event_stream"]
 
 #: Why a stream response ended.
 Outcome = Literal["ended", "disconnected", "write_timeout", "shutdown", "failed"]
@@ -156,6 +156,7 @@ class _Response:
         "state",
         "stopping",
         "watch",
+        "watching",
         "write_timeout",
     )
 
@@ -171,6 +172,8 @@ class _Response:
         self.heartbeat_interval = heartbeat_interval
         #: The watcher's wait for the client; the clock cancels it when a heartbeat is due.
         self.watch: anyio.CancelScope | None = None
+        #: Whether the watcher task runs.
+        self.watching = True
         self._compressor = zlib.compressobj(6, zlib.DEFLATED, 31) if gzip else None
         self.gzip = gzip
         self._idle: anyio.Event | None = None
@@ -226,6 +229,18 @@ class _Response:
             if prelude:
                 await self.send(self._body(prelude))
         self.since = _now()
+
+    async def end_body(self) -> None:
+        """End the body in the sender's scope (the clock keeps the write's deadline)."""
+        if self.state == _HEARTBEAT:
+            await self.wait_idle()
+        compressor = self._compressor
+        tail = compressor.flush() if compressor is not None else b""
+        self.state = _WRITING
+        self.since = _now()
+        await self.send({"type": "http.response.body", "body": tail, "more_body": False})
+        # Servers report a disconnect once the body is complete: from here on it is none.
+        self.finishing = True
 
     async def finish(self, tail: bytes) -> None:
         """End the body, ``tail`` last (the sender's path, once)."""
@@ -368,28 +383,71 @@ def _start_clock(clock: _Clock) -> None:
     clock.handle = loop.call_later(clock.period, tick)
 
 
+class StopSignal:
+    """An app's shutdown signal: set once, it ends every stream registered with it.
+
+    Like an :class:`anyio.Event` (``set``, ``is_set``, ``wait``), but a streaming response
+    registers itself instead of keeping a task that waits for it: ``set`` stops each
+    registered response directly.
+    """
+
+    __slots__ = ("_event", "_flag", "responses")
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._event: anyio.Event | None = None
+        #: The open responses to stop.
+        self.responses: set[_Response] = set()
+
+    def set(self) -> None:
+        """Stop every registered response (each ends cleanly), and wake the waiters."""
+        if self._flag:
+            return
+        self._flag = True
+        for response in list(self.responses):
+            response.stop()
+        if self._event is not None:
+            self._event.set()
+
+    def is_set(self) -> bool:
+        """Whether :meth:`set` was called."""
+        return self._flag
+
+    async def wait(self) -> None:
+        """Wait until :meth:`set` is called."""
+        if self._flag:
+            return
+        if self._event is None:
+            self._event = anyio.Event()
+        await self._event.wait()
+
+
 async def _watch(response: _Response, receive: Receive, heartbeat: bytes) -> None:
     """Wait for the disconnect; send a heartbeat when the clock wakes us for one."""
-    while True:
-        with anyio.CancelScope() as watch:
-            response.watch = watch
-            message = await receive()
-            if message["type"] == "http.disconnect":
+    try:
+        while True:
+            with anyio.CancelScope() as watch:
+                response.watch = watch
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    # Also what servers say once the body is complete: then a no-op.
+                    response.end("disconnected")
+                    return
+                continue
+            # The clock cancelled the wait: the stream was silent for a heartbeat interval.
+            response.watch = None
+            if response.stopping or response.finishing:
+                return  # the sender ends the body itself, under a deadline of its own
+            try:
+                await response.heartbeat(heartbeat)
+            except TimeoutError:
+                response.end("write_timeout")
+                return
+            except OSError:
                 response.end("disconnected")
                 return
-            continue
-        # The clock cancelled the wait: the stream was silent for a heartbeat interval.
-        response.watch = None
-        if response.stopping or response.finishing:
-            return  # the sender ends the body itself, under a deadline of its own
-        try:
-            await response.heartbeat(heartbeat)
-        except TimeoutError:
-            response.end("write_timeout")
-            return
-        except OSError:
-            response.end("disconnected")
-            return
+    finally:
+        response.watching = False
 
 
 async def _watch_stop(response: _Response, stop: anyio.Event) -> None:
@@ -408,7 +466,7 @@ async def run_event_stream(
     heartbeat_interval: float | None = 15.0,
     write_timeout: float | None = 30.0,
     retry_ms: int | None = None,
-    stop: anyio.Event | None = None,
+    stop: anyio.Event | StopSignal | None = None,
     headers: Iterable[tuple[bytes, bytes]] = (),
 ) -> Outcome:
     """Send ``events`` as one streaming response until they end or the client leaves.
@@ -455,6 +513,12 @@ async def run_event_stream(
     if period != _NEVER:
         clock = _clock()
         clock.add(response, period)
+    signal: StopSignal | None = None
+    if isinstance(stop, StopSignal):
+        signal, stop = stop, None
+        signal.responses.add(response)
+        if signal.is_set():
+            response.stop()
     try:
         error: StreamkitError | None = None
         async with anyio.create_task_group() as tg:
@@ -496,9 +560,11 @@ async def run_event_stream(
                             if response.stopping:
                                 response.outcome = "shutdown"
                                 break
-                outcome = response.outcome
-                if outcome in ("ended", "shutdown"):
-                    await response.finish(b"")
+                    # The source ended, or a shutdown came during a write: the body ends
+                    # here, its deadline kept by the clock like every other write.
+                    await response.end_body()
+                if not response.finishing and response.outcome in ("ended", "shutdown"):
+                    await response.finish(b"")  # stopped while waiting for the source
             except StreamkitError as exc:
                 # A lagged reader, a trimmed resume point, a session removed while read: the
                 # response ends and says why; the client resumes from its last id.
@@ -519,8 +585,15 @@ async def run_event_stream(
                     response.outcome = "write_timeout"
                 except OSError:
                     response.outcome = "disconnected"
-            tg.cancel_scope.cancel()
+            if response.watching and response.finishing:
+                # Servers tell the watcher that the body is complete (uvicorn does):
+                # let it end by itself rather than cancel it.
+                await anyio.lowlevel.checkpoint()
+            if response.watching or stop is not None:
+                tg.cancel_scope.cancel()
     finally:
         if clock is not None:
             clock.remove(response)
+        if signal is not None:
+            signal.responses.discard(response)
     return response.outcome
