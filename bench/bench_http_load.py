@@ -12,7 +12,8 @@ publisher, same wire bytes, same clients (in client processes, every event check
 The figure is the server process's CPU time from the first publish until the clients
 have read to the end, divided by the events the clients received, and its ratio to the
 bare app's in the same run. At 2 and 10 events per second per session (20 sessions);
-NDJSON and Trio (hypercorn's Trio worker) at 2. The machine is shared and noisy: only
+NDJSON and Trio (hypercorn's Trio worker, against the bare app over Trio memory
+channels) at 2. The machine is shared and noisy: only
 the same-run ratios compare.
 
 Environment:
@@ -190,12 +191,16 @@ def main() -> None:
             runs["streamapp, NDJSON"] = load("streamapp", rate, fmt="ndjson")
             runs["bare, NDJSON"] = load("bare", rate, fmt="ndjson")
             runs["streamapp, Trio (hypercorn)"] = load("streamapp", rate, backend="trio")
+            runs["bare, Trio (hypercorn)"] = load("bare", rate, backend="trio")
         floor = runs["bare"]["server_cpu_us_per_delivery"]
         rows = [row(name, summary, floor) for name, summary in runs.items()]
         if rate == 2.0:
             ndjson_floor = runs["bare, NDJSON"]["server_cpu_us_per_delivery"]
             ndjson = list(runs).index("streamapp, NDJSON")
             rows[ndjson][2] = f"{rows[ndjson][1] / ndjson_floor:.2f}x (÷ bare NDJSON)"
+            trio_floor = runs["bare, Trio (hypercorn)"]["server_cpu_us_per_delivery"]
+            trio = list(runs).index("streamapp, Trio (hypercorn)")
+            rows[trio][2] = f"{rows[trio][1] / trio_floor:.2f}x (÷ bare Trio)"
         title = (
             f"HTTP load: {CLIENTS} SSE clients, {SESSIONS} sessions, {rate:g} events/s each "
             f"({CLIENTS * rate:,.0f} deliveries/s offered)"
