@@ -450,11 +450,6 @@ async def _watch(response: _Response, receive: Receive, heartbeat: bytes) -> Non
         response.watching = False
 
 
-async def _watch_stop(response: _Response, stop: anyio.Event) -> None:
-    await stop.wait()
-    response.stop()
-
-
 async def run_event_stream(
     scope: Scope,
     receive: Receive,
@@ -466,7 +461,7 @@ async def run_event_stream(
     heartbeat_interval: float | None = 15.0,
     write_timeout: float | None = 30.0,
     retry_ms: int | None = None,
-    stop: anyio.Event | StopSignal | None = None,
+    stop: StopSignal | None = None,
     headers: Iterable[tuple[bytes, bytes]] = (),
 ) -> Outcome:
     """Send ``events`` as one streaming response until they end or the client leaves.
@@ -513,18 +508,14 @@ async def run_event_stream(
     if period != _NEVER:
         clock = _clock()
         clock.add(response, period)
-    signal: StopSignal | None = None
-    if isinstance(stop, StopSignal):
-        signal, stop = stop, None
-        signal.responses.add(response)
-        if signal.is_set():
+    if stop is not None:
+        stop.responses.add(response)
+        if stop.is_set():
             response.stop()
     try:
         error: StreamkitError | None = None
         async with anyio.create_task_group() as tg:
             tg.start_soon(_watch, response, receive, heartbeat)
-            if stop is not None:
-                tg.start_soon(_watch_stop, response, stop)
             try:
                 with response.sender:
                     if response.gzip:
@@ -589,11 +580,11 @@ async def run_event_stream(
                 # Servers tell the watcher that the body is complete (uvicorn does):
                 # let it end by itself rather than cancel it.
                 await anyio.lowlevel.checkpoint()
-            if response.watching or stop is not None:
+            if response.watching:
                 tg.cancel_scope.cancel()
     finally:
         if clock is not None:
             clock.remove(response)
-        if signal is not None:
-            signal.responses.discard(response)
+        if stop is not None:
+            stop.responses.discard(response)
     return response.outcome
