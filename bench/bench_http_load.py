@@ -128,12 +128,13 @@ def plot(sweep: dict[str, dict[str, float]], caption: str, path: Path = PLOT) ->
     figure = Figure(figsize=(10, 4))
     left, right = figure.subplots(1, 2)
     floor = sweep["bare"]
-    for name, points in sweep.items():
+    for index, (name, points) in enumerate(sweep.items()):
         xs = sorted(points)
-        left.plot(xs, [points[x] for x in xs], marker="o", label=name)
+        color = f"C{index}"  # the same app, the same colour in both panels
+        left.plot(xs, [points[x] for x in xs], marker="o", label=name, color=color)
         if name != "bare":
             ys = [points[x] / floor[x] for x in xs if x in floor]
-            right.plot([x for x in xs if x in floor], ys, marker="o", label=name)
+            right.plot([x for x in xs if x in floor], ys, marker="o", label=name, color=color)
     left.set_xlabel("SSE connections (20 sessions, 2 events/s each)")
     left.set_ylabel("µs of server CPU per delivery")
     left.set_ylim(bottom=0)
