@@ -37,7 +37,7 @@ from typing import Any
 from _harness import QUICK, save, table
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_STEPS = "50,100" if QUICK else "100,150,200,250,300,400,500"
+DEFAULT_STEPS = "25,50" if QUICK else "50,100,150,200,250,300,400"
 STEPS = [int(n) for n in os.environ.get("STREAMKIT_BENCH_PACED_STEPS", DEFAULT_STEPS).split(",")]
 SECONDS = float(os.environ.get("STREAMKIT_BENCH_PACED_SECONDS", "2" if QUICK else "10"))
 RATE = 20.0
