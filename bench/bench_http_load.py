@@ -12,11 +12,19 @@ publisher, same wire bytes, same clients (in client processes, every event check
 The figure is the server process's CPU time from the first publish until the clients
 have read to the end, divided by the events the clients received, and its ratio to the
 bare app's in the same run. At 2 and 10 events per second per session (20 sessions);
-NDJSON and Trio (hypercorn's Trio worker) at 2. The machine is shared and noisy: only
+NDJSON and Trio (hypercorn's Trio worker, against the bare app over Trio memory
+channels) at 2. The machine is shared and noisy: only
 the same-run ratios compare.
 
-``STREAMKIT_BENCH_LOAD_CLIENTS`` (default 500) and ``STREAMKIT_BENCH_LOAD_MINUTES``
-(default 0.5) scale it; the issue's figures are at 2,000 clients.
+Environment:
+
+* ``STREAMKIT_BENCH_LOAD_CLIENTS`` (default 500) and ``STREAMKIT_BENCH_LOAD_MINUTES``
+  (default 0.5) scale it; the issue's figures are at 2,000 clients.
+* ``STREAMKIT_BENCH_LOAD_SWEEP=500,1000,2000,4000``: instead, the three apps at 2
+  events/s at each number of connections, and the plot ``docs/perf-http-load.png``
+  (server CPU per delivery against connections).
+* ``STREAMKIT_BENCH_LOAD_BEFORE=/path/to/checkout``: StreamApp from that checkout (its
+  own ``.venv``) too, as "StreamApp before", in the same run.
 """
 
 from __future__ import annotations
@@ -29,25 +37,37 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from _harness import QUICK, save, table
+from _harness import QUICK, machine, save, table
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENTS = int(os.environ.get("STREAMKIT_BENCH_LOAD_CLIENTS", "60" if QUICK else "500"))
 MINUTES = float(os.environ.get("STREAMKIT_BENCH_LOAD_MINUTES", "0.05" if QUICK else "0.5"))
+SWEEP = [int(n) for n in os.environ.get("STREAMKIT_BENCH_LOAD_SWEEP", "").split(",") if n]
+BEFORE = os.environ.get("STREAMKIT_BENCH_LOAD_BEFORE")
 SESSIONS = 20
+PLOT = ROOT / "docs" / "perf-http-load.png"
 
 
-def load(app: str, rate: float, *, fmt: str = "sse", backend: str = "asyncio") -> dict[str, Any]:
-    """Run one load test; return its summary."""
+def load(
+    app: str,
+    rate: float,
+    *,
+    clients: int = CLIENTS,
+    fmt: str = "sse",
+    backend: str = "asyncio",
+    root: Path = ROOT,
+) -> dict[str, Any]:
+    """Run one load test (the load tool of ``root``, with its own Python); return its summary."""
+    python = sys.executable if root == ROOT else str(root / ".venv" / "bin" / "python")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "summary.json"
         command = [
-            sys.executable,
+            python,
             "-m",
             "tests.reliability.load_tool",
             "load",
             "--clients",
-            str(CLIENTS),
+            str(clients),
             "--sessions",
             str(SESSIONS),
             "--rate",
@@ -63,7 +83,7 @@ def load(app: str, rate: float, *, fmt: str = "sse", backend: str = "asyncio") -
             "--out",
             str(out),
         ]
-        subprocess.run(command, cwd=ROOT, capture_output=True, check=False, timeout=1800)
+        subprocess.run(command, cwd=root, capture_output=True, check=False, timeout=1800)
         summary: dict[str, Any] = json.loads(out.read_text())
     if not summary["ok"]:
         raise SystemExit(f"{app} {fmt} {backend} at {rate}/s failed: {summary['error_samples']}")
@@ -82,43 +102,123 @@ def row(name: str, summary: dict[str, Any], floor: float) -> list[Any]:
     ]
 
 
+HEADER = ["server app", "µs server CPU / delivery", "÷ bare", "deliveries/s", "lag p50 / p99 ms"]
+
+
+def figures(runs: dict[str, dict[str, Any]], floor: float) -> dict[str, Any]:
+    return {
+        name: {
+            "us_per_delivery": s["server_cpu_us_per_delivery"],
+            "ratio_to_bare": s["server_cpu_us_per_delivery"] / floor,
+            "deliveries_per_second": s["deliveries_per_second"],
+            "lag_ms": s["lag_ms"],
+        }
+        for name, s in runs.items()
+    }
+
+
+def plot(sweep: dict[str, dict[str, float]], caption: str, path: Path = PLOT) -> None:
+    """Draw server CPU per delivery (and ÷ bare) against the number of connections.
+
+    ``sweep`` maps each app's name to ``{connections: µs per delivery}``; the app named
+    ``bare`` is the floor of the ratio panel.
+    """
+    from matplotlib.figure import Figure  # no pyplot: the Agg canvas draws the PNG
+
+    figure = Figure(figsize=(10, 4))
+    left, right = figure.subplots(1, 2)
+    floor = sweep["bare"]
+    for index, (name, points) in enumerate(sweep.items()):
+        xs = sorted(points)
+        color = f"C{index}"  # the same app, the same colour in both panels
+        left.plot(xs, [points[x] for x in xs], marker="o", label=name, color=color)
+        if name != "bare":
+            ys = [points[x] / floor[x] for x in xs if x in floor]
+            right.plot([x for x in xs if x in floor], ys, marker="o", label=name, color=color)
+    left.set_xlabel("SSE connections (20 sessions, 2 events/s each)")
+    left.set_ylabel("µs of server CPU per delivery")
+    left.set_ylim(bottom=0)
+    left.legend(fontsize=8)
+    right.axhline(1.3, color="grey", linestyle="--", linewidth=1, label="goal: 1.3x")
+    right.set_xlabel("SSE connections")
+    right.set_ylabel("÷ bare ASGI app, same run")
+    right.set_ylim(bottom=0)
+    right.legend(fontsize=8)
+    figure.suptitle("HTTP under load: server CPU per SSE delivery (uvicorn, asyncio)")
+    figure.text(0.99, 0.01, caption, ha="right", fontsize=7)
+    figure.tight_layout(rect=(0, 0.03, 1, 1))
+    figure.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
+def sweep_main() -> None:
+    apps = {"bare": "bare", "sse-starlette": "sse-starlette", "StreamApp": "streamapp"}
+    curves: dict[str, dict[str, float]] = {name: {} for name in apps}
+    if BEFORE:
+        curves["StreamApp before"] = {}
+    report = []
+    for clients in SWEEP:
+        runs = {name: load(app, 2.0, clients=clients) for name, app in apps.items()}
+        if BEFORE:
+            runs["StreamApp before"] = load("streamapp", 2.0, clients=clients, root=Path(BEFORE))
+        floor = runs["bare"]["server_cpu_us_per_delivery"]
+        for name, summary in runs.items():
+            curves[name][str(clients)] = summary["server_cpu_us_per_delivery"]
+        text = table(
+            f"HTTP load: {clients} SSE clients, {SESSIONS} sessions, 2 events/s each",
+            HEADER,
+            [row(name, summary, floor) for name, summary in runs.items()],
+        )
+        print(text, flush=True)
+        report.append(text)
+    save("http_load_sweep", {"minutes": MINUTES, "curves": curves, "tables": report})
+    plot(
+        {name: {int(n): v for n, v in points.items()} for name, points in curves.items()},
+        machine(),
+    )
+
+
 def main() -> None:
-    header = [
-        "server app",
-        "µs server CPU / delivery",
-        "÷ bare",
-        "deliveries/s",
-        "lag p50 / p99 ms",
-    ]
+    if SWEEP:
+        sweep_main()
+        return
     results: dict[str, Any] = {"clients": CLIENTS, "minutes": MINUTES, "sessions": SESSIONS}
     report = []
     for rate in (2.0, 10.0):
         runs = {app: load(app, rate) for app in ("bare", "sse-starlette", "streamapp")}
+        if BEFORE:
+            runs["streamapp before"] = load("streamapp", rate, root=Path(BEFORE))
         if rate == 2.0:
             runs["streamapp, NDJSON"] = load("streamapp", rate, fmt="ndjson")
             runs["bare, NDJSON"] = load("bare", rate, fmt="ndjson")
             runs["streamapp, Trio (hypercorn)"] = load("streamapp", rate, backend="trio")
+            runs["bare, Trio (hypercorn)"] = load("bare", rate, backend="trio")
         floor = runs["bare"]["server_cpu_us_per_delivery"]
         rows = [row(name, summary, floor) for name, summary in runs.items()]
         if rate == 2.0:
             ndjson_floor = runs["bare, NDJSON"]["server_cpu_us_per_delivery"]
-            rows[3][2] = f"{rows[3][1] / ndjson_floor:.2f}x (÷ bare NDJSON)"
+            ndjson = list(runs).index("streamapp, NDJSON")
+            rows[ndjson][2] = f"{rows[ndjson][1] / ndjson_floor:.2f}x (÷ bare NDJSON)"
+            trio_floor = runs["bare, Trio (hypercorn)"]["server_cpu_us_per_delivery"]
+            trio = list(runs).index("streamapp, Trio (hypercorn)")
+            rows[trio][2] = f"{rows[trio][1] / trio_floor:.2f}x (÷ bare Trio)"
         title = (
             f"HTTP load: {CLIENTS} SSE clients, {SESSIONS} sessions, {rate:g} events/s each "
             f"({CLIENTS * rate:,.0f} deliveries/s offered)"
         )
-        text = table(title, header, rows)
+        text = table(title, HEADER, rows)
         print(text, flush=True)
         report.append(text)
-        results[f"rate_{rate:g}"] = {
-            name: {
-                "us_per_delivery": s["server_cpu_us_per_delivery"],
-                "ratio_to_bare": s["server_cpu_us_per_delivery"] / floor,
-                "deliveries_per_second": s["deliveries_per_second"],
-                "lag_ms": s["lag_ms"],
-            }
-            for name, s in runs.items()
-        }
+        results[f"rate_{rate:g}"] = figures(runs, floor)
+        ratio = runs["streamapp"]["server_cpu_us_per_delivery"] / floor
+        results.setdefault("goals", []).append(
+            [
+                f"StreamApp ÷ bare ASGI, server CPU per SSE delivery, {CLIENTS} clients x "
+                f"{rate:g} events/s",
+                f"{ratio:.2f}x",
+                "met" if ratio <= 1.3 else "not met",
+            ]
+        )
     results["tables"] = report
     save("http_load", results)
 

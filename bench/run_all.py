@@ -2,8 +2,8 @@
 
 Run: ``bash scripts/bench`` (which makes the virtualenv first), or
 ``.venv/bin/python bench/run_all.py [NAME ...]`` to run some of them (``pipeline``,
-``fanout``, ``http``, ``capacity``, ``codecs``, ``redis``, ``redis_capacity``).
-``STREAMKIT_BENCH_QUICK=1``
+``fanout``, ``http``, ``http_load``, ``http_paced``, ``capacity``, ``codecs``,
+``redis``, ``redis_capacity``). ``STREAMKIT_BENCH_QUICK=1``
 makes a smoke run of a few seconds each.
 
 Every table is printed as it comes and gathered in ``bench/results/report.md`` (with the
@@ -30,6 +30,7 @@ BENCHMARKS = {
     "fanout": "bench_fanout.py",
     "http": "bench_http.py",
     "http_load": "bench_http_load.py",
+    "http_paced": "bench_http_paced.py",
     "capacity": "bench_capacity.py",
     "codecs": "bench_codecs.py",
     "redis": "bench_redis.py",
@@ -101,10 +102,18 @@ def ratios(names: list[str]) -> str:
             rows.append(["http", f"{server}: sse-starlette ÷ (server CPU/event)", _x(cpu), ""])
         rate = servers["streamkit"]["events_per_s"] / raw["events_per_s"]
         rows.append(["http", "streamkit: ÷ raw Starlette (events/s)", _x(rate), ""])
-    for name in ("pipeline", "fanout", "http", "capacity", "redis_capacity"):
+    for name in (
+        "pipeline",
+        "fanout",
+        "http",
+        "http_load",
+        "http_paced",
+        "capacity",
+        "redis_capacity",
+    ):
         data = _load(name) if name in names else None
         if data:
-            for goal in data["goals"]:
+            for goal in data.get("goals", ()):
                 *what, figure, verdict = goal
                 rows.append([name, "goal: " + ", ".join(what), figure, verdict])
     codecs = _load("codecs") if "codecs" in names else None

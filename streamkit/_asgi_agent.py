@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterable, Callable
 
     from ._asgi_http import Receive, Scope, Send
+    from ._asgi_stream import StopSignal
     from ._events import StreamEvent
     from ._registry import SessionRegistry
     from ._session import StreamSession
@@ -445,7 +446,7 @@ async def _send_stream(
     headers: list[tuple[bytes, bytes]],
     heartbeat_interval: float | None,
     write_timeout: float | None,
-    stop: anyio.Event,
+    stop: StopSignal | anyio.Event,
 ) -> str:
     """Send ``events`` through ``encode`` as one streaming response; return the outcome.
 

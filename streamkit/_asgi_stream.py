@@ -12,14 +12,17 @@ Rules of this module, and why:
   after the one just read (up to 64) are sent with it: a client that fell behind
   catches up in few writes instead of one per event (each of which yields to the loop
   on Trio).
-* **A watcher task keeps the clocks, not the deliveries.** A second task per response
-  waits for ``http.disconnect`` with a deadline: the next heartbeat (``heartbeat_interval``
-  after the last write) or the running write's deadline (``write_timeout`` after it
-  started). When it wakes it only compares times the sender stamped
-  (one ``time.monotonic()`` per write): it sends a heartbeat when the response was
-  silent long enough, drops the response when a write has been blocked too long (a
-  half-open client that stops reading), and otherwise sleeps again. It wakes about once
-  per ``min(heartbeat_interval, write_timeout)``, whatever the event rate.
+* **One clock per event loop keeps the time, not the deliveries.** Each response stamps
+  the time its last write started (one ``time.monotonic()`` per write); a single timer
+  per event loop (a loop callback on asyncio, a system task on Trio) looks at every open
+  response four times per interval (a quarter of the shortest ``heartbeat_interval`` or
+  ``write_timeout``) and only compares times: a write blocked past its deadline ends
+  its response (a half-open client that stops reading), and a response silent for a
+  heartbeat interval gets its watcher woken to send the heartbeat. A busy stream has no
+  timer, cancel scope or wake-up of its own; heartbeats and drops come up to a quarter
+  interval late.
+* **A watcher task per response waits for the disconnect**, with no deadline: it wakes
+  when the client leaves, or when the clock asks for a heartbeat.
 * **A client that goes away ends the subscription at once**, never the session: the
   watcher cancels the sender (in the source's wait or in a blocked ``send``).
 * **Backpressure reaches the log.** A sender blocked in ``send`` pulls nothing more, so
@@ -42,13 +45,15 @@ from __future__ import annotations
 
 import time
 import zlib
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import anyio
+import anyio.lowlevel
 
 from . import ndjson, sse
 from ._asgi_http import dump_json
 from ._errors import StreamkitError
+from ._subscription import Subscription
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, Callable, Iterable, Sequence
@@ -56,7 +61,7 @@ if TYPE_CHECKING:
     from ._asgi_http import Headers, Receive, Scope, Send
     from ._events import StreamEvent
 
-__all__ = ["Outcome", "run_event_stream"]
+__all__ = ["Outcome", "StopSignal", "run_event_stream"]
 
 #: Why a stream response ended.
 Outcome = Literal["ended", "disconnected", "write_timeout", "shutdown", "failed"]
@@ -86,6 +91,8 @@ def _take_nothing(limit: int) -> Sequence[StreamEvent]:
 
 _now = time.monotonic
 _NEVER: Final = float("inf")
+#: How many times per interval (heartbeat, write timeout) the clock looks at a stream.
+_LOOKS: Final = 4
 
 # What the sender is doing, for the watcher and the shutdown.
 _PULLING: Final = 0  # waiting for the source (cancelling it loses nothing)
@@ -141,17 +148,32 @@ class _Response:
         "_idle",
         "finishing",
         "gzip",
+        "heartbeat_interval",
         "outcome",
         "send",
         "sender",
         "since",
         "state",
         "stopping",
+        "watch",
+        "watching",
         "write_timeout",
     )
 
-    def __init__(self, send: Send, *, gzip: bool, write_timeout: float | None) -> None:
+    def __init__(
+        self,
+        send: Send,
+        *,
+        gzip: bool,
+        write_timeout: float | None,
+        heartbeat_interval: float | None = None,
+    ) -> None:
         self.send = send
+        self.heartbeat_interval = heartbeat_interval
+        #: The watcher's wait for the client; the clock cancels it when a heartbeat is due.
+        self.watch: anyio.CancelScope | None = None
+        #: Whether the watcher task runs.
+        self.watching = True
         self._compressor = zlib.compressobj(6, zlib.DEFLATED, 31) if gzip else None
         self.gzip = gzip
         self._idle: anyio.Event | None = None
@@ -208,6 +230,18 @@ class _Response:
                 await self.send(self._body(prelude))
         self.since = _now()
 
+    async def end_body(self) -> None:
+        """End the body in the sender's scope (the clock keeps the write's deadline)."""
+        if self.state == _HEARTBEAT:
+            await self.wait_idle()
+        compressor = self._compressor
+        tail = compressor.flush() if compressor is not None else b""
+        self.state = _WRITING
+        self.since = _now()
+        await self.send({"type": "http.response.body", "body": tail, "more_body": False})
+        # Servers report a disconnect once the body is complete: from here on it is none.
+        self.finishing = True
+
     async def finish(self, tail: bytes) -> None:
         """End the body, ``tail`` last (the sender's path, once)."""
         if self.state == _HEARTBEAT:
@@ -232,52 +266,188 @@ class _Response:
             self.outcome = "shutdown"
             self.sender.cancel()
 
+    def check(self, now: float) -> None:
+        """The clock's look: drop a write past its deadline, or wake the watcher to beat."""
+        state = self.state
+        if state == _WRITING:
+            limit = self.write_timeout
+            if limit is not None and now - self.since >= limit:
+                self.end("write_timeout")
+        elif state == _PULLING:
+            interval = self.heartbeat_interval
+            if interval is not None and now - self.since >= interval:
+                watch = self.watch
+                if watch is not None and not self.stopping and not self.finishing:
+                    watch.cancel()
 
-async def _watch(
-    response: _Response,
-    receive: Receive,
-    heartbeat: bytes,
-    heartbeat_interval: float | None,
-) -> None:
-    """Wait for the disconnect; send heartbeats and keep the write deadline meanwhile."""
-    write_timeout = response.write_timeout
-    while True:
+
+class _Clock:
+    """One timer per event loop keeps the heartbeats and write deadlines of its streams.
+
+    It looks at every open stream a few times per interval (a quarter of the shortest
+    heartbeat interval or write timeout among them) and compares the times the senders
+    stamped: a write blocked past its deadline ends its response, and a stream silent
+    for a heartbeat interval gets its watcher woken to send the heartbeat. A busy stream
+    costs nothing between two looks: no timer, cancel scope or wake-up per stream. On
+    asyncio it is a loop callback; on Trio a system task. It stops when no stream is
+    left.
+    """
+
+    __slots__ = ("handle", "key", "period", "responses", "running")
+
+    def __init__(self, key: object) -> None:
+        self.key = key
+        #: The pending loop callback (asyncio).
+        self.handle: Any = None
+        self.responses: set[_Response] = set()
+        self.period = _NEVER
+        self.running = False
+
+    def add(self, response: _Response, period: float) -> None:
+        self.responses.add(response)
+        self.period = min(self.period, period)
+        if not self.running:
+            self.running = True
+            _start_clock(self)
+
+    def remove(self, response: _Response) -> None:
+        responses = self.responses
+        responses.discard(response)
+        if not responses:  # the last one: this loop's clock stops now
+            self.stop()
+
+    def stop(self) -> None:
+        self.running = False
+        self.period = _NEVER
+        handle, self.handle = self.handle, None
+        if handle is not None:
+            handle.cancel()
+        if _CLOCKS.get(self.key) is self:
+            del _CLOCKS[self.key]
+
+    def tick(self) -> bool:
+        """Look at every stream; return whether to go on (streams are left)."""
+        responses = self.responses
+        if not responses or not self.running:
+            return False
         now = _now()
-        if response.state == _WRITING:
-            due = response.since + write_timeout if write_timeout is not None else _NEVER
-            if heartbeat_interval is not None and response.since + heartbeat_interval > now:
-                # The write may end soon: the next heartbeat may be due before the deadline.
-                due = min(due, response.since + heartbeat_interval)
-        else:
-            due = response.since + heartbeat_interval if heartbeat_interval is not None else _NEVER
-            if write_timeout is not None:
-                # Look again within a write deadline: a write may start (and block) later.
-                due = min(due, now + write_timeout)
-        if due > now:
-            with anyio.move_on_after(due - now if due != _NEVER else None):
+        for response in list(responses):
+            response.check(now)
+        return True
+
+
+#: The clock of each running event loop (by the loop, or the Trio run's token).
+_CLOCKS: dict[object, _Clock] = {}
+
+
+def _loop_key() -> tuple[object, bool]:
+    """The running loop (key of its clock), and whether it is Trio."""
+    if anyio.lowlevel.current_token().backend_class.__module__.endswith("_trio"):
+        import trio
+
+        return trio.lowlevel.current_trio_token(), True
+    import asyncio
+
+    return asyncio.get_running_loop(), False
+
+
+def _clock() -> _Clock:
+    key, _ = _loop_key()
+    clock = _CLOCKS.get(key)
+    if clock is None:
+        clock = _CLOCKS[key] = _Clock(key)
+    return clock
+
+
+def _start_clock(clock: _Clock) -> None:
+    key, trio_run = _loop_key()
+    if trio_run:
+        import trio
+
+        async def run() -> None:
+            while clock.running:
+                await trio.sleep(clock.period)
+                clock.tick()
+
+        trio.lowlevel.spawn_system_task(run, name="streamkit stream clock")
+        return
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    assert key is loop
+
+    def tick() -> None:
+        if clock.tick():
+            clock.handle = loop.call_later(clock.period, tick)
+
+    clock.handle = loop.call_later(clock.period, tick)
+
+
+class StopSignal:
+    """An app's shutdown signal: set once, it ends every stream registered with it.
+
+    Like an :class:`anyio.Event` (``set``, ``is_set``, ``wait``), but a streaming response
+    registers itself instead of keeping a task that waits for it: ``set`` stops each
+    registered response directly.
+    """
+
+    __slots__ = ("_event", "_flag", "responses")
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._event: anyio.Event | None = None
+        #: The open responses to stop.
+        self.responses: set[_Response] = set()
+
+    def set(self) -> None:
+        """Stop every registered response (each ends cleanly), and wake the waiters."""
+        if self._flag:
+            return
+        self._flag = True
+        for response in list(self.responses):
+            response.stop()
+        if self._event is not None:
+            self._event.set()
+
+    def is_set(self) -> bool:
+        """Whether :meth:`set` was called."""
+        return self._flag
+
+    async def wait(self) -> None:
+        """Wait until :meth:`set` is called."""
+        if self._flag:
+            return
+        if self._event is None:
+            self._event = anyio.Event()
+        await self._event.wait()
+
+
+async def _watch(response: _Response, receive: Receive, heartbeat: bytes) -> None:
+    """Wait for the disconnect; send a heartbeat when the clock wakes us for one."""
+    try:
+        while True:
+            with anyio.CancelScope() as watch:
+                response.watch = watch
                 message = await receive()
                 if message["type"] == "http.disconnect":
+                    # Also what servers say once the body is complete: then a no-op.
                     response.end("disconnected")
                     return
-            continue
-        if response.state == _WRITING:
-            response.end("write_timeout")
-            return
-        if response.stopping or response.finishing:
-            return  # the sender ends the body itself, under a deadline of its own
-        try:
-            await response.heartbeat(heartbeat)
-        except TimeoutError:
-            response.end("write_timeout")
-            return
-        except OSError:
-            response.end("disconnected")
-            return
-
-
-async def _watch_stop(response: _Response, stop: anyio.Event) -> None:
-    await stop.wait()
-    response.stop()
+                continue
+            # The clock cancelled the wait: the stream was silent for a heartbeat interval.
+            response.watch = None
+            if response.stopping or response.finishing:
+                return  # the sender ends the body itself, under a deadline of its own
+            try:
+                await response.heartbeat(heartbeat)
+            except TimeoutError:
+                response.end("write_timeout")
+                return
+            except OSError:
+                response.end("disconnected")
+                return
+    finally:
+        response.watching = False
 
 
 async def run_event_stream(
@@ -291,7 +461,7 @@ async def run_event_stream(
     heartbeat_interval: float | None = 15.0,
     write_timeout: float | None = 30.0,
     retry_ms: int | None = None,
-    stop: anyio.Event | None = None,
+    stop: StopSignal | None = None,
     headers: Iterable[tuple[bytes, bytes]] = (),
 ) -> Outcome:
     """Send ``events`` as one streaming response until they end or the client leaves.
@@ -317,7 +487,9 @@ async def run_event_stream(
         # first event by the clients that dispatch field-only blocks.
         prelude = f"retry: {retry_ms}\n".encode() if retry_ms is not None else b""
 
-    response = _Response(send, gzip=gzip, write_timeout=write_timeout)
+    response = _Response(
+        send, gzip=gzip, write_timeout=write_timeout, heartbeat_interval=heartbeat_interval
+    )
     start = {
         "type": "http.response.start",
         "status": 200,
@@ -328,66 +500,91 @@ async def run_event_stream(
     except TimeoutError:
         return "write_timeout"
 
-    error: StreamkitError | None = None
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(_watch, response, receive, heartbeat, heartbeat_interval)
-        if stop is not None:
-            tg.start_soon(_watch_stop, response, stop)
-        try:
-            with response.sender:
-                if response.gzip:
-                    take = getattr(events, "take_ready", _take_nothing)
-                    async for event in events:
-                        backlog = take(_BATCH_EVENTS)
-                        data = encode(event)
-                        if backlog:
-                            data = b"".join([data, *map(encode, backlog)])
-                        await response.write(data)
-                        if response.stopping:
-                            response.outcome = "shutdown"
-                            break
-                else:
-                    # The hot path, inlined: no coroutine or dict made per event but
-                    # the message itself. A write cut short by a cancellation ends the
-                    # response, so its state needs no reset.
-                    send = response.send
-                    take = getattr(events, "take_ready", _take_nothing)
-                    async for event in events:
-                        data = encode(event)
-                        backlog = take(_BATCH_EVENTS)
-                        if backlog:  # the client fell behind: one write for what is ready
-                            data = b"".join([data, *map(encode, backlog)])
-                        if response.state == _HEARTBEAT:
-                            await response.wait_idle()
-                        response.state = _WRITING
-                        response.since = _now()
-                        await send({"type": "http.response.body", "body": data, "more_body": True})
-                        response.state = _PULLING
-                        if response.stopping:
-                            response.outcome = "shutdown"
-                            break
-            outcome = response.outcome
-            if outcome in ("ended", "shutdown"):
-                await response.finish(b"")
-        except StreamkitError as exc:
-            # A lagged reader, a trimmed resume point, a session removed while read: the
-            # response ends and says why; the client resumes from its last id.
-            error = exc
-        except TimeoutError:
-            response.outcome = "write_timeout"
-        except OSError:
-            # The server's "client disconnected" error (hypercorn, some uvicorn paths).
-            response.outcome = "disconnected"
-        if error is not None:
+    if isinstance(events, Subscription):
+        # Entered by the caller (StreamApp): its cursor, one coroutine fewer per event.
+        events = events._direct()
+    clock: _Clock | None = None
+    period = min(heartbeat_interval or _NEVER, write_timeout or _NEVER) / _LOOKS
+    if period != _NEVER:
+        clock = _clock()
+        clock.add(response, period)
+    if stop is not None:
+        stop.responses.add(response)
+        if stop.is_set():
+            response.stop()
+    try:
+        error: StreamkitError | None = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_watch, response, receive, heartbeat)
             try:
-                tail = b""
-                if not ndjson_format:
-                    tail = b": error " + dump_json(error.to_dict()) + b"\n"
-                await response.finish(tail)
-                response.outcome = "failed"
+                with response.sender:
+                    if response.gzip:
+                        take = getattr(events, "take_ready", _take_nothing)
+                        async for event in events:
+                            backlog = take(_BATCH_EVENTS)
+                            data = encode(event)
+                            if backlog:
+                                data = b"".join([data, *map(encode, backlog)])
+                            await response.write(data)
+                            if response.stopping:
+                                response.outcome = "shutdown"
+                                break
+                    else:
+                        # The hot path, inlined: no coroutine or dict made per event but
+                        # the message itself. A write cut short by a cancellation ends the
+                        # response, so its state needs no reset.
+                        send = response.send
+                        take = getattr(events, "take_ready", _take_nothing)
+                        async for event in events:
+                            data = encode(event)
+                            backlog = take(_BATCH_EVENTS)
+                            if backlog:  # the client fell behind: one write for what is ready
+                                data = b"".join([data, *map(encode, backlog)])
+                            if response.state == _HEARTBEAT:
+                                await response.wait_idle()
+                            response.state = _WRITING
+                            response.since = _now()
+                            await send(
+                                {"type": "http.response.body", "body": data, "more_body": True}
+                            )
+                            response.state = _PULLING
+                            if response.stopping:
+                                response.outcome = "shutdown"
+                                break
+                    # The source ended, or a shutdown came during a write: the body ends
+                    # here, its deadline kept by the clock like every other write.
+                    await response.end_body()
+                if not response.finishing and response.outcome in ("ended", "shutdown"):
+                    await response.finish(b"")  # stopped while waiting for the source
+            except StreamkitError as exc:
+                # A lagged reader, a trimmed resume point, a session removed while read: the
+                # response ends and says why; the client resumes from its last id.
+                error = exc
             except TimeoutError:
                 response.outcome = "write_timeout"
             except OSError:
+                # The server's "client disconnected" error (hypercorn, some uvicorn paths).
                 response.outcome = "disconnected"
-        tg.cancel_scope.cancel()
+            if error is not None:
+                try:
+                    tail = b""
+                    if not ndjson_format:
+                        tail = b": error " + dump_json(error.to_dict()) + b"\n"
+                    await response.finish(tail)
+                    response.outcome = "failed"
+                except TimeoutError:
+                    response.outcome = "write_timeout"
+                except OSError:
+                    response.outcome = "disconnected"
+            if response.watching and response.finishing:
+                # Servers tell the watcher that the body is complete (uvicorn does):
+                # let it end by itself rather than cancel it.
+                await anyio.lowlevel.checkpoint()
+            if response.watching:
+                tg.cancel_scope.cancel()
+    finally:
+        if clock is not None:
+            clock.remove(response)
+        if stop is not None:
+            stop.responses.discard(response)
     return response.outcome

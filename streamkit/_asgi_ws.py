@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 
     from anyio.abc import TaskGroup
 
+    from ._asgi_stream import StopSignal
     from ._events import StreamEvent
     from ._registry import SessionRegistry
 
@@ -307,7 +308,7 @@ async def serve_websocket(
     session_id: str | None,
     after: int,
     options: WebSocketOptions,
-    stop: anyio.Event,
+    stop: anyio.Event | StopSignal,
     public_error: Callable[[StreamkitError], StreamkitError],
 ) -> None:
     """Accept a WebSocket connection and serve the protocol until either side ends it.

@@ -189,6 +189,10 @@ def _check_size(event: StreamEvent, limit: int, session_id: str) -> None:
         )
 
 
+#: What a cursor's one-event batch holds before its first event.
+_NO_EVENT: Final = make_event("", "", {}, "", 0, "", 0.0)
+
+
 def _new_signal(old: Signal | None) -> Signal:
     return anyio.Event()
 
@@ -203,6 +207,7 @@ class _Cursor(EventCursor):
         "_i",
         "_log",
         "_new_event",
+        "_one",
         "_renew",
         "_signal",
         "_state",
@@ -219,6 +224,8 @@ class _Cursor(EventCursor):
         self._after = after
         self._state: _Reader | None = None
         self._batch = _NO_EVENTS
+        #: The batch of one event, reused (a reader kept up with the log gets one at a time).
+        self._one: list[StreamEvent] = [_NO_EVENT]
         self._i = 0
         self._done = False
         self._waited = False
@@ -294,6 +301,17 @@ class _Cursor(EventCursor):
                     continue
                 self._waited = False
                 start = pos + 1 - log._base
+                if last == pos + 1:  # one new event (the live case): no list made
+                    event = log._buf[start]
+                    if type(event) is not StreamEvent:  # frozen before this reader came
+                        event = thaw_event(event)
+                    if state.swaps:
+                        event = state.swaps.pop(last, event)
+                    batch = self._one
+                    batch[0] = event
+                    self._batch = batch
+                    self._i = 1
+                    return event
                 stored: list[Any] = log._buf[start : start + _MAX_BATCH]
                 if pos < log._cold:  # a replay: some events are kept frozen
                     stored = [e if type(e) is StreamEvent else thaw_event(e) for e in stored]

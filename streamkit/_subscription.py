@@ -11,7 +11,7 @@ from ._errors import ClosedError, HistoryGap, SubscriberLagged, ValidationError
 from .abc import EventCursor
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import AsyncIterator, Sequence
     from types import TracebackType
 
     from ._coordinator import _Entry
@@ -122,6 +122,16 @@ class Subscription:
         """
         cursor = self._cursor
         return () if cursor is None else cursor.take_ready(limit)
+
+    def _direct(self) -> AsyncIterator[StreamEvent]:
+        """The open cursor itself when entered (else this subscription), for transports.
+
+        A transport that holds the subscription open (``async with``) for a whole
+        response iterates the log's cursor directly: one coroutine fewer per event. The
+        subscription still closes when its ``async with`` ends.
+        """
+        cursor = self._cursor
+        return self if cursor is None else cursor
 
     async def aclose(self) -> None:
         """Stop following the session. Idempotent."""

@@ -81,7 +81,7 @@ from ._asgi_http import (
     send_response,
     wants_ndjson,
 )
-from ._asgi_stream import Outcome, run_event_stream, stream_headers
+from ._asgi_stream import Outcome, StopSignal, run_event_stream, stream_headers
 from ._asgi_ws import WebSocketOptions, serve_websocket
 from ._config import RegistryConfig, StreamConfig
 from ._errors import (
@@ -352,7 +352,7 @@ class StreamApp:
             write_timeout=config.write_timeout,
         )
         self._stopping = False
-        self._stop: anyio.Event | None = None
+        self._stop: StopSignal | None = None
         self._counters: dict[str, int] = {
             "http_requests": 0,
             "streams_open": 0,
@@ -445,10 +445,10 @@ class StreamApp:
         if stop is not None:
             stop.set()
 
-    def _stop_event(self) -> anyio.Event:
+    def _stop_event(self) -> StopSignal:
         stop = self._stop
         if stop is None:
-            stop = self._stop = anyio.Event()
+            stop = self._stop = StopSignal()
             if self._stopping:
                 stop.set()
         return stop

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import socket
 import zlib
+from contextlib import aclosing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +36,7 @@ from .asgi_helpers import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 
 pytestmark = pytest.mark.anyio
 
@@ -849,6 +850,74 @@ async def test_serve_events_checks_its_arguments() -> None:
         await serve_events({"type": "websocket"}, receive, send, nothing())
     with pytest.raises(sk.ValidationError):
         await serve_events({"type": "http"}, receive, send, nothing(), write_timeout=0)
+
+
+async def test_heartbeats_go_on_as_streams_come_and_go() -> None:
+    """One clock per event loop keeps every silent stream's heartbeats (both backends).
+
+    A stream that ends leaves the others served, and a stream opened after every other
+    one ended (the clock stopped) gets heartbeats again.
+    """
+
+    async def silent_stream(beats_wanted: int) -> int:
+        beats = 0
+        gone = anyio.Event()
+
+        async def nothing() -> AsyncGenerator[sk.StreamEvent]:
+            await anyio.sleep_forever()
+            yield sk.StreamEvent(event_type="token", content="never")
+
+        async def receive() -> dict[str, Any]:
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: Any) -> None:
+            nonlocal beats
+            if message["type"] == "http.response.body":
+                beats += message.get("body", b"").count(b": ping")
+                if beats >= beats_wanted:
+                    gone.set()
+
+        scope = {"type": "http", "method": "GET", "path": "/", "headers": []}
+        async with aclosing(nothing()) as source:
+            await serve_events(scope, receive, send, source, heartbeat_interval=0.02)
+        return beats
+
+    results: dict[str, int] = {}
+
+    async def run(name: str, beats: int) -> None:
+        results[name] = await silent_stream(beats)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run, "short", 1)
+            tg.start_soon(run, "long", 4)
+        await run("later", 2)
+    assert results == {"short": 1, "long": 4, "later": 2}
+
+
+async def test_a_write_that_never_ends_is_dropped_by_the_clock() -> None:
+    """The write deadline without a server (both backends): the stream ends, not the test."""
+    started = anyio.Event()
+
+    async def events() -> AsyncGenerator[sk.StreamEvent]:
+        yield sk.StreamEvent(event_type="token", content="one", seq=1)
+        await anyio.sleep_forever()
+
+    async def receive() -> dict[str, Any]:
+        await anyio.sleep_forever()
+        raise AssertionError("not reached")
+
+    async def send(message: Any) -> None:
+        if message["type"] == "http.response.body" and b"one" in message.get("body", b""):
+            started.set()
+            await anyio.sleep_forever()  # a client that stopped reading
+
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": []}
+    with anyio.fail_after(10):
+        async with aclosing(events()) as source:
+            await serve_events(scope, receive, send, source, write_timeout=0.05)
+    assert started.is_set()
 
 
 # -- in-process details (httpx's ASGITransport: no server, no lifespan) ----------------------

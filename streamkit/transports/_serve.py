@@ -38,6 +38,7 @@ from .._errors import (
     SubscriberLagged,
     ValidationError,
 )
+from .._subscription import Subscription
 from .._validate import check_choice, check_int, check_number, check_str, type_name
 from ._channel import CloseCode, TextChannel, clip_reason
 
@@ -335,6 +336,9 @@ async def serve_subscription(
             heartbeat_message=heartbeat_message,
         )
         own = True
+    if isinstance(events, Subscription):
+        # Entered by the caller: its cursor, one coroutine fewer per event.
+        events = events._direct()
     position, sent = after, 0
     outcome: ServeOutcome = "ended"
     error: StreamkitError | None = None

@@ -17,9 +17,17 @@ check every event by ``seq`` (no gap, no duplicate), measure the lag from the ev
 connection, each event encoded once by the publisher, one ``send`` per event) or
 ``sse-starlette`` (sse-starlette's ``EventSourceResponse`` over the same queues). The
 anchors serve ``GET /sessions/{id}/events`` only, with the same ``retry:`` line and
-headers. ``--backend trio`` runs StreamApp under hypercorn's Trio worker instead of
-uvicorn. The summary's ``server_cpu_us_per_delivery`` is the server process's CPU time
-over the publish window divided by the events the clients received.
+headers. ``--backend trio`` runs StreamApp (or the bare app, over Trio memory channels)
+under hypercorn's Trio worker instead of uvicorn. The summary's
+``server_cpu_us_per_delivery`` is the server process's CPU time over the publish window
+divided by the events the clients received.
+
+``load --paced``: issue 17's end-to-end case instead: one session per client, each fed
+by a source paced at ``--rate`` tokens per second for ``--minutes`` (StreamApp: the
+registry runs it, ``chunk_size=1``; ``sse-starlette``: an ``EventSourceResponse`` over
+the same paced generator per connection), started at phases spread over one period once
+every client is connected; each token's text is the wall-clock time it was due, and a
+client's lag is measured from it.
 
 ``soak``: ``--workers`` client loops create a session (``POST /sessions`` with a
 prompt), read its SSE stream to the end checking ``seq``, and delete it (every other
@@ -86,7 +94,8 @@ class _Hub:
     """The anchors' fan-out: one ``asyncio.Queue`` of encoded events per connection."""
 
     def __init__(self, sessions: list[str], *, ndjson_format: bool) -> None:
-        self.queues: dict[str, set[asyncio.Queue[bytes | None]]] = {s: set() for s in sessions}
+        #: Per session, each connection's ``put_nowait`` (a queue's, or a channel's send).
+        self.queues: dict[str, set[Callable[[bytes | None], None]]] = {s: set() for s in sessions}
         self.encode = ndjson.encode if ndjson_format else sse.encode
         self.headers = _ndjson_headers if ndjson_format else _anchor_headers
         self.prelude = b"" if ndjson_format else _RETRY
@@ -102,10 +111,10 @@ class _Hub:
             event_type=event_type, content=content, seq=seq, session_id=session_id
         )
         data = self.encode(event)  # once, shared by every connection
-        for queue in self.queues[session_id]:
-            queue.put_nowait(data)
+        for put in self.queues[session_id]:
+            put(data)
             if event_type == "complete":
-                queue.put_nowait(None)
+                put(None)
         return seq
 
 
@@ -124,7 +133,7 @@ def _bare_app(hub: _Hub) -> Any:
             return
         session_id = scope["path"].split("/")[2]
         queue: asyncio.Queue[bytes | None] = asyncio.Queue()
-        hub.queues[session_id].add(queue)
+        hub.queues[session_id].add(queue.put_nowait)
         hub.open += 1
         try:
             await send({"type": "http.response.start", "status": 200, "headers": hub.headers})
@@ -135,7 +144,39 @@ def _bare_app(hub: _Hub) -> Any:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             hub.open -= 1
-            hub.queues[session_id].discard(queue)
+            hub.queues[session_id].discard(queue.put_nowait)
+
+    return app
+
+
+def _bare_trio_app(hub: _Hub) -> Any:
+    """The bare app on Trio: a memory channel per connection instead of a queue."""
+    import math
+
+    import trio
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":  # hypercorn runs it
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["type"] != "http":
+            return
+        session_id = scope["path"].split("/")[2]
+        put, get = trio.open_memory_channel[bytes | None](math.inf)
+        hub.queues[session_id].add(put.send_nowait)
+        hub.open += 1
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": hub.headers})
+            if hub.prelude:
+                await send({"type": "http.response.body", "body": hub.prelude, "more_body": True})
+            while (data := await get.receive()) is not None:
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            hub.open -= 1
+            hub.queues[session_id].discard(put.send_nowait)
 
     return app
 
@@ -154,7 +195,7 @@ def _sse_starlette_app(hub: _Hub) -> Any:
             while (data := await queue.get()) is not None:
                 yield data
 
-        hub.queues[session_id].add(queue)
+        hub.queues[session_id].add(queue.put_nowait)
         hub.open += 1
         try:
             response = EventSourceResponse(
@@ -163,7 +204,74 @@ def _sse_starlette_app(hub: _Hub) -> Any:
             await response(scope, receive, send)
         finally:
             hub.open -= 1
-            hub.queues[session_id].discard(queue)
+            hub.queues[session_id].discard(queue.put_nowait)
+
+    return app
+
+
+async def _paced_tokens(t0: float, t0_wall: float, tokens: int, rate: float) -> Any:
+    """Yield token k at ``t0 + k / rate`` on the loop's clock (never earlier).
+
+    The token's text is the wall-clock time it was due: the clients measure each
+    token's lag from it (so a source timer running late on a busy loop counts as lag).
+    """
+    clock = asyncio.get_running_loop().time
+    period = 1.0 / rate
+    for k in range(tokens):
+        await asyncio.sleep(max(t0 + k * period - clock(), 0.0))
+        yield f"{t0_wall + k * period:.6f}"
+
+
+class _Schedule:
+    """``paced`` mode: when each session's source starts (phases spread over a period)."""
+
+    def __init__(self, sessions: list[str], rate: float) -> None:
+        self.go = asyncio.Event()
+        self.t0 = self.t0_wall = 0.0
+        self.phase = {s: i / (len(sessions) * rate) for i, s in enumerate(sessions)}
+
+    def start(self) -> None:
+        self.t0 = asyncio.get_running_loop().time() + 0.2
+        self.t0_wall = time.time() + 0.2
+        self.go.set()
+
+
+def _sse_starlette_paced_app(hub: _Hub, schedule: _Schedule, tokens: int, rate: float) -> Any:
+    """sse-starlette's ``EventSourceResponse`` over one paced generator per connection."""
+    from sse_starlette.sse import EventSourceResponse
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        session_id = scope["path"].split("/")[2]
+
+        async def events() -> Any:
+            yield _RETRY
+            await schedule.go.wait()
+            phase = schedule.phase[session_id]
+            seq = 0
+            source = _paced_tokens(schedule.t0 + phase, schedule.t0_wall + phase, tokens, rate)
+            async for token in source:
+                seq += 1
+                yield hub.encode(
+                    sk.StreamEvent(
+                        event_type="token", content=token, seq=seq, session_id=session_id
+                    )
+                )
+            yield hub.encode(
+                sk.StreamEvent(
+                    event_type="complete", content="", seq=seq + 1, session_id=session_id
+                )
+            )
+
+        hub.open += 1
+        try:
+            response = EventSourceResponse(
+                events(), ping=5, headers={"cache-control": "no-store", "x-accel-buffering": "no"}
+            )
+            await response(scope, receive, send)
+        finally:
+            hub.open -= 1
 
     return app
 
@@ -173,7 +281,13 @@ async def _serve_anchor(args: argparse.Namespace) -> None:
 
     sessions = [sk.new_session_id() for _ in range(args.sessions)]
     hub = _Hub(sessions, ndjson_format=args.format == "ndjson")
-    app = _bare_app(hub) if args.app == "bare" else _sse_starlette_app(hub)
+    paced = args.mode == "paced"
+    schedule = _Schedule(sessions, args.rate)
+    tokens = round(args.minutes * 60 * args.rate)
+    if paced:
+        app = _sse_starlette_paced_app(hub, schedule, tokens, args.rate)
+    else:
+        app = _bare_app(hub) if args.app == "bare" else _sse_starlette_app(hub)
     config = uvicorn.Config(
         app,
         host=HOST,
@@ -196,7 +310,15 @@ async def _serve_anchor(args: argparse.Namespace) -> None:
     async def publish(session_id: str, event_type: str, content: str) -> int:
         return hub.publish(session_id, event_type, content)
 
-    result = await _publish_loop(args, hub.streams_open, publish, sessions)
+    if paced:
+
+        def start_all() -> dict[str, int]:
+            schedule.start()
+            return dict.fromkeys(sessions, tokens + 1)
+
+        result = await _paced_loop(args, hub.streams_open, start_all)
+    else:
+        result = await _publish_loop(args, hub.streams_open, publish, sessions)
     result["app_statistics"] = {}
     server.should_exit = True
     await serving
@@ -214,6 +336,12 @@ async def _serve_trio(args: argparse.Namespace) -> None:
 
     registry = sk.SessionRegistry(_registry_config(args))
     app = StreamApp(registry, **_app_options(None))
+    hub = _Hub([], ndjson_format=args.format == "ndjson")
+    if args.app == "bare":
+        hub = _Hub(
+            [sk.new_session_id() for _ in range(args.sessions)],
+            ndjson_format=args.format == "ndjson",
+        )
     with socket.socket() as probe:
         probe.bind((HOST, 0))
         port = probe.getsockname()[1]
@@ -222,20 +350,30 @@ async def _serve_trio(args: argparse.Namespace) -> None:
     config.loglevel = "WARNING"
     config.backlog = 4096
     stop = trio.Event()
+    served: Any = _bare_trio_app(hub) if args.app == "bare" else app
     async with registry, trio.open_nursery() as nursery:
-        await nursery.start(partial(serve, app, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
-        sessions = [(await registry.create()).session_id for _ in range(args.sessions)]
-        print(json.dumps({"port": port, "sessions": sessions}), flush=True)
+        await nursery.start(partial(serve, served, config, shutdown_trigger=stop.wait))
+        if args.app == "bare":
+            sessions = list(hub.seq)
+            print(json.dumps({"port": port, "sessions": sessions}), flush=True)
 
-        async def publish(session_id: str, event_type: str, content: str) -> int:
-            event = await registry.publish(
-                session_id, sk.StreamEvent(event_type=event_type, content=content)
+            async def publish_bare(session_id: str, event_type: str, content: str) -> int:
+                return hub.publish(session_id, event_type, content)
+
+            result = await _publish_loop(args, hub.streams_open, publish_bare, sessions)
+        else:
+            sessions = [(await registry.create()).session_id for _ in range(args.sessions)]
+            print(json.dumps({"port": port, "sessions": sessions}), flush=True)
+
+            async def publish(session_id: str, event_type: str, content: str) -> int:
+                event = await registry.publish(
+                    session_id, sk.StreamEvent(event_type=event_type, content=content)
+                )
+                return event.seq or 0
+
+            result = await _publish_loop(
+                args, lambda: int(app.statistics()["streams_open"]), publish, sessions
             )
-            return event.seq or 0
-
-        result = await _publish_loop(
-            args, lambda: int(app.statistics()["streams_open"]), publish, sessions
-        )
         result["app_statistics"] = app.statistics()
         stop.set()
     print(json.dumps(result), flush=True)
@@ -314,7 +452,28 @@ async def _serve(args: argparse.Namespace) -> None:
         ]
         print(json.dumps({"port": port, "sessions": sessions}), flush=True)
         result: dict[str, Any] = {}
-        if soak:
+        if args.mode == "paced":
+            schedule = _Schedule(sessions, args.rate)
+            tokens = round(args.minutes * 60 * args.rate)
+            stream_config = sk.StreamConfig(chunk_size=1, stream_delay=0, heartbeat_interval=None)
+
+            def start_all() -> dict[str, int]:
+                schedule.start()
+                for session_id, phase in schedule.phase.items():
+                    source = _paced_tokens(
+                        schedule.t0 + phase, schedule.t0_wall + phase, tokens, args.rate
+                    )
+                    registry.start(session_id, source, stream_config)
+                return dict.fromkeys(sessions, 0)
+
+            result = await _paced_loop(
+                args, lambda: int(app.statistics()["streams_open"]), start_all
+            )
+            for session_id in result["last_seq"]:
+                events = (await registry.get(session_id)).events
+                result["last_seq"][session_id] = events[-1].seq if events else 0
+            result["app_statistics"] = app.statistics()
+        elif soak:
             # Ends when the driver closes our stdin.
             await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
         else:
@@ -431,6 +590,36 @@ async def _publish_loop(
     }
 
 
+async def _paced_loop(
+    args: argparse.Namespace,
+    streams_open: Callable[[], int],
+    start_all: Callable[[], dict[str, int]],
+) -> dict[str, Any]:
+    """``paced`` mode: start every session's paced source once all clients are in."""
+    deadline = time.monotonic() + args.connect_timeout
+    while streams_open() < args.clients and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    connected = streams_open()
+    started = time.monotonic()
+    cpu0 = time.process_time()
+    last = start_all()
+    deadline = started + args.minutes * 60 + 120
+    while streams_open() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    cpu = time.process_time() - cpu0
+    return {
+        "counts": {},
+        "connected_at_start": connected,
+        "published": 0,
+        "last_seq": last,
+        "publish_seconds": args.minutes * 60,
+        "server_cpu_seconds": cpu,
+        "server_cpu_seconds_to_drain": cpu,
+        "drain_seconds": time.monotonic() - started,
+        "server_rss_end": _rss_bytes(),
+    }
+
+
 def _server_main(args: argparse.Namespace) -> None:
     profile = os.environ.get("STREAMKIT_LOAD_PROFILE")
     if profile:  # the whole server process under cProfile, written to that path
@@ -442,12 +631,12 @@ def _server_main(args: argparse.Namespace) -> None:
 
 
 def _run_server(args: argparse.Namespace) -> None:
-    if args.app != "streamapp":
-        asyncio.run(_serve_anchor(args))
-    elif args.backend == "trio":
+    if args.backend == "trio":
         import trio
 
         trio.run(_serve_trio, args)
+    elif args.app != "streamapp":
+        asyncio.run(_serve_anchor(args))
     else:
         asyncio.run(_serve(args))
 
@@ -486,7 +675,12 @@ def _ndjson_messages(buffer: bytearray, data: bytes) -> list[sse.SSEMessage]:
 
 
 async def _sse_client(
-    port: int, session_id: str, tally: _Tally, gate: asyncio.Semaphore, ndjson_format: bool
+    port: int,
+    session_id: str,
+    tally: _Tally,
+    gate: asyncio.Semaphore,
+    ndjson_format: bool,
+    paced: bool = False,
 ) -> None:
     async with gate:
         reader, writer = await asyncio.open_connection(HOST, port)
@@ -534,8 +728,12 @@ async def _sse_client(
                     expected = seq + 1
                     last = seq
                     tally.events += 1
-                    lag = int((now - item["timestamp"]) * 1000)
-                    lags[min(max(lag, 0), _MAX_LAG_MS)] += 1
+                    if not paced:
+                        lag = int((now - item["timestamp"]) * 1000)
+                        lags[min(max(lag, 0), _MAX_LAG_MS)] += 1
+                    elif item["event_type"] == "token":  # from when it was due
+                        lag = int((now - float(item["content"])) * 1000)
+                        lags[min(max(lag, 0), _MAX_LAG_MS)] += 1
                     if item["event_type"] == "complete":
                         return
                 continue
@@ -550,14 +748,14 @@ async def _sse_client(
 
 
 def _client_process(
-    port: int, assignments: list[str], connect_gate: int, ndjson_format: bool
+    port: int, assignments: list[str], connect_gate: int, ndjson_format: bool, paced: bool = False
 ) -> dict[str, Any]:
     async def run() -> _Tally:
         tally = _Tally()
         gate = asyncio.Semaphore(connect_gate)
         async with asyncio.TaskGroup() as tg:
             for session_id in assignments:
-                tg.create_task(_sse_client(port, session_id, tally, gate, ndjson_format))
+                tg.create_task(_sse_client(port, session_id, tally, gate, ndjson_format, paced))
         return tally
 
     tally = asyncio.run(run())
@@ -636,7 +834,10 @@ def _finish(summary: dict[str, Any], out: str | None) -> int:
 def run_load(args: argparse.Namespace) -> int:
     """Run the load test; print and write its summary; return the exit status."""
     started = time.time()
-    server, hello = _start_server(args, "load")
+    paced = args.paced
+    if paced:
+        args.sessions = args.clients  # each client reads its own session
+    server, hello = _start_server(args, "paced" if paced else "load")
     port, sessions = hello["port"], hello["sessions"]
     assignments: list[list[str]] = [[] for _ in range(args.procs)]
     for i in range(args.clients):
@@ -646,7 +847,7 @@ def run_load(args: argparse.Namespace) -> int:
     with context.Pool(args.procs) as pool:
         ndjson_format = args.format == "ndjson"
         results = pool.starmap(
-            _client_process, [(port, a, gate, ndjson_format) for a in assignments]
+            _client_process, [(port, a, gate, ndjson_format, paced) for a in assignments]
         )
     assert server.stdout is not None
     server_result = json.loads(server.stdout.readline())
@@ -666,7 +867,7 @@ def run_load(args: argparse.Namespace) -> int:
         expected_last[s] for s in (sessions[i % len(sessions)] for i in range(args.clients))
     )
     summary = {
-        "kind": "load",
+        "kind": "paced" if paced else "load",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
         "clients": args.clients,
         "client_processes": args.procs,
@@ -857,6 +1058,13 @@ def main(argv: list[str] | None = None) -> int:
     load.add_argument(
         "--counts", action="store_true", help="count loop callbacks, timers, GC runs (asyncio)"
     )
+    load.add_argument(
+        "--paced",
+        action="store_true",
+        help="one session per client, each fed by a source paced at --rate tokens/s for "
+        "--minutes (StreamApp: registry.start; sse-starlette: a paced generator per response); "
+        "lag from each token's due time",
+    )
     load.add_argument("--out")
     soak = sub.add_parser("soak")
     soak.add_argument("--workers", type=int, default=20)
@@ -865,7 +1073,7 @@ def main(argv: list[str] | None = None) -> int:
     soak.add_argument("--tps", type=float, default=200.0, help="agent tokens per second")
     soak.add_argument("--out")
     serve = sub.add_parser("serve")
-    serve.add_argument("--mode", choices=["load", "soak"], required=True)
+    serve.add_argument("--mode", choices=["load", "soak", "paced"], required=True)
     serve.add_argument("--clients", type=int, default=0)
     serve.add_argument("--sessions", type=int, default=0)
     serve.add_argument("--minutes", type=float, default=1.0)
@@ -881,6 +1089,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "load":
         if args.app == "sse-starlette" and args.format == "ndjson":
             parser.error("sse-starlette serves SSE only")
+        if args.paced and (args.app == "bare" or args.backend != "asyncio"):
+            parser.error("--paced runs StreamApp or sse-starlette on asyncio")
+        if args.backend == "trio" and args.app == "sse-starlette":
+            parser.error("on Trio: StreamApp or the bare app")
         return run_load(args)
     if args.command == "soak":
         return run_soak(args)
