@@ -21,6 +21,7 @@ import h11
 import uvicorn
 
 import streamkit as sk
+from streamkit.asgi import StreamApp
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -190,6 +191,21 @@ def bearer_authenticate(scope: Any) -> str | None:
         if name == b"authorization" and value.startswith(b"Bearer "):
             return str(value[7:].decode("latin-1"))
     return None
+
+
+def make_stream_app(agent: Any, **options: Any) -> StreamApp:
+    """A StreamApp as the HTTP and WebSocket tests serve it: no delays, Bearer users.
+
+    ``options`` are StreamApp options that replace or add to these.
+    """
+    settings: dict[str, Any] = {
+        "registry_config": sk.RegistryConfig(max_sessions=1000, heartbeat_interval=None),
+        "agent": agent,
+        "authenticate": bearer_authenticate,
+        "stream_config": sk.StreamConfig(stream_delay=0, chunk_size=3, heartbeat_interval=None),
+    }
+    settings.update(options)
+    return StreamApp(**settings)
 
 
 def auth(user: str) -> dict[str, str]:

@@ -29,6 +29,7 @@ from .asgi_helpers import (
     auth,
     bearer_authenticate,
     complete,
+    make_stream_app,
     publish,
     serve,
     token,
@@ -48,16 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def make_app(**options: Any) -> StreamApp:
-    settings: dict[str, Any] = {
-        "registry_config": sk.RegistryConfig(max_sessions=1000, heartbeat_interval=None),
-        "agent": AGENT,
-        "authenticate": bearer_authenticate,
-        "stream_config": sk.StreamConfig(stream_delay=0, chunk_size=3, heartbeat_interval=None),
-        "heartbeat_interval": 0.2,
-        "max_body_bytes": 4096,
-    }
-    settings.update(options)
-    return StreamApp(**settings)
+    return make_stream_app(AGENT, **{"heartbeat_interval": 0.2, "max_body_bytes": 4096, **options})
 
 
 @pytest.fixture(scope="module")

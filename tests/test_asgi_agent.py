@@ -28,7 +28,14 @@ from streamkit.asgi import StreamApp
 from streamkit.parts import ToolCallEnd, ToolCallStart
 from streamkit.testing import SimulatedAgent, SimulatedToolAgent
 
-from .asgi_helpers import ServerThread, auth, bearer_authenticate, serve, wait_until
+from .asgi_helpers import (
+    ServerThread,
+    auth,
+    bearer_authenticate,
+    make_stream_app,
+    serve,
+    wait_until,
+)
 from .test_ui_message_stream import ai_package
 
 if TYPE_CHECKING:
@@ -87,16 +94,7 @@ AGENTS = Agents()
 
 
 def make_app(**options: Any) -> StreamApp:
-    settings: dict[str, Any] = {
-        "registry_config": sk.RegistryConfig(max_sessions=1000, heartbeat_interval=None),
-        "agent": AGENTS,
-        "authenticate": bearer_authenticate,
-        "stream_config": sk.StreamConfig(stream_delay=0, chunk_size=3, heartbeat_interval=None),
-        "heartbeat_interval": 0.2,
-        "max_body_bytes": 4096,
-    }
-    settings.update(options)
-    return StreamApp(**settings)
+    return make_stream_app(AGENTS, **{"heartbeat_interval": 0.2, "max_body_bytes": 4096, **options})
 
 
 @pytest.fixture(scope="module")

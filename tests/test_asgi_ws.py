@@ -24,7 +24,7 @@ from streamkit.testing import SimulatedAgent
 from .asgi_helpers import (
     ServerThread,
     auth,
-    bearer_authenticate,
+    make_stream_app,
     publish,
     serve,
     token,
@@ -49,15 +49,7 @@ def anyio_backend() -> str:
 
 
 def make_app(**options: Any) -> StreamApp:
-    settings: dict[str, Any] = {
-        "registry_config": sk.RegistryConfig(max_sessions=1000, heartbeat_interval=None),
-        "agent": AGENT,
-        "authenticate": bearer_authenticate,
-        "stream_config": sk.StreamConfig(stream_delay=0, chunk_size=3, heartbeat_interval=None),
-        "max_ws_message_bytes": 1024,
-    }
-    settings.update(options)
-    return StreamApp(**settings)
+    return make_stream_app(AGENT, **{"max_ws_message_bytes": 1024, **options})
 
 
 @pytest.fixture(scope="module")
