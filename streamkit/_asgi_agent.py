@@ -37,9 +37,8 @@ import contextlib
 from typing import TYPE_CHECKING, Final
 from urllib.parse import unquote
 
-import anyio
-
 from ._asgi_http import route_path, send_response
+from ._asgi_stream import run_event_stream
 from ._errors import SessionNotFound, StreamkitError, ValidationError
 from ._validate import type_name
 from .openai_chunks import ChatCompletionChunkEncoder
@@ -47,10 +46,9 @@ from .ui_message_stream import HEADERS as UI_HEADERS
 from .ui_message_stream import UIMessageStreamEncoder
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterable, Callable
+    from collections.abc import Callable
 
     from ._asgi_http import Receive, Scope, Send
-    from ._asgi_stream import StopSignal
     from ._events import StreamEvent
     from ._registry import SessionRegistry
     from ._session import StreamSession
@@ -65,7 +63,6 @@ COMPLETIONS_PATH: Final = "/v1/chat/completions"
 #: The session context key holding a chat's id.
 CHAT_ID_KEY: Final = "chat_id"
 _MAX_CHAT_ID: Final = 256
-_SSE_PING: Final = b": ping\n"
 _OPENAI_HEADERS: Final = (
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-store"),
@@ -409,15 +406,16 @@ class AgentRoutes:
                 counters["streams_total"] += 1
                 outcome = "failed"
                 try:
-                    outcome = await _send_stream(
+                    outcome = await run_event_stream(
+                        {},  # the request was read: nothing more to negotiate
                         receive,
                         send,
                         subscription,
-                        encode=encode,
-                        headers=[*headers, (SESSION_HEADER, session_id.encode())],
                         heartbeat_interval=app._heartbeat_interval,
                         write_timeout=app._write_timeout,
                         stop=app._stop_event(),
+                        headers=[(SESSION_HEADER, session_id.encode())],
+                        encoder=_Format(encode, headers),
                     )
                 finally:
                     counters["streams_open"] -= 1
@@ -437,91 +435,17 @@ def _error_event(error: StreamkitError) -> StreamEvent:
     return StreamEvent(event_type="error", metadata={"message": str(error)})
 
 
-async def _send_stream(
-    receive: Receive,
-    send: Send,
-    events: AsyncIterable[StreamEvent],
-    *,
-    encode: Callable[[StreamEvent], bytes],
-    headers: list[tuple[bytes, bytes]],
-    heartbeat_interval: float | None,
-    write_timeout: float | None,
-    stop: StopSignal | anyio.Event,
-) -> str:
-    """Send ``events`` through ``encode`` as one streaming response; return the outcome.
+class _Format:
+    """One response's encoder in the shape :func:`run_event_stream` takes."""
 
-    A client that leaves ends the response at once (never the session); a write blocked
-    past ``write_timeout`` drops the client; ``stop`` (the app's shutdown) ends the body
-    cleanly at the next wait; silences longer than ``heartbeat_interval`` get a comment.
-    """
-    outcome = "ended"
-    pulling: anyio.CancelScope | None = None
-    finished = False
+    __slots__ = ("encode", "headers")
 
-    async def body(data: bytes, *, more: bool = True) -> None:
-        nonlocal finished
-        finished = not more
-        with anyio.fail_after(write_timeout):
-            await send({"type": "http.response.body", "body": data, "more_body": more})
+    def __init__(
+        self, encode: Callable[[StreamEvent], bytes], headers: tuple[tuple[bytes, bytes], ...]
+    ) -> None:
+        self.encode = encode
+        self.headers = headers
 
-    async with anyio.create_task_group() as tg:
-
-        async def watch_disconnect() -> None:
-            nonlocal outcome
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            if not finished:  # once the body is complete, servers report a disconnect
-                outcome = "disconnected"
-                tg.cancel_scope.cancel()
-
-        async def watch_stop() -> None:
-            await stop.wait()
-            if pulling is not None:
-                pulling.cancel()
-
-        tg.start_soon(watch_disconnect)
-        tg.start_soon(watch_stop)
-        try:
-            with anyio.fail_after(write_timeout):
-                await send({"type": "http.response.start", "status": 200, "headers": headers})
-            iterator = events.__aiter__()
-            while not stop.is_set():
-                scope = pulling = anyio.CancelScope()
-                if heartbeat_interval is not None:
-                    scope.deadline = anyio.current_time() + heartbeat_interval
-                ended = False
-                with scope:
-                    try:
-                        event = await iterator.__anext__()
-                    except StopAsyncIteration:
-                        ended = True
-                pulling = None
-                if ended:
-                    break
-                if scope.cancelled_caught:
-                    if stop.is_set():
-                        outcome = "shutdown"
-                        break
-                    await body(_SSE_PING)
-                    continue
-                data = encode(event)
-                if data:
-                    await body(data)
-            if stop.is_set():
-                outcome = "shutdown"
-            await body(b"", more=False)
-        except StreamkitError as exc:
-            # A lagged reader, a trimmed history: the format's own error, then the end.
-            try:
-                await body(encode(_error_event(exc)), more=False)
-                outcome = "failed"
-            except TimeoutError:  # pragma: no cover - a client that stopped reading
-                outcome = "write_timeout"
-            except OSError:  # pragma: no cover - the server's "client went away"
-                outcome = "disconnected"
-        except TimeoutError:  # pragma: no cover - a client that stopped reading
-            outcome = "write_timeout"
-        except OSError:  # pragma: no cover - the server's "client went away"
-            outcome = "disconnected"
-        tg.cancel_scope.cancel()
-    return outcome
+    def fail(self, error: StreamkitError) -> bytes:
+        """The format's own error (the UI stream's ``error`` chunk, an SSE ``error``)."""
+        return self.encode(_error_event(error))

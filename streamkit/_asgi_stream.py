@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import time
 import zlib
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 import anyio
 import anyio.lowlevel
@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from ._asgi_http import Headers, Receive, Scope, Send
     from ._events import StreamEvent
 
-__all__ = ["Outcome", "StopSignal", "run_event_stream"]
+__all__ = ["FormatEncoder", "Outcome", "StopSignal", "run_event_stream"]
 
 #: Why a stream response ended.
 Outcome = Literal["ended", "disconnected", "write_timeout", "shutdown", "failed"]
@@ -125,6 +125,23 @@ class _EncodeCache:
 
 _encode_sse: Final = _EncodeCache(sse.encode)
 _encode_ndjson: Final = _EncodeCache(ndjson.encode)
+
+
+class FormatEncoder(Protocol):
+    """What :func:`run_event_stream` needs of a wire format other than its own two."""
+
+    @property
+    def headers(self) -> Iterable[tuple[bytes, bytes]]:
+        """The content headers of the response (its media type, caching)."""
+        ...
+
+    def encode(self, event: StreamEvent, /) -> bytes:
+        """Return the bytes of one event (``b""`` for an event the format omits)."""
+        ...
+
+    def fail(self, error: StreamkitError, /) -> bytes:
+        """Return the bytes that end the response after ``error``."""
+        ...
 
 
 def stream_headers(*, ndjson_format: bool, gzip: bool) -> Headers:
@@ -463,6 +480,7 @@ async def run_event_stream(
     retry_ms: int | None = None,
     stop: StopSignal | None = None,
     headers: Iterable[tuple[bytes, bytes]] = (),
+    encoder: FormatEncoder | None = None,
 ) -> Outcome:
     """Send ``events`` as one streaming response until they end or the client leaves.
 
@@ -471,12 +489,22 @@ async def run_event_stream(
     (SSE) or an empty line (NDJSON) is sent after each ``heartbeat_interval`` seconds of
     silence.
 
+    With an ``encoder`` (another SSE format, such as the AI SDK's UI message stream),
+    its ``encode`` makes each event's bytes and its ``fail`` the error's, its
+    ``headers`` replace the content headers, and the heartbeat is an SSE comment.
+
     Returns:
         Why the response ended. ``"failed"``: the source raised a streamkit error (a
         lagged reader, for example); SSE clients get it as a comment before the end.
     """
     del scope  # the caller negotiated everything the scope says
-    if ndjson_format:
+    content_headers: Iterable[tuple[bytes, bytes]]
+    if encoder is not None:
+        encode = encoder.encode
+        heartbeat = SSE_HEARTBEAT
+        prelude = b""
+        content_headers = encoder.headers
+    elif ndjson_format:
         encode = _encode_ndjson
         heartbeat = NDJSON_HEARTBEAT
         prelude = b""
@@ -486,6 +514,8 @@ async def run_event_stream(
         # A lone field line: applied by EventSource at once, dispatched with the
         # first event by the clients that dispatch field-only blocks.
         prelude = f"retry: {retry_ms}\n".encode() if retry_ms is not None else b""
+    if encoder is None:
+        content_headers = stream_headers(ndjson_format=ndjson_format, gzip=gzip)
 
     response = _Response(
         send, gzip=gzip, write_timeout=write_timeout, heartbeat_interval=heartbeat_interval
@@ -493,7 +523,7 @@ async def run_event_stream(
     start = {
         "type": "http.response.start",
         "status": 200,
-        "headers": [*stream_headers(ndjson_format=ndjson_format, gzip=gzip), *headers],
+        "headers": [*content_headers, *headers],
     }
     try:
         await response.start(start, prelude)
@@ -568,7 +598,9 @@ async def run_event_stream(
             if error is not None:
                 try:
                     tail = b""
-                    if not ndjson_format:
+                    if encoder is not None:
+                        tail = encoder.fail(error)
+                    elif not ndjson_format:
                         tail = b": error " + dump_json(error.to_dict()) + b"\n"
                     await response.finish(tail)
                     response.outcome = "failed"
