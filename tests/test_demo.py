@@ -566,14 +566,17 @@ async def test_the_demo_without_tools_streams_text_only() -> None:
 async def test_metrics_show_the_figures_of_the_running_demo() -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
-    from .asgi_helpers import serve
+    from .asgi_helpers import serve, wait_until
 
-    with serve(make_app(fast=True)) as server:
+    app = make_app(fast=True)
+    with serve(app) as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as http:
             created = await http.post("/sessions", json={"prompt": DEFAULT_PROMPT})
             session_id = created.json()["session"]["session_id"]
             async with http.stream("GET", f"/sessions/{session_id}/events") as response:
                 events = [event async for event in sse.aiter_events(response.aiter_bytes())]
+            # The client has the whole body a moment before the server's response ends.
+            await wait_until(lambda: app.stream_app.statistics()["streams_open"] == 0)
             metrics = await http.get("/metrics")
     assert metrics.status_code == 200
     assert metrics.headers["content-type"].startswith("text/plain")

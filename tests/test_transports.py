@@ -7,6 +7,7 @@ from collections.abc import AsyncIterable, AsyncIterator, MutableMapping
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -1332,6 +1333,28 @@ async def test_manager_connection_serves_a_session() -> None:
         assert results[0] == tr.ServeResult(outcome="ended", position=6, sent=5)
         assert client.close_code == 1000
         assert m.statistics().drops == 0
+
+
+async def test_close_inside_the_block_still_sends_what_was_queued() -> None:
+    # close() drains the queue; the block it cancels must not turn that into an
+    # abrupt "going away" when it next waits.
+    async with manager(max_queue=10) as m:
+        server, client = tr.memory_channel_pair(max_buffer=1)
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+
+                async def handler() -> None:
+                    async with m.connect(server) as connection:
+                        for i in range(5):
+                            connection.send(str(i))
+                        connection.close(4000, "done")
+                        await anyio.lowlevel.checkpoint()
+                        pytest.fail("the block goes on after close()")  # pragma: no cover
+
+                tg.start_soon(handler)
+                got = await drain(client)
+        assert got == ["0", "1", "2", "3", "4"]
+        assert (client.close_code, client.close_reason) == (4000, "done")
 
 
 async def test_manager_refuses_block_with_a_reason() -> None:

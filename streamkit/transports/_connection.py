@@ -661,6 +661,10 @@ class _ConnectionContext:
             if connection.error is None:
                 connection.error = exc
             connection._request_close(CloseCode.INTERNAL_ERROR, "internal error")
+        elif connection._draining:
+            # The block was cancelled by the connection's own close(), which sends what
+            # is queued first: let it finish (bounded by close_timeout).
+            pass
         else:  # cancelled from outside: the server is going away
             connection._request_close(CloseCode.GOING_AWAY, "")
         suppress = bool(scope.__exit__(exc_type, exc, tb))
