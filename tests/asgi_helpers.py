@@ -193,10 +193,10 @@ def bearer_authenticate(scope: Any) -> str | None:
     return None
 
 
-def make_stream_app(agent: Any, **options: Any) -> StreamApp:
+def make_stream_app(agent: Any, /, **options: Any) -> StreamApp:
     """A StreamApp as the HTTP and WebSocket tests serve it: no delays, Bearer users.
 
-    ``options`` are StreamApp options that replace or add to these.
+    ``options`` are StreamApp options that replace or add to these (``agent`` too).
     """
     settings: dict[str, Any] = {
         "registry_config": sk.RegistryConfig(max_sessions=1000, heartbeat_interval=None),
