@@ -18,7 +18,7 @@ stream. Calls must not be made from inside the portal's own event loop thread.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from ._events import StreamEvent
     from ._registry import Authorize, HookName, RegistryStatistics, SessionStatistics
     from ._session import StreamSession
-    from .abc import Backend
+    from .abc import Backend, TokenSource
 
 __all__ = ["BlockingRegistry", "BlockingSubscription", "stream_tokens"]
 
@@ -62,7 +62,7 @@ def _iterate(portal: BlockingPortal, iterator: AsyncIterator[_T]) -> Iterator[_T
 
 
 def stream_tokens(
-    source: AsyncIterable[str] | Iterable[str],
+    source: TokenSource,
     config: StreamConfig | None = None,
     *,
     session_id: str | None = None,
@@ -231,7 +231,7 @@ class BlockingRegistry(AbstractContextManager["BlockingRegistry"]):
     def start(
         self,
         session_id: str,
-        source: AsyncIterable[str] | Iterable[str],
+        source: TokenSource,
         config: StreamConfig | None = None,
     ) -> None:
         """Run a producer in the background; see :meth:`streamkit.SessionRegistry.start`."""
