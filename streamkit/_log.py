@@ -179,14 +179,19 @@ def _swapped(batch: list[StreamEvent], swaps: dict[int, StreamEvent]) -> list[St
     return out
 
 
-def _check_size(event: StreamEvent, limit: int, session_id: str) -> None:
+def _checked_size(event: StreamEvent, limit: int, session_id: str) -> int:
+    """Return the size to account for ``event``; raise if its JSON is over ``limit``."""
     size = estimate_size(event)
-    if size * 6 > limit and _exact_size(event) > limit:
-        raise PayloadTooLarge(
-            f"event is {_exact_size(event)} bytes as JSON, more than max_event_bytes ({limit})",
-            field="event",
-            session_id=session_id,
-        )
+    if size * 6 > limit:
+        # JSON may escape a character into up to six: look at the real size.
+        size = _exact_size(event)
+        if size > limit:
+            raise PayloadTooLarge(
+                f"event is {size} bytes as JSON, more than max_event_bytes ({limit})",
+                field="event",
+                session_id=session_id,
+            )
+    return size
 
 
 #: What a cursor's one-event batch holds before its first event.
@@ -672,15 +677,7 @@ class InMemoryEventLog(EventLog):
     def _append_transient(self, event: StreamEvent, standin: StreamEvent) -> StreamEvent:
         """Store ``standin`` for the transient ``event``; owe ``event`` to the readers."""
         seq = self._last + 1
-        stored = make_event(
-            standin.event_type,
-            standin.content,
-            standin.metadata,
-            self._session_id,
-            seq,
-            standin.event_id,
-            standin.timestamp,
-        )
+        stamp(standin, seq, self._session_id)  # made by transient_standin: ours to stamp
         full = make_event(
             event.event_type,
             event.content,
@@ -690,27 +687,16 @@ class InMemoryEventLog(EventLog):
             event.event_id,
             event.timestamp,
         )
-        _check_size(full, self._max_event_bytes, self._session_id)
-        self._commit(stored)
+        _checked_size(full, self._max_event_bytes, self._session_id)
+        self._commit(standin)
         for reader in self._readers:
             if reader.swaps is None:
                 reader.swaps = {}
             reader.swaps[seq] = full
-        return stored
+        return standin
 
     def _commit(self, event: StreamEvent) -> None:
-        size = estimate_size(event)
-        if size * 6 > self._max_event_bytes:
-            # JSON may escape a character into up to six: look at the real size.
-            size = _exact_size(event)
-            if size > self._max_event_bytes:
-                raise PayloadTooLarge(
-                    f"event is {size} bytes as JSON, more than max_event_bytes "
-                    f"({self._max_event_bytes})",
-                    field="event",
-                    session_id=self._session_id,
-                )
-        self._store(event, size)
+        self._store(event, _checked_size(event, self._max_event_bytes, self._session_id))
 
     def _store(self, event: StreamEvent, size: int) -> None:
         buf = self._buf
