@@ -467,6 +467,11 @@ async def _watch(response: _Response, receive: Receive, heartbeat: bytes) -> Non
         response.watching = False
 
 
+def _stopped_after(event: StreamEvent) -> Outcome:
+    """The outcome of a stream stopped once ``event`` was written: ended if it was the last."""
+    return "ended" if event.is_final else "shutdown"
+
+
 async def run_event_stream(
     scope: Scope,
     receive: Receive,
@@ -557,7 +562,7 @@ async def run_event_stream(
                                 data = b"".join([data, *map(encode, backlog)])
                             await response.write(data)
                             if response.stopping:
-                                response.outcome = "shutdown"
+                                response.outcome = _stopped_after(backlog[-1] if backlog else event)
                                 break
                     else:
                         # The hot path, inlined: no coroutine or dict made per event but
@@ -579,7 +584,7 @@ async def run_event_stream(
                             )
                             response.state = _PULLING
                             if response.stopping:
-                                response.outcome = "shutdown"
+                                response.outcome = _stopped_after(backlog[-1] if backlog else event)
                                 break
                     # The source ended, or a shutdown came during a write: the body ends
                     # here, its deadline kept by the clock like every other write.
