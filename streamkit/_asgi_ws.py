@@ -59,7 +59,7 @@ if TYPE_CHECKING:
 
     from anyio.abc import TaskGroup
 
-    from ._asgi_stream import StopSignal
+    from ._asgi_stream import Outcome, StopSignal
     from ._events import StreamEvent
     from ._registry import SessionRegistry
 
@@ -310,18 +310,23 @@ async def serve_websocket(
     options: WebSocketOptions,
     stop: anyio.Event | StopSignal,
     public_error: Callable[[StreamkitError], StreamkitError],
-) -> None:
+) -> Outcome:
     """Accept a WebSocket connection and serve the protocol until either side ends it.
 
     With ``session_id`` (the ``/sessions/{id}/ws`` endpoint) the connection starts
     subscribed to that session after ``after``. Setting ``stop`` closes the connection
     with code 1001.
+
+    Returns:
+        Why the connection ended: ``"write_timeout"`` (a send outlasted the write
+        deadline: the client stopped reading), ``"shutdown"`` (``stop`` was set) or
+        ``"disconnected"`` (the client closed it or went away).
     """
     channel = ASGIChannel(receive, send)
     try:
         await channel.accept()
     except Disconnected:
-        return
+        return "disconnected"
     # Sends take turns on the one channel; its watchdog drops a client that stops
     # reading (a close frame would not get through either: the server closes the
     # socket when the app returns).
@@ -365,6 +370,10 @@ async def serve_websocket(
             pass
         tg.cancel_scope.cancel()
 
+    if link.timed_out:
+        return "write_timeout"  # a close frame would not get through either
     if close_code is not None:
         with anyio.move_on_after(options.write_timeout):
             await channel.close(close_code)
+        return "shutdown"
+    return "disconnected"
