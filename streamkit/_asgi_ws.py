@@ -25,8 +25,9 @@ Rules of this module, and why:
   subscription's own task, with no queue, no second task and no timer per message.
   Sends on the channel take turns; the event loop's one clock (the HTTP streams')
   drops a client whose send outlasts ``write_timeout``, and the app's shutdown signal
-  closes the connection directly: no watchdog or shutdown task per connection. A client that reads slowly holds back its own
-  cursors, so the log's slow-consumer policy applies to this connection alone.
+  closes the connection directly: no watchdog or shutdown task per connection. A
+  client that reads slowly holds back its own cursors, so the log's slow-consumer
+  policy applies to this connection alone.
 * **A bad message is answered, never fatal.** Malformed JSON, an unknown type, a bad
   field, an oversize message, a session the caller may not see: each gets an ``error``
   message (with the ``request_id`` when one could be read), and every other
