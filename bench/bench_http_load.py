@@ -139,11 +139,17 @@ def figures(runs: dict[str, dict[str, Any]], floor: float) -> dict[str, Any]:
     }
 
 
-def plot(sweep: dict[str, dict[str, float]], caption: str, path: Path = PLOT) -> None:
+def plot(
+    sweep: dict[str, dict[int, float]],
+    caption: str,
+    path: Path = PLOT,
+    pairs: dict[int, list[float]] | None = None,
+) -> None:
     """Draw server CPU per delivery (and ÷ bare) against the number of connections.
 
     ``sweep`` maps each app's name to ``{connections: µs per delivery}``; the app named
-    ``bare`` is the floor of the ratio panel.
+    ``bare`` is the floor of the ratio panel. ``pairs`` (StreamApp ÷ bare of each pair
+    of runs, by connections) adds their median and spread to the ratio panel.
     """
     from matplotlib.figure import Figure  # no pyplot: the Agg canvas draws the PNG
 
@@ -161,6 +167,21 @@ def plot(sweep: dict[str, dict[str, float]], caption: str, path: Path = PLOT) ->
     left.set_ylabel("µs of server CPU per delivery")
     left.set_ylim(bottom=0)
     left.legend(fontsize=8)
+    if pairs:
+        xs = sorted(pairs)
+        middle = [statistics.median(pairs[x]) for x in xs]
+        right.errorbar(
+            xs,
+            middle,
+            yerr=[
+                [m - min(pairs[x]) for m, x in zip(middle, xs, strict=True)],
+                [max(pairs[x]) - m for m, x in zip(middle, xs, strict=True)],
+            ],
+            fmt="s--",
+            color="C3",
+            capsize=4,
+            label="StreamApp, median of the pairs (lowest to highest)",
+        )
     right.axhline(1.3, color="grey", linestyle="--", linewidth=1, label="goal: 1.3x")
     right.set_xlabel("SSE connections")
     right.set_ylabel("÷ bare ASGI app, same run")
@@ -226,6 +247,7 @@ def sweep_main() -> None:
     plot(
         {name: {int(n): v for n, v in points.items()} for name, points in curves.items()},
         machine(),
+        pairs={int(n): r for n, r in ratios.items()} if REPEAT > 1 else None,
     )
 
 
