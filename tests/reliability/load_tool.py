@@ -8,9 +8,15 @@ only, every loop bounded by a duration. Usage::
 
 ``load``: a server process publishes into ``--sessions`` sessions at ``--rate`` events
 per second each, once every client is connected; ``--clients`` SSE clients, spread over
-``--procs`` client processes (raw sockets, h11 and :class:`streamkit.sse.SSEDecoder`),
-check every event by ``seq`` (no gap, no duplicate), measure the lag from the event's
-``timestamp`` to its arrival, and end at the session's ``complete`` event.
+``--procs`` client processes, check every event by ``seq`` (no gap, no duplicate),
+measure the lag from the event's ``timestamp`` to its arrival, and end at the session's
+``complete`` event. The clients are lean by default (``--client lean``: asyncio
+protocols, the request written by hand, the chunked body or WebSocket frames decoded in
+place, only the ``seq``, the type and the time read from each event, so that they cost
+the machine less than the server); ``--client h11`` runs the older ones (asyncio
+streams, h11, :class:`streamkit.sse.SSEDecoder` and a JSON parse per event).
+``--format ndjson`` reads NDJSON, ``--format ws`` StreamApp's ``/sessions/{id}/ws``
+(the bare app then runs a bare ASGI WebSocket loop).
 
 ``--app`` swaps the server app, everything else (publisher, wire bytes, clients) kept:
 ``streamapp`` (the default), ``bare`` (a bare ASGI app: one ``asyncio.Queue`` per
