@@ -25,12 +25,23 @@ Environment:
   (server CPU per delivery against connections).
 * ``STREAMKIT_BENCH_LOAD_BEFORE=/path/to/checkout``: StreamApp from that checkout (its
   own ``.venv``) too, as "StreamApp before", in the same run.
+* ``STREAMKIT_BENCH_LOAD_REPEAT=3``: in the sweep, run the bare app and StreamApp that
+  many times at each size (taking turns) and report the median of the ratio and its
+  spread (lowest to highest of the pairs).
+
+The clients are the load tool's lean ones (``--client lean``: asyncio protocols, the
+request written by hand, the chunked body or WebSocket frames decoded in
+``data_received``, only the ``seq`` and the time read from each event), so that they
+leave the server most of the machine; each table shows their CPU per delivery too.
+WebSocket rows: StreamApp's ``/sessions/{id}/ws`` against a bare ASGI WebSocket loop
+(one queue per connection, each message's text made once, one ``send`` per event).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,6 +55,7 @@ CLIENTS = int(os.environ.get("STREAMKIT_BENCH_LOAD_CLIENTS", "60" if QUICK else 
 MINUTES = float(os.environ.get("STREAMKIT_BENCH_LOAD_MINUTES", "0.05" if QUICK else "0.5"))
 SWEEP = [int(n) for n in os.environ.get("STREAMKIT_BENCH_LOAD_SWEEP", "").split(",") if n]
 BEFORE = os.environ.get("STREAMKIT_BENCH_LOAD_BEFORE")
+REPEAT = int(os.environ.get("STREAMKIT_BENCH_LOAD_REPEAT", "1"))
 SESSIONS = 20
 PLOT = ROOT / "docs" / "perf-http-load.png"
 
@@ -80,6 +92,8 @@ def load(
             fmt,
             "--backend",
             backend,
+            "--client",
+            "lean" if root == ROOT else "h11",
             "--out",
             str(out),
         ]
@@ -99,10 +113,18 @@ def row(name: str, summary: dict[str, Any], floor: float) -> list[Any]:
         f"{per / floor:.2f}x",
         summary["deliveries_per_second"],
         f"{lag['p50']:.0f} / {lag['p99']:.0f}",
+        summary.get("client_cpu_us_per_delivery", float("nan")),
     ]
 
 
-HEADER = ["server app", "µs server CPU / delivery", "÷ bare", "deliveries/s", "lag p50 / p99 ms"]
+HEADER = [
+    "server app",
+    "µs server CPU / delivery",
+    "÷ bare",
+    "deliveries/s",
+    "lag p50 / p99 ms",
+    "µs client CPU / delivery",
+]
 
 
 def figures(runs: dict[str, dict[str, Any]], floor: float) -> dict[str, Any]:
@@ -117,11 +139,17 @@ def figures(runs: dict[str, dict[str, Any]], floor: float) -> dict[str, Any]:
     }
 
 
-def plot(sweep: dict[str, dict[str, float]], caption: str, path: Path = PLOT) -> None:
+def plot(
+    sweep: dict[str, dict[int, float]],
+    caption: str,
+    path: Path = PLOT,
+    pairs: dict[int, list[float]] | None = None,
+) -> None:
     """Draw server CPU per delivery (and ÷ bare) against the number of connections.
 
     ``sweep`` maps each app's name to ``{connections: µs per delivery}``; the app named
-    ``bare`` is the floor of the ratio panel.
+    ``bare`` is the floor of the ratio panel. ``pairs`` (StreamApp ÷ bare of each pair
+    of runs, by connections) adds their median and spread to the ratio panel.
     """
     from matplotlib.figure import Figure  # no pyplot: the Agg canvas draws the PNG
 
@@ -139,6 +167,21 @@ def plot(sweep: dict[str, dict[str, float]], caption: str, path: Path = PLOT) ->
     left.set_ylabel("µs of server CPU per delivery")
     left.set_ylim(bottom=0)
     left.legend(fontsize=8)
+    if pairs:
+        xs = sorted(pairs)
+        middle = [statistics.median(pairs[x]) for x in xs]
+        right.errorbar(
+            xs,
+            middle,
+            yerr=[
+                [m - min(pairs[x]) for m, x in zip(middle, xs, strict=True)],
+                [max(pairs[x]) - m for m, x in zip(middle, xs, strict=True)],
+            ],
+            fmt="s--",
+            color="C3",
+            capsize=4,
+            label="StreamApp, median of the pairs (lowest to highest)",
+        )
     right.axhline(1.3, color="grey", linestyle="--", linewidth=1, label="goal: 1.3x")
     right.set_xlabel("SSE connections")
     right.set_ylabel("÷ bare ASGI app, same run")
@@ -157,11 +200,19 @@ def sweep_main() -> None:
     if BEFORE:
         curves["StreamApp before"] = {}
     report = []
+    spread: list[list[Any]] = []
+    ratios: dict[str, list[float]] = {}
     for clients in SWEEP:
         runs = {name: load(app, 2.0, clients=clients) for name, app in apps.items()}
         if BEFORE:
             runs["StreamApp before"] = load("streamapp", 2.0, clients=clients, root=Path(BEFORE))
         floor = runs["bare"]["server_cpu_us_per_delivery"]
+        pairs = [runs["StreamApp"]["server_cpu_us_per_delivery"] / floor]
+        for _ in range(REPEAT - 1):  # more pairs, taking turns, for the ratio's spread
+            bare = load("bare", 2.0, clients=clients)["server_cpu_us_per_delivery"]
+            ours = load("streamapp", 2.0, clients=clients)["server_cpu_us_per_delivery"]
+            pairs.append(ours / bare)
+        ratios[str(clients)] = pairs
         for name, summary in runs.items():
             curves[name][str(clients)] = summary["server_cpu_us_per_delivery"]
         text = table(
@@ -171,10 +222,32 @@ def sweep_main() -> None:
         )
         print(text, flush=True)
         report.append(text)
-    save("http_load_sweep", {"minutes": MINUTES, "curves": curves, "tables": report})
+        middle = statistics.median(pairs)
+        spread.append(
+            [
+                clients,
+                len(pairs),
+                f"{middle:.2f}x",
+                f"{min(pairs):.2f}x to {max(pairs):.2f}x",
+                "met" if middle <= 1.3 else "not met",
+            ]
+        )
+    if REPEAT > 1:
+        text = table(
+            "StreamApp ÷ bare ASGI, server CPU per SSE delivery: pairs of runs (taking turns)",
+            ["connections", "pairs", "median", "lowest to highest", "goal <= 1.3x"],
+            spread,
+        )
+        print(text, flush=True)
+        report.append(text)
+    save(
+        "http_load_sweep",
+        {"minutes": MINUTES, "curves": curves, "ratios": ratios, "tables": report},
+    )
     plot(
         {name: {int(n): v for n, v in points.items()} for name, points in curves.items()},
         machine(),
+        pairs={int(n): r for n, r in ratios.items()} if REPEAT > 1 else None,
     )
 
 
@@ -193,6 +266,8 @@ def main() -> None:
             runs["bare, NDJSON"] = load("bare", rate, fmt="ndjson")
             runs["streamapp, Trio (hypercorn)"] = load("streamapp", rate, backend="trio")
             runs["bare, Trio (hypercorn)"] = load("bare", rate, backend="trio")
+            runs["streamapp, WebSocket"] = load("streamapp", rate, fmt="ws")
+            runs["bare, WebSocket"] = load("bare", rate, fmt="ws")
         floor = runs["bare"]["server_cpu_us_per_delivery"]
         rows = [row(name, summary, floor) for name, summary in runs.items()]
         if rate == 2.0:
@@ -202,6 +277,25 @@ def main() -> None:
             trio_floor = runs["bare, Trio (hypercorn)"]["server_cpu_us_per_delivery"]
             trio = list(runs).index("streamapp, Trio (hypercorn)")
             rows[trio][2] = f"{rows[trio][1] / trio_floor:.2f}x (÷ bare Trio)"
+            ws_floor = runs["bare, WebSocket"]["server_cpu_us_per_delivery"]
+            ws = list(runs).index("streamapp, WebSocket")
+            rows[ws][2] = f"{rows[ws][1] / ws_floor:.2f}x (÷ bare WebSocket)"
+            for label, ours, base in (
+                ("NDJSON", "streamapp, NDJSON", "bare, NDJSON"),
+                ("Trio", "streamapp, Trio (hypercorn)", "bare, Trio (hypercorn)"),
+                ("WebSocket", "streamapp, WebSocket", "bare, WebSocket"),
+            ):
+                other = (
+                    runs[ours]["server_cpu_us_per_delivery"]
+                    / runs[base]["server_cpu_us_per_delivery"]
+                )
+                results.setdefault("goals", []).append(
+                    [
+                        f"StreamApp ÷ bare, server CPU per delivery, {label}, {CLIENTS} clients",
+                        f"{other:.2f}x",
+                        "met" if other <= 1.3 else "not met",
+                    ]
+                )
         title = (
             f"HTTP load: {CLIENTS} SSE clients, {SESSIONS} sessions, {rate:g} events/s each "
             f"({CLIENTS * rate:,.0f} deliveries/s offered)"
@@ -210,6 +304,21 @@ def main() -> None:
         print(text, flush=True)
         report.append(text)
         results[f"rate_{rate:g}"] = figures(runs, floor)
+        for name in ("bare", "sse-starlette", "streamapp"):
+            summary = runs[name]
+            offered = CLIENTS * rate
+            held = (
+                summary["deliveries_per_second"] >= 0.95 * offered
+                and summary["lag_ms"]["p99"] < 250
+            )
+            results.setdefault("goals", []).append(
+                [
+                    f"{name}: {offered:,.0f} deliveries/s offered held (p99 < 250 ms, none lost)",
+                    f"{summary['deliveries_per_second']:,.0f}/s, p99 "
+                    f"{summary['lag_ms']['p99']:.0f} ms",
+                    "met" if held else "not met",
+                ]
+            )
         ratio = runs["streamapp"]["server_cpu_us_per_delivery"] / floor
         results.setdefault("goals", []).append(
             [

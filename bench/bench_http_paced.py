@@ -1,8 +1,9 @@
 """Paced streams end to end over HTTP: how many 20-token/s SSE readers one server holds.
 
-Issue 17's HTTP benchmark. N SSE clients (in client processes, raw sockets and h11,
-every event checked by ``seq``), each reading its own session, from one uvicorn server
-process running either
+Issue 17's HTTP benchmark. N SSE clients (in client processes: the load tool's lean
+clients, asyncio protocols that read each event's ``seq`` and due time without a JSON
+parse, so that they leave the server most of the machine; every event checked by
+``seq``), each reading its own session, from one uvicorn server process running either
 
 * ``StreamApp``: each session fed by ``registry.start`` with a source that yields a token
   every 50 ms (``chunk_size=1``: one event per token), read at
@@ -37,7 +38,7 @@ from typing import Any
 from _harness import QUICK, save, table
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_STEPS = "25,50" if QUICK else "50,100,150,200,250,300,400"
+DEFAULT_STEPS = "25,50" if QUICK else "50,100,150,200,250,300,400,500,600,800"
 STEPS = [int(n) for n in os.environ.get("STREAMKIT_BENCH_PACED_STEPS", DEFAULT_STEPS).split(",")]
 SECONDS = float(os.environ.get("STREAMKIT_BENCH_PACED_SECONDS", "2" if QUICK else "10"))
 RATE = 20.0
@@ -100,6 +101,7 @@ def main() -> None:
                     f"{lag['p50']:.0f} / {lag['p99']:.0f}",
                     summary.get("lost", "-"),
                     cpu,
+                    summary.get("client_cpu_us_per_delivery", float("nan")),
                     "held" if ok else "over",
                 ]
             )
@@ -111,7 +113,15 @@ def main() -> None:
     steps = table(
         f"Paced SSE sessions over HTTP: one {RATE:g}-token/s session per client, "
         f"{SECONDS:g} s of tokens",
-        ["server app", "clients", "lag p50 / p99 ms", "lost", "µs server CPU / event", "step"],
+        [
+            "server app",
+            "clients",
+            "lag p50 / p99 ms",
+            "lost",
+            "µs server CPU / event",
+            "µs client CPU / event",
+            "step",
+        ],
         rows,
     )
     ratio = held["StreamApp"] / held["sse-starlette"] if held["sse-starlette"] else float("nan")

@@ -157,6 +157,22 @@ def stream_headers(*, ndjson_format: bool, gzip: bool) -> Headers:
     return headers
 
 
+class _Checked(Protocol):
+    """What the clock looks at: anything with ``check(now)`` (a response, a WebSocket's)."""
+
+    def check(self, now: float, /) -> None:
+        """Compare the times stamped with ``now``; act on a missed deadline."""
+        ...
+
+
+class _Stoppable(Protocol):
+    """What a :class:`StopSignal` stops: anything with ``stop()``."""
+
+    def stop(self) -> None:
+        """End cleanly, now or after the write in flight."""
+        ...
+
+
 class _Response:
     """One streaming response: the sender's state, read by the watcher and the shutdown."""
 
@@ -316,18 +332,18 @@ class _Clock:
         self.key = key
         #: The pending loop callback (asyncio).
         self.handle: Any = None
-        self.responses: set[_Response] = set()
+        self.responses: set[_Checked] = set()
         self.period = _NEVER
         self.running = False
 
-    def add(self, response: _Response, period: float) -> None:
+    def add(self, response: _Checked, period: float) -> None:
         self.responses.add(response)
         self.period = min(self.period, period)
         if not self.running:
             self.running = True
             _start_clock(self)
 
-    def remove(self, response: _Response) -> None:
+    def remove(self, response: _Checked) -> None:
         responses = self.responses
         responses.discard(response)
         if not responses:  # the last one: this loop's clock stops now
@@ -376,6 +392,11 @@ def _clock() -> _Clock:
     return clock
 
 
+def clock_for_this_loop() -> _Clock:
+    """The running event loop's clock (see :class:`_Clock`): ``add(x, period)``, ``remove(x)``."""
+    return _clock()
+
+
 def _start_clock(clock: _Clock) -> None:
     key, trio_run = _loop_key()
     if trio_run:
@@ -413,8 +434,8 @@ class StopSignal:
     def __init__(self) -> None:
         self._flag = False
         self._event: anyio.Event | None = None
-        #: The open responses to stop.
-        self.responses: set[_Response] = set()
+        #: The open responses (and WebSocket connections) to stop.
+        self.responses: set[_Stoppable] = set()
 
     def set(self) -> None:
         """Stop every registered response (each ends cleanly), and wake the waiters."""
@@ -465,6 +486,11 @@ async def _watch(response: _Response, receive: Receive, heartbeat: bytes) -> Non
                 return
     finally:
         response.watching = False
+
+
+def _stopped_after(event: StreamEvent) -> Outcome:
+    """The outcome of a stream stopped once ``event`` was written: ended if it was the last."""
+    return "ended" if event.is_final else "shutdown"
 
 
 async def run_event_stream(
@@ -557,7 +583,7 @@ async def run_event_stream(
                                 data = b"".join([data, *map(encode, backlog)])
                             await response.write(data)
                             if response.stopping:
-                                response.outcome = "shutdown"
+                                response.outcome = _stopped_after(backlog[-1] if backlog else event)
                                 break
                     else:
                         # The hot path, inlined: no coroutine or dict made per event but
@@ -579,7 +605,7 @@ async def run_event_stream(
                             )
                             response.state = _PULLING
                             if response.stopping:
-                                response.outcome = "shutdown"
+                                response.outcome = _stopped_after(backlog[-1] if backlog else event)
                                 break
                     # The source ended, or a shutdown came during a write: the body ends
                     # here, its deadline kept by the clock like every other write.

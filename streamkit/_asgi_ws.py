@@ -23,9 +23,11 @@ Rules of this module, and why:
   :func:`~streamkit.transports.serve_subscription` over the connection's one shared
   channel: an event goes from the session log's cursor to the socket in the
   subscription's own task, with no queue, no second task and no timer per message.
-  Sends on the channel take turns; one watchdog per connection drops a client whose
-  send outlasts ``write_timeout``. A client that reads slowly holds back its own
-  cursors, so the log's slow-consumer policy applies to this connection alone.
+  Sends on the channel take turns; the event loop's one clock (the HTTP streams')
+  drops a client whose send outlasts ``write_timeout``, and the app's shutdown signal
+  closes the connection directly: no watchdog or shutdown task per connection. A
+  client that reads slowly holds back its own cursors, so the log's slow-consumer
+  policy applies to this connection alone.
 * **A bad message is answered, never fatal.** Malformed JSON, an unknown type, a bad
   field, an oversize message, a session the caller may not see: each gets an ``error``
   message (with the ``request_id`` when one could be read), and every other
@@ -41,6 +43,7 @@ import anyio
 import attrs
 
 from ._asgi_http import Receive, Send, check_resume_point, dump_json
+from ._asgi_stream import clock_for_this_loop
 from ._errors import (
     Disconnected,
     PayloadTooLarge,
@@ -59,7 +62,7 @@ if TYPE_CHECKING:
 
     from anyio.abc import TaskGroup
 
-    from ._asgi_stream import StopSignal
+    from ._asgi_stream import Outcome, StopSignal
     from ._events import StreamEvent
     from ._registry import SessionRegistry
 
@@ -74,6 +77,9 @@ _FIELDS: Final[dict[str, frozenset[str]]] = {
     "cancel": frozenset({"type", "request_id", "session_id"}),
 }
 _MAX_REQUEST_ID: Final = 128
+#: Event messages kept for the next connection that sends them (by the event's identity).
+_ENCODED_EVENTS: Final = 256
+_encoded: dict[int, tuple[StreamEvent, str, str]] = {}
 #: WebSocket close codes.
 GOING_AWAY: Final = 1001
 POLICY_VIOLATION: Final = 1008
@@ -243,7 +249,15 @@ class _Connection:
         prefix = f'{{"type":"event","session_id":"{session_id}","event":'
 
         def encode(event: StreamEvent) -> str:
-            return f"{prefix}{event.to_json()}}}"
+            # Made once per event and session, shared by every connection that sends it.
+            hit = _encoded.get(id(event))
+            if hit is not None and hit[0] is event and hit[1] == session_id:
+                return hit[2]
+            text = f"{prefix}{event.to_json()}}}"
+            if len(_encoded) >= _ENCODED_EVENTS:
+                _encoded.clear()
+            _encoded[id(event)] = (event, session_id, text)
+            return text
 
         with scope:
             reason = "ended"
@@ -279,6 +293,48 @@ class _Connection:
                 self.end()  # the client is gone: the whole connection ends
 
 
+class _Watch:
+    """A connection's write deadline and shutdown, kept without a task of its own.
+
+    The event loop's clock (the one that keeps the HTTP streams' deadlines) calls
+    :meth:`check` a few times per ``write_timeout``: a send seen in progress for that
+    long, with no send finished since, ends the connection (the watchdog's rule of
+    :class:`~streamkit.transports.serve_subscription`). The app's :class:`StopSignal`
+    calls :meth:`stop`. Each connection thus costs no task, timer or wake-up for them.
+    """
+
+    __slots__ = ("close_code", "end", "link", "seen", "since", "stuck", "timeout")
+
+    def __init__(self, link: Link, timeout: float | None, end: Callable[[], None]) -> None:
+        self.link = link
+        self.timeout = timeout
+        self.end = end
+        self.seen = 0
+        self.stuck = False
+        self.since = 0.0
+        self.close_code: int | None = None
+
+    def check(self, now: float) -> None:
+        link = self.link
+        if link.timed_out:
+            return
+        if link.sent != self.seen:
+            self.seen = link.sent
+            self.stuck = False
+        if not link.busy:
+            self.stuck = False
+        elif not self.stuck:  # the send in progress now is first seen at this look
+            self.stuck, self.since = True, now
+        elif self.timeout is not None and now - self.since >= self.timeout:
+            link.timed_out = True
+            self.end()
+
+    def stop(self) -> None:
+        if self.close_code is None:
+            self.close_code = GOING_AWAY
+            self.end()
+
+
 def _reply(body: dict[str, Any], request_id: str | int | None) -> dict[str, Any]:
     if request_id is not None:
         body["request_id"] = request_id
@@ -308,27 +364,34 @@ async def serve_websocket(
     session_id: str | None,
     after: int,
     options: WebSocketOptions,
-    stop: anyio.Event | StopSignal,
+    stop: StopSignal,
     public_error: Callable[[StreamkitError], StreamkitError],
-) -> None:
+) -> Outcome:
     """Accept a WebSocket connection and serve the protocol until either side ends it.
 
     With ``session_id`` (the ``/sessions/{id}/ws`` endpoint) the connection starts
     subscribed to that session after ``after``. Setting ``stop`` closes the connection
     with code 1001.
+
+    Returns:
+        Why the connection ended: ``"write_timeout"`` (a send outlasted the write
+        deadline: the client stopped reading), ``"shutdown"`` (``stop`` was set) or
+        ``"disconnected"`` (the client closed it or went away).
     """
     channel = ASGIChannel(receive, send)
     try:
         await channel.accept()
     except Disconnected:
-        return
+        return "disconnected"
     # Sends take turns on the one channel; its watchdog drops a client that stops
     # reading (a close frame would not get through either: the server closes the
     # socket when the app returns).
     link = Link(channel, write_timeout=options.write_timeout)
-    close_code: int | None = None
+    timeout = options.write_timeout
+    clock = clock_for_this_loop() if timeout is not None else None
 
     async with anyio.create_task_group() as tg:
+        watch = _Watch(link, timeout, tg.cancel_scope.cancel)
         link.on_end = tg.cancel_scope.cancel
         connection = _Connection(
             registry,
@@ -340,31 +403,37 @@ async def serve_websocket(
             end=tg.cancel_scope.cancel,
         )
 
-        async def watch_stop() -> None:
-            nonlocal close_code
-            await stop.wait()
-            close_code = GOING_AWAY
-            tg.cancel_scope.cancel()
-
-        if link.watched:
-            tg.start_soon(link.watch, name="streamkit WebSocket watchdog")
-        tg.start_soon(watch_stop)
-        if session_id is not None:
-            scope = anyio.CancelScope()
-            connection.subscriptions[session_id] = scope
-            tg.start_soon(connection.follow, session_id, after, None, scope)
+        stop.responses.add(watch)  # the app's shutdown calls watch.stop()
+        if stop.is_set():
+            watch.stop()
+        if clock is not None and timeout is not None:
+            clock.add(watch, timeout / 4)
         try:
-            while True:
-                try:
-                    text = await channel.receive_text()
-                except RemoteProtocolError as exc:  # a binary message: answered, not fatal
-                    await connection.error(exc, None)
-                    continue
-                await connection.handle(text, tg)
-        except Disconnected:
-            pass
-        tg.cancel_scope.cancel()
+            if session_id is not None:
+                scope = anyio.CancelScope()
+                connection.subscriptions[session_id] = scope
+                tg.start_soon(connection.follow, session_id, after, None, scope)
+            try:
+                while True:
+                    try:
+                        text = await channel.receive_text()
+                    except RemoteProtocolError as exc:  # binary: answered, not fatal
+                        await connection.error(exc, None)
+                        continue
+                    await connection.handle(text, tg)
+            except Disconnected:
+                pass
+            tg.cancel_scope.cancel()
+        finally:
+            if clock is not None:
+                clock.remove(watch)
+            stop.responses.discard(watch)
+    close_code = watch.close_code
 
+    if link.timed_out:
+        return "write_timeout"  # a close frame would not get through either
     if close_code is not None:
         with anyio.move_on_after(options.write_timeout):
             await channel.close(close_code)
+        return "shutdown"
+    return "disconnected"

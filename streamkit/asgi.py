@@ -457,8 +457,11 @@ class StreamApp:
         """Return the app's counters: requests, open and total streams and WebSockets.
 
         ``connections_refused`` counts streams and WebSockets refused by
-        ``max_connections_per_user``; ``stream_outcomes`` counts how streams ended
-        (``ended``, ``disconnected``, ``write_timeout``, ``shutdown``, ``failed``).
+        ``max_connections_per_user``; ``stream_outcomes`` counts how streams and
+        WebSocket connections ended (``ended``, ``disconnected``, ``write_timeout`` for
+        a client dropped because one write to it outlasted ``write_timeout``,
+        ``shutdown``, ``failed``; a WebSocket connection ends ``disconnected``,
+        ``write_timeout`` or ``shutdown``).
         """
         return {**self._counters, "stream_outcomes": dict(self._outcomes)}
 
@@ -904,8 +907,9 @@ class StreamApp:
         counters = self._counters
         counters["websockets_open"] += 1
         counters["websockets_total"] += 1
+        outcome: Outcome = "failed"
         try:
-            await serve_websocket(
+            outcome = await serve_websocket(
                 registry,
                 receive,
                 send,
@@ -918,6 +922,7 @@ class StreamApp:
             )
         finally:
             counters["websockets_open"] -= 1
+            self._outcomes[outcome] = self._outcomes.get(outcome, 0) + 1
             self._release_connection(user)
 
 

@@ -729,6 +729,44 @@ async def test_server_shutdown_ends_streams_cleanly() -> None:
         server.stop()
 
 
+@pytest.mark.parametrize(("during", "outcome"), [("complete", "ended"), ("token", "shutdown")])
+async def test_shutdown_during_a_write_records_whether_the_stream_was_over(
+    during: str, outcome: str
+) -> None:
+    # The shutdown comes while the sender writes an event (the middleware calls it
+    # before handing the write to uvicorn): after the final event the stream is over
+    # anyway ("ended"); after any other it was cut short ("shutdown").
+    app = make_app()
+    marker = f"event: {during}\n".encode()
+
+    async def stop_during_write(scope: Any, receive: Any, send: Any) -> None:
+        async def sending(message: Any) -> None:
+            if marker in message.get("body", b""):
+                app.shutdown()
+            await send(message)
+
+        await app(scope, receive, sending)
+
+    with serve(stop_during_write) as server:
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            session_id = await create(client)
+            headers = {**ALICE, "Accept-Encoding": "identity"}  # the marker in plain bytes
+            async with client.stream(
+                "GET", f"/sessions/{session_id}/events", headers=headers
+            ) as response:
+                await wait_until(lambda: app.statistics()["streams_open"] == 1)
+                events = []
+                with anyio.fail_after(10):
+                    await publish(server, app, session_id, token("a"))
+                    async for event in sse.aiter_events(response.aiter_bytes()):
+                        events.append(event)
+                        if event.event_type == "token" and during == "complete":
+                            await publish(server, app, session_id, complete())
+            await wait_until(lambda: app.statistics()["streams_open"] == 0)
+    assert [e.event_type for e in events] == ["token", *(["complete"] * (during == "complete"))]
+    assert app.statistics()["stream_outcomes"] == {outcome: 1}
+
+
 async def test_under_hypercorn() -> None:
     app = make_app()
     with serve(app, kind="hypercorn") as server:

@@ -302,5 +302,45 @@ async def test_shutdown_closes_websockets_with_going_away() -> None:
             assert caught.value.rcvd is not None
             assert caught.value.rcvd.code == 1001
         await server.wait_stopped()
+        assert app.statistics()["stream_outcomes"] == {"shutdown": 1}
     finally:
         server.stop()
+
+
+async def test_client_that_stops_reading_is_dropped_and_counted() -> None:
+    # A WebSocket client that completes the handshake and never reads again: a send to
+    # it outlasts write_timeout, the connection is dropped, and the drop is counted
+    # with the HTTP streams' (the metrics' streamkit.http.streams.ended{write_timeout}).
+    app = make_app(
+        write_timeout=0.3,
+        registry_config=sk.RegistryConfig(
+            history_max_bytes=64 * 1024 * 1024, max_lag=100_000, heartbeat_interval=None
+        ),
+    )
+    with serve(app) as server:
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            session_id = await create(client)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", server.port))
+        try:
+            sock.sendall(
+                f"GET /sessions/{session_id}/ws HTTP/1.1\r\nHost: x\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                "Sec-WebSocket-Key: c3RyZWFta2l0LXRlc3QtMQ==\r\nSec-WebSocket-Version: 13\r\n"
+                "Authorization: Bearer alice\r\n\r\n".encode()
+            )
+            await wait_until(lambda: app.statistics()["websockets_open"] == 1)
+            big = "w" * (256 * 1024)
+            await publish(server, app, session_id, *(token(big) for _ in range(64)))
+            await wait_until(lambda: app.statistics()["websockets_open"] == 0)
+            assert app.statistics()["stream_outcomes"] == {"write_timeout": 1}
+        finally:
+            sock.close()
+        # A client that leaves by itself counts as disconnected.
+        async with connect(
+            f"{server.ws_url}/sessions/{session_id}/ws", additional_headers=ALICE
+        ) as ws:
+            assert (await receive(ws))["type"] == "subscribed"
+        await wait_until(lambda: app.statistics()["websockets_open"] == 0)
+        assert app.statistics()["stream_outcomes"] == {"write_timeout": 1, "disconnected": 1}

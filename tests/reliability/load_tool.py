@@ -8,9 +8,15 @@ only, every loop bounded by a duration. Usage::
 
 ``load``: a server process publishes into ``--sessions`` sessions at ``--rate`` events
 per second each, once every client is connected; ``--clients`` SSE clients, spread over
-``--procs`` client processes (raw sockets, h11 and :class:`streamkit.sse.SSEDecoder`),
-check every event by ``seq`` (no gap, no duplicate), measure the lag from the event's
-``timestamp`` to its arrival, and end at the session's ``complete`` event.
+``--procs`` client processes, check every event by ``seq`` (no gap, no duplicate),
+measure the lag from the event's ``timestamp`` to its arrival, and end at the session's
+``complete`` event. The clients are lean by default (``--client lean``: asyncio
+protocols, the request written by hand, the chunked body or WebSocket frames decoded in
+place, only the ``seq``, the type and the time read from each event, so that they cost
+the machine less than the server); ``--client h11`` runs the older ones (asyncio
+streams, h11, :class:`streamkit.sse.SSEDecoder` and a JSON parse per event).
+``--format ndjson`` reads NDJSON, ``--format ws`` StreamApp's ``/sessions/{id}/ws``
+(the bare app then runs a bare ASGI WebSocket loop).
 
 ``--app`` swaps the server app, everything else (publisher, wire bytes, clients) kept:
 ``streamapp`` (the default), ``bare`` (a bare ASGI app: one ``asyncio.Queue`` per
@@ -47,6 +53,7 @@ import gc
 import json
 import multiprocessing
 import os
+import resource
 import subprocess
 import sys
 import threading
@@ -65,6 +72,8 @@ if TYPE_CHECKING:
 HOST = "127.0.0.1"
 #: The server apps ``load`` can run (see the module docstring).
 _APPS = ("streamapp", "bare", "sse-starlette")
+#: The wire formats ``load`` can read: SSE, NDJSON, or WebSocket (``/sessions/{id}/ws``).
+_FORMATS = ("sse", "ndjson", "ws")
 #: Lag histogram resolution: one bucket per millisecond (the last bucket takes the rest).
 _MAX_LAG_MS = 60_000
 
@@ -93,10 +102,12 @@ def _sample(registry: sk.SessionRegistry) -> dict[str, Any]:
 class _Hub:
     """The anchors' fan-out: one ``asyncio.Queue`` of encoded events per connection."""
 
-    def __init__(self, sessions: list[str], *, ndjson_format: bool) -> None:
+    def __init__(self, sessions: list[str], *, ndjson_format: bool, ws: bool = False) -> None:
         #: Per session, each connection's ``put_nowait`` (a queue's, or a channel's send).
-        self.queues: dict[str, set[Callable[[bytes | None], None]]] = {s: set() for s in sessions}
-        self.encode = ndjson.encode if ndjson_format else sse.encode
+        self.queues: dict[str, set[Callable[[Any], None]]] = {s: set() for s in sessions}
+        self.encode: Callable[[sk.StreamEvent], Any] = (
+            _ws_encode if ws else ndjson.encode if ndjson_format else sse.encode
+        )
         self.headers = _ndjson_headers if ndjson_format else _anchor_headers
         self.prelude = b"" if ndjson_format else _RETRY
         self.seq = dict.fromkeys(sessions, 0)
@@ -118,6 +129,11 @@ class _Hub:
         return seq
 
 
+def _ws_encode(event: sk.StreamEvent) -> str:
+    """The text of StreamApp's WebSocket ``event`` message, made once per event."""
+    return f'{{"type":"event","session_id":"{event.session_id}","event":{event.to_json()}}}'
+
+
 _anchor_headers = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-store"),
@@ -127,8 +143,37 @@ _ndjson_headers = [(b"content-type", b"application/x-ndjson"), *_anchor_headers[
 _RETRY = b"retry: 3000\n"
 
 
+async def _bare_websocket(hub: _Hub, scope: Any, receive: Any, send: Any) -> None:
+    """The bare WebSocket loop: one queue per connection, one ``send`` per event.
+
+    The same messages as StreamApp's ``/sessions/{id}/ws`` (``subscribed``, the events,
+    ``unsubscribed``), each event's text made once by the publisher.
+    """
+    session_id = scope["path"].split("/")[2]
+    if (await receive())["type"] != "websocket.connect":
+        return
+    await send({"type": "websocket.accept"})
+    queue: asyncio.Queue[str | None] = asyncio.Queue()
+    hub.queues[session_id].add(queue.put_nowait)
+    hub.open += 1
+    try:
+        subscribed = f'{{"type":"subscribed","session_id":"{session_id}","after":0}}'
+        await send({"type": "websocket.send", "text": subscribed})
+        while (text := await queue.get()) is not None:
+            await send({"type": "websocket.send", "text": text})
+        ended = f'{{"type":"unsubscribed","session_id":"{session_id}","reason":"ended"}}'
+        await send({"type": "websocket.send", "text": ended})
+        await send({"type": "websocket.close", "code": 1000})
+    finally:
+        hub.open -= 1
+        hub.queues[session_id].discard(queue.put_nowait)
+
+
 def _bare_app(hub: _Hub) -> Any:
     async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":
+            await _bare_websocket(hub, scope, receive, send)
+            return
         if scope["type"] != "http":
             return
         session_id = scope["path"].split("/")[2]
@@ -280,7 +325,7 @@ async def _serve_anchor(args: argparse.Namespace) -> None:
     import uvicorn
 
     sessions = [sk.new_session_id() for _ in range(args.sessions)]
-    hub = _Hub(sessions, ndjson_format=args.format == "ndjson")
+    hub = _Hub(sessions, ndjson_format=args.format == "ndjson", ws=args.format == "ws")
     paced = args.mode == "paced"
     schedule = _Schedule(sessions, args.rate)
     tokens = round(args.minutes * 60 * args.rate)
@@ -484,8 +529,9 @@ async def _serve(args: argparse.Namespace) -> None:
                 )
                 return event.seq or 0
 
+            key = "websockets_open" if args.format == "ws" else "streams_open"
             result = await _publish_loop(
-                args, lambda: int(app.statistics()["streams_open"]), publish, sessions
+                args, lambda: int(app.statistics()[key]), publish, sessions
             )
             result["app_statistics"] = app.statistics()
             done.set()
@@ -554,6 +600,7 @@ async def _publish_loop(
     counts = _Counts() if args.counts and args.backend == "asyncio" else None
     started = time.monotonic()
     cpu0 = time.process_time()
+    kernel0 = resource.getrusage(resource.RUSAGE_SELF).ru_stime
     end = started + args.minutes * 60
     period = 1.0 / args.rate
     published = 0
@@ -576,6 +623,7 @@ async def _publish_loop(
     while streams_open() and time.monotonic() < deadline:
         await anyio.sleep(0.05)
     cpu_to_drain = time.process_time() - cpu0
+    kernel = resource.getrusage(resource.RUSAGE_SELF).ru_stime - kernel0
     counted = counts.stop() if counts is not None else {}
     return {
         "counts": counted,
@@ -585,6 +633,7 @@ async def _publish_loop(
         "publish_seconds": wall,
         "server_cpu_seconds": cpu,
         "server_cpu_seconds_to_drain": cpu_to_drain,
+        "server_kernel_seconds_to_drain": kernel,
         "drain_seconds": time.monotonic() - started,
         "server_rss_end": _rss_bytes(),
     }
@@ -747,16 +796,281 @@ async def _sse_client(
         writer.close()
 
 
+# -- lean load clients -----------------------------------------------------------------------
+#
+# The h11 client above costs the client processes more CPU per delivery than the server
+# spends (a task wake-up, h11's parser, the SSE decoder and a JSON parse per event), so
+# on 2 cores the clients, not the server, set the ceiling. The lean clients are plain
+# asyncio protocols: the request is written by hand, the chunked body (or the WebSocket
+# frames) decoded in ``data_received``, and of each event only what the checks need is
+# read: its ``seq`` (from the SSE ``id:`` line, checked against the data's ``"seq"``,
+# or the NDJSON line's / WebSocket message's ``"seq"``), its type (is it the last?) and
+# the time to measure the lag from.
+
+_SEQ_KEY = b'"seq":'
+_TIMESTAMP_KEY = b'"timestamp":'
+_CONTENT_KEY = b'"content":"'
+_COMPLETE = b'"event_type":"complete"'
+_TOKEN = b'"event_type":"token"'
+
+
+class _LeanClient(asyncio.Protocol):
+    """One SSE, NDJSON or WebSocket stream read with as little work per event as it takes."""
+
+    def __init__(
+        self, request: bytes, tally: _Tally, done: asyncio.Future[None], *, kind: str, paced: bool
+    ) -> None:
+        self.request = request
+        self.tally = tally
+        self.done = done
+        self.kind = kind  # "sse", "ndjson" or "ws"
+        self.paced = paced
+        self.transport: asyncio.Transport | None = None
+        self.head = True
+        self.raw = b""  # undecoded bytes (headers, a chunk-size line, a frame header)
+        self.body = b""  # decoded bytes not yet ending an event
+        self.left = 0  # bytes left in the current chunk (HTTP) or frame payload (ws)
+        self.crlf = 0  # bytes of the CRLF after a chunk still to skip
+        self.expected = 1
+        self.last = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(self.request)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.tally.error(f"connection lost before the complete event: {exc}")
+            self.done.set_result(None)
+
+    def _finish(self, error: str | None = None) -> None:
+        if error is not None:
+            self.tally.error(error)
+        if not self.done.done():
+            self.done.set_result(None)
+        if self.transport is not None:
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        raw = self.raw + data if self.raw else data
+        if self.head:
+            end = raw.find(b"\r\n\r\n")
+            if end < 0:
+                self.raw = raw
+                return
+            head = raw[:end].lower()
+            expected = b" 101 " if self.kind == "ws" else b" 200 "
+            if head[8:13] != expected:
+                status = raw.split(b"\r\n", 1)[0]
+                self._finish(f"status line {status!r}")
+                return
+            if self.kind != "ws" and b"transfer-encoding: chunked" not in head:
+                self._finish("the response is not chunked")
+                return
+            self.head = False
+            raw = raw[end + 4 :]
+        if self.kind == "ws":
+            self._frames(raw)
+            return
+        # Chunked transfer coding: ``size CRLF data CRLF`` ..., ``0 CRLF CRLF`` at the end.
+        parts = []
+        pos, n = 0, len(raw)
+        last_chunk = False
+        while pos < n:
+            left = self.left
+            if left:
+                take = left if left < n - pos else n - pos
+                parts.append(raw[pos : pos + take])
+                pos += take
+                self.left = left - take
+                if not self.left:
+                    self.crlf = 2
+                continue
+            if self.crlf:
+                skip = self.crlf if self.crlf < n - pos else n - pos
+                pos += skip
+                self.crlf -= skip
+                continue
+            nl = raw.find(b"\r\n", pos)
+            if nl < 0:
+                break
+            size = int(raw[pos:nl].split(b";", 1)[0], 16)
+            pos = nl + 2
+            if not size:
+                last_chunk = True
+                break
+            self.left = size
+        self.raw = raw[pos:]
+        if parts:
+            body = self.body + b"".join(parts) if self.body else b"".join(parts)
+            if self.kind == "sse":
+                self._sse(body)
+            else:
+                self._ndjson(body)
+        if last_chunk and not self.done.done():
+            self._finish("the body ended before the complete event")
+
+    def _sse(self, body: bytes) -> None:
+        end = body.rfind(b"\n\n")
+        if end < 0:
+            self.body = body
+            return
+        self.body = body[end + 2 :]
+        now = time.time()
+        for block in body[:end].split(b"\n\n"):
+            # ``id: N`` ``event: T`` ``data: JSON``, after a ``retry:`` line or comments.
+            start = block.find(b"id: ")
+            if start < 0 or (start and block[start - 1] != 10):
+                self._finish(f"an event without an id line: {block[:200]!r}")
+                return
+            nl = block.find(b"\n", start)
+            seq = int(block[start + 4 : nl])
+            data = block[block.find(b"\ndata: ", nl) + 7 :]
+            if not data.endswith(b"%s%d}" % (_SEQ_KEY, seq)):
+                self._finish(f"id {seq} is not the data's seq: {data[-40:]!r}")
+                return
+            if self._event(seq, data, now):
+                return
+
+    def _ndjson(self, body: bytes) -> None:
+        end = body.rfind(b"\n")
+        if end < 0:
+            self.body = body
+            return
+        self.body = body[end + 1 :]
+        now = time.time()
+        for line in body[:end].split(b"\n"):
+            if not line:
+                continue  # a heartbeat
+            at = line.rfind(_SEQ_KEY)
+            seq = int(line[at + 6 : -1])
+            if self._event(seq, line, now):
+                return
+
+    def _frames(self, raw: bytes) -> None:
+        # Server frames are not masked: ``FIN|opcode``, a length (7, 16 or 64 bits), data.
+        now = time.time()
+        pos, n = 0, len(raw)
+        while n - pos >= 2:
+            opcode = raw[pos] & 0x0F
+            length = raw[pos + 1] & 0x7F
+            start = pos + 2
+            if length == 126:
+                if n - pos < 4:
+                    break
+                length = int.from_bytes(raw[pos + 2 : pos + 4])
+                start = pos + 4
+            elif length == 127:
+                if n - pos < 10:
+                    break
+                length = int.from_bytes(raw[pos + 2 : pos + 10])
+                start = pos + 10
+            if n - start < length:
+                break
+            payload = raw[start : start + length]
+            pos = start + length
+            if opcode == 1:  # text: {"type":"event",...,"event":{...,"seq":N}}
+                if payload.startswith(b'{"type":"event"'):
+                    at = payload.rfind(_SEQ_KEY)
+                    seq = int(payload[at + 6 : -2])
+                    if self._event(seq, payload, now):
+                        return
+                elif payload.startswith(b'{"type":"unsubscribed"'):
+                    self._finish("unsubscribed before the complete event")
+                    return
+            elif opcode == 9:  # ping: a masked pong with the same data (mask 0)
+                assert self.transport is not None
+                self.transport.write(bytes([0x8A, 0x80 | len(payload)]) + b"\0\0\0\0" + payload)
+            elif opcode == 8:
+                self._finish("closed before the complete event")
+                return
+        self.raw = raw[pos:]
+
+    def _event(self, seq: int, data: bytes, now: float) -> bool:
+        """Check one event; return whether the stream is over."""
+        tally = self.tally
+        if seq < self.expected:
+            tally.duplicated += 1
+            return False
+        if seq > self.expected:
+            tally.lost += seq - self.expected
+        self.expected = seq + 1
+        self.last = seq
+        tally.events += 1
+        if _COMPLETE in data:
+            self._finish()
+            return True
+        if self.paced:  # the token's text is when it was due
+            if _TOKEN not in data:
+                return False
+            at = data.find(_CONTENT_KEY) + 11
+            due = float(data[at : data.find(b'"', at)])
+        else:
+            at = data.find(_TIMESTAMP_KEY) + 12
+            due = float(data[at : data.find(b",", at)])
+        lag = int((now - due) * 1000)
+        tally.lags[lag if 0 <= lag < _MAX_LAG_MS else (0 if lag < 0 else _MAX_LAG_MS)] += 1
+        return False
+
+
+def _lean_request(port: int, session_id: str, kind: str) -> bytes:
+    if kind == "ws":
+        return (
+            f"GET /sessions/{session_id}/ws?after=0 HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: c3RyZWFta2l0LWxvYWQtMQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    accept = "application/x-ndjson" if kind == "ndjson" else "text/event-stream"
+    return (
+        f"GET /sessions/{session_id}/events?after=0 HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
+        f"Accept: {accept}\r\n\r\n"
+    ).encode()
+
+
+async def _lean_client(
+    port: int, session_id: str, tally: _Tally, gate: asyncio.Semaphore, kind: str, paced: bool
+) -> None:
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    request = _lean_request(port, session_id, kind)
+    client = _LeanClient(request, tally, done, kind=kind, paced=paced)
+    try:
+        async with gate:
+            await loop.create_connection(lambda: client, HOST, port)
+        await done
+    except Exception as exc:  # every failure is counted, not raised
+        tally.error(f"{type(exc).__name__}: {exc}")
+    finally:
+        tally.last_seq.setdefault(session_id, []).append(client.last)
+        if client.transport is not None:
+            client.transport.close()
+
+
 def _client_process(
-    port: int, assignments: list[str], connect_gate: int, ndjson_format: bool, paced: bool = False
+    port: int,
+    assignments: list[str],
+    connect_gate: int,
+    fmt: str,
+    paced: bool = False,
+    client: str = "lean",
 ) -> dict[str, Any]:
     async def run() -> _Tally:
         tally = _Tally()
         gate = asyncio.Semaphore(connect_gate)
         async with asyncio.TaskGroup() as tg:
             for session_id in assignments:
-                tg.create_task(_sse_client(port, session_id, tally, gate, ndjson_format, paced))
+                if client == "lean":
+                    tg.create_task(_lean_client(port, session_id, tally, gate, fmt, paced))
+                else:
+                    ndjson_format = fmt == "ndjson"
+                    tg.create_task(_sse_client(port, session_id, tally, gate, ndjson_format, paced))
         return tally
+
+    # The clients make little cyclic garbage: no collector pauses in the measurement.
+    gc.disable()
+    cpu0 = time.process_time()  # not the interpreter's start and imports
+    usage0 = resource.getrusage(resource.RUSAGE_SELF)
 
     tally = asyncio.run(run())
     return {
@@ -767,7 +1081,8 @@ def _client_process(
         "duplicated": tally.duplicated,
         "lags": {i: n for i, n in enumerate(tally.lags) if n},
         "last_seq": tally.last_seq,
-        "cpu_seconds": time.process_time(),
+        "cpu_seconds": time.process_time() - cpu0,
+        "kernel_cpu_seconds": resource.getrusage(resource.RUSAGE_SELF).ru_stime - usage0.ru_stime,
     }
 
 
@@ -845,9 +1160,9 @@ def run_load(args: argparse.Namespace) -> int:
     gate = max(1, 100 // args.procs)
     context = multiprocessing.get_context("spawn")
     with context.Pool(args.procs) as pool:
-        ndjson_format = args.format == "ndjson"
         results = pool.starmap(
-            _client_process, [(port, a, gate, ndjson_format, paced) for a in assignments]
+            _client_process,
+            [(port, a, gate, args.format, paced, args.client) for a in assignments],
         )
     assert server.stdout is not None
     server_result = json.loads(server.stdout.readline())
@@ -895,13 +1210,23 @@ def run_load(args: argparse.Namespace) -> int:
             else value / max(sum(r["events"] for r in results), 1)
             for key, value in server_result["counts"].items()
         },
+        "server_kernel_us_per_delivery": server_result.get("server_kernel_seconds_to_drain", 0.0)
+        * 1e6
+        / max(sum(r["events"] for r in results), 1),
         "server_cpu_us_per_delivery": server_result["server_cpu_seconds_to_drain"]
         * 1e6
         / max(sum(r["events"] for r in results), 1),
         "app": args.app,
         "backend": args.backend,
         "format": args.format,
+        "client": args.client,
         "client_cpu_seconds": sum(r["cpu_seconds"] for r in results),
+        "client_cpu_us_per_delivery": sum(r["cpu_seconds"] for r in results)
+        * 1e6
+        / max(sum(r["events"] for r in results), 1),
+        "client_kernel_us_per_delivery": sum(r["kernel_cpu_seconds"] for r in results)
+        * 1e6
+        / max(sum(r["events"] for r in results), 1),
         "server": server_result,
         "wall_seconds": time.time() - started,
     }
@@ -1054,7 +1379,15 @@ def main(argv: list[str] | None = None) -> int:
     load.add_argument("--connect-timeout", type=float, default=180.0)
     load.add_argument("--app", choices=_APPS, default="streamapp")
     load.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
-    load.add_argument("--format", choices=["sse", "ndjson"], default="sse")
+    load.add_argument("--format", choices=_FORMATS, default="sse")
+    load.add_argument(
+        "--client",
+        choices=["lean", "h11"],
+        default="lean",
+        help="lean (the default): asyncio protocols, the request written by hand, only "
+        "what the checks need read from each event; h11: asyncio streams, h11, "
+        "streamkit's SSE decoder and a JSON parse per event",
+    )
     load.add_argument(
         "--counts", action="store_true", help="count loop callbacks, timers, GC runs (asyncio)"
     )
@@ -1084,11 +1417,13 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--app", choices=_APPS, default="streamapp")
     serve.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
     serve.add_argument("--counts", action="store_true")
-    serve.add_argument("--format", choices=["sse", "ndjson"], default="sse")
+    serve.add_argument("--format", choices=_FORMATS, default="sse")
     args = parser.parse_args(argv)
     if args.command == "load":
-        if args.app == "sse-starlette" and args.format == "ndjson":
+        if args.app == "sse-starlette" and args.format != "sse":
             parser.error("sse-starlette serves SSE only")
+        if args.format == "ws" and (args.client != "lean" or args.backend != "asyncio"):
+            parser.error("--format ws: lean clients, on asyncio")
         if args.paced and (args.app == "bare" or args.backend != "asyncio"):
             parser.error("--paced runs StreamApp or sse-starlette on asyncio")
         if args.backend == "trio" and args.app == "sse-starlette":

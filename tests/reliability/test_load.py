@@ -63,6 +63,39 @@ def test_load_tool_small(tmp_path: Path) -> None:
     check_load(summary, 20)
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        ("--format", "ws"),
+        ("--format", "ws", "--app", "bare"),
+        ("--format", "ndjson", "--app", "bare"),
+        ("--app", "sse-starlette"),
+        ("--client", "h11"),
+    ],
+    ids=["websocket", "bare-websocket", "bare-ndjson", "sse-starlette", "h11-clients"],
+)
+def test_load_tool_small_variants(tmp_path: Path, options: tuple[str, ...]) -> None:
+    # The lean clients (the default) read SSE, NDJSON and WebSocket frames; the older
+    # h11 clients stay available; every anchor serves the same bytes.
+    summary = run_tool(
+        tmp_path,
+        "load",
+        "--clients",
+        "10",
+        "--procs",
+        "1",
+        "--sessions",
+        "2",
+        "--rate",
+        "20",
+        "--minutes",
+        "0.02",
+        *options,
+        timeout=100,
+    )
+    check_load(summary, 10)
+
+
 @pytest.mark.slow
 def test_load_500_clients_one_minute(tmp_path: Path) -> None:
     summary = run_tool(tmp_path, "load", "--clients", "500", "--minutes", "1", timeout=600)
