@@ -74,6 +74,8 @@ HOST = "127.0.0.1"
 _APPS = ("streamapp", "bare", "sse-starlette")
 #: The wire formats ``load`` can read: SSE, NDJSON, or WebSocket (``/sessions/{id}/ws``).
 _FORMATS = ("sse", "ndjson", "ws")
+#: uvicorn's HTTP/1.1 implementations ``load --http`` chooses from, for every app alike.
+_HTTP = ("h11", "httptools")
 #: Lag histogram resolution: one bucket per millisecond (the last bucket takes the rest).
 _MAX_LAG_MS = 60_000
 
@@ -342,6 +344,7 @@ async def _serve_anchor(args: argparse.Namespace) -> None:
         backlog=4096,
         limit_concurrency=None,
         timeout_keep_alive=30,
+        http=args.http,
     )
     server = uvicorn.Server(config)
     serving = asyncio.ensure_future(server.serve())
@@ -484,6 +487,7 @@ async def _serve(args: argparse.Namespace) -> None:
             backlog=4096,
             limit_concurrency=None,
             timeout_keep_alive=30,
+            http=args.http,
         )
         server = uvicorn.Server(config)
         serving = asyncio.ensure_future(server.serve())
@@ -1130,6 +1134,8 @@ def _start_server(
         *(["--counts"] if getattr(args, "counts", False) else []),
         "--format",
         getattr(args, "format", "sse"),
+        "--http",
+        getattr(args, "http", "h11"),
     ]
     server = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert server.stdout is not None
@@ -1392,6 +1398,12 @@ def main(argv: list[str] | None = None) -> int:
         "--counts", action="store_true", help="count loop callbacks, timers, GC runs (asyncio)"
     )
     load.add_argument(
+        "--http",
+        choices=_HTTP,
+        default="h11",
+        help="uvicorn's HTTP/1.1 parser for every app (httptools needs the httptools package)",
+    )
+    load.add_argument(
         "--paced",
         action="store_true",
         help="one session per client, each fed by a source paced at --rate tokens/s for "
@@ -1418,6 +1430,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
     serve.add_argument("--counts", action="store_true")
     serve.add_argument("--format", choices=_FORMATS, default="sse")
+    serve.add_argument("--http", choices=_HTTP, default="h11")
     args = parser.parse_args(argv)
     if args.command == "load":
         if args.app == "sse-starlette" and args.format != "sse":
