@@ -42,6 +42,7 @@ __all__ = [
     "freeze_event",
     "make_event",
     "make_part_event",
+    "make_token_event",
     "thaw_event",
 ]
 
@@ -214,6 +215,9 @@ class StreamEvent:
     timestamp: float = attrs.field(factory=time.time, converter=_convert_timestamp)
     _json: str | None = attrs.field(init=False, default=None, eq=False, repr=False, hash=False)
     _part: Part | None = attrs.field(init=False, default=None, eq=False, repr=False, hash=False)
+    # The size the in-memory log charges for the event, when its maker knew it cheaply
+    # (the streamer's token events): saves the log its estimate. Unset otherwise.
+    _size: int | None = attrs.field(init=False, default=None, eq=False, repr=False, hash=False)
 
     def __attrs_post_init__(self) -> None:
         if self.event_type == "part":
@@ -348,7 +352,9 @@ _set_id = _slot["event_id"]
 _set_time = _slot["timestamp"]
 _set_json = _slot["_json"]
 _set_part = _slot["_part"]
+_set_size = _slot["_size"]
 _clock = time.time
+_TOKEN_TYPE: Final = EventType.TOKEN
 
 
 def make_event(  # noqa: PLR0917 - positional on purpose: the hot path calls it per token
@@ -375,6 +381,30 @@ def make_event(  # noqa: PLR0917 - positional on purpose: the hot path calls it 
     _set_id(event, f"{_ID_PREFIX}-{next(_id_counter):x}" if event_id is None else event_id)
     _set_time(event, _clock() if timestamp is None else timestamp)
     _set_json(event, None)
+    _set_size(event, None)
+    return event
+
+
+def make_token_event(
+    content: str, metadata: Mapping[str, JSONValue], session_id: str | None, size: int
+) -> StreamEvent:
+    """Build a fresh ``token`` event (internal: the streamer's, once per chunk).
+
+    :func:`make_event` for the one event made per token, with ``size`` the
+    :func:`~streamkit._log.estimate_size` of the event less the length of its id, which
+    only this function knows: the log then takes the event's size as it is.
+    """
+    event = _new(StreamEvent)
+    _set_type(event, _TOKEN_TYPE)
+    _set_content(event, content)
+    _set_metadata(event, metadata)
+    _set_session(event, session_id)
+    _set_seq(event, None)
+    event_id = f"{_ID_PREFIX}-{next(_id_counter):x}"
+    _set_id(event, event_id)
+    _set_time(event, _clock())
+    _set_json(event, None)
+    _set_size(event, size + len(event_id))
     return event
 
 
@@ -428,6 +458,7 @@ FrozenEvent = tuple[Any, ...]
 _SCALARS: Final = frozenset({str, int, float, bool, type(None)})
 _TYPES_BY_VALUE: Final[dict[str, EventType]] = {t.value: t for t in EventType}
 _TOKEN: Final = EventType.TOKEN
+_flatten: Final = itertools.chain.from_iterable
 
 
 def freeze_event(event: StreamEvent) -> FrozenEvent | None:
@@ -444,8 +475,20 @@ def freeze_event(event: StreamEvent) -> FrozenEvent | None:
     """
     event_type = event.event_type
     if event_type is _TOKEN:  # the common case, without the enum's slow ``value``
-        event_type = "token"
-    elif type(event_type) is not str:
+        metadata = event.metadata
+        # A token's metadata is the streamer's index and elapsed time: flat (should a
+        # published token carry a nested value, its tuple only stays tracked).
+        return (
+            "token",
+            event.content,
+            event.session_id,
+            event.seq,
+            event.event_id,
+            event.timestamp,
+            event._json,
+            *_flatten(metadata.items()),
+        )
+    if type(event_type) is not str:
         if not isinstance(event_type, EventType):
             return None
         event_type = event_type.value

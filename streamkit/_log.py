@@ -41,13 +41,22 @@ import contextlib
 import json
 import math
 from collections.abc import Callable, Coroutine, Mapping, Sequence
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, overload
 
 import anyio
 import anyio.lowlevel
 
 from ._errors import ClosedError, HistoryGap, PayloadTooLarge, SubscriberLagged, ValidationError
-from ._events import StreamEvent, freeze_event, make_event, stamp, thaw_event
+from ._events import (
+    EventType,
+    StreamEvent,
+    freeze_event,
+    make_event,
+    stamp,
+    thaw_event,
+)
+from ._events import _slot as _event_slots
 from ._session import new_session_id
 from ._signals import Signal, signal_factory, signal_renewer
 from ._validate import check_choice, check_id, check_int, type_name
@@ -56,7 +65,11 @@ from .abc import EventCursor, EventLog, LogStatistics
 if TYPE_CHECKING:
     from ._config import RegistryConfig, SlowConsumerPolicy
 
-__all__ = ["InMemoryEventLog", "estimate_size"]
+__all__ = ["InMemoryEventLog", "estimate_size", "token_size"]
+
+_set_seq: Final = _event_slots["seq"]
+_set_session: Final = _event_slots["session_id"]
+_set_json: Final = _event_slots["_json"]
 
 #: Most events a reader takes from the log at once.
 _MAX_BATCH: Final = 1024
@@ -104,6 +117,9 @@ def estimate_size(event: StreamEvent) -> int:
     text = event._json
     if text is not None:
         return len(text)
+    hint = event._size  # the streamer's token events come with it
+    if hint is not None:
+        return hint + len(event.session_id or "")
     size = (
         _SKELETON
         + len(event.content)
@@ -122,6 +138,26 @@ def estimate_size(event: StreamEvent) -> int:
             else:
                 size += len(key) + 4 + _value_size(value)
     return size
+
+
+def token_size(metadata: bool) -> int:
+    """Return :func:`estimate_size` of a streamer's ``token`` event less three lengths.
+
+    Those of its content, its ``event_id`` and its ``session_id``: what
+    :func:`~streamkit._events.make_token_event` is given (the content's) and adds (the
+    id's), and what :func:`estimate_size` adds (the session's). ``metadata``: whether
+    the event carries the streamer's ``index`` and ``elapsed``.
+    """
+    sample = make_event(
+        EventType.TOKEN,
+        "",
+        MappingProxyType({"index": 0, "elapsed": 0.0}) if metadata else MappingProxyType({}),
+        None,
+        None,
+        "",
+        0.0,
+    )
+    return estimate_size(sample)
 
 
 def _exact_size(event: StreamEvent) -> int:
@@ -214,8 +250,8 @@ class _Cursor(EventCursor):
         "_new_event",
         "_one",
         "_renew",
-        "_signal",
         "_state",
+        "_upto",
         "_waited",
     )
 
@@ -225,8 +261,9 @@ class _Cursor(EventCursor):
         self._new_event: Callable[[], Signal] = anyio.Event
         # This cursor's own event to wait on for the producer, renewed for each wait.
         self._renew: Callable[[Signal | None], Signal] = _new_signal
-        self._signal: Signal | None = None
         self._after = after
+        # The seq of the last event of the current batch.
+        self._upto = after
         self._state: _Reader | None = None
         self._batch = _NO_EVENTS
         #: The batch of one event, reused (a reader kept up with the log gets one at a time).
@@ -271,16 +308,26 @@ class _Cursor(EventCursor):
         state = self._state
         if state is None:
             state = self._start()
-        elif self._batch:
+        elif batch:
             # The whole previous batch was delivered: advance, and tell a waiting producer.
-            batch = self._batch
-            passed: int = batch[-1].seq  # type: ignore[assignment]
+            passed = self._upto
             state.pos = passed
-            log._delivered += len(batch)
+            log._delivered += i
             self._batch = _NO_EVENTS
             self._i = 0
             if passed > log._cold and len(log._readers) == 1:
-                log._freeze(passed)  # the only reader has passed them: freeze them now
+                # The only reader has passed them: freeze them now (see _buf). Inline
+                # for the live case, one event just passed.
+                index = passed - log._base
+                if passed == log._cold + 1 and index >= log._head:
+                    event = log._buf[index]
+                    if type(event) is StreamEvent:
+                        frozen = freeze_event(event)
+                        if frozen is not None:
+                            log._buf[index] = frozen
+                    log._cold = passed
+                else:
+                    log._freeze(passed)
             room = log._room
             if room is not None:
                 log._room = None
@@ -289,6 +336,22 @@ class _Cursor(EventCursor):
             pos = state.pos
             last = log._last
             if pos < last:
+                if last == pos + 1 and self._waited:
+                    # The live case: the one event this reader waited for. The newest
+                    # event is always retained, and one event is within any allowance.
+                    self._waited = False
+                    state.allow = log._max_lag
+                    event = log._buf[last - log._base]
+                    if type(event) is not StreamEvent:  # frozen before this reader came
+                        event = thaw_event(event)
+                    if state.swaps:
+                        event = state.swaps.pop(last, event)
+                    batch = self._one
+                    batch[0] = event
+                    self._batch = batch
+                    self._upto = last
+                    self._i = 1
+                    return event
                 oldest = log._base + log._head
                 if pos + 1 < oldest:
                     raise self._lagged(f"events after {pos} left the retention window", oldest)
@@ -315,6 +378,7 @@ class _Cursor(EventCursor):
                     batch = self._one
                     batch[0] = event
                     self._batch = batch
+                    self._upto = last
                     self._i = 1
                     return event
                 stored: list[Any] = log._buf[start : start + _MAX_BATCH]
@@ -323,6 +387,7 @@ class _Cursor(EventCursor):
                 if state.swaps:
                     stored = _swapped(stored, state.swaps)
                 self._batch = batch = stored
+                self._upto = pos + len(stored)
                 self._i = 1
                 return batch[0]
             if log._closed or self._done:
@@ -332,7 +397,7 @@ class _Cursor(EventCursor):
             if data is None:
                 # The reader the producer wakes; it wakes the other waiting readers in
                 # turn (inline: one coroutine frame fewer per wake-up).
-                data = log._data = self._signal = self._renew(self._signal)
+                data = log._data = self._renew(None)
                 try:
                     await data.wait()
                 finally:
@@ -633,44 +698,55 @@ class InMemoryEventLog(EventLog):
             )
         if self._closed:
             raise self._closed_error()
-        if self._block and self._last + 1 > self._limit and not self._has_room():
+        seq = self._last + 1
+        if self._block and seq > self._limit and not self._has_room():
             return None
-        if event.event_type == _PART:
+        event_type = event.event_type
+        if event_type == _PART:
             standin = transient_standin(event)
             if standin is not None:
                 return self._append_transient(event, standin)
+        session_id = self._session_id
         if owned and event.seq is None:
-            stamp(event, self._last + 1, self._session_id)
+            # stamp(), inline: this runs for every token of every stream.
+            _set_seq(event, seq)
+            _set_session(event, session_id)
+            if event._json is None:
+                size = event._size
+                size = estimate_size(event) if size is None else size + len(session_id)
+            else:  # made before its seq was known: to be made again
+                _set_json(event, None)
+                size = estimate_size(event)
             stored = event
         else:
             stored = make_event(
-                event.event_type,
+                event_type,
                 event.content,
                 event.metadata,
-                self._session_id,
-                self._last + 1,
+                session_id,
+                seq,
                 event.event_id,
                 event.timestamp,
             )
-        size = estimate_size(stored)
+            size = estimate_size(stored)
         if size * 6 > self._max_event_bytes:
             self._commit(stored)  # could be too large: the exact size decides
             return stored
-        # _store(), inline: this runs for every token of every stream.
+        # _store(), inline.
         buf = self._buf
         buf.append(stored)
         self._sizes.append(size)
-        self._last += 1
+        self._last = seq
         self._bytes += size
         if len(buf) - self._head > self._max_events or self._bytes > self._max_bytes:
             self._evict()
-        if stored.event_type in _FINAL:
+        if event_type in _FINAL:
             self._closed = True
         data = self._data
         if data is not None:
             self._data = None
             data.set()
-        if self._last >= self._freeze_at:
+        if seq >= self._freeze_at:
             self._freeze_passed()
         return stored
 

@@ -59,8 +59,9 @@ import anyio.lowlevel
 from ._chunker import Chunker
 from ._config import StreamConfig
 from ._errors import ClosedError, ValidationError
-from ._events import EventType, StreamEvent, make_event
+from ._events import EventType, StreamEvent, make_event, make_token_event
 from ._feeds import BUFFER_ITEMS, TaskFeed, ThreadFeed
+from ._log import token_size
 from ._parts import Part, TextDelta
 from ._parts_chunker import PartsChunker, accept_part, part_event
 from ._signals import loop_clock
@@ -170,6 +171,7 @@ class TokenStream:
         "_raised",
         "_session_id",
         "_sink",
+        "_size",
         "_slow",
         "_source",
         "_stall",
@@ -202,6 +204,8 @@ class TokenStream:
         self._metadata = config.enable_metadata
         self._heartbeat = config.heartbeat_interval
         self._chunk_by = config.chunk_by
+        # What the log charges for a token event, less its content and id (_log).
+        self._size = token_size(config.enable_metadata)
         self._flush = config.flush_interval
         self._stall = config.stall_timeout
         self._out: deque[str] = deque()
@@ -452,12 +456,14 @@ class TokenStream:
         if now >= self._deadline:
             self._fast = False
         if self._metadata:
+            # round(elapsed, 6) for elapsed >= 0, without round()'s decimal conversion.
+            elapsed = int((now - self._started_at) * 1e6 + 0.5) / 1e6
             metadata: Mapping[str, JSONValue] = MappingProxyType(
-                {"index": index, "elapsed": round(now - self._started_at, 6)}
+                {"index": index, "elapsed": elapsed}
             )
         else:
             metadata = _EMPTY
-        return make_event(EventType.TOKEN, text, metadata, self._session_id)
+        return make_token_event(text, metadata, self._session_id, self._size + len(text))
 
     def _start(self) -> StreamEvent:
         self._now = loop_clock()
