@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import marshal
 import math
 import re
 import secrets
@@ -451,59 +452,41 @@ def with_seq(event: StreamEvent, seq: int, session_id: str | None) -> StreamEven
 
 # --- compact storage of retained events ----------------------------------------------
 
-#: A retained event as one flat tuple of strings and numbers: ``(event_type, content,
-#: session_id, seq, event_id, timestamp, json, key, value, key, value, ...)``.
-FrozenEvent = tuple[Any, ...]
+#: A retained event as the bytes of one flat tuple of strings and numbers (marshal):
+#: ``(event_type, content, session_id, seq, event_id, timestamp, json, key, value, ...)``.
+FrozenEvent = bytes
 
 _SCALARS: Final = frozenset({str, int, float, bool, type(None)})
 _TYPES_BY_VALUE: Final[dict[str, EventType]] = {t.value: t for t in EventType}
 _TOKEN: Final = EventType.TOKEN
 _flatten: Final = itertools.chain.from_iterable
+_dumps: Final = marshal.dumps
+_loads: Final = marshal.loads
 
 
 def freeze_event(event: StreamEvent) -> FrozenEvent | None:
-    """Return ``event`` as a flat tuple of strings and numbers, or ``None`` if it is not flat.
+    """Return ``event`` as bytes, or ``None`` if its metadata is not flat.
 
-    Internal: the in-memory log keeps the events every reader has passed this way. A
-    tuple holding only strings and numbers is untracked by the cyclic garbage collector
-    after its first collection, while a :class:`StreamEvent` (and its read-only
-    metadata mapping) stays tracked as long as it lives: a log of retained events would
-    otherwise make every full collection walk every event of every session (tens of ms
-    for a few hundred paced sessions, a stall of the whole event loop). Events whose
+    Internal: the in-memory log keeps the events every reader has passed this way.
+    ``bytes`` are not tracked by the cyclic garbage collector at all, while a
+    :class:`StreamEvent` (and its read-only metadata mapping) stays tracked as long as
+    it lives, and so does, until a collection looks at it, any tuple. A log of retained
+    events would otherwise make every full collection walk every event of every
+    session (tens of ms for a few hundred paced sessions, a stall of the whole event
+    loop), and each new tracked object kept per token would bring the next collection
+    closer: a history that grows by bytes costs the collector nothing. Events whose
     metadata holds anything but strings, numbers, booleans and ``None`` (parts, stats)
     are few per stream and stay as they are.
     """
     event_type = event.event_type
     if event_type is _TOKEN:  # the common case, without the enum's slow ``value``
-        metadata = event.metadata
-        # A token's metadata is the streamer's index and elapsed time: flat (should a
-        # published token carry a nested value, its tuple only stays tracked).
-        return (
-            "token",
-            event.content,
-            event.session_id,
-            event.seq,
-            event.event_id,
-            event.timestamp,
-            event._json,
-            *_flatten(metadata.items()),
-        )
-    if type(event_type) is not str:
+        event_type = "token"
+    elif type(event_type) is not str:
         if not isinstance(event_type, EventType):
             return None
         event_type = event_type.value
     metadata = event.metadata
-    if not metadata:
-        return (
-            event_type,
-            event.content,
-            event.session_id,
-            event.seq,
-            event.event_id,
-            event.timestamp,
-            event._json,
-        )
-    flat: list[object] = [
+    flat = (
         event_type,
         event.content,
         event.session_id,
@@ -511,18 +494,21 @@ def freeze_event(event: StreamEvent) -> FrozenEvent | None:
         event.event_id,
         event.timestamp,
         event._json,
-    ]
-    scalars = _SCALARS
-    for key, value in metadata.items():
-        if type(value) not in scalars:
-            return None
-        flat.append(key)
-        flat.append(value)
-    return tuple(flat)
+        *_flatten(metadata.items()),
+    )
+    if len(flat) > 11 or event_type != "token":  # the streamer's tokens are flat: no look
+        for value in flat[8::2]:
+            if type(value) not in _SCALARS:
+                return None
+    try:
+        return _dumps(flat)
+    except ValueError:  # a token published with metadata that is not flat
+        return None
 
 
-def thaw_event(frozen: FrozenEvent) -> StreamEvent:
-    """Return the event that :func:`freeze_event` made ``frozen`` from (an equal copy)."""
+def thaw_event(data: FrozenEvent) -> StreamEvent:
+    """Return the event that :func:`freeze_event` made ``data`` from (an equal copy)."""
+    frozen = _loads(data)
     event_type: str = frozen[0]
     size = len(frozen)
     metadata: Mapping[str, JSONValue]
