@@ -15,7 +15,7 @@ import math
 import re
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, Final, Self
@@ -460,7 +460,7 @@ _SCALARS: Final = frozenset({str, int, float, bool, type(None)})
 _TYPES_BY_VALUE: Final[dict[str, EventType]] = {t.value: t for t in EventType}
 _TOKEN: Final = EventType.TOKEN
 _flatten: Final = itertools.chain.from_iterable
-_dumps: Final = marshal.dumps
+_dumps: Final[Callable[..., bytes]] = marshal.dumps
 _loads: Final = marshal.loads
 
 

@@ -38,7 +38,6 @@ Rules of this module, and why:
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from types import MappingProxyType
@@ -89,12 +88,6 @@ def _skeleton_size() -> int:
 _SKELETON: Final = _skeleton_size()
 
 
-def _json_default(value: object) -> Any:
-    if isinstance(value, Mapping):
-        return dict(value)
-    raise TypeError(type_name(value))  # pragma: no cover - frozen metadata is JSON
-
-
 _PLAIN_SCALARS: Final = frozenset({int, float, bool, type(None)})
 
 
@@ -103,7 +96,12 @@ def _value_size(value: object) -> int:
         return len(value) + 2
     if value is None or isinstance(value, bool | int | float):
         return 24
-    return len(json.dumps(value, ensure_ascii=False, default=_json_default))
+    # Nested values (a final event's stats, a part) likewise, without writing the JSON.
+    if isinstance(value, Mapping):
+        return 2 + sum(len(key) + 4 + _value_size(item) for key, item in value.items())
+    if isinstance(value, tuple | list):
+        return 2 + sum(_value_size(item) + 1 for item in value)
+    return len(repr(value))  # pragma: no cover - frozen metadata holds only the above
 
 
 def estimate_size(event: StreamEvent) -> int:
@@ -111,8 +109,8 @@ def estimate_size(event: StreamEvent) -> int:
 
     Exact when the event's JSON was already computed (and cached); otherwise a fixed
     overhead plus the lengths of the content, ids, type and metadata items, counting
-    24 for a number. Exact for ASCII text in the common cases; it undercounts text that
-    JSON escapes or that is not ASCII.
+    24 for a number (nested mappings and arrays item by item). Exact for ASCII text in
+    the common cases; it undercounts text that JSON escapes or that is not ASCII.
     """
     text = event._json
     if text is not None:
