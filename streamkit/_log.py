@@ -98,10 +98,23 @@ def _value_size(value: object) -> int:
         return 24
     # Nested values (a final event's stats, a part) likewise, without writing the JSON.
     if isinstance(value, Mapping):
-        return 2 + sum(len(key) + 4 + _value_size(item) for key, item in value.items())
+        return _items_size(value) + 2
     if isinstance(value, tuple | list):
         return 2 + sum(_value_size(item) + 1 for item in value)
     return len(repr(value))  # pragma: no cover - frozen metadata holds only the above
+
+
+def _items_size(mapping: Mapping[str, object]) -> int:
+    size = 0
+    # The common cases inline (this runs for every event): str, then numbers.
+    for key, value in mapping.items():
+        if type(value) is str:
+            size += len(key) + len(value) + 6
+        elif type(value) in _PLAIN_SCALARS:
+            size += len(key) + 28
+        else:
+            size += len(key) + 4 + _value_size(value)
+    return size
 
 
 def estimate_size(event: StreamEvent) -> int:
@@ -127,14 +140,7 @@ def estimate_size(event: StreamEvent) -> int:
     )
     metadata = event.metadata
     if metadata:
-        # The common cases inline (this runs for every event): str, then numbers.
-        for key, value in metadata.items():
-            if type(value) is str:
-                size += len(key) + len(value) + 6
-            elif type(value) in _PLAIN_SCALARS:
-                size += len(key) + 28
-            else:
-                size += len(key) + 4 + _value_size(value)
+        size += _items_size(metadata)
     return size
 
 
