@@ -501,7 +501,7 @@ def freeze_event(event: StreamEvent) -> FrozenEvent | None:
             if type(value) not in _SCALARS:
                 return None
     try:
-        return _dumps(flat)
+        return _dumps(flat, 2)
     except ValueError:  # a token published with metadata that is not flat
         return None
 

@@ -41,7 +41,7 @@ import contextlib
 import math
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Final, overload
+from typing import TYPE_CHECKING, Any, Final, Protocol, overload
 
 import anyio
 import anyio.lowlevel
@@ -242,6 +242,12 @@ def _new_signal(old: Signal | None) -> Signal:
     return anyio.Event()
 
 
+class _Owner(Protocol):
+    """What a cursor tells when ``__anext__`` raises (see :meth:`_Cursor.owned_by`)."""
+
+    async def cursor_ended(self, exc: BaseException) -> None: ...
+
+
 class _Cursor(EventCursor):
     """A cursor over an :class:`InMemoryEventLog` (see the module rules)."""
 
@@ -253,6 +259,7 @@ class _Cursor(EventCursor):
         "_log",
         "_new_event",
         "_one",
+        "_owner",
         "_renew",
         "_state",
         "_upto",
@@ -275,6 +282,8 @@ class _Cursor(EventCursor):
         self._i = 0
         self._done = False
         self._waited = False
+        # Told when __anext__ raises (see owned_by).
+        self._owner: _Owner | None = None
 
     @property
     def position(self) -> int:
@@ -287,6 +296,16 @@ class _Cursor(EventCursor):
     def __anext__(self) -> Coroutine[Any, Any, StreamEvent]:
         # The coroutine itself, not one awaiting it: one frame fewer per wake-up.
         return self._next()
+
+    def owned_by(self, owner: _Owner) -> Callable[[], Coroutine[Any, Any, StreamEvent]]:
+        """Report to ``owner`` whatever ``__anext__`` raises; return ``__anext__`` itself.
+
+        For a wrapper that must close itself when the cursor ends or fails (a
+        subscription): it hands out the cursor's own coroutine instead of one of its
+        own around it. ``owner.cursor_ended(exc)`` is awaited before ``exc`` propagates.
+        """
+        self._owner = owner
+        return self._next
 
     def take_ready(self, limit: int) -> Sequence[StreamEvent]:
         """Return up to ``limit`` events already fetched and not yet returned.
@@ -303,120 +322,126 @@ class _Cursor(EventCursor):
         return batch[i:end]
 
     async def _next(self) -> StreamEvent:
-        i = self._i
-        batch = self._batch
-        if i < len(batch):
-            self._i = i + 1
-            return batch[i]
-        log = self._log
-        state = self._state
-        if state is None:
-            state = self._start()
-        elif batch:
-            # The whole previous batch was delivered: advance, and tell a waiting producer.
-            passed = self._upto
-            state.pos = passed
-            log._delivered += i
-            self._batch = _NO_EVENTS
-            self._i = 0
-            if passed > log._cold and len(log._readers) == 1:
-                # The only reader has passed them: freeze them now (see _buf). Inline
-                # for the live case, one event just passed.
-                index = passed - log._base
-                if passed == log._cold + 1 and index >= log._head:
-                    event = log._buf[index]
-                    if type(event) is StreamEvent:
-                        frozen = freeze_event(event)
-                        if frozen is not None:
-                            log._buf[index] = frozen
-                    log._cold = passed
-                else:
-                    log._freeze(passed)
-            room = log._room
-            if room is not None:
-                log._room = None
-                room.set()
-        while True:
-            pos = state.pos
-            last = log._last
-            if pos < last:
-                if last == pos + 1 and self._waited:
-                    # The live case: the one event this reader waited for. The newest
-                    # event is always retained, and one event is within any allowance.
+        try:
+            i = self._i
+            batch = self._batch
+            if i < len(batch):
+                self._i = i + 1
+                return batch[i]
+            log = self._log
+            state = self._state
+            if state is None:
+                state = self._start()
+            elif batch:
+                # The whole previous batch was delivered: advance, and tell a waiting producer.
+                passed = self._upto
+                state.pos = passed
+                log._delivered += i
+                self._batch = _NO_EVENTS
+                self._i = 0
+                if passed > log._cold and len(log._readers) == 1:
+                    # The only reader has passed them: freeze them now (see _buf). Inline
+                    # for the live case, one event just passed.
+                    index = passed - log._base
+                    if passed == log._cold + 1 and index >= log._head:
+                        event = log._buf[index]
+                        if type(event) is StreamEvent:
+                            frozen = freeze_event(event)
+                            if frozen is not None:
+                                log._buf[index] = frozen
+                        log._cold = passed
+                    else:
+                        log._freeze(passed)
+                room = log._room
+                if room is not None:
+                    log._room = None
+                    room.set()
+            while True:
+                pos = state.pos
+                last = log._last
+                if pos < last:
+                    if last == pos + 1 and self._waited:
+                        # The live case: the one event this reader waited for. The newest
+                        # event is always retained, and one event is within any allowance.
+                        self._waited = False
+                        state.allow = log._max_lag
+                        event = log._buf[last - log._base]
+                        if type(event) is not StreamEvent:  # frozen before this reader came
+                            event = thaw_event(event)
+                        if state.swaps:
+                            event = state.swaps.pop(last, event)
+                        batch = self._one
+                        batch[0] = event
+                        self._batch = batch
+                        self._upto = last
+                        self._i = 1
+                        return event
+                    oldest = log._base + log._head
+                    if pos + 1 < oldest:
+                        raise self._lagged(f"events after {pos} left the retention window", oldest)
+                    if not log._closed:
+                        backlog = last - pos
+                        if backlog > state.allow:
+                            raise self._lagged(
+                                f"the reader fell {backlog} events behind (allowed {state.allow})",
+                                oldest,
+                            )
+                        state.allow = backlog if backlog > log._max_lag else log._max_lag
+                    if not self._waited:
+                        self._waited = True
+                        await anyio.lowlevel.checkpoint()
+                        continue
                     self._waited = False
-                    state.allow = log._max_lag
-                    event = log._buf[last - log._base]
-                    if type(event) is not StreamEvent:  # frozen before this reader came
-                        event = thaw_event(event)
+                    start = pos + 1 - log._base
+                    if last == pos + 1:  # one new event (the live case): no list made
+                        event = log._buf[start]
+                        if type(event) is not StreamEvent:  # frozen before this reader came
+                            event = thaw_event(event)
+                        if state.swaps:
+                            event = state.swaps.pop(last, event)
+                        batch = self._one
+                        batch[0] = event
+                        self._batch = batch
+                        self._upto = last
+                        self._i = 1
+                        return event
+                    stored: list[Any] = log._buf[start : start + _MAX_BATCH]
+                    if pos < log._cold:  # a replay: some events are kept frozen
+                        stored = [e if type(e) is StreamEvent else thaw_event(e) for e in stored]
                     if state.swaps:
-                        event = state.swaps.pop(last, event)
-                    batch = self._one
-                    batch[0] = event
-                    self._batch = batch
-                    self._upto = last
+                        stored = _swapped(stored, state.swaps)
+                    self._batch = batch = stored
+                    self._upto = pos + len(stored)
                     self._i = 1
-                    return event
-                oldest = log._base + log._head
-                if pos + 1 < oldest:
-                    raise self._lagged(f"events after {pos} left the retention window", oldest)
-                if not log._closed:
-                    backlog = last - pos
-                    if backlog > state.allow:
-                        raise self._lagged(
-                            f"the reader fell {backlog} events behind (allowed {state.allow})",
-                            oldest,
-                        )
-                    state.allow = backlog if backlog > log._max_lag else log._max_lag
-                if not self._waited:
-                    self._waited = True
-                    await anyio.lowlevel.checkpoint()
-                    continue
-                self._waited = False
-                start = pos + 1 - log._base
-                if last == pos + 1:  # one new event (the live case): no list made
-                    event = log._buf[start]
-                    if type(event) is not StreamEvent:  # frozen before this reader came
-                        event = thaw_event(event)
-                    if state.swaps:
-                        event = state.swaps.pop(last, event)
-                    batch = self._one
-                    batch[0] = event
-                    self._batch = batch
-                    self._upto = last
-                    self._i = 1
-                    return event
-                stored: list[Any] = log._buf[start : start + _MAX_BATCH]
-                if pos < log._cold:  # a replay: some events are kept frozen
-                    stored = [e if type(e) is StreamEvent else thaw_event(e) for e in stored]
-                if state.swaps:
-                    stored = _swapped(stored, state.swaps)
-                self._batch = batch = stored
-                self._upto = pos + len(stored)
-                self._i = 1
-                return batch[0]
-            if log._closed or self._done:
-                self._finish()
-                raise StopAsyncIteration
-            data = log._data
-            if data is None:
-                # The reader the producer wakes; it wakes the other waiting readers in
-                # turn (inline: one coroutine frame fewer per wake-up).
-                data = log._data = self._renew(None)
-                try:
-                    await data.wait()
-                finally:
-                    if log._data is data:  # left before any data came: the next is first
-                        log._data = None
+                    return batch[0]
+                if log._closed or self._done:
+                    self._finish()
+                    raise StopAsyncIteration
+                data = log._data
+                if data is None:
+                    # The reader the producer wakes; it wakes the other waiting readers in
+                    # turn (inline: one coroutine frame fewer per wake-up).
+                    data = log._data = self._renew(None)
+                    try:
+                        await data.wait()
+                    finally:
+                        if log._data is data:  # left before any data came: the next is first
+                            log._data = None
+                        others = log._others
+                        if others is not None:
+                            log._others = None
+                            others.set()
+                else:
                     others = log._others
-                    if others is not None:
-                        log._others = None
-                        others.set()
-            else:
-                others = log._others
-                if others is None:
-                    others = log._others = self._new_event()
-                await others.wait()
-            self._waited = True
+                    if others is None:
+                        others = log._others = self._new_event()
+                    await others.wait()
+                self._waited = True
+        except BaseException as exc:
+            owner = self._owner
+            if owner is not None:
+                await owner.cursor_ended(exc)
+            raise
 
     def _start(self) -> _Reader:
         if self._done:
