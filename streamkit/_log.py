@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Coroutine, Mapping, Sequence
+from functools import partial
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, Protocol, overload
 
@@ -64,7 +65,7 @@ from .abc import EventCursor, EventLog, LogStatistics
 if TYPE_CHECKING:
     from ._config import RegistryConfig, SlowConsumerPolicy
 
-__all__ = ["InMemoryEventLog", "estimate_size", "token_size"]
+__all__ = ["InMemoryEventLog", "estimate_size", "fresh_appender", "token_size"]
 
 _set_seq: Final = _event_slots["seq"]
 _set_session: Final = _event_slots["session_id"]
@@ -779,6 +780,48 @@ class InMemoryEventLog(EventLog):
             self._freeze_passed()
         return stored
 
+    def append_fresh(self, event: StreamEvent) -> StreamEvent | None:
+        """:meth:`append_nowait` with ``owned=True`` for an event nobody has seen yet.
+
+        Internal: the registry's sink hands the streamer's events this way. A ``token``
+        event made by :func:`~streamkit._events.make_token_event` (its size known, no
+        ``seq``, no JSON yet) is stamped and stored with no other look; any other event
+        goes through :meth:`append_nowait`.
+
+        Raises:
+            ClosedError: the log is closed.
+            PayloadTooLarge: the event's JSON is larger than ``max_event_bytes``.
+        """
+        size = event._size
+        if size is None or event.seq is not None:
+            return self.append_nowait(event, owned=True)
+        if self._closed:
+            raise self._closed_error()
+        seq = self._last + 1
+        if self._block and seq > self._limit and not self._has_room():
+            return None
+        session_id = self._session_id
+        _set_seq(event, seq)
+        _set_session(event, session_id)
+        size += len(session_id)
+        if size * 6 > self._max_event_bytes:
+            self._commit(event)  # could be too large: the exact size decides
+            return event
+        buf = self._buf
+        buf.append(event)
+        self._sizes.append(size)
+        self._last = seq
+        self._bytes += size
+        if len(buf) - self._head > self._max_events or self._bytes > self._max_bytes:
+            self._evict()
+        data = self._data
+        if data is not None:
+            self._data = None
+            data.set()
+        if seq >= self._freeze_at:
+            self._freeze_passed()
+        return event
+
     def _append_transient(self, event: StreamEvent, standin: StreamEvent) -> StreamEvent:
         """Store ``standin`` for the transient ``event``; owe ``event`` to the readers."""
         seq = self._last + 1
@@ -946,3 +989,19 @@ class InMemoryEventLog(EventLog):
 
 
 _FINAL: Final = frozenset({"complete", "error"})
+
+
+def fresh_appender(log: EventLog) -> Callable[[StreamEvent], StreamEvent | None]:
+    """Return how to append the streamer's fresh events to ``log`` without waiting.
+
+    The memory log's :meth:`InMemoryEventLog.append_fresh` when ``log`` appends as
+    it does (not a subclass that changes ``append_nowait``), else ``append_nowait``
+    with ``owned=True``.
+    """
+    if (
+        isinstance(log, InMemoryEventLog)
+        and type(log).append_nowait is InMemoryEventLog.append_nowait
+        and type(log).append_fresh is InMemoryEventLog.append_fresh
+    ):
+        return log.append_fresh
+    return partial(log.append_nowait, owned=True)
