@@ -43,7 +43,6 @@ __all__ = [
     "freeze_event",
     "make_event",
     "make_part_event",
-    "make_token_event",
     "thaw_event",
 ]
 
@@ -355,7 +354,6 @@ _set_json = _slot["_json"]
 _set_part = _slot["_part"]
 _set_size = _slot["_size"]
 _clock = time.time
-_TOKEN_TYPE: Final = EventType.TOKEN
 
 
 def make_event(  # noqa: PLR0917 - positional on purpose: the hot path calls it per token
@@ -383,29 +381,6 @@ def make_event(  # noqa: PLR0917 - positional on purpose: the hot path calls it 
     _set_time(event, _clock() if timestamp is None else timestamp)
     _set_json(event, None)
     _set_size(event, None)
-    return event
-
-
-def make_token_event(
-    content: str, metadata: Mapping[str, JSONValue], session_id: str | None, size: int
-) -> StreamEvent:
-    """Build a fresh ``token`` event (internal: the streamer's, once per chunk).
-
-    :func:`make_event` for the one event made per token, with ``size`` the
-    :func:`~streamkit._log.estimate_size` of the event less the length of its id, which
-    only this function knows: the log then takes the event's size as it is.
-    """
-    event = _new(StreamEvent)
-    _set_type(event, _TOKEN_TYPE)
-    _set_content(event, content)
-    _set_metadata(event, metadata)
-    _set_session(event, session_id)
-    _set_seq(event, None)
-    event_id = f"{_ID_PREFIX}-{next(_id_counter):x}"
-    _set_id(event, event_id)
-    _set_time(event, _clock())
-    _set_json(event, None)
-    _set_size(event, size + len(event_id))
     return event
 
 

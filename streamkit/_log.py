@@ -149,8 +149,8 @@ def token_size(metadata: bool) -> int:
     """Return :func:`estimate_size` of a streamer's ``token`` event less three lengths.
 
     Those of its content, its ``event_id`` and its ``session_id``: what
-    :func:`~streamkit._events.make_token_event` is given (the content's) and adds (the
-    id's), and what :func:`estimate_size` adds (the session's). ``metadata``: whether
+    the streamer adds to it when it makes the event (the content's and the id's), and
+    what :func:`estimate_size` adds (the session's). ``metadata``: whether
     the event carries the streamer's ``index`` and ``elapsed``.
     """
     sample = make_event(
@@ -784,7 +784,7 @@ class InMemoryEventLog(EventLog):
         """:meth:`append_nowait` with ``owned=True`` for an event nobody has seen yet.
 
         Internal: the registry's sink hands the streamer's events this way. A ``token``
-        event made by :func:`~streamkit._events.make_token_event` (its size known, no
+        event made by the streamer (its size known, no
         ``seq``, no JSON yet) is stamped and stored with no other look; any other event
         goes through :meth:`append_nowait`.
 
