@@ -43,6 +43,7 @@ __all__ = [
     "freeze_event",
     "make_event",
     "make_part_event",
+    "pack_event",
     "thaw_event",
 ]
 
@@ -427,9 +428,10 @@ def with_seq(event: StreamEvent, seq: int, session_id: str | None) -> StreamEven
 
 # --- compact storage of retained events ----------------------------------------------
 
-#: A retained event as the bytes of one flat tuple of strings and numbers (marshal):
-#: ``(event_type, content, session_id, seq, event_id, timestamp, json, key, value, ...)``.
-FrozenEvent = bytes
+#: A retained event as one flat tuple of strings and numbers, ``(event_type, content,
+#: session_id, seq, event_id, timestamp, json, key, value, key, value, ...)``, or the
+#: bytes of that tuple (marshal).
+FrozenEvent = tuple[Any, ...] | bytes
 
 _SCALARS: Final = frozenset({str, int, float, bool, type(None)})
 _TYPES_BY_VALUE: Final[dict[str, EventType]] = {t.value: t for t in EventType}
@@ -439,19 +441,18 @@ _dumps: Final[Callable[..., bytes]] = marshal.dumps
 _loads: Final = marshal.loads
 
 
-def freeze_event(event: StreamEvent) -> FrozenEvent | None:
-    """Return ``event`` as bytes, or ``None`` if its metadata is not flat.
+def freeze_event(event: StreamEvent) -> tuple[Any, ...] | None:
+    """Return ``event`` as a flat tuple of strings and numbers, or ``None`` if it is not flat.
 
-    Internal: the in-memory log keeps the events every reader has passed this way.
-    ``bytes`` are not tracked by the cyclic garbage collector at all, while a
+    Internal: the in-memory log keeps the events every reader has passed this way (or
+    as :func:`pack_event`'s bytes). A tuple holding only strings and numbers is
+    untracked by the cyclic garbage collector at its first collection, while a
     :class:`StreamEvent` (and its read-only metadata mapping) stays tracked as long as
-    it lives, and so does, until a collection looks at it, any tuple. A log of retained
-    events would otherwise make every full collection walk every event of every
-    session (tens of ms for a few hundred paced sessions, a stall of the whole event
-    loop), and each new tracked object kept per token would bring the next collection
-    closer: a history that grows by bytes costs the collector nothing. Events whose
-    metadata holds anything but strings, numbers, booleans and ``None`` (parts, stats)
-    are few per stream and stay as they are.
+    it lives: a log of retained events would otherwise make every full collection walk
+    every event of every session (tens of ms for a few hundred paced sessions, a stall
+    of the whole event loop). Events whose metadata holds anything but strings,
+    numbers, booleans and ``None`` (parts, stats) are few per stream and stay as they
+    are.
     """
     event_type = event.event_type
     if event_type is _TOKEN:  # the common case, without the enum's slow ``value``
@@ -460,7 +461,6 @@ def freeze_event(event: StreamEvent) -> FrozenEvent | None:
         if not isinstance(event_type, EventType):
             return None
         event_type = event_type.value
-    metadata = event.metadata
     flat = (
         event_type,
         event.content,
@@ -469,12 +469,28 @@ def freeze_event(event: StreamEvent) -> FrozenEvent | None:
         event.event_id,
         event.timestamp,
         event._json,
-        *_flatten(metadata.items()),
+        *_flatten(event.metadata.items()),
     )
     if len(flat) > 11 or event_type != "token":  # the streamer's tokens are flat: no look
         for value in flat[8::2]:
             if type(value) not in _SCALARS:
                 return None
+    return flat
+
+
+def pack_event(event: StreamEvent) -> bytes | None:
+    """Return :func:`freeze_event`'s tuple as bytes (marshal), or ``None``.
+
+    Bytes are never tracked by the garbage collector, not even until a collection:
+    a history that grows by one tuple per token brings every collection closer (a
+    tuple counts as a new object until a collection untracks it), and with many paced
+    sessions, each holding its waiting tasks, a young collection is not cheap. The
+    in-memory log packs the events its only reader passes one at a time; several
+    readers pass them in batches, frozen as tuples (a tenth of the cost).
+    """
+    flat = freeze_event(event)
+    if flat is None:
+        return None
     try:
         return _dumps(flat, 2)
     except ValueError:  # a token published with metadata that is not flat
@@ -482,8 +498,8 @@ def freeze_event(event: StreamEvent) -> FrozenEvent | None:
 
 
 def thaw_event(data: FrozenEvent) -> StreamEvent:
-    """Return the event that :func:`freeze_event` made ``data`` from (an equal copy)."""
-    frozen = _loads(data)
+    """Return the event that :func:`freeze_event` or :func:`pack_event` made ``data`` from."""
+    frozen: tuple[Any, ...] = _loads(data) if type(data) is bytes else data  # type: ignore[assignment]
     event_type: str = frozen[0]
     size = len(frozen)
     metadata: Mapping[str, JSONValue]

@@ -50,9 +50,11 @@ import anyio.lowlevel
 from ._errors import ClosedError, HistoryGap, PayloadTooLarge, SubscriberLagged, ValidationError
 from ._events import (
     EventType,
+    FrozenEvent,
     StreamEvent,
     freeze_event,
     make_event,
+    pack_event,
     stamp,
     thaw_event,
 )
@@ -347,7 +349,7 @@ class _Cursor(EventCursor):
                     if passed == log._cold + 1 and index >= log._head:
                         event = log._buf[index]
                         if type(event) is StreamEvent:
-                            frozen = freeze_event(event)
+                            frozen = pack_event(event)
                             if frozen is not None:
                                 log._buf[index] = frozen
                         log._cold = passed
@@ -872,16 +874,20 @@ class InMemoryEventLog(EventLog):
         as many as there are readers).
         """
         readers = self._readers
-        if not readers:
+        if not readers:  # one at a time: packed, like those of a single reader
             self._freeze_at = self._last + 1
-            self._freeze(self._last)
+            self._freeze(self._last, pack_event)
         elif len(readers) == 1:
             self._freeze_at = self._last + _FREEZE_EVERY
         else:  # a look at every reader: amortised over as many appends as there are readers
             self._freeze_at = self._last + max(_FREEZE_EVERY, len(readers))
             self._freeze(min(reader.pos for reader in readers))
 
-    def _freeze(self, upto: int) -> None:
+    def _freeze(
+        self,
+        upto: int,
+        freeze: Callable[[StreamEvent], FrozenEvent | None] = freeze_event,
+    ) -> None:
         """Freeze the events up to ``seq`` ``upto`` that are not yet."""
         buf = self._buf
         base = self._base
@@ -890,7 +896,7 @@ class InMemoryEventLog(EventLog):
         for i in range(start, end):
             event = buf[i]
             if type(event) is StreamEvent:
-                frozen = freeze_event(event)
+                frozen = freeze(event)
                 if frozen is not None:
                     buf[i] = frozen
         self._cold = max(self._cold, upto)
