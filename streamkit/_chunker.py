@@ -28,18 +28,18 @@ class Chunker:
     sends the partial rest. Cuts fall between characters only: lossless.
     """
 
-    __slots__ = ("_by", "_in_word", "_size", "_units", "feed", "out", "parts")
+    __slots__ = ("_by", "_in_word", "_parts", "_size", "_units", "feed", "out")
 
     def __init__(self, out: deque[str], size: int, by: str) -> None:
         self.out = out
         self._size = size
         self._by = by
-        self.parts: list[str] = []
+        self._parts: list[str] = []
         self._units = 0
         self._in_word = False
         self.feed: Callable[[str], None]
         if by == "whole":
-            self.feed = self.parts.append
+            self.feed = self._parts.append
         elif by == "token":
             self.feed = self.out.append if size == 1 else self._feed_token
         else:
@@ -47,17 +47,17 @@ class Chunker:
 
     @property
     def has_partial(self) -> bool:
-        return bool(self.parts)
+        return bool(self._parts)
 
     def flush(self) -> None:
-        parts = self.parts
+        parts = self._parts
         if parts:
             self.out.append(parts[0] if len(parts) == 1 else "".join(parts))
             parts.clear()
         self._units = 0
 
     def _feed_token(self, text: str) -> None:
-        parts = self.parts
+        parts = self._parts
         parts.append(text)
         if len(parts) >= self._size:
             self.out.append("".join(parts))
@@ -79,7 +79,7 @@ class Chunker:
 
     def _feed_cuts(self, text: str) -> None:
         size = self._size
-        parts = self.parts
+        parts = self._parts
         units = self._units
         start = 0
         for cut in self._cuts(text):

@@ -300,12 +300,13 @@ class _Cursor(EventCursor):
         # The coroutine itself, not one awaiting it: one frame fewer per wake-up.
         return self._next()
 
-    def owned_by(self, owner: _Owner) -> Callable[[], Coroutine[Any, Any, StreamEvent]]:
+    def owned_by(self, owner: _Owner | None) -> Callable[[], Coroutine[Any, Any, StreamEvent]]:
         """Report to ``owner`` whatever ``__anext__`` raises; return ``__anext__`` itself.
 
         For a wrapper that must close itself when the cursor ends or fails (a
         subscription): it hands out the cursor's own coroutine instead of one of its
         own around it. ``owner.cursor_ended(exc)`` is awaited before ``exc`` propagates.
+        ``None`` stops the reports.
         """
         self._owner = owner
         return self._next

@@ -786,7 +786,7 @@ class TokenStream:
                 break
         if out:
             feed.wake()
-        elif self._progressive and self._chunker.parts:  # a partial chunk is held
+        elif self._progressive and self._chunker.has_partial:  # a partial chunk is held
             if self._flush > 0:
                 feed.wake_by(now + self._flush)
             else:

@@ -160,7 +160,14 @@ class Subscription:
         subscription still closes when its ``async with`` ends.
         """
         cursor = self._cursor
-        return self if cursor is None else cursor
+        if cursor is None:
+            return self
+        if self._next is not None:
+            # Iterated directly, the cursor reports nothing here: a transport's wait
+            # cut short by its own timeout must not close the subscription.
+            self._next = None
+            cursor.owned_by(None)  # type: ignore[attr-defined]
+        return cursor
 
     async def aclose(self) -> None:
         """Stop following the session. Idempotent."""
