@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import marshal
 import math
 import re
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, Final, Self
@@ -42,6 +43,7 @@ __all__ = [
     "freeze_event",
     "make_event",
     "make_part_event",
+    "pack_event",
     "thaw_event",
 ]
 
@@ -214,6 +216,9 @@ class StreamEvent:
     timestamp: float = attrs.field(factory=time.time, converter=_convert_timestamp)
     _json: str | None = attrs.field(init=False, default=None, eq=False, repr=False, hash=False)
     _part: Part | None = attrs.field(init=False, default=None, eq=False, repr=False, hash=False)
+    # The size the in-memory log charges for the event, when its maker knew it cheaply
+    # (the streamer's token events): saves the log its estimate. Unset otherwise.
+    _size: int | None = attrs.field(init=False, default=None, eq=False, repr=False, hash=False)
 
     def __attrs_post_init__(self) -> None:
         if self.event_type == "part":
@@ -348,6 +353,7 @@ _set_id = _slot["event_id"]
 _set_time = _slot["timestamp"]
 _set_json = _slot["_json"]
 _set_part = _slot["_part"]
+_set_size = _slot["_size"]
 _clock = time.time
 
 
@@ -375,6 +381,7 @@ def make_event(  # noqa: PLR0917 - positional on purpose: the hot path calls it 
     _set_id(event, f"{_ID_PREFIX}-{next(_id_counter):x}" if event_id is None else event_id)
     _set_time(event, _clock() if timestamp is None else timestamp)
     _set_json(event, None)
+    _set_size(event, None)
     return event
 
 
@@ -421,26 +428,31 @@ def with_seq(event: StreamEvent, seq: int, session_id: str | None) -> StreamEven
 
 # --- compact storage of retained events ----------------------------------------------
 
-#: A retained event as one flat tuple of strings and numbers: ``(event_type, content,
-#: session_id, seq, event_id, timestamp, json, key, value, key, value, ...)``.
-FrozenEvent = tuple[Any, ...]
+#: A retained event as one flat tuple of strings and numbers, ``(event_type, content,
+#: session_id, seq, event_id, timestamp, json, key, value, key, value, ...)``, or the
+#: bytes of that tuple (marshal).
+FrozenEvent = tuple[Any, ...] | bytes
 
 _SCALARS: Final = frozenset({str, int, float, bool, type(None)})
 _TYPES_BY_VALUE: Final[dict[str, EventType]] = {t.value: t for t in EventType}
 _TOKEN: Final = EventType.TOKEN
+_flatten: Final = itertools.chain.from_iterable
+_dumps: Final[Callable[..., bytes]] = marshal.dumps
+_loads: Final = marshal.loads
 
 
-def freeze_event(event: StreamEvent) -> FrozenEvent | None:
+def freeze_event(event: StreamEvent) -> tuple[Any, ...] | None:
     """Return ``event`` as a flat tuple of strings and numbers, or ``None`` if it is not flat.
 
-    Internal: the in-memory log keeps the events every reader has passed this way. A
-    tuple holding only strings and numbers is untracked by the cyclic garbage collector
-    after its first collection, while a :class:`StreamEvent` (and its read-only
-    metadata mapping) stays tracked as long as it lives: a log of retained events would
-    otherwise make every full collection walk every event of every session (tens of ms
-    for a few hundred paced sessions, a stall of the whole event loop). Events whose
-    metadata holds anything but strings, numbers, booleans and ``None`` (parts, stats)
-    are few per stream and stay as they are.
+    Internal: the in-memory log keeps the events every reader has passed this way (or
+    as :func:`pack_event`'s bytes). A tuple holding only strings and numbers is
+    untracked by the cyclic garbage collector at its first collection, while a
+    :class:`StreamEvent` (and its read-only metadata mapping) stays tracked as long as
+    it lives: a log of retained events would otherwise make every full collection walk
+    every event of every session (tens of ms for a few hundred paced sessions, a stall
+    of the whole event loop). Events whose metadata holds anything but strings,
+    numbers, booleans and ``None`` (parts, stats) are few per stream and stay as they
+    are.
     """
     event_type = event.event_type
     if event_type is _TOKEN:  # the common case, without the enum's slow ``value``
@@ -449,18 +461,7 @@ def freeze_event(event: StreamEvent) -> FrozenEvent | None:
         if not isinstance(event_type, EventType):
             return None
         event_type = event_type.value
-    metadata = event.metadata
-    if not metadata:
-        return (
-            event_type,
-            event.content,
-            event.session_id,
-            event.seq,
-            event.event_id,
-            event.timestamp,
-            event._json,
-        )
-    flat: list[object] = [
+    flat = (
         event_type,
         event.content,
         event.session_id,
@@ -468,18 +469,37 @@ def freeze_event(event: StreamEvent) -> FrozenEvent | None:
         event.event_id,
         event.timestamp,
         event._json,
-    ]
-    scalars = _SCALARS
-    for key, value in metadata.items():
-        if type(value) not in scalars:
-            return None
-        flat.append(key)
-        flat.append(value)
-    return tuple(flat)
+        *_flatten(event.metadata.items()),
+    )
+    if len(flat) > 11 or event_type != "token":  # the streamer's tokens are flat: no look
+        for value in flat[8::2]:
+            if type(value) not in _SCALARS:
+                return None
+    return flat
 
 
-def thaw_event(frozen: FrozenEvent) -> StreamEvent:
-    """Return the event that :func:`freeze_event` made ``frozen`` from (an equal copy)."""
+def pack_event(event: StreamEvent) -> bytes | None:
+    """Return :func:`freeze_event`'s tuple as bytes (marshal), or ``None``.
+
+    Bytes are never tracked by the garbage collector, not even until a collection:
+    a history that grows by one tuple per token brings every collection closer (a
+    tuple counts as a new object until a collection untracks it), and with many paced
+    sessions, each holding its waiting tasks, a young collection is not cheap. The
+    in-memory log packs the events its only reader passes one at a time; several
+    readers pass them in batches, frozen as tuples (a tenth of the cost).
+    """
+    flat = freeze_event(event)
+    if flat is None:
+        return None
+    try:
+        return _dumps(flat, 2)
+    except ValueError:  # a token published with metadata that is not flat
+        return None
+
+
+def thaw_event(data: FrozenEvent) -> StreamEvent:
+    """Return the event that :func:`freeze_event` or :func:`pack_event` made ``data`` from."""
+    frozen: tuple[Any, ...] = _loads(data) if type(data) is bytes else data  # type: ignore[assignment]
     event_type: str = frozen[0]
     size = len(frozen)
     metadata: Mapping[str, JSONValue]

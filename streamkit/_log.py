@@ -38,16 +38,27 @@ Rules of this module, and why:
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final, overload
+from functools import partial
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Final, Protocol, overload
 
 import anyio
 import anyio.lowlevel
 
 from ._errors import ClosedError, HistoryGap, PayloadTooLarge, SubscriberLagged, ValidationError
-from ._events import StreamEvent, freeze_event, make_event, stamp, thaw_event
+from ._events import (
+    EventType,
+    FrozenEvent,
+    StreamEvent,
+    freeze_event,
+    make_event,
+    pack_event,
+    stamp,
+    thaw_event,
+)
+from ._events import _slot as _event_slots
 from ._session import new_session_id
 from ._signals import Signal, signal_factory, signal_renewer
 from ._validate import check_choice, check_id, check_int, type_name
@@ -56,7 +67,11 @@ from .abc import EventCursor, EventLog, LogStatistics
 if TYPE_CHECKING:
     from ._config import RegistryConfig, SlowConsumerPolicy
 
-__all__ = ["InMemoryEventLog", "estimate_size"]
+__all__ = ["InMemoryEventLog", "estimate_size", "fresh_appender", "token_size"]
+
+_set_seq: Final = _event_slots["seq"]
+_set_session: Final = _event_slots["session_id"]
+_set_json: Final = _event_slots["_json"]
 
 #: Most events a reader takes from the log at once.
 _MAX_BATCH: Final = 1024
@@ -76,12 +91,6 @@ def _skeleton_size() -> int:
 _SKELETON: Final = _skeleton_size()
 
 
-def _json_default(value: object) -> Any:
-    if isinstance(value, Mapping):
-        return dict(value)
-    raise TypeError(type_name(value))  # pragma: no cover - frozen metadata is JSON
-
-
 _PLAIN_SCALARS: Final = frozenset({int, float, bool, type(None)})
 
 
@@ -90,7 +99,25 @@ def _value_size(value: object) -> int:
         return len(value) + 2
     if value is None or isinstance(value, bool | int | float):
         return 24
-    return len(json.dumps(value, ensure_ascii=False, default=_json_default))
+    # Nested values (a final event's stats, a part) likewise, without writing the JSON.
+    if isinstance(value, Mapping):
+        return _items_size(value) + 2
+    if isinstance(value, tuple | list):
+        return 2 + sum(_value_size(item) + 1 for item in value)
+    return len(repr(value))  # pragma: no cover - frozen metadata holds only the above
+
+
+def _items_size(mapping: Mapping[str, object]) -> int:
+    size = 0
+    # The common cases inline (this runs for every event): str, then numbers.
+    for key, value in mapping.items():
+        if type(value) is str:
+            size += len(key) + len(value) + 6
+        elif type(value) in _PLAIN_SCALARS:
+            size += len(key) + 28
+        else:
+            size += len(key) + 4 + _value_size(value)
+    return size
 
 
 def estimate_size(event: StreamEvent) -> int:
@@ -98,12 +125,15 @@ def estimate_size(event: StreamEvent) -> int:
 
     Exact when the event's JSON was already computed (and cached); otherwise a fixed
     overhead plus the lengths of the content, ids, type and metadata items, counting
-    24 for a number. Exact for ASCII text in the common cases; it undercounts text that
-    JSON escapes or that is not ASCII.
+    24 for a number (nested mappings and arrays item by item). Exact for ASCII text in
+    the common cases; it undercounts text that JSON escapes or that is not ASCII.
     """
     text = event._json
     if text is not None:
         return len(text)
+    hint = event._size  # the streamer's token events come with it
+    if hint is not None:
+        return hint + len(event.session_id or "")
     size = (
         _SKELETON
         + len(event.content)
@@ -113,15 +143,28 @@ def estimate_size(event: StreamEvent) -> int:
     )
     metadata = event.metadata
     if metadata:
-        # The common cases inline (this runs for every event): str, then numbers.
-        for key, value in metadata.items():
-            if type(value) is str:
-                size += len(key) + len(value) + 6
-            elif type(value) in _PLAIN_SCALARS:
-                size += len(key) + 28
-            else:
-                size += len(key) + 4 + _value_size(value)
+        size += _items_size(metadata)
     return size
+
+
+def token_size(metadata: bool) -> int:
+    """Return :func:`estimate_size` of a streamer's ``token`` event less three lengths.
+
+    Those of its content, its ``event_id`` and its ``session_id``: what
+    the streamer adds to it when it makes the event (the content's and the id's), and
+    what :func:`estimate_size` adds (the session's). ``metadata``: whether
+    the event carries the streamer's ``index`` and ``elapsed``.
+    """
+    sample = make_event(
+        EventType.TOKEN,
+        "",
+        MappingProxyType({"index": 0, "elapsed": 0.0}) if metadata else MappingProxyType({}),
+        None,
+        None,
+        "",
+        0.0,
+    )
+    return estimate_size(sample)
 
 
 def _exact_size(event: StreamEvent) -> int:
@@ -202,6 +245,12 @@ def _new_signal(old: Signal | None) -> Signal:
     return anyio.Event()
 
 
+class _Owner(Protocol):
+    """What a cursor tells when ``__anext__`` raises (see :meth:`_Cursor.owned_by`)."""
+
+    async def cursor_ended(self, exc: BaseException) -> None: ...
+
+
 class _Cursor(EventCursor):
     """A cursor over an :class:`InMemoryEventLog` (see the module rules)."""
 
@@ -213,9 +262,10 @@ class _Cursor(EventCursor):
         "_log",
         "_new_event",
         "_one",
+        "_owner",
         "_renew",
-        "_signal",
         "_state",
+        "_upto",
         "_waited",
     )
 
@@ -225,8 +275,9 @@ class _Cursor(EventCursor):
         self._new_event: Callable[[], Signal] = anyio.Event
         # This cursor's own event to wait on for the producer, renewed for each wait.
         self._renew: Callable[[Signal | None], Signal] = _new_signal
-        self._signal: Signal | None = None
         self._after = after
+        # The seq of the last event of the current batch.
+        self._upto = after
         self._state: _Reader | None = None
         self._batch = _NO_EVENTS
         #: The batch of one event, reused (a reader kept up with the log gets one at a time).
@@ -234,6 +285,8 @@ class _Cursor(EventCursor):
         self._i = 0
         self._done = False
         self._waited = False
+        # Told when __anext__ raises (see owned_by).
+        self._owner: _Owner | None = None
 
     @property
     def position(self) -> int:
@@ -246,6 +299,17 @@ class _Cursor(EventCursor):
     def __anext__(self) -> Coroutine[Any, Any, StreamEvent]:
         # The coroutine itself, not one awaiting it: one frame fewer per wake-up.
         return self._next()
+
+    def owned_by(self, owner: _Owner | None) -> Callable[[], Coroutine[Any, Any, StreamEvent]]:
+        """Report to ``owner`` whatever ``__anext__`` raises; return ``__anext__`` itself.
+
+        For a wrapper that must close itself when the cursor ends or fails (a
+        subscription): it hands out the cursor's own coroutine instead of one of its
+        own around it. ``owner.cursor_ended(exc)`` is awaited before ``exc`` propagates.
+        ``None`` stops the reports.
+        """
+        self._owner = owner
+        return self._next
 
     def take_ready(self, limit: int) -> Sequence[StreamEvent]:
         """Return up to ``limit`` events already fetched and not yet returned.
@@ -262,92 +326,126 @@ class _Cursor(EventCursor):
         return batch[i:end]
 
     async def _next(self) -> StreamEvent:
-        i = self._i
-        batch = self._batch
-        if i < len(batch):
-            self._i = i + 1
-            return batch[i]
-        log = self._log
-        state = self._state
-        if state is None:
-            state = self._start()
-        elif self._batch:
-            # The whole previous batch was delivered: advance, and tell a waiting producer.
+        try:
+            i = self._i
             batch = self._batch
-            passed: int = batch[-1].seq  # type: ignore[assignment]
-            state.pos = passed
-            log._delivered += len(batch)
-            self._batch = _NO_EVENTS
-            self._i = 0
-            if passed > log._cold and len(log._readers) == 1:
-                log._freeze(passed)  # the only reader has passed them: freeze them now
-            room = log._room
-            if room is not None:
-                log._room = None
-                room.set()
-        while True:
-            pos = state.pos
-            last = log._last
-            if pos < last:
-                oldest = log._base + log._head
-                if pos + 1 < oldest:
-                    raise self._lagged(f"events after {pos} left the retention window", oldest)
-                if not log._closed:
-                    backlog = last - pos
-                    if backlog > state.allow:
-                        raise self._lagged(
-                            f"the reader fell {backlog} events behind (allowed {state.allow})",
-                            oldest,
-                        )
-                    state.allow = backlog if backlog > log._max_lag else log._max_lag
-                if not self._waited:
-                    self._waited = True
-                    await anyio.lowlevel.checkpoint()
-                    continue
-                self._waited = False
-                start = pos + 1 - log._base
-                if last == pos + 1:  # one new event (the live case): no list made
-                    event = log._buf[start]
-                    if type(event) is not StreamEvent:  # frozen before this reader came
-                        event = thaw_event(event)
+            if i < len(batch):
+                self._i = i + 1
+                return batch[i]
+            log = self._log
+            state = self._state
+            if state is None:
+                state = self._start()
+            elif batch:
+                # The whole previous batch was delivered: advance, and tell a waiting producer.
+                passed = self._upto
+                state.pos = passed
+                log._delivered += i
+                self._batch = _NO_EVENTS
+                self._i = 0
+                if passed > log._cold and len(log._readers) == 1:
+                    # The only reader has passed them: freeze them now (see _buf). Inline
+                    # for the live case, one event just passed.
+                    index = passed - log._base
+                    if passed == log._cold + 1 and index >= log._head:
+                        event = log._buf[index]
+                        if type(event) is StreamEvent:
+                            frozen = pack_event(event)
+                            if frozen is not None:
+                                log._buf[index] = frozen
+                        log._cold = passed
+                    else:
+                        log._freeze(passed)
+                room = log._room
+                if room is not None:
+                    log._room = None
+                    room.set()
+            while True:
+                pos = state.pos
+                last = log._last
+                if pos < last:
+                    if last == pos + 1 and self._waited:
+                        # The live case: the one event this reader waited for. The newest
+                        # event is always retained, and one event is within any allowance.
+                        self._waited = False
+                        state.allow = log._max_lag
+                        event = log._buf[last - log._base]
+                        if type(event) is not StreamEvent:  # frozen before this reader came
+                            event = thaw_event(event)
+                        if state.swaps:
+                            event = state.swaps.pop(last, event)
+                        batch = self._one
+                        batch[0] = event
+                        self._batch = batch
+                        self._upto = last
+                        self._i = 1
+                        return event
+                    oldest = log._base + log._head
+                    if pos + 1 < oldest:
+                        raise self._lagged(f"events after {pos} left the retention window", oldest)
+                    if not log._closed:
+                        backlog = last - pos
+                        if backlog > state.allow:
+                            raise self._lagged(
+                                f"the reader fell {backlog} events behind (allowed {state.allow})",
+                                oldest,
+                            )
+                        state.allow = backlog if backlog > log._max_lag else log._max_lag
+                    if not self._waited:
+                        self._waited = True
+                        await anyio.lowlevel.checkpoint()
+                        continue
+                    self._waited = False
+                    start = pos + 1 - log._base
+                    if last == pos + 1:  # one new event (the live case): no list made
+                        event = log._buf[start]
+                        if type(event) is not StreamEvent:  # frozen before this reader came
+                            event = thaw_event(event)
+                        if state.swaps:
+                            event = state.swaps.pop(last, event)
+                        batch = self._one
+                        batch[0] = event
+                        self._batch = batch
+                        self._upto = last
+                        self._i = 1
+                        return event
+                    stored: list[Any] = log._buf[start : start + _MAX_BATCH]
+                    if pos < log._cold:  # a replay: some events are kept frozen
+                        stored = [e if type(e) is StreamEvent else thaw_event(e) for e in stored]
                     if state.swaps:
-                        event = state.swaps.pop(last, event)
-                    batch = self._one
-                    batch[0] = event
-                    self._batch = batch
+                        stored = _swapped(stored, state.swaps)
+                    self._batch = batch = stored
+                    self._upto = pos + len(stored)
                     self._i = 1
-                    return event
-                stored: list[Any] = log._buf[start : start + _MAX_BATCH]
-                if pos < log._cold:  # a replay: some events are kept frozen
-                    stored = [e if type(e) is StreamEvent else thaw_event(e) for e in stored]
-                if state.swaps:
-                    stored = _swapped(stored, state.swaps)
-                self._batch = batch = stored
-                self._i = 1
-                return batch[0]
-            if log._closed or self._done:
-                self._finish()
-                raise StopAsyncIteration
-            data = log._data
-            if data is None:
-                # The reader the producer wakes; it wakes the other waiting readers in
-                # turn (inline: one coroutine frame fewer per wake-up).
-                data = log._data = self._signal = self._renew(self._signal)
-                try:
-                    await data.wait()
-                finally:
-                    if log._data is data:  # left before any data came: the next is first
-                        log._data = None
+                    return batch[0]
+                if log._closed or self._done:
+                    self._finish()
+                    raise StopAsyncIteration
+                data = log._data
+                if data is None:
+                    # The reader the producer wakes; it wakes the other waiting readers in
+                    # turn (inline: one coroutine frame fewer per wake-up).
+                    data = log._data = self._renew(None)
+                    try:
+                        await data.wait()
+                    finally:
+                        if log._data is data:  # left before any data came: the next is first
+                            log._data = None
+                        others = log._others
+                        if others is not None:
+                            log._others = None
+                            others.set()
+                else:
                     others = log._others
-                    if others is not None:
-                        log._others = None
-                        others.set()
-            else:
-                others = log._others
-                if others is None:
-                    others = log._others = self._new_event()
-                await others.wait()
-            self._waited = True
+                    if others is None:
+                        others = log._others = self._new_event()
+                    await others.wait()
+                self._waited = True
+        except BaseException as exc:
+            owner = self._owner
+            if owner is not None:
+                await owner.cursor_ended(exc)
+            raise
 
     def _start(self) -> _Reader:
         if self._done:
@@ -633,46 +731,99 @@ class InMemoryEventLog(EventLog):
             )
         if self._closed:
             raise self._closed_error()
-        if self._block and self._last + 1 > self._limit and not self._has_room():
+        seq = self._last + 1
+        if self._block and seq > self._limit and not self._has_room():
             return None
-        if event.event_type == _PART:
+        event_type = event.event_type
+        if event_type == _PART:
             standin = transient_standin(event)
             if standin is not None:
                 return self._append_transient(event, standin)
+        session_id = self._session_id
         if owned and event.seq is None:
-            stamp(event, self._last + 1, self._session_id)
+            # stamp(), inline: this runs for every token of every stream.
+            _set_seq(event, seq)
+            _set_session(event, session_id)
+            if event._json is None:
+                size = event._size
+                size = estimate_size(event) if size is None else size + len(session_id)
+            else:  # made before its seq was known: to be made again
+                _set_json(event, None)
+                size = estimate_size(event)
             stored = event
         else:
             stored = make_event(
-                event.event_type,
+                event_type,
                 event.content,
                 event.metadata,
-                self._session_id,
-                self._last + 1,
+                session_id,
+                seq,
                 event.event_id,
                 event.timestamp,
             )
-        size = estimate_size(stored)
+            size = estimate_size(stored)
         if size * 6 > self._max_event_bytes:
             self._commit(stored)  # could be too large: the exact size decides
             return stored
-        # _store(), inline: this runs for every token of every stream.
+        # _store(), inline.
         buf = self._buf
         buf.append(stored)
         self._sizes.append(size)
-        self._last += 1
+        self._last = seq
         self._bytes += size
         if len(buf) - self._head > self._max_events or self._bytes > self._max_bytes:
             self._evict()
-        if stored.event_type in _FINAL:
+        if event_type in _FINAL:
             self._closed = True
         data = self._data
         if data is not None:
             self._data = None
             data.set()
-        if self._last >= self._freeze_at:
+        if seq >= self._freeze_at:
             self._freeze_passed()
         return stored
+
+    def append_fresh(self, event: StreamEvent) -> StreamEvent | None:
+        """:meth:`append_nowait` with ``owned=True`` for an event nobody has seen yet.
+
+        Internal: the registry's sink hands the streamer's events this way. A ``token``
+        event made by the streamer (its size known, no
+        ``seq``, no JSON yet) is stamped and stored with no other look; any other event
+        goes through :meth:`append_nowait`.
+
+        Raises:
+            ClosedError: the log is closed.
+            PayloadTooLarge: the event's JSON is larger than ``max_event_bytes``.
+        """
+        size = event._size
+        if size is None or event.seq is not None:
+            return self.append_nowait(event, owned=True)
+        if self._closed:
+            raise self._closed_error()
+        seq = self._last + 1
+        if self._block and seq > self._limit and not self._has_room():
+            return None
+        session_id = self._session_id
+        _set_seq(event, seq)
+        _set_session(event, session_id)
+        size += len(session_id)
+        if size * 6 > self._max_event_bytes:
+            self._commit(event)  # could be too large: the exact size decides
+            return event
+        buf = self._buf
+        buf.append(event)
+        self._sizes.append(size)
+        self._last = seq
+        self._bytes += size
+        if len(buf) - self._head > self._max_events or self._bytes > self._max_bytes:
+            self._evict()
+        data = self._data
+        if data is not None:
+            self._data = None
+            data.set()
+        if seq >= self._freeze_at:
+            self._freeze_passed()
+        return event
 
     def _append_transient(self, event: StreamEvent, standin: StreamEvent) -> StreamEvent:
         """Store ``standin`` for the transient ``event``; owe ``event`` to the readers."""
@@ -724,16 +875,20 @@ class InMemoryEventLog(EventLog):
         as many as there are readers).
         """
         readers = self._readers
-        if not readers:
+        if not readers:  # one at a time: packed, like those of a single reader
             self._freeze_at = self._last + 1
-            self._freeze(self._last)
+            self._freeze(self._last, pack_event)
         elif len(readers) == 1:
             self._freeze_at = self._last + _FREEZE_EVERY
         else:  # a look at every reader: amortised over as many appends as there are readers
             self._freeze_at = self._last + max(_FREEZE_EVERY, len(readers))
             self._freeze(min(reader.pos for reader in readers))
 
-    def _freeze(self, upto: int) -> None:
+    def _freeze(
+        self,
+        upto: int,
+        freeze: Callable[[StreamEvent], FrozenEvent | None] = freeze_event,
+    ) -> None:
         """Freeze the events up to ``seq`` ``upto`` that are not yet."""
         buf = self._buf
         base = self._base
@@ -742,7 +897,7 @@ class InMemoryEventLog(EventLog):
         for i in range(start, end):
             event = buf[i]
             if type(event) is StreamEvent:
-                frozen = freeze_event(event)
+                frozen = freeze(event)
                 if frozen is not None:
                     buf[i] = frozen
         self._cold = max(self._cold, upto)
@@ -841,3 +996,19 @@ class InMemoryEventLog(EventLog):
 
 
 _FINAL: Final = frozenset({"complete", "error"})
+
+
+def fresh_appender(log: EventLog) -> Callable[[StreamEvent], StreamEvent | None]:
+    """Return how to append the streamer's fresh events to ``log`` without waiting.
+
+    The memory log's :meth:`InMemoryEventLog.append_fresh` when ``log`` appends as
+    it does (not a subclass that changes ``append_nowait``), else ``append_nowait``
+    with ``owned=True``.
+    """
+    if (
+        isinstance(log, InMemoryEventLog)
+        and type(log).append_nowait is InMemoryEventLog.append_nowait
+        and type(log).append_fresh is InMemoryEventLog.append_fresh
+    ):
+        return log.append_fresh
+    return partial(log.append_nowait, owned=True)

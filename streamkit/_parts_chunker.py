@@ -248,9 +248,7 @@ def part_event(stream: TokenStream, part: Part, now: float) -> StreamEvent:
         if last is None:
             stream._first_token_at = now
         else:
-            gap = now - last
-            stream._itl_sum += gap
-            stream._itl_max = max(stream._itl_max, gap)
+            stream._itl_max = max(stream._itl_max, now - last)
         stream._last_token_at = now
     return make_part_event(part, stream._session_id)
 

@@ -53,6 +53,7 @@ from ._errors import (
     ValidationError,
 )
 from ._events import EventType, StreamEvent, make_event
+from ._log import fresh_appender
 from ._memory import MemoryBackend
 from ._parts_chunker import too_large
 from ._session import SessionState, StreamSession, check_transition, events_view, new_session_id
@@ -110,7 +111,7 @@ class _LogSink:
     def __init__(self, registry: SessionRegistry, entry: _Entry) -> None:
         self._registry = registry
         self._entry = entry
-        self._append = entry.log.append_nowait
+        self._append = fresh_appender(entry.log)
         self._hooks = registry._hooks["event"]
         self._counts = registry._counts
         clock = registry._clock
@@ -123,7 +124,7 @@ class _LogSink:
         if entry.phase is _ENDING or (resumed is not None and not resumed.is_set()):
             return False
         try:
-            stored = self._append(event, owned=True)
+            stored = self._append(event)
         except (ClosedError, PayloadTooLarge):
             return False
         if stored is None:

@@ -245,8 +245,17 @@ class StreamSession:
             InvalidTransition: the move is not allowed from the current state.
         """
         check_transition(self.status, status, session_id=self.session_id)
-        updated = time.time() if now is None else now
-        return attrs.evolve(self, status=status, updated_at=max(updated, self.created_at))
+        updated = time.time() if now is None else check_number("updated_at", now, minimum=0)
+        updated = max(updated, self.created_at)
+        if type(self) is not StreamSession:  # a subclass may hold more
+            return attrs.evolve(self, status=status, updated_at=updated)
+        # Every other field is already valid: copied as it is, not converted again.
+        copy = _new(StreamSession)
+        for name, set_slot in _SLOT_SETTERS:
+            set_slot(copy, getattr(self, name))
+        _set_status(copy, status)
+        _set_updated(copy, updated)
+        return copy  # type: ignore[return-value]
 
     def to_dict(self, *, include_events: bool = True) -> dict[str, Any]:
         """Return the session as plain JSON-ready data.
@@ -311,3 +320,13 @@ _ALLOWED_FIELDS: Final = frozenset(
     {"session_id", "user_id", "status", "context", "created_at", "updated_at", "events"}
 )
 _REQUIRED_FIELDS: Final = frozenset({"session_id", "status", "created_at"})
+
+
+_new = object.__new__
+_SLOT_SETTERS: Final = tuple(
+    (field.name, getattr(StreamSession, field.name).__set__)
+    for field in attrs.fields(StreamSession)
+    if field.name not in {"status", "updated_at"}
+)
+_set_status: Final = StreamSession.status.__set__  # type: ignore[attr-defined]
+_set_updated: Final = StreamSession.updated_at.__set__  # type: ignore[attr-defined]

@@ -11,13 +11,14 @@ cancel scopes reaches a task waiting on either.
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import anyio.lowlevel
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
 __all__ = ["Signal", "loop_clock", "signal_factory", "signal_renewer"]
 
@@ -29,7 +30,7 @@ class Signal(Protocol):
 
     def is_set(self) -> bool: ...
 
-    async def wait(self) -> object: ...
+    def wait(self) -> Awaitable[object]: ...
 
 
 def loop_clock() -> Callable[[], float]:
@@ -80,24 +81,38 @@ def signal_factory() -> Callable[[], Signal]:
     return factory
 
 
-def _renew_asyncio(old: Any) -> Signal:
-    # An asyncio.Event that was set and whose waiters have all woken can be cleared and
-    # waited on again: cheaper than a new one (no new deque, no new binding to the loop).
-    if old is None:
-        import asyncio
+class _FutureSignal(asyncio.Future[None]):
+    """A one-shot :class:`Signal` for one waiter on asyncio: the loop's own future.
 
-        return asyncio.Event()
-    old.clear()
-    return old  # type: ignore[no-any-return]
+    ``asyncio.Event`` makes a future per wait anyway, and its ``wait`` and ``set`` are
+    Python layers around it (a deque of waiters, a ``finally`` to remove one): for the
+    one task that waits (a cursor waiting for the next event) the future itself does.
+    """
+
+    __slots__ = ()
+
+    def set(self) -> None:
+        if not self.done():  # a cancelled waiter's future is done already
+            self.set_result(None)
+
+    def is_set(self) -> bool:
+        return self.done()
+
+    def wait(self) -> asyncio.Future[None]:
+        return self
+
+
+def _renew_asyncio(old: Any) -> Signal:
+    return _FutureSignal()
 
 
 def signal_renewer() -> Callable[[Signal | None], Signal]:
-    """Return ``renew(old)``: an unset event to wait on, ``old`` itself when it can be.
+    """Return ``renew(old)``: an unset event to wait on, for one waiter only.
 
     For a waiter that waits again and again on its own event (a cursor waiting for the
     next event): ``old`` must be ``None`` or an event of this loop that nobody else can
-    set any more. asyncio's events are cleared and reused; Trio's cannot be cleared, so
-    a new one is made.
+    set any more. On asyncio it is a bare future of the loop (one task waits on it);
+    on Trio a new ``trio.Event``.
     """
     factory = signal_factory()
     if factory.__module__ == "asyncio.locks":

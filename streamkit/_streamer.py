@@ -48,6 +48,7 @@ from __future__ import annotations
 import codecs
 import enum
 import math
+import time
 import types
 from collections import deque
 from types import MappingProxyType
@@ -59,8 +60,10 @@ import anyio.lowlevel
 from ._chunker import Chunker
 from ._config import StreamConfig
 from ._errors import ClosedError, ValidationError
-from ._events import EventType, StreamEvent, make_event
+from ._events import _ID_PREFIX, EventType, StreamEvent, _id_counter, make_event
+from ._events import _slot as _event_slots
 from ._feeds import BUFFER_ITEMS, TaskFeed, ThreadFeed
+from ._log import token_size
 from ._parts import Part, TextDelta
 from ._parts_chunker import PartsChunker, accept_part, part_event
 from ._signals import loop_clock
@@ -108,6 +111,18 @@ _FINISHING: Final = _Phase.FINISHING
 _DONE: Final = _Phase.DONE
 
 _EMPTY: Final[Mapping[str, JSONValue]] = MappingProxyType({})
+_TOKEN: Final = EventType.TOKEN
+_new: Final = object.__new__
+_wall_clock: Final = time.time
+_set_type: Final = _event_slots["event_type"]
+_set_content: Final = _event_slots["content"]
+_set_metadata: Final = _event_slots["metadata"]
+_set_session: Final = _event_slots["session_id"]
+_set_seq: Final = _event_slots["seq"]
+_set_id: Final = _event_slots["event_id"]
+_set_time: Final = _event_slots["timestamp"]
+_set_json: Final = _event_slots["_json"]
+_set_size: Final = _event_slots["_size"]
 
 
 # --- the stream -----------------------------------------------------------------------
@@ -150,7 +165,6 @@ class TokenStream:
         "_items",
         "_iterator",
         "_itl_max",
-        "_itl_sum",
         "_last_beat",
         "_last_input",
         "_last_token_at",
@@ -170,6 +184,7 @@ class TokenStream:
         "_raised",
         "_session_id",
         "_sink",
+        "_size",
         "_slow",
         "_source",
         "_stall",
@@ -202,6 +217,8 @@ class TokenStream:
         self._metadata = config.enable_metadata
         self._heartbeat = config.heartbeat_interval
         self._chunk_by = config.chunk_by
+        # What the log charges for a token event, less its content and id (_log).
+        self._size = token_size(config.enable_metadata)
         self._flush = config.flush_interval
         self._stall = config.stall_timeout
         self._out: deque[str] = deque()
@@ -240,7 +257,6 @@ class TokenStream:
         self._next_emit = -math.inf
         self._first_token_at: float | None = None
         self._last_token_at: float | None = None
-        self._itl_sum = 0.0
         self._itl_max = 0.0
         # anyio.current_time, bound to the event loop's backend when the stream starts.
         self._now: Callable[[], float] = anyio.current_time
@@ -426,7 +442,9 @@ class TokenStream:
             characters=self._chars,
             heartbeats=self._heartbeats,
             time_to_first_token=None if first is None else first - self._started_at,
-            mean_inter_token_latency=self._itl_sum / gaps if gaps > 0 else None,
+            mean_inter_token_latency=((self._last_token_at or 0.0) - (first or 0.0)) / gaps
+            if gaps > 0
+            else None,
             max_inter_token_latency=self._itl_max if gaps > 0 else None,
             tokens_per_second=self._tokens / duration if duration > 0 else 0.0,
             duration=duration,
@@ -444,20 +462,29 @@ class TokenStream:
         last = self._last_token_at
         if last is None:
             self._first_token_at = now
-        else:
-            gap = now - last
-            self._itl_sum += gap
-            self._itl_max = max(self._itl_max, gap)
+        else:  # the mean gap is (last - first) / gaps: only the longest is kept
+            self._itl_max = max(self._itl_max, now - last)
         self._last_token_at = now
         if now >= self._deadline:
             self._fast = False
+        # The event, made here: this runs for every chunk of every stream.
+        event = _new(StreamEvent)
+        _set_type(event, _TOKEN)
+        _set_content(event, text)
         if self._metadata:
-            metadata: Mapping[str, JSONValue] = MappingProxyType(
-                {"index": index, "elapsed": round(now - self._started_at, 6)}
-            )
+            # round(elapsed, 6) for elapsed >= 0, without round()'s decimal conversion.
+            elapsed = int((now - self._started_at) * 1e6 + 0.5) / 1e6
+            _set_metadata(event, MappingProxyType({"index": index, "elapsed": elapsed}))
         else:
-            metadata = _EMPTY
-        return make_event(EventType.TOKEN, text, metadata, self._session_id)
+            _set_metadata(event, _EMPTY)
+        _set_session(event, self._session_id)
+        _set_seq(event, None)
+        event_id = f"{_ID_PREFIX}-{next(_id_counter):x}"
+        _set_id(event, event_id)
+        _set_time(event, _wall_clock())
+        _set_json(event, None)
+        _set_size(event, self._size + len(text) + len(event_id))
+        return event
 
     def _start(self) -> StreamEvent:
         self._now = loop_clock()

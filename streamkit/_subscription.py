@@ -11,7 +11,7 @@ from ._errors import ClosedError, HistoryGap, SubscriberLagged, ValidationError
 from .abc import EventCursor
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
     from types import TracebackType
 
     from ._coordinator import _Entry
@@ -32,7 +32,16 @@ class Subscription:
     subscriber bound, the resume point) happen when it is entered or first iterated.
     """
 
-    __slots__ = ("_after", "_closed", "_cursor", "_entry", "_registry", "_session_id", "_user")
+    __slots__ = (
+        "_after",
+        "_closed",
+        "_cursor",
+        "_entry",
+        "_next",
+        "_registry",
+        "_session_id",
+        "_user",
+    )
 
     def __init__(
         self, registry: SessionRegistry, session_id: str, user_id: str | None, after: int
@@ -44,6 +53,10 @@ class Subscription:
         self._cursor: EventCursor | None = None
         self._entry: _Entry | None = None
         self._closed = False
+        # The cursor's own next-event coroutine function when it reports its end to
+        # this subscription (the log's cursor): __anext__ returns its coroutine, with
+        # no coroutine of its own around it.
+        self._next: Callable[[], Awaitable[StreamEvent]] | None = None
 
     @property
     def session_id(self) -> str:
@@ -75,6 +88,10 @@ class Subscription:
         cursor = entry.log.read(self._after)
         if registry._hooks["delivered"]:  # decided once: no cost per event without hooks
             cursor = _SampledCursor(cursor, registry, entry.log.last_seq)
+        else:
+            adopt = getattr(cursor, "owned_by", None)
+            if adopt is not None:
+                self._next = adopt(self)
         self._cursor = cursor
         return cursor
 
@@ -94,25 +111,37 @@ class Subscription:
     def __aiter__(self) -> Self:
         return self
 
-    async def __anext__(self) -> StreamEvent:
+    def __anext__(self) -> Awaitable[StreamEvent]:
+        step = self._next
+        if step is not None:
+            return step()  # the cursor calls cursor_ended() if it raises
+        return self._anext()
+
+    async def _anext(self) -> StreamEvent:
         cursor = self._cursor
         if cursor is None:
             if self._closed:
                 raise StopAsyncIteration
             cursor = await self._open()
+            if self._next is not None:
+                return await self._next()
         try:
             return await cursor.__anext__()
-        except StopAsyncIteration:
-            await self.aclose()
-            raise
         except BaseException as exc:
-            if isinstance(exc, SubscriberLagged):
-                self._registry._counts["lagged"] += 1
-            elif isinstance(exc, HistoryGap):
-                self._registry._counts["gaps"] += 1
-            with anyio.CancelScope(shield=True):
-                await self.aclose()
+            await self.cursor_ended(exc)
             raise
+
+    async def cursor_ended(self, exc: BaseException) -> None:
+        """Close the subscription: its cursor raised ``exc`` (the end, or a failure)."""
+        if isinstance(exc, StopAsyncIteration):
+            await self.aclose()
+            return
+        if isinstance(exc, SubscriberLagged):
+            self._registry._counts["lagged"] += 1
+        elif isinstance(exc, HistoryGap):
+            self._registry._counts["gaps"] += 1
+        with anyio.CancelScope(shield=True):
+            await self.aclose()
 
     def take_ready(self, limit: int) -> Sequence[StreamEvent]:
         """Return up to ``limit`` events already fetched and not yet returned, at once.
@@ -131,13 +160,21 @@ class Subscription:
         subscription still closes when its ``async with`` ends.
         """
         cursor = self._cursor
-        return self if cursor is None else cursor
+        if cursor is None:
+            return self
+        if self._next is not None:
+            # Iterated directly, the cursor reports nothing here: a transport's wait
+            # cut short by its own timeout must not close the subscription.
+            self._next = None
+            cursor.owned_by(None)  # type: ignore[attr-defined]
+        return cursor
 
     async def aclose(self) -> None:
         """Stop following the session. Idempotent."""
         if self._closed:
             return
         self._closed = True
+        self._next = None
         cursor, self._cursor = self._cursor, None
         entry, self._entry = self._entry, None
         if entry is not None:

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import streamkit as sk
+from streamkit.parts import DataPart
 from streamkit.testing import check_event_log
 
 pytestmark = pytest.mark.anyio
@@ -284,3 +285,29 @@ async def test_a_long_history_adds_no_objects_the_garbage_collector_tracks() -> 
         gc.collect()
         assert len(gc.get_objects()) - before < 200
         assert len(log.retained()) == 2000
+
+
+async def test_a_history_is_replayed_equal_whatever_its_events_hold() -> None:
+    # Passed events are kept compactly (by one reader, by several, or by none); a
+    # token whose metadata nests a mapping, a part and a final event with its stats
+    # come back from a replay equal to what was appended.
+    events = [
+        sk.StreamEvent(event_type="token", content="a ", metadata={"index": 0, "elapsed": 0.5}),
+        sk.StreamEvent(event_type="token", content="b ", metadata={"nested": {"k": [1, 2]}}),
+        sk.StreamEvent.from_part(DataPart(name="chart", value={"x": [1, 2]})),
+        sk.StreamEvent(event_type="x-app", metadata={"flag": True, "none": None, "s": "t"}),
+        sk.StreamEvent(event_type="complete", metadata={"reason": "completed", "stats": {"n": 2}}),
+    ]
+    for readers in (0, 1, 3):
+        log = sk.InMemoryEventLog()
+        cursors = [log.read() for _ in range(readers)]
+        stored = []
+        for event in events:
+            stored.append(await log.append(event))
+            for cursor in cursors:
+                assert await cursor.__anext__() == stored[-1]
+        async with log.read() as replay:
+            assert [event async for event in replay] == stored
+        assert list(log.retained()) == stored
+        for cursor in cursors:
+            await cursor.aclose()
