@@ -208,6 +208,10 @@ _LOGS_PER_CALL: Final = 256
 # Append rounds a backend has in flight at once (each log in at most one).
 _ROUNDS_IN_FLIGHT: Final = 4
 _IDLE_RECHECK: Final = 1.0
+# Group commit: a round carrying fewer than _LINGER_EVENTS events starts at least
+# _ROUND_GAP s after the previous one, so that paced streams' tokens share rounds.
+_ROUND_GAP: Final = 0.002
+_LINGER_EVENTS: Final = 64
 # Events append_nowait queues on one log before it asks the caller to await append.
 _NOWAIT_MAX: Final = 1024
 # How often the follower checks that the logs its readers wait on still hold what
@@ -667,7 +671,7 @@ class _Batch:
 
     def __init__(self) -> None:
         self.events: list[StreamEvent] = []
-        self.texts: list[str] = []
+        self.texts: list[bytes] = []
         self.flags: list[str] = []
         self.stored: list[StreamEvent] = []
         self.error: BaseException | None = None
@@ -734,12 +738,19 @@ class _Appender:
         self._queue: dict[RedisEventLog, _Batch] = {}
         self._kick = anyio.Event()
         self._sha = hashlib.sha1(_APPEND.encode()).hexdigest()  # noqa: S324 - Redis's id
+        self._sha_wire = _bulk(b"EVALSHA") + _bulk(self._sha.encode())
+        # The connection the rounds' script calls are written on by hand (single node,
+        # no replicas), taken from the client's pool when the appender starts.
+        self._conn: Any = None
+        self._conn_busy = False
         self.closed = False
         self.rounds = 0
         self._in_flight = 0
+        self._queued = 0  # events queued, not yet in a round
+        self._began = -_ROUND_GAP  # when the newest round began
 
     def submit(
-        self, log: RedisEventLog, event: StreamEvent, text: str, *, kick: bool = True
+        self, log: RedisEventLog, event: StreamEvent, text: bytes, *, kick: bool = True
     ) -> tuple[_Batch, int]:
         """Queue ``event`` (its stored JSON ``text``) for ``log``'s next batch."""
         batch = self._queue.get(log)
@@ -751,10 +762,16 @@ class _Appender:
         batch.events.append(event)
         batch.texts.append(text)
         batch.flags.append("1" if event.is_final else "0")
+        self._queued += 1
         log._predicted = max(log._predicted, log._last) + 1
         return batch, len(batch.events) - 1
 
     async def run(self) -> None:
+        client = self._client
+        if isinstance(client, aredis.Redis) and not self._replicas:
+            pool: Any = client.connection_pool
+            with contextlib.suppress(RedisError, OSError):  # then rounds use redis-py
+                self._conn = await pool.get_connection()
         try:
             async with anyio.create_task_group() as tg:
                 while True:
@@ -765,16 +782,32 @@ class _Appender:
                         self._kick = anyio.Event()
                         await self._kick.wait()
                         continue
+                    # A few events trickling in (paced streams) wait for the next
+                    # round's turn, at most _ROUND_GAP after the previous round
+                    # began: one round then carries many sessions' events.
+                    wait = self._began + _ROUND_GAP - anyio.current_time()
+                    if wait > 0 and self._queued < _LINGER_EVENTS:
+                        await anyio.sleep(wait)
+                        continue
                     batches = [(log, self._queue.pop(log)) for log in ready]
+                    self._queued = sum(len(batch.events) for batch in self._queue.values())
                     for log, _ in batches:
                         log._sending = True
                     self._in_flight += 1
+                    self._began = anyio.current_time()
                     tg.start_soon(self._round, batches)
                     await anyio.lowlevel.checkpoint()
         finally:
             self.closed = True
             self._fail(list(self._queue.items()), BackendError("the Redis backend closed"))
             self._queue = {}
+
+    async def release(self) -> None:
+        """Give the appender's connection back to the client's pool."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._client.connection_pool.release(conn)
 
     def idle(self, log: RedisEventLog) -> bool:
         """Whether nothing is queued or in flight, so ``log``'s append may go at once."""
@@ -783,6 +816,7 @@ class _Appender:
     async def lead(self, log: RedisEventLog) -> None:
         """Send ``log``'s batch in the calling task (nothing else was waiting)."""
         batch = self._queue.pop(log)
+        self._queued -= len(batch.events)
         log._sending = True
         self._in_flight += 1
         await self._round([(log, batch)])
@@ -819,94 +853,14 @@ class _Appender:
         for log, batch in batches:
             log._counter += 1
             batch.counter = log._counter
-        replies: list[Any] = [None] * len(batches)
-        todo = list(range(len(batches)))
-        cluster = _is_cluster(self._client)
-        per_call = 1 if cluster else _LOGS_PER_CALL
-        # With replicas: the batches (by index) whose WAIT fell short, and why.
-        unconfirmed: dict[int, str] = {}
-
-        async def send() -> None:
-            nonlocal todo
-            groups = [todo[j : j + per_call] for j in range(0, len(todo), per_call)]
-            calls: list[list[Any]] = []
-            for group in groups:
-                keys: list[str] = []
-                args: list[Any] = []
-                for i in group:
-                    log, batch = batches[i]
-                    keys += (log._stream, log._meta)
-                    args += (
-                        log._max_events,
-                        log._max_bytes,
-                        log._writer,
-                        batch.counter,
-                        "".join(batch.flags),
-                        log._last,
-                        *batch.texts,
-                    )
-                calls.append([self._sha, len(keys), *keys, *args])
-            results: list[Any]
-            waits: dict[str, tuple[Any, list[int]]] = {}
-            if len(calls) == 1 and not self._replicas:  # no pipeline object to build
-                try:
-                    results = [await self._client.evalsha(*calls[0])]
-                except ResponseError as exc:
-                    results = [exc]
-            else:
-                pipe = self._client.pipeline(transaction=False)
-                for call in calls:
-                    pipe.evalsha(*call)
-                if self._replicas:
-                    # WAIT on the connection (per master, on a cluster) that carried
-                    # the writes: it returns once that many replicas have them.
-                    for i in todo:
-                        node = (
-                            self._client.get_node_from_key(batches[i][0]._stream)
-                            if cluster
-                            else None
-                        )
-                        name = "" if node is None else node.name
-                        waits.setdefault(name, (node, []))[1].append(i)
-                    for node, _ in waits.values():
-                        target = {} if node is None else {"target_nodes": node}
-                        pipe.execute_command("WAIT", self._replicas, self._replica_ms, **target)
-                results = await pipe.execute(raise_on_error=False)
-                acks = results[len(calls) :]
-                results = results[: len(calls)]
-                for (_, indices), ack in zip(waits.values(), acks, strict=True):
-                    for i in indices:
-                        if isinstance(ack, int) and ack >= self._replicas:
-                            unconfirmed.pop(i, None)
-                        else:
-                            unconfirmed[i] = str(ack)
-            missing = False
-            retry: list[int] = []
-            failure: BaseException | None = None
-            for group, result in zip(groups, results, strict=True):
-                if isinstance(result, NoScriptError):
-                    missing = True
-                    retry += group
-                elif isinstance(result, _RETRYABLE):
-                    failure = result
-                    retry += group
-                elif isinstance(result, BaseException):
-                    for i in group:
-                        replies[i] = result
-                else:
-                    for j, i in enumerate(group):
-                        replies[i] = result[3 * j : 3 * j + 3]
-            todo = retry
-            if missing:  # a restarted (or new) server: load the script, send again
-                await self._client.script_load(_APPEND)
-            if failure is not None:
-                raise failure
-            if missing:
-                await send()
-
+        # A plain object, not a closure that names itself: a round leaves no reference
+        # cycle behind (the garbage collector would have to find every round's).
+        send = _Send(self, batches)
+        replies = send.replies
+        unconfirmed = send.unconfirmed
         try:
             try:
-                await _call(send, self._retry_for)
+                await _call(send.run, self._retry_for)
             except BackendError as exc:
                 self._fail(batches, exc)
                 return
@@ -941,13 +895,187 @@ class _Appender:
                                 {"error_type": "BackendError", "message": str(exc)[:1000]}
                             ),
                         )
-                        self.submit(log, final, final.to_json())[0].detached += 1
+                        self.submit(log, final, final.to_json().encode())[0].detached += 1
                 batch.done.set()
             follower = self._follower
             if follower is not None and (stale or follower.stale):
                 await follower.restale()
         finally:
             self._fail(batches, BackendError("the Redis backend closed"))
+
+
+def _bulk(data: bytes) -> bytes:
+    """One RESP bulk string."""
+    return b"$%d\r\n%b\r\n" % (len(data), data)
+
+
+class _Send:
+    """The script calls of one append round; after a lost connection, resent in part.
+
+    On a single node without replicas, the calls are written as RESP by hand (each
+    event's JSON is encoded once, when it is appended; a log's keys and limits once
+    per log) on the appender's own connection and their replies read back in order.
+    Elsewhere (a Cluster, ``WAIT`` for replicas, or while that connection is busy with
+    another round) they go through a redis-py pipeline.
+    """
+
+    __slots__ = ("_appender", "_batches", "_todo", "replies", "unconfirmed")
+
+    def __init__(self, appender: _Appender, batches: list[tuple[RedisEventLog, _Batch]]) -> None:
+        self._appender = appender
+        self._batches = batches
+        self._todo = list(range(len(batches)))
+        self.replies: list[Any] = [None] * len(batches)
+        # With replicas: the batches (by index) whose WAIT fell short, and why.
+        self.unconfirmed: dict[int, str] = {}
+
+    async def run(self) -> None:
+        """Send what is left to send; load the script first where Redis lacks it.
+
+        Raises:
+            Exception: a retryable failure (see ``_call``) after the other calls'
+                replies were taken in.
+        """
+        while self._todo:
+            if not await self._once():
+                return
+
+    async def _once(self) -> bool:
+        """Send the calls left once; return whether Redis lacked the script."""
+        appender = self._appender
+        client = appender._client
+        cluster = _is_cluster(client)
+        per_call = 1 if cluster else _LOGS_PER_CALL
+        todo = self._todo
+        groups = [todo[j : j + per_call] for j in range(0, len(todo), per_call)]
+        conn = appender._conn
+        if conn is not None and not appender._replicas and not appender._conn_busy:
+            results = await self._wire(appender, conn, groups)
+        else:
+            results = await self._pipeline(appender, groups, cluster)
+        missing = False
+        retry: list[int] = []
+        failure: BaseException | None = None
+        replies = self.replies
+        for group, result in zip(groups, results, strict=True):
+            if isinstance(result, NoScriptError):
+                missing = True
+                retry += group
+            elif isinstance(result, _RETRYABLE):
+                failure = result
+                retry += group
+            elif isinstance(result, BaseException):
+                for i in group:
+                    replies[i] = result
+            else:
+                for j, i in enumerate(group):
+                    replies[i] = result[3 * j : 3 * j + 3]
+        self._todo = retry
+        if missing:  # a restarted (or new) server: load the script, send again
+            await client.script_load(_APPEND)
+        if failure is not None:
+            raise failure
+        return missing
+
+    async def _wire(self, appender: _Appender, conn: Any, groups: list[list[int]]) -> list[Any]:
+        batches = self._batches
+        sha = appender._sha_wire
+        chunks: list[bytes] = []
+        for group in groups:
+            count = 3
+            keys: list[bytes] = []
+            args: list[bytes] = []
+            for i in group:
+                log, batch = batches[i]
+                wire = log._wire
+                if wire is None:
+                    wire = log._wire = (
+                        _bulk(log._stream.encode()) + _bulk(log._meta.encode()),
+                        _bulk(str(log._max_events).encode())
+                        + _bulk(str(log._max_bytes).encode())
+                        + _bulk(log._writer.encode()),
+                    )
+                keys.append(wire[0])
+                args.append(wire[1])
+                args.append(_bulk(b"%d" % batch.counter))
+                args.append(_bulk("".join(batch.flags).encode()))
+                args.append(_bulk(b"%d" % log._last))
+                args.extend(b"$%d\r\n%b\r\n" % (len(data), data) for data in batch.texts)
+                count += 8 + len(batch.texts)
+            chunks.append(b"*%d\r\n%b%b" % (count, sha, _bulk(b"%d" % (2 * len(group)))))
+            chunks += keys
+            chunks += args
+        appender._conn_busy = True
+        results: list[Any] = []
+        try:
+            await conn.send_packed_command(chunks, check_health=False)
+            for _ in groups:
+                try:
+                    results.append(await conn.read_response())
+                except ResponseError as exc:  # the reply was read: the connection is fine
+                    results.append(exc)
+        except BaseException:
+            # A reply may still be on its way: never reuse this connection's stream.
+            with anyio.CancelScope(shield=True):
+                await conn.disconnect()
+            raise
+        finally:
+            appender._conn_busy = False
+        return results
+
+    async def _pipeline(
+        self, appender: _Appender, groups: list[list[int]], cluster: bool
+    ) -> list[Any]:
+        batches = self._batches
+        client = appender._client
+        calls: list[list[Any]] = []
+        for group in groups:
+            keys: list[str] = []
+            args: list[Any] = []
+            for i in group:
+                log, batch = batches[i]
+                keys += (log._stream, log._meta)
+                args += (
+                    log._max_events,
+                    log._max_bytes,
+                    log._writer,
+                    batch.counter,
+                    "".join(batch.flags),
+                    log._last,
+                    *batch.texts,
+                )
+            calls.append([appender._sha, len(keys), *keys, *args])
+        results: list[Any]
+        waits: dict[str, tuple[Any, list[int]]] = {}
+        if len(calls) == 1 and not appender._replicas:  # no pipeline object to build
+            try:
+                return [await client.evalsha(*calls[0])]
+            except ResponseError as exc:
+                return [exc]
+        pipe = client.pipeline(transaction=False)
+        for call in calls:
+            pipe.evalsha(*call)
+        replicas = appender._replicas
+        if replicas:
+            # WAIT on the connection (per master, on a cluster) that carried the
+            # writes: it returns once that many replicas have them.
+            for i in self._todo:
+                node = client.get_node_from_key(batches[i][0]._stream) if cluster else None
+                name = "" if node is None else node.name
+                waits.setdefault(name, (node, []))[1].append(i)
+            for node, _ in waits.values():
+                target = {} if node is None else {"target_nodes": node}
+                pipe.execute_command("WAIT", replicas, appender._replica_ms, **target)
+        results = await pipe.execute(raise_on_error=False)
+        acks = results[len(calls) :]
+        unconfirmed = self.unconfirmed
+        for (_, indices), ack in zip(waits.values(), acks, strict=True):
+            for i in indices:
+                if isinstance(ack, int) and ack >= replicas:
+                    unconfirmed.pop(i, None)
+                else:
+                    unconfirmed[i] = str(ack)
+        return results[: len(calls)]
 
 
 class _RedisCursor(EventCursor):
@@ -1178,6 +1306,7 @@ class RedisEventLog(EventLog):
         "_sending",
         "_session_id",
         "_stream",
+        "_wire",
         "_writer",
     )
 
@@ -1226,6 +1355,8 @@ class RedisEventLog(EventLog):
         self._predicted = 0  # the seq the newest event queued is expected to get
         self._sending = False  # whether a batch of this log is in flight
         self._failure: BaseException | None = None  # of an enqueue, not yet raised
+        # The RESP of its keys and of its limits and writer id (see _Send).
+        self._wire: tuple[bytes, bytes] | None = None
 
     async def refresh(self) -> None:
         """Load ``last_seq``, ``oldest_seq`` and ``is_closed`` from Redis.
@@ -1291,8 +1422,8 @@ class RedisEventLog(EventLog):
         """Whether this process has seen the log closed."""
         return self._closed
 
-    def _prepare(self, event: StreamEvent) -> str:
-        """Check ``event`` for an append; return the JSON to store."""
+    def _prepare(self, event: StreamEvent) -> bytes:
+        """Check ``event`` for an append; return the JSON to store, encoded."""
         if not isinstance(event, StreamEvent):
             raise ValidationError(
                 f"event must be a StreamEvent, got {type_name(event)}", field="event"
@@ -1317,9 +1448,9 @@ class RedisEventLog(EventLog):
                 event.event_id,
                 event.timestamp,
             )
-        text = bare.to_json()
+        text = bare.to_json().encode()
         # The stored copy's JSON, with its seq and session id filled in.
-        size = len(text.encode()) + len(self._session_id) + len(str(self._last + 1)) + 1
+        size = len(text) + len(self._session_id) + len(str(self._last + 1)) + 1
         if size > self._max_event_bytes:
             raise PayloadTooLarge(
                 f"the event is {size} bytes, over the limit of {self._max_event_bytes}",
@@ -2274,6 +2405,8 @@ class RedisBackend(Backend):
             tg.cancel_scope.cancel()
             await tg.__aexit__(None, None, None)
         with anyio.CancelScope(shield=True):
+            if self._appender is not None:
+                await self._appender.release()
             if tg is not None:
                 with contextlib.suppress(RedisError, OSError):
                     await self._client.delete(f"{self._prefix}:wake:{self._token}")
