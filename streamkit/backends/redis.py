@@ -29,6 +29,7 @@ Rules of this module:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
@@ -96,14 +97,15 @@ _T = TypeVar("_T")
 # call on Redis Cluster, where the logs' keys live in different slots).
 # KEYS: stream and meta of each log. ARGV, per log: max events, max bytes, writer,
 # batch counter, the final flags ('0'/'1', one per event), the last seq this writer
-# has seen ('0' if none), then the event JSONs. Returns, per log, {first seq, events
-# accepted, id of the oldest entry}: the accepted events are a prefix of the batch
-# (none after the log is closed). A retry of a batch already stored (its reply was
-# lost) returns the same reply without storing anything. A log whose counter is
+# has seen ('0' if none), then the event JSONs. Returns one string (one bulk reply to
+# parse, however many logs), per log three words: the first seq, the events accepted,
+# the id of the oldest entry ('-' if none): the accepted events are a prefix of the
+# batch (none after the log is closed). A retry of a batch already stored (its reply
+# was lost) returns the same words without storing anything. A log whose counter is
 # behind the seq its writer saw lost events (Redis restarted without its data, or
-# failed over to a replica that missed writes): its batch is refused with {-1,
-# 'STREAMKIT_LOST <held> <seen>', ''}, except a final event, which is stored after the
-# seq the writer saw, so that readers get it and a resume from before sees the gap.
+# failed over to a replica that missed writes): its batch is refused with '-1 <held>
+# <seen>', except a final event, which is stored after the seq the writer saw, so
+# that readers get it and a resume from before sees the gap.
 _APPEND: Final = """
 local out = {}
 local a = 1
@@ -120,9 +122,9 @@ for l = 1, #KEYS, 2 do
   if prev then c, s, k = string.match(prev, '^(%d+):(%d+):(%d+)$') end
   if c == counter then
     local head = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
-    out[#out + 1] = tonumber(s)
-    out[#out + 1] = tonumber(k)
-    out[#out + 1] = head and head[1] or ''
+    out[#out + 1] = s
+    out[#out + 1] = k
+    out[#out + 1] = head and head[1] or '-'
   else
     local last = tonumber(redis.call('HGET', meta, 'last') or '0')
     local lost = false
@@ -136,8 +138,8 @@ for l = 1, #KEYS, 2 do
     end
     if lost then
       out[#out + 1] = -1
-      out[#out + 1] = 'STREAMKIT_LOST ' .. last .. ' ' .. seen
-      out[#out + 1] = ''
+      out[#out + 1] = last
+      out[#out + 1] = seen
     else
       if redis.call('HGET', meta, 'closed') then n = 0 end
       local added, accepted = 0, 0
@@ -168,11 +170,11 @@ for l = 1, #KEYS, 2 do
       local head = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
       out[#out + 1] = last + 1
       out[#out + 1] = accepted
-      out[#out + 1] = head and head[1] or ''
+      out[#out + 1] = head and head[1] or '-'
     end
   end
 end
-return out
+return table.concat(out, ' ')
 """
 
 # Closes the log and wakes followers with a marker entry <last>-1 (never an event).
@@ -266,7 +268,7 @@ async def _call(
         BackendError: Redis failed, or stayed unreachable for ``retry_for`` seconds.
     """
     delay = _FIRST_DELAY
-    deadline = anyio.current_time() + retry_for
+    deadline = time.monotonic() + retry_for
     while True:
         try:
             if not _observers or blocking:
@@ -277,7 +279,7 @@ async def _call(
             return result
         except _RETRYABLE as exc:
             logger.debug("streamkit: redis call failed (%s); retrying in %.2f s", exc, delay)
-            if anyio.current_time() + delay > deadline:
+            if time.monotonic() + delay > deadline:
                 raise BackendError(
                     f"redis unreachable (gave up after {retry_for:g} s): {exc}",
                     session_id=session_id,
@@ -383,7 +385,7 @@ class _Watch:
         self.session_id = session_id
         self.last = last  # the order key (see _key_of) of the newest entry known
         self.items: deque[_Item] = deque(maxlen=4 * _BATCH)
-        self.changed = anyio.Event()
+        self.changed = asyncio.Event()
         self.waiters = 0
         self.active = False  # whether the XREAD in flight includes this stream
         self.idle = 0
@@ -414,7 +416,7 @@ class _Follower:
         self._wake_id = "0-0"
         self._retry_for = retry_for
         self._watches: dict[str, _Watch] = {}
-        self._need = anyio.Event()
+        self._need = asyncio.Event()
         self.stale = False  # a fed stream showed another writer's entries: read it
         self.closed = False
         self._checked_at = 0.0  # when the followed logs were last checked for a loss
@@ -451,9 +453,7 @@ class _Follower:
         """Whether the XREAD in flight or this worker's appends cover the log's stream."""
         watch = self._watches.get(log._stream)
         return (
-            watch is not None
-            and (watch.active or watch.fed(anyio.current_time()))
-            and not self.closed
+            watch is not None and (watch.active or watch.fed(time.monotonic())) and not self.closed
         )
 
     def feed(self, log: RedisEventLog, first: int, events: Sequence[StreamEvent]) -> None:
@@ -478,9 +478,9 @@ class _Follower:
                 items.append((key, event))
                 last = key
         watch.last = last
-        watch.fed_at = anyio.current_time()
+        watch.fed_at = time.monotonic()
         watch.changed.set()
-        watch.changed = anyio.Event()
+        watch.changed = asyncio.Event()
 
     async def wait(self, log: RedisEventLog, pos: int) -> list[_Item] | None:
         """Return the entries after ``pos``, waiting for some; ``None``: read Redis."""
@@ -500,7 +500,7 @@ class _Follower:
         watch.idle = 0
         try:
             changed = watch.changed
-            if not watch.active and not watch.fed(anyio.current_time()):
+            if not watch.active and not watch.fed(time.monotonic()):
                 self._need.set()
                 await _call(self._poke, self._retry_for, log.session_id)
             await changed.wait()
@@ -525,7 +525,7 @@ class _Follower:
     def _wake_all(self) -> None:
         for watch in self._watches.values():
             watch.changed.set()
-            watch.changed = anyio.Event()
+            watch.changed = asyncio.Event()
 
     def close(self) -> None:
         self.closed = True
@@ -539,7 +539,7 @@ class _Follower:
         log that has waiting readers; a log whose counter is behind what they saw (its
         keys are gone) gets an error event after that seq, which the next read delivers.
         """
-        self._checked_at = anyio.current_time()
+        self._checked_at = time.monotonic()
         # What the readers saw, taken before the counters are read: appends that
         # come in meanwhile raise both.
         watched = [
@@ -560,7 +560,7 @@ class _Follower:
     async def run(self) -> None:
         delay = _FIRST_DELAY
         while True:
-            now = anyio.current_time()
+            now = time.monotonic()
             if now - self._checked_at >= _LOSS_CHECK:
                 with contextlib.suppress(Exception):  # Redis down: the next round retries
                     await self.check_lost()
@@ -584,7 +584,7 @@ class _Follower:
                 watch.active = True
                 streams[key] = f"{watch.last >> 1}-{watch.last & 1}"
             if not streams:
-                self._need = anyio.Event()
+                self._need = asyncio.Event()
                 with anyio.move_on_after(max(recheck, 0.001)):
                     await self._need.wait()
                 continue
@@ -625,7 +625,7 @@ class _Follower:
             watch.items.extend(fresh)
             watch.last = fresh[-1][0]
             watch.changed.set()
-            watch.changed = anyio.Event()
+            watch.changed = asyncio.Event()
 
 
 class _ClusterFollower(_Follower):
@@ -661,7 +661,7 @@ class _ClusterFollower(_Follower):
                 await need.wait()
             self._idle = min(self._idle * 2, _CLUSTER_IDLE)
         if need.is_set():
-            self._need = anyio.Event()
+            self._need = asyncio.Event()
 
 
 class _Batch:
@@ -675,7 +675,7 @@ class _Batch:
         self.flags: list[str] = []
         self.stored: list[StreamEvent] = []
         self.error: BaseException | None = None
-        self.done = anyio.Event()
+        self.done = asyncio.Event()
         self.counter = 0
         self.detached = 0  # events appended without waiting (enqueue)
 
@@ -689,12 +689,21 @@ class _Batch:
         raise ClosedError("the log is closed", session_id=session_id)
 
 
-def _lost_error(reason: str, session_id: str) -> BackendError:
-    _, _, numbers = reason.partition("STREAMKIT_LOST")
-    have, _, seen = numbers.strip().partition(" ")
+#: What the append script says of one log's batch: first seq, events accepted, the
+#: oldest entry's id (``"-"``: none); or ``(-1, held, "<seen>")`` if Redis lost events.
+_Reply = tuple[int, int, str]
+
+
+def _replies(result: bytes | str) -> list[_Reply]:
+    """Split the append script's reply into one :data:`_Reply` per log."""
+    words = _text(result).split()
+    return [(int(words[j]), int(words[j + 1]), words[j + 2]) for j in range(0, len(words), 3)]
+
+
+def _lost_error(have: int, seen: str, session_id: str) -> BackendError:
     return BackendError(
-        f"Redis lost events of this log: it holds seq {have or '?'}, this writer had "
-        f"seen seq {seen or '?'} (restarted without its data, or failed over to a "
+        f"Redis lost events of this log: it holds seq {have}, this writer had "
+        f"seen seq {seen} (restarted without its data, or failed over to a "
         "replica that missed the newest writes)",
         session_id=session_id,
     )
@@ -736,7 +745,7 @@ class _Appender:
         self._replicas = replicas
         self._replica_ms = max(1, round(replica_timeout * 1000))
         self._queue: dict[RedisEventLog, _Batch] = {}
-        self._kick = anyio.Event()
+        self._kick = asyncio.Event()
         self._sha = hashlib.sha1(_APPEND.encode()).hexdigest()  # noqa: S324 - Redis's id
         self._sha_wire = _bulk(b"EVALSHA") + _bulk(self._sha.encode())
         # The connection the rounds' script calls are written on by hand (single node,
@@ -779,13 +788,13 @@ class _Appender:
                     # (its batches reach Redis in order; a retry is recognised).
                     ready = [log for log in self._queue if not log._sending]
                     if not ready or self._in_flight >= _ROUNDS_IN_FLIGHT:
-                        self._kick = anyio.Event()
+                        self._kick = asyncio.Event()
                         await self._kick.wait()
                         continue
                     # A few events trickling in (paced streams) wait for the next
                     # round's turn, at most _ROUND_GAP after the previous round
                     # began: one round then carries many sessions' events.
-                    wait = self._began + _ROUND_GAP - anyio.current_time()
+                    wait = self._began + _ROUND_GAP - time.monotonic()
                     if wait > 0 and self._queued < _LINGER_EVENTS:
                         await anyio.sleep(wait)
                         continue
@@ -794,7 +803,7 @@ class _Appender:
                     for log, _ in batches:
                         log._sending = True
                     self._in_flight += 1
-                    self._began = anyio.current_time()
+                    self._began = time.monotonic()
                     tg.start_soon(self._round, batches)
                     await anyio.lowlevel.checkpoint()
         finally:
@@ -869,7 +878,7 @@ class _Appender:
                 try:
                     if isinstance(reply, BaseException):
                         raise _append_error(reply, log.session_id) from reply
-                    if i in unconfirmed and int(reply[0]) > 0:
+                    if i in unconfirmed and reply[0] > 0:
                         # Stored on the master only: not for this worker's readers (a
                         # later confirmed round covers it; they then read it).
                         self._fail([(log, batch)], self._unconfirmed(log, unconfirmed[i]))
@@ -968,8 +977,8 @@ class _Send:
                 for i in group:
                     replies[i] = result
             else:
-                for j, i in enumerate(group):
-                    replies[i] = result[3 * j : 3 * j + 3]
+                for i, reply in zip(group, _replies(result), strict=True):
+                    replies[i] = reply
         self._todo = retry
         if missing:  # a restarted (or new) server: load the script, send again
             await client.script_load(_APPEND)
@@ -1553,7 +1562,7 @@ class RedisEventLog(EventLog):
         finally:
             self._busy = None
             busy.set()
-        self._committed(batch, reply)
+        self._committed(batch, _replies(reply)[0])
         return batch.result(0, self._session_id)
 
     def append_nowait(self, event: StreamEvent, *, owned: bool = False) -> StreamEvent | None:
@@ -1640,16 +1649,16 @@ class RedisEventLog(EventLog):
             self._failure = None
             raise failure
 
-    def _committed(self, batch: _Batch, reply: Any) -> None:
+    def _committed(self, batch: _Batch, reply: _Reply) -> None:
         """Take in the reply of the append script for ``batch``.
 
         Raises:
             BackendError: Redis lost this log's newest events.
         """
         sid = self._session_id
-        if int(reply[0]) < 0:
-            raise _lost_error(_text(reply[1]), sid)
-        first, accepted, head = int(reply[0]), int(reply[1]), reply[2]
+        first, accepted, head = reply
+        if first < 0:
+            raise _lost_error(accepted, head, sid)
         # An event queued by append_nowait already carries the seq it was stored
         # with (unless another writer came in between): readers get that object.
         stored = [
@@ -1663,7 +1672,7 @@ class RedisEventLog(EventLog):
         last = first + accepted - 1
         if accepted and last >= self._last:
             self._last = last
-            if head:
+            if head != "-":
                 key = _key_of(head)
                 self._oldest = last + 1 if key & 1 else key >> 1
         if accepted < len(batch.events) or (stored and stored[-1].is_final):
