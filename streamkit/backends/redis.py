@@ -748,10 +748,9 @@ class _Appender:
         self._kick = asyncio.Event()
         self._sha = hashlib.sha1(_APPEND.encode()).hexdigest()  # noqa: S324 - Redis's id
         self._sha_wire = _bulk(b"EVALSHA") + _bulk(self._sha.encode())
-        # The connection the rounds' script calls are written on by hand (single node,
-        # no replicas), taken from the client's pool when the appender starts.
-        self._conn: Any = None
-        self._conn_busy = False
+        # Where the rounds' script calls go, written as RESP by hand (single node, no
+        # replicas): the backend's automatic pipeline.
+        self.pipe: _Pipe | None = None
         self.closed = False
         self.rounds = 0
         self._in_flight = 0
@@ -776,11 +775,6 @@ class _Appender:
         return batch, len(batch.events) - 1
 
     async def run(self) -> None:
-        client = self._client
-        if isinstance(client, aredis.Redis) and not self._replicas:
-            pool: Any = client.connection_pool
-            with contextlib.suppress(RedisError, OSError):  # then rounds use redis-py
-                self._conn = await pool.get_connection()
         try:
             async with anyio.create_task_group() as tg:
                 while True:
@@ -810,13 +804,6 @@ class _Appender:
             self.closed = True
             self._fail(list(self._queue.items()), BackendError("the Redis backend closed"))
             self._queue = {}
-
-    async def release(self) -> None:
-        """Give the appender's connection back to the client's pool."""
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(RedisError, OSError):
-                await self._client.connection_pool.release(conn)
 
     def idle(self, log: RedisEventLog) -> bool:
         """Whether nothing is queued or in flight, so ``log``'s append may go at once."""
@@ -918,14 +905,90 @@ def _bulk(data: bytes) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(data), data)
 
 
+def _pack(args: Sequence[str | bytes | int]) -> bytes:
+    """One command as RESP."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        out.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+class _Pipe:
+    """Automatic pipelining on one connection.
+
+    What the worker's tasks send in one loop iteration goes out in one write, and the
+    replies are read back in order. One batch is in flight at a time; calls made
+    meanwhile form the next batch. A caller that is cancelled leaves its reply to be
+    read and dropped, so the connection stays in step. A failed connection fails every
+    call of its batch (``_call`` retries them); the next batch reconnects.
+    """
+
+    __slots__ = ("_conn", "_flight", "_kick", "_queue")
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+        self._queue: list[tuple[list[bytes], int, asyncio.Future[list[Any]]]] = []
+        self._flight: list[tuple[list[bytes], int, asyncio.Future[list[Any]]]] = []
+        self._kick = asyncio.Event()
+
+    async def call(self, chunks: list[bytes], replies: int = 1) -> list[Any]:
+        """Send ``chunks`` (``replies`` commands); return their replies.
+
+        A reply that is an error comes back as its :class:`ResponseError`.
+
+        Raises:
+            Exception: the connection failed (a redis-py ``ConnectionError``, retryable).
+        """
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._queue.append((chunks, replies, future))
+        self._kick.set()
+        return await future
+
+    async def run(self) -> None:
+        conn = self._conn
+        try:
+            while True:
+                if not self._queue:
+                    self._kick.clear()
+                    await self._kick.wait()
+                    continue
+                batch = self._flight = self._queue
+                self._queue = []
+                try:
+                    await conn.send_packed_command(
+                        [chunk for chunks, _, _ in batch for chunk in chunks], check_health=False
+                    )
+                    for _, count, future in batch:
+                        results: list[Any] = []
+                        for _ in range(count):
+                            try:
+                                results.append(await conn.read_response())
+                            except ResponseError as exc:  # read whole: still in step
+                                results.append(exc)
+                        if not future.done():
+                            future.set_result(results)
+                except Exception as exc:
+                    with anyio.CancelScope(shield=True):
+                        await conn.disconnect()
+                    for _, _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+        finally:
+            closed = BackendError("the Redis backend closed")
+            for _, _, future in (*self._flight, *self._queue):
+                if not future.done():
+                    future.set_exception(closed)
+            self._flight = self._queue = []
+
+
 class _Send:
     """The script calls of one append round; after a lost connection, resent in part.
 
     On a single node without replicas, the calls are written as RESP by hand (each
     event's JSON is encoded once, when it is appended; a log's keys and limits once
-    per log) on the appender's own connection and their replies read back in order.
-    Elsewhere (a Cluster, ``WAIT`` for replicas, or while that connection is busy with
-    another round) they go through a redis-py pipeline.
+    per log) through the backend's automatic pipeline (:class:`_Pipe`). Elsewhere (a Cluster,
+    ``WAIT`` for replicas, a log without an entered backend) they go through redis-py.
     """
 
     __slots__ = ("_appender", "_batches", "_todo", "replies", "unconfirmed")
@@ -957,9 +1020,9 @@ class _Send:
         per_call = 1 if cluster else _LOGS_PER_CALL
         todo = self._todo
         groups = [todo[j : j + per_call] for j in range(0, len(todo), per_call)]
-        conn = appender._conn
-        if conn is not None and not appender._replicas and not appender._conn_busy:
-            results = await self._wire(appender, conn, groups)
+        pipe = appender.pipe
+        if pipe is not None and not appender._replicas:
+            results = await self._wire(appender, pipe, groups)
         else:
             results = await self._pipeline(appender, groups, cluster)
         missing = False
@@ -986,7 +1049,7 @@ class _Send:
             raise failure
         return missing
 
-    async def _wire(self, appender: _Appender, conn: Any, groups: list[list[int]]) -> list[Any]:
+    async def _wire(self, appender: _Appender, pipe: _Pipe, groups: list[list[int]]) -> list[Any]:
         batches = self._batches
         sha = appender._sha_wire
         chunks: list[bytes] = []
@@ -1014,23 +1077,7 @@ class _Send:
             chunks.append(b"*%d\r\n%b%b" % (count, sha, _bulk(b"%d" % (2 * len(group)))))
             chunks += keys
             chunks += args
-        appender._conn_busy = True
-        results: list[Any] = []
-        try:
-            await conn.send_packed_command(chunks, check_health=False)
-            for _ in groups:
-                try:
-                    results.append(await conn.read_response())
-                except ResponseError as exc:  # the reply was read: the connection is fine
-                    results.append(exc)
-        except BaseException:
-            # A reply may still be on its way: never reuse this connection's stream.
-            with anyio.CancelScope(shield=True):
-                await conn.disconnect()
-            raise
-        finally:
-            appender._conn_busy = False
-        return results
+        return await pipe.call(chunks, len(groups))
 
     async def _pipeline(
         self, appender: _Appender, groups: list[list[int]], cluster: bool
@@ -1894,7 +1941,7 @@ class RedisSessionStore(SessionStore):
         retry_for: Seconds a lost connection is retried before :class:`BackendError`.
     """
 
-    __slots__ = ("_client", "_lease_ms", "_owner", "_prefix", "_retry_for", "_sessions")
+    __slots__ = ("_client", "_lease_ms", "_owner", "_pipe", "_prefix", "_retry_for", "_sessions")
 
     def __init__(
         self,
@@ -1904,6 +1951,7 @@ class RedisSessionStore(SessionStore):
         retry_for: float = 10.0,
     ) -> None:
         self._client: Any = client
+        self._pipe: _Pipe | None = None  # set by an entered RedisBackend
         self._prefix = prefix
         self._sessions = f"{{{prefix}}}:sessions"
         self._retry_for = float(check_number("retry_for", retry_for, minimum=0))
@@ -1932,6 +1980,20 @@ class RedisSessionStore(SessionStore):
         _require_asyncio()
         return await _call(fn, self._retry_for, session_id)
 
+    async def _exec(self, *args: str | bytes | int) -> Any:
+        """One command: through the backend's automatic pipeline if there is one.
+
+        Raises:
+            RedisError: the command failed (``_call`` retries a lost connection).
+        """
+        pipe = self._pipe
+        if pipe is None:
+            return await self._client.execute_command(*args)
+        result = (await pipe.call([_pack(args)]))[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
     async def add(
         self,
         session: StreamSession,
@@ -1950,7 +2012,8 @@ class RedisSessionStore(SessionStore):
         record = session.to_json(include_events=False)
 
         async def run() -> Any:
-            return await self._client.eval(
+            return await self._exec(
+                "EVAL",
                 _ADD,
                 5,
                 self._sessions,
@@ -1993,7 +2056,7 @@ class RedisSessionStore(SessionStore):
         """
 
         async def run() -> Any:
-            return await self._client.hget(self._sessions, session_id)
+            return await self._exec("HGET", self._sessions, session_id)
 
         raw = await self._run(run, session_id)
         return None if raw is None else StreamSession.from_json(raw)
@@ -2009,7 +2072,7 @@ class RedisSessionStore(SessionStore):
         ids = list(session_ids)
 
         async def run() -> Any:
-            return await self._client.hmget(self._sessions, ids)
+            return await self._exec("HMGET", self._sessions, *ids)
 
         raws = await self._run(run)
         return [None if raw is None else StreamSession.from_json(raw) for raw in raws]
@@ -2031,7 +2094,7 @@ class RedisSessionStore(SessionStore):
         for _ in range(_SWAP_TRIES):
 
             async def read() -> Any:
-                return await self._client.hget(self._sessions, session_id)
+                return await self._exec("HGET", self._sessions, session_id)
 
             raw = await self._run(read, session_id)
             if raw is None:
@@ -2048,7 +2111,8 @@ class RedisSessionStore(SessionStore):
             async def swap(
                 raw: Any = raw, new: str = new, ends: str = ends, user: str | None = user
             ) -> Any:
-                return await self._client.eval(
+                return await self._exec(
+                    "EVAL",
                     _SET_IF,
                     4,
                     self._sessions,
@@ -2075,14 +2139,15 @@ class RedisSessionStore(SessionStore):
         for _ in range(_SWAP_TRIES):
 
             async def read() -> Any:
-                return await self._client.hget(self._sessions, session_id)
+                return await self._exec("HGET", self._sessions, session_id)
 
             raw = await self._run(read, session_id)
             current = None if raw is None else StreamSession.from_json(raw)
             user = None if current is None else current.user_id
 
             async def swap(raw: Any = raw, user: str | None = user) -> Any:
-                return await self._client.eval(
+                return await self._exec(
+                    "EVAL",
                     _REMOVE_IF,
                     6,
                     self._sessions,
@@ -2124,7 +2189,7 @@ class RedisSessionStore(SessionStore):
         """
 
         async def run() -> Any:
-            return await self._client.hlen(self._sessions)
+            return await self._exec("HLEN", self._sessions)
 
         return int(await self._run(run))
 
@@ -2137,8 +2202,8 @@ class RedisSessionStore(SessionStore):
 
         async def run() -> Any:
             keys = [self._leases, *(self._lease_key(sid) for sid in ids)]
-            return await self._client.eval(
-                _RENEW, len(keys), *keys, self._owner, str(self._lease_ms), *ids
+            return await self._exec(
+                "EVAL", _RENEW, len(keys), *keys, self._owner, str(self._lease_ms), *ids
             )
 
         held = await self._run(run)
@@ -2146,7 +2211,7 @@ class RedisSessionStore(SessionStore):
 
     async def _claim_orphans(self, limit: int) -> builtins.list[str]:
         async def due() -> Any:
-            return await self._client.eval(_DUE, 1, self._leases, str(limit))
+            return await self._exec("EVAL", _DUE, 1, self._leases, str(limit))
 
         candidates = [_text(sid) for sid in await self._run(due)]
         if not candidates:
@@ -2163,15 +2228,15 @@ class RedisSessionStore(SessionStore):
 
     async def _schedule(self, session_id: str, delay: float) -> None:
         async def run() -> Any:
-            return await self._client.eval(
-                _SCHEDULE, 1, self._removals, str(int(delay * 1000)), session_id
+            return await self._exec(
+                "EVAL", _SCHEDULE, 1, self._removals, str(int(delay * 1000)), session_id
             )
 
         await self._run(run, session_id)
 
     async def _claim_due(self, limit: int) -> builtins.list[str]:
         async def run() -> Any:
-            return await self._client.eval(_CLAIM_DUE, 1, self._removals, str(limit))
+            return await self._exec("EVAL", _CLAIM_DUE, 1, self._removals, str(limit))
 
         return [_text(sid) for sid in await self._run(run)]
 
@@ -2212,6 +2277,7 @@ class RedisBackend(Backend):
     __slots__ = (
         "_appender",
         "_client",
+        "_conn",
         "_follower",
         "_lease_ttl",
         "_owned",
@@ -2272,6 +2338,7 @@ class RedisBackend(Backend):
         self._store._lease_ms = max(1, int(self._lease_ttl * 1000))
         self._follower: _Follower | None = None
         self._appender: _Appender | None = None
+        self._conn: Any = None  # the automatic pipeline's connection
         self._tg: TaskGroup | None = None
 
     @property
@@ -2317,6 +2384,16 @@ class RedisBackend(Backend):
                 self._replica_timeout,
             )
             tg.start_soon(self._appender.run, name="streamkit redis appender")
+            client = self._client
+            if isinstance(client, aredis.Redis):
+                # One connection for the calls of every task (appends, the store's).
+                pool: Any = client.connection_pool
+                with _translate():
+                    self._conn = await pool.get_connection()
+                pipe = _Pipe(self._conn)
+                self._appender.pipe = pipe
+                self._store._pipe = pipe
+                tg.start_soon(pipe.run, name="streamkit redis pipeline")
         return self
 
     async def __aexit__(
@@ -2414,8 +2491,11 @@ class RedisBackend(Backend):
             tg.cancel_scope.cancel()
             await tg.__aexit__(None, None, None)
         with anyio.CancelScope(shield=True):
-            if self._appender is not None:
-                await self._appender.release()
+            conn, self._conn = self._conn, None
+            self._store._pipe = None
+            if conn is not None:
+                with contextlib.suppress(RedisError, OSError):
+                    await self._client.connection_pool.release(conn)
             if tg is not None:
                 with contextlib.suppress(RedisError, OSError):
                     await self._client.delete(f"{self._prefix}:wake:{self._token}")
