@@ -755,6 +755,9 @@ class _Appender:
         self.rounds = 0
         self._in_flight = 0
         self._queued = 0  # events queued, not yet in a round
+        # Set when the next round should not wait: an append awaits it, or enough
+        # events queued; else at the end of the gap after the previous round.
+        self._hurry = asyncio.Event()
         self._began = -_ROUND_GAP  # when the newest round began
 
     def submit(
@@ -771,6 +774,8 @@ class _Appender:
         batch.texts.append(text)
         batch.flags.append("1" if event.is_final else "0")
         self._queued += 1
+        if self._queued >= _LINGER_EVENTS:
+            self._hurry.set()
         log._predicted = max(log._predicted, log._last) + 1
         return batch, len(batch.events) - 1
 
@@ -789,9 +794,15 @@ class _Appender:
                     # round's turn, at most _ROUND_GAP after the previous round
                     # began: one round then carries many sessions' events.
                     wait = self._began + _ROUND_GAP - time.monotonic()
-                    if wait > 0 and self._queued < _LINGER_EVENTS:
-                        await anyio.sleep(wait)
+                    hurry = self._hurry
+                    if wait > 0 and not hurry.is_set():
+                        timer = asyncio.get_running_loop().call_later(wait, hurry.set)
+                        try:
+                            await hurry.wait()
+                        finally:
+                            timer.cancel()
                         continue
+                    hurry.clear()
                     batches = [(log, self._queue.pop(log)) for log in ready]
                     self._queued = sum(len(batch.events) for batch in self._queue.values())
                     for log, _ in batches:
@@ -804,6 +815,10 @@ class _Appender:
             self.closed = True
             self._fail(list(self._queue.items()), BackendError("the Redis backend closed"))
             self._queue = {}
+
+    def hurry(self) -> None:
+        """An append waits for the next round: send it without the gap."""
+        self._hurry.set()
 
     def idle(self, log: RedisEventLog) -> bool:
         """Whether nothing is queued or in flight, so ``log``'s append may go at once."""
@@ -924,13 +939,14 @@ class _Pipe:
     call of its batch (``_call`` retries them); the next batch reconnects.
     """
 
-    __slots__ = ("_conn", "_flight", "_kick", "_queue")
+    __slots__ = ("_busy", "_conn", "_flight", "_kick", "_queue")
 
     def __init__(self, conn: Any) -> None:
         self._conn = conn
         self._queue: list[tuple[list[bytes], int, asyncio.Future[list[Any]]]] = []
         self._flight: list[tuple[list[bytes], int, asyncio.Future[list[Any]]]] = []
         self._kick = asyncio.Event()
+        self._busy = False  # a batch is in flight
 
     async def call(self, chunks: list[bytes], replies: int = 1) -> list[Any]:
         """Send ``chunks`` (``replies`` commands); return their replies.
@@ -940,32 +956,55 @@ class _Pipe:
         Raises:
             Exception: the connection failed (a redis-py ``ConnectionError``, retryable).
         """
+        if not self._busy and not self._queue:
+            return await self._direct(chunks, replies)
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         self._queue.append((chunks, replies, future))
         self._kick.set()
         return await future
 
+    async def _direct(self, chunks: list[bytes], replies: int) -> list[Any]:
+        """Nothing in flight or queued: send and read in the calling task."""
+        conn = self._conn
+        self._busy = True
+        try:
+            await conn.send_packed_command(chunks, check_health=False)
+            return await self._read(replies)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await conn.disconnect()
+            raise
+        finally:
+            self._busy = False
+            if self._queue:
+                self._kick.set()
+
+    async def _read(self, count: int) -> list[Any]:
+        results: list[Any] = []
+        for _ in range(count):
+            try:
+                results.append(await self._conn.read_response())
+            except ResponseError as exc:  # read whole: still in step
+                results.append(exc)
+        return results
+
     async def run(self) -> None:
         conn = self._conn
         try:
             while True:
-                if not self._queue:
+                if not self._queue or self._busy:
                     self._kick.clear()
                     await self._kick.wait()
                     continue
                 batch = self._flight = self._queue
                 self._queue = []
+                self._busy = True
                 try:
                     await conn.send_packed_command(
                         [chunk for chunks, _, _ in batch for chunk in chunks], check_health=False
                     )
                     for _, count, future in batch:
-                        results: list[Any] = []
-                        for _ in range(count):
-                            try:
-                                results.append(await conn.read_response())
-                            except ResponseError as exc:  # read whole: still in step
-                                results.append(exc)
+                        results = await self._read(count)
                         if not future.done():
                             future.set_result(results)
                 except Exception as exc:
@@ -974,6 +1013,8 @@ class _Pipe:
                     for _, _, future in batch:
                         if not future.done():
                             future.set_exception(exc)
+                finally:
+                    self._busy = False
         finally:
             closed = BackendError("the Redis backend closed")
             for _, _, future in (*self._flight, *self._queue):
@@ -1580,6 +1621,7 @@ class RedisEventLog(EventLog):
             if lead:
                 await appender.lead(self)
             else:
+                appender.hurry()
                 await batch.done.wait()
             return batch.result(index, self._session_id)
         # No backend task: one script call per append, one in flight per writer so
