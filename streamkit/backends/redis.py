@@ -11,6 +11,10 @@ Rules of this module:
   ``history_max_bytes``. Each log instance is a writer with an id and a counter; the
   script remembers the last counter of each writer, so a retry after a lost reply
   returns the seq already stored instead of appending twice.
+* **One connection, pipelined.** An entered backend on a single node sends its append
+  rounds and its store's commands through one connection (:class:`_Pipe`): what its
+  tasks send in one loop iteration goes out in one write. The append rounds' script
+  calls are written as RESP by hand, each event's JSON encoded once.
 * **Retries.** A lost connection (or a server still loading its data) is retried with
   exponential backoff (20 ms doubling to 1 s) for at most ``retry_for`` seconds, then
   becomes :class:`~streamkit.BackendError`. Every other redis-py failure becomes
@@ -210,9 +214,10 @@ _LOGS_PER_CALL: Final = 256
 # Append rounds a backend has in flight at once (each log in at most one).
 _ROUNDS_IN_FLIGHT: Final = 4
 _IDLE_RECHECK: Final = 1.0
-# Group commit: a round carrying fewer than _LINGER_EVENTS events starts at least
-# _ROUND_GAP s after the previous one, so that paced streams' tokens share rounds.
-_ROUND_GAP: Final = 0.002
+# Group commit: a round that no append awaits, carrying fewer than _LINGER_EVENTS
+# events, starts _ROUND_GAP s after the previous one, so that paced streams' tokens
+# (appended without waiting) share rounds: fewer writes, each one a costly syscall.
+_ROUND_GAP: Final = 0.004
 _LINGER_EVENTS: Final = 64
 # Events append_nowait queues on one log before it asks the caller to await append.
 _NOWAIT_MAX: Final = 1024
