@@ -181,6 +181,39 @@ end
 return table.concat(out, ' ')
 """
 
+# The follower's read of many streams: what follows each given id, as one string (one
+# bulk reply to parse however many entries): a line per entry, "<stream's index>
+# <entry id> <event JSON>" (no JSON for the close marker). The JSON has no raw newline.
+# KEYS: the streams. ARGV: the id after which to read each, then the count per stream.
+_READ: Final = """
+local out = {}
+local count = ARGV[#KEYS + 1]
+for i = 1, #KEYS do
+  local entries = redis.call('XRANGE', KEYS[i], '(' .. ARGV[i], '+', 'COUNT', count)
+  for _, entry in ipairs(entries) do
+    local fields = entry[2]
+    out[#out + 1] = i .. ' ' .. entry[1] .. ' ' .. (fields[1] == 'e' and fields[2] or '')
+  end
+end
+return table.concat(out, '\\n')
+"""
+
+# A cursor's read: the log's state and the entries after an id, as one string: a first
+# line "<last seq> <closed: 0/1> <oldest entry's id, '-' if none>", then a line per
+# entry, "<entry id> <event JSON>" (no JSON for the close marker).
+# KEYS: stream, meta. ARGV: the first id to read (inclusive), the count.
+_QUERY: Final = """
+local meta = redis.call('HMGET', KEYS[2], 'last', 'closed')
+local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
+local closed = meta[2] and '1' or '0'
+local out = {(meta[1] or '0') .. ' ' .. closed .. ' ' .. (first and first[1] or '-')}
+for _, entry in ipairs(redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])) do
+  local fields = entry[2]
+  out[#out + 1] = entry[1] .. ' ' .. (fields[1] == 'e' and fields[2] or '')
+end
+return table.concat(out, '\\n')
+"""
+
 # Closes the log and wakes followers with a marker entry <last>-1 (never an event).
 _CLOSE: Final = """
 if redis.call('HGET', KEYS[2], 'closed') then return 0 end
@@ -357,7 +390,14 @@ def _meta_of(stream: str) -> str:
 
 
 def _decode(fields: dict[bytes, bytes], seq: int, session_id: str) -> StreamEvent:
-    return with_seq(StreamEvent.from_json(fields[b"e"]), seq, session_id)
+    return _event_of(fields[b"e"], seq, session_id)
+
+
+def _event_of(text: bytes | str, seq: int, session_id: str) -> StreamEvent:
+    """The event stored as ``text`` (its JSON, without seq), numbered ``seq``."""
+    event = StreamEvent.from_json(text)
+    stamp(event, seq, session_id)  # a fresh object that nobody else holds yet
+    return event
 
 
 #: One entry as cursors see it: its order key and the event (``None`` for the marker).
@@ -426,6 +466,9 @@ class _Follower:
         self.closed = False
         self._checked_at = 0.0  # when the followed logs were last checked for a loss
         self.lost_logs = 0  # logs this follower found lost and ended
+        # The backend's pipeline: entries are then read with _READ, not XREAD's replies.
+        self.pipe: _Pipe | None = None
+        self._flowing = False  # the last read found entries: read again without blocking
 
     @staticmethod
     def _after(watch: _Watch, pos: int) -> list[_Item] | None:
@@ -605,13 +648,73 @@ class _Follower:
                 delay = _FIRST_DELAY
 
     async def _read(self, streams: dict[Any, Any], recheck: float) -> None:
-        """Read ``streams`` (key -> last id) once, blocking while nothing comes."""
+        """Read ``streams`` (key -> last id) once, blocking while nothing comes.
+
+        With the backend's pipeline, the blocking ``XREAD`` only says which streams
+        have news (one entry each at most); their entries then come with one
+        :data:`_READ` call, as one string, and so does every next read until one
+        finds nothing.
+        """
+        pipe = self.pipe
+        if pipe is not None and self._flowing:
+            self._flowing = await self._read_all(pipe, streams)
+            return
+        keys = list(streams)
         streams[self._wake_key] = self._wake_id
         block = max(1, min(_BLOCK_MS, int(recheck * 1000) + 1))
-        self._deliver(await self._client.xread(streams, count=_BATCH, block=block))
+        reply = await self._client.xread(
+            streams, count=1 if pipe is not None else _BATCH, block=block
+        )
+        if pipe is None:
+            self._deliver(reply)
+            return
+        news = self._deliver(reply, keep=False)
+        if news:
+            self._flowing = await self._read_all(pipe, {key: streams[key] for key in keys})
 
-    def _deliver(self, reply: Any) -> None:
+    async def _read_all(self, pipe: _Pipe, streams: dict[Any, Any]) -> bool:
+        """Read what follows in ``streams`` with one script call; whether any came."""
+        keys = list(streams)
+        if not keys:
+            return False
+        (result,) = await pipe.call(
+            [_pack(("EVAL", _READ, len(keys), *keys, *streams.values(), _BATCH))]
+        )
+        if isinstance(result, BaseException):
+            raise result
+        data = result.encode() if isinstance(result, str) else result
+        if not data:
+            return False
+        grouped: dict[int, list[tuple[bytes, bytes]]] = {}
+        for line in data.split(b"\n"):
+            index, entry_id, text = line.split(b" ", 2)
+            grouped.setdefault(int(index), []).append((entry_id, text))
+        for index, entries in grouped.items():
+            watch = self._watches.get(keys[index - 1])
+            if watch is None:
+                continue
+            known = watch.last
+            sid = watch.session_id
+            fresh: list[_Item] = []
+            for entry_id, text in entries:
+                key = _key_of(entry_id)
+                if key > known:
+                    fresh.append((key, None if key & 1 else _event_of(text, key >> 1, sid)))
+            if fresh:
+                watch.items.extend(fresh)
+                watch.last = fresh[-1][0]
+                watch.changed.set()
+                watch.changed = asyncio.Event()
+        return True
+
+    def _deliver(self, reply: Any, *, keep: bool = True) -> bool:
+        """Take in an ``XREAD`` (or ``XRANGE``) reply; whether a stream had news.
+
+        ``keep=False``: only note the wake-up stream's newest id (the entries are
+        read again with :data:`_READ`).
+        """
         pairs = reply.items() if isinstance(reply, dict) else (reply or ())
+        news = False
         for raw_key, entries in pairs:
             key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
             if key == self._wake_key:
@@ -620,6 +723,9 @@ class _Follower:
                 continue
             watch = self._watches.get(key)
             if watch is None or not entries:
+                continue
+            news = True
+            if not keep:
                 continue
             known = watch.last
             fresh = _items(
@@ -631,6 +737,7 @@ class _Follower:
             watch.last = fresh[-1][0]
             watch.changed.set()
             watch.changed = asyncio.Event()
+        return news
 
 
 class _ClusterFollower(_Follower):
@@ -1217,14 +1324,32 @@ class _RedisCursor(EventCursor):
             self._finish()
         return event
 
-    async def _query(self) -> tuple[Any, Any, Any]:
+    async def _query(self) -> tuple[list[_Item], int, bool, str]:
+        """Read the log's state and the entries after this cursor: one script call.
+
+        Returns the entries, the newest seq, whether the log is closed, and the oldest
+        entry's id (``"-"`` if none).
+        """
         log = self._log
-        pipe = log._client.pipeline(transaction=False)
-        pipe.xrange(log._stream, f"{self._pos + 1}-0", "+", count=_BATCH)
-        pipe.hmget(log._meta, "last", "closed")
-        pipe.xrange(log._stream, "-", "+", count=1)
-        entries, meta, first = await pipe.execute()
-        return entries, meta, first
+        args = (log._stream, log._meta, f"{self._pos + 1}-0", _BATCH)
+        appender = log._appender
+        pipe = None if appender is None else appender.pipe
+        if pipe is None:
+            result = await log._client.eval(_QUERY, 2, *args)
+        else:
+            (result,) = await pipe.call([_pack(("EVAL", _QUERY, 2, *args))])
+            if isinstance(result, BaseException):
+                raise result
+        data = result.encode() if isinstance(result, str) else result
+        head, _, rest = data.partition(b"\n")
+        last, closed, first = head.split(b" ")
+        sid = log.session_id
+        items: list[_Item] = []
+        for line in rest.split(b"\n") if rest else ():
+            entry_id, _, text = line.partition(b" ")
+            key = _key_of(entry_id)
+            items.append((key, None if key & 1 else _event_of(text, key >> 1, sid)))
+        return items, int(last), closed == b"1", first.decode()
 
     def _take(self, items: list[_Item]) -> None:
         buf = self._buf
@@ -1275,12 +1400,10 @@ class _RedisCursor(EventCursor):
                     self._take(items)
                     continue
                 self._live = False
-            entries, (last_raw, closed_raw), first = await _call(self._query, log._retry_for, sid)
-            last = int(last_raw or 0)
-            closed = closed_raw is not None
+            entries, last, closed, first = await _call(self._query, log._retry_for, sid)
             oldest = last + 1
-            if first:
-                key = _key_of(first[0][0])
+            if first != "-":
+                key = _key_of(first)
                 oldest = last + 1 if key & 1 else key >> 1
             log._observe(last, oldest, closed)
             if last < self._pos and self._started:
@@ -1315,7 +1438,7 @@ class _RedisCursor(EventCursor):
                 self._check_lag(last - self._pos, oldest)
             if self._pos < oldest - 1:
                 raise self._lagged("unread events left the retention window", oldest)
-            self._take(_items(entries, sid))
+            self._take(entries)
             if self._buf or self._done:
                 return
             if closed:
@@ -2440,6 +2563,7 @@ class RedisBackend(Backend):
                 pipe = _Pipe(self._conn)
                 self._appender.pipe = pipe
                 self._store._pipe = pipe
+                self._follower.pipe = pipe
                 tg.start_soon(pipe.run, name="streamkit redis pipeline")
         return self
 
