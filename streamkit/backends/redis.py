@@ -2666,6 +2666,9 @@ class RedisBackend(Backend):
             self._store._pipe = None
             if conn is not None:
                 with contextlib.suppress(RedisError, OSError):
+                    # A reply of a cancelled call may still be on its way: the pool
+                    # gets the connection back closed (it reconnects when next used).
+                    await conn.disconnect()
                     await self._client.connection_pool.release(conn)
             if tg is not None:
                 with contextlib.suppress(RedisError, OSError):
