@@ -486,7 +486,7 @@ async def test_calls_cancelled_in_flight_leave_the_shared_connection_in_step(
                 tg.start_soon(read_and_append, i)
         for i, log in enumerate(logs):
             async with log.read(0) as cursor:
-                seen = []
+                seen: list[str] = []
                 while len(seen) < log.last_seq:
                     seen.append((await cursor.__anext__()).content)
             assert seen
