@@ -221,8 +221,6 @@ class SharedCoordinator(Coordinator):
 
     __slots__ = ("_remote", "_ttl")
 
-    direct_appends = False
-
     def __init__(self, registry: SessionRegistry, lease_ttl: float) -> None:
         super().__init__(registry)
         self._ttl = lease_ttl

@@ -44,6 +44,7 @@ import attrs
 from ._config import RegistryConfig, StreamConfig
 from ._coordinator import EntryPhase, _Entry, hold, make_coordinator
 from ._errors import (
+    BackendError,
     ClosedError,
     InvalidTransition,
     PayloadTooLarge,
@@ -125,7 +126,8 @@ class _LogSink:
             return False
         try:
             stored = self._append(event)
-        except (ClosedError, PayloadTooLarge):
+        except (ClosedError, PayloadTooLarge, BackendError):
+            # The producer loop appends it again and handles the error.
             return False
         if stored is None:
             return False

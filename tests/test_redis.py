@@ -452,3 +452,42 @@ async def test_a_final_event_after_a_failed_queued_append_ends_the_log_with_an_e
     assert [e.seq for e in events] == [1, 2]
     assert events[-1].event_type == sk.EventType.ERROR
     assert "unreachable" in str(events[-1].metadata["message"])
+
+
+async def test_calls_cancelled_in_flight_leave_the_shared_connection_in_step(
+    redis_url: str,
+) -> None:
+    # An entered backend sends its store's commands and its appends through one
+    # pipelined connection: the replies of calls cancelled while in flight are read and
+    # dropped, so every later call still gets its own reply.
+    config = sk.RegistryConfig(max_sessions=100)
+    async with RedisBackend(redis_url, prefix=f"pp{next(_ids)}") as backend:
+        store = backend.store
+        sessions = [sk.StreamSession(session_id=_sid(), user_id=f"u{i}") for i in range(20)]
+        for session in sessions:
+            await store.add(session, max_sessions=100, max_sessions_per_user=None)
+        logs = [await backend.make_log(s.session_id, config) for s in sessions]
+
+        async def read_and_append(i: int) -> None:
+            record = await store.get(sessions[i].session_id)
+            assert record is not None
+            assert record.user_id == f"u{i}"
+            await logs[i].append(_token(f"t{i}"))
+
+        for _ in range(3):
+            async with anyio.create_task_group() as tg:
+                for i in range(len(sessions)):
+                    tg.start_soon(read_and_append, i)
+                await anyio.lowlevel.checkpoint()
+                tg.cancel_scope.cancel()  # most calls are queued or in flight
+        # Every call now gets its own reply, in any order of tasks.
+        async with anyio.create_task_group() as tg:
+            for i in range(len(sessions)):
+                tg.start_soon(read_and_append, i)
+        for i, log in enumerate(logs):
+            async with log.read(0) as cursor:
+                seen: list[str] = []
+                while len(seen) < log.last_seq:
+                    seen.append((await cursor.__anext__()).content)
+            assert seen
+            assert set(seen) == {f"t{i}"}

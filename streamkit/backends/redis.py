@@ -11,6 +11,10 @@ Rules of this module:
   ``history_max_bytes``. Each log instance is a writer with an id and a counter; the
   script remembers the last counter of each writer, so a retry after a lost reply
   returns the seq already stored instead of appending twice.
+* **One connection, pipelined.** An entered backend on a single node sends its append
+  rounds and its store's commands through one connection (:class:`_Pipe`): what its
+  tasks send in one loop iteration goes out in one write. The append rounds' script
+  calls are written as RESP by hand, each event's JSON encoded once.
 * **Retries.** A lost connection (or a server still loading its data) is retried with
   exponential backoff (20 ms doubling to 1 s) for at most ``retry_for`` seconds, then
   becomes :class:`~streamkit.BackendError`. Every other redis-py failure becomes
@@ -29,6 +33,7 @@ Rules of this module:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
@@ -96,14 +101,15 @@ _T = TypeVar("_T")
 # call on Redis Cluster, where the logs' keys live in different slots).
 # KEYS: stream and meta of each log. ARGV, per log: max events, max bytes, writer,
 # batch counter, the final flags ('0'/'1', one per event), the last seq this writer
-# has seen ('0' if none), then the event JSONs. Returns, per log, {first seq, events
-# accepted, id of the oldest entry}: the accepted events are a prefix of the batch
-# (none after the log is closed). A retry of a batch already stored (its reply was
-# lost) returns the same reply without storing anything. A log whose counter is
+# has seen ('0' if none), then the event JSONs. Returns one string (one bulk reply to
+# parse, however many logs), per log three words: the first seq, the events accepted,
+# the id of the oldest entry ('-' if none): the accepted events are a prefix of the
+# batch (none after the log is closed). A retry of a batch already stored (its reply
+# was lost) returns the same words without storing anything. A log whose counter is
 # behind the seq its writer saw lost events (Redis restarted without its data, or
-# failed over to a replica that missed writes): its batch is refused with {-1,
-# 'STREAMKIT_LOST <held> <seen>', ''}, except a final event, which is stored after the
-# seq the writer saw, so that readers get it and a resume from before sees the gap.
+# failed over to a replica that missed writes): its batch is refused with '-1 <held>
+# <seen>', except a final event, which is stored after the seq the writer saw, so
+# that readers get it and a resume from before sees the gap.
 _APPEND: Final = """
 local out = {}
 local a = 1
@@ -120,9 +126,9 @@ for l = 1, #KEYS, 2 do
   if prev then c, s, k = string.match(prev, '^(%d+):(%d+):(%d+)$') end
   if c == counter then
     local head = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
-    out[#out + 1] = tonumber(s)
-    out[#out + 1] = tonumber(k)
-    out[#out + 1] = head and head[1] or ''
+    out[#out + 1] = s
+    out[#out + 1] = k
+    out[#out + 1] = head and head[1] or '-'
   else
     local last = tonumber(redis.call('HGET', meta, 'last') or '0')
     local lost = false
@@ -136,8 +142,8 @@ for l = 1, #KEYS, 2 do
     end
     if lost then
       out[#out + 1] = -1
-      out[#out + 1] = 'STREAMKIT_LOST ' .. last .. ' ' .. seen
-      out[#out + 1] = ''
+      out[#out + 1] = last
+      out[#out + 1] = seen
     else
       if redis.call('HGET', meta, 'closed') then n = 0 end
       local added, accepted = 0, 0
@@ -168,11 +174,44 @@ for l = 1, #KEYS, 2 do
       local head = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
       out[#out + 1] = last + 1
       out[#out + 1] = accepted
-      out[#out + 1] = head and head[1] or ''
+      out[#out + 1] = head and head[1] or '-'
     end
   end
 end
-return out
+return table.concat(out, ' ')
+"""
+
+# The follower's read of many streams: what follows each given id, as one string (one
+# bulk reply to parse however many entries): a line per entry, "<stream's index>
+# <entry id> <event JSON>" (no JSON for the close marker). The JSON has no raw newline.
+# KEYS: the streams. ARGV: the id after which to read each, then the count per stream.
+_READ: Final = """
+local out = {}
+local count = ARGV[#KEYS + 1]
+for i = 1, #KEYS do
+  local entries = redis.call('XRANGE', KEYS[i], '(' .. ARGV[i], '+', 'COUNT', count)
+  for _, entry in ipairs(entries) do
+    local fields = entry[2]
+    out[#out + 1] = i .. ' ' .. entry[1] .. ' ' .. (fields[1] == 'e' and fields[2] or '')
+  end
+end
+return table.concat(out, '\\n')
+"""
+
+# A cursor's read: the log's state and the entries after an id, as one string: a first
+# line "<last seq> <closed: 0/1> <oldest entry's id, '-' if none>", then a line per
+# entry, "<entry id> <event JSON>" (no JSON for the close marker).
+# KEYS: stream, meta. ARGV: the first id to read (inclusive), the count.
+_QUERY: Final = """
+local meta = redis.call('HMGET', KEYS[2], 'last', 'closed')
+local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
+local closed = meta[2] and '1' or '0'
+local out = {(meta[1] or '0') .. ' ' .. closed .. ' ' .. (first and first[1] or '-')}
+for _, entry in ipairs(redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])) do
+  local fields = entry[2]
+  out[#out + 1] = entry[1] .. ' ' .. (fields[1] == 'e' and fields[2] or '')
+end
+return table.concat(out, '\\n')
 """
 
 # Closes the log and wakes followers with a marker entry <last>-1 (never an event).
@@ -208,6 +247,11 @@ _LOGS_PER_CALL: Final = 256
 # Append rounds a backend has in flight at once (each log in at most one).
 _ROUNDS_IN_FLIGHT: Final = 4
 _IDLE_RECHECK: Final = 1.0
+# Group commit: a round that no append awaits, carrying fewer than _LINGER_EVENTS
+# events, starts _ROUND_GAP s after the previous one, so that paced streams' tokens
+# (appended without waiting) share rounds: fewer writes, each one a costly syscall.
+_ROUND_GAP: Final = 0.004
+_LINGER_EVENTS: Final = 64
 # Events append_nowait queues on one log before it asks the caller to await append.
 _NOWAIT_MAX: Final = 1024
 # How often the follower checks that the logs its readers wait on still hold what
@@ -262,7 +306,7 @@ async def _call(
         BackendError: Redis failed, or stayed unreachable for ``retry_for`` seconds.
     """
     delay = _FIRST_DELAY
-    deadline = anyio.current_time() + retry_for
+    deadline = time.monotonic() + retry_for
     while True:
         try:
             if not _observers or blocking:
@@ -273,7 +317,7 @@ async def _call(
             return result
         except _RETRYABLE as exc:
             logger.debug("streamkit: redis call failed (%s); retrying in %.2f s", exc, delay)
-            if anyio.current_time() + delay > deadline:
+            if time.monotonic() + delay > deadline:
                 raise BackendError(
                     f"redis unreachable (gave up after {retry_for:g} s): {exc}",
                     session_id=session_id,
@@ -346,7 +390,14 @@ def _meta_of(stream: str) -> str:
 
 
 def _decode(fields: dict[bytes, bytes], seq: int, session_id: str) -> StreamEvent:
-    return with_seq(StreamEvent.from_json(fields[b"e"]), seq, session_id)
+    return _event_of(fields[b"e"], seq, session_id)
+
+
+def _event_of(text: bytes | str, seq: int, session_id: str) -> StreamEvent:
+    """The event stored as ``text`` (its JSON, without seq), numbered ``seq``."""
+    event = StreamEvent.from_json(text)
+    stamp(event, seq, session_id)  # a fresh object that nobody else holds yet
+    return event
 
 
 #: One entry as cursors see it: its order key and the event (``None`` for the marker).
@@ -379,7 +430,7 @@ class _Watch:
         self.session_id = session_id
         self.last = last  # the order key (see _key_of) of the newest entry known
         self.items: deque[_Item] = deque(maxlen=4 * _BATCH)
-        self.changed = anyio.Event()
+        self.changed = asyncio.Event()
         self.waiters = 0
         self.active = False  # whether the XREAD in flight includes this stream
         self.idle = 0
@@ -410,11 +461,14 @@ class _Follower:
         self._wake_id = "0-0"
         self._retry_for = retry_for
         self._watches: dict[str, _Watch] = {}
-        self._need = anyio.Event()
+        self._need = asyncio.Event()
         self.stale = False  # a fed stream showed another writer's entries: read it
         self.closed = False
         self._checked_at = 0.0  # when the followed logs were last checked for a loss
         self.lost_logs = 0  # logs this follower found lost and ended
+        # The backend's pipeline: entries are then read with _READ, not XREAD's replies.
+        self.pipe: _Pipe | None = None
+        self._flowing = False  # the last read found entries: read again without blocking
 
     @staticmethod
     def _after(watch: _Watch, pos: int) -> list[_Item] | None:
@@ -447,9 +501,7 @@ class _Follower:
         """Whether the XREAD in flight or this worker's appends cover the log's stream."""
         watch = self._watches.get(log._stream)
         return (
-            watch is not None
-            and (watch.active or watch.fed(anyio.current_time()))
-            and not self.closed
+            watch is not None and (watch.active or watch.fed(time.monotonic())) and not self.closed
         )
 
     def feed(self, log: RedisEventLog, first: int, events: Sequence[StreamEvent]) -> None:
@@ -474,9 +526,9 @@ class _Follower:
                 items.append((key, event))
                 last = key
         watch.last = last
-        watch.fed_at = anyio.current_time()
+        watch.fed_at = time.monotonic()
         watch.changed.set()
-        watch.changed = anyio.Event()
+        watch.changed = asyncio.Event()
 
     async def wait(self, log: RedisEventLog, pos: int) -> list[_Item] | None:
         """Return the entries after ``pos``, waiting for some; ``None``: read Redis."""
@@ -496,7 +548,7 @@ class _Follower:
         watch.idle = 0
         try:
             changed = watch.changed
-            if not watch.active and not watch.fed(anyio.current_time()):
+            if not watch.active and not watch.fed(time.monotonic()):
                 self._need.set()
                 await _call(self._poke, self._retry_for, log.session_id)
             await changed.wait()
@@ -521,7 +573,7 @@ class _Follower:
     def _wake_all(self) -> None:
         for watch in self._watches.values():
             watch.changed.set()
-            watch.changed = anyio.Event()
+            watch.changed = asyncio.Event()
 
     def close(self) -> None:
         self.closed = True
@@ -535,7 +587,7 @@ class _Follower:
         log that has waiting readers; a log whose counter is behind what they saw (its
         keys are gone) gets an error event after that seq, which the next read delivers.
         """
-        self._checked_at = anyio.current_time()
+        self._checked_at = time.monotonic()
         # What the readers saw, taken before the counters are read: appends that
         # come in meanwhile raise both.
         watched = [
@@ -556,7 +608,7 @@ class _Follower:
     async def run(self) -> None:
         delay = _FIRST_DELAY
         while True:
-            now = anyio.current_time()
+            now = time.monotonic()
             if now - self._checked_at >= _LOSS_CHECK:
                 with contextlib.suppress(Exception):  # Redis down: the next round retries
                     await self.check_lost()
@@ -580,7 +632,7 @@ class _Follower:
                 watch.active = True
                 streams[key] = f"{watch.last >> 1}-{watch.last & 1}"
             if not streams:
-                self._need = anyio.Event()
+                self._need = asyncio.Event()
                 with anyio.move_on_after(max(recheck, 0.001)):
                     await self._need.wait()
                 continue
@@ -596,13 +648,73 @@ class _Follower:
                 delay = _FIRST_DELAY
 
     async def _read(self, streams: dict[Any, Any], recheck: float) -> None:
-        """Read ``streams`` (key -> last id) once, blocking while nothing comes."""
+        """Read ``streams`` (key -> last id) once, blocking while nothing comes.
+
+        With the backend's pipeline, the blocking ``XREAD`` only says which streams
+        have news (one entry each at most); their entries then come with one
+        :data:`_READ` call, as one string, and so does every next read until one
+        finds nothing.
+        """
+        pipe = self.pipe
+        if pipe is not None and self._flowing:
+            self._flowing = await self._read_all(pipe, streams)
+            return
+        keys = list(streams)
         streams[self._wake_key] = self._wake_id
         block = max(1, min(_BLOCK_MS, int(recheck * 1000) + 1))
-        self._deliver(await self._client.xread(streams, count=_BATCH, block=block))
+        reply = await self._client.xread(
+            streams, count=1 if pipe is not None else _BATCH, block=block
+        )
+        if pipe is None:
+            self._deliver(reply)
+            return
+        news = self._deliver(reply, keep=False)
+        if news:
+            self._flowing = await self._read_all(pipe, {key: streams[key] for key in keys})
 
-    def _deliver(self, reply: Any) -> None:
+    async def _read_all(self, pipe: _Pipe, streams: dict[Any, Any]) -> bool:
+        """Read what follows in ``streams`` with one script call; whether any came."""
+        keys = list(streams)
+        if not keys:
+            return False
+        (result,) = await pipe.call(
+            [_pack(("EVAL", _READ, len(keys), *keys, *streams.values(), _BATCH))]
+        )
+        if isinstance(result, BaseException):
+            raise result
+        data = result.encode() if isinstance(result, str) else result
+        if not data:
+            return False
+        grouped: dict[int, list[tuple[bytes, bytes]]] = {}
+        for line in data.split(b"\n"):
+            index, entry_id, text = line.split(b" ", 2)
+            grouped.setdefault(int(index), []).append((entry_id, text))
+        for index, entries in grouped.items():
+            watch = self._watches.get(keys[index - 1])
+            if watch is None:
+                continue
+            known = watch.last
+            sid = watch.session_id
+            fresh: list[_Item] = []
+            for entry_id, text in entries:
+                key = _key_of(entry_id)
+                if key > known:
+                    fresh.append((key, None if key & 1 else _event_of(text, key >> 1, sid)))
+            if fresh:
+                watch.items.extend(fresh)
+                watch.last = fresh[-1][0]
+                watch.changed.set()
+                watch.changed = asyncio.Event()
+        return True
+
+    def _deliver(self, reply: Any, *, keep: bool = True) -> bool:
+        """Take in an ``XREAD`` (or ``XRANGE``) reply; whether a stream had news.
+
+        ``keep=False``: only note the wake-up stream's newest id (the entries are
+        read again with :data:`_READ`).
+        """
         pairs = reply.items() if isinstance(reply, dict) else (reply or ())
+        news = False
         for raw_key, entries in pairs:
             key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
             if key == self._wake_key:
@@ -611,6 +723,9 @@ class _Follower:
                 continue
             watch = self._watches.get(key)
             if watch is None or not entries:
+                continue
+            news = True
+            if not keep:
                 continue
             known = watch.last
             fresh = _items(
@@ -621,7 +736,8 @@ class _Follower:
             watch.items.extend(fresh)
             watch.last = fresh[-1][0]
             watch.changed.set()
-            watch.changed = anyio.Event()
+            watch.changed = asyncio.Event()
+        return news
 
 
 class _ClusterFollower(_Follower):
@@ -657,7 +773,7 @@ class _ClusterFollower(_Follower):
                 await need.wait()
             self._idle = min(self._idle * 2, _CLUSTER_IDLE)
         if need.is_set():
-            self._need = anyio.Event()
+            self._need = asyncio.Event()
 
 
 class _Batch:
@@ -667,11 +783,11 @@ class _Batch:
 
     def __init__(self) -> None:
         self.events: list[StreamEvent] = []
-        self.texts: list[str] = []
+        self.texts: list[bytes] = []
         self.flags: list[str] = []
         self.stored: list[StreamEvent] = []
         self.error: BaseException | None = None
-        self.done = anyio.Event()
+        self.done = asyncio.Event()
         self.counter = 0
         self.detached = 0  # events appended without waiting (enqueue)
 
@@ -685,12 +801,21 @@ class _Batch:
         raise ClosedError("the log is closed", session_id=session_id)
 
 
-def _lost_error(reason: str, session_id: str) -> BackendError:
-    _, _, numbers = reason.partition("STREAMKIT_LOST")
-    have, _, seen = numbers.strip().partition(" ")
+#: What the append script says of one log's batch: first seq, events accepted, the
+#: oldest entry's id (``"-"``: none); or ``(-1, held, "<seen>")`` if Redis lost events.
+_Reply = tuple[int, int, str]
+
+
+def _replies(result: bytes | str) -> list[_Reply]:
+    """Split the append script's reply into one :data:`_Reply` per log."""
+    words = _text(result).split()
+    return [(int(words[j]), int(words[j + 1]), words[j + 2]) for j in range(0, len(words), 3)]
+
+
+def _lost_error(have: int, seen: str, session_id: str) -> BackendError:
     return BackendError(
-        f"Redis lost events of this log: it holds seq {have or '?'}, this writer had "
-        f"seen seq {seen or '?'} (restarted without its data, or failed over to a "
+        f"Redis lost events of this log: it holds seq {have}, this writer had "
+        f"seen seq {seen} (restarted without its data, or failed over to a "
         "replica that missed the newest writes)",
         session_id=session_id,
     )
@@ -732,14 +857,23 @@ class _Appender:
         self._replicas = replicas
         self._replica_ms = max(1, round(replica_timeout * 1000))
         self._queue: dict[RedisEventLog, _Batch] = {}
-        self._kick = anyio.Event()
+        self._kick = asyncio.Event()
         self._sha = hashlib.sha1(_APPEND.encode()).hexdigest()  # noqa: S324 - Redis's id
+        self._sha_wire = _bulk(b"EVALSHA") + _bulk(self._sha.encode())
+        # Where the rounds' script calls go, written as RESP by hand (single node, no
+        # replicas): the backend's automatic pipeline.
+        self.pipe: _Pipe | None = None
         self.closed = False
         self.rounds = 0
         self._in_flight = 0
+        self._queued = 0  # events queued, not yet in a round
+        # Set when the next round should not wait: an append awaits it, or enough
+        # events queued; else at the end of the gap after the previous round.
+        self._hurry = asyncio.Event()
+        self._began = -_ROUND_GAP  # when the newest round began
 
     def submit(
-        self, log: RedisEventLog, event: StreamEvent, text: str, *, kick: bool = True
+        self, log: RedisEventLog, event: StreamEvent, text: bytes, *, kick: bool = True
     ) -> tuple[_Batch, int]:
         """Queue ``event`` (its stored JSON ``text``) for ``log``'s next batch."""
         batch = self._queue.get(log)
@@ -751,6 +885,9 @@ class _Appender:
         batch.events.append(event)
         batch.texts.append(text)
         batch.flags.append("1" if event.is_final else "0")
+        self._queued += 1
+        if self._queued >= _LINGER_EVENTS:
+            self._hurry.set()
         log._predicted = max(log._predicted, log._last) + 1
         return batch, len(batch.events) - 1
 
@@ -762,19 +899,38 @@ class _Appender:
                     # (its batches reach Redis in order; a retry is recognised).
                     ready = [log for log in self._queue if not log._sending]
                     if not ready or self._in_flight >= _ROUNDS_IN_FLIGHT:
-                        self._kick = anyio.Event()
+                        self._kick = asyncio.Event()
                         await self._kick.wait()
                         continue
+                    # A few events trickling in (paced streams) wait for the next
+                    # round's turn, at most _ROUND_GAP after the previous round
+                    # began: one round then carries many sessions' events.
+                    wait = self._began + _ROUND_GAP - time.monotonic()
+                    hurry = self._hurry
+                    if wait > 0 and not hurry.is_set():
+                        timer = asyncio.get_running_loop().call_later(wait, hurry.set)
+                        try:
+                            await hurry.wait()
+                        finally:
+                            timer.cancel()
+                        continue
+                    hurry.clear()
                     batches = [(log, self._queue.pop(log)) for log in ready]
+                    self._queued = sum(len(batch.events) for batch in self._queue.values())
                     for log, _ in batches:
                         log._sending = True
                     self._in_flight += 1
+                    self._began = time.monotonic()
                     tg.start_soon(self._round, batches)
                     await anyio.lowlevel.checkpoint()
         finally:
             self.closed = True
             self._fail(list(self._queue.items()), BackendError("the Redis backend closed"))
             self._queue = {}
+
+    def hurry(self) -> None:
+        """An append waits for the next round: send it without the gap."""
+        self._hurry.set()
 
     def idle(self, log: RedisEventLog) -> bool:
         """Whether nothing is queued or in flight, so ``log``'s append may go at once."""
@@ -783,6 +939,7 @@ class _Appender:
     async def lead(self, log: RedisEventLog) -> None:
         """Send ``log``'s batch in the calling task (nothing else was waiting)."""
         batch = self._queue.pop(log)
+        self._queued -= len(batch.events)
         log._sending = True
         self._in_flight += 1
         await self._round([(log, batch)])
@@ -819,94 +976,14 @@ class _Appender:
         for log, batch in batches:
             log._counter += 1
             batch.counter = log._counter
-        replies: list[Any] = [None] * len(batches)
-        todo = list(range(len(batches)))
-        cluster = _is_cluster(self._client)
-        per_call = 1 if cluster else _LOGS_PER_CALL
-        # With replicas: the batches (by index) whose WAIT fell short, and why.
-        unconfirmed: dict[int, str] = {}
-
-        async def send() -> None:
-            nonlocal todo
-            groups = [todo[j : j + per_call] for j in range(0, len(todo), per_call)]
-            calls: list[list[Any]] = []
-            for group in groups:
-                keys: list[str] = []
-                args: list[Any] = []
-                for i in group:
-                    log, batch = batches[i]
-                    keys += (log._stream, log._meta)
-                    args += (
-                        log._max_events,
-                        log._max_bytes,
-                        log._writer,
-                        batch.counter,
-                        "".join(batch.flags),
-                        log._last,
-                        *batch.texts,
-                    )
-                calls.append([self._sha, len(keys), *keys, *args])
-            results: list[Any]
-            waits: dict[str, tuple[Any, list[int]]] = {}
-            if len(calls) == 1 and not self._replicas:  # no pipeline object to build
-                try:
-                    results = [await self._client.evalsha(*calls[0])]
-                except ResponseError as exc:
-                    results = [exc]
-            else:
-                pipe = self._client.pipeline(transaction=False)
-                for call in calls:
-                    pipe.evalsha(*call)
-                if self._replicas:
-                    # WAIT on the connection (per master, on a cluster) that carried
-                    # the writes: it returns once that many replicas have them.
-                    for i in todo:
-                        node = (
-                            self._client.get_node_from_key(batches[i][0]._stream)
-                            if cluster
-                            else None
-                        )
-                        name = "" if node is None else node.name
-                        waits.setdefault(name, (node, []))[1].append(i)
-                    for node, _ in waits.values():
-                        target = {} if node is None else {"target_nodes": node}
-                        pipe.execute_command("WAIT", self._replicas, self._replica_ms, **target)
-                results = await pipe.execute(raise_on_error=False)
-                acks = results[len(calls) :]
-                results = results[: len(calls)]
-                for (_, indices), ack in zip(waits.values(), acks, strict=True):
-                    for i in indices:
-                        if isinstance(ack, int) and ack >= self._replicas:
-                            unconfirmed.pop(i, None)
-                        else:
-                            unconfirmed[i] = str(ack)
-            missing = False
-            retry: list[int] = []
-            failure: BaseException | None = None
-            for group, result in zip(groups, results, strict=True):
-                if isinstance(result, NoScriptError):
-                    missing = True
-                    retry += group
-                elif isinstance(result, _RETRYABLE):
-                    failure = result
-                    retry += group
-                elif isinstance(result, BaseException):
-                    for i in group:
-                        replies[i] = result
-                else:
-                    for j, i in enumerate(group):
-                        replies[i] = result[3 * j : 3 * j + 3]
-            todo = retry
-            if missing:  # a restarted (or new) server: load the script, send again
-                await self._client.script_load(_APPEND)
-            if failure is not None:
-                raise failure
-            if missing:
-                await send()
-
+        # A plain object, not a closure that names itself: a round leaves no reference
+        # cycle behind (the garbage collector would have to find every round's).
+        send = _Send(self, batches)
+        replies = send.replies
+        unconfirmed = send.unconfirmed
         try:
             try:
-                await _call(send, self._retry_for)
+                await _call(send.run, self._retry_for)
             except BackendError as exc:
                 self._fail(batches, exc)
                 return
@@ -915,7 +992,7 @@ class _Appender:
                 try:
                     if isinstance(reply, BaseException):
                         raise _append_error(reply, log.session_id) from reply
-                    if i in unconfirmed and int(reply[0]) > 0:
+                    if i in unconfirmed and reply[0] > 0:
                         # Stored on the master only: not for this worker's readers (a
                         # later confirmed round covers it; they then read it).
                         self._fail([(log, batch)], self._unconfirmed(log, unconfirmed[i]))
@@ -941,13 +1018,273 @@ class _Appender:
                                 {"error_type": "BackendError", "message": str(exc)[:1000]}
                             ),
                         )
-                        self.submit(log, final, final.to_json())[0].detached += 1
+                        self.submit(log, final, final.to_json().encode())[0].detached += 1
                 batch.done.set()
             follower = self._follower
             if follower is not None and (stale or follower.stale):
                 await follower.restale()
         finally:
             self._fail(batches, BackendError("the Redis backend closed"))
+
+
+def _bulk(data: bytes) -> bytes:
+    """One RESP bulk string."""
+    return b"$%d\r\n%b\r\n" % (len(data), data)
+
+
+def _pack(args: Sequence[str | bytes | int]) -> bytes:
+    """One command as RESP."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        out.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+class _Pipe:
+    """Automatic pipelining on one connection.
+
+    What the worker's tasks send in one loop iteration goes out in one write, and the
+    replies are read back in order. One batch is in flight at a time; calls made
+    meanwhile form the next batch. A caller that is cancelled leaves its reply to be
+    read and dropped, so the connection stays in step. A failed connection fails every
+    call of its batch (``_call`` retries them); the next batch reconnects.
+    """
+
+    __slots__ = ("_busy", "_conn", "_flight", "_kick", "_queue")
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+        self._queue: list[tuple[list[bytes], int, asyncio.Future[list[Any]]]] = []
+        self._flight: list[tuple[list[bytes], int, asyncio.Future[list[Any]]]] = []
+        self._kick = asyncio.Event()
+        self._busy = False  # a batch is in flight
+
+    async def call(self, chunks: list[bytes], replies: int = 1) -> list[Any]:
+        """Send ``chunks`` (``replies`` commands); return their replies.
+
+        A reply that is an error comes back as its :class:`ResponseError`.
+
+        Raises:
+            Exception: the connection failed (a redis-py ``ConnectionError``, retryable).
+        """
+        if not self._busy and not self._queue:
+            return await self._direct(chunks, replies)
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._queue.append((chunks, replies, future))
+        self._kick.set()
+        return await future
+
+    async def _direct(self, chunks: list[bytes], replies: int) -> list[Any]:
+        """Nothing in flight or queued: send and read in the calling task."""
+        conn = self._conn
+        self._busy = True
+        try:
+            await conn.send_packed_command(chunks, check_health=False)
+            return await self._read(replies)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await conn.disconnect()
+            raise
+        finally:
+            self._busy = False
+            if self._queue:
+                self._kick.set()
+
+    async def _read(self, count: int) -> list[Any]:
+        results: list[Any] = []
+        for _ in range(count):
+            try:
+                results.append(await self._conn.read_response())
+            except ResponseError as exc:  # read whole: still in step
+                results.append(exc)
+        return results
+
+    async def run(self) -> None:
+        conn = self._conn
+        try:
+            while True:
+                if not self._queue or self._busy:
+                    self._kick.clear()
+                    await self._kick.wait()
+                    continue
+                batch = self._flight = self._queue
+                self._queue = []
+                self._busy = True
+                try:
+                    await conn.send_packed_command(
+                        [chunk for chunks, _, _ in batch for chunk in chunks], check_health=False
+                    )
+                    for _, count, future in batch:
+                        results = await self._read(count)
+                        if not future.done():
+                            future.set_result(results)
+                except Exception as exc:
+                    with anyio.CancelScope(shield=True):
+                        await conn.disconnect()
+                    for _, _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                finally:
+                    self._busy = False
+        finally:
+            closed = BackendError("the Redis backend closed")
+            for _, _, future in (*self._flight, *self._queue):
+                if not future.done():
+                    future.set_exception(closed)
+            self._flight = self._queue = []
+
+
+class _Send:
+    """The script calls of one append round; after a lost connection, resent in part.
+
+    On a single node without replicas, the calls are written as RESP by hand (each
+    event's JSON is encoded once, when it is appended; a log's keys and limits once
+    per log) through the backend's automatic pipeline (:class:`_Pipe`). Elsewhere (a Cluster,
+    ``WAIT`` for replicas, a log without an entered backend) they go through redis-py.
+    """
+
+    __slots__ = ("_appender", "_batches", "_todo", "replies", "unconfirmed")
+
+    def __init__(self, appender: _Appender, batches: list[tuple[RedisEventLog, _Batch]]) -> None:
+        self._appender = appender
+        self._batches = batches
+        self._todo = list(range(len(batches)))
+        self.replies: list[Any] = [None] * len(batches)
+        # With replicas: the batches (by index) whose WAIT fell short, and why.
+        self.unconfirmed: dict[int, str] = {}
+
+    async def run(self) -> None:
+        """Send what is left to send; load the script first where Redis lacks it.
+
+        Raises:
+            Exception: a retryable failure (see ``_call``) after the other calls'
+                replies were taken in.
+        """
+        while self._todo:
+            if not await self._once():
+                return
+
+    async def _once(self) -> bool:
+        """Send the calls left once; return whether Redis lacked the script."""
+        appender = self._appender
+        client = appender._client
+        cluster = _is_cluster(client)
+        per_call = 1 if cluster else _LOGS_PER_CALL
+        todo = self._todo
+        groups = [todo[j : j + per_call] for j in range(0, len(todo), per_call)]
+        pipe = appender.pipe
+        if pipe is not None and not appender._replicas:
+            results = await self._wire(appender, pipe, groups)
+        else:
+            results = await self._pipeline(appender, groups, cluster)
+        missing = False
+        retry: list[int] = []
+        failure: BaseException | None = None
+        replies = self.replies
+        for group, result in zip(groups, results, strict=True):
+            if isinstance(result, NoScriptError):
+                missing = True
+                retry += group
+            elif isinstance(result, _RETRYABLE):
+                failure = result
+                retry += group
+            elif isinstance(result, BaseException):
+                for i in group:
+                    replies[i] = result
+            else:
+                for i, reply in zip(group, _replies(result), strict=True):
+                    replies[i] = reply
+        self._todo = retry
+        if missing:  # a restarted (or new) server: load the script, send again
+            await client.script_load(_APPEND)
+        if failure is not None:
+            raise failure
+        return missing
+
+    async def _wire(self, appender: _Appender, pipe: _Pipe, groups: list[list[int]]) -> list[Any]:
+        batches = self._batches
+        sha = appender._sha_wire
+        chunks: list[bytes] = []
+        for group in groups:
+            count = 3
+            keys: list[bytes] = []
+            args: list[bytes] = []
+            for i in group:
+                log, batch = batches[i]
+                wire = log._wire
+                if wire is None:
+                    wire = log._wire = (
+                        _bulk(log._stream.encode()) + _bulk(log._meta.encode()),
+                        _bulk(str(log._max_events).encode())
+                        + _bulk(str(log._max_bytes).encode())
+                        + _bulk(log._writer.encode()),
+                    )
+                keys.append(wire[0])
+                args.append(wire[1])
+                args.append(_bulk(b"%d" % batch.counter))
+                args.append(_bulk("".join(batch.flags).encode()))
+                args.append(_bulk(b"%d" % log._last))
+                args.extend(b"$%d\r\n%b\r\n" % (len(data), data) for data in batch.texts)
+                count += 8 + len(batch.texts)
+            chunks.append(b"*%d\r\n%b%b" % (count, sha, _bulk(b"%d" % (2 * len(group)))))
+            chunks += keys
+            chunks += args
+        return await pipe.call(chunks, len(groups))
+
+    async def _pipeline(
+        self, appender: _Appender, groups: list[list[int]], cluster: bool
+    ) -> list[Any]:
+        batches = self._batches
+        client = appender._client
+        calls: list[list[Any]] = []
+        for group in groups:
+            keys: list[str] = []
+            args: list[Any] = []
+            for i in group:
+                log, batch = batches[i]
+                keys += (log._stream, log._meta)
+                args += (
+                    log._max_events,
+                    log._max_bytes,
+                    log._writer,
+                    batch.counter,
+                    "".join(batch.flags),
+                    log._last,
+                    *batch.texts,
+                )
+            calls.append([appender._sha, len(keys), *keys, *args])
+        results: list[Any]
+        waits: dict[str, tuple[Any, list[int]]] = {}
+        if len(calls) == 1 and not appender._replicas:  # no pipeline object to build
+            try:
+                return [await client.evalsha(*calls[0])]
+            except ResponseError as exc:
+                return [exc]
+        pipe = client.pipeline(transaction=False)
+        for call in calls:
+            pipe.evalsha(*call)
+        replicas = appender._replicas
+        if replicas:
+            # WAIT on the connection (per master, on a cluster) that carried the
+            # writes: it returns once that many replicas have them.
+            for i in self._todo:
+                node = client.get_node_from_key(batches[i][0]._stream) if cluster else None
+                name = "" if node is None else node.name
+                waits.setdefault(name, (node, []))[1].append(i)
+            for node, _ in waits.values():
+                target = {} if node is None else {"target_nodes": node}
+                pipe.execute_command("WAIT", replicas, appender._replica_ms, **target)
+        results = await pipe.execute(raise_on_error=False)
+        acks = results[len(calls) :]
+        unconfirmed = self.unconfirmed
+        for (_, indices), ack in zip(waits.values(), acks, strict=True):
+            for i in indices:
+                if isinstance(ack, int) and ack >= replicas:
+                    unconfirmed.pop(i, None)
+                else:
+                    unconfirmed[i] = str(ack)
+        return results[: len(calls)]
 
 
 class _RedisCursor(EventCursor):
@@ -987,14 +1324,32 @@ class _RedisCursor(EventCursor):
             self._finish()
         return event
 
-    async def _query(self) -> tuple[Any, Any, Any]:
+    async def _query(self) -> tuple[list[_Item], int, bool, str]:
+        """Read the log's state and the entries after this cursor: one script call.
+
+        Returns the entries, the newest seq, whether the log is closed, and the oldest
+        entry's id (``"-"`` if none).
+        """
         log = self._log
-        pipe = log._client.pipeline(transaction=False)
-        pipe.xrange(log._stream, f"{self._pos + 1}-0", "+", count=_BATCH)
-        pipe.hmget(log._meta, "last", "closed")
-        pipe.xrange(log._stream, "-", "+", count=1)
-        entries, meta, first = await pipe.execute()
-        return entries, meta, first
+        args = (log._stream, log._meta, f"{self._pos + 1}-0", _BATCH)
+        appender = log._appender
+        pipe = None if appender is None else appender.pipe
+        if pipe is None:
+            result = await log._client.eval(_QUERY, 2, *args)
+        else:
+            (result,) = await pipe.call([_pack(("EVAL", _QUERY, 2, *args))])
+            if isinstance(result, BaseException):
+                raise result
+        data = result.encode() if isinstance(result, str) else result
+        head, _, rest = data.partition(b"\n")
+        last, closed, first = head.split(b" ")
+        sid = log.session_id
+        items: list[_Item] = []
+        for line in rest.split(b"\n") if rest else ():
+            entry_id, _, text = line.partition(b" ")
+            key = _key_of(entry_id)
+            items.append((key, None if key & 1 else _event_of(text, key >> 1, sid)))
+        return items, int(last), closed == b"1", first.decode()
 
     def _take(self, items: list[_Item]) -> None:
         buf = self._buf
@@ -1045,12 +1400,10 @@ class _RedisCursor(EventCursor):
                     self._take(items)
                     continue
                 self._live = False
-            entries, (last_raw, closed_raw), first = await _call(self._query, log._retry_for, sid)
-            last = int(last_raw or 0)
-            closed = closed_raw is not None
+            entries, last, closed, first = await _call(self._query, log._retry_for, sid)
             oldest = last + 1
-            if first:
-                key = _key_of(first[0][0])
+            if first != "-":
+                key = _key_of(first)
                 oldest = last + 1 if key & 1 else key >> 1
             log._observe(last, oldest, closed)
             if last < self._pos and self._started:
@@ -1085,7 +1438,7 @@ class _RedisCursor(EventCursor):
                 self._check_lag(last - self._pos, oldest)
             if self._pos < oldest - 1:
                 raise self._lagged("unread events left the retention window", oldest)
-            self._take(_items(entries, sid))
+            self._take(entries)
             if self._buf or self._done:
                 return
             if closed:
@@ -1178,6 +1531,7 @@ class RedisEventLog(EventLog):
         "_sending",
         "_session_id",
         "_stream",
+        "_wire",
         "_writer",
     )
 
@@ -1226,6 +1580,8 @@ class RedisEventLog(EventLog):
         self._predicted = 0  # the seq the newest event queued is expected to get
         self._sending = False  # whether a batch of this log is in flight
         self._failure: BaseException | None = None  # of an enqueue, not yet raised
+        # The RESP of its keys and of its limits and writer id (see _Send).
+        self._wire: tuple[bytes, bytes] | None = None
 
     async def refresh(self) -> None:
         """Load ``last_seq``, ``oldest_seq`` and ``is_closed`` from Redis.
@@ -1291,8 +1647,8 @@ class RedisEventLog(EventLog):
         """Whether this process has seen the log closed."""
         return self._closed
 
-    def _prepare(self, event: StreamEvent) -> str:
-        """Check ``event`` for an append; return the JSON to store."""
+    def _prepare(self, event: StreamEvent) -> bytes:
+        """Check ``event`` for an append; return the JSON to store, encoded."""
         if not isinstance(event, StreamEvent):
             raise ValidationError(
                 f"event must be a StreamEvent, got {type_name(event)}", field="event"
@@ -1317,9 +1673,9 @@ class RedisEventLog(EventLog):
                 event.event_id,
                 event.timestamp,
             )
-        text = bare.to_json()
+        text = bare.to_json().encode()
         # The stored copy's JSON, with its seq and session id filled in.
-        size = len(text.encode()) + len(self._session_id) + len(str(self._last + 1)) + 1
+        size = len(text) + len(self._session_id) + len(str(self._last + 1)) + 1
         if size > self._max_event_bytes:
             raise PayloadTooLarge(
                 f"the event is {size} bytes, over the limit of {self._max_event_bytes}",
@@ -1393,6 +1749,7 @@ class RedisEventLog(EventLog):
             if lead:
                 await appender.lead(self)
             else:
+                appender.hurry()
                 await batch.done.wait()
             return batch.result(index, self._session_id)
         # No backend task: one script call per append, one in flight per writer so
@@ -1422,7 +1779,7 @@ class RedisEventLog(EventLog):
         finally:
             self._busy = None
             busy.set()
-        self._committed(batch, reply)
+        self._committed(batch, _replies(reply)[0])
         return batch.result(0, self._session_id)
 
     def append_nowait(self, event: StreamEvent, *, owned: bool = False) -> StreamEvent | None:
@@ -1509,16 +1866,16 @@ class RedisEventLog(EventLog):
             self._failure = None
             raise failure
 
-    def _committed(self, batch: _Batch, reply: Any) -> None:
+    def _committed(self, batch: _Batch, reply: _Reply) -> None:
         """Take in the reply of the append script for ``batch``.
 
         Raises:
             BackendError: Redis lost this log's newest events.
         """
         sid = self._session_id
-        if int(reply[0]) < 0:
-            raise _lost_error(_text(reply[1]), sid)
-        first, accepted, head = int(reply[0]), int(reply[1]), reply[2]
+        first, accepted, head = reply
+        if first < 0:
+            raise _lost_error(accepted, head, sid)
         # An event queued by append_nowait already carries the seq it was stored
         # with (unless another writer came in between): readers get that object.
         stored = [
@@ -1532,7 +1889,7 @@ class RedisEventLog(EventLog):
         last = first + accepted - 1
         if accepted and last >= self._last:
             self._last = last
-            if head:
+            if head != "-":
                 key = _key_of(head)
                 self._oldest = last + 1 if key & 1 else key >> 1
         if accepted < len(batch.events) or (stored and stored[-1].is_final):
@@ -1754,7 +2111,7 @@ class RedisSessionStore(SessionStore):
         retry_for: Seconds a lost connection is retried before :class:`BackendError`.
     """
 
-    __slots__ = ("_client", "_lease_ms", "_owner", "_prefix", "_retry_for", "_sessions")
+    __slots__ = ("_client", "_lease_ms", "_owner", "_pipe", "_prefix", "_retry_for", "_sessions")
 
     def __init__(
         self,
@@ -1764,6 +2121,7 @@ class RedisSessionStore(SessionStore):
         retry_for: float = 10.0,
     ) -> None:
         self._client: Any = client
+        self._pipe: _Pipe | None = None  # set by an entered RedisBackend
         self._prefix = prefix
         self._sessions = f"{{{prefix}}}:sessions"
         self._retry_for = float(check_number("retry_for", retry_for, minimum=0))
@@ -1792,6 +2150,20 @@ class RedisSessionStore(SessionStore):
         _require_asyncio()
         return await _call(fn, self._retry_for, session_id)
 
+    async def _exec(self, *args: str | bytes | int) -> Any:
+        """One command: through the backend's automatic pipeline if there is one.
+
+        Raises:
+            RedisError: the command failed (``_call`` retries a lost connection).
+        """
+        pipe = self._pipe
+        if pipe is None:
+            return await self._client.execute_command(*args)
+        result = (await pipe.call([_pack(args)]))[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
     async def add(
         self,
         session: StreamSession,
@@ -1810,7 +2182,8 @@ class RedisSessionStore(SessionStore):
         record = session.to_json(include_events=False)
 
         async def run() -> Any:
-            return await self._client.eval(
+            return await self._exec(
+                "EVAL",
                 _ADD,
                 5,
                 self._sessions,
@@ -1853,7 +2226,7 @@ class RedisSessionStore(SessionStore):
         """
 
         async def run() -> Any:
-            return await self._client.hget(self._sessions, session_id)
+            return await self._exec("HGET", self._sessions, session_id)
 
         raw = await self._run(run, session_id)
         return None if raw is None else StreamSession.from_json(raw)
@@ -1869,7 +2242,7 @@ class RedisSessionStore(SessionStore):
         ids = list(session_ids)
 
         async def run() -> Any:
-            return await self._client.hmget(self._sessions, ids)
+            return await self._exec("HMGET", self._sessions, *ids)
 
         raws = await self._run(run)
         return [None if raw is None else StreamSession.from_json(raw) for raw in raws]
@@ -1891,7 +2264,7 @@ class RedisSessionStore(SessionStore):
         for _ in range(_SWAP_TRIES):
 
             async def read() -> Any:
-                return await self._client.hget(self._sessions, session_id)
+                return await self._exec("HGET", self._sessions, session_id)
 
             raw = await self._run(read, session_id)
             if raw is None:
@@ -1908,7 +2281,8 @@ class RedisSessionStore(SessionStore):
             async def swap(
                 raw: Any = raw, new: str = new, ends: str = ends, user: str | None = user
             ) -> Any:
-                return await self._client.eval(
+                return await self._exec(
+                    "EVAL",
                     _SET_IF,
                     4,
                     self._sessions,
@@ -1935,14 +2309,15 @@ class RedisSessionStore(SessionStore):
         for _ in range(_SWAP_TRIES):
 
             async def read() -> Any:
-                return await self._client.hget(self._sessions, session_id)
+                return await self._exec("HGET", self._sessions, session_id)
 
             raw = await self._run(read, session_id)
             current = None if raw is None else StreamSession.from_json(raw)
             user = None if current is None else current.user_id
 
             async def swap(raw: Any = raw, user: str | None = user) -> Any:
-                return await self._client.eval(
+                return await self._exec(
+                    "EVAL",
                     _REMOVE_IF,
                     6,
                     self._sessions,
@@ -1984,7 +2359,7 @@ class RedisSessionStore(SessionStore):
         """
 
         async def run() -> Any:
-            return await self._client.hlen(self._sessions)
+            return await self._exec("HLEN", self._sessions)
 
         return int(await self._run(run))
 
@@ -1997,8 +2372,8 @@ class RedisSessionStore(SessionStore):
 
         async def run() -> Any:
             keys = [self._leases, *(self._lease_key(sid) for sid in ids)]
-            return await self._client.eval(
-                _RENEW, len(keys), *keys, self._owner, str(self._lease_ms), *ids
+            return await self._exec(
+                "EVAL", _RENEW, len(keys), *keys, self._owner, str(self._lease_ms), *ids
             )
 
         held = await self._run(run)
@@ -2006,7 +2381,7 @@ class RedisSessionStore(SessionStore):
 
     async def _claim_orphans(self, limit: int) -> builtins.list[str]:
         async def due() -> Any:
-            return await self._client.eval(_DUE, 1, self._leases, str(limit))
+            return await self._exec("EVAL", _DUE, 1, self._leases, str(limit))
 
         candidates = [_text(sid) for sid in await self._run(due)]
         if not candidates:
@@ -2023,15 +2398,15 @@ class RedisSessionStore(SessionStore):
 
     async def _schedule(self, session_id: str, delay: float) -> None:
         async def run() -> Any:
-            return await self._client.eval(
-                _SCHEDULE, 1, self._removals, str(int(delay * 1000)), session_id
+            return await self._exec(
+                "EVAL", _SCHEDULE, 1, self._removals, str(int(delay * 1000)), session_id
             )
 
         await self._run(run, session_id)
 
     async def _claim_due(self, limit: int) -> builtins.list[str]:
         async def run() -> Any:
-            return await self._client.eval(_CLAIM_DUE, 1, self._removals, str(limit))
+            return await self._exec("EVAL", _CLAIM_DUE, 1, self._removals, str(limit))
 
         return [_text(sid) for sid in await self._run(run)]
 
@@ -2072,6 +2447,7 @@ class RedisBackend(Backend):
     __slots__ = (
         "_appender",
         "_client",
+        "_conn",
         "_follower",
         "_lease_ttl",
         "_owned",
@@ -2132,6 +2508,7 @@ class RedisBackend(Backend):
         self._store._lease_ms = max(1, int(self._lease_ttl * 1000))
         self._follower: _Follower | None = None
         self._appender: _Appender | None = None
+        self._conn: Any = None  # the automatic pipeline's connection
         self._tg: TaskGroup | None = None
 
     @property
@@ -2177,6 +2554,17 @@ class RedisBackend(Backend):
                 self._replica_timeout,
             )
             tg.start_soon(self._appender.run, name="streamkit redis appender")
+            client = self._client
+            if isinstance(client, aredis.Redis):
+                # One connection for the calls of every task (appends, the store's).
+                pool: Any = client.connection_pool
+                with _translate():
+                    self._conn = await pool.get_connection()
+                pipe = _Pipe(self._conn)
+                self._appender.pipe = pipe
+                self._store._pipe = pipe
+                self._follower.pipe = pipe
+                tg.start_soon(pipe.run, name="streamkit redis pipeline")
         return self
 
     async def __aexit__(
@@ -2274,6 +2662,14 @@ class RedisBackend(Backend):
             tg.cancel_scope.cancel()
             await tg.__aexit__(None, None, None)
         with anyio.CancelScope(shield=True):
+            conn, self._conn = self._conn, None
+            self._store._pipe = None
+            if conn is not None:
+                with contextlib.suppress(RedisError, OSError):
+                    # A reply of a cancelled call may still be on its way: the pool
+                    # gets the connection back closed (it reconnects when next used).
+                    await conn.disconnect()
+                    await self._client.connection_pool.release(conn)
             if tg is not None:
                 with contextlib.suppress(RedisError, OSError):
                     await self._client.delete(f"{self._prefix}:wake:{self._token}")
