@@ -396,19 +396,8 @@ class _Cursor(EventCursor):
                         await anyio.lowlevel.checkpoint()
                         continue
                     self._waited = False
+                    # Several events (one new event after a wait took the live case above).
                     start = pos + 1 - log._base
-                    if last == pos + 1:  # one new event (the live case): no list made
-                        event = log._buf[start]
-                        if type(event) is not StreamEvent:  # frozen before this reader came
-                            event = thaw_event(event)
-                        if state.swaps:
-                            event = state.swaps.pop(last, event)
-                        batch = self._one
-                        batch[0] = event
-                        self._batch = batch
-                        self._upto = last
-                        self._i = 1
-                        return event
                     stored: list[Any] = log._buf[start : start + _MAX_BATCH]
                     if pos < log._cold:  # a replay: some events are kept frozen
                         stored = [e if type(e) is StreamEvent else thaw_event(e) for e in stored]
