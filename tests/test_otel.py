@@ -29,7 +29,7 @@ from streamkit import sse
 from streamkit.asgi import StreamApp
 from streamkit.testing import SimulatedAgent
 
-from .asgi_helpers import auth, bearer_authenticate, serve
+from .asgi_helpers import auth, bearer_authenticate, serve, wait_until
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -709,6 +709,9 @@ async def test_under_uvicorn_delivery_lag_of_a_live_subscriber(
     assert value(live["streamkit.producers"]) == 0
     stream_kind = {"streamkit.connection.kind": "stream"}
     assert value(live["streamkit.http.open_streams"], **stream_kind) == 1
+    # The client has the whole body a moment before the server records the stream's end.
+    app: StreamApp = server.app.stream_app
+    await wait_until(lambda: app.statistics()["stream_outcomes"].get("ended") == 1)
     points = await server.call(collect)
     assert value(points["streamkit.http.open_streams"], **stream_kind) == 0
     assert value(points["streamkit.delivery.lag"]) == 2  # seq 1 and 17
