@@ -81,6 +81,7 @@ class _Entry:
         "phase",
         "producer",
         "remote",
+        "removed",
         "resumed",
         "session",
         "stream",
@@ -103,6 +104,8 @@ class _Entry:
         self.subscribers = 0
         self.last_event_at = now
         self.delivered_gone = 0
+        # Set by the registry's removal, so that a second one (two closes) does nothing.
+        self.removed = False
 
     @property
     def finishing(self) -> bool:

@@ -841,8 +841,15 @@ class SessionRegistry:
             await self._finish(entry, state, final, from_producer=from_producer)
 
     async def _remove(self, entry: _Entry) -> None:
+        if entry.removed:
+            return
+        entry.removed = True
         session_id = entry.session.session_id
-        if not self._coord.forget_remote(entry) and self._entries.pop(session_id, None) is None:
+        if entry.remote:
+            # The cleanup sweep may have dropped this worker's copy of another worker's
+            # session during an await before this; the session is removed all the same.
+            self._coord.forget_remote(entry)
+        elif self._entries.pop(session_id, None) is None:
             return
         self._ended.pop(session_id, None)
         self._idle.pop(session_id, None)

@@ -22,6 +22,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from redis.asyncio.cluster import RedisCluster
 
 import streamkit as sk
+from streamkit._coordinator import SharedCoordinator
 from streamkit.backends.redis import RedisBackend
 
 from .redis_server import CLUSTER, redis_url_fixture, start_redis, stop_redis
@@ -199,6 +200,22 @@ async def test_remote_publish_and_close(redis_url: str) -> None:
         with pytest.raises(sk.SessionNotFound):
             await a.get(sid, user_id="ann")
         assert a.statistics().sessions == 0
+
+
+async def test_close_removes_a_remote_session_whose_cached_copy_was_let_go(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The cleanup sweep drops a worker's idle copies of other workers' sessions, and it
+    # may do so during any await of a close: the close removes the session all the same.
+    async with _two(redis_url) as (a, b):
+        sid = (await a.create(user_id="ann")).session_id
+        await b.publish(sid, sk.StreamEvent(event_type=sk.EventType.COMPLETE), user_id="ann")
+        monkeypatch.setattr(SharedCoordinator, "forget_remote", lambda self, entry: False)
+        await b.close(sid, user_id="ann")
+        with pytest.raises(sk.SessionNotFound):
+            await a.get(sid, user_id="ann")
+        with pytest.raises(sk.SessionNotFound):
+            await b.close(sid, user_id="ann")
 
 
 async def test_list_and_limits_are_shared(redis_url: str) -> None:
