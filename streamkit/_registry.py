@@ -371,9 +371,9 @@ class SessionRegistry:
                 entry.resumed.set()
         if entry.subscribers == 0 and self.config.idle_producer_grace is not None:
             self._unwatched[session_id] = self._clock()
-        tg.start_soon(self._produce, entry, stream, name="streamkit producer")
+        tg.start_soon(self._produce, entry, stream, tg, name="streamkit producer")
 
-    async def _produce(self, entry: _Entry, stream: TokenStream) -> None:
+    async def _produce(self, entry: _Entry, stream: TokenStream, tg: TaskGroup) -> None:
         log = entry.log
         append_nowait = log.append_nowait
         hooks = self._hooks["event"]
@@ -385,7 +385,11 @@ class SessionRegistry:
         recorded = False
         try:
             with scope:
-                async with stream:
+                # The stream's source task runs in the registry's task group: no task
+                # group of the stream's own to make, enter and leave. aclose() in the
+                # finally waits for that task, as leaving `async with stream` would.
+                stream._run_in(tg)
+                try:
                     async for event in stream:
                         resumed = entry.resumed  # a pause replaces it with an unset one
                         if resumed is not None and not resumed.is_set():
@@ -418,6 +422,8 @@ class SessionRegistry:
                         self._counts["appended"] += 1
                         if hooks:
                             self._emit("event", stored)
+                finally:
+                    await stream.aclose()
         except Exception as exc:  # a failure of the log or backend, not of the source
             logger.exception("streamkit: a session's producer failed")
             if not entry.finishing:

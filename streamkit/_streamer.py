@@ -360,6 +360,21 @@ class TokenStream:
             self._tg = tg
         return self
 
+    def _run_in(self, tg: TaskGroup) -> None:
+        """Own the stream as ``async with`` does, its source task in ``tg`` instead.
+
+        For a caller that already runs in ``tg`` and closes the stream itself
+        (:meth:`aclose` in a ``finally``), as the registry's producer task does: the
+        stream needs no task group of its own (making, entering and leaving one is a
+        third of the cost of ending a session). :meth:`aclose` waits for the source
+        task to end, as leaving ``async with`` does.
+        """
+        if self._entered or self._phase != _NEW:
+            raise RuntimeError("enter the stream with `async with` once, before iterating it")
+        self._entered = True
+        if not self._sync:
+            self._tg = tg
+
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
