@@ -71,7 +71,7 @@ class TaskFeed:
         # An event the producer task made but the sink refused: the consumer returns it.
         self.pending: StreamEvent | None = None
         self.space: Signal | None = None
-        self.closed = anyio.Event()
+        self.closed = self.new_event()
         # When the waiting consumer must be woken, and the alarm task's timer, if set.
         self.alarm_at = math.inf
         self.alarm: anyio.CancelScope | None = None

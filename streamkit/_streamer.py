@@ -370,18 +370,20 @@ class TokenStream:
             self._tg = tg
         return self
 
-    def _run_in(self, tg: TaskGroup) -> None:
+    def _run_in(self, tg: TaskGroup, clock: Callable[[], float]) -> None:
         """Own the stream as ``async with`` does, its source task in ``tg`` instead.
 
         For a caller that already runs in ``tg`` and closes the stream itself
         (:meth:`aclose` in a ``finally``), as the registry's producer task does: the
         stream needs no task group of its own (making, entering and leaving one is a
         third of the cost of ending a session). :meth:`aclose` waits for the source
-        task to end, as leaving ``async with`` does.
+        task to end, as leaving ``async with`` does. ``clock``: the running loop's
+        (:func:`~streamkit._signals.loop_clock`), found once by the caller.
         """
         if self._entered or self._phase != _NEW:
             raise RuntimeError("enter the stream with `async with` once, before iterating it")
         self._entered = True
+        self._now = clock
         if not self._sync:
             self._tg = tg
 
@@ -512,7 +514,8 @@ class TokenStream:
         return event
 
     def _start(self) -> StreamEvent:
-        self._now = loop_clock()
+        if self._now is anyio.current_time:
+            self._now = loop_clock()
         now = self._now()
         self._started_at = self._last_input = self._last_beat = now
         if self._max_time is not None:
