@@ -826,10 +826,22 @@ class SessionRegistry:
             raise ClosedError("the session has ended", session_id=session_id)
         check_transition(entry.session.status, state, session_id=session_id)
         entry.phase = EntryPhase.ENDING
+        own = entry.producer if from_producer and self._coord.local else None
         try:
-            with anyio.CancelScope(shield=True):
-                before, after, stored = await self._coord.end(entry, state, final)
+            if own is not None:
+                # The producer ends its own session: its scope shields the end (a
+                # scope fewer per session). Nothing else cancels that scope once the
+                # session is ending; the registry's shutdown no longer reaches it.
+                own.shield = True
+                try:
+                    before, after, stored = await self._coord.end(entry, state, final)
+                finally:
+                    own.shield = False
                 entry.session = after
+            else:
+                with anyio.CancelScope(shield=True):
+                    before, after, stored = await self._coord.end(entry, state, final)
+                    entry.session = after
         finally:
             if entry.producer is not None and not from_producer:
                 entry.producer.cancel()
