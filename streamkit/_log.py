@@ -281,7 +281,11 @@ def _new_signal(old: Signal | None) -> Signal:
 
 
 class _Owner(Protocol):
-    """What a cursor tells when ``__anext__`` raises (see :meth:`_Cursor.owned_by`)."""
+    """What a cursor tells when ``__anext__`` raises (see :meth:`_Cursor.owned_by`).
+
+    With ``StopAsyncIteration`` the cursor has released itself already: the owner need
+    not await its ``aclose()``.
+    """
 
     async def cursor_ended(self, exc: BaseException) -> None: ...
 

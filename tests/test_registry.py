@@ -649,3 +649,22 @@ async def test_a_source_that_never_waits_lets_its_subscriber_keep_up() -> None:
                 events = [event async for event in subscription]
     assert sum(e.event_type == "token" for e in events) == 20_000
     assert events[-1].event_type == "complete"
+
+
+async def test_a_subscription_that_reaches_the_end_lets_go_of_the_session() -> None:
+    # The log's cursor ends by itself after the final event: the subscription closes
+    # (subscriber count, position) without the cursor's aclose().
+    async with sk.SessionRegistry() as registry:
+        session = await registry.create()
+        sid = session.session_id
+        async with registry.subscribe(sid) as sub:
+            registry.start(sid, ["a", "b", "c"], FAST)
+            with anyio.fail_after(5):
+                events = [e async for e in sub]
+            assert registry.statistics().subscribers == 0
+            assert sub.position == events[-1].seq
+            assert events[-1].event_type == "complete"
+            assert [e async for e in sub] == []  # ended: stays ended
+        after = registry.subscribe(sid, after=sub.position)
+        with anyio.fail_after(5):
+            assert [e async for e in after] == []
