@@ -185,12 +185,7 @@ def final_size(event: StreamEvent, stats_size: int) -> int:
     """
     size = _SKELETON + len(event.content) + len(event.event_id) + len(event.event_type)
     for key, value in event.metadata.items():
-        if key == "stats":
-            size += 9 + stats_size
-        elif type(value) is str:
-            size += len(key) + len(value) + 6
-        else:
-            size += len(key) + 4 + _value_size(value)
+        size += len(key) + 4 + (stats_size if key == "stats" else _value_size(value))
     return size
 
 

@@ -380,8 +380,8 @@ class TokenStream:
         task to end, as leaving ``async with`` does. ``clock``: the running loop's
         (:func:`~streamkit._signals.loop_clock`), found once by the caller.
         """
-        if self._entered or self._phase != _NEW:
-            raise RuntimeError("enter the stream with `async with` once, before iterating it")
+        assert not self._entered, "a stream is entered once"
+        assert self._phase == _NEW, "before it is iterated"
         self._entered = True
         self._now = clock
         if not self._sync:
