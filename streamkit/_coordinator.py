@@ -148,6 +148,9 @@ class Coordinator:
 
     #: Whether a stream's tokens may be appended from its source task (a sink).
     direct_appends: bool = True
+    #: Whether only this process ends its sessions: once a session is ending, nothing
+    #: cancels its producer (another worker may remove it, with a shared backend).
+    local: bool = True
 
     def __init__(self, registry: SessionRegistry) -> None:
         self._registry = registry
@@ -223,6 +226,8 @@ class SharedCoordinator(Coordinator):
     """The coordinator of a backend with leases, shared by several workers (Redis)."""
 
     __slots__ = ("_remote", "_ttl")
+
+    local = False
 
     def __init__(self, registry: SessionRegistry, lease_ttl: float) -> None:
         super().__init__(registry)

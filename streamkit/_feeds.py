@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import itertools
 import math
@@ -43,6 +44,7 @@ class TaskFeed:
         "alarm",
         "alarm_at",
         "alarm_task",
+        "call_at",
         "close_error",
         "closed",
         "done",
@@ -52,6 +54,7 @@ class TaskFeed:
         "new_event",
         "pending",
         "space",
+        "timer",
         "waiter",
     )
 
@@ -68,10 +71,16 @@ class TaskFeed:
         # An event the producer task made but the sink refused: the consumer returns it.
         self.pending: StreamEvent | None = None
         self.space: Signal | None = None
-        self.closed = anyio.Event()
+        self.closed = self.new_event()
         # When the waiting consumer must be woken, and the alarm task's timer, if set.
         self.alarm_at = math.inf
         self.alarm: anyio.CancelScope | None = None
+        # Without an alarm task, on asyncio: the wait's deadline is a timer of the loop
+        # that sets the waiter (one handle, not a cancel scope and its timer per wait).
+        self.call_at: Callable[..., asyncio.TimerHandle] | None = None
+        if not alarm_task and self.new_event is asyncio.Event:
+            self.call_at = asyncio.get_running_loop().call_at
+        self.timer: asyncio.TimerHandle | None = None
 
     def pause(self) -> None:
         if self.gate is None:
@@ -102,6 +111,20 @@ class TaskFeed:
         if not self.alarm_task:
             self.alarm_at = deadline
             waiter = self.waiter = self.new_event()
+            call_at = self.call_at
+            if call_at is not None:
+                if deadline != math.inf:
+                    self.timer = call_at(deadline, waiter.set)
+                try:
+                    await waiter.wait()
+                finally:
+                    timer = self.timer
+                    if timer is not None:
+                        self.timer = None
+                        timer.cancel()
+                    self.alarm_at = math.inf
+                    self.waiter = None
+                return
             try:
                 with anyio.CancelScope(deadline=deadline) as scope:
                     self.alarm = scope
@@ -128,6 +151,12 @@ class TaskFeed:
             alarm = self.alarm
             if alarm is not None and at < alarm.deadline:
                 alarm.deadline = at
+            waiter = self.waiter
+            if self.call_at is not None and waiter is not None:
+                timer = self.timer
+                if timer is not None:
+                    timer.cancel()
+                self.timer = self.call_at(at, waiter.set)
 
     def wake(self) -> None:
         waiter = self.waiter

@@ -72,6 +72,7 @@ __all__ = ["InMemoryEventLog", "estimate_size", "fresh_appender", "token_size"]
 _set_seq: Final = _event_slots["seq"]
 _set_session: Final = _event_slots["session_id"]
 _set_json: Final = _event_slots["_json"]
+_set_size: Final = _event_slots["_size"]
 
 #: Most events a reader takes from the log at once.
 _MAX_BATCH: Final = 1024
@@ -150,6 +151,14 @@ def estimate_size(event: StreamEvent) -> int:
 def token_size(metadata: bool) -> int:
     """Return :func:`estimate_size` of a streamer's ``token`` event less three lengths.
 
+    See :func:`_token_size` (this is it, found once for each ``metadata``).
+    """
+    return _TOKEN_SIZES[metadata]
+
+
+def _token_size(metadata: bool) -> int:
+    """Return :func:`estimate_size` of a streamer's ``token`` event less three lengths.
+
     Those of its content, its ``event_id`` and its ``session_id``: what
     the streamer adds to it when it makes the event (the content's and the id's), and
     what :func:`estimate_size` adds (the session's). ``metadata``: whether
@@ -165,6 +174,27 @@ def token_size(metadata: bool) -> int:
         0.0,
     )
     return estimate_size(sample)
+
+
+def final_size(event: StreamEvent, stats_size: int) -> int:
+    """Return :func:`estimate_size` of a final event less its ``session_id``'s length.
+
+    ``stats_size``: what the item-by-item estimate counts for the value of its
+    ``stats`` metadata item (:func:`stats_size`), known beforehand: the same figure,
+    without walking the statistics. The streamer gives its final events this hint.
+    """
+    size = _SKELETON + len(event.content) + len(event.event_id) + len(event.event_type)
+    for key, value in event.metadata.items():
+        size += len(key) + 4 + (stats_size if key == "stats" else _value_size(value))
+    return size
+
+
+def stats_size(stats: Mapping[str, object]) -> int:
+    """Return what :func:`estimate_size` counts for a final event's ``stats`` value."""
+    return _value_size(stats)
+
+
+_TOKEN_SIZES: Final = {False: _token_size(False), True: _token_size(True)}
 
 
 def _exact_size(event: StreamEvent) -> int:
@@ -246,7 +276,11 @@ def _new_signal(old: Signal | None) -> Signal:
 
 
 class _Owner(Protocol):
-    """What a cursor tells when ``__anext__`` raises (see :meth:`_Cursor.owned_by`)."""
+    """What a cursor tells when ``__anext__`` raises (see :meth:`_Cursor.owned_by`).
+
+    With ``StopAsyncIteration`` the cursor has released itself already: the owner need
+    not await its ``aclose()``.
+    """
 
     async def cursor_ended(self, exc: BaseException) -> None: ...
 
@@ -695,6 +729,9 @@ class InMemoryEventLog(EventLog):
             event.event_id,
             event.timestamp,
         )
+        hint = event._size  # a size hint does not count the session id: it still holds
+        if hint is not None:
+            _set_size(stored, hint)
         self._commit(stored)
         return stored
 

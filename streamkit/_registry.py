@@ -70,6 +70,8 @@ if TYPE_CHECKING:
 
     from anyio.abc import TaskGroup
 
+    from ._signals import Signal
+
 __all__ = [
     "Authorize",
     "HookName",
@@ -115,8 +117,7 @@ class _LogSink:
         self._append = fresh_appender(entry.log)
         self._hooks = registry._hooks["event"]
         self._counts = registry._counts
-        clock = registry._clock
-        self._clock = loop_clock() if clock is anyio.current_time else clock
+        self._clock = registry._event_clock
 
     def offer(self, event: StreamEvent) -> bool:
         """Append ``event`` to the session's log now, or return ``False``."""
@@ -195,6 +196,12 @@ class SessionRegistry:
         self.backend = backend or MemoryBackend()
         self._authorize = authorize
         self._clock = clock or anyio.current_time
+        # Found once the loop runs (__aenter__): the loop's own clock, the registry's
+        # clock for per-event times (the loop's, unless one was injected), and the
+        # loop's event type.
+        self._loop_clock: Callable[[], float] = anyio.current_time
+        self._event_clock: Callable[[], float] = self._clock
+        self._new_signal: Callable[[], Signal] | None = None
         self._entries: dict[str, _Entry] = {}
         # Upkeep queues, oldest first (see the module's rules).
         self._idle: OrderedDict[str, float] = OrderedDict()
@@ -220,6 +227,10 @@ class SessionRegistry:
         enter = getattr(self.backend, "__aenter__", None)
         if enter is not None:
             await enter()
+        self._loop_clock = loop_clock()
+        if self._clock is anyio.current_time:
+            self._event_clock = self._loop_clock
+        self._new_signal = signal_factory()
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
@@ -368,26 +379,30 @@ class SessionRegistry:
         entry.stream = stream
         entry.producer = anyio.CancelScope()
         if entry.resumed is None:
-            entry.resumed = signal_factory()()
+            new_signal = self._new_signal
+            assert new_signal is not None  # the registry runs: _task_group() said so
+            entry.resumed = new_signal()
             if entry.session.status is SessionState.ACTIVE:
                 entry.resumed.set()
         if entry.subscribers == 0 and self.config.idle_producer_grace is not None:
             self._unwatched[session_id] = self._clock()
-        tg.start_soon(self._produce, entry, stream, name="streamkit producer")
+        tg.start_soon(self._produce, entry, stream, tg, name="streamkit producer")
 
-    async def _produce(self, entry: _Entry, stream: TokenStream) -> None:
+    async def _produce(self, entry: _Entry, stream: TokenStream, tg: TaskGroup) -> None:
         log = entry.log
         append_nowait = log.append_nowait
         hooks = self._hooks["event"]
         scope = entry.producer
         assert scope is not None
-        clock = self._clock
-        if clock is anyio.current_time:
-            clock = loop_clock()  # the same clock, found once instead of at every event
+        clock = self._event_clock
         recorded = False
         try:
             with scope:
-                async with stream:
+                # The stream's source task runs in the registry's task group: no task
+                # group of the stream's own to make, enter and leave. aclose() in the
+                # finally waits for that task, as leaving `async with stream` would.
+                stream._run_in(tg, self._loop_clock)
+                try:
                     async for event in stream:
                         resumed = entry.resumed  # a pause replaces it with an unset one
                         if resumed is not None and not resumed.is_set():
@@ -420,6 +435,8 @@ class SessionRegistry:
                         self._counts["appended"] += 1
                         if hooks:
                             self._emit("event", stored)
+                finally:
+                    await stream.aclose()
         except Exception as exc:  # a failure of the log or backend, not of the source
             logger.exception("streamkit: a session's producer failed")
             if not entry.finishing:
@@ -811,10 +828,22 @@ class SessionRegistry:
             raise ClosedError("the session has ended", session_id=session_id)
         check_transition(entry.session.status, state, session_id=session_id)
         entry.phase = EntryPhase.ENDING
+        own = entry.producer if from_producer and self._coord.local else None
         try:
-            with anyio.CancelScope(shield=True):
-                before, after, stored = await self._coord.end(entry, state, final)
+            if own is not None:
+                # The producer ends its own session: its scope shields the end (a
+                # scope fewer per session). Nothing else cancels that scope once the
+                # session is ending; the registry's shutdown no longer reaches it.
+                own.shield = True
+                try:
+                    before, after, stored = await self._coord.end(entry, state, final)
+                finally:
+                    own.shield = False
                 entry.session = after
+            else:
+                with anyio.CancelScope(shield=True):
+                    before, after, stored = await self._coord.end(entry, state, final)
+                    entry.session = after
         finally:
             if entry.producer is not None and not from_producer:
                 entry.producer.cancel()

@@ -63,7 +63,7 @@ from ._errors import ClosedError, ValidationError
 from ._events import _ID_PREFIX, EventType, StreamEvent, _id_counter, make_event
 from ._events import _slot as _event_slots
 from ._feeds import BUFFER_ITEMS, TaskFeed, ThreadFeed
-from ._log import token_size
+from ._log import final_size, stats_size, token_size
 from ._parts import Part, TextDelta
 from ._parts_chunker import PartsChunker, accept_part, part_event
 from ._signals import loop_clock
@@ -123,6 +123,16 @@ _set_id: Final = _event_slots["event_id"]
 _set_time: Final = _event_slots["timestamp"]
 _set_json: Final = _event_slots["_json"]
 _set_size: Final = _event_slots["_size"]
+
+
+# What the log charges for a text stream's statistics (see _final_event), found once.
+_TEXT_STATS_SIZE = 0
+
+
+def _text_stats_size() -> int:
+    global _TEXT_STATS_SIZE  # noqa: PLW0603 - a constant, computed at first use
+    _TEXT_STATS_SIZE = stats_size(MappingProxyType(StreamStats().to_dict()))
+    return _TEXT_STATS_SIZE
 
 
 # --- the stream -----------------------------------------------------------------------
@@ -360,6 +370,23 @@ class TokenStream:
             self._tg = tg
         return self
 
+    def _run_in(self, tg: TaskGroup, clock: Callable[[], float]) -> None:
+        """Own the stream as ``async with`` does, its source task in ``tg`` instead.
+
+        For a caller that already runs in ``tg`` and closes the stream itself
+        (:meth:`aclose` in a ``finally``), as the registry's producer task does: the
+        stream needs no task group of its own (making, entering and leaving one is a
+        third of the cost of ending a session). :meth:`aclose` waits for the source
+        task to end, as leaving ``async with`` does. ``clock``: the running loop's
+        (:func:`~streamkit._signals.loop_clock`), found once by the caller.
+        """
+        assert not self._entered, "a stream is entered once"
+        assert self._phase == _NEW, "before it is iterated"
+        self._entered = True
+        self._now = clock
+        if not self._sync:
+            self._tg = tg
+
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
@@ -487,7 +514,8 @@ class TokenStream:
         return event
 
     def _start(self) -> StreamEvent:
-        self._now = loop_clock()
+        if self._now is anyio.current_time:
+            self._now = loop_clock()
         now = self._now()
         self._started_at = self._last_input = self._last_beat = now
         if self._max_time is not None:
@@ -883,6 +911,13 @@ class TokenStream:
         self._phase = _DONE
         stats = self._final_stats = self._make_stats(now)
         stats_data = MappingProxyType(stats.to_dict())
+        # A text stream's statistics always have the same keys and kinds of values, so
+        # the size the log charges for them is known: the final event comes with its
+        # size, as token events do (walking the statistics cost as much as making them).
+        if self._parts is None:
+            size = _TEXT_STATS_SIZE or _text_stats_size()
+        else:
+            size = stats_size(stats_data)
         outcome = self._outcome
         exc = self._exception
         if outcome == "error" and exc is not None:
@@ -893,9 +928,12 @@ class TokenStream:
                     "stats": stats_data,
                 }
             )
-            return make_event(EventType.ERROR, "", metadata, self._session_id)
-        metadata = MappingProxyType({"reason": outcome, "stats": stats_data})
-        return make_event(EventType.COMPLETE, "", metadata, self._session_id)
+            event = make_event(EventType.ERROR, "", metadata, self._session_id)
+        else:
+            metadata = MappingProxyType({"reason": outcome, "stats": stats_data})
+            event = make_event(EventType.COMPLETE, "", metadata, self._session_id)
+        _set_size(event, final_size(event, size))
+        return event
 
     async def _abort(self) -> None:
         """End the stream now, without a final event (closed, cancelled or failed)."""

@@ -134,7 +134,12 @@ class Subscription:
     async def cursor_ended(self, exc: BaseException) -> None:
         """Close the subscription: its cursor raised ``exc`` (the end, or a failure)."""
         if isinstance(exc, StopAsyncIteration):
-            await self.aclose()
+            if self._next is not None:
+                # The log's own cursor (owned_by) released itself before it ended: no
+                # aclose() to await, and no loop iteration for its checkpoint.
+                self._release()
+            else:
+                await self.aclose()
             return
         if isinstance(exc, SubscriberLagged):
             self._registry._counts["lagged"] += 1
@@ -173,6 +178,12 @@ class Subscription:
         """Stop following the session. Idempotent."""
         if self._closed:
             return
+        cursor = self._release()
+        if cursor is not None:
+            await cursor.aclose()
+
+    def _release(self) -> EventCursor | None:
+        """Close the subscription; return its cursor, for the caller to close."""
         self._closed = True
         self._next = None
         cursor, self._cursor = self._cursor, None
@@ -181,7 +192,7 @@ class Subscription:
             self._registry._subscriber_left(entry)
         if cursor is not None:
             self._after = cursor.position
-            await cursor.aclose()
+        return cursor
 
 
 class _SampledCursor(EventCursor):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -311,3 +312,31 @@ async def test_a_history_is_replayed_equal_whatever_its_events_hold() -> None:
         assert list(log.retained()) == stored
         for cursor in cursors:
             await cursor.aclose()
+
+
+@pytest.mark.parametrize("fail", [False, True])
+async def test_a_streams_final_event_is_charged_as_a_copy_of_it_would_be(fail: bool) -> None:
+    # The streamer gives its final events their size beforehand; the log must charge
+    # exactly what it charges for the same event built by the public constructor.
+    async def source() -> AsyncIterator[str]:
+        yield "hello "
+        yield "world"
+        if fail:
+            raise RuntimeError("boom")
+
+    events = [e async for e in sk.stream_tokens(source(), sk.StreamConfig(stream_delay=0))]
+    final = events[-1]
+    assert final.event_type == ("error" if fail else "complete")
+    copy = sk.StreamEvent(
+        event_type=final.event_type,
+        content=final.content,
+        metadata=final.metadata,
+        event_id=final.event_id,
+        timestamp=final.timestamp,
+    )
+    sizes = []
+    for event in (final, copy):
+        log = sk.InMemoryEventLog()
+        await log.append(event)
+        sizes.append(log.statistics().retained_bytes)
+    assert sizes[0] == sizes[1] > 0

@@ -649,3 +649,52 @@ async def test_a_source_that_never_waits_lets_its_subscriber_keep_up() -> None:
                 events = [event async for event in subscription]
     assert sum(e.event_type == "token" for e in events) == 20_000
     assert events[-1].event_type == "complete"
+
+
+async def test_a_subscription_that_reaches_the_end_lets_go_of_the_session() -> None:
+    # The log's cursor ends by itself after the final event: the subscription closes
+    # (subscriber count, position) without the cursor's aclose().
+    async with sk.SessionRegistry() as registry:
+        session = await registry.create()
+        sid = session.session_id
+        async with registry.subscribe(sid) as sub:
+            registry.start(sid, ["a", "b", "c"], FAST)
+            with anyio.fail_after(5):
+                events = [e async for e in sub]
+            assert registry.statistics().subscribers == 0
+            assert sub.position == events[-1].seq
+            assert events[-1].event_type == "complete"
+            assert [e async for e in sub] == []  # ended: stays ended
+        after = registry.subscribe(sid, after=sub.position)
+        with anyio.fail_after(5):
+            assert [e async for e in after] == []
+
+
+@pytest.mark.parametrize("deadline", [None, 60.0])
+async def test_a_held_partial_chunk_is_flushed_while_the_source_is_silent(
+    deadline: float | None,
+) -> None:
+    # chunk_size=5 holds "ab" back; the flush timer must deliver it while the source
+    # waits, with or without another timer (no heartbeat; a deadline or none).
+    config = sk.StreamConfig(
+        stream_delay=0,
+        chunk_size=5,
+        heartbeat_interval=None,
+        max_stream_time=deadline,
+        flush_interval=0.01,
+    )
+    gate = anyio.Event()
+    async with sk.SessionRegistry() as registry:
+        sid = (await registry.create()).session_id
+        async with registry.subscribe(sid) as sub:
+            registry.start(sid, gated(["ab", "cdefg"], gate), config)
+            with anyio.fail_after(5):
+                tokens = []
+                async for event in sub:
+                    if event.event_type == "token":
+                        tokens.append(event.content)
+                        if tokens == ["ab"]:
+                            gate.set()  # the source goes on only once "ab" came alone
+                    elif event.is_final:
+                        assert event.metadata["reason"] == "completed"
+    assert tokens == ["ab", "cdefg"]
