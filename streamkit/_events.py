@@ -266,6 +266,11 @@ class StreamEvent:
         """Whether this event ends its stream (``complete`` or ``error``)."""
         return self.event_type in _FINAL_TYPES
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # copy, deepcopy and pickle go through the event's JSON: its read-only metadata
+        # cannot be pickled, and events made on the hot path leave their caches unset.
+        return (type(self).from_json, (self.to_json(),))
+
     def to_dict(self) -> dict[str, Any]:
         """Return the event as plain JSON-ready data (every field, nothing shared)."""
         return json.loads(self.to_json())  # type: ignore[no-any-return]

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+import pickle
 from collections.abc import Mapping
 from typing import Any
 
+import anyio
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 import streamkit as sk
+from streamkit.parts import Part, ReasoningDelta
 
 json_scalars = (
     st.none()
@@ -70,6 +74,38 @@ def test_json_round_trip_is_lossless(event: sk.StreamEvent) -> None:
     assert "\r" not in text
     assert sk.StreamEvent.from_json(text) == event
     assert sk.StreamEvent.from_json(text.encode()) == event
+
+
+@given(events)
+def test_copy_deepcopy_and_pickle_give_an_equal_event(event: sk.StreamEvent) -> None:
+    for clone in (
+        copy.copy(event),
+        copy.deepcopy(event),
+        pickle.loads(pickle.dumps(event)),
+    ):
+        assert clone == event
+        assert clone.to_json() == event.to_json()
+
+
+@pytest.mark.anyio
+async def test_events_a_subscriber_gets_can_be_copied_and_pickled() -> None:
+    # The streamer and the log make events on their hot path without the constructor.
+    source: list[str | Part] = ["a ", ReasoningDelta(text="b")]
+    got: list[sk.StreamEvent] = []
+    async with sk.SessionRegistry() as registry:
+        session = await registry.create()
+        async with registry.subscribe(session.session_id) as subscription:
+            registry.start(session.session_id, source, sk.StreamConfig(chunk_size=1))
+            with anyio.fail_after(10):
+                async for event in subscription:
+                    got.append(event)
+                    if event.is_final:
+                        break
+    assert [e.event_type for e in got][-1] == "complete"
+    for event in got:
+        for clone in (copy.copy(event), copy.deepcopy(event), pickle.loads(pickle.dumps(event))):
+            assert clone == event
+            assert clone.part == event.part
 
 
 def test_defaults_are_filled_in() -> None:
