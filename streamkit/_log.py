@@ -60,7 +60,7 @@ from ._events import (
 )
 from ._events import _slot as _event_slots
 from ._session import new_session_id
-from ._signals import Signal, signal_factory, signal_renewer
+from ._signals import Signal, _FutureSignal, signal_factory, signal_renewer
 from ._validate import check_choice, check_id, check_int, type_name
 from .abc import EventCursor, EventLog, LogStatistics
 
@@ -271,10 +271,6 @@ def _checked_size(event: StreamEvent, limit: int, session_id: str) -> int:
 _NO_EVENT: Final = make_event("", "", {}, "", 0, "", 0.0)
 
 
-def _new_signal(old: Signal | None) -> Signal:
-    return anyio.Event()
-
-
 class _Owner(Protocol):
     """What a cursor tells when ``__anext__`` raises (see :meth:`_Cursor.owned_by`).
 
@@ -290,6 +286,7 @@ class _Cursor(EventCursor):
 
     __slots__ = (
         "_after",
+        "_bare",
         "_batch",
         "_done",
         "_i",
@@ -307,8 +304,10 @@ class _Cursor(EventCursor):
         self._log = log
         # The running loop's own event type, found once the cursor starts (_signals).
         self._new_event: Callable[[], Signal] = anyio.Event
-        # This cursor's own event to wait on for the producer, renewed for each wait.
-        self._renew: Callable[[Signal | None], Signal] = _new_signal
+        # This cursor's own event to wait on for the producer, made for each wait; on
+        # asyncio the loop's bare future, awaited itself (_bare).
+        self._renew: Callable[[], Signal] = anyio.Event
+        self._bare = False
         self._after = after
         # The seq of the last event of the current batch.
         self._upto = after
@@ -378,7 +377,7 @@ class _Cursor(EventCursor):
                 self._batch = _NO_EVENTS
                 self._i = 0
                 if passed > log._cold and len(log._readers) == 1:
-                    # The only reader has passed them: freeze them now (see _buf). Inline
+                    # The only reader has passed them: pack them now (see _buf). Inline
                     # for the live case, one event just passed.
                     index = passed - log._base
                     if passed == log._cold + 1 and index >= log._head:
@@ -389,7 +388,7 @@ class _Cursor(EventCursor):
                                 log._buf[index] = frozen
                         log._cold = passed
                     else:
-                        log._freeze(passed)
+                        log._freeze(passed, pack_event)
                 room = log._room
                 if room is not None:
                     log._room = None
@@ -448,9 +447,12 @@ class _Cursor(EventCursor):
                 if data is None:
                     # The reader the producer wakes; it wakes the other waiting readers in
                     # turn (inline: one coroutine frame fewer per wake-up).
-                    data = log._data = self._renew(None)
+                    data = log._data = self._renew()
                     try:
-                        await data.wait()
+                        if self._bare:
+                            await data  # type: ignore[misc]  # the loop's own future
+                        else:
+                            await data.wait()
                     finally:
                         if log._data is data:  # left before any data came: the next is first
                             log._data = None
@@ -488,6 +490,7 @@ class _Cursor(EventCursor):
         self._state = state
         self._new_event = signal_factory()
         self._renew = signal_renewer()
+        self._bare = self._renew is _FutureSignal
         log._readers.add(state)
         log._freeze_at = log._last  # the readers changed: look again at the next append
         if log._block:
@@ -594,6 +597,7 @@ class InMemoryEventLog(EventLog):
 
     __slots__ = (
         "_base",
+        "_big",
         "_block",
         "_buf",
         "_bytes",
@@ -635,6 +639,9 @@ class InMemoryEventLog(EventLog):
         self._max_events = check_int("history_max_events", history_max_events, minimum=1)
         self._max_bytes = check_int("history_max_bytes", history_max_bytes, minimum=1)
         self._max_event_bytes = check_int("max_event_bytes", max_event_bytes, minimum=1)
+        # An event whose estimated size is above this could be over max_event_bytes as
+        # JSON (a character escapes into up to six): its exact size is looked at.
+        self._big = self._max_event_bytes // 6
         self._max_lag = check_int("max_lag", max_lag, minimum=1)
         check_choice("slow_consumer_policy", slow_consumer_policy, ("disconnect", "block"))
         self._policy: SlowConsumerPolicy = slow_consumer_policy
@@ -827,21 +834,23 @@ class InMemoryEventLog(EventLog):
         if self._closed:
             raise self._closed_error()
         seq = self._last + 1
-        if self._block and seq > self._limit and not self._has_room():
+        if seq > self._limit and self._block and not self._has_room():  # _limit: inf unless block
             return None
-        session_id = self._session_id
         _set_seq(event, seq)
-        _set_session(event, session_id)
+        session_id = self._session_id
+        if event.session_id is not session_id:
+            _set_session(event, session_id)
         size += len(session_id)
-        if size * 6 > self._max_event_bytes:
+        if size > self._big:
             self._commit(event)  # could be too large: the exact size decides
             return event
         buf = self._buf
         buf.append(event)
         self._sizes.append(size)
         self._last = seq
-        self._bytes += size
-        if len(buf) - self._head > self._max_events or self._bytes > self._max_bytes:
+        total = self._bytes = self._bytes + size
+        # More than _max_events retained: len(buf) - _head, which is seq + 1 - _base - _head.
+        if seq - self._base - self._head >= self._max_events or total > self._max_bytes:
             self._evict()
         data = self._data
         if data is not None:

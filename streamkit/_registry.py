@@ -109,7 +109,7 @@ class _LogSink:
     raising.
     """
 
-    __slots__ = ("_append", "_clock", "_counts", "_entry", "_hooks", "_registry")
+    __slots__ = ("_append", "_clock", "_counts", "_entry", "_go", "_hooks", "_registry")
 
     def __init__(self, registry: SessionRegistry, entry: _Entry) -> None:
         self._registry = registry
@@ -118,12 +118,20 @@ class _LogSink:
         self._hooks = registry._hooks["event"]
         self._counts = registry._counts
         self._clock = registry._event_clock
+        # The entry's `resumed` signal last seen set. A pause replaces the signal with
+        # an unset one (a signal is never cleared), so while it is the same object the
+        # session is not paused: no call to ask it.
+        self._go: Signal | None = None
 
     def offer(self, event: StreamEvent) -> bool:
         """Append ``event`` to the session's log now, or return ``False``."""
         entry = self._entry
         resumed = entry.resumed
-        if entry.phase is _ENDING or (resumed is not None and not resumed.is_set()):
+        if resumed is not self._go:
+            if resumed is not None and not resumed.is_set():
+                return False  # paused
+            self._go = resumed
+        if entry.phase is _ENDING:
             return False
         try:
             stored = self._append(event)

@@ -12,7 +12,8 @@ cancel scopes reaches a task waiting on either.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, Protocol
+import time
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 import anyio.lowlevel
@@ -43,9 +44,12 @@ def loop_clock() -> Callable[[], float]:
     backend = anyio.lowlevel.current_token().backend_class
     name = backend.__module__.rsplit(".", 1)[-1]
     if name == "_asyncio":  # the loop's own method: anyio's goes through two more calls
-        import asyncio
-
-        return asyncio.get_running_loop().time
+        loop = asyncio.get_running_loop()
+        if getattr(loop.time, "__func__", None) is asyncio.BaseEventLoop.time:
+            # What that method returns, without its Python frame (a loop that keeps
+            # its own time, uvloop or a test's virtual clock, is asked itself).
+            return time.monotonic
+        return loop.time
     if name == "_trio":
         import trio
 
@@ -102,19 +106,15 @@ class _FutureSignal(asyncio.Future[None]):
         return self
 
 
-def _renew_asyncio(old: Any) -> Signal:
-    return _FutureSignal()
+def signal_renewer() -> Callable[[], Signal]:
+    """Return how to make an unset event to wait on, for one waiter only.
 
-
-def signal_renewer() -> Callable[[Signal | None], Signal]:
-    """Return ``renew(old)``: an unset event to wait on, for one waiter only.
-
-    For a waiter that waits again and again on its own event (a cursor waiting for the
-    next event): ``old`` must be ``None`` or an event of this loop that nobody else can
-    set any more. On asyncio it is a bare future of the loop (one task waits on it);
-    on Trio a new ``trio.Event``.
+    For a waiter that waits again and again, each time on a new event of its own (a
+    cursor waiting for the next event), that nobody else waits on. On asyncio it is
+    :class:`_FutureSignal` itself (a bare future of the loop, which the waiter may
+    await directly); on Trio ``trio.Event``.
     """
     factory = signal_factory()
     if factory.__module__ == "asyncio.locks":
-        return _renew_asyncio
-    return lambda old: factory()
+        return _FutureSignal
+    return factory

@@ -203,6 +203,7 @@ class TokenStream:
         "_sync",
         "_tg",
         "_tokens",
+        "_whole",
     )
 
     def __init__(
@@ -236,6 +237,9 @@ class TokenStream:
         self._chunker = Chunker(
             self._out, config.chunk_size, config.chunk_by if config.enable_progressive else "whole"
         )
+        # Every source piece is a chunk of its own (chunk_size=1, by token): _push makes
+        # the event from the piece itself, with no chunker and no queue in between.
+        self._whole = config.chunk_size == 1 and self._chunker.feed == self._out.append
         self._phase = _NEW
         self._fast = False
         self._paced = config.stream_delay > 0
@@ -489,8 +493,8 @@ class TokenStream:
         last = self._last_token_at
         if last is None:
             self._first_token_at = now
-        else:  # the mean gap is (last - first) / gaps: only the longest is kept
-            self._itl_max = max(self._itl_max, now - last)
+        elif now - last > self._itl_max:  # the mean gap is (last - first) / gaps
+            self._itl_max = now - last
         self._last_token_at = now
         if now >= self._deadline:
             self._fast = False
@@ -607,6 +611,7 @@ class TokenStream:
             text = decoder.decode(item)
         elif isinstance(item, Part):
             if type(item) is not TextDelta:
+                self._whole = False  # text goes through the parts chunker from now on
                 return accept_part(self, item, index)
             text = item.text
         else:
@@ -740,6 +745,7 @@ class TokenStream:
         iterator = self._iterator
         anext = iterator.__anext__
         sink = self._sink
+        clock = self._now
         pushed = 0
         try:
             with scope:
@@ -749,12 +755,34 @@ class TokenStream:
                         if gate is not None:
                             await gate.wait()
                         item = await anext()
-                        if (
-                            sink is not None
-                            and feed.waiter is not None
-                            and type(item) is str
-                            and self._push(item, sink, feed)
-                        ):
+                        if sink is not None and feed.waiter is not None and type(item) is str:
+                            if (
+                                self._whole
+                                and item
+                                and not self._held
+                                and not "\ud800" <= item[-1] <= "\udbff"
+                            ):
+                                # _push's common case, inline (one piece is one chunk):
+                                # this runs for every token of every session.
+                                now = clock()
+                                handed = now < self._deadline and not (
+                                    self._paced and now < self._next_emit
+                                )
+                                if handed:
+                                    self._last_input = now
+                                    self._items += 1
+                                    self._tokens += 1
+                                    event = self._token_event(item, now)
+                                    if self._paced:
+                                        self._next_emit = now + self._stream_delay
+                                    if not sink(event):
+                                        feed.pending = event
+                                        feed.wake()
+                            else:
+                                handed = self._push(item, sink, feed)
+                        else:
+                            handed = False
+                        if handed:
                             pushed += 1
                             if pushed == BUFFER_ITEMS:
                                 # A source that never waits would never let the sink's
