@@ -290,6 +290,7 @@ class _Cursor(EventCursor):
         "_batch",
         "_done",
         "_i",
+        "_live",
         "_log",
         "_new_event",
         "_one",
@@ -318,6 +319,8 @@ class _Cursor(EventCursor):
         self._i = 0
         self._done = False
         self._waited = False
+        # The last event returned was the one new event this reader waited for.
+        self._live = False
         # Told when __anext__ raises (see owned_by).
         self._owner: _Owner | None = None
 
@@ -328,10 +331,6 @@ class _Cursor(EventCursor):
             return self._batch[self._i - 1].seq or 0
         state = self._state
         return self._after if state is None else state.pos
-
-    def __anext__(self) -> Coroutine[Any, Any, StreamEvent]:
-        # The coroutine itself, not one awaiting it: one frame fewer per wake-up.
-        return self._next()
 
     def owned_by(self, owner: _Owner | None) -> Callable[[], Coroutine[Any, Any, StreamEvent]]:
         """Report to ``owner`` whatever ``__anext__`` raises; return ``__anext__`` itself.
@@ -393,6 +392,37 @@ class _Cursor(EventCursor):
                 if room is not None:
                     log._room = None
                     room.set()
+                if self._live:
+                    # It was the one event this reader waited for: the reader keeps up
+                    # with the log (a paced stream). Wait for the next one here; anything
+                    # but exactly one new event goes the general way below.
+                    self._live = False
+                    if log._last == passed and log._data is None and not log._closed:
+                        signal = log._data = self._renew()
+                        try:
+                            if self._bare:
+                                await signal  # type: ignore[misc]  # the loop's own future
+                            else:
+                                await signal.wait()
+                        finally:
+                            if log._data is signal:  # left before any data came
+                                log._data = None
+                            others = log._others
+                            if others is not None:
+                                log._others = None
+                                others.set()
+                        last = log._last
+                        if last == passed + 1 and not state.swaps:
+                            event = log._buf[last - log._base]
+                            if type(event) is StreamEvent:
+                                batch = self._one
+                                batch[0] = event
+                                self._batch = batch
+                                self._upto = last
+                                self._i = 1
+                                self._live = True
+                                return event
+                        self._waited = True
             while True:
                 pos = state.pos
                 last = log._last
@@ -412,6 +442,7 @@ class _Cursor(EventCursor):
                         self._batch = batch
                         self._upto = last
                         self._i = 1
+                        self._live = True
                         return event
                     oldest = log._base + log._head
                     if pos + 1 < oldest:
@@ -472,6 +503,9 @@ class _Cursor(EventCursor):
                 await owner.cursor_ended(exc)
             raise
 
+    # The coroutine function itself: no frame of its own around it per event.
+    __anext__ = _next
+
     def _start(self) -> _Reader:
         if self._done:
             raise StopAsyncIteration
@@ -513,6 +547,7 @@ class _Cursor(EventCursor):
 
     def _finish(self) -> None:
         self._done = True
+        self._live = False
         state = self._state
         if state is None:
             return

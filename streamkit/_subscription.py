@@ -109,6 +109,13 @@ class Subscription:
         await self.aclose()
 
     def __aiter__(self) -> Self:
+        cursor = self._cursor
+        if cursor is not None and self._next is not None:
+            # Entered, and the cursor reports its end or failure to this subscription
+            # (owned_by): ``async for`` may iterate the cursor itself, with no call of
+            # this subscription's __anext__ per event. It closes the subscription exactly
+            # as iterating this object does.
+            return cursor  # type: ignore[return-value]
         return self
 
     def __anext__(self) -> Awaitable[StreamEvent]:

@@ -340,3 +340,34 @@ async def test_a_streams_final_event_is_charged_as_a_copy_of_it_would_be(fail: b
         await log.append(event)
         sizes.append(log.statistics().retained_bytes)
     assert sizes[0] == sizes[1] > 0
+
+
+async def test_a_reader_kept_up_whose_wait_is_cut_short_loses_nothing() -> None:
+    # A reader that took the one new event it waited for waits for the next one on a
+    # short path; a wait cut short there (a transport's own timeout) must leave its
+    # position and the delivered count exact, and the next events still come in order.
+    log = sk.InMemoryEventLog()
+    cursor = log.read(0)
+    log.append_nowait(token("a"))
+    assert (await cursor.__anext__()).content == "a"
+    for _ in range(2):
+        with anyio.move_on_after(0.01):
+            await cursor.__anext__()
+        assert cursor.position == 1
+    waiting: list[sk.StreamEvent] = []
+
+    async def read_one() -> None:
+        waiting.append(await cursor.__anext__())
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(read_one)
+        await anyio.wait_all_tasks_blocked()
+        log.append_nowait(token("b"))
+    assert [e.content for e in waiting] == ["b"]
+    log.append_nowait(token("c"))
+    log.append_nowait(token("d"))
+    assert [(await cursor.__anext__()).content for _ in range(2)] == ["c", "d"]
+    assert cursor.position == 4
+    await cursor.aclose()
+    assert log.statistics().events_delivered == 4
+    assert [e.content for e in log.retained()] == ["a", "b", "c", "d"]

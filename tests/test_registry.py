@@ -599,6 +599,49 @@ async def test_no_token_is_appended_while_paused() -> None:
         assert [e.seq for e in first + rest] == list(range(1, len(first) + len(rest) + 1))
 
 
+async def test_no_token_is_appended_while_paused_a_second_time() -> None:
+    # The sink remembers the last "resumed" signal it saw set; a second pause replaces
+    # the signal that the first resume set, and must hold tokens back again.
+    steps = [(f"t{i} ", anyio.Event()) for i in range(5)]
+    yielded = {text: anyio.Event() for text, _ in steps}
+
+    async def source() -> AsyncIterator[str]:
+        async for text in stepped(steps):
+            yielded[text].set()
+            yield text
+
+    async def until(sub: sk.Subscription, content: str) -> list[sk.StreamEvent]:
+        got = []
+        async for event in sub:
+            got.append(event)
+            if event.content == content:
+                break
+        return got
+
+    async with sk.SessionRegistry() as registry:
+        sid = (await registry.create()).session_id
+        async with registry.subscribe(sid) as sub:
+            registry.start(sid, source(), FAST)
+            events: list[sk.StreamEvent] = []
+            for pause_at in (1, 3):
+                steps[pause_at - 1][1].set()
+                with anyio.fail_after(10):
+                    events += await until(sub, f"t{pause_at - 1} ")
+                await registry.pause(sid)
+                steps[pause_at][1].set()
+                with anyio.fail_after(10):
+                    await yielded[f"t{pause_at} "].wait()
+                await anyio.wait_all_tasks_blocked()
+                stats = await registry.session_statistics(sid)
+                assert stats.log.last_seq == events[-1].seq, f"appended in pause {pause_at}"
+                await registry.resume(sid)
+            steps[4][1].set()
+            with anyio.fail_after(10):
+                events += [e async for e in sub]
+        assert text_of(events) == "t0 t1 t2 t3 t4 "
+        assert [e.seq for e in events] == list(range(1, len(events) + 1))
+
+
 async def test_block_policy_delivers_every_token_of_a_source_in_order() -> None:
     config = sk.RegistryConfig(max_lag=3, slow_consumer_policy="block")
     async with sk.SessionRegistry(config) as registry:
