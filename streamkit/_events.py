@@ -494,9 +494,11 @@ def pack_event(event: StreamEvent) -> bytes | None:
     readers pass them in batches, frozen as tuples (a tenth of the cost).
     """
     metadata = event.metadata
-    if event.event_type is _TOKEN and event._size is not None and len(metadata) == 2:
-        # A streamer's token (it alone comes with its size): its metadata is its index
-        # and elapsed time. freeze_event's tuple, built here without a look.
+    if event._size is not None and len(metadata) == 2:  # made by the streamer
+        if event.event_type is not _TOKEN:
+            return None  # a final event: its statistics are nested, never flat
+        # A streamer's token (only its events come with their size): its metadata is
+        # its index and elapsed time. freeze_event's tuple, built here without a look.
         try:
             return _dumps(
                 (

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import heapq
 import itertools
 import math
 import threading
+import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Final
 
@@ -35,6 +37,75 @@ __all__ = ["BUFFER_ITEMS", "TaskFeed", "ThreadFeed"]
 #: bounded by the same figure because the buffer is only drained when it is empty).
 BUFFER_ITEMS: Final = 256
 _thread_ids = itertools.count(1)
+
+
+class _Alarm(list):  # type: ignore[type-arg]
+    """``[when, order, callback]``: one deadline of :class:`_Alarms`; ``cancel()`` it."""
+
+    __slots__ = ()
+
+    def cancel(self) -> None:
+        self[2] = None
+
+
+class _Alarms:
+    """The deadlines of many feeds' waits on one asyncio loop, behind one loop timer.
+
+    A stream with a sink has its consumer wait on the feed for most of the stream, with
+    a deadline (its heartbeat, its ``max_stream_time``) far away. As a timer of the loop
+    each such deadline would sit in the loop's heap, and every other timer (the sleep
+    of each paced token) would pay more compares (Python calls) to go in and out of a
+    heap twice as large. Here they share one loop timer, set for the earliest; their
+    own heap compares lists (in C). Cancelled ones are dropped when they come up.
+    """
+
+    __slots__ = ("_at", "_heap", "_loop", "_order", "_timer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._heap: list[_Alarm] = []
+        self._order = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+        self._at = math.inf
+
+    def call_at(self, when: float, callback: Callable[[], object]) -> _Alarm:
+        """Call ``callback`` at ``when`` (the loop's clock), unless cancelled before."""
+        alarm = _Alarm((when, next(self._order), callback))
+        heapq.heappush(self._heap, alarm)
+        if when < self._at:
+            self._set(when)
+        return alarm
+
+    def _set(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._at = when
+        self._timer = self._loop.call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        due = self._at  # the loop found it due: so is every deadline up to it
+        self._timer = None
+        self._at = math.inf
+        heap = self._heap
+        while heap and (heap[0][0] <= due or heap[0][2] is None):
+            callback = heapq.heappop(heap)[2]
+            if callback is not None:
+                callback()
+        if heap and heap[0][0] < self._at:  # (a callback may have set one already)
+            self._set(heap[0][0])
+
+
+_LOOP_ALARMS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Alarms] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _alarms() -> _Alarms:
+    loop = asyncio.get_running_loop()
+    alarms = _LOOP_ALARMS.get(loop)
+    if alarms is None:
+        alarms = _LOOP_ALARMS[loop] = _Alarms(loop)
+    return alarms
 
 
 class TaskFeed:
@@ -75,12 +146,13 @@ class TaskFeed:
         # When the waiting consumer must be woken, and the alarm task's timer, if set.
         self.alarm_at = math.inf
         self.alarm: anyio.CancelScope | None = None
-        # Without an alarm task, on asyncio: the wait's deadline is a timer of the loop
-        # that sets the waiter (one handle, not a cancel scope and its timer per wait).
-        self.call_at: Callable[..., asyncio.TimerHandle] | None = None
+        # Without an alarm task, on asyncio: the wait's deadline is one of the loop's
+        # shared alarms (_Alarms) that sets the waiter (not a cancel scope and its timer
+        # per wait, nor a timer per stream in the loop's heap).
+        self.call_at: Callable[[float, Callable[[], object]], _Alarm] | None = None
         if not alarm_task and self.new_event is asyncio.Event:
-            self.call_at = asyncio.get_running_loop().call_at
-        self.timer: asyncio.TimerHandle | None = None
+            self.call_at = _alarms().call_at
+        self.timer: _Alarm | None = None
 
     def pause(self) -> None:
         if self.gate is None:

@@ -949,3 +949,42 @@ async def test_with_a_sink_the_deadline_ends_a_silent_source() -> None:
     assert events[-1].event_type == "complete"
     assert events[-1].metadata["reason"] == "deadline"
     assert stream.stats.chunks == 1
+
+
+async def test_with_a_sink_each_of_many_silent_streams_gets_its_own_timers() -> None:
+    # Streams with a sink share one timer of the loop for their waits' deadlines: each
+    # one's heartbeats and stall watchdog still fire for it alone, whichever ends first.
+    class Sink:
+        def offer(self, event: sk.StreamEvent) -> bool:
+            return True
+
+    async def source() -> AsyncIterator[str]:
+        yield "a"
+        await anyio.sleep_forever()
+        yield "never"  # pragma: no cover
+
+    results: dict[int, list[str]] = {}
+
+    async def run(i: int) -> None:
+        config = sk.StreamConfig(
+            chunk_size=1,
+            stream_delay=0,
+            heartbeat_interval=0.02 * (i + 1),
+            stall_timeout=0.05 * (5 - i),
+        )
+        async with sk.stream_tokens(source(), config, sink=Sink()) as stream:
+            results[i] = [e.event_type async for e in stream]
+        assert stream.outcome == "error"
+        assert isinstance(stream.exception, TimeoutError)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            for i in range(5):
+                tg.start_soon(run, i)
+    for i in range(5):
+        assert results[i][0] == "start"
+        assert results[i][-1] == "error"
+        assert "token" not in results[i]  # taken by the sink
+    # Heartbeat due long before the stall (both counted from the last input): it came.
+    assert "heartbeat" in results[0]
+    assert "heartbeat" in results[1]
