@@ -435,7 +435,8 @@ def with_seq(event: StreamEvent, seq: int, session_id: str | None) -> StreamEven
 
 #: A retained event as one flat tuple of strings and numbers, ``(event_type, content,
 #: session_id, seq, event_id, timestamp, json, key, value, key, value, ...)``, or the
-#: bytes of that tuple (marshal).
+#: bytes of that tuple (marshal); a streamer's token as the bytes of ``(content,
+#: event_id, timestamp, index, elapsed, json)``.
 FrozenEvent = tuple[Any, ...] | bytes
 
 _SCALARS: Final = frozenset({str, int, float, bool, type(None)})
@@ -443,6 +444,8 @@ _TYPES_BY_VALUE: Final[dict[str, EventType]] = {t.value: t for t in EventType}
 _TOKEN: Final = EventType.TOKEN
 _flatten: Final = itertools.chain.from_iterable
 _dumps: Final[Callable[..., bytes]] = marshal.dumps
+#: The length of a streamer token's packed tuple (freeze_event's are 7 or more).
+_PACKED_TOKEN: Final = 6
 _loads: Final = marshal.loads
 
 
@@ -498,21 +501,18 @@ def pack_event(event: StreamEvent) -> bytes | None:
         if event.event_type is not _TOKEN:
             return None  # a final event: its statistics are nested, never flat
         # A streamer's token (only its events come with their size): its metadata is
-        # its index and elapsed time. freeze_event's tuple, built here without a look.
+        # its index and elapsed time. Only what differs from token to token is kept
+        # (each string costs marshal an encoding): the type and the keys are known, and
+        # the log knows its seq and session (thaw_event's arguments).
         try:
             return _dumps(
                 (
-                    "token",
                     event.content,
-                    event.session_id,
-                    event.seq,
                     event.event_id,
                     event.timestamp,
-                    event._json,
-                    "index",
                     metadata["index"],
-                    "elapsed",
                     metadata["elapsed"],
+                    event._json,
                 ),
                 2,
             )
@@ -527,11 +527,28 @@ def pack_event(event: StreamEvent) -> bytes | None:
         return None
 
 
-def thaw_event(data: FrozenEvent) -> StreamEvent:
-    """Return the event that :func:`freeze_event` or :func:`pack_event` made ``data`` from."""
+def thaw_event(data: FrozenEvent, seq: int, session_id: str | None) -> StreamEvent:
+    """Return the event that :func:`freeze_event` or :func:`pack_event` made ``data`` from.
+
+    ``seq`` and ``session_id``: the event's, for the forms that do not hold them (a
+    streamer's token packed by :func:`pack_event`).
+    """
     frozen: tuple[Any, ...] = _loads(data) if type(data) is bytes else data  # type: ignore[assignment]
-    event_type: str = frozen[0]
     size = len(frozen)
+    if size == _PACKED_TOKEN:  # (content, event_id, timestamp, index, elapsed, json)
+        event = make_event(
+            _TOKEN,
+            frozen[0],
+            MappingProxyType({"index": frozen[3], "elapsed": frozen[4]}),
+            session_id,
+            seq,
+            frozen[1],
+            frozen[2],
+        )
+        if frozen[5] is not None:
+            _set_json(event, frozen[5])
+        return event
+    event_type: str = frozen[0]
     metadata: Mapping[str, JSONValue]
     if size == 7:
         metadata = _EMPTY

@@ -434,7 +434,7 @@ class _Cursor(EventCursor):
                         state.allow = log._max_lag
                         event = log._buf[last - log._base]
                         if type(event) is not StreamEvent:  # frozen before this reader came
-                            event = thaw_event(event)
+                            event = thaw_event(event, last, log._session_id)
                         if state.swaps:
                             event = state.swaps.pop(last, event)
                         batch = self._one
@@ -464,7 +464,11 @@ class _Cursor(EventCursor):
                     start = pos + 1 - log._base
                     stored: list[Any] = log._buf[start : start + _MAX_BATCH]
                     if pos < log._cold:  # a replay: some events are kept frozen
-                        stored = [e if type(e) is StreamEvent else thaw_event(e) for e in stored]
+                        session_id = log._session_id
+                        stored = [
+                            e if type(e) is StreamEvent else thaw_event(e, seq, session_id)
+                            for seq, e in enumerate(stored, pos + 1)
+                        ]
                     if state.swaps:
                         stored = _swapped(stored, state.swaps)
                     self._batch = batch = stored
@@ -597,8 +601,12 @@ class _RetainedView(Sequence[StreamEvent]):
     def __getitem__(self, index: int | slice) -> StreamEvent | Sequence[StreamEvent]:
         log = self._log
         if isinstance(index, slice):
+            first = log._base + log._head
+            seqs = range(first, first + len(log._buf) - log._head)[index]
+            session_id = log._session_id
             return tuple(
-                e if type(e) is StreamEvent else thaw_event(e) for e in log._buf[log._head :][index]
+                e if type(e) is StreamEvent else thaw_event(e, seq, session_id)
+                for seq, e in zip(seqs, log._buf[log._head :][index], strict=True)
             )
         size = len(log._buf) - log._head
         if index < 0:
@@ -606,7 +614,9 @@ class _RetainedView(Sequence[StreamEvent]):
         if not 0 <= index < size:
             raise IndexError("retained event index out of range")
         event = log._buf[log._head + index]
-        return event if type(event) is StreamEvent else thaw_event(event)
+        if type(event) is StreamEvent:
+            return event
+        return thaw_event(event, log._base + log._head + index, log._session_id)
 
     def __repr__(self) -> str:
         return f"<retained events: {len(self)}>"

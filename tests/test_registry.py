@@ -741,3 +741,29 @@ async def test_a_held_partial_chunk_is_flushed_while_the_source_is_silent(
                     elif event.is_final:
                         assert event.metadata["reason"] == "completed"
     assert tokens == ["ab", "cdefg"]
+
+
+async def test_a_streams_history_read_back_later_equals_what_the_live_reader_got() -> None:
+    # The log packs each streamer token its only reader has passed (only what differs
+    # from token to token); a late reader, a resume and the retained view rebuild them
+    # equal to the live ones: seq, session, id, time, metadata, and any JSON made.
+    async with sk.SessionRegistry() as registry:
+        sid = (await registry.create()).session_id
+        async with registry.subscribe(sid) as sub:
+            registry.start(sid, (f"{i} " for i in range(40)), FAST)
+            live = []
+            with anyio.fail_after(10):
+                async for event in sub:
+                    if event.seq == 5:
+                        event.to_json()  # cached on the event before it is passed
+                    live.append(event)
+        with anyio.fail_after(10):
+            async with registry.subscribe(sid) as late:
+                again = [e async for e in late]
+            async with registry.subscribe(sid, after=17) as resumed:
+                rest = [e async for e in resumed]
+        assert again == live
+        assert [e.to_json() for e in again] == [e.to_json() for e in live]
+        assert [e.metadata for e in again] == [e.metadata for e in live]
+        assert rest == live[17:]
+        assert all(e.session_id == sid for e in again)
