@@ -469,6 +469,9 @@ class _Follower:
         # The backend's pipeline: entries are then read with _READ, not XREAD's replies.
         self.pipe: _Pipe | None = None
         self._flowing = False  # the last read found entries: read again without blocking
+        # A poke was sent since the loop last chose the streams of its XREAD: the
+        # next XREAD returns at once and takes in every stream waited on meanwhile.
+        self._poked = False
 
     @staticmethod
     def _after(watch: _Watch, pos: int) -> list[_Item] | None:
@@ -550,13 +553,29 @@ class _Follower:
             changed = watch.changed
             if not watch.active and not watch.fed(time.monotonic()):
                 self._need.set()
-                await _call(self._poke, self._retry_for, log.session_id)
+                if not self._poked:  # one poke wakes the XREAD for every new stream
+                    self._poked = True
+                    await _call(self._poke, self._retry_for, log.session_id)
             await changed.wait()
         finally:
             watch.waiters -= 1
         return self._after(watch, pos) or None
 
     async def _poke(self) -> None:
+        wire = self.pipe
+        if wire is not None:
+            key = self._wake_key
+            results = await wire.call(
+                [
+                    _pack(("XADD", key, "MAXLEN", "1", "*", "w", "1")),
+                    _pack(("PEXPIRE", key, "86400000")),
+                ],
+                2,
+            )
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+            return
         pipe = self._client.pipeline(transaction=False)
         pipe.xadd(self._wake_key, {"w": "1"}, maxlen=1)
         pipe.pexpire(self._wake_key, 86_400_000)
@@ -567,8 +586,10 @@ class _Follower:
         if self.stale and not self.closed:
             self.stale = False
             self._need.set()
-            with contextlib.suppress(BackendError):
-                await _call(self._poke, self._retry_for)
+            if not self._poked:
+                self._poked = True
+                with contextlib.suppress(BackendError):
+                    await _call(self._poke, self._retry_for)
 
     def _wake_all(self) -> None:
         for watch in self._watches.values():
@@ -590,10 +611,13 @@ class _Follower:
         self._checked_at = time.monotonic()
         # What the readers saw, taken before the counters are read: appends that
         # come in meanwhile raise both.
+        # A stream this worker's appends feed is left out: its append script would
+        # have found the loss (its counter behind the writer's) and ended the log.
+        now = self._checked_at
         watched = [
             (key, watch.last >> 1, watch.session_id)
             for key, watch in self._watches.items()
-            if watch.waiters and watch.last > 0 and not watch.last & 1
+            if watch.waiters and watch.last > 0 and not watch.last & 1 and not watch.fed(now)
         ]
         if not watched:
             return
@@ -614,6 +638,7 @@ class _Follower:
                     await self.check_lost()
             recheck = _IDLE_RECHECK  # seconds until a fed stream may go back into XREAD
             streams: dict[Any, Any] = {}
+            self._poked = False
             for key, watch in list(self._watches.items()):
                 # A stream stays in the XREAD for two rounds after its last waiter:
                 # cursors that just took a batch come back to wait on the read in
@@ -1591,7 +1616,22 @@ class RedisEventLog(EventLog):
         """
         _require_asyncio()
 
+        appender = self._appender
+        wire = None if appender is None else appender.pipe
+
         async def query() -> tuple[Any, Any]:
+            if wire is not None:  # the backend's pipeline: no pool checkout
+                replies = await wire.call(
+                    [
+                        _pack(("HMGET", self._meta, "last", "closed")),
+                        _pack(("XRANGE", self._stream, "-", "+", "COUNT", "1")),
+                    ],
+                    2,
+                )
+                for reply in replies:
+                    if isinstance(reply, BaseException):
+                        raise reply
+                return replies[0], replies[1]
             pipe = self._client.pipeline(transaction=False)
             pipe.hmget(self._meta, "last", "closed")
             pipe.xrange(self._stream, "-", "+", count=1)
