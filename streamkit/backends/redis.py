@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import secrets
 import time
@@ -530,8 +531,9 @@ class _Follower:
                 last = key
         watch.last = last
         watch.fed_at = time.monotonic()
-        watch.changed.set()
-        watch.changed = asyncio.Event()
+        if watch.waiters:  # a cursor not waiting looks at the items before it waits
+            watch.changed.set()
+            watch.changed = asyncio.Event()
 
     async def wait(self, log: RedisEventLog, pos: int) -> list[_Item] | None:
         """Return the entries after ``pos``, waiting for some; ``None``: read Redis."""
@@ -804,7 +806,17 @@ class _ClusterFollower(_Follower):
 class _Batch:
     """One log's events in one append round, and what became of them."""
 
-    __slots__ = ("counter", "detached", "done", "error", "events", "flags", "stored", "texts")
+    __slots__ = (
+        "_waiter",
+        "counter",
+        "detached",
+        "done",
+        "error",
+        "events",
+        "flags",
+        "stored",
+        "texts",
+    )
 
     def __init__(self) -> None:
         self.events: list[StreamEvent] = []
@@ -812,9 +824,24 @@ class _Batch:
         self.flags: list[str] = []
         self.stored: list[StreamEvent] = []
         self.error: BaseException | None = None
-        self.done = asyncio.Event()
+        self.done = False
+        # Made only when a caller waits (most batches are paced tokens nobody awaits).
+        self._waiter: asyncio.Event | None = None
         self.counter = 0
         self.detached = 0  # events appended without waiting (enqueue)
+
+    def finish(self) -> None:
+        """Mark the batch stored (or failed); wake who waits for it."""
+        self.done = True
+        if self._waiter is not None:
+            self._waiter.set()
+
+    async def wait(self) -> None:
+        """Wait until :meth:`finish`."""
+        if not self.done:
+            if self._waiter is None:
+                self._waiter = asyncio.Event()
+            await self._waiter.wait()
 
     def result(self, index: int, session_id: str) -> StreamEvent:
         """The stored copy of event ``index``, or the error that kept it out."""
@@ -982,11 +1009,11 @@ class _Appender:
     @staticmethod
     def _fail(batches: Sequence[tuple[RedisEventLog, _Batch]], error: BaseException) -> None:
         for log, batch in batches:
-            if not batch.done.is_set():
+            if not batch.done:
                 batch.error = error
                 if batch.detached:
                     log._failure = error
-                batch.done.set()
+                batch.finish()
 
     def _unconfirmed(self, log: RedisEventLog, got: str) -> BackendError:
         return BackendError(
@@ -1044,7 +1071,7 @@ class _Appender:
                             ),
                         )
                         self.submit(log, final, final.to_json().encode())[0].detached += 1
-                batch.done.set()
+                batch.finish()
             follower = self._follower
             if follower is not None and (stale or follower.stale):
                 await follower.restale()
@@ -1556,6 +1583,7 @@ class RedisEventLog(EventLog):
         "_sending",
         "_session_id",
         "_stream",
+        "_tail",
         "_wire",
         "_writer",
     )
@@ -1588,7 +1616,10 @@ class RedisEventLog(EventLog):
         self._last = 0
         self._oldest = 1
         self._closed = False
-        self._local: deque[StreamEvent] = deque(maxlen=self._max_events)
+        # The retained events this process knows, as (seq, stored JSON): bytes and a
+        # tuple of atomic values, which the garbage collector stops tracking (a deque
+        # of events would make every full collection walk each one).
+        self._local: deque[tuple[int, bytes]] = deque(maxlen=self._max_events)
         self._readers = 0
         # This process's started cursors, and the transient events whose stand-ins are
         # on their way to Redis (by the stand-in's id): see _transient.
@@ -1607,6 +1638,7 @@ class RedisEventLog(EventLog):
         self._failure: BaseException | None = None  # of an enqueue, not yet raised
         # The RESP of its keys and of its limits and writer id (see _Send).
         self._wire: tuple[bytes, bytes] | None = None
+        self._tail: str | None = None  # the end of its events' JSON, before the seq
 
     async def refresh(self) -> None:
         """Load ``last_seq``, ``oldest_seq`` and ``is_closed`` from Redis.
@@ -1659,7 +1691,12 @@ class RedisEventLog(EventLog):
 
         entries = await _call(query, self._retry_for, self._session_id)
         self._local.clear()
-        self._local.extend(e for _, e in _items(entries, self._session_id) if e is not None)
+        local = self._local
+        for entry_id, fields in entries:
+            key = _key_of(entry_id)
+            if not key & 1:
+                text = fields[b"e"]
+                local.append((key >> 1, text if isinstance(text, bytes) else text.encode()))
 
     def _observe(self, last: int, oldest: int, closed: bool) -> None:
         if last >= self._last:
@@ -1721,6 +1758,43 @@ class RedisEventLog(EventLog):
                 f"the event is {size} bytes, over the limit of {self._max_event_bytes}",
                 field="event",
                 session_id=self._session_id,
+            )
+        return text
+
+    def _stamped(self, event: StreamEvent, seq: int) -> bytes:
+        """Stamp a fresh ``event`` with ``seq`` in place; return the JSON to store.
+
+        The event's own JSON (with its seq) is made once and cached on it, for the
+        transports; the stored JSON is that text with a null seq and session id, as
+        :meth:`_prepare` makes it, without a second event or a second encoding.
+
+        Raises:
+            The errors of :meth:`_prepare` (the event is then left as it was).
+        """
+        if not isinstance(event, StreamEvent):
+            return self._prepare(event)  # raises ValidationError
+        if self._failure is not None or self._closed:
+            return self._prepare(event)  # raises
+        _require_asyncio()
+        sid = self._session_id
+        before = event.session_id
+        stamp(event, seq, sid)
+        full = event.to_json()
+        tail = self._tail
+        if tail is None:
+            tail = self._tail = f',"session_id":{json.encoder.encode_basestring(sid)},"seq":'
+        end = f"{tail}{seq}}}"
+        if not full.endswith(end):  # pragma: no cover - every encoder writes seq last
+            stamp(event, None, before)  # type: ignore[arg-type]
+            return self._prepare(event)
+        text = (full[: -len(end)] + ',"session_id":null,"seq":null}').encode()
+        size = len(text) + len(sid) + len(str(self._last + 1)) + 1
+        if size > self._max_event_bytes:
+            stamp(event, None, before)  # type: ignore[arg-type]
+            raise PayloadTooLarge(
+                f"the event is {size} bytes, over the limit of {self._max_event_bytes}",
+                field="event",
+                session_id=sid,
             )
         return text
 
@@ -1790,7 +1864,7 @@ class RedisEventLog(EventLog):
                 await appender.lead(self)
             else:
                 appender.hurry()
-                await batch.done.wait()
+                await batch.wait()
             return batch.result(index, self._session_id)
         # No backend task: one script call per append, one in flight per writer so
         # that a retry is recognised. Not an anyio.Lock: that costs two checkpoints per
@@ -1800,6 +1874,7 @@ class RedisEventLog(EventLog):
         self._busy = busy = anyio.Event()
         batch = _Batch()
         batch.events.append(event)
+        batch.texts.append(text)
         try:
             self._counter += 1
             args = (
@@ -1843,14 +1918,21 @@ class RedisEventLog(EventLog):
         appender = self._batched()
         pending = self._pending
         if appender is None or (
-            pending is not None and len(pending.events) >= _NOWAIT_MAX and not pending.done.is_set()
+            pending is not None and len(pending.events) >= _NOWAIT_MAX and not pending.done
         ):
             return super().append_nowait(event, owned=owned)
+        seq = max(self._predicted, self._last) + 1
+        if owned and event.seq is None and event.event_type != "part":
+            text = self._stamped(event, seq)
+            batch, _ = appender.submit(self, event, text)
+            batch.detached += 1
+            if event.is_final:
+                self._closed = True
+            return event
         standin = self._transient(event)
         if standin is not event:
             event, owned = standin, True  # the stand-in is this log's own object
         text = self._prepare(event)
-        seq = max(self._predicted, self._last) + 1
         if owned and event.seq is None:
             stamp(event, seq, self._session_id)
             stored = event
@@ -1898,7 +1980,7 @@ class RedisEventLog(EventLog):
         """
         batch = self._pending
         if batch is not None:
-            await batch.done.wait()
+            await batch.wait()
             if self._pending is batch:
                 self._pending = None
         failure = self._failure
@@ -1925,7 +2007,7 @@ class RedisEventLog(EventLog):
         batch.stored = stored
         if self._owed:
             self._owe(batch.events, stored)
-        self._local.extend(stored)
+        self._local.extend(zip(range(first, first + accepted), batch.texts))
         last = first + accepted - 1
         if accepted and last >= self._last:
             self._last = last
@@ -1968,7 +2050,8 @@ class RedisEventLog(EventLog):
     def retained(self) -> Sequence[StreamEvent]:
         """Return this process's copy of the retained events (see the class docs)."""
         oldest = self._oldest
-        return tuple(e for e in self._local if (e.seq or 0) >= oldest)
+        sid = self._session_id
+        return tuple(_event_of(text, seq, sid) for seq, text in self._local if seq >= oldest)
 
     def statistics(self) -> LogStatistics:
         """Return a snapshot of this process's view of the log."""
