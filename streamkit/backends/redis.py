@@ -243,6 +243,8 @@ _BLOCK_MS: Final = 1000
 # A stream this worker appends to is fed from its appends and left out of the shared
 # XREAD until its appends pause for this long (then other writers' entries are read).
 _LOCAL_QUIET: Final = 0.1
+# Entries of a stream this worker appends to that the follower keeps for its cursors.
+_FED_KEEP: Final = 16
 # Logs per append script call on a single node (one call per log on a Cluster).
 _LOGS_PER_CALL: Final = 256
 # Append rounds a backend has in flight at once (each log in at most one).
@@ -531,6 +533,11 @@ class _Follower:
                 last = key
         watch.last = last
         watch.fed_at = time.monotonic()
+        # Keep only the newest few: live cursors take an event at once, and events
+        # kept alive longer are work for the garbage collector (a cursor further
+        # behind reads Redis, a round trip per 256 events).
+        while len(items) > _FED_KEEP:
+            items.popleft()
         if watch.waiters:  # a cursor not waiting looks at the items before it waits
             watch.changed.set()
             watch.changed = asyncio.Event()
@@ -1616,10 +1623,11 @@ class RedisEventLog(EventLog):
         self._last = 0
         self._oldest = 1
         self._closed = False
-        # The retained events this process knows, as (seq, stored JSON): bytes and a
-        # tuple of atomic values, which the garbage collector stops tracking (a deque
-        # of events would make every full collection walk each one).
-        self._local: deque[tuple[int, bytes]] = deque(maxlen=self._max_events)
+        # The retained events this process knows, each as b"<seq> <stored JSON>":
+        # bytes, which the garbage collector never tracks (a deque of events would
+        # bring every collection closer by three objects per token, and make every
+        # full collection walk each of them).
+        self._local: deque[bytes] = deque(maxlen=self._max_events)
         self._readers = 0
         # This process's started cursors, and the transient events whose stand-ins are
         # on their way to Redis (by the stand-in's id): see _transient.
@@ -1696,7 +1704,8 @@ class RedisEventLog(EventLog):
             key = _key_of(entry_id)
             if not key & 1:
                 text = fields[b"e"]
-                local.append((key >> 1, text if isinstance(text, bytes) else text.encode()))
+                data = text if isinstance(text, bytes) else text.encode()
+                local.append(b"%d %b" % (key >> 1, data))
 
     def _observe(self, last: int, oldest: int, closed: bool) -> None:
         if last >= self._last:
@@ -2007,7 +2016,9 @@ class RedisEventLog(EventLog):
         batch.stored = stored
         if self._owed:
             self._owe(batch.events, stored)
-        self._local.extend(zip(range(first, first + accepted), batch.texts))
+        self._local.extend(
+            b"%d %b" % (seq, text) for seq, text in zip(range(first, first + accepted), batch.texts)
+        )
         last = first + accepted - 1
         if accepted and last >= self._last:
             self._last = last
@@ -2051,7 +2062,13 @@ class RedisEventLog(EventLog):
         """Return this process's copy of the retained events (see the class docs)."""
         oldest = self._oldest
         sid = self._session_id
-        return tuple(_event_of(text, seq, sid) for seq, text in self._local if seq >= oldest)
+        out = []
+        for data in self._local:
+            head, _, text = data.partition(b" ")
+            seq = int(head)
+            if seq >= oldest:
+                out.append(_event_of(text, seq, sid))
+        return tuple(out)
 
     def statistics(self) -> LogStatistics:
         """Return a snapshot of this process's view of the log."""
