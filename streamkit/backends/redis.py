@@ -535,8 +535,9 @@ class _Follower:
         watch.fed_at = time.monotonic()
         # Keep only the newest few: live cursors take an event at once, and events
         # kept alive longer are work for the garbage collector (a cursor further
-        # behind reads Redis, a round trip per 256 events).
-        while len(items) > _FED_KEEP:
+        # behind reads Redis, a round trip per 256 events). This round's are all kept.
+        keep = max(_FED_KEEP, len(events))
+        while len(items) > keep:
             items.popleft()
         if watch.waiters:  # a cursor not waiting looks at the items before it waits
             watch.changed.set()
