@@ -206,6 +206,40 @@ async def test_two_workers_share_sessions_limits_and_states(redis_url: str, clie
         assert await b.backend.store.count() == 3
 
 
+async def test_a_state_change_starts_from_the_record_another_worker_wrote(
+    redis_url: str, client: Any
+) -> None:
+    # Worker A remembers the record it wrote and tries its compare-and-set without
+    # reading; B's change in between must make A read it, not overwrite it.
+    prefix = f"p{next(_ids)}"
+    async with _backend(redis_url, prefix) as a, _backend(redis_url, prefix) as b:
+        session = sk.StreamSession(session_id=_sid(), created_at=1.0)
+        await a.store.add(session, max_sessions=5, max_sessions_per_user=None)
+        _, paused = await a.store.set_state(session.session_id, sk.SessionState.PAUSED, now=2.0)
+        before, _ = await b.store.set_state(session.session_id, sk.SessionState.ACTIVE, now=3.0)
+        assert before == paused
+        # A last wrote "paused"; Redis holds B's "active": A's move starts from that.
+        before, after = await a.store.set_state(
+            session.session_id, sk.SessionState.CANCELLED, now=4.0
+        )
+        assert before.status == sk.SessionState.ACTIVE
+        assert after.status == sk.SessionState.CANCELLED
+        # A move the remembered record forbids (paused -> paused) but Redis's allows.
+        other = sk.StreamSession(session_id=_sid(), created_at=1.0)
+        await a.store.add(other, max_sessions=5, max_sessions_per_user=None)
+        await a.store.set_state(other.session_id, sk.SessionState.PAUSED, now=2.0)
+        await b.store.set_state(other.session_id, sk.SessionState.ACTIVE, now=3.0)
+        _, again = await a.store.set_state(other.session_id, sk.SessionState.PAUSED, now=4.0)
+        assert again.status == sk.SessionState.PAUSED
+        # The scripts go by their SHA1; a server that lost them (SCRIPT FLUSH, a
+        # restart) gets their text again.
+        await client.script_flush()
+        _, resumed = await a.store.set_state(other.session_id, sk.SessionState.ACTIVE, now=5.0)
+        assert resumed.status == sk.SessionState.ACTIVE
+        record = await b.store.get(other.session_id)
+        assert record == resumed
+
+
 async def test_store_refuses_a_duplicate_id(redis_url: str, client: Any) -> None:
     async with _backend(redis_url, f"p{next(_ids)}") as backend:
         session = sk.StreamSession(session_id=_sid(), created_at=1.0)

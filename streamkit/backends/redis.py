@@ -71,6 +71,7 @@ from .._errors import (
     BackendError,
     ClosedError,
     HistoryGap,
+    InvalidTransition,
     PayloadTooLarge,
     SessionLimitExceeded,
     SessionNotFound,
@@ -1092,13 +1093,18 @@ def _bulk(data: bytes) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(data), data)
 
 
-def _pack(args: Sequence[str | bytes | int]) -> bytes:
-    """One command as RESP."""
-    out = [b"*%d\r\n" % len(args)]
+def _bulks(args: Sequence[str | bytes | int]) -> bytes:
+    """Arguments as RESP bulk strings, one after the other."""
+    out = []
     for arg in args:
         data = arg if isinstance(arg, bytes) else str(arg).encode()
         out.append(b"$%d\r\n%b\r\n" % (len(data), data))
     return b"".join(out)
+
+
+def _pack(args: Sequence[str | bytes | int]) -> bytes:
+    """One command as RESP."""
+    return b"*%d\r\n%b" % (len(args), _bulks(args))
 
 
 class _Pipe:
@@ -2197,6 +2203,8 @@ _SCHEDULE: Final = (
 )
 
 _SWAP_TRIES: Final = 100
+# Records a store remembers for its compare-and-set without a read (see set_state).
+_KNOWN_MAX: Final = 100_000
 
 # Compare-and-set of one record. KEYS: sessions hash, lease, leases zset, the user's
 # live set. ARGV: sid, the record JSON read, the new JSON, '1' if the session ends (its
@@ -2252,7 +2260,17 @@ class RedisSessionStore(SessionStore):
         retry_for: Seconds a lost connection is retried before :class:`BackendError`.
     """
 
-    __slots__ = ("_client", "_lease_ms", "_owner", "_pipe", "_prefix", "_retry_for", "_sessions")
+    __slots__ = (
+        "_client",
+        "_known",
+        "_lease_ms",
+        "_owner",
+        "_pipe",
+        "_prefix",
+        "_retry_for",
+        "_sessions",
+        "_shas",
+    )
 
     def __init__(
         self,
@@ -2268,6 +2286,11 @@ class RedisSessionStore(SessionStore):
         self._retry_for = float(check_number("retry_for", retry_for, minimum=0))
         self._owner = ""  # set by RedisBackend: the token its leases hold
         self._lease_ms = 0
+        # The record this store last wrote for a live session (its JSON and its
+        # object): set_state's compare-and-set tries it without reading the record
+        # first, and reads only when another worker changed it. Bounded by _KNOWN_MAX.
+        self._known: dict[str, tuple[str, StreamSession]] = {}
+        self._shas: dict[str, bytes] = {}  # script -> the RESP of "EVALSHA <sha1>"
 
     def _user_key(self, user_id: str | None) -> str:
         return f"{{{self._prefix}}}:user:{user_id or ''}"
@@ -2300,6 +2323,23 @@ class RedisSessionStore(SessionStore):
         pipe = self._pipe
         if pipe is None:
             return await self._client.execute_command(*args)
+        if args[0] == "EVAL":
+            # The script's SHA1 instead of its text (loaded by the EVAL that follows a
+            # NOSCRIPT, as after a restart).
+            script = str(args[1])
+            head = self._shas.get(script)
+            if head is None:
+                sha = hashlib.sha1(script.encode()).hexdigest().encode()  # noqa: S324
+                head = self._shas[script] = b"*%d\r\n%b%b" % (
+                    len(args),
+                    _bulk(b"EVALSHA"),
+                    _bulk(sha),
+                )
+            result = (await pipe.call([head + _bulks(args[2:])]))[0]
+            if not isinstance(result, NoScriptError):
+                if isinstance(result, BaseException):
+                    raise result
+                return result
         result = (await pipe.call([_pack(args)]))[0]
         if isinstance(result, BaseException):
             raise result
@@ -2321,6 +2361,7 @@ class RedisSessionStore(SessionStore):
         """
         sid = session.session_id
         record = session.to_json(include_events=False)
+        self._known.pop(sid, None)
 
         async def run() -> Any:
             return await self._exec(
@@ -2343,6 +2384,8 @@ class RedisSessionStore(SessionStore):
 
         try:
             await self._run(run, sid)
+            if not session.is_terminal:
+                self._remember(sid, record, session)
         except BackendError as exc:
             reason = str(exc.__cause__) if isinstance(exc.__cause__, ResponseError) else ""
             if "STREAMKIT_DUP" in reason:
@@ -2402,18 +2445,30 @@ class RedisSessionStore(SessionStore):
             SessionNotFound: there is no such record.
             InvalidTransition: the move is not allowed.
         """
+        known = self._known.pop(session_id, None)
         for _ in range(_SWAP_TRIES):
+            raw: Any
+            if known is not None:
+                # What this store wrote last: tried without a read (a round trip less
+                # per change); if another worker changed it since, the swap fails.
+                raw, current = known
+                known = None
+                try:
+                    after = current.transition(state, now=max(now, current.updated_at + 1e-6))
+                except InvalidTransition:
+                    continue  # perhaps not from the record Redis holds now: read it
+            else:
 
-            async def read() -> Any:
-                return await self._exec("HGET", self._sessions, session_id)
+                async def read() -> Any:
+                    return await self._exec("HGET", self._sessions, session_id)
 
-            raw = await self._run(read, session_id)
-            if raw is None:
-                raise SessionNotFound("no such session", session_id=session_id)
-            current = StreamSession.from_json(raw)
-            # Strictly increasing per record whatever the workers' clocks: a reader can
-            # tell a newer record from a stale one.
-            after = current.transition(state, now=max(now, current.updated_at + 1e-6))
+                raw = await self._run(read, session_id)
+                if raw is None:
+                    raise SessionNotFound("no such session", session_id=session_id)
+                current = StreamSession.from_json(raw)
+                # Strictly increasing per record whatever the workers' clocks: a reader
+                # can tell a newer record from a stale one.
+                after = current.transition(state, now=max(now, current.updated_at + 1e-6))
             new = after.to_json(include_events=False)
             ends = "1" if after.is_terminal else "0"
 
@@ -2438,8 +2493,16 @@ class RedisSessionStore(SessionStore):
                 )
 
             if int(await self._run(swap, session_id)):
+                if not after.is_terminal:
+                    self._remember(session_id, new, after)
                 return current, after
         raise BackendError("too many conflicting updates", session_id=session_id)
+
+    def _remember(self, session_id: str, raw: str, session: StreamSession) -> None:
+        known = self._known
+        if len(known) >= _KNOWN_MAX:
+            known.clear()  # sessions ended on other workers leave theirs behind
+        known[session_id] = (raw, session)
 
     async def remove(self, session_id: str) -> StreamSession | None:
         """Delete a record (and its lease) and return it (``None`` if there was none).
@@ -2447,6 +2510,7 @@ class RedisSessionStore(SessionStore):
         Raises:
             BackendError: Redis failed, or the event loop is not asyncio.
         """
+        self._known.pop(session_id, None)
         for _ in range(_SWAP_TRIES):
 
             async def read() -> Any:
