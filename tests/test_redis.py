@@ -10,6 +10,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import attrs
 import pytest
 import redis.asyncio as aredis
 
@@ -238,6 +239,30 @@ async def test_a_state_change_starts_from_the_record_another_worker_wrote(
         assert resumed.status == sk.SessionState.ACTIVE
         record = await b.store.get(other.session_id)
         assert record == resumed
+
+
+async def test_events_of_every_shape_come_back_equal(client: aredis.Redis) -> None:
+    # Readers decode the common shape by hand and the rest through from_json.
+    events = [
+        _token("plain"),
+        sk.StreamEvent(event_type="token", content="é ☃ \U0001f600", metadata={"index": 1}),
+        sk.StreamEvent(event_type="x-app:note", content="custom", metadata={"a": "b"}),
+        sk.StreamEvent(event_type="token", metadata={"nested": {"k": [1, 2.5, None]}}),
+        sk.StreamEvent(event_type="token", content="t", timestamp=5, metadata={"f": True}),
+        sk.StreamEvent(event_type="heartbeat", event_id="my-id"),
+        sk.StreamEvent(event_type="complete", metadata={"reason": "done", "n": -3.25}),
+    ]
+    log = RedisEventLog(client, _sid())
+    for event in events:
+        await log.append(event)
+    with anyio.fail_after(10):
+        async with log.read(0) as cursor:
+            got = [event async for event in cursor]
+    assert got == [
+        attrs.evolve(e, seq=i + 1, session_id=log.session_id) for i, e in enumerate(events)
+    ]
+    assert [type(e.timestamp) for e in got] == [type(e.timestamp) for e in events]
+    assert list(log.retained()) == got
 
 
 async def test_store_refuses_a_duplicate_id(redis_url: str, client: Any) -> None:

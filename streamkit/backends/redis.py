@@ -431,17 +431,19 @@ def _plain_event(text: bytes | str, seq: int, session_id: str) -> StreamEvent | 
     stores (a token: about a third of ``StreamEvent.from_json``'s time); anything
     else (custom types, nested metadata, bad input) is left to ``from_json``.
     """
+    data: Any
     try:
         data = _DECODER.decode(text.decode() if isinstance(text, bytes) else text)
     except (ValueError, RecursionError, UnicodeDecodeError):
         return None
     if type(data) is not dict or len(data) != 7:
         return None
-    event_type = _EVENT_TYPES.get(data.get("event_type"))  # type: ignore[arg-type]
-    event_id = data.get("event_id")
-    content = data.get("content")
-    timestamp = data.get("timestamp")
-    metadata = data.get("metadata")
+    kind: Any = data.get("event_type")
+    event_type = _EVENT_TYPES.get(kind) if type(kind) is str else None
+    event_id: Any = data.get("event_id")
+    content: Any = data.get("content")
+    timestamp: Any = data.get("timestamp")
+    metadata: Any = data.get("metadata")
     if (
         event_type is None
         or type(event_id) is not str
@@ -463,12 +465,12 @@ def _plain_event(text: bytes | str, seq: int, session_id: str) -> StreamEvent | 
             return None
     return make_event(
         event_type,
-        content,  # type: ignore[arg-type]
+        content,
         MappingProxyType(metadata) if metadata else _NO_METADATA,
         session_id,
         seq,
         event_id,
-        timestamp,  # type: ignore[arg-type]
+        timestamp,
     )
 
 
@@ -1857,8 +1859,6 @@ class RedisEventLog(EventLog):
         Raises:
             The errors of :meth:`_prepare` (the event is then left as it was).
         """
-        if not isinstance(event, StreamEvent):
-            return self._prepare(event)  # raises ValidationError
         if self._failure is not None or self._closed:
             return self._prepare(event)  # raises
         _require_asyncio()
@@ -2008,7 +2008,8 @@ class RedisEventLog(EventLog):
         ):
             return super().append_nowait(event, owned=owned)
         seq = max(self._predicted, self._last) + 1
-        if owned and event.seq is None and event.event_type != "part":
+        fresh = owned and type(event) is StreamEvent and event.seq is None
+        if fresh and event.event_type != "part":
             text = self._stamped(event, seq)
             batch, _ = appender.submit(self, event, text)
             batch.detached += 1
@@ -2093,8 +2094,9 @@ class RedisEventLog(EventLog):
         batch.stored = stored
         if self._owed:
             self._owe(batch.events, stored)
+        seqs = range(first, first + accepted)
         self._local.extend(
-            b"%d %b" % (seq, text) for seq, text in zip(range(first, first + accepted), batch.texts)
+            b"%d %b" % (seq, text) for seq, text in zip(seqs, batch.texts, strict=False)
         )
         last = first + accepted - 1
         if accepted and last >= self._last:
