@@ -493,8 +493,8 @@ class _Watch:
 
     __slots__ = (
         "active",
-        "changed",
         "fed_at",
+        "futures",
         "idle",
         "items",
         "last",
@@ -506,7 +506,9 @@ class _Watch:
         self.session_id = session_id
         self.last = last  # the order key (see _key_of) of the newest entry known
         self.items: deque[_Item] = deque(maxlen=4 * _BATCH)
-        self.changed = asyncio.Event()
+        # One future per waiting cursor, resolved when entries come (cheaper than an
+        # asyncio.Event: no lock-like machinery, nothing made when nobody waits).
+        self.futures: list[asyncio.Future[None]] = []
         self.waiters = 0
         self.active = False  # whether the XREAD in flight includes this stream
         self.idle = 0
@@ -515,6 +517,15 @@ class _Watch:
     def fed(self, now: float) -> bool:
         """Whether this worker's appends fed it lately (it is then left out of XREAD)."""
         return now - self.fed_at < _LOCAL_QUIET
+
+    def wake(self) -> None:
+        """Wake the cursors waiting on this stream."""
+        futures = self.futures
+        if futures:
+            self.futures = []
+            for future in futures:
+                if not future.done():
+                    future.set_result(None)
 
 
 class _Follower:
@@ -612,9 +623,7 @@ class _Follower:
         keep = max(_FED_KEEP, len(events))
         while len(items) > keep:
             items.popleft()
-        if watch.waiters:  # a cursor not waiting looks at the items before it waits
-            watch.changed.set()
-            watch.changed = asyncio.Event()
+        watch.wake()  # a cursor not waiting looks at the items before it waits
 
     async def wait(self, log: RedisEventLog, pos: int) -> list[_Item] | None:
         """Return the entries after ``pos``, waiting for some; ``None``: read Redis."""
@@ -632,16 +641,21 @@ class _Follower:
             return got
         watch.waiters += 1
         watch.idle = 0
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        watch.futures.append(future)
         try:
-            changed = watch.changed
             if not watch.active and not watch.fed(time.monotonic()):
                 self._need.set()
                 if not self._poked:  # one poke wakes the XREAD for every new stream
                     self._poked = True
                     await _call(self._poke, self._retry_for, log.session_id)
-            await changed.wait()
+            await future
         finally:
             watch.waiters -= 1
+            if not future.done() or future.cancelled():  # cancelled, or the poke failed
+                future.cancel()
+                with contextlib.suppress(ValueError):
+                    watch.futures.remove(future)
         return self._after(watch, pos) or None
 
     async def _poke(self) -> None:
@@ -676,8 +690,7 @@ class _Follower:
 
     def _wake_all(self) -> None:
         for watch in self._watches.values():
-            watch.changed.set()
-            watch.changed = asyncio.Event()
+            watch.wake()
 
     def close(self) -> None:
         self.closed = True
@@ -811,8 +824,7 @@ class _Follower:
             if fresh:
                 watch.items.extend(fresh)
                 watch.last = fresh[-1][0]
-                watch.changed.set()
-                watch.changed = asyncio.Event()
+                watch.wake()
         return True
 
     def _deliver(self, reply: Any, *, keep: bool = True) -> bool:
@@ -843,8 +855,7 @@ class _Follower:
                 continue
             watch.items.extend(fresh)
             watch.last = fresh[-1][0]
-            watch.changed.set()
-            watch.changed = asyncio.Event()
+            watch.wake()
         return news
 
 
