@@ -10,6 +10,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import attrs
 import pytest
 import redis.asyncio as aredis
 
@@ -204,6 +205,64 @@ async def test_two_workers_share_sessions_limits_and_states(redis_url: str, clie
         assert await b.backend.store.get(third.session_id) is None
         assert await b.backend.store.remove(third.session_id) is None
         assert await b.backend.store.count() == 3
+
+
+async def test_a_state_change_starts_from_the_record_another_worker_wrote(
+    redis_url: str, client: Any
+) -> None:
+    # Worker A remembers the record it wrote and tries its compare-and-set without
+    # reading; B's change in between must make A read it, not overwrite it.
+    prefix = f"p{next(_ids)}"
+    async with _backend(redis_url, prefix) as a, _backend(redis_url, prefix) as b:
+        session = sk.StreamSession(session_id=_sid(), created_at=1.0)
+        await a.store.add(session, max_sessions=5, max_sessions_per_user=None)
+        _, paused = await a.store.set_state(session.session_id, sk.SessionState.PAUSED, now=2.0)
+        before, _ = await b.store.set_state(session.session_id, sk.SessionState.ACTIVE, now=3.0)
+        assert before == paused
+        # A last wrote "paused"; Redis holds B's "active": A's move starts from that.
+        before, after = await a.store.set_state(
+            session.session_id, sk.SessionState.CANCELLED, now=4.0
+        )
+        assert before.status == sk.SessionState.ACTIVE
+        assert after.status == sk.SessionState.CANCELLED
+        # A move the remembered record forbids (paused -> paused) but Redis's allows.
+        other = sk.StreamSession(session_id=_sid(), created_at=1.0)
+        await a.store.add(other, max_sessions=5, max_sessions_per_user=None)
+        await a.store.set_state(other.session_id, sk.SessionState.PAUSED, now=2.0)
+        await b.store.set_state(other.session_id, sk.SessionState.ACTIVE, now=3.0)
+        _, again = await a.store.set_state(other.session_id, sk.SessionState.PAUSED, now=4.0)
+        assert again.status == sk.SessionState.PAUSED
+        # The scripts go by their SHA1; a server that lost them (SCRIPT FLUSH, a
+        # restart) gets their text again.
+        await client.script_flush()
+        _, resumed = await a.store.set_state(other.session_id, sk.SessionState.ACTIVE, now=5.0)
+        assert resumed.status == sk.SessionState.ACTIVE
+        record = await b.store.get(other.session_id)
+        assert record == resumed
+
+
+async def test_events_of_every_shape_come_back_equal(client: aredis.Redis) -> None:
+    # Readers decode the common shape by hand and the rest through from_json.
+    events = [
+        _token("plain"),
+        sk.StreamEvent(event_type="token", content="é ☃ \U0001f600", metadata={"index": 1}),
+        sk.StreamEvent(event_type="x-app:note", content="custom", metadata={"a": "b"}),
+        sk.StreamEvent(event_type="token", metadata={"nested": {"k": [1, 2.5, None]}}),
+        sk.StreamEvent(event_type="token", content="t", timestamp=5, metadata={"f": True}),
+        sk.StreamEvent(event_type="heartbeat", event_id="my-id"),
+        sk.StreamEvent(event_type="complete", metadata={"reason": "done", "n": -3.25}),
+    ]
+    log = RedisEventLog(client, _sid())
+    for event in events:
+        await log.append(event)
+    with anyio.fail_after(10):
+        async with log.read(0) as cursor:
+            got = [event async for event in cursor]
+    assert got == [
+        attrs.evolve(e, seq=i + 1, session_id=log.session_id) for i, e in enumerate(events)
+    ]
+    assert [type(e.timestamp) for e in got] == [type(e.timestamp) for e in events]
+    assert list(log.retained()) == got
 
 
 async def test_store_refuses_a_duplicate_id(redis_url: str, client: Any) -> None:

@@ -36,7 +36,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
+import math
+import re
 import secrets
 import time
 from collections import deque
@@ -70,6 +73,7 @@ from .._errors import (
     BackendError,
     ClosedError,
     HistoryGap,
+    InvalidTransition,
     PayloadTooLarge,
     SessionLimitExceeded,
     SessionNotFound,
@@ -242,6 +246,8 @@ _BLOCK_MS: Final = 1000
 # A stream this worker appends to is fed from its appends and left out of the shared
 # XREAD until its appends pause for this long (then other writers' entries are read).
 _LOCAL_QUIET: Final = 0.1
+# Entries of a stream this worker appends to that the follower keeps for its cursors.
+_FED_KEEP: Final = 16
 # Logs per append script call on a single node (one call per log on a Cluster).
 _LOGS_PER_CALL: Final = 256
 # Append rounds a backend has in flight at once (each log in at most one).
@@ -395,10 +401,80 @@ def _decode(fields: dict[bytes, bytes], seq: int, session_id: str) -> StreamEven
 
 def _event_of(text: bytes | str, seq: int, session_id: str) -> StreamEvent:
     """The event stored as ``text`` (its JSON, without seq), numbered ``seq``."""
+    event = _plain_event(text, seq, session_id)
+    if event is not None:
+        return event
     event = StreamEvent.from_json(text)
     stamp(event, seq, session_id)  # a fresh object that nobody else holds yet
     return event
 
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(name)
+
+
+_DECODER: Final = json.JSONDecoder(parse_constant=_no_constant)
+_EVENT_TYPES: Final[dict[str, EventType]] = {t.value: t for t in EventType}
+_SCALARS: Final = (str, int, float, bool, type(None))
+_NOT_IN_IDS: Final = re.compile("[\r\n\x00]")
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+
+
+def _plain_str(value: object) -> bool:
+    return type(value) is str and (value.isascii() or not _SURROGATE.search(value))
+
+
+def _plain_event(text: bytes | str, seq: int, session_id: str) -> StreamEvent | None:
+    """Decode the JSON of an event of a built-in type with flat metadata, or ``None``.
+
+    What the public constructor would check, for the shape every streamkit writer
+    stores (a token: about a third of ``StreamEvent.from_json``'s time); anything
+    else (custom types, nested metadata, bad input) is left to ``from_json``.
+    """
+    data: Any
+    try:
+        data = _DECODER.decode(text.decode() if isinstance(text, bytes) else text)
+    except (ValueError, RecursionError, UnicodeDecodeError):
+        return None
+    if type(data) is not dict or len(data) != 7:
+        return None
+    kind: Any = data.get("event_type")
+    event_type = _EVENT_TYPES.get(kind) if type(kind) is str else None
+    event_id: Any = data.get("event_id")
+    content: Any = data.get("content")
+    timestamp: Any = data.get("timestamp")
+    metadata: Any = data.get("metadata")
+    if (
+        event_type is None
+        or type(event_id) is not str
+        or not 0 < len(event_id) <= 256
+        or _NOT_IN_IDS.search(event_id)
+        or not _plain_str(event_id)
+        or not _plain_str(content)
+        or type(timestamp) not in (float, int)
+        or not 0 <= timestamp < math.inf
+        or type(metadata) is not dict
+        or data.get("seq", 0) is not None
+        or data.get("session_id", 0) is not None
+    ):
+        return None
+    for key, value in metadata.items():
+        if not _plain_str(key) or not isinstance(value, _SCALARS):
+            return None
+        if type(value) is str and not _plain_str(value):
+            return None
+    return make_event(
+        event_type,
+        content,
+        MappingProxyType(metadata) if metadata else _NO_METADATA,
+        session_id,
+        seq,
+        event_id,
+        timestamp,
+    )
+
+
+_NO_METADATA: Final[MappingProxyType[str, Any]] = MappingProxyType({})
 
 #: One entry as cursors see it: its order key and the event (``None`` for the marker).
 _Item = tuple[int, StreamEvent | None]
@@ -417,8 +493,8 @@ class _Watch:
 
     __slots__ = (
         "active",
-        "changed",
         "fed_at",
+        "futures",
         "idle",
         "items",
         "last",
@@ -430,7 +506,9 @@ class _Watch:
         self.session_id = session_id
         self.last = last  # the order key (see _key_of) of the newest entry known
         self.items: deque[_Item] = deque(maxlen=4 * _BATCH)
-        self.changed = asyncio.Event()
+        # One future per waiting cursor, resolved when entries come (cheaper than an
+        # asyncio.Event: no lock-like machinery, nothing made when nobody waits).
+        self.futures: list[asyncio.Future[None]] = []
         self.waiters = 0
         self.active = False  # whether the XREAD in flight includes this stream
         self.idle = 0
@@ -439,6 +517,15 @@ class _Watch:
     def fed(self, now: float) -> bool:
         """Whether this worker's appends fed it lately (it is then left out of XREAD)."""
         return now - self.fed_at < _LOCAL_QUIET
+
+    def wake(self) -> None:
+        """Wake the cursors waiting on this stream."""
+        futures = self.futures
+        if futures:
+            self.futures = []
+            for future in futures:
+                if not future.done():
+                    future.set_result(None)
 
 
 class _Follower:
@@ -469,6 +556,9 @@ class _Follower:
         # The backend's pipeline: entries are then read with _READ, not XREAD's replies.
         self.pipe: _Pipe | None = None
         self._flowing = False  # the last read found entries: read again without blocking
+        # A poke was sent since the loop last chose the streams of its XREAD: the
+        # next XREAD returns at once and takes in every stream waited on meanwhile.
+        self._poked = False
 
     @staticmethod
     def _after(watch: _Watch, pos: int) -> list[_Item] | None:
@@ -527,8 +617,13 @@ class _Follower:
                 last = key
         watch.last = last
         watch.fed_at = time.monotonic()
-        watch.changed.set()
-        watch.changed = asyncio.Event()
+        # Keep only the newest few: live cursors take an event at once, and events
+        # kept alive longer are work for the garbage collector (a cursor further
+        # behind reads Redis, a round trip per 256 events). This round's are all kept.
+        keep = max(_FED_KEEP, len(events))
+        while len(items) > keep:
+            items.popleft()
+        watch.wake()  # a cursor not waiting looks at the items before it waits
 
     async def wait(self, log: RedisEventLog, pos: int) -> list[_Item] | None:
         """Return the entries after ``pos``, waiting for some; ``None``: read Redis."""
@@ -546,17 +641,38 @@ class _Follower:
             return got
         watch.waiters += 1
         watch.idle = 0
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        watch.futures.append(future)
         try:
-            changed = watch.changed
             if not watch.active and not watch.fed(time.monotonic()):
                 self._need.set()
-                await _call(self._poke, self._retry_for, log.session_id)
-            await changed.wait()
+                if not self._poked:  # one poke wakes the XREAD for every new stream
+                    self._poked = True
+                    await _call(self._poke, self._retry_for, log.session_id)
+            await future
         finally:
             watch.waiters -= 1
+            if not future.done() or future.cancelled():  # cancelled, or the poke failed
+                future.cancel()
+                with contextlib.suppress(ValueError):
+                    watch.futures.remove(future)
         return self._after(watch, pos) or None
 
     async def _poke(self) -> None:
+        wire = self.pipe
+        if wire is not None:
+            key = self._wake_key
+            results = await wire.call(
+                [
+                    _pack(("XADD", key, "MAXLEN", "1", "*", "w", "1")),
+                    _pack(("PEXPIRE", key, "86400000")),
+                ],
+                2,
+            )
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+            return
         pipe = self._client.pipeline(transaction=False)
         pipe.xadd(self._wake_key, {"w": "1"}, maxlen=1)
         pipe.pexpire(self._wake_key, 86_400_000)
@@ -567,13 +683,14 @@ class _Follower:
         if self.stale and not self.closed:
             self.stale = False
             self._need.set()
-            with contextlib.suppress(BackendError):
-                await _call(self._poke, self._retry_for)
+            if not self._poked:
+                self._poked = True
+                with contextlib.suppress(BackendError):
+                    await _call(self._poke, self._retry_for)
 
     def _wake_all(self) -> None:
         for watch in self._watches.values():
-            watch.changed.set()
-            watch.changed = asyncio.Event()
+            watch.wake()
 
     def close(self) -> None:
         self.closed = True
@@ -590,10 +707,13 @@ class _Follower:
         self._checked_at = time.monotonic()
         # What the readers saw, taken before the counters are read: appends that
         # come in meanwhile raise both.
+        # A stream this worker's appends feed is left out: its append script would
+        # have found the loss (its counter behind the writer's) and ended the log.
+        now = self._checked_at
         watched = [
             (key, watch.last >> 1, watch.session_id)
             for key, watch in self._watches.items()
-            if watch.waiters and watch.last > 0 and not watch.last & 1
+            if watch.waiters and watch.last > 0 and not watch.last & 1 and not watch.fed(now)
         ]
         if not watched:
             return
@@ -614,6 +734,7 @@ class _Follower:
                     await self.check_lost()
             recheck = _IDLE_RECHECK  # seconds until a fed stream may go back into XREAD
             streams: dict[Any, Any] = {}
+            self._poked = False
             for key, watch in list(self._watches.items()):
                 # A stream stays in the XREAD for two rounds after its last waiter:
                 # cursors that just took a batch come back to wait on the read in
@@ -703,8 +824,7 @@ class _Follower:
             if fresh:
                 watch.items.extend(fresh)
                 watch.last = fresh[-1][0]
-                watch.changed.set()
-                watch.changed = asyncio.Event()
+                watch.wake()
         return True
 
     def _deliver(self, reply: Any, *, keep: bool = True) -> bool:
@@ -735,8 +855,7 @@ class _Follower:
                 continue
             watch.items.extend(fresh)
             watch.last = fresh[-1][0]
-            watch.changed.set()
-            watch.changed = asyncio.Event()
+            watch.wake()
         return news
 
 
@@ -779,7 +898,17 @@ class _ClusterFollower(_Follower):
 class _Batch:
     """One log's events in one append round, and what became of them."""
 
-    __slots__ = ("counter", "detached", "done", "error", "events", "flags", "stored", "texts")
+    __slots__ = (
+        "_waiter",
+        "counter",
+        "detached",
+        "done",
+        "error",
+        "events",
+        "flags",
+        "stored",
+        "texts",
+    )
 
     def __init__(self) -> None:
         self.events: list[StreamEvent] = []
@@ -787,9 +916,24 @@ class _Batch:
         self.flags: list[str] = []
         self.stored: list[StreamEvent] = []
         self.error: BaseException | None = None
-        self.done = asyncio.Event()
+        self.done = False
+        # Made only when a caller waits (most batches are paced tokens nobody awaits).
+        self._waiter: asyncio.Event | None = None
         self.counter = 0
         self.detached = 0  # events appended without waiting (enqueue)
+
+    def finish(self) -> None:
+        """Mark the batch stored (or failed); wake who waits for it."""
+        self.done = True
+        if self._waiter is not None:
+            self._waiter.set()
+
+    async def wait(self) -> None:
+        """Wait until :meth:`finish`."""
+        if not self.done:
+            if self._waiter is None:
+                self._waiter = asyncio.Event()
+            await self._waiter.wait()
 
     def result(self, index: int, session_id: str) -> StreamEvent:
         """The stored copy of event ``index``, or the error that kept it out."""
@@ -957,11 +1101,11 @@ class _Appender:
     @staticmethod
     def _fail(batches: Sequence[tuple[RedisEventLog, _Batch]], error: BaseException) -> None:
         for log, batch in batches:
-            if not batch.done.is_set():
+            if not batch.done:
                 batch.error = error
                 if batch.detached:
                     log._failure = error
-                batch.done.set()
+                batch.finish()
 
     def _unconfirmed(self, log: RedisEventLog, got: str) -> BackendError:
         return BackendError(
@@ -1019,7 +1163,7 @@ class _Appender:
                             ),
                         )
                         self.submit(log, final, final.to_json().encode())[0].detached += 1
-                batch.done.set()
+                batch.finish()
             follower = self._follower
             if follower is not None and (stale or follower.stale):
                 await follower.restale()
@@ -1032,13 +1176,18 @@ def _bulk(data: bytes) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(data), data)
 
 
-def _pack(args: Sequence[str | bytes | int]) -> bytes:
-    """One command as RESP."""
-    out = [b"*%d\r\n" % len(args)]
+def _bulks(args: Sequence[str | bytes | int]) -> bytes:
+    """Arguments as RESP bulk strings, one after the other."""
+    out = []
     for arg in args:
         data = arg if isinstance(arg, bytes) else str(arg).encode()
         out.append(b"$%d\r\n%b\r\n" % (len(data), data))
     return b"".join(out)
+
+
+def _pack(args: Sequence[str | bytes | int]) -> bytes:
+    """One command as RESP."""
+    return b"*%d\r\n%b" % (len(args), _bulks(args))
 
 
 class _Pipe:
@@ -1531,6 +1680,7 @@ class RedisEventLog(EventLog):
         "_sending",
         "_session_id",
         "_stream",
+        "_tail",
         "_wire",
         "_writer",
     )
@@ -1563,7 +1713,11 @@ class RedisEventLog(EventLog):
         self._last = 0
         self._oldest = 1
         self._closed = False
-        self._local: deque[StreamEvent] = deque(maxlen=self._max_events)
+        # The retained events this process knows, each as b"<seq> <stored JSON>":
+        # bytes, which the garbage collector never tracks (a deque of events would
+        # bring every collection closer by three objects per token, and make every
+        # full collection walk each of them).
+        self._local: deque[bytes] = deque(maxlen=self._max_events)
         self._readers = 0
         # This process's started cursors, and the transient events whose stand-ins are
         # on their way to Redis (by the stand-in's id): see _transient.
@@ -1582,6 +1736,7 @@ class RedisEventLog(EventLog):
         self._failure: BaseException | None = None  # of an enqueue, not yet raised
         # The RESP of its keys and of its limits and writer id (see _Send).
         self._wire: tuple[bytes, bytes] | None = None
+        self._tail: str | None = None  # the end of its events' JSON, before the seq
 
     async def refresh(self) -> None:
         """Load ``last_seq``, ``oldest_seq`` and ``is_closed`` from Redis.
@@ -1591,7 +1746,22 @@ class RedisEventLog(EventLog):
         """
         _require_asyncio()
 
+        appender = self._appender
+        wire = None if appender is None else appender.pipe
+
         async def query() -> tuple[Any, Any]:
+            if wire is not None:  # the backend's pipeline: no pool checkout
+                replies = await wire.call(
+                    [
+                        _pack(("HMGET", self._meta, "last", "closed")),
+                        _pack(("XRANGE", self._stream, "-", "+", "COUNT", "1")),
+                    ],
+                    2,
+                )
+                for reply in replies:
+                    if isinstance(reply, BaseException):
+                        raise reply
+                return replies[0], replies[1]
             pipe = self._client.pipeline(transaction=False)
             pipe.hmget(self._meta, "last", "closed")
             pipe.xrange(self._stream, "-", "+", count=1)
@@ -1619,7 +1789,13 @@ class RedisEventLog(EventLog):
 
         entries = await _call(query, self._retry_for, self._session_id)
         self._local.clear()
-        self._local.extend(e for _, e in _items(entries, self._session_id) if e is not None)
+        local = self._local
+        for entry_id, fields in entries:
+            key = _key_of(entry_id)
+            if not key & 1:
+                text = fields[b"e"]
+                data = text if isinstance(text, bytes) else text.encode()
+                local.append(b"%d %b" % (key >> 1, data))
 
     def _observe(self, last: int, oldest: int, closed: bool) -> None:
         if last >= self._last:
@@ -1681,6 +1857,41 @@ class RedisEventLog(EventLog):
                 f"the event is {size} bytes, over the limit of {self._max_event_bytes}",
                 field="event",
                 session_id=self._session_id,
+            )
+        return text
+
+    def _stamped(self, event: StreamEvent, seq: int) -> bytes:
+        """Stamp a fresh ``event`` with ``seq`` in place; return the JSON to store.
+
+        The event's own JSON (with its seq) is made once and cached on it, for the
+        transports; the stored JSON is that text with a null seq and session id, as
+        :meth:`_prepare` makes it, without a second event or a second encoding.
+
+        Raises:
+            The errors of :meth:`_prepare` (the event is then left as it was).
+        """
+        if self._failure is not None or self._closed:
+            return self._prepare(event)  # raises
+        _require_asyncio()
+        sid = self._session_id
+        before = event.session_id
+        stamp(event, seq, sid)
+        full = event.to_json()
+        tail = self._tail
+        if tail is None:
+            tail = self._tail = f',"session_id":{json.encoder.encode_basestring(sid)},"seq":'
+        end = f"{tail}{seq}}}"
+        if not full.endswith(end):  # pragma: no cover - every encoder writes seq last
+            stamp(event, None, before)  # type: ignore[arg-type]
+            return self._prepare(event)
+        text = (full[: -len(end)] + ',"session_id":null,"seq":null}').encode()
+        size = len(text) + len(sid) + len(str(self._last + 1)) + 1
+        if size > self._max_event_bytes:
+            stamp(event, None, before)  # type: ignore[arg-type]
+            raise PayloadTooLarge(
+                f"the event is {size} bytes, over the limit of {self._max_event_bytes}",
+                field="event",
+                session_id=sid,
             )
         return text
 
@@ -1750,7 +1961,7 @@ class RedisEventLog(EventLog):
                 await appender.lead(self)
             else:
                 appender.hurry()
-                await batch.done.wait()
+                await batch.wait()
             return batch.result(index, self._session_id)
         # No backend task: one script call per append, one in flight per writer so
         # that a retry is recognised. Not an anyio.Lock: that costs two checkpoints per
@@ -1760,6 +1971,7 @@ class RedisEventLog(EventLog):
         self._busy = busy = anyio.Event()
         batch = _Batch()
         batch.events.append(event)
+        batch.texts.append(text)
         try:
             self._counter += 1
             args = (
@@ -1803,14 +2015,22 @@ class RedisEventLog(EventLog):
         appender = self._batched()
         pending = self._pending
         if appender is None or (
-            pending is not None and len(pending.events) >= _NOWAIT_MAX and not pending.done.is_set()
+            pending is not None and len(pending.events) >= _NOWAIT_MAX and not pending.done
         ):
             return super().append_nowait(event, owned=owned)
+        seq = max(self._predicted, self._last) + 1
+        fresh = owned and type(event) is StreamEvent and event.seq is None
+        if fresh and event.event_type != "part":
+            text = self._stamped(event, seq)
+            batch, _ = appender.submit(self, event, text)
+            batch.detached += 1
+            if event.is_final:
+                self._closed = True
+            return event
         standin = self._transient(event)
         if standin is not event:
             event, owned = standin, True  # the stand-in is this log's own object
         text = self._prepare(event)
-        seq = max(self._predicted, self._last) + 1
         if owned and event.seq is None:
             stamp(event, seq, self._session_id)
             stored = event
@@ -1858,7 +2078,7 @@ class RedisEventLog(EventLog):
         """
         batch = self._pending
         if batch is not None:
-            await batch.done.wait()
+            await batch.wait()
             if self._pending is batch:
                 self._pending = None
         failure = self._failure
@@ -1885,7 +2105,10 @@ class RedisEventLog(EventLog):
         batch.stored = stored
         if self._owed:
             self._owe(batch.events, stored)
-        self._local.extend(stored)
+        seqs = range(first, first + accepted)
+        self._local.extend(
+            b"%d %b" % (seq, text) for seq, text in zip(seqs, batch.texts, strict=False)
+        )
         last = first + accepted - 1
         if accepted and last >= self._last:
             self._last = last
@@ -1928,7 +2151,14 @@ class RedisEventLog(EventLog):
     def retained(self) -> Sequence[StreamEvent]:
         """Return this process's copy of the retained events (see the class docs)."""
         oldest = self._oldest
-        return tuple(e for e in self._local if (e.seq or 0) >= oldest)
+        sid = self._session_id
+        out = []
+        for data in self._local:
+            head, _, text = data.partition(b" ")
+            seq = int(head)
+            if seq >= oldest:
+                out.append(_event_of(text, seq, sid))
+        return tuple(out)
 
     def statistics(self) -> LogStatistics:
         """Return a snapshot of this process's view of the log."""
@@ -2056,6 +2286,8 @@ _SCHEDULE: Final = (
 )
 
 _SWAP_TRIES: Final = 100
+# Records a store remembers for its compare-and-set without a read (see set_state).
+_KNOWN_MAX: Final = 100_000
 
 # Compare-and-set of one record. KEYS: sessions hash, lease, leases zset, the user's
 # live set. ARGV: sid, the record JSON read, the new JSON, '1' if the session ends (its
@@ -2111,7 +2343,17 @@ class RedisSessionStore(SessionStore):
         retry_for: Seconds a lost connection is retried before :class:`BackendError`.
     """
 
-    __slots__ = ("_client", "_lease_ms", "_owner", "_pipe", "_prefix", "_retry_for", "_sessions")
+    __slots__ = (
+        "_client",
+        "_known",
+        "_lease_ms",
+        "_owner",
+        "_pipe",
+        "_prefix",
+        "_retry_for",
+        "_sessions",
+        "_shas",
+    )
 
     def __init__(
         self,
@@ -2127,6 +2369,11 @@ class RedisSessionStore(SessionStore):
         self._retry_for = float(check_number("retry_for", retry_for, minimum=0))
         self._owner = ""  # set by RedisBackend: the token its leases hold
         self._lease_ms = 0
+        # The record this store last wrote for a live session (its JSON and its
+        # object): set_state's compare-and-set tries it without reading the record
+        # first, and reads only when another worker changed it. Bounded by _KNOWN_MAX.
+        self._known: dict[str, tuple[str, StreamSession]] = {}
+        self._shas: dict[str, bytes] = {}  # script -> the RESP of "EVALSHA <sha1>"
 
     def _user_key(self, user_id: str | None) -> str:
         return f"{{{self._prefix}}}:user:{user_id or ''}"
@@ -2159,6 +2406,23 @@ class RedisSessionStore(SessionStore):
         pipe = self._pipe
         if pipe is None:
             return await self._client.execute_command(*args)
+        if args[0] == "EVAL":
+            # The script's SHA1 instead of its text (loaded by the EVAL that follows a
+            # NOSCRIPT, as after a restart).
+            script = str(args[1])
+            head = self._shas.get(script)
+            if head is None:
+                sha = hashlib.sha1(script.encode()).hexdigest().encode()  # noqa: S324
+                head = self._shas[script] = b"*%d\r\n%b%b" % (
+                    len(args),
+                    _bulk(b"EVALSHA"),
+                    _bulk(sha),
+                )
+            result = (await pipe.call([head + _bulks(args[2:])]))[0]
+            if not isinstance(result, NoScriptError):
+                if isinstance(result, BaseException):
+                    raise result
+                return result
         result = (await pipe.call([_pack(args)]))[0]
         if isinstance(result, BaseException):
             raise result
@@ -2180,6 +2444,7 @@ class RedisSessionStore(SessionStore):
         """
         sid = session.session_id
         record = session.to_json(include_events=False)
+        self._known.pop(sid, None)
 
         async def run() -> Any:
             return await self._exec(
@@ -2202,6 +2467,8 @@ class RedisSessionStore(SessionStore):
 
         try:
             await self._run(run, sid)
+            if not session.is_terminal:
+                self._remember(sid, record, session)
         except BackendError as exc:
             reason = str(exc.__cause__) if isinstance(exc.__cause__, ResponseError) else ""
             if "STREAMKIT_DUP" in reason:
@@ -2261,18 +2528,30 @@ class RedisSessionStore(SessionStore):
             SessionNotFound: there is no such record.
             InvalidTransition: the move is not allowed.
         """
+        known = self._known.pop(session_id, None)
         for _ in range(_SWAP_TRIES):
+            raw: Any
+            if known is not None:
+                # What this store wrote last: tried without a read (a round trip less
+                # per change); if another worker changed it since, the swap fails.
+                raw, current = known
+                known = None
+                try:
+                    after = current.transition(state, now=max(now, current.updated_at + 1e-6))
+                except InvalidTransition:
+                    continue  # perhaps not from the record Redis holds now: read it
+            else:
 
-            async def read() -> Any:
-                return await self._exec("HGET", self._sessions, session_id)
+                async def read() -> Any:
+                    return await self._exec("HGET", self._sessions, session_id)
 
-            raw = await self._run(read, session_id)
-            if raw is None:
-                raise SessionNotFound("no such session", session_id=session_id)
-            current = StreamSession.from_json(raw)
-            # Strictly increasing per record whatever the workers' clocks: a reader can
-            # tell a newer record from a stale one.
-            after = current.transition(state, now=max(now, current.updated_at + 1e-6))
+                raw = await self._run(read, session_id)
+                if raw is None:
+                    raise SessionNotFound("no such session", session_id=session_id)
+                current = StreamSession.from_json(raw)
+                # Strictly increasing per record whatever the workers' clocks: a reader
+                # can tell a newer record from a stale one.
+                after = current.transition(state, now=max(now, current.updated_at + 1e-6))
             new = after.to_json(include_events=False)
             ends = "1" if after.is_terminal else "0"
 
@@ -2297,8 +2576,16 @@ class RedisSessionStore(SessionStore):
                 )
 
             if int(await self._run(swap, session_id)):
+                if not after.is_terminal:
+                    self._remember(session_id, new, after)
                 return current, after
         raise BackendError("too many conflicting updates", session_id=session_id)
+
+    def _remember(self, session_id: str, raw: str, session: StreamSession) -> None:
+        known = self._known
+        if len(known) >= _KNOWN_MAX:
+            known.clear()  # sessions ended on other workers leave theirs behind
+        known[session_id] = (raw, session)
 
     async def remove(self, session_id: str) -> StreamSession | None:
         """Delete a record (and its lease) and return it (``None`` if there was none).
@@ -2306,6 +2593,7 @@ class RedisSessionStore(SessionStore):
         Raises:
             BackendError: Redis failed, or the event loop is not asyncio.
         """
+        self._known.pop(session_id, None)
         for _ in range(_SWAP_TRIES):
 
             async def read() -> Any:
