@@ -840,7 +840,9 @@ class StreamApp:
         last = check_resume_point(session, after)
         if self._stopping:
             raise HTTPError(503, "unavailable", "the server is shutting down")
-        if session.is_terminal and after >= last:
+        terminal = session.is_terminal
+        del session  # a snapshot: not kept (nor scanned by the collector) for the stream's life
+        if terminal and after >= last:
             # Nothing left to send, ever: 204 also stops a browser's EventSource from
             # reconnecting.
             await send_response(send, 204, head=head)
