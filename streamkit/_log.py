@@ -60,7 +60,7 @@ from ._events import (
 )
 from ._events import _slot as _event_slots
 from ._session import new_session_id
-from ._signals import Signal, signal_factory, signal_renewer
+from ._signals import Signal, signal_renewer
 from ._validate import check_choice, check_id, check_int, type_name
 from .abc import EventCursor, EventLog, LogStatistics
 
@@ -294,7 +294,6 @@ class _Cursor(EventCursor):
         "_done",
         "_i",
         "_log",
-        "_new_event",
         "_one",
         "_owner",
         "_renew",
@@ -305,8 +304,6 @@ class _Cursor(EventCursor):
 
     def __init__(self, log: InMemoryEventLog, after: int) -> None:
         self._log = log
-        # The running loop's own event type, found once the cursor starts (_signals).
-        self._new_event: Callable[[], Signal] = anyio.Event
         # This cursor's own event to wait on for the producer, renewed for each wait.
         self._renew: Callable[[Signal | None], Signal] = _new_signal
         self._after = after
@@ -457,12 +454,25 @@ class _Cursor(EventCursor):
                         others = log._others
                         if others is not None:
                             log._others = None
-                            others.set()
+                            for other in others:
+                                other.set()
                 else:
+                    # An event of its own (a bare future on asyncio), listed for the first
+                    # reader to set: no coroutine and no deque entry per wait, as a shared
+                    # asyncio.Event makes (a young object fewer per delivery to collect).
+                    signal = self._renew(None)
                     others = log._others
                     if others is None:
-                        others = log._others = self._new_event()
-                    await others.wait()
+                        log._others = [signal]
+                    else:
+                        others.append(signal)
+                    try:
+                        await signal.wait()
+                    except BaseException:
+                        others = log._others
+                        if others is not None and signal in others:
+                            others.remove(signal)
+                        raise
                 self._waited = True
         except BaseException as exc:
             owner = self._owner
@@ -486,7 +496,6 @@ class _Cursor(EventCursor):
             )
         state = _Reader(after, max(log._max_lag, log._last - after))
         self._state = state
-        self._new_event = signal_factory()
         self._renew = signal_renewer()
         log._readers.add(state)
         log._freeze_at = log._last  # the readers changed: look again at the next append
@@ -653,9 +662,9 @@ class InMemoryEventLog(EventLog):
         self._bytes = 0
         self._closed = False
         # Set once when events arrive or the log closes: the first reader that caught up
-        # waits on it, and sets _others, on which the other readers that caught up wait.
+        # waits on it, and sets _others, the events of the other readers that caught up.
         self._data: Signal | None = None
-        self._others: Signal | None = None
+        self._others: list[Signal] | None = None
         # Set when a reader advances or leaves; a blocked producer waits on it.
         self._room: Signal | None = None
         self._readers: set[_Reader] = set()
@@ -1007,11 +1016,14 @@ class InMemoryEventLog(EventLog):
         if self._closed:
             return
         self._closed = True
-        for name in ("_data", "_others", "_room"):
+        for name in ("_data", "_room"):
             event: Signal | None = getattr(self, name)
             if event is not None:
                 setattr(self, name, None)
                 event.set()
+        others, self._others = self._others, None
+        for other in others or ():
+            other.set()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
