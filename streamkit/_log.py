@@ -37,6 +37,7 @@ Rules of this module, and why:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -60,7 +61,7 @@ from ._events import (
 )
 from ._events import _slot as _event_slots
 from ._session import new_session_id
-from ._signals import Signal, signal_renewer
+from ._signals import Signal, signal_factory, signal_renewer
 from ._validate import check_choice, check_id, check_int, type_name
 from .abc import EventCursor, EventLog, LogStatistics
 
@@ -271,6 +272,23 @@ def _checked_size(event: StreamEvent, limit: int, session_id: str) -> int:
 _NO_EVENT: Final = make_event("", "", {}, "", 0, "", 0.0)
 
 
+def _future_maker() -> Callable[[], asyncio.Future[None]] | None:
+    """The running loop's ``create_future`` on asyncio, else ``None`` (Trio)."""
+    if signal_factory().__module__ == "asyncio.locks":
+        return asyncio.get_running_loop().create_future
+    return None
+
+
+def _wake_all(waiting: list[Any]) -> None:
+    """Wake the readers that wait behind the first: futures on asyncio, events on Trio."""
+    for signal in waiting:
+        if type(signal) is asyncio.Future:
+            if not signal.done():  # a cancelled waiter's future is done already
+                signal.set_result(None)
+        else:
+            signal.set()
+
+
 def _new_signal(old: Signal | None) -> Signal:
     return anyio.Event()
 
@@ -292,6 +310,7 @@ class _Cursor(EventCursor):
         "_after",
         "_batch",
         "_done",
+        "_future",
         "_i",
         "_log",
         "_one",
@@ -306,6 +325,8 @@ class _Cursor(EventCursor):
         self._log = log
         # This cursor's own event to wait on for the producer, renewed for each wait.
         self._renew: Callable[[Signal | None], Signal] = _new_signal
+        # The loop's create_future on asyncio (found once the cursor starts), else None.
+        self._future: Callable[[], asyncio.Future[None]] | None = None
         self._after = after
         # The seq of the last event of the current batch.
         self._upto = after
@@ -454,20 +475,21 @@ class _Cursor(EventCursor):
                         others = log._others
                         if others is not None:
                             log._others = None
-                            for other in others:
-                                other.set()
+                            _wake_all(others)
                 else:
-                    # An event of its own (a bare future on asyncio), listed for the first
-                    # reader to set: no coroutine and no deque entry per wait, as a shared
-                    # asyncio.Event makes (a young object fewer per delivery to collect).
-                    signal = self._renew(None)
+                    # A future of its own on asyncio (an event on Trio), listed for the
+                    # first reader to set: no coroutine and no deque entry per wait, as a
+                    # shared asyncio.Event makes (a young object fewer per delivery for the
+                    # collector), and an exact future takes the loop's fast path.
+                    future = self._future
+                    signal: Any = future() if future is not None else self._renew(None)
                     others = log._others
                     if others is None:
                         log._others = [signal]
                     else:
                         others.append(signal)
                     try:
-                        await signal.wait()
+                        await (signal if future is not None else signal.wait())
                     except BaseException:
                         others = log._others
                         if others is not None and signal in others:
@@ -497,6 +519,7 @@ class _Cursor(EventCursor):
         state = _Reader(after, max(log._max_lag, log._last - after))
         self._state = state
         self._renew = signal_renewer()
+        self._future = _future_maker()
         log._readers.add(state)
         log._freeze_at = log._last  # the readers changed: look again at the next append
         if log._block:
@@ -664,7 +687,7 @@ class InMemoryEventLog(EventLog):
         # Set once when events arrive or the log closes: the first reader that caught up
         # waits on it, and sets _others, the events of the other readers that caught up.
         self._data: Signal | None = None
-        self._others: list[Signal] | None = None
+        self._others: list[Any] | None = None
         # Set when a reader advances or leaves; a blocked producer waits on it.
         self._room: Signal | None = None
         self._readers: set[_Reader] = set()
@@ -1022,8 +1045,8 @@ class InMemoryEventLog(EventLog):
                 setattr(self, name, None)
                 event.set()
         others, self._others = self._others, None
-        for other in others or ():
-            other.set()
+        if others:
+            _wake_all(others)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
