@@ -58,7 +58,7 @@ from ._errors import StreamkitError
 from ._subscription import Subscription
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterable, Callable, Iterable, Sequence
+    from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
     from types import TracebackType
 
     from ._asgi_http import Headers, Receive, Scope, Send
@@ -680,6 +680,17 @@ async def run_event_stream(
     if isinstance(events, Subscription):
         # Entered by the caller (StreamApp): its cursor, one coroutine fewer per event.
         events = events._direct()
+    # What each event is awaited from: the memory log's cursor hands out its own coroutine
+    # function (no ``__anext__`` call per event); any other source its ``__anext__``.
+    owned_by = getattr(events, "owned_by", None)
+    step: Callable[[], Awaitable[StreamEvent]] = (
+        owned_by(None) if owned_by is not None else aiter(events).__anext__
+    )
+    del owned_by
+    # The shared encodings (SSE, NDJSON): looked up in place, no call per event.
+    encoded: dict[int, tuple[StreamEvent, bytes]] = (
+        encode._items if isinstance(encode, _EncodeCache) else {}
+    )
     clock: _Clock | None = None
     period = min(heartbeat_interval or _NEVER, write_timeout or _NEVER) / _LOOKS
     if period != _NEVER:
@@ -696,7 +707,11 @@ async def run_event_stream(
                 with response.sender:
                     if response.gzip:
                         take = getattr(events, "take_ready", _take_nothing)
-                        async for event in events:
+                        while True:
+                            try:
+                                event = await step()
+                            except StopAsyncIteration:
+                                break
                             backlog = take(_BATCH_EVENTS)
                             data = encode(event)
                             if backlog:
@@ -711,8 +726,13 @@ async def run_event_stream(
                         # response, so its state needs no reset.
                         send = response.send
                         take = getattr(events, "take_ready", _take_nothing)
-                        async for event in events:
-                            data = encode(event)
+                        while True:
+                            try:
+                                event = await step()
+                            except StopAsyncIteration:
+                                break
+                            hit = encoded.get(id(event))
+                            data = hit[1] if hit is not None and hit[0] is event else encode(event)
                             backlog = take(_BATCH_EVENTS)
                             if backlog:  # the client fell behind: one write for what is ready
                                 data = b"".join([data, *map(encode, backlog)])
