@@ -280,7 +280,7 @@ def _future_maker() -> Callable[[], asyncio.Future[None]] | None:
 
 
 def _wake_all(waiting: list[Any]) -> None:
-    """Wake the readers that wait behind the first: futures on asyncio, events on Trio."""
+    """Wake the readers that wait behind the first: futures on asyncio, an event on Trio."""
     for signal in waiting:
         if type(signal) is asyncio.Future:
             if not signal.done():  # a cancelled waiter's future is done already
@@ -476,25 +476,30 @@ class _Cursor(EventCursor):
                         if others is not None:
                             log._others = None
                             _wake_all(others)
-                else:
-                    # A future of its own on asyncio (an event on Trio), listed for the
-                    # first reader to set: no coroutine and no deque entry per wait, as a
-                    # shared asyncio.Event makes (a young object fewer per delivery for the
-                    # collector), and an exact future takes the loop's fast path.
-                    future = self._future
-                    signal: Any = future() if future is not None else self._renew(None)
+                elif (future := self._future) is not None:
+                    # A future of its own (asyncio), listed for the first reader to set: no
+                    # coroutine and no deque entry per wait, as a shared asyncio.Event
+                    # makes (a young object fewer per delivery for the collector), and an
+                    # exact future takes the task's fast path.
+                    signal = future()
                     others = log._others
                     if others is None:
                         log._others = [signal]
                     else:
                         others.append(signal)
                     try:
-                        await (signal if future is not None else signal.wait())
+                        await signal
                     except BaseException:
                         others = log._others
                         if others is not None and signal in others:
                             others.remove(signal)
                         raise
+                else:
+                    # Trio: one event they all wait on (its wait parks the task).
+                    others = log._others
+                    if others is None:
+                        others = log._others = [self._renew(None)]
+                    await others[0].wait()
                 self._waited = True
         except BaseException as exc:
             owner = self._owner

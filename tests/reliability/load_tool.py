@@ -681,6 +681,7 @@ async def _paced_loop(
     while streams_open() < args.clients and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
     connected = streams_open()
+    gc_time = _GCTime()
     started = time.monotonic()
     cpu0 = time.process_time()
     last = start_all()
@@ -690,6 +691,7 @@ async def _paced_loop(
     cpu = time.process_time() - cpu0
     return {
         "counts": {},
+        "gc": gc_time.stop(),
         "connected_at_start": connected,
         "published": 0,
         "last_seq": last,
