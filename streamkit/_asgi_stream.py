@@ -43,11 +43,13 @@ Rules of this module, and why:
 
 from __future__ import annotations
 
+import asyncio
 import time
 import zlib
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 import anyio
+import anyio.abc
 import anyio.lowlevel
 
 from . import ndjson, sse
@@ -56,7 +58,8 @@ from ._errors import StreamkitError
 from ._subscription import Subscription
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterable, Callable, Iterable, Sequence
+    from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
+    from types import TracebackType
 
     from ._asgi_http import Headers, Receive, Scope, Send
     from ._events import StreamEvent
@@ -179,6 +182,8 @@ class _Response:
     __slots__ = (
         "_compressor",
         "_idle",
+        "beat",
+        "closing",
         "finishing",
         "gzip",
         "heartbeat_interval",
@@ -203,10 +208,15 @@ class _Response:
     ) -> None:
         self.send = send
         self.heartbeat_interval = heartbeat_interval
-        #: The watcher's wait for the client; the clock cancels it when a heartbeat is due.
-        self.watch: anyio.CancelScope | None = None
+        #: The watcher's wait for the client (its cancel scope on Trio, its task on
+        #: asyncio); the clock cancels it when a heartbeat is due.
+        self.watch: anyio.CancelScope | asyncio.Task[None] | None = None
         #: Whether the watcher task runs.
         self.watching = True
+        #: Set by the clock when it cancels the watcher's wait for a heartbeat (asyncio).
+        self.beat = False
+        #: Set when the response cancels its watcher for good (asyncio).
+        self.closing = False
         self._compressor = zlib.compressobj(6, zlib.DEFLATED, 31) if gzip else None
         self.gzip = gzip
         self._idle: anyio.Event | None = None
@@ -310,7 +320,16 @@ class _Response:
             interval = self.heartbeat_interval
             if interval is not None and now - self.since >= interval:
                 watch = self.watch
-                if watch is not None and not self.stopping and not self.finishing:
+                if watch is None or self.stopping or self.finishing or self.beat:
+                    return
+                if isinstance(watch, anyio.CancelScope):
+                    watch.cancel()
+                    return
+                # A plain task (asyncio): cancel its wait only while it waits, so that a
+                # message the server already handed over is never lost to the wake-up.
+                waiter = getattr(watch, "_fut_waiter", None)
+                if waiter is not None and not waiter.done():
+                    self.beat = True
                     watch.cancel()
 
 
@@ -488,6 +507,107 @@ async def _watch(response: _Response, receive: Receive, heartbeat: bytes) -> Non
         response.watching = False
 
 
+async def _watch_task(response: _Response, receive: Receive, heartbeat: bytes) -> None:
+    """:func:`_watch` as a plain asyncio task: no task group, no cancel scope per wait.
+
+    The clock wakes it for a heartbeat by cancelling its wait with ``response.beat`` set
+    (the cancellation is then taken back); any other cancellation ends it.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    response.watch = task
+    try:
+        while True:
+            try:
+                message = await receive()
+            except asyncio.CancelledError:
+                if response.closing or not response.beat:
+                    raise
+                task.uncancel()
+                response.beat = False
+            else:
+                if message["type"] == "http.disconnect":
+                    # Also what servers say once the body is complete: then a no-op.
+                    response.end("disconnected")
+                    return
+                continue
+            # The clock woke us: the stream was silent for a heartbeat interval.
+            if response.stopping or response.finishing:
+                return  # the sender ends the body itself, under a deadline of its own
+            try:
+                await response.heartbeat(heartbeat)
+            except TimeoutError:
+                response.end("write_timeout")
+                return
+            except OSError:
+                response.end("disconnected")
+                return
+    except Exception:
+        response.end("failed")  # the sender stops; the error is raised when it has
+        raise
+    finally:
+        response.watch = None
+        response.watching = False
+
+
+class _Watching:
+    """Runs the watcher beside the sender for the body of an ``async with``.
+
+    On asyncio the watcher is a plain task (:func:`_watch_task`): a task group, its
+    cancel scopes and its task's bookkeeping would be some 30 objects more per open
+    response, for the garbage collector to scan again and again (docs/performance.md,
+    section 3b). On Trio it runs in a task group.
+    """
+
+    __slots__ = ("group", "heartbeat", "receive", "response", "task")
+
+    def __init__(self, response: _Response, receive: Receive, heartbeat: bytes) -> None:
+        self.response = response
+        self.receive = receive
+        self.heartbeat = heartbeat
+        self.task: asyncio.Task[None] | None = None
+        self.group: anyio.abc.TaskGroup | None = None
+
+    async def __aenter__(self) -> None:
+        if _loop_key()[1]:
+            group = self.group = anyio.create_task_group()
+            await group.__aenter__()
+            group.start_soon(_watch, self.response, self.receive, self.heartbeat)
+        else:
+            self.task = asyncio.get_running_loop().create_task(
+                _watch_task(self.response, self.receive, self.heartbeat)
+            )
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool | None:
+        response = self.response
+        if exc is None and response.watching and response.finishing:
+            # Servers tell the watcher that the body is complete (uvicorn does): let it
+            # end by itself rather than cancel it.
+            await anyio.lowlevel.checkpoint()
+        group = self.group
+        if group is not None:
+            if response.watching:
+                group.cancel_scope.cancel()
+            return await group.__aexit__(exc_type, exc, traceback)
+        task = self.task
+        assert task is not None
+        if not task.done():
+            response.closing = True
+            task.cancel()
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait((task,))
+        if not task.cancelled():
+            error = task.exception()
+            if error is not None:
+                raise error
+        return None
+
+
 def _stopped_after(event: StreamEvent) -> Outcome:
     """The outcome of a stream stopped once ``event`` was written: ended if it was the last."""
     return "ended" if event.is_final else "shutdown"
@@ -555,10 +675,22 @@ async def run_event_stream(
         await response.start(start, prelude)
     except TimeoutError:
         return "write_timeout"
+    del start, content_headers  # not kept for the life of the stream
 
     if isinstance(events, Subscription):
         # Entered by the caller (StreamApp): its cursor, one coroutine fewer per event.
         events = events._direct()
+    # What each event is awaited from: the memory log's cursor hands out its own coroutine
+    # function (no ``__anext__`` call per event); any other source its ``__anext__``.
+    owned_by = getattr(events, "owned_by", None)
+    step: Callable[[], Awaitable[StreamEvent]] = (
+        owned_by(None) if owned_by is not None else aiter(events).__anext__
+    )
+    del owned_by
+    # The shared encodings (SSE, NDJSON): looked up in place, no call per event.
+    encoded: dict[int, tuple[StreamEvent, bytes]] = (
+        encode._items if isinstance(encode, _EncodeCache) else {}
+    )
     clock: _Clock | None = None
     period = min(heartbeat_interval or _NEVER, write_timeout or _NEVER) / _LOOKS
     if period != _NEVER:
@@ -569,14 +701,17 @@ async def run_event_stream(
         if stop.is_set():
             response.stop()
     try:
-        error: StreamkitError | None = None
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_watch, response, receive, heartbeat)
+        async with _Watching(response, receive, heartbeat):
+            error: StreamkitError | None = None
             try:
                 with response.sender:
                     if response.gzip:
                         take = getattr(events, "take_ready", _take_nothing)
-                        async for event in events:
+                        while True:
+                            try:
+                                event = await step()
+                            except StopAsyncIteration:
+                                break
                             backlog = take(_BATCH_EVENTS)
                             data = encode(event)
                             if backlog:
@@ -591,8 +726,13 @@ async def run_event_stream(
                         # response, so its state needs no reset.
                         send = response.send
                         take = getattr(events, "take_ready", _take_nothing)
-                        async for event in events:
-                            data = encode(event)
+                        while True:
+                            try:
+                                event = await step()
+                            except StopAsyncIteration:
+                                break
+                            hit = encoded.get(id(event))
+                            data = hit[1] if hit is not None and hit[0] is event else encode(event)
                             backlog = take(_BATCH_EVENTS)
                             if backlog:  # the client fell behind: one write for what is ready
                                 data = b"".join([data, *map(encode, backlog)])
@@ -634,12 +774,6 @@ async def run_event_stream(
                     response.outcome = "write_timeout"
                 except OSError:
                     response.outcome = "disconnected"
-            if response.watching and response.finishing:
-                # Servers tell the watcher that the body is complete (uvicorn does):
-                # let it end by itself rather than cancel it.
-                await anyio.lowlevel.checkpoint()
-            if response.watching:
-                tg.cancel_scope.cancel()
     finally:
         if clock is not None:
             clock.remove(response)

@@ -37,6 +37,7 @@ Rules of this module, and why:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -271,6 +272,23 @@ def _checked_size(event: StreamEvent, limit: int, session_id: str) -> int:
 _NO_EVENT: Final = make_event("", "", {}, "", 0, "", 0.0)
 
 
+def _future_maker() -> Callable[[], asyncio.Future[None]] | None:
+    """The running loop's ``create_future`` on asyncio, else ``None`` (Trio)."""
+    if signal_factory().__module__ == "asyncio.locks":
+        return asyncio.get_running_loop().create_future
+    return None
+
+
+def _wake_all(waiting: list[Any]) -> None:
+    """Wake the readers that wait behind the first: futures on asyncio, an event on Trio."""
+    for signal in waiting:
+        if type(signal) is asyncio.Future:
+            if not signal.done():  # a cancelled waiter's future is done already
+                signal.set_result(None)
+        else:
+            signal.set()
+
+
 class _Owner(Protocol):
     """What a cursor tells when ``__anext__`` raises (see :meth:`_Cursor.owned_by`).
 
@@ -289,10 +307,10 @@ class _Cursor(EventCursor):
         "_bare",
         "_batch",
         "_done",
+        "_future",
         "_i",
         "_live",
         "_log",
-        "_new_event",
         "_one",
         "_owner",
         "_renew",
@@ -303,12 +321,13 @@ class _Cursor(EventCursor):
 
     def __init__(self, log: InMemoryEventLog, after: int) -> None:
         self._log = log
-        # The running loop's own event type, found once the cursor starts (_signals).
-        self._new_event: Callable[[], Signal] = anyio.Event
         # This cursor's own event to wait on for the producer, made for each wait; on
         # asyncio the loop's bare future, awaited itself (_bare).
         self._renew: Callable[[], Signal] = anyio.Event
         self._bare = False
+        # The loop's create_future on asyncio (found once the cursor starts), else None:
+        # what a reader waiting behind the first one waits on.
+        self._future: Callable[[], asyncio.Future[None]] | None = None
         self._after = after
         # The seq of the last event of the current batch.
         self._upto = after
@@ -410,7 +429,7 @@ class _Cursor(EventCursor):
                             others = log._others
                             if others is not None:
                                 log._others = None
-                                others.set()
+                                _wake_all(others)
                         last = log._last
                         if last == passed + 1 and not state.swaps:
                             event = log._buf[last - log._base]
@@ -494,12 +513,31 @@ class _Cursor(EventCursor):
                         others = log._others
                         if others is not None:
                             log._others = None
-                            others.set()
-                else:
+                            _wake_all(others)
+                elif (future := self._future) is not None:
+                    # A future of its own (asyncio), listed for the first reader to set: no
+                    # coroutine and no deque entry per wait, as a shared asyncio.Event
+                    # makes (a young object fewer per delivery for the collector), and an
+                    # exact future takes the task's fast path.
+                    waiter = future()
                     others = log._others
                     if others is None:
-                        others = log._others = self._new_event()
-                    await others.wait()
+                        log._others = [waiter]
+                    else:
+                        others.append(waiter)
+                    try:
+                        await waiter
+                    except BaseException:
+                        others = log._others
+                        if others is not None and waiter in others:
+                            others.remove(waiter)
+                        raise
+                else:
+                    # Trio: one event they all wait on (its wait parks the task).
+                    others = log._others
+                    if others is None:
+                        others = log._others = [self._renew()]
+                    await others[0].wait()
                 self._waited = True
         except BaseException as exc:
             owner = self._owner
@@ -526,9 +564,9 @@ class _Cursor(EventCursor):
             )
         state = _Reader(after, max(log._max_lag, log._last - after))
         self._state = state
-        self._new_event = signal_factory()
         self._renew = signal_renewer()
         self._bare = self._renew is _FutureSignal
+        self._future = _future_maker()
         log._readers.add(state)
         log._freeze_at = log._last  # the readers changed: look again at the next append
         if log._block:
@@ -705,9 +743,9 @@ class InMemoryEventLog(EventLog):
         self._bytes = 0
         self._closed = False
         # Set once when events arrive or the log closes: the first reader that caught up
-        # waits on it, and sets _others, on which the other readers that caught up wait.
+        # waits on it, and sets _others, the events of the other readers that caught up.
         self._data: Signal | None = None
-        self._others: Signal | None = None
+        self._others: list[Any] | None = None
         # Set when a reader advances or leaves; a blocked producer waits on it.
         self._room: Signal | None = None
         self._readers: set[_Reader] = set()
@@ -1061,11 +1099,14 @@ class InMemoryEventLog(EventLog):
         if self._closed:
             return
         self._closed = True
-        for name in ("_data", "_others", "_room"):
+        for name in ("_data", "_room"):
             event: Signal | None = getattr(self, name)
             if event is not None:
                 setattr(self, name, None)
                 event.set()
+        others, self._others = self._others, None
+        if others:
+            _wake_all(others)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"

@@ -162,6 +162,36 @@ async def test_a_cancelled_first_waiter_does_not_strand_the_others() -> None:
     assert got == {"first": [], "second": ["a", "b", ""], "third": ["a", "b", ""]}
 
 
+async def test_readers_waiting_behind_the_first_leave_and_close_as_they_please() -> None:
+    # The readers behind the first each wait on a signal of their own that the first one
+    # sets: one cancelled while waiting leaves the others waiting, and they all get the
+    # next event; a close wakes every waiting reader.
+    log = sk.InMemoryEventLog()
+    got: dict[str, list[str]] = {name: [] for name in ("first", "second", "third", "fourth")}
+
+    async def reader(name: str) -> None:
+        async with log.read(0) as cursor:
+            got[name].extend([e.content async for e in cursor])
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(reader, "first")
+            await anyio.wait_all_tasks_blocked()  # the first reader waits
+            with anyio.CancelScope() as second:
+                async with anyio.create_task_group() as inner:
+                    inner.start_soon(reader, "second")
+                    await anyio.wait_all_tasks_blocked()
+                    tg.start_soon(reader, "third")
+                    tg.start_soon(reader, "fourth")
+                    await anyio.wait_all_tasks_blocked()  # three wait behind the first
+                    second.cancel()
+            assert second.cancelled_caught
+            await log.append(token("a"))
+            await anyio.wait_all_tasks_blocked()  # every reader took "a" and waits again
+            log.close()
+    assert got == {"first": ["a"], "second": [], "third": ["a"], "fourth": ["a"]}
+
+
 async def test_append_nowait_stamps_an_owned_event_in_place_and_copies_the_others() -> None:
     log = sk.InMemoryEventLog()
     given = token("a")

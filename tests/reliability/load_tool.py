@@ -479,7 +479,9 @@ async def _serve(args: argparse.Namespace) -> None:
 
     async with registry:
         config = uvicorn.Config(
-            router,
+            # The sampling route only where the soak reads it: elsewhere StreamApp is
+            # served as the anchors are, with no wrapper of the tool's around it.
+            router if soak else app,
             host=HOST,
             port=0,
             lifespan="off",
@@ -587,6 +589,30 @@ class _Counts:
         }
 
 
+class _GCTime:
+    """The garbage collector's time per generation (one callback per collection: cheap)."""
+
+    def __init__(self) -> None:
+        self.seconds = [0.0, 0.0, 0.0]
+        self.runs = [0, 0, 0]
+        self.collected = [0, 0, 0]
+        self._began = 0.0
+        gc.callbacks.append(self._gc)
+
+    def _gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+        else:
+            generation = info["generation"]
+            self.seconds[generation] += time.perf_counter() - self._began
+            self.runs[generation] += 1
+            self.collected[generation] += info.get("collected", 0)
+
+    def stop(self) -> dict[str, list[float] | list[int]]:
+        gc.callbacks.remove(self._gc)
+        return {"gc_seconds": self.seconds, "gc_runs": self.runs, "gc_collected": self.collected}
+
+
 async def _publish_loop(
     args: argparse.Namespace,
     streams_open: Callable[[], int],
@@ -602,6 +628,7 @@ async def _publish_loop(
         await anyio.sleep(0.1)
     connected = streams_open()
     counts = _Counts() if args.counts and args.backend == "asyncio" else None
+    gc_time = _GCTime()
     started = time.monotonic()
     cpu0 = time.process_time()
     kernel0 = resource.getrusage(resource.RUSAGE_SELF).ru_stime
@@ -631,6 +658,7 @@ async def _publish_loop(
     counted = counts.stop() if counts is not None else {}
     return {
         "counts": counted,
+        "gc": gc_time.stop(),
         "connected_at_start": connected,
         "published": published,
         "last_seq": last,
@@ -653,6 +681,7 @@ async def _paced_loop(
     while streams_open() < args.clients and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
     connected = streams_open()
+    gc_time = _GCTime()
     started = time.monotonic()
     cpu0 = time.process_time()
     last = start_all()
@@ -662,6 +691,7 @@ async def _paced_loop(
     cpu = time.process_time() - cpu0
     return {
         "counts": {},
+        "gc": gc_time.stop(),
         "connected_at_start": connected,
         "published": 0,
         "last_seq": last,
@@ -674,6 +704,8 @@ async def _paced_loop(
 
 
 def _server_main(args: argparse.Namespace) -> None:
+    if os.environ.get("STREAMKIT_LOAD_GC") == "off":  # diagnosis: the collector's share
+        gc.disable()
     profile = os.environ.get("STREAMKIT_LOAD_PROFILE")
     if profile:  # the whole server process under cProfile, written to that path
         import cProfile
@@ -1216,6 +1248,12 @@ def run_load(args: argparse.Namespace) -> int:
             else value / max(sum(r["events"] for r in results), 1)
             for key, value in server_result["counts"].items()
         },
+        "server_gc_us_per_delivery": [
+            seconds * 1e6 / max(sum(r["events"] for r in results), 1)
+            for seconds in server_result.get("gc", {}).get("gc_seconds", [])
+        ],
+        "server_gc_runs": server_result.get("gc", {}).get("gc_runs", []),
+        "server_gc_collected": server_result.get("gc", {}).get("gc_collected", []),
         "server_kernel_us_per_delivery": server_result.get("server_kernel_seconds_to_drain", 0.0)
         * 1e6
         / max(sum(r["events"] for r in results), 1),
