@@ -263,6 +263,14 @@ async def test_events_of_every_shape_come_back_equal(client: aredis.Redis) -> No
     ]
     assert [type(e.timestamp) for e in got] == [type(e.timestamp) for e in events]
     assert list(log.retained()) == got
+    # A number too large for a float is not a valid value: the reader says so.
+    raw = '{"event_id":"e","event_type":"token","content":"","timestamp":1.0,'
+    raw += '"metadata":{"x":1e999},"session_id":null,"seq":null}'
+    await client.xadd(log._stream, {"e": raw}, id="99-0")
+    cursor = log.read(len(events) - 1)
+    with pytest.raises(sk.ValidationError), anyio.fail_after(10):
+        await cursor.__anext__()
+    await cursor.aclose()
 
 
 async def test_store_refuses_a_duplicate_id(redis_url: str, client: Any) -> None:

@@ -461,7 +461,9 @@ def _plain_event(text: bytes | str, seq: int, session_id: str) -> StreamEvent | 
     for key, value in metadata.items():
         if not _plain_str(key) or not isinstance(value, _SCALARS):
             return None
-        if type(value) is str and not _plain_str(value):
+        if (type(value) is str and not _plain_str(value)) or (
+            type(value) is float and not math.isfinite(value)  # 1e999 parses as inf
+        ):
             return None
     return make_event(
         event_type,
