@@ -493,18 +493,25 @@ async def _watch(response: _Response, receive: Receive, heartbeat: bytes) -> Non
                 continue
             # The clock cancelled the wait: the stream was silent for a heartbeat interval.
             response.watch = None
-            if response.stopping or response.finishing:
-                return  # the sender ends the body itself, under a deadline of its own
-            try:
-                await response.heartbeat(heartbeat)
-            except TimeoutError:
-                response.end("write_timeout")
-                return
-            except OSError:
-                response.end("disconnected")
+            if not await _beat(response, heartbeat):
                 return
     finally:
         response.watching = False
+
+
+async def _beat(response: _Response, heartbeat: bytes) -> bool:
+    """Send the heartbeat a silent interval calls for; ``False``: the watcher stops."""
+    if response.stopping or response.finishing:
+        return False  # the sender ends the body itself, under a deadline of its own
+    try:
+        await response.heartbeat(heartbeat)
+    except TimeoutError:
+        response.end("write_timeout")
+        return False
+    except OSError:
+        response.end("disconnected")
+        return False
+    return True
 
 
 async def _watch_task(response: _Response, receive: Receive, heartbeat: bytes) -> None:
@@ -532,15 +539,7 @@ async def _watch_task(response: _Response, receive: Receive, heartbeat: bytes) -
                     return
                 continue
             # The clock woke us: the stream was silent for a heartbeat interval.
-            if response.stopping or response.finishing:
-                return  # the sender ends the body itself, under a deadline of its own
-            try:
-                await response.heartbeat(heartbeat)
-            except TimeoutError:
-                response.end("write_timeout")
-                return
-            except OSError:
-                response.end("disconnected")
+            if not await _beat(response, heartbeat):
                 return
     except Exception:
         response.end("failed")  # the sender stops; the error is raised when it has
