@@ -40,12 +40,18 @@ _thread_ids = itertools.count(1)
 
 
 class _Alarm(list):  # type: ignore[type-arg]
-    """``[when, order, callback]``: one deadline of :class:`_Alarms`; ``cancel()`` it."""
+    """``[when, order, callback, alarms]``: one deadline of :class:`_Alarms`; ``cancel()`` it.
+
+    Compared as a list: ``order`` is unique, so the comparison never reaches the
+    callback.
+    """
 
     __slots__ = ()
 
     def cancel(self) -> None:
-        self[2] = None
+        if self[2] is not None:
+            self[2] = None
+            self[3].cancelled += 1
 
 
 class _Alarms:
@@ -56,10 +62,12 @@ class _Alarms:
     each such deadline would sit in the loop's heap, and every other timer (the sleep
     of each paced token) would pay more compares (Python calls) to go in and out of a
     heap twice as large. Here they share one loop timer, set for the earliest; their
-    own heap compares lists (in C). Cancelled ones are dropped when they come up.
+    own heap compares lists (in C). Cancelled ones are dropped when they come up, or all
+    at once when they are most of the heap (a consumer woken often cancels a far
+    deadline at every wait: without that the heap would hold each for its whole delay).
     """
 
-    __slots__ = ("_at", "_heap", "_loop", "_order", "_timer")
+    __slots__ = ("_at", "_heap", "_loop", "_order", "_timer", "cancelled")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -67,11 +75,22 @@ class _Alarms:
         self._order = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
         self._at = math.inf
+        #: Cancelled alarms still in the heap.
+        self.cancelled = 0
+
+    def __len__(self) -> int:
+        """The alarms in the heap, cancelled ones included."""
+        return len(self._heap)
 
     def call_at(self, when: float, callback: Callable[[], object]) -> _Alarm:
         """Call ``callback`` at ``when`` (the loop's clock), unless cancelled before."""
-        alarm = _Alarm((when, next(self._order), callback))
-        heapq.heappush(self._heap, alarm)
+        heap = self._heap
+        if self.cancelled > _COMPACT_AT and self.cancelled * 2 > len(heap):
+            heap[:] = [alarm for alarm in heap if alarm[2] is not None]
+            heapq.heapify(heap)
+            self.cancelled = 0
+        alarm = _Alarm((when, next(self._order), callback, self))
+        heapq.heappush(heap, alarm)
         if when < self._at:
             self._set(when)
         return alarm
@@ -88,12 +107,20 @@ class _Alarms:
         self._at = math.inf
         heap = self._heap
         while heap and (heap[0][0] <= due or heap[0][2] is None):
-            callback = heapq.heappop(heap)[2]
+            alarm = heapq.heappop(heap)
+            callback = alarm[2]
             if callback is not None:
+                alarm[2] = None  # done: a cancel() now is a no-op
                 callback()
+            else:
+                self.cancelled -= 1
         if heap and heap[0][0] < self._at:  # (a callback may have set one already)
             self._set(heap[0][0])
 
+
+#: Cancelled alarms an :class:`_Alarms` heap may hold before it drops them at once
+#: (when they are also more than half of it).
+_COMPACT_AT: Final = 64
 
 _LOOP_ALARMS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Alarms] = (
     weakref.WeakKeyDictionary()

@@ -988,3 +988,30 @@ async def test_with_a_sink_each_of_many_silent_streams_gets_its_own_timers() -> 
     # Heartbeat due long before the stall (both counted from the last input): it came.
     assert "heartbeat" in results[0]
     assert "heartbeat" in results[1]
+
+
+def test_the_shared_alarm_heap_does_not_keep_cancelled_deadlines() -> None:
+    # A sink stream's consumer woken often (paced chunks, flushes) cancels a far deadline
+    # (its heartbeat, its max_stream_time) at every wait: the heap that holds those
+    # deadlines for every stream of a loop must not keep each one for its whole delay.
+    import asyncio
+
+    from streamkit._feeds import _COMPACT_AT, _Alarms
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        alarms = _Alarms(loop)
+        far = loop.time() + 3600
+        kept = [alarms.call_at(far + i, lambda: None) for i in range(10)]
+        for i in range(10 * _COMPACT_AT):
+            alarms.call_at(far + i, lambda: None).cancel()
+        assert len(alarms) <= 2 * (len(kept) + _COMPACT_AT) + 1
+        fired = asyncio.Event()
+        done = alarms.call_at(loop.time(), fired.set)  # due now: fires at once
+        await asyncio.wait_for(fired.wait(), 10)
+        done.cancel()  # after it fired: nothing to count
+        assert alarms.cancelled <= _COMPACT_AT + 1
+        for alarm in kept:
+            assert alarm[2] is not None  # the live ones were kept
+
+    asyncio.run(main())
