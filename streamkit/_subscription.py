@@ -108,14 +108,14 @@ class Subscription:
     ) -> None:
         await self.aclose()
 
-    def __aiter__(self) -> Self:
+    def __aiter__(self) -> AsyncIterator[StreamEvent]:
         cursor = self._cursor
         if cursor is not None and self._next is not None:
             # Entered, and the cursor reports its end or failure to this subscription
             # (owned_by): ``async for`` may iterate the cursor itself, with no call of
             # this subscription's __anext__ per event. It closes the subscription exactly
             # as iterating this object does.
-            return cursor  # type: ignore[return-value]
+            return cursor
         return self
 
     def __anext__(self) -> Awaitable[StreamEvent]:
