@@ -2291,19 +2291,34 @@ _SWAP_TRIES: Final = 100
 # Records a store remembers for its compare-and-set without a read (see set_state).
 _KNOWN_MAX: Final = 100_000
 
+# An ending compare-and-set also schedules the removal (see set_state) only when
+# ended_session_ttl exceeds the longest a final append can take after it (retried for
+# retry_for) by this margin, seconds: a sweep never removes a session before its final
+# event is stored. A shorter ttl is scheduled after the append, as before.
+_FOLD_MARGIN: Final = 30.0
+
 # Compare-and-set of one record. KEYS: sessions hash, lease, leases zset, the user's
-# live set. ARGV: sid, the record JSON read, the new JSON, '1' if the session ends (its
-# lease goes, and it leaves the live set), '1' if it has a user.
-_SET_IF: Final = """
+# live set, removals zset. ARGV: sid, the record JSON read, the new JSON, '1' if the
+# session ends (its lease goes, and it leaves the live set), '1' if it has a user, the
+# removal delay ms of an ending session ('' to schedule none).
+_SET_IF: Final = (
+    """
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 if ARGV[4] == '1' then
   redis.call('DEL', KEYS[2])
   redis.call('ZREM', KEYS[3], ARGV[1])
   if ARGV[5] == '1' then redis.call('SREM', KEYS[4], ARGV[1]) end
+  if ARGV[6] ~= '' then
+"""
+    + _now_ms_lua("now")
+    + """
+    redis.call('ZADD', KEYS[5], now + tonumber(ARGV[6]), ARGV[1])
+  end
 end
 return 1
 """
+)
 
 # Remove one record if unchanged. KEYS: sessions, the user's set, lease, leases,
 # removals, the user's live set. ARGV: sid, the record JSON read ('' for none), '1' if
@@ -2352,7 +2367,9 @@ class RedisSessionStore(SessionStore):
         "_owner",
         "_pipe",
         "_prefix",
+        "_removal_ms",
         "_retry_for",
+        "_scheduled",
         "_sessions",
         "_shas",
     )
@@ -2376,6 +2393,11 @@ class RedisSessionStore(SessionStore):
         # first, and reads only when another worker changed it. Bounded by _KNOWN_MAX.
         self._known: dict[str, tuple[str, StreamSession]] = {}
         self._shas: dict[str, bytes] = {}  # script -> the RESP of "EVALSHA <sha1>"
+        # Set by RedisBackend.make_log (see _FOLD_MARGIN): the removal delay, ms, that
+        # set_state schedules with an ending state ('' for none), and the sessions it
+        # scheduled, by delay, for schedule_removal to skip. Bounded by _KNOWN_MAX.
+        self._removal_ms = ""
+        self._scheduled: dict[str, str] = {}
 
     def _user_key(self, user_id: str | None) -> str:
         return f"{{{self._prefix}}}:user:{user_id or ''}"
@@ -2521,9 +2543,10 @@ class RedisSessionStore(SessionStore):
     ) -> tuple[StreamSession, StreamSession]:
         """Move a session to ``state`` if the table allows it; return (before, after).
 
-        Moving to an ending state also drops the session's lease. A compare-and-set
-        of the one record (one script), so updates of different sessions never
-        conflict.
+        Moving to an ending state also drops the session's lease and, in the store of
+        a :class:`RedisBackend` whose registry keeps ended sessions long enough,
+        schedules their removal in the same script. A compare-and-set of the one
+        record (one script), so updates of different sessions never conflict.
 
         Raises:
             BackendError: Redis failed, or the event loop is not asyncio.
@@ -2556,30 +2579,42 @@ class RedisSessionStore(SessionStore):
                 after = current.transition(state, now=max(now, current.updated_at + 1e-6))
             new = after.to_json(include_events=False)
             ends = "1" if after.is_terminal else "0"
+            removal = self._removal_ms if after.is_terminal else ""
 
             user = after.user_id
 
             async def swap(
-                raw: Any = raw, new: str = new, ends: str = ends, user: str | None = user
+                raw: Any = raw,
+                new: str = new,
+                ends: str = ends,
+                user: str | None = user,
+                removal: str = removal,
             ) -> Any:
                 return await self._exec(
                     "EVAL",
                     _SET_IF,
-                    4,
+                    5,
                     self._sessions,
                     self._lease_key(session_id),
                     self._leases,
                     self._live_key(user),
+                    self._removals,
                     session_id,
                     raw,
                     new,
                     ends,
                     "1" if user is not None else "0",
+                    removal,
                 )
 
             if int(await self._run(swap, session_id)):
                 if not after.is_terminal:
                     self._remember(session_id, new, after)
+                elif removal:
+                    scheduled = self._scheduled
+                    if len(scheduled) >= _KNOWN_MAX:
+                        scheduled.clear()  # left by ends whose final append failed
+                    scheduled[session_id] = removal
                 return current, after
         raise BackendError("too many conflicting updates", session_id=session_id)
 
@@ -2884,6 +2919,10 @@ class RedisBackend(Backend):
         )
         log._follower = self._follower
         log._appender = self._appender
+        ttl = config.ended_session_ttl
+        self._store._removal_ms = (
+            str(int(ttl * 1000)) if ttl >= self._retry_for + _FOLD_MARGIN else ""
+        )
         await log.refresh()
         return log
 
@@ -2928,7 +2967,10 @@ class RedisBackend(Backend):
         Raises:
             BackendError: Redis failed, or the event loop is not asyncio.
         """
-        await self._store._schedule(session_id, delay)
+        store = self._store
+        if store._scheduled.pop(session_id, None) == str(int(delay * 1000)):
+            return  # the ending compare-and-set scheduled it (see _FOLD_MARGIN)
+        await store._schedule(session_id, delay)
 
     async def claim_removals(self, limit: int) -> list[str]:
         """Claim up to ``limit`` ended sessions now due for removal.
