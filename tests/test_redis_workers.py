@@ -441,6 +441,47 @@ async def test_concurrent_ends_on_two_workers_give_one_final_event(redis_url: st
             assert (await a.get(sid)).status == (await b.get(sid)).status
 
 
+async def test_an_ended_session_is_due_for_removal_after_ended_session_ttl(
+    redis_url: str,
+) -> None:
+    # A ttl long enough that the ending compare-and-set schedules the removal itself.
+    prefix = f"w{next(_prefixes)}"
+    observer = _observer(redis_url)
+
+    async def server_ms() -> float:
+        seconds, micros = await observer.time()
+        return seconds * 1000 + micros / 1000
+
+    try:
+        async with (
+            _worker(redis_url, prefix, ended_session_ttl=120) as a,
+            _worker(redis_url, prefix, ended_session_ttl=120) as b,
+        ):
+            for _ in range(3):
+                sid = (await a.create()).session_id
+                before = await server_ms()
+                with anyio.fail_after(10):
+                    async with anyio.create_task_group() as tg:
+                        for registry in (a, b):
+                            tg.start_soon(_cancel_quietly, registry, sid)
+                    events = [event async for event in b.subscribe(sid)]
+                after = await server_ms()
+                assert [e.is_final for e in events] == [True]
+                due = await observer.zscore(f"{{{prefix}}}:ended", sid)
+                assert due is not None
+                assert before + 120_000 - 1 <= due <= after + 120_000 + 1
+                # Not before: no sweep claims it, the record stays readable.
+                assert sid not in await a.backend.claim_removals(100)
+                assert (await b.get(sid)).status == sk.SessionState.CANCELLED
+    finally:
+        await observer.aclose()
+
+
+async def _cancel_quietly(registry: sk.SessionRegistry, sid: str) -> None:
+    with contextlib.suppress(sk.InvalidTransition):
+        await registry.cancel(sid)
+
+
 async def test_remote_subscribers_get_heartbeats_and_the_shutdown_event(redis_url: str) -> None:
     prefix = f"w{next(_prefixes)}"
     created: list[str] = []
