@@ -450,7 +450,7 @@ async def test_an_ended_session_is_due_for_removal_after_ended_session_ttl(
 
     async def server_ms() -> float:
         seconds, micros = await observer.time()
-        return seconds * 1000 + micros / 1000
+        return float(seconds * 1000 + micros / 1000)
 
     try:
         async with (
