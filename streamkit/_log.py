@@ -289,6 +289,18 @@ def _wake_all(waiting: list[Any]) -> None:
             signal.set()
 
 
+def _thawed(stored: list[Any], first: int, session_id: str) -> list[Any]:
+    """``stored`` (events from seq ``first`` on) with the frozen ones rebuilt.
+
+    A function of its own: a comprehension in ``_Cursor._next`` naming one of its
+    locals would make that local a cell, one more object for every call.
+    """
+    return [
+        e if type(e) is StreamEvent else thaw_event(e, seq, session_id)
+        for seq, e in enumerate(stored, first)
+    ]
+
+
 class _Owner(Protocol):
     """What a cursor tells when ``__anext__`` raises (see :meth:`_Cursor.owned_by`).
 
@@ -483,11 +495,7 @@ class _Cursor(EventCursor):
                     start = pos + 1 - log._base
                     stored: list[Any] = log._buf[start : start + _MAX_BATCH]
                     if pos < log._cold:  # a replay: some events are kept frozen
-                        session_id = log._session_id
-                        stored = [
-                            e if type(e) is StreamEvent else thaw_event(e, seq, session_id)
-                            for seq, e in enumerate(stored, pos + 1)
-                        ]
+                        stored = _thawed(stored, pos + 1, log._session_id)
                     if state.swaps:
                         stored = _swapped(stored, state.swaps)
                     self._batch = batch = stored
