@@ -951,6 +951,35 @@ async def test_a_write_that_never_ends_is_dropped_by_the_clock() -> None:
     assert started.is_set()
 
 
+@pytest.mark.parametrize("gzip", [False, True])
+async def test_a_backlog_goes_out_in_one_write(gzip: bool) -> None:
+    """Events already in the log when the stream starts are sent together (both backends)."""
+    async with sk.SessionRegistry(sk.RegistryConfig(heartbeat_interval=None)) as registry:
+        session_id = (await registry.create()).session_id
+        for text in ("a", "b", "c"):
+            await registry.publish(session_id, token(text))
+        await registry.publish(session_id, complete())
+        bodies: list[bytes] = []
+
+        async def receive() -> dict[str, Any]:
+            await anyio.sleep_forever()
+            raise AssertionError("not reached")
+
+        async def send(message: Any) -> None:
+            if message["type"] == "http.response.body" and message.get("body"):
+                bodies.append(message["body"])
+
+        headers = [(b"accept-encoding", b"gzip")] if gzip else []
+        scope = {"type": "http", "method": "GET", "path": "/", "headers": headers}
+        with anyio.fail_after(10):
+            async with registry.subscribe(session_id) as subscription:
+                await serve_events(scope, receive, send, subscription, compression=gzip)
+    wire = zlib.decompress(b"".join(bodies), 31) if gzip else b"".join(bodies)
+    assert wire.count(b"event: token") == 3
+    assert wire.count(b"event: complete") == 1
+    assert len(bodies) <= 3  # the retry line, the backlog, the end of the body
+
+
 @pytest.mark.parametrize("way", ["write_timeout", "disconnect"])
 async def test_a_dropped_stream_leaves_its_task_uncancelled(way: str) -> None:
     """The sender's own cancellation is taken back (both backends): the task goes on.
