@@ -44,7 +44,9 @@ Rules of this module, and why:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+import types
 import zlib
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
@@ -58,7 +60,14 @@ from ._errors import StreamkitError
 from ._subscription import Subscription
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
+    from collections.abc import (
+        AsyncIterable,
+        AsyncIterator,
+        Awaitable,
+        Callable,
+        Iterable,
+        Sequence,
+    )
     from types import TracebackType
 
     from ._asgi_http import Headers, Receive, Scope, Send
@@ -87,9 +96,24 @@ _CACHE_BYTES: Final = 8 * 1024 * 1024
 _BATCH_EVENTS: Final = 64
 
 
-def _take_nothing(limit: int) -> Sequence[StreamEvent]:
-    del limit
+def _take_nothing(source: object, limit: int) -> Sequence[StreamEvent]:
+    del source, limit
     return ()
+
+
+def _call(method: Callable[..., Any], *args: Any) -> Any:
+    return method(*args)
+
+
+def _split(method: Callable[..., Any]) -> tuple[Callable[..., Any], object]:
+    """``method`` as a function and its first argument (``f(x, ...)`` calls ``method(...)``).
+
+    The response loop keeps the function and the object, not a bound method: one object
+    less kept per open response for the garbage collector to scan, at the same call cost.
+    """
+    if isinstance(method, types.MethodType):
+        return method.__func__, method.__self__
+    return _call, method
 
 
 _now = time.monotonic
@@ -176,6 +200,75 @@ class _Stoppable(Protocol):
         ...
 
 
+@contextlib.asynccontextmanager
+async def _deadline(seconds: float | None, *, trio: bool) -> AsyncIterator[None]:
+    """``anyio.fail_after(seconds)``; on asyncio the loop's own timeout.
+
+    An anyio cancel scope leaves anyio's state for the task (and a weak reference to it)
+    for the task's whole life: some objects more per open response for the garbage
+    collector to scan, for one write at the start of the response.
+    """
+    if trio:
+        with anyio.fail_after(seconds):
+            yield
+    else:
+        async with asyncio.timeout(seconds):
+            yield
+
+
+class _SenderScope:
+    """The sender's cancel scope on asyncio: its task cancelled with a flag, taken back.
+
+    What :class:`anyio.CancelScope` does for the sender, without its per-task state, weak
+    references and sets (some 7 objects more per open response for the garbage collector
+    to scan, docs/performance.md section 3b). ``cancel`` cancels the task only while it
+    waits inside the ``with`` block (every caller runs in another task or in the loop's
+    clock), so the cancellation lands at that wait; a cancel before the block is entered
+    sets ``cancel_called``, which the sender checks before its loop.
+    """
+
+    __slots__ = ("cancel_called", "entered", "sent", "task")
+
+    def __init__(self) -> None:
+        self.cancel_called = False
+        self.entered = False
+        #: Whether ``task.cancel()`` was called (taken back with ``uncancel`` at exit).
+        self.sent = False
+        self.task: asyncio.Task[Any] | None = None
+
+    def cancel(self) -> None:
+        if self.cancel_called:
+            return
+        self.cancel_called = True
+        task = self.task
+        if self.entered and task is not None and task is not asyncio.current_task():
+            self.sent = True
+            task.cancel()
+
+    def __enter__(self) -> _SenderScope:
+        self.task = asyncio.current_task()
+        self.entered = True
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        self.entered = False
+        task = self.task
+        self.task = None
+        if not self.sent or task is None:
+            return False
+        # Ours taken back; a cancellation from outside (still counted) goes on.
+        return (
+            task.uncancel() == 0
+            and exc_type is not None
+            and issubclass(exc_type, asyncio.CancelledError)
+        )
+
+
 class _Response:
     """One streaming response: the sender's state, read by the watcher and the shutdown."""
 
@@ -193,6 +286,7 @@ class _Response:
         "since",
         "state",
         "stopping",
+        "trio",
         "watch",
         "watching",
         "write_timeout",
@@ -205,8 +299,10 @@ class _Response:
         gzip: bool,
         write_timeout: float | None,
         heartbeat_interval: float | None = None,
+        trio: bool = False,
     ) -> None:
         self.send = send
+        self.trio = trio
         self.heartbeat_interval = heartbeat_interval
         #: The watcher's wait for the client (its cancel scope on Trio, its task on
         #: asyncio); the clock cancels it when a heartbeat is due.
@@ -227,8 +323,10 @@ class _Response:
         self.outcome: Outcome = "ended"
         self.stopping = False
         self.finishing = False
-        #: Cancels the sender; set once the response has started.
-        self.sender = anyio.CancelScope()
+        #: Cancels the sender: an anyio cancel scope on Trio, a lighter one on asyncio.
+        self.sender: anyio.CancelScope | _SenderScope = (
+            anyio.CancelScope() if trio else _SenderScope()
+        )
 
     def _body(self, data: bytes) -> dict[str, object]:
         compressor = self._compressor
@@ -256,7 +354,7 @@ class _Response:
         self.state = _HEARTBEAT
         self.since = _now()
         try:
-            with anyio.fail_after(self.write_timeout):
+            async with _deadline(self.write_timeout, trio=self.trio):
                 await self.send(self._body(data))
         finally:
             if self.state == _HEARTBEAT:
@@ -267,7 +365,7 @@ class _Response:
                 idle.set()
 
     async def start(self, message: dict[str, object], prelude: bytes) -> None:
-        with anyio.fail_after(self.write_timeout):
+        async with _deadline(self.write_timeout, trio=self.trio):
             await self.send(message)
             if prelude:
                 await self.send(self._body(prelude))
@@ -293,7 +391,7 @@ class _Response:
         compressor = self._compressor
         if compressor is not None:
             tail = compressor.compress(tail) + compressor.flush()
-        with anyio.fail_after(self.write_timeout):
+        async with _deadline(self.write_timeout, trio=self.trio):
             await self.send({"type": "http.response.body", "body": tail, "more_body": False})
 
     def end(self, outcome: Outcome) -> None:
@@ -663,7 +761,11 @@ async def run_event_stream(
         content_headers = stream_headers(ndjson_format=ndjson_format, gzip=gzip)
 
     response = _Response(
-        send, gzip=gzip, write_timeout=write_timeout, heartbeat_interval=heartbeat_interval
+        send,
+        gzip=gzip,
+        write_timeout=write_timeout,
+        heartbeat_interval=heartbeat_interval,
+        trio=_loop_key()[1],
     )
     start = {
         "type": "http.response.start",
@@ -681,11 +783,21 @@ async def run_event_stream(
         events = events._direct()
     # What each event is awaited from: the memory log's cursor hands out its own coroutine
     # function (no ``__anext__`` call per event); any other source its ``__anext__``.
+    # Each is kept as a function and its object (see _split): ``step(source)``,
+    # ``take(taker, limit)``.
     owned_by = getattr(events, "owned_by", None)
-    step: Callable[[], Awaitable[StreamEvent]] = (
-        owned_by(None) if owned_by is not None else aiter(events).__anext__
-    )
+    step: Callable[[Any], Awaitable[StreamEvent]]
+    source: Any
+    if owned_by is not None:
+        step, source = _split(owned_by(None))
+    else:
+        source = aiter(events)
+        step = type(source).__anext__  # the protocol's own lookup: on the type
     del owned_by
+    take_ready = getattr(events, "take_ready", None)
+    take: Callable[[Any, int], Sequence[StreamEvent]]
+    take, taker = (_take_nothing, None) if take_ready is None else _split(take_ready)
+    del take_ready
     # The shared encodings (SSE, NDJSON): looked up in place, no call per event.
     encoded: dict[int, tuple[StreamEvent, bytes]] = (
         encode._items if isinstance(encode, _EncodeCache) else {}
@@ -704,14 +816,17 @@ async def run_event_stream(
             error: StreamkitError | None = None
             try:
                 with response.sender:
-                    if response.gzip:
-                        take = getattr(events, "take_ready", _take_nothing)
+                    if response.sender.cancel_called:
+                        # Stopped before the stream began (on asyncio the scope cancels
+                        # only a wait inside it): the body ends below.
+                        pass
+                    elif response.gzip:
                         while True:
                             try:
-                                event = await step()
+                                event = await step(source)
                             except StopAsyncIteration:
                                 break
-                            backlog = take(_BATCH_EVENTS)
+                            backlog = take(taker, _BATCH_EVENTS)
                             data = encode(event)
                             if backlog:
                                 data = b"".join([data, *map(encode, backlog)])
@@ -719,20 +834,20 @@ async def run_event_stream(
                             if response.stopping:
                                 response.outcome = _stopped_after(backlog[-1] if backlog else event)
                                 break
+                        await response.end_body()
                     else:
                         # The hot path, inlined: no coroutine or dict made per event but
                         # the message itself. A write cut short by a cancellation ends the
                         # response, so its state needs no reset.
                         send = response.send
-                        take = getattr(events, "take_ready", _take_nothing)
                         while True:
                             try:
-                                event = await step()
+                                event = await step(source)
                             except StopAsyncIteration:
                                 break
                             hit = encoded.get(id(event))
                             data = hit[1] if hit is not None and hit[0] is event else encode(event)
-                            backlog = take(_BATCH_EVENTS)
+                            backlog = take(taker, _BATCH_EVENTS)
                             if backlog:  # the client fell behind: one write for what is ready
                                 data = b"".join([data, *map(encode, backlog)])
                             if response.state == _HEARTBEAT:
@@ -746,9 +861,9 @@ async def run_event_stream(
                             if response.stopping:
                                 response.outcome = _stopped_after(backlog[-1] if backlog else event)
                                 break
-                    # The source ended, or a shutdown came during a write: the body ends
-                    # here, its deadline kept by the clock like every other write.
-                    await response.end_body()
+                        # The source ended, or a shutdown came during a write: the body
+                        # ends here, its deadline kept by the clock like every other write.
+                        await response.end_body()
                 if not response.finishing and response.outcome in ("ended", "shutdown"):
                     await response.finish(b"")  # stopped while waiting for the source
             except StreamkitError as exc:

@@ -470,9 +470,53 @@ class StreamApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one ASGI connection (``http``, ``websocket`` or ``lifespan``)."""
         kind = scope["type"]
-        if kind == "http":
-            await self._http(scope, receive, send)
-        elif kind == "websocket":
+        if kind != "http":
+            await self._not_http(kind, scope, receive, send)
+            return
+        # HTTP is served here, not in a method of its own: every event of a stream passes
+        # through one coroutine level fewer, and an open stream keeps one coroutine less
+        # for the garbage collector to scan.
+        self._counters["http_requests"] += 1
+        method: str = scope.get("method", "GET").upper()
+        head = method == "HEAD"
+        try:
+            route: _Route | AgentRoute | None = _match_http(route_path(scope))
+            if route is None and self._agent is not None:
+                route = match_agent_route(
+                    scope,
+                    chat_path=self.config.chat_path,
+                    openai_compatible=self.config.openai_compatible,
+                )
+            if route is None:
+                raise HTTPError(404, "not_found", "no such endpoint")
+            if method not in route.allowed:
+                raise HTTPError(
+                    405,
+                    "method_not_allowed",
+                    f"{method} is not allowed here (allowed: {', '.join(route.allowed)})",
+                    headers=[(b"allow", ", ".join(route.allowed).encode())],
+                )
+            if route.action == "openapi":  # public, as 404 and 405 are
+                await send_json(send, 200, self._served_openapi(scope), head=head)
+                return
+            user = await self._user(scope)
+            session_id = route.session_id
+            if session_id is not None:
+                check_id("session_id", session_id)
+            if session_id is not None and isinstance(route, _Route) and route.action == "events":
+                # A stream: called from here, one coroutine level fewer to pass through on
+                # every event it sends.
+                del route
+                await self._events(session_id, user, scope, receive, send, head=head)
+                return
+            await self._dispatch(route, method, user, scope=scope, receive=receive, send=send)
+        except Disconnected:
+            return
+        except StreamkitError as exc:
+            await send_error(send, self._public_error(exc), head=head)
+
+    async def _not_http(self, kind: str, scope: Scope, receive: Receive, send: Send) -> None:
+        if kind == "websocket":
             await self._websocket(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
@@ -591,46 +635,6 @@ class StreamApp:
         return document
 
     # -- HTTP -----------------------------------------------------------------------------
-
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self._counters["http_requests"] += 1
-        method: str = scope.get("method", "GET").upper()
-        head = method == "HEAD"
-        try:
-            route: _Route | AgentRoute | None = _match_http(route_path(scope))
-            if route is None and self._agent is not None:
-                route = match_agent_route(
-                    scope,
-                    chat_path=self.config.chat_path,
-                    openai_compatible=self.config.openai_compatible,
-                )
-            if route is None:
-                raise HTTPError(404, "not_found", "no such endpoint")
-            if method not in route.allowed:
-                raise HTTPError(
-                    405,
-                    "method_not_allowed",
-                    f"{method} is not allowed here (allowed: {', '.join(route.allowed)})",
-                    headers=[(b"allow", ", ".join(route.allowed).encode())],
-                )
-            if route.action == "openapi":  # public, as 404 and 405 are
-                await send_json(send, 200, self._served_openapi(scope), head=head)
-                return
-            user = await self._user(scope)
-            session_id = route.session_id
-            if session_id is not None:
-                check_id("session_id", session_id)
-            if session_id is not None and isinstance(route, _Route) and route.action == "events":
-                # A stream: called from here, one coroutine level fewer to pass through on
-                # every event it sends.
-                del route
-                await self._events(session_id, user, scope, receive, send, head=head)
-                return
-            await self._dispatch(route, method, user, scope=scope, receive=receive, send=send)
-        except Disconnected:
-            return
-        except StreamkitError as exc:
-            await send_error(send, self._public_error(exc), head=head)
 
     def _public_error(self, error: StreamkitError) -> StreamkitError:
         # Another user's session looks exactly like a missing one: same status, code,

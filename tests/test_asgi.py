@@ -7,6 +7,7 @@ test_asgi_ws.py (the ``websockets`` client is asyncio-only).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import zlib
@@ -948,6 +949,106 @@ async def test_a_write_that_never_ends_is_dropped_by_the_clock() -> None:
         async with aclosing(events()) as source:
             await serve_events(scope, receive, send, source, write_timeout=0.05)
     assert started.is_set()
+
+
+@pytest.mark.parametrize("gzip", [False, True])
+async def test_a_backlog_goes_out_in_one_write(gzip: bool) -> None:
+    """Events already in the log when the stream starts are sent together (both backends)."""
+    async with sk.SessionRegistry(sk.RegistryConfig(heartbeat_interval=None)) as registry:
+        session_id = (await registry.create()).session_id
+        for text in ("a", "b", "c"):
+            await registry.publish(session_id, token(text))
+        await registry.publish(session_id, complete())
+        bodies: list[bytes] = []
+
+        async def receive() -> dict[str, Any]:
+            await anyio.sleep_forever()
+            raise AssertionError("not reached")
+
+        async def send(message: Any) -> None:
+            if message["type"] == "http.response.body" and message.get("body"):
+                bodies.append(message["body"])
+
+        headers = [(b"accept-encoding", b"gzip")] if gzip else []
+        scope = {"type": "http", "method": "GET", "path": "/", "headers": headers}
+        with anyio.fail_after(10):
+            async with registry.subscribe(session_id) as subscription:
+                await serve_events(scope, receive, send, subscription, compression=gzip)
+    wire = zlib.decompress(b"".join(bodies), 31) if gzip else b"".join(bodies)
+    assert wire.count(b"event: token") == 3
+    assert wire.count(b"event: complete") == 1
+    assert len(bodies) <= 3  # the retry line, the backlog, the end of the body
+
+
+@pytest.mark.parametrize("way", ["write_timeout", "disconnect"])
+async def test_a_dropped_stream_leaves_its_task_uncancelled(way: str) -> None:
+    """The sender's own cancellation is taken back (both backends): the task goes on.
+
+    A write past its deadline and a client that leaves each end the stream by cancelling
+    its sender; after ``serve_events`` returns, the caller's next wait must not raise.
+    """
+    written = anyio.Event()
+
+    async def events() -> AsyncGenerator[sk.StreamEvent]:
+        yield sk.StreamEvent(event_type="token", content="one", seq=1)
+        await anyio.sleep_forever()
+
+    async def receive() -> dict[str, Any]:
+        await written.wait()
+        if way == "disconnect":
+            return {"type": "http.disconnect"}
+        await anyio.sleep_forever()
+        raise AssertionError("not reached")
+
+    async def send(message: Any) -> None:
+        if message["type"] == "http.response.body" and b"one" in message.get("body", b""):
+            written.set()
+            if way == "write_timeout":
+                await anyio.sleep_forever()  # a client that stopped reading
+
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": []}
+    with anyio.fail_after(10):
+        async with aclosing(events()) as source:
+            await serve_events(scope, receive, send, source, write_timeout=0.05)
+        with anyio.CancelScope() as after:
+            await anyio.lowlevel.checkpoint()
+            await anyio.sleep(0)
+    assert written.is_set()
+    assert not after.cancelled_caught
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # Trio
+        task = None
+    assert task is None or task.cancelling() == 0  # no cancellation left counted
+
+
+async def test_a_cancellation_from_outside_is_not_swallowed_by_a_drop() -> None:
+    """The caller's cancellation, coming with the client's disconnect, still cancels it."""
+    outer = anyio.CancelScope()
+    written = anyio.Event()
+    returned = False
+
+    async def events() -> AsyncGenerator[sk.StreamEvent]:
+        yield sk.StreamEvent(event_type="token", content="one", seq=1)
+        await anyio.sleep_forever()
+
+    async def receive() -> dict[str, Any]:
+        await written.wait()
+        outer.cancel()  # the server cancels the request's task as the client leaves
+        return {"type": "http.disconnect"}
+
+    async def send(message: Any) -> None:
+        if message["type"] == "http.response.body" and b"one" in message.get("body", b""):
+            written.set()
+
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": []}
+    with anyio.fail_after(10):
+        with outer:
+            async with aclosing(events()) as source:
+                await serve_events(scope, receive, send, source)
+            returned = True
+    assert outer.cancelled_caught
+    assert not returned
 
 
 # -- in-process details (httpx's ASGITransport: no server, no lifespan) ----------------------
