@@ -61,7 +61,7 @@ from ._events import (
 )
 from ._events import _slot as _event_slots
 from ._session import new_session_id
-from ._signals import Signal, _FutureSignal, signal_factory, signal_renewer
+from ._signals import Signal, _FutureSignal, signal_renewer
 from ._validate import check_choice, check_id, check_int, type_name
 from .abc import EventCursor, EventLog, LogStatistics
 
@@ -270,13 +270,6 @@ def _checked_size(event: StreamEvent, limit: int, session_id: str) -> int:
 
 #: What a cursor's one-event batch holds before its first event.
 _NO_EVENT: Final = make_event("", "", {}, "", 0, "", 0.0)
-
-
-def _future_maker() -> Callable[[], asyncio.Future[None]] | None:
-    """The running loop's ``create_future`` on asyncio, else ``None`` (Trio)."""
-    if signal_factory().__module__ == "asyncio.locks":
-        return asyncio.get_running_loop().create_future
-    return None
 
 
 def _wake_all(waiting: list[Any]) -> None:
@@ -574,7 +567,7 @@ class _Cursor(EventCursor):
         self._state = state
         self._renew = signal_renewer()
         self._bare = self._renew is _FutureSignal
-        self._future = _future_maker()
+        self._future = asyncio.get_running_loop().create_future if self._bare else None
         log._readers.add(state)
         log._freeze_at = log._last  # the readers changed: look again at the next append
         if log._block:
