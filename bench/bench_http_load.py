@@ -25,6 +25,9 @@ Environment:
   (server CPU per delivery against connections).
 * ``STREAMKIT_BENCH_LOAD_BEFORE=/path/to/checkout``: StreamApp from that checkout (its
   own ``.venv``) too, as "StreamApp before", in the same run.
+* ``STREAMKIT_BENCH_LOAD_HTTP=httptools``: uvicorn's httptools implementation for every
+  app instead of h11 (the default, which the series in docs/performance.md use); h11's
+  own work per ``send`` is 10 to 20 µs per delivery more on the bench machine.
 * ``STREAMKIT_BENCH_LOAD_REPEAT=3``: in the sweep, run the bare app and StreamApp that
   many times at each size (taking turns) and report the median of the ratio and its
   spread (lowest to highest of the pairs).
@@ -56,6 +59,7 @@ MINUTES = float(os.environ.get("STREAMKIT_BENCH_LOAD_MINUTES", "0.05" if QUICK e
 SWEEP = [int(n) for n in os.environ.get("STREAMKIT_BENCH_LOAD_SWEEP", "").split(",") if n]
 BEFORE = os.environ.get("STREAMKIT_BENCH_LOAD_BEFORE")
 REPEAT = int(os.environ.get("STREAMKIT_BENCH_LOAD_REPEAT", "1"))
+HTTP = os.environ.get("STREAMKIT_BENCH_LOAD_HTTP", "h11")
 SESSIONS = 20
 PLOT = ROOT / "docs" / "perf-http-load.png"
 
@@ -94,6 +98,7 @@ def load(
             backend,
             "--client",
             "lean" if root == ROOT else "h11",
+            *(["--http", HTTP] if HTTP != "h11" else []),
             "--out",
             str(out),
         ]

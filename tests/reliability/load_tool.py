@@ -17,6 +17,13 @@ the machine less than the server); ``--client h11`` runs the older ones (asyncio
 streams, h11, :class:`streamkit.sse.SSEDecoder` and a JSON parse per event).
 ``--format ndjson`` reads NDJSON, ``--format ws`` StreamApp's ``/sessions/{id}/ws``
 (the bare app then runs a bare ASGI WebSocket loop).
+A client process polls its sockets at most once per ``--poll-ms`` (1 ms by default;
+0: at once), so that the events that came meanwhile are read in one wake of the process
+rather than one wake per socket (the clients share the machine's cores with the server;
+the lag measured includes the wait). The summary's ``client_counts_per_delivery`` gives
+the clients' reads (``recv`` calls that returned data), bytes, wakes (polls) and ready
+sockets per delivery; ``--counts`` adds the server's ``transport.write`` calls and loop
+iterations to its loop callbacks, timers and collections.
 
 ``--app`` swaps the server app, everything else (publisher, wire bytes, clients) kept:
 ``streamapp`` (the default), ``bare`` (a bare ASGI app: one ``asyncio.Queue`` per
@@ -556,8 +563,16 @@ class _Counts:
         self.callbacks = 0
         self.timers = 0
         self.collections = [0, 0, 0]
+        self.writes = 0
+        self.selects = 0
         loop = asyncio.get_running_loop()
         self._loop = loop
+        transport_class: Any = asyncio.selector_events._SelectorSocketTransport  # type: ignore[attr-defined]
+        self._transport_class = transport_class
+        write = self._write = transport_class.write
+        selector: Any = loop._selector  # type: ignore[attr-defined]
+        self._selector = selector
+        select = selector.select
         handle_run = self._handle_run = asyncio.events.Handle._run
         call_at = loop.call_at
         counts = self
@@ -570,6 +585,16 @@ class _Counts:
             counts.timers += 1
             return call_at(when, callback, *args, **kwargs)
 
+        def counting_write(transport: Any, data: Any) -> None:
+            counts.writes += 1
+            write(transport, data)
+
+        def counting_select(timeout: float | None = None) -> Any:
+            counts.selects += 1
+            return select(timeout)
+
+        transport_class.write = counting_write
+        selector.select = counting_select
         asyncio.events.Handle._run = counting_run  # type: ignore[method-assign,assignment]
         loop.call_at = counting_call_at  # type: ignore[method-assign,assignment]
         gc.callbacks.append(self._gc)
@@ -581,8 +606,12 @@ class _Counts:
     def stop(self) -> dict[str, Any]:
         asyncio.events.Handle._run = self._handle_run  # type: ignore[method-assign]
         del self._loop.call_at
+        self._transport_class.write = self._write
+        del self._selector.select
         gc.callbacks.remove(self._gc)
         return {
+            "transport_writes": self.writes,
+            "loop_iterations": self.selects,
             "loop_callbacks": self.callbacks,
             "timers": self.timers,
             "gc_collections": self.collections,
@@ -738,6 +767,9 @@ class _Tally:
         self.duplicated = 0
         self.lags = [0] * (_MAX_LAG_MS + 1)
         self.last_seq: dict[str, list[int]] = {}
+        #: ``data_received`` calls (one per ``recv`` that returned data) and their bytes.
+        self.reads = 0
+        self.read_bytes = 0
 
     def error(self, text: str) -> None:
         self.error_count += 1
@@ -889,6 +921,9 @@ class _LeanClient(asyncio.Protocol):
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
+        tally = self.tally
+        tally.reads += 1
+        tally.read_bytes += len(data)
         raw = self.raw + data if self.raw else data
         if self.head:
             end = raw.find(b"\r\n\r\n")
@@ -1090,9 +1125,38 @@ def _client_process(
     fmt: str,
     paced: bool = False,
     client: str = "lean",
+    poll_ms: float = 0.0,
 ) -> dict[str, Any]:
+    wakes = [0, 0]  # the loop's polls that found ready sockets, and those sockets
+    gap = poll_ms / 1000
+
     async def run() -> _Tally:
         tally = _Tally()
+        selector: Any = asyncio.get_running_loop()._selector  # type: ignore[attr-defined]
+        select = selector.select
+        clock = time.monotonic
+        last = clock()
+
+        def polling_select(timeout: float | None = None) -> Any:
+            # At most one poll per ``poll_ms``: whatever came meanwhile is read in one wake
+            # of the process instead of one wake per socket (the clients share the cores
+            # with the server; each wake costs them a syscall and a loop pass).
+            nonlocal last
+            if timeout != 0 and gap:
+                pause = last + gap - clock()
+                if pause > 0:
+                    if timeout is not None:
+                        pause = min(pause, timeout)
+                        timeout -= pause
+                    time.sleep(pause)
+            ready = select(timeout)
+            last = clock()
+            if ready:
+                wakes[0] += 1
+                wakes[1] += len(ready)
+            return ready
+
+        selector.select = polling_select
         gate = asyncio.Semaphore(connect_gate)
         async with asyncio.TaskGroup() as tg:
             for session_id in assignments:
@@ -1117,6 +1181,10 @@ def _client_process(
         "duplicated": tally.duplicated,
         "lags": {i: n for i, n in enumerate(tally.lags) if n},
         "last_seq": tally.last_seq,
+        "reads": tally.reads,
+        "read_bytes": tally.read_bytes,
+        "wakes": wakes[0],
+        "ready": wakes[1],
         "cpu_seconds": time.process_time() - cpu0,
         "kernel_cpu_seconds": resource.getrusage(resource.RUSAGE_SELF).ru_stime - usage0.ru_stime,
     }
@@ -1200,7 +1268,7 @@ def run_load(args: argparse.Namespace) -> int:
     with context.Pool(args.procs) as pool:
         results = pool.starmap(
             _client_process,
-            [(port, a, gate, args.format, paced, args.client) for a in assignments],
+            [(port, a, gate, args.format, paced, args.client, args.poll_ms) for a in assignments],
         )
     assert server.stdout is not None
     server_result = json.loads(server.stdout.readline())
@@ -1264,6 +1332,7 @@ def run_load(args: argparse.Namespace) -> int:
         "backend": args.backend,
         "format": args.format,
         "client": args.client,
+        "client_poll_ms": args.poll_ms,
         "client_cpu_seconds": sum(r["cpu_seconds"] for r in results),
         "client_cpu_us_per_delivery": sum(r["cpu_seconds"] for r in results)
         * 1e6
@@ -1271,6 +1340,10 @@ def run_load(args: argparse.Namespace) -> int:
         "client_kernel_us_per_delivery": sum(r["kernel_cpu_seconds"] for r in results)
         * 1e6
         / max(sum(r["events"] for r in results), 1),
+        "client_counts_per_delivery": {
+            key: sum(r[key] for r in results) / max(sum(r["events"] for r in results), 1)
+            for key in ("reads", "read_bytes", "wakes", "ready")
+        },
         "server": server_result,
         "wall_seconds": time.time() - started,
     }
@@ -1431,6 +1504,13 @@ def main(argv: list[str] | None = None) -> int:
         help="lean (the default): asyncio protocols, the request written by hand, only "
         "what the checks need read from each event; h11: asyncio streams, h11, "
         "streamkit's SSE decoder and a JSON parse per event",
+    )
+    load.add_argument(
+        "--poll-ms",
+        type=float,
+        default=1.0,
+        help="a client process polls its sockets at most once per this many ms (0: at once, "
+        "one wake per ready socket), reading whatever came meanwhile in one wake",
     )
     load.add_argument(
         "--counts", action="store_true", help="count loop callbacks, timers, GC runs (asyncio)"

@@ -61,6 +61,11 @@ def test_load_tool_small(tmp_path: Path) -> None:
         timeout=100,
     )
     check_load(summary, 20)
+    # The clients' own counts: one read of about one event each, some wakes of the process.
+    counts = summary["client_counts_per_delivery"]
+    assert counts["reads"] > 0
+    assert counts["read_bytes"] > 0
+    assert 0 < counts["wakes"] <= counts["ready"]
 
 
 @pytest.mark.parametrize(
@@ -71,8 +76,16 @@ def test_load_tool_small(tmp_path: Path) -> None:
         ("--format", "ndjson", "--app", "bare"),
         ("--app", "sse-starlette"),
         ("--client", "h11"),
+        ("--poll-ms", "0"),
     ],
-    ids=["websocket", "bare-websocket", "bare-ndjson", "sse-starlette", "h11-clients"],
+    ids=[
+        "websocket",
+        "bare-websocket",
+        "bare-ndjson",
+        "sse-starlette",
+        "h11-clients",
+        "no-poll-gap",
+    ],
 )
 def test_load_tool_small_variants(tmp_path: Path, options: tuple[str, ...]) -> None:
     # The lean clients (the default) read SSE, NDJSON and WebSocket frames; the older
