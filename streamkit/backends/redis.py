@@ -2736,6 +2736,23 @@ class RedisSessionStore(SessionStore):
         return [_text(sid) for sid in await self._run(run)]
 
 
+#: The scripts called by SHA1 through the pipeline (see _load_scripts).
+_BY_SHA: Final = (_APPEND, _ADD, _SET_IF, _REMOVE_IF, _RENEW, _DUE, _SCHEDULE, _CLAIM_DUE)
+
+
+async def _load_scripts(pipe: _Pipe) -> None:
+    """Load the scripts called by SHA1 into Redis's script cache, in one round trip.
+
+    Otherwise the first calls of a burst (many sessions starting or ending at once on
+    a Redis that has not seen the scripts yet) all answer ``NOSCRIPT`` and are sent
+    again with the script's text: a second round trip each. A Redis that refuses
+    ``SCRIPT LOAD`` (an ACL) or later forgets the scripts (a restart, ``SCRIPT FLUSH``)
+    still works: a ``NOSCRIPT`` reply sends the script again.
+    """
+    with _translate():
+        await pipe.call([_pack(("SCRIPT", "LOAD", script)) for script in _BY_SHA], len(_BY_SHA))
+
+
 class RedisBackend(Backend):
     """Sessions and logs in Redis, so that several worker processes share them.
 
@@ -2889,6 +2906,7 @@ class RedisBackend(Backend):
                 self._appender.pipe = pipe
                 self._store._pipe = pipe
                 self._follower.pipe = pipe
+                await _load_scripts(pipe)
                 tg.start_soon(pipe.run, name="streamkit redis pipeline")
         return self
 
