@@ -265,7 +265,8 @@ async def test_a_burst_of_first_calls_on_a_fresh_redis_is_not_sent_twice(
                 tg.start_soon(one, session, log)
         for session in sessions:
             record = await store.get(session.session_id)
-            assert record is not None and record.status == sk.SessionState.COMPLETED
+            assert record is not None
+            assert record.status == sk.SessionState.COMPLETED
     errors = await client.info("errorstats")
     assert "errorstat_NOSCRIPT" not in errors
 
