@@ -2747,9 +2747,10 @@ async def _load_scripts(pipe: _Pipe) -> None:
     a Redis that has not seen the scripts yet) all answer ``NOSCRIPT`` and are sent
     again with the script's text: a second round trip each. A Redis that refuses
     ``SCRIPT LOAD`` (an ACL) or later forgets the scripts (a restart, ``SCRIPT FLUSH``)
-    still works: a ``NOSCRIPT`` reply sends the script again.
+    still works: a ``NOSCRIPT`` reply sends the script again. Only a saving, so a
+    failure here is not raised (the pipeline's next call reconnects and retries).
     """
-    with _translate():
+    with contextlib.suppress(RedisError, OSError):
         await pipe.call([_pack(("SCRIPT", "LOAD", script)) for script in _BY_SHA], len(_BY_SHA))
 
 
