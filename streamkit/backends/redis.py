@@ -2392,7 +2392,7 @@ class RedisSessionStore(SessionStore):
         # object): set_state's compare-and-set tries it without reading the record
         # first, and reads only when another worker changed it. Bounded by _KNOWN_MAX.
         self._known: dict[str, tuple[str, StreamSession]] = {}
-        self._shas: dict[str, bytes] = {}  # script -> the RESP of "EVALSHA <sha1>"
+        self._shas: dict[str, bytes] = {}  # script -> "EVALSHA" and its SHA1 as RESP bulks
         # Set by RedisBackend.make_log (see _FOLD_MARGIN): the removal delay, ms, that
         # set_state schedules with an ending state ('' for none), and the sessions it
         # scheduled, by delay, for schedule_removal to skip. Bounded by _KNOWN_MAX.
@@ -2434,15 +2434,13 @@ class RedisSessionStore(SessionStore):
             # The script's SHA1 instead of its text (loaded by the EVAL that follows a
             # NOSCRIPT, as after a restart).
             script = str(args[1])
-            head = self._shas.get(script)
-            if head is None:
+            name = self._shas.get(script)
+            if name is None:
                 sha = hashlib.sha1(script.encode()).hexdigest().encode()  # noqa: S324
-                head = self._shas[script] = b"*%d\r\n%b%b" % (
-                    len(args),
-                    _bulk(b"EVALSHA"),
-                    _bulk(sha),
-                )
-            result = (await pipe.call([head + _bulks(args[2:])]))[0]
+                name = self._shas[script] = _bulk(b"EVALSHA") + _bulk(sha)
+            # The command's length is the call's own: a script's arguments may vary in
+            # number (the lease renewal's, with the sessions renewed).
+            result = (await pipe.call([b"*%d\r\n%b%b" % (len(args), name, _bulks(args[2:]))]))[0]
             if not isinstance(result, NoScriptError):
                 if isinstance(result, BaseException):
                     raise result
