@@ -241,6 +241,57 @@ async def test_a_state_change_starts_from_the_record_another_worker_wrote(
         assert record == resumed
 
 
+async def test_a_burst_of_first_calls_on_a_fresh_redis_is_not_sent_twice(
+    redis_url: str, client: Any
+) -> None:
+    # The scripts go by SHA1. Without them loaded when the backend is entered, a burst
+    # of calls on a Redis that has not seen them (sessions starting or ending at once)
+    # all answer NOSCRIPT and go again with the script's text.
+    await client.script_flush()
+    await client.config_resetstat()
+    config = sk.RegistryConfig()
+    async with _backend(redis_url, f"p{next(_ids)}") as backend:
+        store = backend.store
+        sessions = [sk.StreamSession(session_id=_sid(), created_at=1.0) for _ in range(20)]
+        logs = [await backend.make_log(s.session_id, config) for s in sessions]
+
+        async def one(session: sk.StreamSession, log: RedisEventLog) -> None:
+            await store.add(session, max_sessions=100, max_sessions_per_user=None)
+            await store.set_state(session.session_id, sk.SessionState.COMPLETED, now=2.0)
+            await log.append(sk.StreamEvent(event_type=sk.EventType.COMPLETE))
+
+        async with anyio.create_task_group() as tg:
+            for session, log in zip(sessions, logs, strict=True):
+                tg.start_soon(one, session, log)
+        for session in sessions:
+            record = await store.get(session.session_id)
+            assert record is not None
+            assert record.status == sk.SessionState.COMPLETED
+    errors = await client.info("errorstats")
+    assert "errorstat_NOSCRIPT" not in errors
+
+
+async def test_lease_renewals_of_changing_numbers_of_sessions_keep_the_connection_in_step(
+    redis_url: str, client: Any
+) -> None:
+    # The renewal script's arguments grow with the sessions renewed; its calls go by
+    # SHA1 through the pipelined connection. A command written with the length of an
+    # earlier call put the connection out of step: Redis read the rest as commands.
+    async with _backend(redis_url, f"p{next(_ids)}") as backend:
+        store = backend.store
+        sessions = [sk.StreamSession(session_id=_sid(), created_at=1.0) for _ in range(3)]
+        for session in sessions:
+            await store.add(session, max_sessions=100, max_sessions_per_user=None)
+        ids = [s.session_id for s in sessions]
+        for count in (1, 3, 2, 3, 1):
+            assert await backend.renew_leases(ids[:count]) == set()
+            record = await store.get(ids[0])
+            assert record is not None
+            assert record.session_id == ids[0]
+    errors = await client.info("errorstats")
+    assert set(errors) <= {"errorstat_ERR"}  # redis-py's CLIENT SETINFO on an old Redis
+
+
 async def test_events_of_every_shape_come_back_equal(client: aredis.Redis) -> None:
     # Readers decode the common shape by hand and the rest through from_json.
     events = [

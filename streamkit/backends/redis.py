@@ -2392,7 +2392,7 @@ class RedisSessionStore(SessionStore):
         # object): set_state's compare-and-set tries it without reading the record
         # first, and reads only when another worker changed it. Bounded by _KNOWN_MAX.
         self._known: dict[str, tuple[str, StreamSession]] = {}
-        self._shas: dict[str, bytes] = {}  # script -> the RESP of "EVALSHA <sha1>"
+        self._shas: dict[str, bytes] = {}  # script -> "EVALSHA" and its SHA1 as RESP bulks
         # Set by RedisBackend.make_log (see _FOLD_MARGIN): the removal delay, ms, that
         # set_state schedules with an ending state ('' for none), and the sessions it
         # scheduled, by delay, for schedule_removal to skip. Bounded by _KNOWN_MAX.
@@ -2434,15 +2434,13 @@ class RedisSessionStore(SessionStore):
             # The script's SHA1 instead of its text (loaded by the EVAL that follows a
             # NOSCRIPT, as after a restart).
             script = str(args[1])
-            head = self._shas.get(script)
-            if head is None:
+            name = self._shas.get(script)
+            if name is None:
                 sha = hashlib.sha1(script.encode()).hexdigest().encode()  # noqa: S324
-                head = self._shas[script] = b"*%d\r\n%b%b" % (
-                    len(args),
-                    _bulk(b"EVALSHA"),
-                    _bulk(sha),
-                )
-            result = (await pipe.call([head + _bulks(args[2:])]))[0]
+                name = self._shas[script] = _bulk(b"EVALSHA") + _bulk(sha)
+            # The command's length is the call's own: a script's arguments may vary in
+            # number (the lease renewal's, with the sessions renewed).
+            result = (await pipe.call([b"*%d\r\n%b%b" % (len(args), name, _bulks(args[2:]))]))[0]
             if not isinstance(result, NoScriptError):
                 if isinstance(result, BaseException):
                     raise result
@@ -2736,6 +2734,24 @@ class RedisSessionStore(SessionStore):
         return [_text(sid) for sid in await self._run(run)]
 
 
+#: The scripts called by SHA1 through the pipeline (see _load_scripts).
+_BY_SHA: Final = (_APPEND, _ADD, _SET_IF, _REMOVE_IF, _RENEW, _DUE, _SCHEDULE, _CLAIM_DUE)
+
+
+async def _load_scripts(pipe: _Pipe) -> None:
+    """Load the scripts called by SHA1 into Redis's script cache, in one round trip.
+
+    Otherwise the first calls of a burst (many sessions starting or ending at once on
+    a Redis that has not seen the scripts yet) all answer ``NOSCRIPT`` and are sent
+    again with the script's text: a second round trip each. A Redis that refuses
+    ``SCRIPT LOAD`` (an ACL) or later forgets the scripts (a restart, ``SCRIPT FLUSH``)
+    still works: a ``NOSCRIPT`` reply sends the script again. Only a saving, so a
+    failure here is not raised (the pipeline's next call reconnects and retries).
+    """
+    with contextlib.suppress(RedisError, OSError):
+        await pipe.call([_pack(("SCRIPT", "LOAD", script)) for script in _BY_SHA], len(_BY_SHA))
+
+
 class RedisBackend(Backend):
     """Sessions and logs in Redis, so that several worker processes share them.
 
@@ -2889,6 +2905,7 @@ class RedisBackend(Backend):
                 self._appender.pipe = pipe
                 self._store._pipe = pipe
                 self._follower.pipe = pipe
+                await _load_scripts(pipe)
                 tg.start_soon(pipe.run, name="streamkit redis pipeline")
         return self
 
