@@ -391,11 +391,13 @@ async def test_many_subscribers_share_few_connections(redis_url: str) -> None:
 async def test_a_worker_that_lost_its_lease_stops_its_producer(
     redis_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with _two(redis_url) as (a, b):
+    # A lease long enough not to expire by itself on a loaded machine before the test
+    # deletes it (the renewal that notices the loss comes within lease_ttl / 3).
+    async with _two(redis_url, lease_ttl=6.0) as (a, b):
         sid = (await a.create()).session_id
         send, receive = _source()
         a.start(sid, receive, _STREAM)
-        with send, anyio.fail_after(10):
+        with send, anyio.fail_after(15):
             async with b.subscribe(sid) as subscription:
                 await send.send("t0 ")
                 assert (await subscription.__anext__()).event_type == sk.EventType.START
