@@ -271,6 +271,46 @@ async def test_a_burst_of_first_calls_on_a_fresh_redis_is_not_sent_twice(
     assert "errorstat_NOSCRIPT" not in errors
 
 
+async def test_readers_on_another_worker_read_on_after_redis_forgot_the_scripts(
+    redis_url: str, client: Any
+) -> None:
+    # A cursor's query and the follower's live read go by SHA1 too: a Redis that lost
+    # the scripts (SCRIPT FLUSH, a restart) gets their text again, and nothing is missed.
+    config = sk.RegistryConfig()
+    prefix = f"p{next(_ids)}"
+    sid = _sid()
+    await client.config_resetstat()
+    async with _backend(redis_url, prefix) as a, _backend(redis_url, prefix) as b:
+        writer = await a.make_log(sid, config)
+        reader = await b.make_log(sid, config)
+        for i in range(3):
+            await writer.append(_token(str(i)))
+        await client.script_flush()
+        got: list[sk.StreamEvent] = []
+        first = anyio.Event()
+
+        async def follow() -> None:
+            async with reader.read(0) as cursor:
+                async for event in cursor:
+                    got.append(event)
+                    if len(got) == 3:
+                        first.set()
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(follow)
+                await first.wait()
+                await client.script_flush()
+                for i in range(3, 6):
+                    await writer.append(_token(str(i)))
+                await writer.append(sk.StreamEvent(event_type=sk.EventType.COMPLETE))
+    assert [e.seq for e in got] == list(range(1, 8))
+    assert [e.content for e in got[:-1]] == [str(i) for i in range(6)]
+    assert got[-1].event_type == sk.EventType.COMPLETE
+    errors = await client.info("errorstats")
+    assert "errorstat_NOSCRIPT" in errors
+
+
 async def test_lease_renewals_of_changing_numbers_of_sessions_keep_the_connection_in_step(
     redis_url: str, client: Any
 ) -> None:

@@ -800,11 +800,7 @@ class _Follower:
         keys = list(streams)
         if not keys:
             return False
-        (result,) = await pipe.call(
-            [_pack(("EVAL", _READ, len(keys), *keys, *streams.values(), _BATCH))]
-        )
-        if isinstance(result, BaseException):
-            raise result
+        result = await _script(pipe, _READ, (len(keys), *keys, *streams.values(), _BATCH))
         data = result.encode() if isinstance(result, str) else result
         if not data:
             return False
@@ -1192,6 +1188,34 @@ def _pack(args: Sequence[str | bytes | int]) -> bytes:
     return b"*%d\r\n%b" % (len(args), _bulks(args))
 
 
+#: Each script's "EVALSHA <sha1>" as RESP bulks (filled as scripts are first called).
+_EVALSHA: dict[str, bytes] = {}
+
+
+async def _script(pipe: _Pipe, script: str, args: Sequence[str | bytes | int]) -> Any:
+    """Call ``script`` with ``args`` (its key count, keys and arguments) through ``pipe``.
+
+    By SHA1, so that Redis neither reads nor hashes the script's text at every call; a
+    ``NOSCRIPT`` reply (a Redis that has not seen it, or restarted) sends it once as
+    ``EVAL``, which loads it.
+
+    Raises:
+        RedisError: the script failed (an error reply).
+        Exception: the connection failed (see :meth:`_Pipe.call`).
+    """
+    name = _EVALSHA.get(script)
+    if name is None:
+        sha = hashlib.sha1(script.encode()).hexdigest().encode()  # noqa: S324
+        name = _EVALSHA[script] = _bulk(b"EVALSHA") + _bulk(sha)
+    # The command's length is the call's own: a script's arguments may vary in number.
+    (result,) = await pipe.call([b"*%d\r\n%b%b" % (len(args) + 2, name, _bulks(args))])
+    if isinstance(result, NoScriptError):
+        (result,) = await pipe.call([_pack(("EVAL", script, *args))])
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
 class _Pipe:
     """Automatic pipelining on one connection.
 
@@ -1488,9 +1512,7 @@ class _RedisCursor(EventCursor):
         if pipe is None:
             result = await log._client.eval(_QUERY, 2, *args)
         else:
-            (result,) = await pipe.call([_pack(("EVAL", _QUERY, 2, *args))])
-            if isinstance(result, BaseException):
-                raise result
+            result = await _script(pipe, _QUERY, (2, *args))
         data = result.encode() if isinstance(result, str) else result
         head, _, rest = data.partition(b"\n")
         last, closed, first = head.split(b" ")
@@ -2371,7 +2393,6 @@ class RedisSessionStore(SessionStore):
         "_retry_for",
         "_scheduled",
         "_sessions",
-        "_shas",
     )
 
     def __init__(
@@ -2392,7 +2413,6 @@ class RedisSessionStore(SessionStore):
         # object): set_state's compare-and-set tries it without reading the record
         # first, and reads only when another worker changed it. Bounded by _KNOWN_MAX.
         self._known: dict[str, tuple[str, StreamSession]] = {}
-        self._shas: dict[str, bytes] = {}  # script -> "EVALSHA" and its SHA1 as RESP bulks
         # Set by RedisBackend.make_log (see _FOLD_MARGIN): the removal delay, ms, that
         # set_state schedules with an ending state ('' for none), and the sessions it
         # scheduled, by delay, for schedule_removal to skip. Bounded by _KNOWN_MAX.
@@ -2431,20 +2451,7 @@ class RedisSessionStore(SessionStore):
         if pipe is None:
             return await self._client.execute_command(*args)
         if args[0] == "EVAL":
-            # The script's SHA1 instead of its text (loaded by the EVAL that follows a
-            # NOSCRIPT, as after a restart).
-            script = str(args[1])
-            name = self._shas.get(script)
-            if name is None:
-                sha = hashlib.sha1(script.encode()).hexdigest().encode()  # noqa: S324
-                name = self._shas[script] = _bulk(b"EVALSHA") + _bulk(sha)
-            # The command's length is the call's own: a script's arguments may vary in
-            # number (the lease renewal's, with the sessions renewed).
-            result = (await pipe.call([b"*%d\r\n%b%b" % (len(args), name, _bulks(args[2:]))]))[0]
-            if not isinstance(result, NoScriptError):
-                if isinstance(result, BaseException):
-                    raise result
-                return result
+            return await _script(pipe, str(args[1]), args[2:])
         result = (await pipe.call([_pack(args)]))[0]
         if isinstance(result, BaseException):
             raise result
@@ -2735,7 +2742,18 @@ class RedisSessionStore(SessionStore):
 
 
 #: The scripts called by SHA1 through the pipeline (see _load_scripts).
-_BY_SHA: Final = (_APPEND, _ADD, _SET_IF, _REMOVE_IF, _RENEW, _DUE, _SCHEDULE, _CLAIM_DUE)
+_BY_SHA: Final = (
+    _APPEND,
+    _ADD,
+    _SET_IF,
+    _REMOVE_IF,
+    _RENEW,
+    _DUE,
+    _SCHEDULE,
+    _CLAIM_DUE,
+    _READ,
+    _QUERY,
+)
 
 
 async def _load_scripts(pipe: _Pipe) -> None:
