@@ -111,19 +111,38 @@ def _convert_event_type(value: object) -> EventType | str:
     )
 
 
+# The converters below take the common valid value at once (an exact str of ASCII
+# text, a finite float, an empty dict) and leave anything else to the full check,
+# which raises the error: a user's producer builds an event per token.
+_search_forbidden: Final = re.compile(r"[\r\n\x00]").search
+
+
 def _convert_event_id(value: object) -> str:
+    if (
+        type(value) is str
+        and value.isascii()
+        and 0 < len(value) <= 256
+        and _search_forbidden(value) is None
+    ):
+        return value
     return check_wire_str("event_id", value)
 
 
 def _convert_content(value: object) -> str:
+    if type(value) is str and value.isascii():
+        return value
     return check_str("content", value)
 
 
 def _convert_timestamp(value: object) -> float:
+    if type(value) is float and 0 <= value < math.inf:
+        return value
     return check_number("timestamp", value, minimum=0)
 
 
 def _convert_metadata(value: object) -> Mapping[str, JSONValue]:
+    if type(value) is dict and not value:
+        return _EMPTY
     return freeze_json_object("metadata", value)
 
 

@@ -127,9 +127,10 @@ def freeze_json(field: str, value: object, _depth: int = 0) -> JSONValue:
     floats must be finite. The error names the path of the offending item.
     """
     if isinstance(value, str):
-        _check_unicode(field, value)
+        if not value.isascii():
+            _check_unicode(field, value)
         return value
-    if value is None or isinstance(value, bool | int):
+    if value is None or isinstance(value, int):  # bool is an int
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -137,15 +138,24 @@ def freeze_json(field: str, value: object, _depth: int = 0) -> JSONValue:
         return value
     if _depth >= _MAX_JSON_DEPTH:
         raise ValidationError(f"{field} nests deeper than {_MAX_JSON_DEPTH} levels", field=field)
-    if isinstance(value, Mapping):
+    if type(value) is dict or isinstance(value, Mapping):  # a dict skips the ABC check
         frozen: dict[str, JSONValue] = {}
         for key, item in value.items():
             if not isinstance(key, str):
                 raise ValidationError(
                     f"{field} keys must be str, got {type_name(key)}", field=field
                 )
-            _check_unicode(field, key)
-            frozen[key] = freeze_json(f"{field}.{key}", item, _depth + 1)
+            if not key.isascii():
+                _check_unicode(field, key)
+            # Scalars inline (no path to format unless one is bad).
+            if isinstance(item, str):
+                if not item.isascii():
+                    _check_unicode(f"{field}.{key}", item)
+                frozen[key] = item
+            elif item is None or isinstance(item, int):
+                frozen[key] = item
+            else:
+                frozen[key] = freeze_json(f"{field}.{key}", item, _depth + 1)
         return MappingProxyType(frozen)
     if isinstance(value, list | tuple):
         return tuple(freeze_json(f"{field}[{i}]", item, _depth + 1) for i, item in enumerate(value))
@@ -154,10 +164,10 @@ def freeze_json(field: str, value: object, _depth: int = 0) -> JSONValue:
 
 def freeze_json_object(field: str, value: object) -> Mapping[str, JSONValue]:
     """Like :func:`freeze_json`, for a value that must be a JSON object (a mapping)."""
-    if not isinstance(value, Mapping):
+    if type(value) is not dict and not isinstance(value, Mapping):
         raise ValidationError(f"{field} must be a mapping, got {type_name(value)}", field=field)
     frozen = freeze_json(field, value)
-    assert isinstance(frozen, Mapping)
+    assert type(frozen) is MappingProxyType
     return frozen
 
 

@@ -317,6 +317,7 @@ async def test_lease_renewals_of_changing_numbers_of_sessions_keep_the_connectio
     # The renewal script's arguments grow with the sessions renewed; its calls go by
     # SHA1 through the pipelined connection. A command written with the length of an
     # earlier call put the connection out of step: Redis read the rest as commands.
+    await client.config_resetstat()
     async with _backend(redis_url, f"p{next(_ids)}") as backend:
         store = backend.store
         sessions = [sk.StreamSession(session_id=_sid(), created_at=1.0) for _ in range(3)]
