@@ -25,6 +25,7 @@ import attrs
 from ._errors import ValidationError
 from ._parts import Part, part_from_dict
 from ._validate import (
+    FORBIDDEN_IN_FIELDS,
     JSONValue,
     check_id,
     check_int,
@@ -114,7 +115,7 @@ def _convert_event_type(value: object) -> EventType | str:
 # The converters below take the common valid value at once (an exact str of ASCII
 # text, a finite float, an empty dict) and leave anything else to the full check,
 # which raises the error: a user's producer builds an event per token.
-_search_forbidden: Final = re.compile(r"[\r\n\x00]").search
+_search_forbidden: Final = FORBIDDEN_IN_FIELDS.search
 
 
 def _convert_event_id(value: object) -> str:

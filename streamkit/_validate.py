@@ -11,7 +11,7 @@ import math
 import re
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, TypeAlias
+from typing import Any, Final, TypeAlias
 
 from ._errors import ValidationError
 
@@ -20,7 +20,8 @@ JSONValue: TypeAlias = (
     "bool | int | float | str | tuple[JSONValue, ...] | Mapping[str, JSONValue] | None"
 )
 
-_FORBIDDEN_IN_FIELDS = re.compile(r"[\r\n\x00]")
+# What no wire-format field may hold (an SSE line, a header): CR, LF, NUL.
+FORBIDDEN_IN_FIELDS: Final = re.compile(r"[\r\n\x00]")
 _ID_RE = re.compile(r"[A-Za-z0-9_\-]{1,128}")
 _MAX_JSON_DEPTH = 64
 # A str may hold lone surrogates, which no UTF-8 wire format can carry.
@@ -55,7 +56,7 @@ def check_wire_str(
     """Check a string that may reach a wire-format field (no CR, LF or NUL)."""
     check_str(field, value, allow_empty=allow_empty)
     assert isinstance(value, str)
-    if _FORBIDDEN_IN_FIELDS.search(value):
+    if FORBIDDEN_IN_FIELDS.search(value):
         raise ValidationError(f"{field} must not contain CR, LF or NUL, got {value!r}", field=field)
     if max_len is not None and len(value) > max_len:
         raise ValidationError(
