@@ -927,6 +927,12 @@ async def test_heartbeats_go_on_as_streams_come_and_go() -> None:
     assert results == {"short": 1, "long": 4, "later": 2}
 
 
+async def _silent_receive() -> dict[str, Any]:
+    """An ASGI ``receive`` whose client never sends anything (nor leaves)."""
+    await anyio.sleep_forever()
+    raise AssertionError("not reached")
+
+
 async def test_a_write_that_never_ends_is_dropped_by_the_clock() -> None:
     """The write deadline without a server (both backends): the stream ends, not the test."""
     started = anyio.Event()
@@ -934,10 +940,6 @@ async def test_a_write_that_never_ends_is_dropped_by_the_clock() -> None:
     async def events() -> AsyncGenerator[sk.StreamEvent]:
         yield sk.StreamEvent(event_type="token", content="one", seq=1)
         await anyio.sleep_forever()
-
-    async def receive() -> dict[str, Any]:
-        await anyio.sleep_forever()
-        raise AssertionError("not reached")
 
     async def send(message: Any) -> None:
         if message["type"] == "http.response.body" and b"one" in message.get("body", b""):
@@ -947,7 +949,7 @@ async def test_a_write_that_never_ends_is_dropped_by_the_clock() -> None:
     scope = {"type": "http", "method": "GET", "path": "/", "headers": []}
     with anyio.fail_after(10):
         async with aclosing(events()) as source:
-            await serve_events(scope, receive, send, source, write_timeout=0.05)
+            await serve_events(scope, _silent_receive, send, source, write_timeout=0.05)
     assert started.is_set()
 
 
@@ -961,10 +963,6 @@ async def test_a_backlog_goes_out_in_one_write(gzip: bool) -> None:
         await registry.publish(session_id, complete())
         bodies: list[bytes] = []
 
-        async def receive() -> dict[str, Any]:
-            await anyio.sleep_forever()
-            raise AssertionError("not reached")
-
         async def send(message: Any) -> None:
             if message["type"] == "http.response.body" and message.get("body"):
                 bodies.append(message["body"])
@@ -973,7 +971,7 @@ async def test_a_backlog_goes_out_in_one_write(gzip: bool) -> None:
         scope = {"type": "http", "method": "GET", "path": "/", "headers": headers}
         with anyio.fail_after(10):
             async with registry.subscribe(session_id) as subscription:
-                await serve_events(scope, receive, send, subscription, compression=gzip)
+                await serve_events(scope, _silent_receive, send, subscription, compression=gzip)
     wire = zlib.decompress(b"".join(bodies), 31) if gzip else b"".join(bodies)
     assert wire.count(b"event: token") == 3
     assert wire.count(b"event: complete") == 1
