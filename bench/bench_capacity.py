@@ -18,7 +18,9 @@ a paced async generator, a producer task putting its tokens into an ``asyncio.Qu
 (asyncio) or a ``trio`` memory channel (Trio), and a reader task computing the same lag.
 Each step runs the bare loop and the registry moments apart; the capacity table gives
 the largest passing N of each and their ratio, and the CPU table the µs of CPU per
-token of each at the same N.
+token of each at the same N. The readers are the same kind of task in both rows (an
+``asyncio.TaskGroup`` task, a Trio nursery task): only what carries the tokens differs.
+``STREAMKIT_BENCH_STEPS=750,1000`` runs only the steps given.
 
 **Idle sessions.** 10,000 sessions made by ``registry.create()`` and left alone; the
 memory they hold is measured with ``tracemalloc`` (Python allocations, after a garbage
@@ -27,13 +29,14 @@ collection), divided by the number of sessions.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import statistics
 import time
 import tracemalloc
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import sniffio
@@ -41,13 +44,18 @@ from _harness import machine, save, table
 
 import streamkit as sk
 
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
+
 QUICK = os.environ.get("STREAMKIT_BENCH_QUICK") == "1"
 BACKENDS = ("asyncio", "trio")
-STEPS = (
-    (100, 200)
-    if QUICK
-    else (100, 150, 200, 300, 400, 500, 750, 1000, 1250, 1500, 2000, 2500, 3000, 4000)
-)
+_GRID: tuple[int, ...] = (100, 150, 200, 250, 300, 350, 400, 500, 600, 750, 875, 1000)
+_GRID = (*_GRID, 1125, 1250, 1500, 1750, 2000, 2500, 3000, 4000)
+# Steps of about 1.15x to 1.33x: the ratio of two capacities is only as fine as the grid.
+# STREAMKIT_BENCH_STEPS="750,1000" runs only those steps (pairs of runs, profiles).
+STEPS = tuple(
+    int(n) for n in os.environ.get("STREAMKIT_BENCH_STEPS", "").split(",") if n.strip()
+) or ((100, 200) if QUICK else _GRID)
 RATE = 20.0  # tokens per second per session
 SECONDS = 1.0 if QUICK else 3.0  # of streaming per session
 LAG_GOAL = 0.050
@@ -81,6 +89,26 @@ def setup_margin(sessions: int) -> float:
     loaded machine (a few ms per session): a set-up that overran would count as lag.
     """
     return 1.0 + sessions * 2e-3
+
+
+@contextlib.asynccontextmanager
+async def reader_tasks() -> AsyncIterator[Callable[..., object]]:
+    """Start the readers' tasks as the bare rows start theirs: the backend's own group.
+
+    The reader is the application's code, the same in every row: an ``asyncio.TaskGroup``
+    task on asyncio, a nursery task on Trio (anyio's task groups add a handle, a cancel
+    scope and an event per task since anyio 4.14, which the bare rows do not pay).
+    """
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        async with trio.open_nursery() as nursery:
+            yield nursery.start_soon
+    else:
+        import asyncio
+
+        async with asyncio.TaskGroup() as group:
+            yield lambda fn, *args: group.create_task(fn(*args))
 
 
 async def paced_source(t0: float, tokens: int) -> Any:
@@ -142,11 +170,11 @@ async def streaming_step(sessions: int) -> dict[str, Any]:
                         complete += event.metadata["reason"] == "completed"
 
         begun = time.perf_counter()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(mark_start)
+        async with reader_tasks() as start_soon:
+            start_soon(mark_start)
             for i, sid in enumerate(ids):
                 due[sid] = start + period * i / sessions
-                tg.start_soon(follow, sid)
+                start_soon(follow, sid)
             for sid in ids:
                 registry.start(sid, paced_source(due[sid], tokens), CONFIG)
         wall = time.perf_counter() - begun
