@@ -62,6 +62,7 @@ from ._signals import loop_clock, signal_factory
 from ._stats import RegistryStatistics, SessionStatistics
 from ._streamer import TokenStream, stream_tokens
 from ._subscription import Subscription
+from ._tasks import SessionTasks
 from ._validate import check_id, check_int, freeze_json_object, type_name
 from .abc import Backend, TokenSource
 
@@ -217,6 +218,8 @@ class SessionRegistry:
         self._unwatched: OrderedDict[str, float] = OrderedDict()
         self._hooks: dict[str, list[Callable[..., object]]] = {name: [] for name in _HOOK_NAMES}
         self._tg: TaskGroup | None = None
+        # Where the sessions' producers and their sources run (see _tasks).
+        self._tasks: SessionTasks | None = None
         self._closing = False
         self._counts = dict.fromkeys(
             ("created", "removed", "expired", "appended", "sweeps", "heartbeats", "lagged", "gaps"),
@@ -242,6 +245,7 @@ class SessionRegistry:
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
+        self._tasks = SessionTasks(tg)
         tg.start_soon(self._sweeper, name="streamkit sweeper")
         if self.config.heartbeat_interval is not None:
             tg.start_soon(self._heartbeater, name="streamkit heartbeats")
@@ -267,9 +271,19 @@ class SessionRegistry:
         finally:
             tg.cancel_scope.cancel()
             try:
-                suppressed = await tg.__aexit__(exc_type, exc_val, exc_tb)
+                try:
+                    # Every producer left runs in a scope of its own (see _tasks).
+                    for entry in self._entries.values():
+                        if entry.producer is not None:
+                            entry.producer.cancel()
+                    with anyio.CancelScope(shield=True):
+                        assert self._tasks is not None
+                        await self._tasks.wait()
+                finally:
+                    suppressed = await tg.__aexit__(exc_type, exc_val, exc_tb)
             finally:
                 self._tg = None
+                self._tasks = None
                 # Not in a shielded scope: a backend may exit a task group of its own.
                 await self.backend.aclose()
         return suppressed
@@ -370,7 +384,9 @@ class SessionRegistry:
                 an iterable of text.
             ClosedError: the registry is not running.
         """
-        tg = self._task_group()
+        self._task_group()  # raises if the registry is not running
+        tasks = self._tasks
+        assert tasks is not None
         entry = self._entries.get(check_id("session_id", session_id))
         if entry is None:
             raise SessionNotFound("no such session", session_id=session_id)
@@ -394,9 +410,9 @@ class SessionRegistry:
                 entry.resumed.set()
         if entry.subscribers == 0 and self.config.idle_producer_grace is not None:
             self._unwatched[session_id] = self._clock()
-        tg.start_soon(self._produce, entry, stream, tg, name="streamkit producer")
+        tasks.start_soon(self._produce, entry, stream, tasks, name="streamkit producer")
 
-    async def _produce(self, entry: _Entry, stream: TokenStream, tg: TaskGroup) -> None:
+    async def _produce(self, entry: _Entry, stream: TokenStream, tasks: SessionTasks) -> None:
         log = entry.log
         append_nowait = log.append_nowait
         hooks = self._hooks["event"]
@@ -409,7 +425,7 @@ class SessionRegistry:
                 # The stream's source task runs in the registry's task group: no task
                 # group of the stream's own to make, enter and leave. aclose() in the
                 # finally waits for that task, as leaving `async with stream` would.
-                stream._run_in(tg, self._loop_clock)
+                stream._run_in(tasks, self._loop_clock)
                 try:
                     async for event in stream:
                         resumed = entry.resumed  # a pause replaces it with an unset one

@@ -52,10 +52,11 @@ import time
 import types
 from collections import deque
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Final, Literal, Self
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, Self
 
 import anyio
 import anyio.lowlevel
+from anyio.abc import TaskGroup
 
 from ._chunker import Chunker
 from ._config import StreamConfig
@@ -72,9 +73,7 @@ from ._validate import JSONValue, check_id, type_name
 from .abc import TokenSource  # what stream_tokens accepts
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-
-    from anyio.abc import TaskGroup
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 
     from .abc import TokenSink
 
@@ -90,6 +89,14 @@ StreamOutcome = Literal["completed", "deadline", "error", "closed"]
 _CLOSE_TIMEOUT: Final = 5.0
 # Error messages on error events are cut to this many characters.
 _MAX_MESSAGE: Final = 1000
+
+
+class Spawner(Protocol):
+    """Where a stream starts its source task: a task group, or what a registry uses."""
+
+    def start_soon(
+        self, func: Callable[..., Awaitable[Any]], *args: Any, name: object = None
+    ) -> object: ...
 
 
 class _Phase(enum.IntEnum):
@@ -245,7 +252,8 @@ class TokenStream:
         self._paced = config.stream_delay > 0
         self._busy = False
         self._entered = False
-        self._tg: TaskGroup | None = None
+        # The stream's own task group (``async with``), or where _run_in runs the source.
+        self._tg: TaskGroup | Spawner | None = None
         self._feed: TaskFeed | ThreadFeed | None = None
         self._producer_scope: anyio.CancelScope | None = None
         self._alarm_scope: anyio.CancelScope | None = None
@@ -374,7 +382,7 @@ class TokenStream:
             self._tg = tg
         return self
 
-    def _run_in(self, tg: TaskGroup, clock: Callable[[], float]) -> None:
+    def _run_in(self, tg: Spawner, clock: Callable[[], float]) -> None:
         """Own the stream as ``async with`` does, its source task in ``tg`` instead.
 
         For a caller that already runs in ``tg`` and closes the stream itself
@@ -402,6 +410,7 @@ class TokenStream:
             await self.aclose()
             return None
         self._tg = None
+        assert isinstance(tg, TaskGroup)  # entered with `async with`: its own group
         try:
             await self.aclose()  # the producer task has ended when this returns
         finally:

@@ -64,7 +64,12 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "streamkit._stats",
         "streamkit._parts_chunker",
     ),
-    "registry": ("streamkit._registry", "streamkit._coordinator", "streamkit._subscription"),
+    "registry": (
+        "streamkit._registry",
+        "streamkit._coordinator",
+        "streamkit._subscription",
+        "streamkit._tasks",
+    ),
     "transports": (
         "streamkit.transports",
         "streamkit.transports.*",

@@ -479,6 +479,65 @@ async def test_shutdown_ends_everything() -> None:
     assert stats.by_state["cancelled"] == 20
 
 
+async def test_leaving_the_registry_waits_for_every_producer_and_source() -> None:
+    # Sources that are busy at the exit (waiting for a token, pausing, mid-close) have
+    # run their cleanup by the time `async with` returns: nothing runs on after it.
+    closed: list[int] = []
+    release = anyio.Event()
+
+    async def source(index: int) -> AsyncIterator[str]:
+        try:
+            yield "a "
+            await anyio.sleep_forever()
+            yield "never"
+        finally:
+            with anyio.CancelScope(shield=True):
+                if index % 2:
+                    await release.wait()  # a source that takes its time to close
+            closed.append(index)
+
+    async with sk.SessionRegistry() as registry:
+        sessions = [await registry.create() for _ in range(6)]
+        for index, session in enumerate(sessions):
+            registry.start(session.session_id, source(index), FAST)
+        with anyio.fail_after(10):
+            for session in sessions:
+                async with registry.subscribe(session.session_id) as sub:
+                    async for event in sub:
+                        if event.event_type == "token":
+                            break
+        await registry.pause(sessions[0].session_id)
+        release.set()
+    assert sorted(closed) == list(range(6))
+    assert registry.statistics().producers == 0
+
+
+class _Escape(BaseException):
+    """Not an Exception: neither the stream nor the registry catches it."""
+
+
+async def test_a_base_exception_from_a_source_is_raised_by_the_registrys_exit() -> None:
+    async def source() -> AsyncIterator[str]:
+        yield "a "
+        raise _Escape("out")
+
+    body_cancelled = True
+
+    async def run() -> None:
+        nonlocal body_cancelled
+        async with sk.SessionRegistry() as registry:
+            session = await registry.create()
+            registry.start(session.session_id, source(), FAST)
+            with anyio.fail_after(10):
+                await anyio.sleep_forever()  # cancelled, as by a failing task of a group
+            body_cancelled = False
+
+    with pytest.raises(BaseExceptionGroup) as caught:
+        await run()
+    assert body_cancelled
+    assert [type(e) for e in caught.value.exceptions] == [_Escape]
+
+
 async def test_statistics() -> None:
     agent = SimulatedAgent(seed=1, realtime=False)
     async with sk.SessionRegistry() as registry:
