@@ -6,7 +6,10 @@ every task a handle, a cancel scope, an event and an entry in a weak map (since 
 the instructions of a whole short session). Those tasks never need it: each runs its
 work inside a cancel scope of its own that the registry cancels (a session's producer
 scope, the stream's source scope), so the registry cancels them through those scopes and
-waits here for them to end. On any other backend they go to the registry's task group.
+waits here for them to end. On Trio they go straight into the Trio nursery of the
+registry's task group: plain tasks of that group, cancelled with it, their errors raised
+by its exit (anyio up to 4.13 started them so itself). Another backend, or an anyio
+whose task group has no nursery there, gets the task group's ``start_soon``.
 """
 
 from __future__ import annotations
@@ -32,19 +35,26 @@ class SessionTasks:
     a task group would raise it.
     """
 
-    __slots__ = ("_errors", "_group", "_idle", "_loop", "_tasks")
+    __slots__ = ("_errors", "_group", "_idle", "_loop", "_start", "_tasks")
 
     def __init__(self, group: TaskGroup) -> None:
         self._group = group
         self._loop: asyncio.AbstractEventLoop | None = None
-        if sniffio.current_async_library() == "asyncio":
+        self._start: Callable[..., object] = group.start_soon
+        library = sniffio.current_async_library()
+        if library == "asyncio":
             self._loop = asyncio.get_running_loop()
+        elif library == "trio":
+            # Private to anyio's Trio task group; without it, its start_soon.
+            start = getattr(getattr(group, "_nursery", None), "start_soon", None)
+            if start is not None:
+                self._start = start
         self._tasks: set[asyncio.Task[Any]] = set()
         self._idle: asyncio.Event | None = None
         self._errors: list[BaseException] = []
 
     def __len__(self) -> int:
-        """The tasks started here that have not ended (always 0 off asyncio)."""
+        """The tasks started here on asyncio that have not ended (0 on other backends)."""
         return len(self._tasks)
 
     def start_soon(
@@ -56,7 +66,7 @@ class SessionTasks:
         """Run ``func(*args)`` in a new task."""
         loop = self._loop
         if loop is None:
-            self._group.start_soon(func, *args, name=name)  # type: ignore[arg-type]
+            self._start(func, *args, name=name)
             return
         task: asyncio.Task[Any] = loop.create_task(
             func(*args),  # type: ignore[arg-type]  # a coroutine function, as for start_soon
