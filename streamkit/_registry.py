@@ -106,22 +106,24 @@ class _LogSink:
     Called from the stream's source task. It refuses (and the registry's producer loop
     then handles the event) whatever that loop would wait for or handle otherwise: a
     paused or ending session, and an event the log will not take without waiting or
-    raising.
+    raising. It notes no time per token: the entry reads its stream's last token time
+    (``_Entry.tokens_of``), on the same clock; :class:`_ClockedLogSink` notes it when
+    the registry has a clock of its own.
     """
 
-    __slots__ = ("_append", "_clock", "_counts", "_entry", "_go", "_hooks", "_registry")
+    __slots__ = ("_append", "_entry", "_go", "_hooks", "_registry", "appended")
 
     def __init__(self, registry: SessionRegistry, entry: _Entry) -> None:
         self._registry = registry
         self._entry = entry
         self._append = fresh_appender(entry.log)
         self._hooks = registry._hooks["event"]
-        self._counts = registry._counts
-        self._clock = registry._event_clock
         # The entry's `resumed` signal last seen set. A pause replaces the signal with
         # an unset one (a signal is never cleared), so while it is the same object the
         # session is not paused: no call to ask it.
         self._go: Signal | None = None
+        #: Events appended: added to the registry's count when the stream ends.
+        self.appended = 0
 
     def offer(self, event: StreamEvent) -> bool:
         """Append ``event`` to the session's log now, or return ``False``."""
@@ -140,10 +142,26 @@ class _LogSink:
             return False
         if stored is None:
             return False
-        entry.last_event_at = self._clock()
-        self._counts["appended"] += 1
+        self.appended += 1
         if self._hooks:
             self._registry._emit("event", stored)
+        return True
+
+
+class _ClockedLogSink(_LogSink):
+    """A :class:`_LogSink` that notes each append's time on the registry's own clock."""
+
+    __slots__ = ("_clock",)
+
+    def __init__(self, registry: SessionRegistry, entry: _Entry) -> None:
+        super().__init__(registry, entry)
+        self._clock = registry._event_clock
+
+    def offer(self, event: StreamEvent) -> bool:
+        """Append ``event`` to the session's log now, or return ``False``."""
+        if not super().offer(event):
+            return False
+        self._entry.last_event_at = self._clock()
         return True
 
 
@@ -382,9 +400,15 @@ class SessionRegistry:
             )
         # The stream's source task appends its tokens itself through the sink (one task
         # switch per token fewer); what the sink refuses comes through _produce.
-        sink = _LogSink(self, entry) if self._coord.direct_appends else None
+        sink: _LogSink | None = None
+        same_clock = self._event_clock is self._loop_clock
+        if self._coord.direct_appends:
+            sink = _LogSink(self, entry) if same_clock else _ClockedLogSink(self, entry)
         stream = stream_tokens(source, config, session_id=session_id, sink=sink)
         entry.stream = stream
+        entry.sink = sink
+        if sink is not None and same_clock:
+            entry.tokens_of = stream
         entry.producer = anyio.CancelScope()
         if entry.resumed is None:
             new_signal = self._new_signal
@@ -457,6 +481,10 @@ class SessionRegistry:
                     logger.exception("streamkit: could not end a failed session")
         finally:
             entry.producer = None
+            sink = entry.sink
+            if sink is not None:
+                entry.sink = None
+                self._counts["appended"] += sink.appended
             self._unwatched.pop(entry.session.session_id, None)
             if not recorded:
                 self._record_stream(stream)
@@ -622,9 +650,11 @@ class SessionRegistry:
     def statistics(self) -> RegistryStatistics:
         """Return a snapshot of the registry's figures."""
         by_state = dict.fromkeys((s.value for s in SessionState), 0)
-        subscribers = producers = retained = delivered = 0
+        subscribers = producers = retained = delivered = appended = 0
         for entry in self._entries.values():
             by_state[entry.session.status.value] += 1
+            if entry.sink is not None:
+                appended += entry.sink.appended
             subscribers += entry.subscribers
             producers += entry.producer is not None
             stats = entry.log.statistics()
@@ -640,7 +670,7 @@ class SessionRegistry:
             sessions_created=self._counts["created"],
             sessions_removed=self._counts["removed"],
             sessions_expired=self._counts["expired"],
-            events_appended=self._counts["appended"],
+            events_appended=self._counts["appended"] + appended,
             events_delivered=delivered + self._delivered_gone,
             bytes_retained=retained,
             sweeps=self._counts["sweeps"],

@@ -169,6 +169,7 @@ class TokenStream:
         "_final_stats",
         "_first_token_at",
         "_flush",
+        "_handed",
         "_heartbeat",
         "_heartbeats",
         "_held",
@@ -260,6 +261,9 @@ class TokenStream:
         self._final_stats: StreamStats | None = None
         self._items = 0
         self._tokens = 0
+        # Source pieces the producer task made into a chunk and handed to the sink
+        # itself: each one an item, a token and a chunk, counted once (see _produce).
+        self._handed = 0
         self._chunks = 0
         self._chars = 0
         self._heartbeats = 0
@@ -468,7 +472,7 @@ class TokenStream:
         parts = self._parts
         gaps = self._chunks - 1 + (0 if parts is None else parts.delta_events)
         return StreamStats(
-            tokens=self._tokens,
+            tokens=self._tokens + self._handed,
             chunks=self._chunks,
             characters=self._chars,
             heartbeats=self._heartbeats,
@@ -477,7 +481,7 @@ class TokenStream:
             if gaps > 0
             else None,
             max_inter_token_latency=self._itl_max if gaps > 0 else None,
-            tokens_per_second=self._tokens / duration if duration > 0 else 0.0,
+            tokens_per_second=(self._tokens + self._handed) / duration if duration > 0 else 0.0,
             duration=duration,
             reasoning_tokens=0 if parts is None else parts.reasoning_tokens,
             tool_calls=0 if parts is None else parts.tool_calls,
@@ -612,11 +616,11 @@ class TokenStream:
         elif isinstance(item, Part):
             if type(item) is not TextDelta:
                 self._whole = False  # text goes through the parts chunker from now on
-                return accept_part(self, item, index)
+                return accept_part(self, item, index + self._handed)
             text = item.text
         else:
             self._exception = ValidationError(
-                f"source item {index} must be str or bytes, got {type_name(item)}",
+                f"source item {index + self._handed} must be str or bytes, got {type_name(item)}",
                 field="source",
                 session_id=self._session_id,
             )
@@ -746,6 +750,15 @@ class TokenStream:
         anext = iterator.__anext__
         sink = self._sink
         clock = self._now
+        # The common case of a stream with a sink, handled below without a call: one
+        # source piece is one chunk, no pacing. Off for good at the first item that is
+        # not a str (a part, bytes): the consumer's chunkers take those, and the text
+        # after them. What these fields are cannot change while it is on.
+        inline = sink is not None and self._whole and not self._paced
+        metadata = self._metadata
+        session_id = self._session_id
+        size = self._size
+        started = self._started_at
         pushed = 0
         try:
             with scope:
@@ -755,31 +768,55 @@ class TokenStream:
                         if gate is not None:
                             await gate.wait()
                         item = await anext()
-                        if sink is not None and feed.waiter is not None and type(item) is str:
-                            if (
-                                self._whole
-                                and item
-                                and not self._held
-                                and not "\ud800" <= item[-1] <= "\udbff"
-                            ):
-                                # _push's common case, inline (one piece is one chunk):
-                                # this runs for every token of every session.
-                                now = clock()
-                                handed = now < self._deadline and not (
-                                    self._paced and now < self._next_emit
-                                )
-                                if handed:
-                                    self._last_input = now
-                                    self._items += 1
-                                    self._tokens += 1
-                                    event = self._token_event(item, now)
-                                    if self._paced:
-                                        self._next_emit = now + self._stream_delay
-                                    if not sink(event):
-                                        feed.pending = event
-                                        feed.wake()
-                            else:
-                                handed = self._push(item, sink, feed)
+                        if type(item) is not str:
+                            inline = handed = False
+                        elif feed.waiter is None:
+                            handed = False
+                        elif (
+                            inline
+                            and item
+                            and not self._held
+                            and (item[-1] < "\ud800" or item[-1] > "\udbff")
+                        ):
+                            # _push and _token_event's common case, inline: this runs
+                            # for every token of every session of the registry.
+                            now = clock()
+                            handed = now < self._deadline
+                            if handed:
+                                self._last_input = now
+                                self._handed += 1  # an item, a token and a chunk
+                                index = self._chunks
+                                self._chunks = index + 1
+                                self._chars += len(item)
+                                last = self._last_token_at
+                                if last is None:
+                                    self._first_token_at = now
+                                elif now - last > self._itl_max:
+                                    self._itl_max = now - last
+                                self._last_token_at = now
+                                event = _new(StreamEvent)
+                                _set_type(event, _TOKEN)
+                                _set_content(event, item)
+                                if metadata:
+                                    elapsed = int((now - started) * 1e6 + 0.5) / 1e6
+                                    _set_metadata(
+                                        event,
+                                        MappingProxyType({"index": index, "elapsed": elapsed}),
+                                    )
+                                else:
+                                    _set_metadata(event, _EMPTY)
+                                _set_session(event, session_id)
+                                _set_seq(event, None)
+                                event_id = f"{_ID_PREFIX}-{next(_id_counter):x}"
+                                _set_id(event, event_id)
+                                _set_time(event, _wall_clock())
+                                _set_json(event, None)
+                                _set_size(event, size + len(item) + len(event_id))
+                                if not sink(event):  # type: ignore[misc]
+                                    feed.pending = event
+                                    feed.wake()
+                        elif sink is not None:
+                            handed = self._push(item, sink, feed)
                         else:
                             handed = False
                         if handed:
