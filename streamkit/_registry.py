@@ -490,7 +490,7 @@ class SessionRegistry:
                 self._record_stream(stream)
 
     def _record_stream(self, stream: TokenStream) -> None:
-        ttft = stream.stats.time_to_first_token
+        ttft = stream._time_to_first_token()
         if ttft is not None:
             self._ttfts.append(ttft)
             if len(self._ttfts) > 10_000:

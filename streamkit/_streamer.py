@@ -162,6 +162,7 @@ class TokenStream:
         "_chunks",
         "_deadline",
         "_decoder",
+        "_ended_at",
         "_entered",
         "_exception",
         "_fast",
@@ -259,6 +260,9 @@ class TokenStream:
         self._exception: BaseException | None = None
         self._raised = False
         self._final_stats: StreamStats | None = None
+        # When a text stream's final event was made: its final statistics, made from
+        # the counters (which no longer move) only if they are read.
+        self._ended_at: float | None = None
         self._items = 0
         self._tokens = 0
         # Source pieces the producer task made into a chunk and handed to the sink
@@ -304,6 +308,9 @@ class TokenStream:
         """
         final = self._final_stats
         if final is not None:
+            return final
+        if self._ended_at is not None:
+            final = self._final_stats = self._make_stats(self._ended_at)
             return final
         if self._phase == _NEW:
             return StreamStats()
@@ -487,6 +494,34 @@ class TokenStream:
             tool_calls=0 if parts is None else parts.tool_calls,
             usage=None if parts is None else parts.usage,
         )
+
+    def _text_stats(self, now: float) -> dict[str, JSONValue]:
+        """``_make_stats(now).to_dict()`` of a text stream, without the StreamStats."""
+        started = self._started_at
+        duration = now - started
+        first = self._first_token_at
+        tokens = self._tokens + self._handed
+        gaps = self._chunks - 1
+        return {
+            "tokens": tokens,
+            "chunks": self._chunks,
+            "characters": self._chars,
+            "heartbeats": self._heartbeats,
+            "time_to_first_token": None if first is None else round(first - started, 6),
+            "mean_inter_token_latency": round(
+                ((self._last_token_at or 0.0) - (first or 0.0)) / gaps, 6
+            )
+            if gaps > 0
+            else None,
+            "max_inter_token_latency": round(self._itl_max, 6) if gaps > 0 else None,
+            "tokens_per_second": round(tokens / duration, 6) if duration > 0 else 0.0,
+            "duration": round(duration, 6),
+        }
+
+    def _time_to_first_token(self) -> float | None:
+        """``stats.time_to_first_token``, without making the statistics."""
+        first = self._first_token_at
+        return None if first is None else first - self._started_at
 
     def _token_event(self, text: str, now: float) -> StreamEvent:
         if type(text) is not str:  # a part, queued by the parts chunker
@@ -893,6 +928,12 @@ class TokenStream:
 
     async def _close_async_source(self, iterator: Any) -> Exception | None:
         """Run the source's ``aclose()`` (and the iterable's, if it is another object)."""
+        if (
+            type(iterator) is types.AsyncGeneratorType
+            and iterator.ag_frame is None
+            and self._source is iterator
+        ):
+            return None  # an async generator that ran to its end: nothing to close
         error: Exception | None = None
         closers = [
             aclose
@@ -974,14 +1015,16 @@ class TokenStream:
     def _final_event(self) -> StreamEvent:
         now = self._now()
         self._phase = _DONE
-        stats = self._final_stats = self._make_stats(now)
-        stats_data = MappingProxyType(stats.to_dict())
         # A text stream's statistics always have the same keys and kinds of values, so
         # the size the log charges for them is known: the final event comes with its
         # size, as token events do (walking the statistics cost as much as making them).
         if self._parts is None:
+            self._ended_at = now
+            stats_data = MappingProxyType(self._text_stats(now))
             size = _TEXT_STATS_SIZE or _text_stats_size()
         else:
+            stats = self._final_stats = self._make_stats(now)
+            stats_data = MappingProxyType(stats.to_dict())
             size = stats_size(stats_data)
         outcome = self._outcome
         exc = self._exception
@@ -1011,7 +1054,7 @@ class TokenStream:
         try:
             await self._close_source()
         finally:
-            if self._final_stats is None:
+            if self._final_stats is None and self._ended_at is None:
                 self._final_stats = (
                     self._make_stats(anyio.current_time()) if started else StreamStats()
                 )
