@@ -29,7 +29,6 @@ Rules of this module:
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
 import time
@@ -94,7 +93,8 @@ _HOOK_NAMES: Final = ("created", "state_changed", "event", "removed", "delivered
 
 _ENDING: Final = EntryPhase.ENDING
 
-_FINAL_STATE: Final = {
+# Keyed by str too (EventType is a StrEnum): an event's type is either.
+_FINAL_STATE: Final[dict[str, SessionState]] = {
     EventType.COMPLETE: SessionState.COMPLETED,
     EventType.ERROR: SessionState.ERROR,
 }
@@ -444,7 +444,7 @@ class SessionRegistry:
                             # it may read the registry's statistics at once.
                             self._record_stream(stream)
                             recorded = True
-                            state = _FINAL_STATE[EventType(event.event_type)]
+                            state = _FINAL_STATE[event.event_type]
                             if not entry.finishing:
                                 await self._end_quietly(entry, state, event, from_producer=True)
                             break
@@ -904,8 +904,10 @@ class SessionRegistry:
         from_producer: bool = False,
     ) -> None:
         """End a session unless it has ended already (here or on another worker)."""
-        with contextlib.suppress(InvalidTransition, ClosedError):
+        try:
             await self._finish(entry, state, final, from_producer=from_producer)
+        except (InvalidTransition, ClosedError):
+            return  # (a try costs less than contextlib.suppress at every session's end)
 
     async def _remove(self, entry: _Entry) -> None:
         if entry.removed:

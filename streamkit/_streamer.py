@@ -794,6 +794,8 @@ class TokenStream:
         session_id = self._session_id
         size = self._size
         started = self._started_at
+        id_prefix = f"{_ID_PREFIX}-"
+        next_id = _id_counter.__next__
         pushed = 0
         try:
             with scope:
@@ -842,7 +844,7 @@ class TokenStream:
                                     _set_metadata(event, _EMPTY)
                                 _set_session(event, session_id)
                                 _set_seq(event, None)
-                                event_id = f"{_ID_PREFIX}-{next(_id_counter):x}"
+                                event_id = f"{id_prefix}{next_id():x}"
                                 _set_id(event, event_id)
                                 _set_time(event, _wall_clock())
                                 _set_json(event, None)
