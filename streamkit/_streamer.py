@@ -266,7 +266,7 @@ class TokenStream:
         self._items = 0
         self._tokens = 0
         # Source pieces the producer task made into a chunk and handed to the sink
-        # itself: each one an item, a token and a chunk, counted once (see _produce).
+        # itself: each one an item, a token and a chunk, counted once (see _produce_to_sink).
         self._handed = 0
         self._chunks = 0
         self._chars = 0
@@ -578,7 +578,8 @@ class TokenStream:
                 task_feed.pause()
             self._feed = task_feed
             scope = self._producer_scope = anyio.CancelScope()
-            self._tg.start_soon(self._produce, scope, task_feed, name="streamkit producer")
+            produce = self._produce if self._sink is None else self._produce_to_sink
+            self._tg.start_soon(produce, scope, task_feed, name="streamkit producer")
             if task_feed.alarm_task:
                 alarm = self._alarm_scope = anyio.CancelScope()
                 self._tg.start_soon(self._alarm, alarm, task_feed, name="streamkit alarm")
@@ -782,42 +783,42 @@ class TokenStream:
     async def _produce(self, scope: anyio.CancelScope, feed: TaskFeed) -> None:
         """The producer task (``async with`` mode): source items into the feed."""
         iterator = self._iterator
+        anext = iterator.__anext__
         try:
             with scope:
                 try:
-                    if self._sink is None:
-                        await self._pump(iterator.__anext__, feed)
-                    else:
-                        await self._pump_to_sink(iterator.__anext__, feed, self._sink)
+                    while True:
+                        gate = feed.gate
+                        if gate is not None:
+                            await gate.wait()
+                        item = await anext()
+                        items = feed.items
+                        items.append(item)
+                        if feed.waiter is not None:
+                            feed.wake()
+                        if len(items) >= BUFFER_ITEMS:
+                            space = feed.space = feed.new_event()
+                            await space.wait()
                 except StopAsyncIteration:
                     feed.finish(None)
                 except Exception as exc:
                     feed.finish(exc)
         finally:
-            try:
-                feed.close_error = await self._close_async_source(iterator)
-            finally:
-                feed.closed.set()
+            await self._source_ended(iterator, feed)
 
-    async def _pump(self, anext: Callable[[], Any], feed: TaskFeed) -> None:
-        """Source items into the feed's buffer, until the source ends or fails."""
-        while True:
-            gate = feed.gate
-            if gate is not None:
-                await gate.wait()
-            item = await anext()
-            items = feed.items
-            items.append(item)
-            if feed.waiter is not None:
-                feed.wake()
-            if len(items) >= BUFFER_ITEMS:
-                space = feed.space = feed.new_event()
-                await space.wait()
+    async def _source_ended(self, iterator: Any, feed: TaskFeed) -> None:
+        """The end of the producer task: close the source, then say it is closed."""
+        try:
+            feed.close_error = await self._close_async_source(iterator)
+        finally:
+            feed.closed.set()
 
-    async def _pump_to_sink(
-        self, anext: Callable[[], Any], feed: TaskFeed, sink: Callable[[StreamEvent], bool]
-    ) -> None:
-        """:meth:`_pump` for a stream with a sink: tokens to the sink while the consumer waits."""
+    async def _produce_to_sink(self, scope: anyio.CancelScope, feed: TaskFeed) -> None:
+        """:meth:`_produce` for a stream with a sink: tokens to it while the consumer waits."""
+        iterator = self._iterator
+        anext = iterator.__anext__
+        sink = self._sink
+        assert sink is not None
         clock = self._now
         # The common case, handled below without a call: one source piece is one chunk,
         # no pacing. Off for good at the first item that is not a str (a part, bytes):
@@ -831,69 +832,84 @@ class TokenStream:
         id_prefix = f"{_ID_PREFIX}-"
         next_id = _id_counter.__next__
         pushed = 0
-        while True:
-            gate = feed.gate
-            if gate is not None:
-                await gate.wait()
-            item = await anext()
-            if type(item) is not str:
-                inline = handed = False
-            elif feed.waiter is None:
-                handed = False
-            elif (
-                inline and item and not self._held and (item[-1] < "\ud800" or item[-1] > "\udbff")
-            ):
-                # _push and _token_event's common case, inline: this runs for every
-                # token of every session of the registry.
-                now = clock()
-                handed = now < self._deadline
-                if handed:
-                    self._last_input = now
-                    self._handed += 1  # an item, a token and a chunk
-                    index = self._chunks
-                    self._chunks = index + 1
-                    self._chars += len(item)
-                    last = self._last_token_at
-                    if last is None:
-                        self._first_token_at = now
-                    elif now - last > self._itl_max:
-                        self._itl_max = now - last
-                    self._last_token_at = now
-                    event = _new(StreamEvent)
-                    _set_type(event, _TOKEN)
-                    _set_content(event, item)
-                    if metadata:
-                        elapsed = int((now - started) * 1e6 + 0.5) / 1e6
-                        _set_metadata(event, MappingProxyType({"index": index, "elapsed": elapsed}))
-                    else:
-                        _set_metadata(event, _EMPTY)
-                    _set_session(event, session_id)
-                    _set_seq(event, None)
-                    event_id = f"{id_prefix}{next_id():x}"
-                    _set_id(event, event_id)
-                    _set_time(event, _wall_clock())
-                    _set_json(event, None)
-                    _set_size(event, size + len(item) + len(event_id))
-                    if not sink(event):
-                        feed.pending = event
-                        feed.wake()
-            else:
-                handed = self._push(item, sink, feed)
-            if handed:
-                pushed += 1
-                if pushed == BUFFER_ITEMS:
-                    # A source that never waits would never let the sink's readers
-                    # run: yield as a full buffer would.
-                    pushed = 0
-                    await anyio.lowlevel.checkpoint()
-                continue
-            items = feed.items
-            items.append(item)
-            if feed.waiter is not None:
-                feed.wake()
-            if len(items) >= BUFFER_ITEMS:
-                space = feed.space = feed.new_event()
-                await space.wait()
+        try:
+            with scope:
+                try:
+                    while True:
+                        gate = feed.gate
+                        if gate is not None:
+                            await gate.wait()
+                        item = await anext()
+                        if type(item) is not str:
+                            inline = handed = False
+                        elif feed.waiter is None:
+                            handed = False
+                        elif (
+                            inline
+                            and item
+                            and not self._held
+                            and (item[-1] < "\ud800" or item[-1] > "\udbff")
+                        ):
+                            # _push and _token_event's common case, inline: this runs for every
+                            # token of every session of the registry.
+                            now = clock()
+                            handed = now < self._deadline
+                            if handed:
+                                self._last_input = now
+                                self._handed += 1  # an item, a token and a chunk
+                                index = self._chunks
+                                self._chunks = index + 1
+                                self._chars += len(item)
+                                last = self._last_token_at
+                                if last is None:
+                                    self._first_token_at = now
+                                elif now - last > self._itl_max:
+                                    self._itl_max = now - last
+                                self._last_token_at = now
+                                event = _new(StreamEvent)
+                                _set_type(event, _TOKEN)
+                                _set_content(event, item)
+                                if metadata:
+                                    elapsed = int((now - started) * 1e6 + 0.5) / 1e6
+                                    _set_metadata(
+                                        event,
+                                        MappingProxyType({"index": index, "elapsed": elapsed}),
+                                    )
+                                else:
+                                    _set_metadata(event, _EMPTY)
+                                _set_session(event, session_id)
+                                _set_seq(event, None)
+                                event_id = f"{id_prefix}{next_id():x}"
+                                _set_id(event, event_id)
+                                _set_time(event, _wall_clock())
+                                _set_json(event, None)
+                                _set_size(event, size + len(item) + len(event_id))
+                                if not sink(event):
+                                    feed.pending = event
+                                    feed.wake()
+                        else:
+                            handed = self._push(item, sink, feed)
+                        if handed:
+                            pushed += 1
+                            if pushed == BUFFER_ITEMS:
+                                # A source that never waits would never let the sink's readers
+                                # run: yield as a full buffer would.
+                                pushed = 0
+                                await anyio.lowlevel.checkpoint()
+                            continue
+                        items = feed.items
+                        items.append(item)
+                        if feed.waiter is not None:
+                            feed.wake()
+                        if len(items) >= BUFFER_ITEMS:
+                            space = feed.space = feed.new_event()
+                            await space.wait()
+                except StopAsyncIteration:
+                    feed.finish(None)
+                except Exception as exc:
+                    feed.finish(exc)
+        finally:
+            await self._source_ended(iterator, feed)
 
     def _push(self, text: str, sink: Callable[[StreamEvent], bool], feed: TaskFeed) -> bool:
         """Hand a source item's chunks to the sink from the producer task.
