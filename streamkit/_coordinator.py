@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
     from anyio.abc import TaskGroup
 
-    from ._registry import SessionRegistry
+    from ._registry import SessionRegistry, _LogSink
     from ._session import StreamSession
     from ._signals import Signal
     from ._streamer import TokenStream
@@ -75,8 +75,8 @@ class _Entry:
     """What this process holds for one session besides its record."""
 
     __slots__ = (
+        "_noted_at",
         "delivered_gone",
-        "last_event_at",
         "log",
         "phase",
         "producer",
@@ -84,8 +84,10 @@ class _Entry:
         "removed",
         "resumed",
         "session",
+        "sink",
         "stream",
         "subscribers",
+        "tokens_of",
     )
 
     def __init__(
@@ -102,10 +104,31 @@ class _Entry:
         self.resumed: Signal | None = None
         self.phase = EntryPhase.LIVE
         self.subscribers = 0
-        self.last_event_at = now
+        self._noted_at = now
+        # The stream whose tokens its sink appends, when its clock is the registry's:
+        # the time of its last token is then activity too, read here instead of noted
+        # at every token (see last_event_at).
+        self.tokens_of: TokenStream | None = None
+        # The session's TokenSink while its stream runs (see _registry._LogSink).
+        self.sink: _LogSink | None = None
         self.delivered_gone = 0
         # Set by the registry's removal, so that a second one (two closes) does nothing.
         self.removed = False
+
+    @property
+    def last_event_at(self) -> float:
+        """When the session last had an event (the registry's clock): for upkeep."""
+        at = self._noted_at
+        stream = self.tokens_of
+        if stream is not None:
+            made = stream._last_token_at
+            if made is not None and made > at:
+                return made
+        return at
+
+    @last_event_at.setter
+    def last_event_at(self, at: float) -> None:
+        self._noted_at = at
 
     @property
     def finishing(self) -> bool:

@@ -29,7 +29,6 @@ Rules of this module:
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
 import time
@@ -95,7 +94,8 @@ _HOOK_NAMES: Final = ("created", "state_changed", "event", "removed", "delivered
 
 _ENDING: Final = EntryPhase.ENDING
 
-_FINAL_STATE: Final = {
+# Keyed by str too (EventType is a StrEnum): an event's type is either.
+_FINAL_STATE: Final[dict[str, SessionState]] = {
     EventType.COMPLETE: SessionState.COMPLETED,
     EventType.ERROR: SessionState.ERROR,
 }
@@ -107,22 +107,24 @@ class _LogSink:
     Called from the stream's source task. It refuses (and the registry's producer loop
     then handles the event) whatever that loop would wait for or handle otherwise: a
     paused or ending session, and an event the log will not take without waiting or
-    raising.
+    raising. It notes no time per token: the entry reads its stream's last token time
+    (``_Entry.tokens_of``), on the same clock; :class:`_ClockedLogSink` notes it when
+    the registry has a clock of its own.
     """
 
-    __slots__ = ("_append", "_clock", "_counts", "_entry", "_go", "_hooks", "_registry")
+    __slots__ = ("_append", "_entry", "_go", "_hooks", "_registry", "appended")
 
     def __init__(self, registry: SessionRegistry, entry: _Entry) -> None:
         self._registry = registry
         self._entry = entry
         self._append = fresh_appender(entry.log)
         self._hooks = registry._hooks["event"]
-        self._counts = registry._counts
-        self._clock = registry._event_clock
         # The entry's `resumed` signal last seen set. A pause replaces the signal with
         # an unset one (a signal is never cleared), so while it is the same object the
         # session is not paused: no call to ask it.
         self._go: Signal | None = None
+        #: Events appended: added to the registry's count when the stream ends.
+        self.appended = 0
 
     def offer(self, event: StreamEvent) -> bool:
         """Append ``event`` to the session's log now, or return ``False``."""
@@ -141,10 +143,26 @@ class _LogSink:
             return False
         if stored is None:
             return False
-        entry.last_event_at = self._clock()
-        self._counts["appended"] += 1
+        self.appended += 1
         if self._hooks:
             self._registry._emit("event", stored)
+        return True
+
+
+class _ClockedLogSink(_LogSink):
+    """A :class:`_LogSink` that notes each append's time on the registry's own clock."""
+
+    __slots__ = ("_clock",)
+
+    def __init__(self, registry: SessionRegistry, entry: _Entry) -> None:
+        super().__init__(registry, entry)
+        self._clock = registry._event_clock
+
+    def offer(self, event: StreamEvent) -> bool:
+        """Append ``event`` to the session's log now, or return ``False``."""
+        if not super().offer(event):
+            return False
+        self._entry.last_event_at = self._clock()
         return True
 
 
@@ -398,9 +416,15 @@ class SessionRegistry:
             )
         # The stream's source task appends its tokens itself through the sink (one task
         # switch per token fewer); what the sink refuses comes through _produce.
-        sink = _LogSink(self, entry) if self._coord.direct_appends else None
+        sink: _LogSink | None = None
+        same_clock = self._event_clock is self._loop_clock
+        if self._coord.direct_appends:
+            sink = _LogSink(self, entry) if same_clock else _ClockedLogSink(self, entry)
         stream = stream_tokens(source, config, session_id=session_id, sink=sink)
         entry.stream = stream
+        entry.sink = sink
+        if sink is not None and same_clock:
+            entry.tokens_of = stream
         entry.producer = anyio.CancelScope()
         if entry.resumed is None:
             new_signal = self._new_signal
@@ -436,7 +460,7 @@ class SessionRegistry:
                             # it may read the registry's statistics at once.
                             self._record_stream(stream)
                             recorded = True
-                            state = _FINAL_STATE[EventType(event.event_type)]
+                            state = _FINAL_STATE[event.event_type]
                             if not entry.finishing:
                                 await self._end_quietly(entry, state, event, from_producer=True)
                             break
@@ -473,12 +497,16 @@ class SessionRegistry:
                     logger.exception("streamkit: could not end a failed session")
         finally:
             entry.producer = None
+            sink = entry.sink
+            if sink is not None:
+                entry.sink = None
+                self._counts["appended"] += sink.appended
             self._unwatched.pop(entry.session.session_id, None)
             if not recorded:
                 self._record_stream(stream)
 
     def _record_stream(self, stream: TokenStream) -> None:
-        ttft = stream.stats.time_to_first_token
+        ttft = stream._time_to_first_token()
         if ttft is not None:
             self._ttfts.append(ttft)
             if len(self._ttfts) > 10_000:
@@ -638,9 +666,11 @@ class SessionRegistry:
     def statistics(self) -> RegistryStatistics:
         """Return a snapshot of the registry's figures."""
         by_state = dict.fromkeys((s.value for s in SessionState), 0)
-        subscribers = producers = retained = delivered = 0
+        subscribers = producers = retained = delivered = appended = 0
         for entry in self._entries.values():
             by_state[entry.session.status.value] += 1
+            if entry.sink is not None:
+                appended += entry.sink.appended
             subscribers += entry.subscribers
             producers += entry.producer is not None
             stats = entry.log.statistics()
@@ -656,7 +686,7 @@ class SessionRegistry:
             sessions_created=self._counts["created"],
             sessions_removed=self._counts["removed"],
             sessions_expired=self._counts["expired"],
-            events_appended=self._counts["appended"],
+            events_appended=self._counts["appended"] + appended,
             events_delivered=delivered + self._delivered_gone,
             bytes_retained=retained,
             sweeps=self._counts["sweeps"],
@@ -890,8 +920,10 @@ class SessionRegistry:
         from_producer: bool = False,
     ) -> None:
         """End a session unless it has ended already (here or on another worker)."""
-        with contextlib.suppress(InvalidTransition, ClosedError):
+        try:
             await self._finish(entry, state, final, from_producer=from_producer)
+        except (InvalidTransition, ClosedError):
+            return  # (a try costs less than contextlib.suppress at every session's end)
 
     async def _remove(self, entry: _Entry) -> None:
         if entry.removed:

@@ -169,6 +169,7 @@ class TokenStream:
         "_chunks",
         "_deadline",
         "_decoder",
+        "_ended_at",
         "_entered",
         "_exception",
         "_fast",
@@ -176,6 +177,7 @@ class TokenStream:
         "_final_stats",
         "_first_token_at",
         "_flush",
+        "_handed",
         "_heartbeat",
         "_heartbeats",
         "_held",
@@ -266,8 +268,14 @@ class TokenStream:
         self._exception: BaseException | None = None
         self._raised = False
         self._final_stats: StreamStats | None = None
+        # When a text stream's final event was made: its final statistics, made from
+        # the counters (which no longer move) only if they are read.
+        self._ended_at: float | None = None
         self._items = 0
         self._tokens = 0
+        # Source pieces the producer task made into a chunk and handed to the sink
+        # itself: each one an item, a token and a chunk, counted once (see _produce_to_sink).
+        self._handed = 0
         self._chunks = 0
         self._chars = 0
         self._heartbeats = 0
@@ -308,6 +316,9 @@ class TokenStream:
         """
         final = self._final_stats
         if final is not None:
+            return final
+        if self._ended_at is not None:
+            final = self._final_stats = self._make_stats(self._ended_at)
             return final
         if self._phase == _NEW:
             return StreamStats()
@@ -477,7 +488,7 @@ class TokenStream:
         parts = self._parts
         gaps = self._chunks - 1 + (0 if parts is None else parts.delta_events)
         return StreamStats(
-            tokens=self._tokens,
+            tokens=self._tokens + self._handed,
             chunks=self._chunks,
             characters=self._chars,
             heartbeats=self._heartbeats,
@@ -486,12 +497,40 @@ class TokenStream:
             if gaps > 0
             else None,
             max_inter_token_latency=self._itl_max if gaps > 0 else None,
-            tokens_per_second=self._tokens / duration if duration > 0 else 0.0,
+            tokens_per_second=(self._tokens + self._handed) / duration if duration > 0 else 0.0,
             duration=duration,
             reasoning_tokens=0 if parts is None else parts.reasoning_tokens,
             tool_calls=0 if parts is None else parts.tool_calls,
             usage=None if parts is None else parts.usage,
         )
+
+    def _text_stats(self, now: float) -> dict[str, JSONValue]:
+        """``_make_stats(now).to_dict()`` of a text stream, without the StreamStats."""
+        started = self._started_at
+        duration = now - started
+        first = self._first_token_at
+        tokens = self._tokens + self._handed
+        gaps = self._chunks - 1
+        return {
+            "tokens": tokens,
+            "chunks": self._chunks,
+            "characters": self._chars,
+            "heartbeats": self._heartbeats,
+            "time_to_first_token": None if first is None else round(first - started, 6),
+            "mean_inter_token_latency": round(
+                ((self._last_token_at or 0.0) - (first or 0.0)) / gaps, 6
+            )
+            if gaps > 0
+            else None,
+            "max_inter_token_latency": round(self._itl_max, 6) if gaps > 0 else None,
+            "tokens_per_second": round(tokens / duration, 6) if duration > 0 else 0.0,
+            "duration": round(duration, 6),
+        }
+
+    def _time_to_first_token(self) -> float | None:
+        """``stats.time_to_first_token``, without making the statistics."""
+        first = self._first_token_at
+        return None if first is None else first - self._started_at
 
     def _token_event(self, text: str, now: float) -> StreamEvent:
         if type(text) is not str:  # a part, queued by the parts chunker
@@ -548,7 +587,8 @@ class TokenStream:
                 task_feed.pause()
             self._feed = task_feed
             scope = self._producer_scope = anyio.CancelScope()
-            self._tg.start_soon(self._produce, scope, task_feed, name="streamkit producer")
+            produce = self._produce if self._sink is None else self._produce_to_sink
+            self._tg.start_soon(produce, scope, task_feed, name="streamkit producer")
             if task_feed.alarm_task:
                 alarm = self._alarm_scope = anyio.CancelScope()
                 self._tg.start_soon(self._alarm, alarm, task_feed, name="streamkit alarm")
@@ -621,11 +661,11 @@ class TokenStream:
         elif isinstance(item, Part):
             if type(item) is not TextDelta:
                 self._whole = False  # text goes through the parts chunker from now on
-                return accept_part(self, item, index)
+                return accept_part(self, item, index + self._handed)
             text = item.text
         else:
             self._exception = ValidationError(
-                f"source item {index} must be str or bytes, got {type_name(item)}",
+                f"source item {index + self._handed} must be str or bytes, got {type_name(item)}",
                 field="source",
                 session_id=self._session_id,
             )
@@ -753,8 +793,53 @@ class TokenStream:
         """The producer task (``async with`` mode): source items into the feed."""
         iterator = self._iterator
         anext = iterator.__anext__
+        try:
+            with scope:
+                try:
+                    while True:
+                        gate = feed.gate
+                        if gate is not None:
+                            await gate.wait()
+                        item = await anext()
+                        items = feed.items
+                        items.append(item)
+                        if feed.waiter is not None:
+                            feed.wake()
+                        if len(items) >= BUFFER_ITEMS:
+                            space = feed.space = feed.new_event()
+                            await space.wait()
+                except StopAsyncIteration:
+                    feed.finish(None)
+                except Exception as exc:
+                    feed.finish(exc)
+        finally:
+            await self._source_ended(iterator, feed)
+
+    async def _source_ended(self, iterator: Any, feed: TaskFeed) -> None:
+        """The end of the producer task: close the source, then say it is closed."""
+        try:
+            feed.close_error = await self._close_async_source(iterator)
+        finally:
+            feed.closed.set()
+
+    async def _produce_to_sink(self, scope: anyio.CancelScope, feed: TaskFeed) -> None:
+        """:meth:`_produce` for a stream with a sink: tokens to it while the consumer waits."""
+        iterator = self._iterator
+        anext = iterator.__anext__
         sink = self._sink
+        assert sink is not None
         clock = self._now
+        # The common case, handled below without a call: one source piece is one chunk,
+        # no pacing. Off for good at the first item that is not a str (a part, bytes):
+        # the consumer's chunkers take those, and the text after them. What these fields
+        # are cannot change while it is on.
+        inline = self._whole and not self._paced
+        metadata = self._metadata
+        session_id = self._session_id
+        size = self._size
+        started = self._started_at
+        id_prefix = f"{_ID_PREFIX}-"
+        next_id = _id_counter.__next__
         pushed = 0
         try:
             with scope:
@@ -764,38 +849,60 @@ class TokenStream:
                         if gate is not None:
                             await gate.wait()
                         item = await anext()
-                        if sink is not None and feed.waiter is not None and type(item) is str:
-                            if (
-                                self._whole
-                                and item
-                                and not self._held
-                                and not "\ud800" <= item[-1] <= "\udbff"
-                            ):
-                                # _push's common case, inline (one piece is one chunk):
-                                # this runs for every token of every session.
-                                now = clock()
-                                handed = now < self._deadline and not (
-                                    self._paced and now < self._next_emit
-                                )
-                                if handed:
-                                    self._last_input = now
-                                    self._items += 1
-                                    self._tokens += 1
-                                    event = self._token_event(item, now)
-                                    if self._paced:
-                                        self._next_emit = now + self._stream_delay
-                                    if not sink(event):
-                                        feed.pending = event
-                                        feed.wake()
-                            else:
-                                handed = self._push(item, sink, feed)
-                        else:
+                        if type(item) is not str:
+                            inline = handed = False
+                        elif feed.waiter is None:
                             handed = False
+                        elif (
+                            inline
+                            and item
+                            and not self._held
+                            and (item[-1] < "\ud800" or item[-1] > "\udbff")
+                        ):
+                            # _push and _token_event's common case, inline: this runs for every
+                            # token of every session of the registry.
+                            now = clock()
+                            handed = now < self._deadline
+                            if handed:
+                                self._last_input = now
+                                self._handed += 1  # an item, a token and a chunk
+                                index = self._chunks
+                                self._chunks = index + 1
+                                self._chars += len(item)
+                                last = self._last_token_at
+                                if last is None:
+                                    self._first_token_at = now
+                                elif now - last > self._itl_max:
+                                    self._itl_max = now - last
+                                self._last_token_at = now
+                                event = _new(StreamEvent)
+                                _set_type(event, _TOKEN)
+                                _set_content(event, item)
+                                if metadata:
+                                    elapsed = int((now - started) * 1e6 + 0.5) / 1e6
+                                    _set_metadata(
+                                        event,
+                                        MappingProxyType({"index": index, "elapsed": elapsed}),
+                                    )
+                                else:
+                                    _set_metadata(event, _EMPTY)
+                                _set_session(event, session_id)
+                                _set_seq(event, None)
+                                event_id = f"{id_prefix}{next_id():x}"
+                                _set_id(event, event_id)
+                                _set_time(event, _wall_clock())
+                                _set_json(event, None)
+                                _set_size(event, size + len(item) + len(event_id))
+                                if not sink(event):
+                                    feed.pending = event
+                                    feed.wake()
+                        else:
+                            handed = self._push(item, sink, feed)
                         if handed:
                             pushed += 1
                             if pushed == BUFFER_ITEMS:
-                                # A source that never waits would never let the sink's
-                                # readers run: yield as a full buffer would.
+                                # A source that never waits would never let the sink's readers
+                                # run: yield as a full buffer would.
                                 pushed = 0
                                 await anyio.lowlevel.checkpoint()
                             continue
@@ -811,10 +918,7 @@ class TokenStream:
                 except Exception as exc:
                     feed.finish(exc)
         finally:
-            try:
-                feed.close_error = await self._close_async_source(iterator)
-            finally:
-                feed.closed.set()
+            await self._source_ended(iterator, feed)
 
     def _push(self, text: str, sink: Callable[[StreamEvent], bool], feed: TaskFeed) -> bool:
         """Hand a source item's chunks to the sink from the producer task.
@@ -865,6 +969,12 @@ class TokenStream:
 
     async def _close_async_source(self, iterator: Any) -> Exception | None:
         """Run the source's ``aclose()`` (and the iterable's, if it is another object)."""
+        if (
+            type(iterator) is types.AsyncGeneratorType
+            and iterator.ag_frame is None
+            and self._source is iterator
+        ):
+            return None  # an async generator that ran to its end: nothing to close
         error: Exception | None = None
         closers = [
             aclose
@@ -946,14 +1056,16 @@ class TokenStream:
     def _final_event(self) -> StreamEvent:
         now = self._now()
         self._phase = _DONE
-        stats = self._final_stats = self._make_stats(now)
-        stats_data = MappingProxyType(stats.to_dict())
         # A text stream's statistics always have the same keys and kinds of values, so
         # the size the log charges for them is known: the final event comes with its
         # size, as token events do (walking the statistics cost as much as making them).
         if self._parts is None:
+            self._ended_at = now
+            stats_data = MappingProxyType(self._text_stats(now))
             size = _TEXT_STATS_SIZE or _text_stats_size()
         else:
+            stats = self._final_stats = self._make_stats(now)
+            stats_data = MappingProxyType(stats.to_dict())
             size = stats_size(stats_data)
         outcome = self._outcome
         exc = self._exception
@@ -983,7 +1095,7 @@ class TokenStream:
         try:
             await self._close_source()
         finally:
-            if self._final_stats is None:
+            if self._final_stats is None and self._ended_at is None:
                 self._final_stats = (
                     self._make_stats(anyio.current_time()) if started else StreamStats()
                 )

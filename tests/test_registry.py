@@ -538,6 +538,34 @@ async def test_a_base_exception_from_a_source_is_raised_by_the_registrys_exit() 
     assert [type(e) for e in caught.value.exceptions] == [_Escape]
 
 
+async def test_events_appended_counts_the_tokens_of_a_running_stream() -> None:
+    # The stream's source task appends its tokens itself (the sink): they count in the
+    # registry's statistics while the stream runs, and once it has ended.
+    more = anyio.Event()
+
+    async def source() -> AsyncIterator[str]:
+        for text in ("a", "b", "c"):
+            yield text
+        await more.wait()
+        yield "d"
+
+    async with sk.SessionRegistry() as registry:
+        session = await registry.create()
+        seen: list[sk.StreamEvent] = []
+        with anyio.fail_after(10):
+            async with registry.subscribe(session.session_id) as sub:
+                registry.start(session.session_id, source(), FAST)
+                async for event in sub:
+                    seen.append(event)
+                    if event.content == "c":
+                        break
+            assert registry.statistics().events_appended == len(seen) == 4  # start, a, b, c
+            more.set()
+            events = await collect(registry.subscribe(session.session_id))
+        assert [e.content for e in events if e.event_type == "token"] == ["a", "b", "c", "d"]
+        assert registry.statistics().events_appended == len(events) == 6
+
+
 async def test_statistics() -> None:
     agent = SimulatedAgent(seed=1, realtime=False)
     async with sk.SessionRegistry() as registry:

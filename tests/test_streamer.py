@@ -893,6 +893,49 @@ async def test_a_sink_takes_tokens_from_the_source_task_and_refusals_come_throug
     assert stream.stats.chunks == 3
 
 
+async def test_tokens_handed_to_a_sink_count_in_the_stats_and_item_numbers() -> None:
+    # The source task makes the events of the tokens it hands to the sink itself: they
+    # count as items, tokens and chunks all the same, in the final event's statistics
+    # (made without a StreamStats) and in the number of a bad item after them.
+    taken: list[sk.StreamEvent] = []
+
+    class Sink:
+        def offer(self, event: sk.StreamEvent) -> bool:
+            taken.append(event)
+            return True
+
+    step = [anyio.Event()]
+
+    async def source() -> AsyncIterator[object]:
+        for item in ("ab", "c", "de", 7):
+            await step[0].wait()  # the consumer is waiting: the source task hands it
+            step[0] = anyio.Event()
+            yield item
+
+    async def release() -> None:
+        for _ in range(4):
+            await anyio.wait_all_tasks_blocked()
+            step[0].set()
+
+    stream = sk.stream_tokens(source(), EXACT, sink=Sink(), session_id="s1")  # type: ignore[arg-type]
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg, stream:
+            tg.start_soon(release)
+            events = [e async for e in stream]
+    assert [e.content for e in taken] == ["ab", "c", "de"]
+    assert [e.metadata["index"] for e in taken] == [0, 1, 2]
+    assert all(e.session_id == "s1" and e.seq is None for e in taken)
+    assert [str(e.event_type) for e in events] == ["start", "error"]
+    final = events[-1].metadata
+    assert final["message"] == "source item 3 must be str or bytes, got int"
+    stats = stream.stats
+    assert (stats.tokens, stats.chunks, stats.characters) == (3, 3, 5)
+    assert final["stats"] == stats.to_dict()
+    assert stats is stream.stats
+    assert stats.time_to_first_token is not None
+    assert stats.max_inter_token_latency is not None
+
+
 def test_rejects_a_sink_without_offer() -> None:
     with pytest.raises(sk.ValidationError) as info:
         sk.stream_tokens(["a"], sink=lambda event: True)  # type: ignore[arg-type]
