@@ -246,8 +246,11 @@ _BLOCK_MS: Final = 1000
 # A stream this worker appends to is fed from its appends and left out of the shared
 # XREAD until its appends pause for this long (then other writers' entries are read).
 _LOCAL_QUIET: Final = 0.1
-# Entries of a stream this worker appends to that the follower keeps for its cursors.
-_FED_KEEP: Final = 16
+# Entries of a stream that the follower keeps for its cursors, beyond those of the
+# newest read or append round: live cursors take them at once, a cursor further behind
+# reads Redis (one round trip per 256 entries). Each entry kept is three objects the
+# garbage collector walks at every collection (the event, its metadata and the tuple).
+_FED_KEEP: Final = 4
 # Logs per append script call on a single node (one call per log on a Cluster).
 _LOGS_PER_CALL: Final = 256
 # Append rounds a backend has in flight at once (each log in at most one).
@@ -520,6 +523,16 @@ class _Watch:
         """Whether this worker's appends fed it lately (it is then left out of XREAD)."""
         return now - self.fed_at < _LOCAL_QUIET
 
+    def add(self, fresh: list[_Item]) -> None:
+        """Add entries read from Redis, keep the newest few, wake the waiting cursors."""
+        items = self.items
+        items.extend(fresh)
+        self.last = fresh[-1][0]
+        keep = max(_FED_KEEP, len(fresh))
+        while len(items) > keep:
+            items.popleft()
+        self.wake()
+
     def wake(self) -> None:
         """Wake the cursors waiting on this stream."""
         futures = self.futures
@@ -621,9 +634,7 @@ class _Follower:
                 last = key
         watch.last = last
         watch.fed_at = time.monotonic()
-        # Keep only the newest few: live cursors take an event at once, and events
-        # kept alive longer are work for the garbage collector (a cursor further
-        # behind reads Redis, a round trip per 256 events). This round's are all kept.
+        # Keep only the newest few (see _FED_KEEP); this round's are all kept.
         if len(items) > _FED_KEEP:
             keep = max(_FED_KEEP, len(events))
             while len(items) > keep:
@@ -828,9 +839,7 @@ class _Follower:
                 if key > known:
                     fresh.append((key, None if key & 1 else _event_of(text, key >> 1, sid)))
             if fresh:
-                watch.items.extend(fresh)
-                watch.last = fresh[-1][0]
-                watch.wake()
+                watch.add(fresh)
         return True
 
     def _deliver(self, reply: Any, *, keep: bool = True) -> bool:
@@ -857,11 +866,8 @@ class _Follower:
             fresh = _items(
                 [entry for entry in entries if _key_of(entry[0]) > known], watch.session_id
             )
-            if not fresh:
-                continue
-            watch.items.extend(fresh)
-            watch.last = fresh[-1][0]
-            watch.wake()
+            if fresh:
+                watch.add(fresh)
         return news
 
 
@@ -1502,7 +1508,17 @@ class _RedisCursor(EventCursor):
 
     async def __anext__(self) -> StreamEvent:
         if not self._buf and not self._done:
-            await self._fill()
+            follower = self._log._follower
+            if self._live and follower is not None:
+                # A live cursor waits on the follower here (one coroutine less per
+                # event than through _fill); nothing there: _fill reads Redis.
+                items = await follower.wait(self._log, self._pos)
+                if items:
+                    self._took(items)
+                else:
+                    self._live = False
+            if not self._buf and not self._done:
+                await self._fill()
         if not self._buf:
             self._finish()
             raise StopAsyncIteration
@@ -1566,6 +1582,16 @@ class _RedisCursor(EventCursor):
             buf.append(event)
             expected += 1
 
+    def _took(self, items: list[_Item]) -> None:
+        """Take entries the follower had, checking this reader's lag first."""
+        backlog = (items[-1][0] >> 1) - self._pos
+        max_lag = self._log._max_lag
+        if backlog <= max_lag:  # within any allowance, which then resets
+            self._allow = max_lag
+        else:
+            self._check_lag(backlog, self._pos + 1)
+        self._take(items)
+
     def _check_lag(self, backlog: int, oldest: int) -> None:
         if self._log._policy == "disconnect":
             if backlog > self._allow:
@@ -1590,12 +1616,7 @@ class _RedisCursor(EventCursor):
                     if not items and follower.following(log):
                         items = await follower.wait(log, self._pos)
                 if items:
-                    backlog = (items[-1][0] >> 1) - self._pos
-                    if backlog <= log._max_lag:  # within any allowance: it resets
-                        self._allow = log._max_lag
-                    else:
-                        self._check_lag(backlog, self._pos + 1)
-                    self._take(items)
+                    self._took(items)
                     continue
                 self._live = False
             entries, last, closed, first = await _call(self._query, log._retry_for, sid)
