@@ -1732,6 +1732,7 @@ class RedisEventLog(EventLog):
         "_delivered",
         "_failure",
         "_follower",
+        "_head",
         "_lagged_count",
         "_last",
         "_local",
@@ -1807,6 +1808,7 @@ class RedisEventLog(EventLog):
         # The RESP of its keys and of its limits and writer id (see _Send).
         self._wire: tuple[bytes, bytes] | None = None
         self._tail: str | None = None  # the end of its events' JSON, before the seq
+        self._head = ""  # the id of the oldest entry the newest append reported
 
     async def refresh(self) -> None:
         """Load ``last_seq``, ``oldest_seq`` and ``is_closed`` from Redis.
@@ -2195,9 +2197,13 @@ class RedisEventLog(EventLog):
         last = first + accepted - 1
         if accepted and last >= self._last:
             self._last = last
-            if head != "-":
+            if head not in ("-", self._head):
                 key = _key_of(head)
-                self._oldest = last + 1 if key & 1 else key >> 1
+                if key & 1:
+                    self._oldest = last + 1
+                else:  # the same oldest entry until the log is trimmed: parsed once
+                    self._oldest = key >> 1
+                    self._head = head
         if accepted < len(events) or (stored and stored[-1].event_type in _FINAL_TYPES):
             self._closed = True
             if accepted < len(events) and batch.detached:
