@@ -571,7 +571,7 @@ async def test_a_reader_behind_the_follower_s_few_entries_reads_the_rest_from_re
         paused = anyio.Event()
         go_on = anyio.Event()
 
-        async def read(name: str, log: sk.EventLog) -> None:
+        async def read(name: str, log: RedisEventLog) -> None:
             async with log.read(0) as cursor:
                 async for event in cursor:
                     got[name].append(event.seq or 0)
