@@ -553,6 +553,48 @@ async def test_enqueue_queues_events_that_readers_get_in_order(
         RedisEventLog(client, _sid()).enqueue(_token("x"))
 
 
+async def test_a_reader_behind_the_follower_s_few_entries_reads_the_rest_from_redis(
+    redis_url: str,
+) -> None:
+    """Live readers on two workers; one pauses while 200 events come, then reads on.
+
+    The follower keeps only the newest few entries of a stream: the paused readers
+    (on the producing worker and on the other) get the rest from Redis, in order.
+    """
+    config = sk.RegistryConfig()
+    async with RedisBackend(redis_url, prefix="fk") as a, RedisBackend(redis_url, prefix="fk") as b:
+        sid = _sid()
+        writer = await a.make_log(sid, config)
+        remote = await b.make_log(sid, config)
+        await writer.append(_token("0 "))
+        got: dict[str, list[int]] = {"live": [], "paused local": [], "paused remote": []}
+        paused = anyio.Event()
+        go_on = anyio.Event()
+
+        async def read(name: str, log: RedisEventLog) -> None:
+            async with log.read(0) as cursor:
+                async for event in cursor:
+                    got[name].append(event.seq or 0)
+                    if name != "live" and event.seq == 1:
+                        paused.set()
+                        await go_on.wait()
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(read, "live", remote)
+                tg.start_soon(read, "paused local", writer)
+                tg.start_soon(read, "paused remote", remote)
+                await paused.wait()
+                for i in range(1, 201):
+                    writer.enqueue(_token(f"{i} "))
+                    if i % 10 == 0:
+                        await writer.flush()  # many rounds, each fed to the followers
+                await writer.append(sk.StreamEvent(event_type=sk.EventType.COMPLETE))
+                go_on.set()
+    for name, seqs in got.items():
+        assert seqs == list(range(1, 203)), name
+
+
 async def test_a_hole_in_the_stream_is_reported_not_skipped(client: aredis.Redis) -> None:
     log = RedisEventLog(client, _sid())
     for i in range(4):

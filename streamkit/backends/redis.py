@@ -80,7 +80,7 @@ from .._errors import (
     SubscriberLagged,
     ValidationError,
 )
-from .._events import EventType, StreamEvent, make_event, stamp, with_seq
+from .._events import _FINAL_TYPES, EventType, StreamEvent, make_event, stamp, with_seq
 from .._log import transient_standin
 from .._session import SessionState, StreamSession
 from .._validate import check_choice, check_id, check_int, check_number, type_name
@@ -246,8 +246,11 @@ _BLOCK_MS: Final = 1000
 # A stream this worker appends to is fed from its appends and left out of the shared
 # XREAD until its appends pause for this long (then other writers' entries are read).
 _LOCAL_QUIET: Final = 0.1
-# Entries of a stream this worker appends to that the follower keeps for its cursors.
-_FED_KEEP: Final = 16
+# Entries of a stream that the follower keeps for its cursors, beyond those of the
+# newest read or append round: live cursors take them at once, a cursor further behind
+# reads Redis (one round trip per 256 entries). Each entry kept is three objects the
+# garbage collector walks at every collection (the event, its metadata and the tuple).
+_FED_KEEP: Final = 4
 # Logs per append script call on a single node (one call per log on a Cluster).
 _LOGS_PER_CALL: Final = 256
 # Append rounds a backend has in flight at once (each log in at most one).
@@ -520,6 +523,16 @@ class _Watch:
         """Whether this worker's appends fed it lately (it is then left out of XREAD)."""
         return now - self.fed_at < _LOCAL_QUIET
 
+    def add(self, fresh: list[_Item]) -> None:
+        """Add entries read from Redis, keep the newest few, wake the waiting cursors."""
+        items = self.items
+        items.extend(fresh)
+        self.last = fresh[-1][0]
+        keep = max(_FED_KEEP, len(fresh))
+        while len(items) > keep:
+            items.popleft()
+        self.wake()
+
     def wake(self) -> None:
         """Wake the cursors waiting on this stream."""
         futures = self.futures
@@ -573,6 +586,8 @@ class _Follower:
         if key >= watch.last:
             return []
         items = watch.items
+        if len(items) > 1 and items[-2][0] <= key < items[-1][0]:
+            return [items[-1]]  # the common case, a live cursor one entry behind
         out: list[_Item] = []
         for item in reversed(items):
             if item[0] <= key:
@@ -619,13 +634,17 @@ class _Follower:
                 last = key
         watch.last = last
         watch.fed_at = time.monotonic()
-        # Keep only the newest few: live cursors take an event at once, and events
-        # kept alive longer are work for the garbage collector (a cursor further
-        # behind reads Redis, a round trip per 256 events). This round's are all kept.
-        keep = max(_FED_KEEP, len(events))
-        while len(items) > keep:
-            items.popleft()
-        watch.wake()  # a cursor not waiting looks at the items before it waits
+        # Keep only the newest few (see _FED_KEEP); this round's are all kept.
+        if len(items) > _FED_KEEP:
+            keep = max(_FED_KEEP, len(events))
+            while len(items) > keep:
+                items.popleft()
+        futures = watch.futures  # wake the cursors waiting (see _Watch.wake)
+        if futures:
+            watch.futures = []
+            for future in futures:
+                if not future.done():
+                    future.set_result(None)
 
     async def wait(self, log: RedisEventLog, pos: int) -> list[_Item] | None:
         """Return the entries after ``pos``, waiting for some; ``None``: read Redis."""
@@ -639,14 +658,14 @@ class _Follower:
             watch.last = 2 * pos
             watch.items.clear()
         got = self._after(watch, pos)
-        if got != []:
+        if got is None or got:
             return got
         watch.waiters += 1
         watch.idle = 0
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         watch.futures.append(future)
         try:
-            if not watch.active and not watch.fed(time.monotonic()):
+            if not watch.active and time.monotonic() - watch.fed_at >= _LOCAL_QUIET:
                 self._need.set()
                 if not self._poked:  # one poke wakes the XREAD for every new stream
                     self._poked = True
@@ -820,9 +839,7 @@ class _Follower:
                 if key > known:
                     fresh.append((key, None if key & 1 else _event_of(text, key >> 1, sid)))
             if fresh:
-                watch.items.extend(fresh)
-                watch.last = fresh[-1][0]
-                watch.wake()
+                watch.add(fresh)
         return True
 
     def _deliver(self, reply: Any, *, keep: bool = True) -> bool:
@@ -849,11 +866,8 @@ class _Follower:
             fresh = _items(
                 [entry for entry in entries if _key_of(entry[0]) > known], watch.session_id
             )
-            if not fresh:
-                continue
-            watch.items.extend(fresh)
-            watch.last = fresh[-1][0]
-            watch.wake()
+            if fresh:
+                watch.add(fresh)
         return news
 
 
@@ -911,7 +925,11 @@ class _Batch:
     def __init__(self) -> None:
         self.events: list[StreamEvent] = []
         self.texts: list[bytes] = []
-        self.flags: list[str] = []
+        # The final flags, one "0" or "1" per event: a str, which the garbage
+        # collector does not track (one list less per log per round).
+        self.flags = ""
+        # The stored copies; the events list itself when each event already carries
+        # its stored seq (append_nowait's, unless another writer came in between).
         self.stored: list[StreamEvent] = []
         self.error: BaseException | None = None
         self.done = False
@@ -1026,11 +1044,12 @@ class _Appender:
                 self._kick.set()
         batch.events.append(event)
         batch.texts.append(text)
-        batch.flags.append("1" if event.is_final else "0")
-        self._queued += 1
-        if self._queued >= _LINGER_EVENTS:
+        batch.flags += "1" if event.event_type in _FINAL_TYPES else "0"
+        queued = self._queued = self._queued + 1
+        if queued >= _LINGER_EVENTS:
             self._hurry.set()
-        log._predicted = max(log._predicted, log._last) + 1
+        predicted = log._predicted
+        log._predicted = (predicted if predicted > log._last else log._last) + 1
         return batch, len(batch.events) - 1
 
     async def run(self) -> None:
@@ -1396,12 +1415,16 @@ class _Send:
                         + _bulk(log._writer.encode()),
                     )
                 keys.append(wire[0])
-                args.append(wire[1])
-                args.append(_bulk(b"%d" % batch.counter))
-                args.append(_bulk("".join(batch.flags).encode()))
-                args.append(_bulk(b"%d" % log._last))
-                args.extend(b"$%d\r\n%b\r\n" % (len(data), data) for data in batch.texts)
-                count += 8 + len(batch.texts)
+                counter = b"%d" % batch.counter
+                flags = batch.flags.encode()
+                seen = b"%d" % log._last
+                args.append(
+                    b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
+                    % (wire[1], len(counter), counter, len(flags), flags, len(seen), seen)
+                )
+                texts = batch.texts
+                args += [b"$%d\r\n%b\r\n" % (len(data), data) for data in texts]
+                count += 8 + len(texts)
             chunks.append(b"*%d\r\n%b%b" % (count, sha, _bulk(b"%d" % (2 * len(group)))))
             chunks += keys
             chunks += args
@@ -1424,7 +1447,7 @@ class _Send:
                     log._max_bytes,
                     log._writer,
                     batch.counter,
-                    "".join(batch.flags),
+                    batch.flags,
                     log._last,
                     *batch.texts,
                 )
@@ -1485,7 +1508,17 @@ class _RedisCursor(EventCursor):
 
     async def __anext__(self) -> StreamEvent:
         if not self._buf and not self._done:
-            await self._fill()
+            follower = self._log._follower
+            if self._live and follower is not None:
+                # A live cursor waits on the follower here (one coroutine less per
+                # event than through _fill); nothing there: _fill reads Redis.
+                items = await follower.wait(self._log, self._pos)
+                if items:
+                    self._took(items)
+                else:
+                    self._live = False
+            if not self._buf and not self._done:
+                await self._fill()
         if not self._buf:
             self._finish()
             raise StopAsyncIteration
@@ -1495,7 +1528,7 @@ class _RedisCursor(EventCursor):
         if owed:
             event = owed.pop(self._pos, event)
         self._log._delivered += 1
-        if event.is_final:
+        if event.event_type in _FINAL_TYPES:
             self._finish()
         return event
 
@@ -1549,6 +1582,16 @@ class _RedisCursor(EventCursor):
             buf.append(event)
             expected += 1
 
+    def _took(self, items: list[_Item]) -> None:
+        """Take entries the follower had, checking this reader's lag first."""
+        backlog = (items[-1][0] >> 1) - self._pos
+        max_lag = self._log._max_lag
+        if backlog <= max_lag:  # within any allowance, which then resets
+            self._allow = max_lag
+        else:
+            self._check_lag(backlog, self._pos + 1)
+        self._take(items)
+
     def _check_lag(self, backlog: int, oldest: int) -> None:
         if self._log._policy == "disconnect":
             if backlog > self._allow:
@@ -1564,13 +1607,16 @@ class _RedisCursor(EventCursor):
         while not self._buf and not self._done:
             follower = log._follower
             if follower is not None and self._started:
-                # What the follower already read for another cursor costs no round trip.
-                items = follower.cached(log, self._pos)
-                if not items and (self._live or follower.following(log)):
+                # What the follower already read for another cursor costs no round trip
+                # (wait takes it first, without waiting).
+                if self._live:
                     items = await follower.wait(log, self._pos)
+                else:
+                    items = follower.cached(log, self._pos)
+                    if not items and follower.following(log):
+                        items = await follower.wait(log, self._pos)
                 if items:
-                    self._check_lag((items[-1][0] >> 1) - self._pos, self._pos + 1)
-                    self._take(items)
+                    self._took(items)
                     continue
                 self._live = False
             entries, last, closed, first = await _call(self._query, log._retry_for, sid)
@@ -1686,6 +1732,7 @@ class RedisEventLog(EventLog):
         "_delivered",
         "_failure",
         "_follower",
+        "_head",
         "_lagged_count",
         "_last",
         "_local",
@@ -1761,6 +1808,7 @@ class RedisEventLog(EventLog):
         # The RESP of its keys and of its limits and writer id (see _Send).
         self._wire: tuple[bytes, bytes] | None = None
         self._tail: str | None = None  # the end of its events' JSON, before the seq
+        self._head = ""  # the id of the oldest entry the newest append reported
 
     async def refresh(self) -> None:
         """Load ``last_seq``, ``oldest_seq`` and ``is_closed`` from Redis.
@@ -1896,7 +1944,8 @@ class RedisEventLog(EventLog):
         """
         if self._failure is not None or self._closed:
             return self._prepare(event)  # raises
-        _require_asyncio()
+        # No loop check: only append_nowait calls this, with an entered backend's
+        # appender, and a backend is entered on asyncio only.
         sid = self._session_id
         before = event.session_id
         stamp(event, seq, sid)
@@ -2036,21 +2085,25 @@ class RedisEventLog(EventLog):
             PayloadTooLarge: the event's JSON is larger than ``max_event_bytes``.
             ValidationError: ``event`` is not a :class:`~streamkit.StreamEvent`.
         """
-        appender = self._batched()
+        appender = self._appender
         pending = self._pending
-        if appender is None or (
-            pending is not None and len(pending.events) >= _NOWAIT_MAX and not pending.done
+        if (
+            appender is None
+            or appender.closed
+            or (pending is not None and len(pending.events) >= _NOWAIT_MAX and not pending.done)
         ):
             return super().append_nowait(event, owned=owned)
-        seq = max(self._predicted, self._last) + 1
-        fresh = owned and type(event) is StreamEvent and event.seq is None
-        if fresh and event.event_type != "part":
-            text = self._stamped(event, seq)
-            batch, _ = appender.submit(self, event, text)
-            batch.detached += 1
-            if event.is_final:
-                self._closed = True
-            return event
+        predicted = self._predicted
+        seq = (predicted if predicted > self._last else self._last) + 1
+        if owned and type(event) is StreamEvent and event.seq is None:
+            kind = event.event_type
+            if kind != "part":
+                text = self._stamped(event, seq)
+                batch, _ = appender.submit(self, event, text)
+                batch.detached += 1
+                if kind in _FINAL_TYPES:
+                    self._closed = True
+                return event
         standin = self._transient(event)
         if standin is not event:
             event, owned = standin, True  # the stand-in is this log's own object
@@ -2121,27 +2174,39 @@ class RedisEventLog(EventLog):
         if first < 0:
             raise _lost_error(accepted, head, sid)
         # An event queued by append_nowait already carries the seq it was stored
-        # with (unless another writer came in between): readers get that object.
-        stored = [
-            e if e.seq == first + i and e.session_id == sid else with_seq(e, first + i, sid)
-            for i, e in enumerate(batch.events[:accepted])
-        ]
+        # with (unless another writer came in between): readers get that object, and
+        # the batch's own list when every one does (the common case: no new list).
+        events = batch.events
+        stored = events
+        seq = first
+        local = self._local
+        for i, (event, text) in enumerate(zip(events, batch.texts, strict=True)):
+            if i == accepted:
+                stored = events[:accepted] if stored is events else stored
+                break
+            if stored is not events:
+                stored.append(with_seq(event, seq, sid))
+            elif event.seq != seq or event.session_id != sid:
+                stored = events[:i]
+                stored.append(with_seq(event, seq, sid))
+            local.append(b"%d %b" % (seq, text))
+            seq += 1
         batch.stored = stored
         if self._owed:
-            self._owe(batch.events, stored)
-        seqs = range(first, first + accepted)
-        self._local.extend(
-            b"%d %b" % (seq, text) for seq, text in zip(seqs, batch.texts, strict=False)
-        )
+            self._owe(events, stored)
         last = first + accepted - 1
         if accepted and last >= self._last:
             self._last = last
-            if head != "-":
+            if head not in ("-", self._head):
                 key = _key_of(head)
-                self._oldest = last + 1 if key & 1 else key >> 1
-        if accepted < len(batch.events) or (stored and stored[-1].is_final):
+                if key & 1:
+                    self._oldest = last + 1
+                else:  # the same oldest entry until the log is trimmed: parsed once
+                    self._oldest = key >> 1
+                    self._head = head
+        if accepted < len(events) or (stored and stored[-1].event_type in _FINAL_TYPES):
             self._closed = True
-            if accepted < len(batch.events) and batch.detached:
+            if accepted < len(events) and batch.detached:
                 self._failure = ClosedError("the log is closed", session_id=sid)
         follower = self._follower
         if follower is not None:
