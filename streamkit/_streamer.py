@@ -790,7 +790,12 @@ class TokenStream:
             return now
 
     async def _produce(self, scope: anyio.CancelScope, feed: TaskFeed) -> None:
-        """The producer task (``async with`` mode): source items into the feed."""
+        """The producer task (``async with`` mode): source items into the feed.
+
+        :meth:`_produce_to_sink` is this loop with the sink's path in front: kept as two
+        loops so that a stream without a sink pays no test of that path per item; a
+        change to the buffering here belongs there too.
+        """
         iterator = self._iterator
         anext = iterator.__anext__
         try:
