@@ -272,35 +272,14 @@ def _checked_size(event: StreamEvent, limit: int, session_id: str) -> int:
 _NO_EVENT: Final = make_event("", "", {}, "", 0, "", 0.0)
 
 
-#: Readers woken per loop callback (asyncio): see :func:`_wake_all`.
-_WAKE_SLICE: Final = 16
-
-
 def _wake_all(waiting: list[Any]) -> None:
-    """Wake the readers that wait behind the first: futures on asyncio, an event on Trio.
-
-    On asyncio a few at a time, one loop callback per slice: each woken reader's
-    wake-up (a loop handle and its arguments) is made only when its slice comes, so a
-    burst of appends to many sessions with many readers does not make thousands of
-    them at once. Such a burst would reach the garbage collector's threshold in the
-    middle of the readers' wait states and make it walk them all (docs/performance.md,
-    section 3b, session 8).
-    """
-    if waiting and type(waiting[0]) is asyncio.Future:
-        _wake_slice(waiting, 0)
-        return
+    """Wake the readers that wait behind the first: futures on asyncio, an event on Trio."""
     for signal in waiting:
-        signal.set()
-
-
-def _wake_slice(waiting: list[asyncio.Future[None]], start: int) -> None:
-    end = start + _WAKE_SLICE
-    for index in range(start, min(end, len(waiting))):
-        future = waiting[index]
-        if not future.done():  # a cancelled waiter's future is done already
-            future.set_result(None)
-    if end < len(waiting):
-        waiting[0].get_loop().call_soon(_wake_slice, waiting, end)
+        if type(signal) is asyncio.Future:
+            if not signal.done():  # a cancelled waiter's future is done already
+                signal.set_result(None)
+        else:
+            signal.set()
 
 
 def _thawed(stored: list[Any], first: int, session_id: str) -> list[Any]:

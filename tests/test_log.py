@@ -213,9 +213,8 @@ class _Tally:
 
 
 async def test_many_readers_behind_the_first_are_all_woken() -> None:
-    # More readers than the log wakes in one go (on asyncio it wakes them a slice at a
-    # time), some of them cancelled while they wait: every other reader gets every
-    # event, and the close ends them all.
+    # Fifty readers, all but the first waiting behind it, some of them cancelled while
+    # they wait: every other reader gets every event, and the close ends them all.
     log = sk.InMemoryEventLog()
     readers = 50
     got: list[list[str]] = [[] for _ in range(readers)]
