@@ -101,6 +101,17 @@ def _take_nothing(source: object, limit: int) -> Sequence[StreamEvent]:
     return ()
 
 
+_NO_BACKLOG: Final[Sequence[StreamEvent]] = ()
+
+
+def _park_nothing(source: object) -> None:
+    del source
+
+
+def _take_nothing_live(source: object) -> None:
+    del source
+
+
 def _call(method: Callable[..., Any], *args: Any) -> Any:
     return method(*args)
 
@@ -798,6 +809,16 @@ async def run_event_stream(
     take: Callable[[Any, int], Sequence[StreamEvent]]
     take, taker = (_take_nothing, None) if take_ready is None else _split(take_ready)
     del take_ready
+    park_method = getattr(events, "park", None)
+    take_live_method = getattr(events, "take_live", None)
+    park: Callable[[Any], Any]
+    take_live: Callable[[Any], StreamEvent | None]
+    if park_method is not None and take_live_method is not None:
+        park, parker = _split(park_method)
+        take_live, _ = _split(take_live_method)
+    else:
+        park, parker, take_live = _park_nothing, None, _take_nothing_live
+    del park_method, take_live_method
     # The shared encodings (SSE, NDJSON): looked up in place, no call per event.
     encoded: dict[int, tuple[StreamEvent, bytes]] = (
         encode._items if isinstance(encode, _EncodeCache) else {}
@@ -841,13 +862,25 @@ async def run_event_stream(
                         # response, so its state needs no reset.
                         send = response.send
                         while True:
-                            try:
-                                event = await step(source)
-                            except StopAsyncIteration:
-                                break
+                            # A source that can say "wait on this future" (the memory
+                            # log's cursor, read by several responses) is awaited without
+                            # a coroutine of its own; the event is then taken at once.
+                            waiter = park(parker)
+                            if waiter is not None:
+                                await waiter
+                                event = take_live(parker)
+                            else:
+                                event = None
+                            if event is None:
+                                try:
+                                    event = await step(source)
+                                except StopAsyncIteration:
+                                    break
+                                backlog = take(taker, _BATCH_EVENTS)
+                            else:  # the one new event: nothing else is ready
+                                backlog = _NO_BACKLOG
                             hit = encoded.get(id(event))
                             data = hit[1] if hit is not None and hit[0] is event else encode(event)
-                            backlog = take(taker, _BATCH_EVENTS)
                             if backlog:  # the client fell behind: one write for what is ready
                                 data = b"".join([data, *map(encode, backlog)])
                             if response.state == _HEARTBEAT:

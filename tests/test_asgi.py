@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import zlib
 from contextlib import aclosing
@@ -1047,6 +1048,97 @@ async def test_a_cancellation_from_outside_is_not_swallowed_by_a_drop() -> None:
             returned = True
     assert outer.cancelled_caught
     assert not returned
+
+
+class _Tally:
+    """What readers took in all; ``reached(n)`` waits until it is ``n`` (no sleeps)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.target = 0
+        self.event = anyio.Event()
+
+    def add(self, n: int) -> None:
+        self.count += n
+        if self.count >= self.target:
+            self.event.set()
+
+    async def reached(self, target: int) -> None:
+        self.target = target
+        self.event = anyio.Event()
+        if self.count < target:
+            await self.event.wait()
+
+
+@pytest.mark.parametrize("stop", [False, True])
+async def test_many_streams_of_one_session_get_every_event_and_leave_as_they_please(
+    stop: bool,
+) -> None:
+    """Streams of one session waiting behind each other (both backends).
+
+    More of them than the log wakes at once: every stream that stays gets every event
+    once and in order, one at a time or two in a backlog; those whose clients leave while
+    they wait stop there and the others go on; a shutdown ends the waiting ones cleanly.
+    """
+    streams = 40
+    async with sk.SessionRegistry(sk.RegistryConfig(heartbeat_interval=None)) as registry:
+        session_id = (await registry.create()).session_id
+        seqs: list[list[int]] = [[] for _ in range(streams)]
+        ended = [False] * streams
+        leave = [anyio.Event() for _ in range(streams)]
+        leaving = range(1, streams, 3)
+        app = StreamApp(registry, allow_anonymous=True, heartbeat_interval=None)
+        tally = _Tally()
+
+        async def serve(i: int) -> None:
+            async def receive() -> dict[str, Any]:
+                await leave[i].wait()
+                return {"type": "http.disconnect"}
+
+            async def send(message: Any) -> None:
+                if message["type"] != "http.response.body":
+                    return
+                ids = [int(n) for n in re.findall(rb"^id: (\d+)$", message["body"], re.M)]
+                seqs[i].extend(ids)
+                ended[i] = not message.get("more_body", False)
+                tally.add(len(ids))
+
+            scope = {
+                "type": "http",
+                "method": "GET",
+                "path": f"/sessions/{session_id}/events",
+                "root_path": "",
+                "query_string": b"",
+                "headers": [(b"accept", b"text/event-stream")],
+            }
+            await app(scope, receive, send)
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                for i in range(streams):
+                    tg.start_soon(serve, i)
+                await anyio.wait_all_tasks_blocked()  # every stream waits for the log
+                await registry.publish(session_id, token("a"))
+                await tally.reached(streams)
+                for i in leaving:
+                    leave[i].set()
+                await anyio.wait_all_tasks_blocked()
+                staying = streams - len(leaving)
+                await registry.publish(session_id, token("b"))
+                await tally.reached(streams + staying)
+                await registry.publish(session_id, token("c"))
+                await registry.publish(session_id, token("d"))
+                await tally.reached(streams + 3 * staying)
+                if stop:
+                    app.shutdown()
+                else:
+                    await registry.publish(session_id, complete())
+    for i in range(streams):
+        if i in leaving:
+            assert seqs[i] == [1]
+        else:
+            assert seqs[i] == ([1, 2, 3, 4] if stop else [1, 2, 3, 4, 5])
+            assert ended[i]
 
 
 # -- in-process details (httpx's ASGITransport: no server, no lifespan) ----------------------

@@ -192,6 +192,59 @@ async def test_readers_waiting_behind_the_first_leave_and_close_as_they_please()
     assert got == {"first": ["a"], "second": [], "third": ["a"], "fourth": ["a"]}
 
 
+class _Tally:
+    """What readers took in all; ``reached(n)`` waits until it is ``n`` (no sleeps)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.target = 0
+        self.event = anyio.Event()
+
+    def add(self, n: int) -> None:
+        self.count += n
+        if self.count >= self.target:
+            self.event.set()
+
+    async def reached(self, target: int) -> None:
+        self.target = target
+        self.event = anyio.Event()
+        if self.count < target:
+            await self.event.wait()
+
+
+async def test_many_readers_behind_the_first_are_all_woken() -> None:
+    # Fifty readers, all but the first waiting behind it, some of them cancelled while
+    # they wait: every other reader gets every event, and the close ends them all.
+    log = sk.InMemoryEventLog()
+    readers = 50
+    got: list[list[str]] = [[] for _ in range(readers)]
+    left = set(range(3, readers, 4))
+    scopes = [anyio.CancelScope() for _ in range(readers)]
+    tally = _Tally()
+
+    async def reader(i: int) -> None:
+        with scopes[i]:
+            async with log.read(0) as cursor:
+                async for event in cursor:
+                    got[i].append(event.content)
+                    tally.add(1)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            for i in range(readers):
+                tg.start_soon(reader, i)
+            await anyio.wait_all_tasks_blocked()  # all wait: the first one, then the others
+            for i in left:
+                scopes[i].cancel()
+            await anyio.wait_all_tasks_blocked()
+            for n, text in enumerate(("a", "b", "c"), 1):
+                await log.append(token(text))
+                await tally.reached(n * (readers - len(left)))
+            log.close()
+    assert [got[i] for i in left] == [[] for _ in left]
+    assert all(got[i] == ["a", "b", "c"] for i in range(readers) if i not in left)
+
+
 async def test_append_nowait_stamps_an_owned_event_in_place_and_copies_the_others() -> None:
     log = sk.InMemoryEventLog()
     given = token("a")
