@@ -381,6 +381,63 @@ class _Cursor(EventCursor):
         self._i = end
         return batch[i:end]
 
+    def park(self) -> asyncio.Future[None] | None:
+        """A bare future to await for the next event, or ``None``: await ``__anext__``.
+
+        Only when waiting is the whole of what ``__anext__`` would do: the one live
+        event was delivered, nothing came since, several readers read the log and
+        another reader already waits for the producer (asyncio). After the future is
+        done, :meth:`take_live` gives the event (or ``None``: await ``__anext__``).
+        """
+        future = self._future
+        if future is None or not self._live or self._i != 1:
+            return None
+        log = self._log
+        passed = self._upto
+        if log._last != passed or log._data is None or log._closed or len(log._readers) == 1:
+            return None
+        state = self._state
+        assert state is not None
+        state.pos = passed
+        log._delivered += 1
+        self._batch = _NO_EVENTS
+        self._i = 0
+        self._live = False
+        room = log._room
+        if room is not None:
+            log._room = None
+            room.set()
+        self._waited = True
+        waiter = future()
+        others = log._others
+        if others is None:
+            log._others = [waiter]
+        else:
+            others.append(waiter)
+        return waiter
+
+    def take_live(self) -> StreamEvent | None:
+        """The one new event after :meth:`park`'s future, or ``None``: await ``__anext__``."""
+        state = self._state
+        if state is None or not self._waited or self._i:
+            return None
+        log = self._log
+        last = log._last
+        if last != state.pos + 1 or state.swaps:
+            return None
+        event = log._buf[last - log._base]
+        if type(event) is not StreamEvent:
+            return None
+        self._waited = False
+        state.allow = log._max_lag
+        batch = self._one
+        batch[0] = event
+        self._batch = batch
+        self._upto = last
+        self._i = 1
+        self._live = True
+        return event
+
     async def _next(self) -> StreamEvent:
         try:
             i = self._i

@@ -245,6 +245,62 @@ async def test_many_readers_behind_the_first_are_all_woken() -> None:
     assert all(got[i] == ["a", "b", "c"] for i in range(readers) if i not in left)
 
 
+async def test_a_reader_parked_behind_another_loses_nothing_when_its_wait_is_cut_short(
+    anyio_backend: str,
+) -> None:
+    # park() hands a transport a bare future to await (asyncio, a reader waiting behind
+    # another), take_live() the one new event after it. A wait cut short takes nothing:
+    # the event is then read the usual way, once.
+    log = sk.InMemoryEventLog()
+    first = log.read(0)
+    second = log.read(0)
+    parked: list[object] = []
+    got: list[str] = []
+    cut = anyio.CancelScope()
+
+    async def lead() -> None:
+        got.extend(["first:" + event.content async for event in first])
+
+    async def follow() -> None:
+        event = await second.__anext__()
+        got.append("second:" + event.content)
+        waiter = second.park()  # type: ignore[attr-defined]
+        parked.append(waiter)
+        if waiter is None:  # Trio: no bare future, the usual wait
+            event = await second.__anext__()
+        else:
+            with cut:  # cancelled before anything is appended
+                await waiter
+            assert cut.cancelled_caught
+            event = await second.__anext__()  # not taken by the cut wait
+        got.append("second:" + event.content)
+        waiter = second.park()  # type: ignore[attr-defined]
+        if waiter is not None:
+            await waiter
+            live = second.take_live()  # type: ignore[attr-defined]
+            assert live is not None
+            got.append("second:" + live.content)
+        got.extend(["second:" + event.content async for event in second])
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lead)
+            await anyio.wait_all_tasks_blocked()
+            await log.append(token("a"))
+            tg.start_soon(follow)
+            await anyio.wait_all_tasks_blocked()  # both wait: first for the producer
+            if anyio_backend == "asyncio":
+                cut.cancel()
+                await anyio.wait_all_tasks_blocked()
+            await log.append(token("b"))
+            await anyio.wait_all_tasks_blocked()
+            await log.append(token("c"))
+            await anyio.wait_all_tasks_blocked()
+            log.close()
+    assert sorted(got) == ["first:a", "first:b", "first:c", "second:a", "second:b", "second:c"]
+    assert (parked[0] is None) == (anyio_backend == "trio")
+
+
 async def test_append_nowait_stamps_an_owned_event_in_place_and_copies_the_others() -> None:
     log = sk.InMemoryEventLog()
     given = token("a")
