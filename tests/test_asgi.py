@@ -37,6 +37,7 @@ from .asgi_helpers import (
     token,
     wait_until,
 )
+from .tally import Tally
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Iterator
@@ -1050,26 +1051,6 @@ async def test_a_cancellation_from_outside_is_not_swallowed_by_a_drop() -> None:
     assert not returned
 
 
-class _Tally:
-    """What readers took in all; ``reached(n)`` waits until it is ``n`` (no sleeps)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.target = 0
-        self.event = anyio.Event()
-
-    def add(self, n: int) -> None:
-        self.count += n
-        if self.count >= self.target:
-            self.event.set()
-
-    async def reached(self, target: int) -> None:
-        self.target = target
-        self.event = anyio.Event()
-        if self.count < target:
-            await self.event.wait()
-
-
 @pytest.mark.parametrize("stop", [False, True])
 async def test_many_streams_of_one_session_get_every_event_and_leave_as_they_please(
     stop: bool,
@@ -1088,7 +1069,7 @@ async def test_many_streams_of_one_session_get_every_event_and_leave_as_they_ple
         leave = [anyio.Event() for _ in range(streams)]
         leaving = range(1, streams, 3)
         app = StreamApp(registry, allow_anonymous=True, heartbeat_interval=None)
-        tally = _Tally()
+        tally = Tally()
 
         async def serve(i: int) -> None:
             async def receive() -> dict[str, Any]:

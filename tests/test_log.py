@@ -14,6 +14,8 @@ import streamkit as sk
 from streamkit.parts import DataPart
 from streamkit.testing import check_event_log
 
+from .tally import Tally
+
 pytestmark = pytest.mark.anyio
 
 
@@ -192,26 +194,6 @@ async def test_readers_waiting_behind_the_first_leave_and_close_as_they_please()
     assert got == {"first": ["a"], "second": [], "third": ["a"], "fourth": ["a"]}
 
 
-class _Tally:
-    """What readers took in all; ``reached(n)`` waits until it is ``n`` (no sleeps)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.target = 0
-        self.event = anyio.Event()
-
-    def add(self, n: int) -> None:
-        self.count += n
-        if self.count >= self.target:
-            self.event.set()
-
-    async def reached(self, target: int) -> None:
-        self.target = target
-        self.event = anyio.Event()
-        if self.count < target:
-            await self.event.wait()
-
-
 async def test_many_readers_behind_the_first_are_all_woken() -> None:
     # Fifty readers, all but the first waiting behind it, some of them cancelled while
     # they wait: every other reader gets every event, and the close ends them all.
@@ -220,7 +202,7 @@ async def test_many_readers_behind_the_first_are_all_woken() -> None:
     got: list[list[str]] = [[] for _ in range(readers)]
     left = set(range(3, readers, 4))
     scopes = [anyio.CancelScope() for _ in range(readers)]
-    tally = _Tally()
+    tally = Tally()
 
     async def reader(i: int) -> None:
         with scopes[i]:
