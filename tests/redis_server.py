@@ -136,22 +136,48 @@ class RedisCluster:
                 "REDIS CLUSTER TESTS SKIPPED: no redis-server or redis-cli on PATH "
                 "(apt install redis-server redis-tools)"
             )
-        self.ports = [_cluster_port() for _ in range(6)]
+        self.ports: list[int] = []
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
         self._server = server
         self._directory = directory
-        for port in self.ports:
-            self.start(port)
-        nodes = [f"127.0.0.1:{port}" for port in self.ports]
-        subprocess.run(
-            [cli, "--cluster", "create", *nodes, "--cluster-replicas", "1", "--cluster-yes"],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=60,
-        )
-        self.wait_ok()
+        try:
+            for _ in range(6):
+                self.ports.append(self._start_new())
+            nodes = [f"127.0.0.1:{port}" for port in self.ports]
+            subprocess.run(
+                [cli, "--cluster", "create", *nodes, "--cluster-replicas", "1", "--cluster-yes"],
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=60,
+            )
+            self.wait_ok()
+        except BaseException:
+            self.stop()  # no node left running behind a failed set-up
+            raise
         self.url = f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    def _start_new(self) -> int:
+        """Start a new node; on another port pair if it could not bind the first one.
+
+        A port found free a moment ago may be taken by another socket before the node
+        binds it (the ports are in the ephemeral range): the node then exits at once.
+        """
+        for _ in range(5):
+            port = _cluster_port()
+            if port in self.processes:
+                continue
+            try:
+                self.start(port)
+            except RuntimeError:
+                process = self.processes.pop(port)
+                if process.poll() is None:  # running but silent: not a port problem
+                    process.kill()
+                    process.wait(timeout=10)
+                    raise
+                continue
+            return port
+        raise RuntimeError("no cluster node would start on a free port pair")
 
     def start(self, port: int) -> None:
         """Start (or restart, keeping its cluster config) the node on ``port``."""
