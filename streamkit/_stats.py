@@ -20,6 +20,35 @@ def _round(value: float) -> float:
     return round(value, 6)
 
 
+def figures_data(  # noqa: PLR0917 - the nine figures, in order, as _figures gives them
+    tokens: int,
+    chunks: int,
+    characters: int,
+    heartbeats: int,
+    time_to_first_token: float | None,
+    mean_inter_token_latency: float | None,
+    max_inter_token_latency: float | None,
+    tokens_per_second: float,
+    duration: float,
+) -> dict[str, JSONValue]:
+    """The JSON form of a stream's text figures: :meth:`StreamStats.to_dict` without parts.
+
+    A function of its own so that a stream's final event can carry its figures without
+    making a :class:`StreamStats` first.
+    """
+    return {
+        "tokens": tokens,
+        "chunks": chunks,
+        "characters": characters,
+        "heartbeats": heartbeats,
+        "time_to_first_token": _maybe_round(time_to_first_token),
+        "mean_inter_token_latency": _maybe_round(mean_inter_token_latency),
+        "max_inter_token_latency": _maybe_round(max_inter_token_latency),
+        "tokens_per_second": _round(tokens_per_second),
+        "duration": _round(duration),
+    }
+
+
 @attrs.frozen(kw_only=True)
 class StreamStats:
     """Figures about one stream, live while it runs and final once it has ended.
@@ -63,17 +92,17 @@ class StreamStats:
         ``reasoning_tokens``, ``tool_calls`` and ``usage`` are only present when a
         stream carried any, so that a text stream's figures keep their shape.
         """
-        data: dict[str, JSONValue] = {
-            "tokens": self.tokens,
-            "chunks": self.chunks,
-            "characters": self.characters,
-            "heartbeats": self.heartbeats,
-            "time_to_first_token": _maybe_round(self.time_to_first_token),
-            "mean_inter_token_latency": _maybe_round(self.mean_inter_token_latency),
-            "max_inter_token_latency": _maybe_round(self.max_inter_token_latency),
-            "tokens_per_second": _round(self.tokens_per_second),
-            "duration": _round(self.duration),
-        }
+        data = figures_data(
+            self.tokens,
+            self.chunks,
+            self.characters,
+            self.heartbeats,
+            self.time_to_first_token,
+            self.mean_inter_token_latency,
+            self.max_inter_token_latency,
+            self.tokens_per_second,
+            self.duration,
+        )
         if self.reasoning_tokens or self.tool_calls or self.usage is not None:
             data["reasoning_tokens"] = self.reasoning_tokens
             data["tool_calls"] = self.tool_calls

@@ -68,7 +68,7 @@ from ._log import final_size, stats_size, token_size
 from ._parts import Part, TextDelta
 from ._parts_chunker import PartsChunker, accept_part, part_event
 from ._signals import loop_clock
-from ._stats import StreamStats
+from ._stats import StreamStats, figures_data
 from ._validate import JSONValue, check_id, type_name
 from .abc import TokenSource  # what stream_tokens accepts
 
@@ -482,50 +482,44 @@ class TokenStream:
 
     # --- internals --------------------------------------------------------------------
 
-    def _make_stats(self, now: float) -> StreamStats:
+    def _figures(
+        self, now: float
+    ) -> tuple[int, int, int, int, float | None, float | None, float | None, float, float]:
+        """The text figures at ``now``, in :func:`~streamkit._stats.figures_data`'s order."""
         duration = now - self._started_at
         first = self._first_token_at
         parts = self._parts
         gaps = self._chunks - 1 + (0 if parts is None else parts.delta_events)
+        tokens = self._tokens + self._handed
+        return (
+            tokens,
+            self._chunks,
+            self._chars,
+            self._heartbeats,
+            None if first is None else first - self._started_at,
+            ((self._last_token_at or 0.0) - (first or 0.0)) / gaps if gaps > 0 else None,
+            self._itl_max if gaps > 0 else None,
+            tokens / duration if duration > 0 else 0.0,
+            duration,
+        )
+
+    def _make_stats(self, now: float) -> StreamStats:
+        tokens, chunks, chars, beats, ttft, mean_itl, max_itl, rate, duration = self._figures(now)
+        parts = self._parts
         return StreamStats(
-            tokens=self._tokens + self._handed,
-            chunks=self._chunks,
-            characters=self._chars,
-            heartbeats=self._heartbeats,
-            time_to_first_token=None if first is None else first - self._started_at,
-            mean_inter_token_latency=((self._last_token_at or 0.0) - (first or 0.0)) / gaps
-            if gaps > 0
-            else None,
-            max_inter_token_latency=self._itl_max if gaps > 0 else None,
-            tokens_per_second=(self._tokens + self._handed) / duration if duration > 0 else 0.0,
+            tokens=tokens,
+            chunks=chunks,
+            characters=chars,
+            heartbeats=beats,
+            time_to_first_token=ttft,
+            mean_inter_token_latency=mean_itl,
+            max_inter_token_latency=max_itl,
+            tokens_per_second=rate,
             duration=duration,
             reasoning_tokens=0 if parts is None else parts.reasoning_tokens,
             tool_calls=0 if parts is None else parts.tool_calls,
             usage=None if parts is None else parts.usage,
         )
-
-    def _text_stats(self, now: float) -> dict[str, JSONValue]:
-        """``_make_stats(now).to_dict()`` of a text stream, without the StreamStats."""
-        started = self._started_at
-        duration = now - started
-        first = self._first_token_at
-        tokens = self._tokens + self._handed
-        gaps = self._chunks - 1
-        return {
-            "tokens": tokens,
-            "chunks": self._chunks,
-            "characters": self._chars,
-            "heartbeats": self._heartbeats,
-            "time_to_first_token": None if first is None else round(first - started, 6),
-            "mean_inter_token_latency": round(
-                ((self._last_token_at or 0.0) - (first or 0.0)) / gaps, 6
-            )
-            if gaps > 0
-            else None,
-            "max_inter_token_latency": round(self._itl_max, 6) if gaps > 0 else None,
-            "tokens_per_second": round(tokens / duration, 6) if duration > 0 else 0.0,
-            "duration": round(duration, 6),
-        }
 
     def _time_to_first_token(self) -> float | None:
         """``stats.time_to_first_token``, without making the statistics."""
@@ -1066,7 +1060,7 @@ class TokenStream:
         # size, as token events do (walking the statistics cost as much as making them).
         if self._parts is None:
             self._ended_at = now
-            stats_data = MappingProxyType(self._text_stats(now))
+            stats_data = MappingProxyType(figures_data(*self._figures(now)))
             size = _TEXT_STATS_SIZE or _text_stats_size()
         else:
             stats = self._final_stats = self._make_stats(now)

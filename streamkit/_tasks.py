@@ -53,10 +53,6 @@ class SessionTasks:
         self._idle: asyncio.Event | None = None
         self._errors: list[BaseException] = []
 
-    def __len__(self) -> int:
-        """The tasks started here on asyncio that have not ended (0 on other backends)."""
-        return len(self._tasks)
-
     def start_soon(
         self,
         func: Callable[..., Awaitable[Any]],
