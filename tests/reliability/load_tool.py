@@ -697,6 +697,7 @@ async def _publish_loop(
         "server_kernel_seconds_to_drain": kernel,
         "drain_seconds": time.monotonic() - started,
         "server_rss_end": _rss_bytes(),
+        "cpus": sorted(os.sched_getaffinity(0)),
     }
 
 
@@ -729,10 +730,18 @@ async def _paced_loop(
         "server_cpu_seconds_to_drain": cpu,
         "drain_seconds": time.monotonic() - started,
         "server_rss_end": _rss_bytes(),
+        "cpus": sorted(os.sched_getaffinity(0)),
     }
 
 
+def _pin(cpus: str) -> None:
+    """Keep this process on the CPUs listed (``"0"``, ``"1,2"``); Linux only."""
+    if cpus:
+        os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
+
+
 def _server_main(args: argparse.Namespace) -> None:
+    _pin(args.cpus)
     if os.environ.get("STREAMKIT_LOAD_GC") == "off":  # diagnosis: the collector's share
         gc.disable()
     profile = os.environ.get("STREAMKIT_LOAD_PROFILE")
@@ -1126,7 +1135,9 @@ def _client_process(
     paced: bool = False,
     client: str = "lean",
     poll_ms: float = 0.0,
+    cpus: str = "",
 ) -> dict[str, Any]:
+    _pin(cpus)
     wakes = [0, 0]  # the loop's polls that found ready sockets, and those sockets
     gap = poll_ms / 1000
 
@@ -1187,6 +1198,7 @@ def _client_process(
         "ready": wakes[1],
         "cpu_seconds": time.process_time() - cpu0,
         "kernel_cpu_seconds": resource.getrusage(resource.RUSAGE_SELF).ru_stime - usage0.ru_stime,
+        "cpus": sorted(os.sched_getaffinity(0)),
     }
 
 
@@ -1236,6 +1248,8 @@ def _start_server(
         getattr(args, "format", "sse"),
         "--http",
         getattr(args, "http", "h11"),
+        "--cpus",
+        "0" if getattr(args, "pin", False) else "",
     ]
     server = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert server.stdout is not None
@@ -1264,11 +1278,17 @@ def run_load(args: argparse.Namespace) -> int:
     for i in range(args.clients):
         assignments[i % args.procs].append(sessions[i % len(sessions)])
     gate = max(1, 100 // args.procs)
+    client_cpus = ""
+    if args.pin:  # the server alone on CPU 0, the client processes on the others
+        client_cpus = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)) if c != 0)
     context = multiprocessing.get_context("spawn")
     with context.Pool(args.procs) as pool:
         results = pool.starmap(
             _client_process,
-            [(port, a, gate, args.format, paced, args.client, args.poll_ms) for a in assignments],
+            [
+                (port, a, gate, args.format, paced, args.client, args.poll_ms, client_cpus)
+                for a in assignments
+            ],
         )
     assert server.stdout is not None
     server_result = json.loads(server.stdout.readline())
@@ -1333,6 +1353,8 @@ def run_load(args: argparse.Namespace) -> int:
         "format": args.format,
         "client": args.client,
         "client_poll_ms": args.poll_ms,
+        "pinned": args.pin,
+        "client_cpus": sorted({c for r in results for c in r["cpus"]}),
         "client_cpu_seconds": sum(r["cpu_seconds"] for r in results),
         "client_cpu_us_per_delivery": sum(r["cpu_seconds"] for r in results)
         * 1e6
@@ -1528,6 +1550,13 @@ def main(argv: list[str] | None = None) -> int:
         "--minutes (StreamApp: registry.start; sse-starlette: a paced generator per response); "
         "lag from each token's due time",
     )
+    load.add_argument(
+        "--pin",
+        action="store_true",
+        help="the server process alone on CPU 0 and the client processes on the other CPUs "
+        "(Linux, two or more CPUs): the server's rate is then not decided by how the "
+        "scheduler shares the cores with the clients, as it is not when they are other machines",
+    )
     load.add_argument("--out")
     soak = sub.add_parser("soak")
     soak.add_argument("--workers", type=int, default=20)
@@ -1549,6 +1578,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--counts", action="store_true")
     serve.add_argument("--format", choices=_FORMATS, default="sse")
     serve.add_argument("--http", choices=_HTTP, default="h11")
+    serve.add_argument("--cpus", default="", help="CPUs to keep the server on (load --pin)")
     args = parser.parse_args(argv)
     if args.command == "load":
         if args.app == "sse-starlette" and args.format != "sse":
@@ -1559,6 +1589,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--paced runs StreamApp or sse-starlette on asyncio")
         if args.backend == "trio" and args.app == "sse-starlette":
             parser.error("on Trio: StreamApp or the bare app")
+        if args.pin and len(os.sched_getaffinity(0)) < 2:
+            parser.error("--pin needs two or more CPUs")
         return run_load(args)
     if args.command == "soak":
         return run_soak(args)

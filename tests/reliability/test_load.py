@@ -9,6 +9,7 @@ the programs exit with 1 when any check fails.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -107,6 +108,34 @@ def test_load_tool_small_variants(tmp_path: Path, options: tuple[str, ...]) -> N
         timeout=100,
     )
     check_load(summary, 10)
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="--pin needs two or more CPUs (Linux)",
+)
+def test_load_tool_pins_the_server_apart_from_its_clients(tmp_path: Path) -> None:
+    summary = run_tool(
+        tmp_path,
+        "load",
+        "--clients",
+        "10",
+        "--procs",
+        "2",
+        "--sessions",
+        "2",
+        "--rate",
+        "20",
+        "--minutes",
+        "0.02",
+        "--pin",
+        timeout=100,
+    )
+    check_load(summary, 10)
+    assert summary["pinned"]
+    assert summary["server"]["cpus"] == [0]
+    assert summary["client_cpus"]
+    assert 0 not in summary["client_cpus"]
 
 
 @pytest.mark.slow
