@@ -11,7 +11,10 @@ the subscriber computes the **delivery lag**: the time it receives the token min
 time the source was due to yield it, on the event loop's clock. The lag thus includes
 the source's own timer running late on a busy loop. A step passes when the p99 lag is
 under 50 ms and every subscriber got every token and the ``complete`` event. N goes up
-by steps until a step fails; the table shows each step.
+by steps until a step fails; the table shows each step. A step that misses the lag goal
+is run once more (``STREAMKIT_BENCH_TRIES``, 2 by default; the same rule for every row)
+and passes if either run does: a full collection of the garbage collector lands in some
+runs of a step and not in others. A step that lost anything fails at once.
 
 **Bare baselines, same run.** The same N paced streams without streamkit: per session,
 a paced async generator, a producer task putting its tokens into an ``asyncio.Queue``
@@ -59,6 +62,10 @@ STEPS = tuple(
 RATE = 20.0  # tokens per second per session
 SECONDS = 1.0 if QUICK else 3.0  # of streaming per session
 LAG_GOAL = 0.050
+# Runs of a step before it counts as over the lag goal, the same for every row: a full
+# collection of the garbage collector (50 to 150 ms at these sizes) falls into some runs
+# of a step and not into others, and would otherwise decide the result by chance.
+TRIES = int(os.environ.get("STREAMKIT_BENCH_TRIES", "2"))
 IDLE_SESSIONS = 1_000 if QUICK else 10_000
 CONFIG = sk.StreamConfig(chunk_size=1, stream_delay=0)
 ROOT = str(Path(__file__).resolve().parent.parent) + os.sep
@@ -414,6 +421,13 @@ async def bare_trio_step(sessions: int) -> dict[str, Any]:
 BARE = {"asyncio": bare_asyncio_step, "trio": bare_trio_step}
 
 
+def verdict(row: dict[str, Any]) -> str:
+    """``ok`` or ``over`` for the table, naming a pass that took a second run."""
+    if not row["ok"]:
+        return "over"
+    return f"ok (run {len(row['missed_p99_ms']) + 1})" if row.get("missed_p99_ms") else "ok"
+
+
 def capacity(backend: str) -> dict[str, list[dict[str, Any]]]:
     """Step N up for the registry and the bare loop, each step measuring both."""
     rows: dict[str, list[dict[str, Any]]] = {"registry": [], "bare": []}
@@ -422,17 +436,24 @@ def capacity(backend: str) -> dict[str, list[dict[str, Any]]]:
         for kind in ("bare", "registry"):
             if not going[kind]:
                 continue
-            gc.collect()
             step = BARE[backend] if kind == "bare" else streaming_step
-            row = anyio.run(step, sessions, backend=backend)
+            missed: list[float] = []  # the p99 of each try that missed the lag goal
+            while True:
+                gc.collect()
+                row = anyio.run(step, sessions, backend=backend)
+                print(
+                    f"  {backend} {kind:>8} {sessions:>5} sessions: p99 {row['p99_ms']:.1f} ms, "
+                    f"CPU {row['cpu_us_per_token']:.1f} µs/token, "
+                    f"lost {row['lost']}, {'ok' if row['ok'] else 'over the goal'}",
+                    flush=True,
+                )
+                # A loss is never retried; a lag miss is, up to TRIES runs of the step.
+                if row["ok"] or row["lost"] or len(missed) + 1 >= TRIES:
+                    break
+                missed.append(row["p99_ms"])
+            row["missed_p99_ms"] = missed
             rows[kind].append(row)
             going[kind] = row["ok"]
-            print(
-                f"  {backend} {kind:>8} {sessions:>5} sessions: p99 {row['p99_ms']:.1f} ms, "
-                f"CPU {row['cpu_us_per_token']:.1f} µs/token, "
-                f"lost {row['lost']}, {'ok' if row['ok'] else 'over the goal'}",
-                flush=True,
-            )
         if not any(going.values()):
             break
     return rows
@@ -501,7 +522,7 @@ def main() -> None:
                     n,
                     b["p99_ms"] if b else "",
                     b["cpu_us_per_token"] if b else "",
-                    ("ok" if b["ok"] else "over") if b else "",
+                    verdict(b) if b else "",
                     r["p50_ms"] if r else "",
                     r["p99_ms"] if r else "",
                     r["max_ms"] if r else "",
@@ -509,7 +530,7 @@ def main() -> None:
                     r["cpu_us_per_token"] if r else "",
                     f"{r['cpu_us_per_token'] / b['cpu_us_per_token']:.2f}x" if r and b else "",
                     f"{r['cpu_share']:.0%}" if r else "",
-                    ("ok" if r["ok"] else "over") if r else "",
+                    verdict(r) if r else "",
                 ]
             )
         print()
