@@ -21,6 +21,9 @@ pytestmark = pytest.mark.anyio
 
 USER = "alice"
 FAST = sk.StreamConfig(stream_delay=0, chunk_size=1, flush_interval=0.01)
+# Long enough that a loaded machine (30 sources starting at once on Trio) brings "a" and
+# "b" before the watchdog speaks: a silence from the start counts as a stall too.
+STALL = 1.0
 SUBSCRIBERS = 3
 
 
@@ -105,7 +108,7 @@ async def test_producer_fault(fault: str, final_type: str, state: sk.SessionStat
                 else:
                     source = hanging(started)
                 if fault == "stall":
-                    config = FAST.replace(stall_timeout=0.2)
+                    config = FAST.replace(stall_timeout=STALL)
                 reg.start(sid, source, config=config)
                 if fault in ("cancel", "pause-cancel", "close"):
                     await started.wait()
@@ -167,7 +170,7 @@ async def test_faults_in_many_sessions_at_once() -> None:
                 if kind == "stall"
                 else iter(["a", "b"])
             )
-            reg.start(session.session_id, source, config=FAST.replace(stall_timeout=0.2))
+            reg.start(session.session_id, source, config=FAST.replace(stall_timeout=STALL))
             sessions[session.session_id] = kind
         with anyio.fail_after(10):
             for sid, kind in sessions.items():
