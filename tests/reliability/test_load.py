@@ -69,6 +69,20 @@ def test_load_tool_small(tmp_path: Path) -> None:
     assert 0 < counts["wakes"] <= counts["ready"]
 
 
+def small_load(tmp_path: Path, *options: str, procs: int = 1) -> dict[str, Any]:
+    """A load run of 10 clients over 2 sessions at 20 events/s for about a second."""
+    summary = run_tool(
+        tmp_path,
+        "load",
+        *("--clients", "10", "--procs", str(procs), "--sessions", "2"),
+        *("--rate", "20", "--minutes", "0.02"),
+        *options,
+        timeout=100,
+    )
+    check_load(summary, 10)
+    return summary
+
+
 @pytest.mark.parametrize(
     "options",
     [
@@ -91,23 +105,7 @@ def test_load_tool_small(tmp_path: Path) -> None:
 def test_load_tool_small_variants(tmp_path: Path, options: tuple[str, ...]) -> None:
     # The lean clients (the default) read SSE, NDJSON and WebSocket frames; the older
     # h11 clients stay available; every anchor serves the same bytes.
-    summary = run_tool(
-        tmp_path,
-        "load",
-        "--clients",
-        "10",
-        "--procs",
-        "1",
-        "--sessions",
-        "2",
-        "--rate",
-        "20",
-        "--minutes",
-        "0.02",
-        *options,
-        timeout=100,
-    )
-    check_load(summary, 10)
+    small_load(tmp_path, *options)
 
 
 @pytest.mark.skipif(
@@ -115,23 +113,7 @@ def test_load_tool_small_variants(tmp_path: Path, options: tuple[str, ...]) -> N
     reason="--pin needs two or more CPUs (Linux)",
 )
 def test_load_tool_pins_the_server_apart_from_its_clients(tmp_path: Path) -> None:
-    summary = run_tool(
-        tmp_path,
-        "load",
-        "--clients",
-        "10",
-        "--procs",
-        "2",
-        "--sessions",
-        "2",
-        "--rate",
-        "20",
-        "--minutes",
-        "0.02",
-        "--pin",
-        timeout=100,
-    )
-    check_load(summary, 10)
+    summary = small_load(tmp_path, "--pin", procs=2)
     assert summary["pinned"]
     assert summary["server"]["cpus"] == [0]
     assert summary["client_cpus"]
