@@ -460,9 +460,6 @@ class _Cursor(EventCursor):
                 passed = self._upto
                 state.pos = passed
                 log._delivered += 1
-                self._live = False
-                self._batch = _NO_EVENTS
-                self._i = 0
                 if passed == log._cold + 1 and len(log._readers) == 1:
                     # The only reader has passed it: pack it now (see _buf), inline.
                     index = passed - log._base
@@ -500,6 +497,8 @@ class _Cursor(EventCursor):
                     log._room = None
                     room.set()
                 if log._last == passed and log._data is None and not log._closed:
+                    # While it waits the cursor still holds the event it passed (_one,
+                    # _i = 1): its position is that event's seq, and nothing is ready.
                     signal = log._data = self._renew()
                     try:
                         # An appended event resolves the future with itself (asyncio);
@@ -508,6 +507,11 @@ class _Cursor(EventCursor):
                             got = await signal  # the loop's future
                         else:
                             got = await signal.wait()
+                    except BaseException:
+                        self._live = False  # counted already: hold nothing
+                        self._batch = _NO_EVENTS
+                        self._i = 0
+                        raise
                     finally:
                         if log._data is signal:  # left before any data came
                             log._data = None
@@ -522,14 +526,13 @@ class _Cursor(EventCursor):
                             if type(got) is not StreamEvent:
                                 got = None
                     if got is not None:
-                        batch = self._one
-                        batch[0] = got
-                        self._batch = batch
+                        batch[0] = got  # batch is _one
                         self._upto = passed + 1
-                        self._i = 1
-                        self._live = True
                         return got  # type: ignore[no-any-return]
                     self._waited = True
+                self._live = False
+                self._batch = _NO_EVENTS
+                self._i = 0
             elif batch:
                 # The whole previous batch was delivered: advance, and tell a waiting producer.
                 passed = self._upto
@@ -700,7 +703,8 @@ class _Cursor(EventCursor):
             return
         self._state = None
         log = self._log
-        log._delivered += self._i
+        if self._upto != state.pos:  # else the batch held was passed (and counted): a wait
+            log._delivered += self._i
         self._after = self.position if self._i else state.pos
         self._batch = _NO_EVENTS
         self._i = 0
