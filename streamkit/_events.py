@@ -83,14 +83,15 @@ _FINAL_TYPES: Final = frozenset({EventType.COMPLETE, EventType.ERROR})
 _CUSTOM_TYPE_RE = re.compile(r"x-[A-Za-z0-9_.:\-]{1,62}")
 _EMPTY: Final[Mapping[str, JSONValue]] = MappingProxyType({})
 
-# A cheap unique id: a random per-process prefix and a counter. Unique across processes
+# A cheap unique id: a random per-process prefix and a counter (in decimal: a format spec
+# such as hex costs the f-string a call of int.__format__). Unique across processes
 # with overwhelming probability (64 random bits), and ten times cheaper than uuid4().
 _ID_PREFIX: Final = secrets.token_hex(8)
 _id_counter = itertools.count(1)
 
 
 def _new_event_id() -> str:
-    return f"{_ID_PREFIX}-{next(_id_counter):x}"
+    return f"{_ID_PREFIX}-{next(_id_counter)}"
 
 
 def _convert_event_type(value: object) -> EventType | str:
@@ -419,7 +420,7 @@ def make_event(  # noqa: PLR0917 - positional on purpose: the hot path calls it 
     event.metadata = metadata
     event.session_id = session_id
     event.seq = seq
-    event.event_id = f"{_ID_PREFIX}-{next(_id_counter):x}" if event_id is None else event_id
+    event.event_id = f"{_ID_PREFIX}-{next(_id_counter)}" if event_id is None else event_id
     event.timestamp = _clock() if timestamp is None else timestamp
     event._json = None
     event._size = None

@@ -544,7 +544,7 @@ class TokenStream:
             event.metadata = _EMPTY
         event.session_id = self._session_id
         event.seq = None
-        event_id = f"{_ID_PREFIX}-{next(_id_counter):x}"
+        event_id = f"{_ID_PREFIX}-{next(_id_counter)}"
         event.event_id = event_id
         event.timestamp = _wall_clock()
         event._json = None
@@ -879,7 +879,7 @@ class TokenStream:
                                     event.metadata = _EMPTY
                                 event.session_id = session_id
                                 event.seq = None
-                                event_id = f"{id_prefix}{next_id():x}"
+                                event_id = f"{id_prefix}{next_id()}"
                                 event.event_id = event_id
                                 event.timestamp = _wall_clock()
                                 event._json = None
