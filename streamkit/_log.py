@@ -276,6 +276,28 @@ def _checked_size(event: StreamEvent, limit: int, session_id: str) -> int:
 _NO_EVENT: Final = make_event("", "", {}, "", 0, "", 0.0)
 
 
+#: The running loop and how to make its futures, for the cursors that start on it: one
+#: object per loop, not per reader (the newest loop only: a second loop, in another
+#: thread or a later run, replaces it).
+_FUTURE_OF: Final[list[tuple[asyncio.AbstractEventLoop, Callable[[], Any]]]] = []
+
+
+def _future_maker(loop: asyncio.AbstractEventLoop) -> Callable[[], asyncio.Future[Any]]:
+    """Return how to make an exact future of ``loop``.
+
+    ``loop.create_future``, or what that method makes without its Python frame when it
+    is asyncio's own.
+    """
+    for known, maker in _FUTURE_OF:
+        if known is loop:
+            return maker
+    maker = loop.create_future
+    if type(loop).create_future is asyncio.BaseEventLoop.create_future:
+        maker = partial(_Future, loop=loop)
+    _FUTURE_OF[:] = [(loop, maker)]
+    return maker
+
+
 def _wake_all(waiting: list[Any]) -> None:
     """Wake the readers that wait behind the first: futures on asyncio, an event on Trio."""
     for signal in waiting:
@@ -666,12 +688,7 @@ class _Cursor(EventCursor):
         self._state = state
         renew = signal_renewer()
         if renew is _FutureSignal:  # asyncio: the loop's own futures, exact ones
-            loop = asyncio.get_running_loop()
-            future = loop.create_future
-            if type(loop).create_future is asyncio.BaseEventLoop.create_future:
-                # What that method makes, without its Python frame.
-                future = partial(asyncio.Future, loop=loop)
-            self._future = self._renew = future
+            self._future = self._renew = _future_maker(asyncio.get_running_loop())
             self._bare = True
         else:
             self._renew = renew
