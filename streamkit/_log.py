@@ -283,17 +283,16 @@ _FUTURE_OF: Final[list[tuple[asyncio.AbstractEventLoop, Callable[[], Any]]]] = [
 
 
 def _future_maker(loop: asyncio.AbstractEventLoop) -> Callable[[], asyncio.Future[Any]]:
-    """Return how to make an exact future of ``loop``.
+    """Return how to make an exact ``asyncio.Future`` of ``loop``.
 
-    ``loop.create_future``, or what that method makes without its Python frame when it
-    is asyncio's own.
+    What asyncio's ``loop.create_future`` makes, without its Python frame; exact on any
+    loop (the log tells its futures from Trio's events by their type, and a task awaits
+    an exact future on its fast path).
     """
     for known, maker in _FUTURE_OF:
         if known is loop:
             return maker
-    maker = loop.create_future
-    if type(loop).create_future is asyncio.BaseEventLoop.create_future:
-        maker = partial(_Future, loop=loop)
+    maker = partial(_Future, loop=loop)
     _FUTURE_OF[:] = [(loop, maker)]
     return maker
 
