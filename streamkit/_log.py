@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import marshal
 import math
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from functools import partial
@@ -70,6 +71,9 @@ if TYPE_CHECKING:
 
 __all__ = ["InMemoryEventLog", "estimate_size", "fresh_appender", "token_size"]
 
+_TOKEN: Final = EventType.TOKEN
+_dumps: Final[Callable[..., bytes]] = marshal.dumps
+_Future: Final = asyncio.Future
 _set_seq: Final = _event_slots["seq"]
 _set_session: Final = _event_slots["session_id"]
 _set_json: Final = _event_slots["_json"]
@@ -272,6 +276,27 @@ def _checked_size(event: StreamEvent, limit: int, session_id: str) -> int:
 _NO_EVENT: Final = make_event("", "", {}, "", 0, "", 0.0)
 
 
+#: The running loop and how to make its futures, for the cursors that start on it: one
+#: object per loop, not per reader (the newest loop only: a second loop, in another
+#: thread or a later run, replaces it).
+_FUTURE_OF: Final[list[tuple[asyncio.AbstractEventLoop, Callable[[], Any]]]] = []
+
+
+def _future_maker(loop: asyncio.AbstractEventLoop) -> Callable[[], asyncio.Future[Any]]:
+    """Return how to make an exact ``asyncio.Future`` of ``loop``.
+
+    What asyncio's ``loop.create_future`` makes, without its Python frame; exact on any
+    loop (the log tells its futures from Trio's events by their type, and a task awaits
+    an exact future on its fast path).
+    """
+    for known, maker in _FUTURE_OF:
+        if known is loop:
+            return maker
+    maker = partial(_Future, loop=loop)
+    _FUTURE_OF[:] = [(loop, maker)]
+    return maker
+
+
 def _wake_all(waiting: list[Any]) -> None:
     """Wake the readers that wait behind the first: futures on asyncio, an event on Trio."""
     for signal in waiting:
@@ -328,7 +353,7 @@ class _Cursor(EventCursor):
         self._log = log
         # This cursor's own event to wait on for the producer, made for each wait; on
         # asyncio the loop's bare future, awaited itself (_bare).
-        self._renew: Callable[[], Signal] = anyio.Event
+        self._renew: Callable[[], Any] = anyio.Event
         self._bare = False
         # The loop's create_future on asyncio (found once the cursor starts), else None:
         # what a reader waiting behind the first one waits on.
@@ -449,6 +474,86 @@ class _Cursor(EventCursor):
             state = self._state
             if state is None:
                 state = self._start()
+            elif self._live:
+                # The one event this reader waited for was delivered (batch is _one): the
+                # reader keeps up with the log (a paced stream). Pass it, and wait for the
+                # next one here; anything but exactly one new event goes the general way.
+                passed = self._upto
+                state.pos = passed
+                log._delivered += 1
+                if passed == log._cold + 1 and len(log._readers) == 1:
+                    # The only reader has passed it: pack it now (see _buf), inline.
+                    index = passed - log._base
+                    if index >= log._head:
+                        event = log._buf[index]
+                        if type(event) is StreamEvent:
+                            metadata = event.metadata
+                            frozen: bytes | None
+                            if (
+                                event._size is not None
+                                and len(metadata) == 2
+                                and event.event_type is _TOKEN
+                            ):
+                                # pack_event's streamer token, inline (see there).
+                                frozen = _dumps(
+                                    (
+                                        event.content,
+                                        event.event_id,
+                                        event.timestamp,
+                                        metadata["index"],
+                                        metadata["elapsed"],
+                                        event._json,
+                                    ),
+                                    2,
+                                )
+                            else:
+                                frozen = pack_event(event)
+                            if frozen is not None:
+                                log._buf[index] = frozen
+                    log._cold = passed
+                elif passed > log._cold and len(log._readers) == 1:
+                    log._freeze(passed, pack_event)
+                room = log._room
+                if room is not None:
+                    log._room = None
+                    room.set()
+                if log._last == passed and log._data is None and not log._closed:
+                    # While it waits the cursor still holds the event it passed (_one,
+                    # _i = 1): its position is that event's seq, and nothing is ready.
+                    signal = log._data = self._renew()
+                    try:
+                        # An appended event resolves the future with itself (asyncio);
+                        # anything else wakes it with None.
+                        if self._bare:
+                            got = await signal  # the loop's future
+                        else:
+                            got = await signal.wait()
+                    except BaseException:
+                        self._live = False  # counted already: hold nothing
+                        self._batch = _NO_EVENTS
+                        self._i = 0
+                        raise
+                    finally:
+                        if log._data is signal:  # left before any data came
+                            log._data = None
+                        others = log._others
+                        if others is not None:
+                            log._others = None
+                            _wake_all(others)
+                    if got is None:
+                        last = log._last
+                        if last == passed + 1 and not state.swaps:
+                            got = log._buf[last - log._base]
+                            if type(got) is not StreamEvent:
+                                got = None
+                    if got is not None:
+                        batch[0] = got  # batch is _one
+                        self._upto = passed + 1
+                        return got  # type: ignore[no-any-return]
+                    self._waited = True
+                self._live = False
+                self._batch = _NO_EVENTS
+                self._i = 0
             elif batch:
                 # The whole previous batch was delivered: advance, and tell a waiting producer.
                 passed = self._upto
@@ -457,53 +562,11 @@ class _Cursor(EventCursor):
                 self._batch = _NO_EVENTS
                 self._i = 0
                 if passed > log._cold and len(log._readers) == 1:
-                    # The only reader has passed them: pack them now (see _buf). Inline
-                    # for the live case, one event just passed.
-                    index = passed - log._base
-                    if passed == log._cold + 1 and index >= log._head:
-                        event = log._buf[index]
-                        if type(event) is StreamEvent:
-                            frozen = pack_event(event)
-                            if frozen is not None:
-                                log._buf[index] = frozen
-                        log._cold = passed
-                    else:
-                        log._freeze(passed, pack_event)
+                    log._freeze(passed, pack_event)  # the only reader has passed them
                 room = log._room
                 if room is not None:
                     log._room = None
                     room.set()
-                if self._live:
-                    # It was the one event this reader waited for: the reader keeps up
-                    # with the log (a paced stream). Wait for the next one here; anything
-                    # but exactly one new event goes the general way below.
-                    self._live = False
-                    if log._last == passed and log._data is None and not log._closed:
-                        signal = log._data = self._renew()
-                        try:
-                            if self._bare:
-                                await signal  # type: ignore[misc]  # the loop's own future
-                            else:
-                                await signal.wait()
-                        finally:
-                            if log._data is signal:  # left before any data came
-                                log._data = None
-                            others = log._others
-                            if others is not None:
-                                log._others = None
-                                _wake_all(others)
-                        last = log._last
-                        if last == passed + 1 and not state.swaps:
-                            event = log._buf[last - log._base]
-                            if type(event) is StreamEvent:
-                                batch = self._one
-                                batch[0] = event
-                                self._batch = batch
-                                self._upto = last
-                                self._i = 1
-                                self._live = True
-                                return event
-                        self._waited = True
             while True:
                 pos = state.pos
                 last = log._last
@@ -562,7 +625,7 @@ class _Cursor(EventCursor):
                     data = log._data = self._renew()
                     try:
                         if self._bare:
-                            await data  # type: ignore[misc]  # the loop's own future
+                            await data  # the loop's own future
                         else:
                             await data.wait()
                     finally:
@@ -622,9 +685,12 @@ class _Cursor(EventCursor):
             )
         state = _Reader(after, max(log._max_lag, log._last - after))
         self._state = state
-        self._renew = signal_renewer()
-        self._bare = self._renew is _FutureSignal
-        self._future = asyncio.get_running_loop().create_future if self._bare else None
+        renew = signal_renewer()
+        if renew is _FutureSignal:  # asyncio: the loop's own futures, exact ones
+            self._future = self._renew = _future_maker(asyncio.get_running_loop())
+            self._bare = True
+        else:
+            self._renew = renew
         log._readers.add(state)
         log._freeze_at = log._last  # the readers changed: look again at the next append
         if log._block:
@@ -653,7 +719,8 @@ class _Cursor(EventCursor):
             return
         self._state = None
         log = self._log
-        log._delivered += self._i
+        if self._upto != state.pos:  # else the batch held was passed (and counted): a wait
+            log._delivered += self._i
         self._after = self.position if self._i else state.pos
         self._batch = _NO_EVENTS
         self._i = 0
@@ -802,7 +869,7 @@ class InMemoryEventLog(EventLog):
         self._closed = False
         # Set once when events arrive or the log closes: the first reader that caught up
         # waits on it, and sets _others, the events of the other readers that caught up.
-        self._data: Signal | None = None
+        self._data: Any = None  # a Signal, or on asyncio an exact future
         self._others: list[Any] | None = None
         # Set when a reader advances or leaves; a blocked producer waits on it.
         self._room: Signal | None = None
@@ -952,7 +1019,11 @@ class InMemoryEventLog(EventLog):
         data = self._data
         if data is not None:
             self._data = None
-            data.set()
+            if type(data) is _Future:  # asyncio: the reader's own future
+                if not data.done():  # a cancelled reader's is done already
+                    data.set_result(stored)
+            else:
+                data.set()
         if seq >= self._freeze_at:
             self._freeze_passed()
         return stored
@@ -996,7 +1067,11 @@ class InMemoryEventLog(EventLog):
         data = self._data
         if data is not None:
             self._data = None
-            data.set()
+            if type(data) is _Future:  # asyncio: the reader's own future
+                if not data.done():  # a cancelled reader's is done already
+                    data.set_result(event)
+            else:
+                data.set()
         if seq >= self._freeze_at:
             self._freeze_passed()
         return event
@@ -1038,7 +1113,11 @@ class InMemoryEventLog(EventLog):
         data = self._data
         if data is not None:
             self._data = None
-            data.set()
+            if type(data) is _Future:  # asyncio: the reader's own future
+                if not data.done():  # a cancelled reader's is done already
+                    data.set_result(None)
+            else:
+                data.set()
         if self._last >= self._freeze_at:
             self._freeze_passed()
 
@@ -1157,11 +1236,12 @@ class InMemoryEventLog(EventLog):
         if self._closed:
             return
         self._closed = True
-        for name in ("_data", "_room"):
-            event: Signal | None = getattr(self, name)
-            if event is not None:
-                setattr(self, name, None)
-                event.set()
+        data, self._data = self._data, None
+        if data is not None:
+            _wake_all([data])
+        room, self._room = self._room, None
+        if room is not None:
+            room.set()
         others, self._others = self._others, None
         if others:
             _wake_all(others)

@@ -249,13 +249,18 @@ class StreamSession:
         updated = max(updated, self.created_at)
         if type(self) is not StreamSession:  # a subclass may hold more
             return attrs.evolve(self, status=status, updated_at=updated)
-        # Every other field is already valid: copied as it is, not converted again.
-        copy = _new(StreamSession)
-        for name, set_slot in _SLOT_SETTERS:
-            set_slot(copy, getattr(self, name))
-        _set_status(copy, status)
-        _set_updated(copy, updated)
-        return copy  # type: ignore[return-value]
+        # Every other field is already valid: copied as it is, not converted again, with
+        # plain slot stores (see _UnsealedSession).
+        copy: Any = _new(_UnsealedSession)
+        copy.session_id = self.session_id
+        copy.user_id = self.user_id
+        copy.status = status
+        copy.context = self.context
+        copy.created_at = self.created_at
+        copy.updated_at = updated
+        copy.events = self.events
+        copy.__class__ = StreamSession  # sealed
+        return copy  # type: ignore[no-any-return]
 
     def to_dict(self, *, include_events: bool = True) -> dict[str, Any]:
         """Return the session as plain JSON-ready data.
@@ -323,10 +328,28 @@ _REQUIRED_FIELDS: Final = frozenset({"session_id", "status", "created_at"})
 
 
 _new = object.__new__
-_SLOT_SETTERS: Final = tuple(
-    (field.name, getattr(StreamSession, field.name).__set__)
-    for field in attrs.fields(StreamSession)
-    if field.name not in {"status", "updated_at"}
-)
-_set_status: Final = StreamSession.status.__set__  # type: ignore[attr-defined]
-_set_updated: Final = StreamSession.updated_at.__set__  # type: ignore[attr-defined]
+
+
+class _UnsealedSession(StreamSession):
+    """A :class:`StreamSession` being copied by :meth:`StreamSession.transition`.
+
+    Its fields are plain slot stores (the object's own ``__setattr__``), then it is
+    sealed: its class set to :class:`StreamSession` (same slots). The frozen class's
+    slot setters, called as functions, cost a call with an argument tuple each.
+    """
+
+    __slots__ = ()
+    __setattr__ = object.__setattr__
+    __delattr__ = object.__delattr__
+
+
+# transition() copies these fields by name: a new field must be copied there too.
+assert [field.name for field in attrs.fields(StreamSession)] == [
+    "session_id",
+    "user_id",
+    "status",
+    "context",
+    "created_at",
+    "updated_at",
+    "events",
+]

@@ -61,7 +61,7 @@ from anyio.abc import TaskGroup
 from ._chunker import Chunker
 from ._config import StreamConfig
 from ._errors import ClosedError, ValidationError
-from ._events import _ID_PREFIX, EventType, StreamEvent, _id_counter, make_event
+from ._events import _ID_PREFIX, EventType, StreamEvent, _id_counter, _Unsealed, make_event
 from ._events import _slot as _event_slots
 from ._feeds import BUFFER_ITEMS, TaskFeed, ThreadFeed
 from ._log import final_size, stats_size, token_size
@@ -121,14 +121,6 @@ _EMPTY: Final[Mapping[str, JSONValue]] = MappingProxyType({})
 _TOKEN: Final = EventType.TOKEN
 _new: Final = object.__new__
 _wall_clock: Final = time.time
-_set_type: Final = _event_slots["event_type"]
-_set_content: Final = _event_slots["content"]
-_set_metadata: Final = _event_slots["metadata"]
-_set_session: Final = _event_slots["session_id"]
-_set_seq: Final = _event_slots["seq"]
-_set_id: Final = _event_slots["event_id"]
-_set_time: Final = _event_slots["timestamp"]
-_set_json: Final = _event_slots["_json"]
 _set_size: Final = _event_slots["_size"]
 
 
@@ -541,23 +533,24 @@ class TokenStream:
         if now >= self._deadline:
             self._fast = False
         # The event, made here: this runs for every chunk of every stream.
-        event = _new(StreamEvent)
-        _set_type(event, _TOKEN)
-        _set_content(event, text)
+        event: Any = _new(_Unsealed)  # see _Unsealed
+        event.event_type = _TOKEN
+        event.content = text
         if self._metadata:
             # round(elapsed, 6) for elapsed >= 0, without round()'s decimal conversion.
             elapsed = int((now - self._started_at) * 1e6 + 0.5) / 1e6
-            _set_metadata(event, MappingProxyType({"index": index, "elapsed": elapsed}))
+            event.metadata = MappingProxyType({"index": index, "elapsed": elapsed})
         else:
-            _set_metadata(event, _EMPTY)
-        _set_session(event, self._session_id)
-        _set_seq(event, None)
-        event_id = f"{_ID_PREFIX}-{next(_id_counter):x}"
-        _set_id(event, event_id)
-        _set_time(event, _wall_clock())
-        _set_json(event, None)
-        _set_size(event, self._size + len(text) + len(event_id))
-        return event
+            event.metadata = _EMPTY
+        event.session_id = self._session_id
+        event.seq = None
+        event_id = f"{_ID_PREFIX}-{next(_id_counter)}"
+        event.event_id = event_id
+        event.timestamp = _wall_clock()
+        event._json = None
+        event._size = self._size + len(text) + len(event_id)
+        event.__class__ = StreamEvent  # sealed
+        return event  # type: ignore[no-any-return]
 
     def _start(self) -> StreamEvent:
         if self._now is anyio.current_time:
@@ -874,24 +867,24 @@ class TokenStream:
                                 elif now - last > self._itl_max:
                                     self._itl_max = now - last
                                 self._last_token_at = now
-                                event = _new(StreamEvent)
-                                _set_type(event, _TOKEN)
-                                _set_content(event, item)
+                                event: Any = _new(_Unsealed)  # see _Unsealed
+                                event.event_type = _TOKEN
+                                event.content = item
                                 if metadata:
                                     elapsed = int((now - started) * 1e6 + 0.5) / 1e6
-                                    _set_metadata(
-                                        event,
-                                        MappingProxyType({"index": index, "elapsed": elapsed}),
+                                    event.metadata = MappingProxyType(
+                                        {"index": index, "elapsed": elapsed}
                                     )
                                 else:
-                                    _set_metadata(event, _EMPTY)
-                                _set_session(event, session_id)
-                                _set_seq(event, None)
-                                event_id = f"{id_prefix}{next_id():x}"
-                                _set_id(event, event_id)
-                                _set_time(event, _wall_clock())
-                                _set_json(event, None)
-                                _set_size(event, size + len(item) + len(event_id))
+                                    event.metadata = _EMPTY
+                                event.session_id = session_id
+                                event.seq = None
+                                event_id = f"{id_prefix}{next_id()}"
+                                event.event_id = event_id
+                                event.timestamp = _wall_clock()
+                                event._json = None
+                                event._size = size + len(item) + len(event_id)
+                                event.__class__ = StreamEvent  # sealed
                                 if not sink(event):
                                     feed.pending = event
                                     feed.wake()

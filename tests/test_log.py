@@ -492,3 +492,55 @@ async def test_a_reader_kept_up_whose_wait_is_cut_short_loses_nothing() -> None:
     await cursor.aclose()
     assert log.statistics().events_delivered == 4
     assert [e.content for e in log.retained()] == ["a", "b", "c", "d"]
+
+
+async def test_a_reader_closed_while_it_waits_counts_each_event_once() -> None:
+    # A reader kept up with the log waits for the next event still holding the one it
+    # passed; closed by another task while it waits, that event is neither counted again
+    # nor lost from its position, and the reader ends when the log closes.
+    log = sk.InMemoryEventLog()
+    cursor = log.read(0)
+    log.append_nowait(token("a"))
+    got: list[str] = []
+
+    async def read() -> None:
+        got.extend([event.content async for event in cursor])
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(read)
+        await anyio.wait_all_tasks_blocked()
+        assert cursor.position == 1
+        await cursor.aclose()
+        assert cursor.position == 1
+        log.close()
+    assert got == ["a"]
+    assert cursor.position == 1
+    assert log.statistics().events_delivered == 1
+
+
+async def test_a_waiting_reader_gets_each_of_several_quick_appends_in_order() -> None:
+    # The first append wakes the waiting reader with that event; the ones appended
+    # before it runs are read after it, in order, none twice.
+    log = sk.InMemoryEventLog()
+    cursor = log.read(0)
+    got: list[str] = []
+
+    async def read() -> None:
+        async for event in cursor:
+            got.append(event.content)
+            if event.event_type == "complete":
+                return
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(read)
+        log.append_nowait(token("a"))
+        await anyio.wait_all_tasks_blocked()
+        for text in "bcd":
+            log.append_nowait(token(text))
+        await anyio.wait_all_tasks_blocked()
+        log.append_nowait(token("e"))
+        log.append_nowait(sk.StreamEvent(event_type="complete"))
+    assert got == ["a", "b", "c", "d", "e", ""]
+    assert cursor.position == 6
+    await cursor.aclose()
+    assert log.statistics().events_delivered == 6

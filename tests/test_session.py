@@ -6,6 +6,7 @@ import itertools
 import re
 from typing import Any
 
+import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -61,6 +62,17 @@ def test_active_and_paused_alternate() -> None:
     assert done.is_terminal
     with pytest.raises(sk.InvalidTransition):
         done.transition(sk.SessionState.ACTIVE)
+
+
+def test_a_transition_is_a_frozen_snapshot_equal_to_an_evolved_copy() -> None:
+    session = sk.StreamSession(user_id="alice", context={"a": [1, 2]}, created_at=10.0)
+    paused = session.transition(sk.SessionState.PAUSED, now=11.0)
+    assert type(paused) is sk.StreamSession
+    assert paused == attrs.evolve(session, status=sk.SessionState.PAUSED, updated_at=11.0)
+    assert paused.context is session.context
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        paused.status = sk.SessionState.ACTIVE  # type: ignore[misc]
+    assert sk.StreamSession.from_dict(paused.to_dict()) == paused
 
 
 def test_session_ids_are_unguessable_and_url_safe() -> None:
