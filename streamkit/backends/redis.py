@@ -503,6 +503,7 @@ class _Watch:
         "idle",
         "items",
         "last",
+        "local",
         "session_id",
         "waiters",
     )
@@ -518,6 +519,7 @@ class _Watch:
         self.active = False  # whether the XREAD in flight includes this stream
         self.idle = 0
         self.fed_at = -_LOCAL_QUIET  # when this worker's own appends last fed it
+        self.local = False  # whether they ever did
 
     def fed(self, now: float) -> bool:
         """Whether this worker's appends fed it lately (it is then left out of XREAD)."""
@@ -568,6 +570,10 @@ class _Follower:
         self.closed = False
         self._checked_at = 0.0  # when the followed logs were last checked for a loss
         self.lost_logs = 0  # logs this follower found lost and ended
+        # Reads of entries from Redis (script calls or XREAD replies that brought
+        # some), and the entries they brought that it did not have yet.
+        self.reads = 0
+        self.fetched = 0
         # The backend's pipeline: entries are then read with _READ, not XREAD's replies.
         self.pipe: _Pipe | None = None
         self._flowing = False  # the last read found entries: read again without blocking
@@ -634,6 +640,7 @@ class _Follower:
                 last = key
         watch.last = last
         watch.fed_at = time.monotonic()
+        watch.local = True
         # Keep only the newest few (see _FED_KEEP); this round's are all kept.
         if len(items) > _FED_KEEP:
             keep = max(_FED_KEEP, len(events))
@@ -811,8 +818,26 @@ class _Follower:
             self._deliver(reply)
             return
         news = self._deliver(reply, keep=False)
-        if news:
-            self._flowing = await self._read_all(pipe, {key: streams[key] for key in keys})
+        if not news:
+            return
+        if any(watch.local for watch, _ in news):
+            # This worker's own append may be what woke the XREAD (a stream left in it
+            # because its appends paused, a slow stream): once the replies of the
+            # pipeline's calls in flight are in, feed has the entry, and it is not
+            # read back (the script that stored it was sent before the XREAD woke).
+            with contextlib.suppress(Exception):  # a failed pipeline: _READ finds out
+                await pipe.settle()
+            if all(key <= watch.last for watch, key in news):
+                return
+        watches = self._watches
+        self._flowing = await self._read_all(
+            pipe,
+            {
+                key: f"{watch.last >> 1}-{watch.last & 1}"
+                for key in keys
+                if (watch := watches.get(key)) is not None
+            },
+        )
 
     async def _read_all(self, pipe: _Pipe, streams: dict[Any, Any]) -> bool:
         """Read what follows in ``streams`` with one script call; whether any came."""
@@ -820,6 +845,7 @@ class _Follower:
         if not keys:
             return False
         result = await _script(pipe, _READ, (len(keys), *keys, *streams.values(), _BATCH))
+        self.reads += 1
         data = result.encode() if isinstance(result, str) else result
         if not data:
             return False
@@ -839,17 +865,19 @@ class _Follower:
                 if key > known:
                     fresh.append((key, None if key & 1 else _event_of(text, key >> 1, sid)))
             if fresh:
+                self.fetched += len(fresh)
                 watch.add(fresh)
         return True
 
-    def _deliver(self, reply: Any, *, keep: bool = True) -> bool:
-        """Take in an ``XREAD`` (or ``XRANGE``) reply; whether a stream had news.
+    def _deliver(self, reply: Any, *, keep: bool = True) -> list[tuple[_Watch, int]]:
+        """Take in an ``XREAD`` (or ``XRANGE``) reply.
 
-        ``keep=False``: only note the wake-up stream's newest id (the entries are
-        read again with :data:`_READ`).
+        Returns the streams that had news: each one's watch and the order key of its
+        first entry in the reply. ``keep=False``: only note the wake-up stream's newest
+        id (the entries are read again with :data:`_READ`).
         """
         pairs = reply.items() if isinstance(reply, dict) else (reply or ())
-        news = False
+        news: list[tuple[_Watch, int]] = []
         for raw_key, entries in pairs:
             key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
             if key == self._wake_key:
@@ -859,14 +887,16 @@ class _Follower:
             watch = self._watches.get(key)
             if watch is None or not entries:
                 continue
-            news = True
+            news.append((watch, _key_of(entries[0][0])))
             if not keep:
                 continue
+            self.reads += 1
             known = watch.last
             fresh = _items(
                 [entry for entry in entries if _key_of(entry[0]) > known], watch.session_id
             )
             if fresh:
+                self.fetched += len(fresh)
                 watch.add(fresh)
         return news
 
@@ -1269,6 +1299,14 @@ class _Pipe:
         self._kick.set()
         return await future
 
+    async def settle(self) -> None:
+        """Wait until the replies of every call sent or queued so far have been read.
+
+        Sends nothing: an empty call queued behind the others.
+        """
+        if self._busy or self._queue:
+            await self.call([], 0)
+
     async def _direct(self, chunks: list[bytes], replies: int) -> list[Any]:
         """Nothing in flight or queued: send and read in the calling task."""
         conn = self._conn
@@ -1306,9 +1344,9 @@ class _Pipe:
                 self._queue = []
                 self._busy = True
                 try:
-                    await conn.send_packed_command(
-                        [chunk for chunks, _, _ in batch for chunk in chunks], check_health=False
-                    )
+                    packed = [chunk for chunks, _, _ in batch for chunk in chunks]
+                    if packed:  # else only settle's empty calls
+                        await conn.send_packed_command(packed, check_health=False)
                     for _, count, future in batch:
                         results = await self._read(count)
                         if not future.done():
