@@ -244,8 +244,11 @@ return 1
 _BATCH: Final = 256
 _BLOCK_MS: Final = 1000
 # A stream this worker appends to is fed from its appends and left out of the shared
-# XREAD until its appends pause for this long (then other writers' entries are read).
-_LOCAL_QUIET: Final = 0.1
+# XREAD until its appends pause for this long (then other writers' entries are read;
+# before that, at this worker's next append). A stream in the XREAD wakes it at each
+# append, and every wake sends the XREAD again with all its streams: streams paced at 2
+# events/s or faster (reasoning, tool calls) stay out of it.
+_LOCAL_QUIET: Final = 0.5
 # Entries of a stream that the follower keeps for its cursors, beyond those of the
 # newest read or append round: live cursors take them at once, a cursor further behind
 # reads Redis (one round trip per 256 entries). Each entry kept is three objects the
