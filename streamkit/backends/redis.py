@@ -1064,6 +1064,7 @@ class _Appender:
         # events queued; else at the end of the gap after the previous round.
         self._hurry = asyncio.Event()
         self._began = -_ROUND_GAP  # when the newest round began
+        self._crash: BaseException | None = None  # a round's unexpected error
 
     def submit(
         self, log: RedisEventLog, event: StreamEvent, text: bytes, *, kick: bool = True
@@ -1086,38 +1087,59 @@ class _Appender:
         return batch, len(batch.events) - 1
 
     async def run(self) -> None:
+        # Each round is a plain asyncio task (the backend runs on asyncio only), not a
+        # task group's: no cancel scope and task state per round. They are cancelled
+        # and awaited when this task ends; one that fails ends it with its error.
+        loop = asyncio.get_running_loop()
+        rounds: set[asyncio.Task[None]] = set()
+
+        def done(task: asyncio.Task[None]) -> None:
+            rounds.discard(task)
+            if not task.cancelled() and task.exception() is not None and self._crash is None:
+                self._crash = task.exception()
+                self._kick.set()
+                self._hurry.set()
+
         try:
-            async with anyio.create_task_group() as tg:
-                while True:
-                    # Up to _ROUNDS_IN_FLIGHT rounds at once, each log in at most one
-                    # (its batches reach Redis in order; a retry is recognised).
-                    ready = [log for log in self._queue if not log._sending]
-                    if not ready or self._in_flight >= _ROUNDS_IN_FLIGHT:
-                        self._kick = asyncio.Event()
-                        await self._kick.wait()
-                        continue
-                    # A few events trickling in (paced streams) wait for the next
-                    # round's turn, at most _ROUND_GAP after the previous round
-                    # began: one round then carries many sessions' events.
-                    wait = self._began + _ROUND_GAP - time.monotonic()
-                    hurry = self._hurry
-                    if wait > 0 and not hurry.is_set():
-                        timer = asyncio.get_running_loop().call_later(wait, hurry.set)
-                        try:
-                            await hurry.wait()
-                        finally:
-                            timer.cancel()
-                        continue
-                    hurry.clear()
-                    batches = [(log, self._queue.pop(log)) for log in ready]
-                    self._queued = sum(len(batch.events) for batch in self._queue.values())
-                    for log, _ in batches:
-                        log._sending = True
-                    self._in_flight += 1
-                    self._began = time.monotonic()
-                    tg.start_soon(self._round, batches)
-                    await anyio.lowlevel.checkpoint()
+            while True:
+                if self._crash is not None:
+                    raise self._crash
+                # Up to _ROUNDS_IN_FLIGHT rounds at once, each log in at most one
+                # (its batches reach Redis in order; a retry is recognised).
+                ready = [log for log in self._queue if not log._sending]
+                if not ready or self._in_flight >= _ROUNDS_IN_FLIGHT:
+                    self._kick = asyncio.Event()
+                    await self._kick.wait()
+                    continue
+                # A few events trickling in (paced streams) wait for the next
+                # round's turn, at most _ROUND_GAP after the previous round
+                # began: one round then carries many sessions' events.
+                wait = self._began + _ROUND_GAP - time.monotonic()
+                hurry = self._hurry
+                if wait > 0 and not hurry.is_set():
+                    timer = loop.call_later(wait, hurry.set)
+                    try:
+                        await hurry.wait()
+                    finally:
+                        timer.cancel()
+                    continue
+                hurry.clear()
+                batches = [(log, self._queue.pop(log)) for log in ready]
+                self._queued = sum(len(batch.events) for batch in self._queue.values())
+                for log, _ in batches:
+                    log._sending = True
+                self._in_flight += 1
+                self._began = time.monotonic()
+                task = loop.create_task(self._round(batches))
+                rounds.add(task)
+                task.add_done_callback(done)
+                await anyio.lowlevel.checkpoint()
         finally:
+            for task in rounds:
+                task.cancel()
+            if rounds:
+                with anyio.CancelScope(shield=True):
+                    await asyncio.wait(set(rounds))
             self.closed = True
             self._fail(list(self._queue.items()), BackendError("the Redis backend closed"))
             self._queue = {}
