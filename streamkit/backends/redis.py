@@ -2096,7 +2096,10 @@ class RedisEventLog(EventLog):
             if lead:
                 await appender.lead(self)
             else:
-                appender.hurry()
+                # A final event joins the next round in its turn (at most _ROUND_GAP
+                # later): sessions that end together then share rounds, not one each.
+                if not event.is_final:
+                    appender.hurry()
                 await batch.wait()
             return batch.result(index, self._session_id)
         # No backend task: one script call per append, one in flight per writer so
