@@ -21,9 +21,11 @@ step fails. Three rows, measured in the same run:
   through Redis before its reader sees it; sessions, leases and logs all in Redis).
 
 The figure is the largest step that passed, and the ratio Redis / bare loop; each step
-also gives the CPU time of the benchmark's process per token (the ``redis-server``
-process is not counted: it runs on the other core). The goals table has the format of
-``bench_capacity.py``'s, and ``bench/run_all.py`` (``redis_capacity``) puts it in the
+also gives the CPU time of the benchmark's process per token and, for the Redis case,
+that of the ``redis-server`` process (from ``/proc``, Linux only, the whole step: the
+sessions' set-up and ends too): it shares the machine's cores with the worker, and the
+bare loop has no such process. The goals table has the format of ``bench_capacity.py``'s,
+and ``bench/run_all.py`` (``redis_capacity``) puts it in the
 report beside the memory and bare rows.
 """
 
@@ -165,21 +167,41 @@ async def registry_step(sessions: int, url: str) -> dict[str, Any]:
     return _verdict(sessions, tokens, lags, complete)
 
 
-def capacity(name: str, url: str) -> list[dict[str, Any]]:
-    """Run ``name``'s steps until one fails; return every step's row."""
+def _server_cpu(pid: int) -> float:
+    """CPU seconds (user + system) the process ``pid`` used so far; NaN off Linux."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def capacity(name: str, url: str, server: int = 0) -> list[dict[str, Any]]:
+    """Run ``name``'s steps until one fails; return every step's row.
+
+    ``server``: the pid of the ``redis-server`` (its CPU per token is measured too).
+    """
     step = bare_step if name == "bare loop" else registry_step
     rows = []
     failed = 0
     for sessions in STEPS[name]:
         gc.collect()
         cpu = time.process_time()
+        server_cpu = _server_cpu(server)
         row = anyio.run(step, sessions, "" if name == "memory" else url, backend="asyncio")
-        row["cpu_us_per_token"] = (time.process_time() - cpu) / (sessions * SECONDS * RATE) * 1e6
+        per_token = 1e6 / (sessions * SECONDS * RATE)
+        row["cpu_us_per_token"] = (time.process_time() - cpu) * per_token
+        row["server_us_per_token"] = (
+            (_server_cpu(server) - server_cpu) * per_token if name == "Redis" else float("nan")
+        )
         row["case"] = name
         rows.append(row)
         print(
             f"  {name} {sessions:>5}: p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, "
-            f"lost {row['lost']}, CPU {row['cpu_us_per_token']:.0f} us/token, "
+            f"lost {row['lost']}, CPU {row['cpu_us_per_token']:.0f} us/token"
+            + (f" (redis-server {row['server_us_per_token']:.0f})" if name == "Redis" else "")
+            + ", "
             f"{'ok' if row['ok'] else 'over the goal'}",
             flush=True,
         )
@@ -199,7 +221,7 @@ def main() -> None:
     process, url = _start()
     print(f"{machine()}, {RATE:g} tokens/s per session, {SECONDS:g} s per step\n")
     try:
-        results = {name: capacity(name, url) for name in STEPS}
+        results = {name: capacity(name, url, process.pid) for name in STEPS}
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -211,12 +233,16 @@ def main() -> None:
         "max lag ms",
         "lost",
         "CPU us/token",
+        "redis-server us/token",
         "verdict",
     )
     cells = [
         [
             *(r["case"], r["sessions"], r["p50_ms"], r["p99_ms"], r["max_ms"], r["lost"]),
             round(r["cpu_us_per_token"]),
+            ""
+            if r["server_us_per_token"] != r["server_us_per_token"]
+            else round(r["server_us_per_token"]),
             r["ok"],
         ]
         for rows in results.values()

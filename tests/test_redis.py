@@ -15,6 +15,7 @@ import pytest
 import redis.asyncio as aredis
 
 import streamkit as sk
+from streamkit.backends import redis as redis_backend
 from streamkit.backends.redis import RedisBackend, RedisEventLog
 from streamkit.testing import check_event_log
 
@@ -593,6 +594,50 @@ async def test_a_reader_behind_the_follower_s_few_entries_reads_the_rest_from_re
                 go_on.set()
     for name, seqs in got.items():
         assert seqs == list(range(1, 203)), name
+
+
+async def test_a_slow_stream_s_reader_on_its_worker_does_not_read_its_events_back(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream whose appends pause goes back into the follower's ``XREAD``.
+
+    Its next append wakes that ``XREAD``, but the entry is this worker's own, which the
+    append's reply already gave the follower: it is not read back from Redis (no
+    script call, no JSON decoded). A slow stream is one whose appends pause longer
+    than ``_LOCAL_QUIET`` (0.1 s): set to 0 here, every stream is one, with no waiting.
+    """
+    monkeypatch.setattr(redis_backend, "_LOCAL_QUIET", 0.0)
+    config = sk.RegistryConfig()
+    async with RedisBackend(redis_url, prefix="slow") as backend:
+        follower = backend._follower
+        assert follower is not None
+        log = await backend.make_log(_sid(), config)
+        got: list[sk.StreamEvent] = []
+        arrived = anyio.Event()
+
+        async def read() -> None:
+            nonlocal arrived
+            async with log.read(0) as cursor:
+                async for event in cursor:
+                    got.append(event)
+                    arrived.set()
+
+        sent = []
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(read)
+                for i in range(20):
+                    # One event at a time, each once the reader has the one before:
+                    # the reader waits on the follower, its stream in the XREAD.
+                    event = log.append_nowait(_token(f"{i} "), owned=True)
+                    assert event is not None
+                    sent.append(event)
+                    await arrived.wait()
+                    arrived = anyio.Event()
+                await log.append(sk.StreamEvent(event_type=sk.EventType.COMPLETE))
+    assert [e.seq for e in got] == list(range(1, 22))
+    assert all(a is b for a, b in zip(got, sent, strict=False))  # none decoded from Redis
+    assert (follower.reads, follower.fetched) == (0, 0)
 
 
 async def test_a_hole_in_the_stream_is_reported_not_skipped(client: aredis.Redis) -> None:

@@ -244,8 +244,11 @@ return 1
 _BATCH: Final = 256
 _BLOCK_MS: Final = 1000
 # A stream this worker appends to is fed from its appends and left out of the shared
-# XREAD until its appends pause for this long (then other writers' entries are read).
-_LOCAL_QUIET: Final = 0.1
+# XREAD until its appends pause for this long (then other writers' entries are read;
+# before that, at this worker's next append). A stream in the XREAD wakes it at each
+# append, and every wake sends the XREAD again with all its streams: streams paced at 2
+# events/s or faster (reasoning, tool calls) stay out of it.
+_LOCAL_QUIET: Final = 0.5
 # Entries of a stream that the follower keeps for its cursors, beyond those of the
 # newest read or append round: live cursors take them at once, a cursor further behind
 # reads Redis (one round trip per 256 entries). Each entry kept is three objects the
@@ -503,6 +506,7 @@ class _Watch:
         "idle",
         "items",
         "last",
+        "local",
         "session_id",
         "waiters",
     )
@@ -518,6 +522,7 @@ class _Watch:
         self.active = False  # whether the XREAD in flight includes this stream
         self.idle = 0
         self.fed_at = -_LOCAL_QUIET  # when this worker's own appends last fed it
+        self.local = False  # whether they ever did
 
     def fed(self, now: float) -> bool:
         """Whether this worker's appends fed it lately (it is then left out of XREAD)."""
@@ -568,6 +573,10 @@ class _Follower:
         self.closed = False
         self._checked_at = 0.0  # when the followed logs were last checked for a loss
         self.lost_logs = 0  # logs this follower found lost and ended
+        # Reads of entries from Redis (script calls or XREAD replies that brought
+        # some), and the entries they brought that it did not have yet.
+        self.reads = 0
+        self.fetched = 0
         # The backend's pipeline: entries are then read with _READ, not XREAD's replies.
         self.pipe: _Pipe | None = None
         self._flowing = False  # the last read found entries: read again without blocking
@@ -634,6 +643,7 @@ class _Follower:
                 last = key
         watch.last = last
         watch.fed_at = time.monotonic()
+        watch.local = True
         # Keep only the newest few (see _FED_KEEP); this round's are all kept.
         if len(items) > _FED_KEEP:
             keep = max(_FED_KEEP, len(events))
@@ -811,8 +821,26 @@ class _Follower:
             self._deliver(reply)
             return
         news = self._deliver(reply, keep=False)
-        if news:
-            self._flowing = await self._read_all(pipe, {key: streams[key] for key in keys})
+        if not news:
+            return
+        if any(watch.local for watch, _ in news):
+            # This worker's own append may be what woke the XREAD (a stream left in it
+            # because its appends paused, a slow stream): once the replies of the
+            # pipeline's calls in flight are in, feed has the entry, and it is not
+            # read back (the script that stored it was sent before the XREAD woke).
+            with contextlib.suppress(Exception):  # a failed pipeline: _READ finds out
+                await pipe.settle()
+            if all(key <= watch.last for watch, key in news):
+                return
+        watches = self._watches
+        self._flowing = await self._read_all(
+            pipe,
+            {
+                key: f"{watch.last >> 1}-{watch.last & 1}"
+                for key in keys
+                if (watch := watches.get(key)) is not None
+            },
+        )
 
     async def _read_all(self, pipe: _Pipe, streams: dict[Any, Any]) -> bool:
         """Read what follows in ``streams`` with one script call; whether any came."""
@@ -820,6 +848,7 @@ class _Follower:
         if not keys:
             return False
         result = await _script(pipe, _READ, (len(keys), *keys, *streams.values(), _BATCH))
+        self.reads += 1
         data = result.encode() if isinstance(result, str) else result
         if not data:
             return False
@@ -839,17 +868,19 @@ class _Follower:
                 if key > known:
                     fresh.append((key, None if key & 1 else _event_of(text, key >> 1, sid)))
             if fresh:
+                self.fetched += len(fresh)
                 watch.add(fresh)
         return True
 
-    def _deliver(self, reply: Any, *, keep: bool = True) -> bool:
-        """Take in an ``XREAD`` (or ``XRANGE``) reply; whether a stream had news.
+    def _deliver(self, reply: Any, *, keep: bool = True) -> list[tuple[_Watch, int]]:
+        """Take in an ``XREAD`` (or ``XRANGE``) reply.
 
-        ``keep=False``: only note the wake-up stream's newest id (the entries are
-        read again with :data:`_READ`).
+        Returns the streams that had news: each one's watch and the order key of its
+        first entry in the reply. ``keep=False``: only note the wake-up stream's newest
+        id (the entries are read again with :data:`_READ`).
         """
         pairs = reply.items() if isinstance(reply, dict) else (reply or ())
-        news = False
+        news: list[tuple[_Watch, int]] = []
         for raw_key, entries in pairs:
             key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
             if key == self._wake_key:
@@ -859,14 +890,16 @@ class _Follower:
             watch = self._watches.get(key)
             if watch is None or not entries:
                 continue
-            news = True
+            news.append((watch, _key_of(entries[0][0])))
             if not keep:
                 continue
+            self.reads += 1
             known = watch.last
             fresh = _items(
                 [entry for entry in entries if _key_of(entry[0]) > known], watch.session_id
             )
             if fresh:
+                self.fetched += len(fresh)
                 watch.add(fresh)
         return news
 
@@ -1031,6 +1064,7 @@ class _Appender:
         # events queued; else at the end of the gap after the previous round.
         self._hurry = asyncio.Event()
         self._began = -_ROUND_GAP  # when the newest round began
+        self._crash: BaseException | None = None  # a round's unexpected error
 
     def submit(
         self, log: RedisEventLog, event: StreamEvent, text: bytes, *, kick: bool = True
@@ -1053,38 +1087,59 @@ class _Appender:
         return batch, len(batch.events) - 1
 
     async def run(self) -> None:
+        # Each round is a plain asyncio task (the backend runs on asyncio only), not a
+        # task group's: no cancel scope and task state per round. They are cancelled
+        # and awaited when this task ends; one that fails ends it with its error.
+        loop = asyncio.get_running_loop()
+        rounds: set[asyncio.Task[None]] = set()
+
+        def done(task: asyncio.Task[None]) -> None:
+            rounds.discard(task)
+            if not task.cancelled() and task.exception() is not None and self._crash is None:
+                self._crash = task.exception()
+                self._kick.set()
+                self._hurry.set()
+
         try:
-            async with anyio.create_task_group() as tg:
-                while True:
-                    # Up to _ROUNDS_IN_FLIGHT rounds at once, each log in at most one
-                    # (its batches reach Redis in order; a retry is recognised).
-                    ready = [log for log in self._queue if not log._sending]
-                    if not ready or self._in_flight >= _ROUNDS_IN_FLIGHT:
-                        self._kick = asyncio.Event()
-                        await self._kick.wait()
-                        continue
-                    # A few events trickling in (paced streams) wait for the next
-                    # round's turn, at most _ROUND_GAP after the previous round
-                    # began: one round then carries many sessions' events.
-                    wait = self._began + _ROUND_GAP - time.monotonic()
-                    hurry = self._hurry
-                    if wait > 0 and not hurry.is_set():
-                        timer = asyncio.get_running_loop().call_later(wait, hurry.set)
-                        try:
-                            await hurry.wait()
-                        finally:
-                            timer.cancel()
-                        continue
-                    hurry.clear()
-                    batches = [(log, self._queue.pop(log)) for log in ready]
-                    self._queued = sum(len(batch.events) for batch in self._queue.values())
-                    for log, _ in batches:
-                        log._sending = True
-                    self._in_flight += 1
-                    self._began = time.monotonic()
-                    tg.start_soon(self._round, batches)
-                    await anyio.lowlevel.checkpoint()
+            while True:
+                if self._crash is not None:
+                    raise self._crash
+                # Up to _ROUNDS_IN_FLIGHT rounds at once, each log in at most one
+                # (its batches reach Redis in order; a retry is recognised).
+                ready = [log for log in self._queue if not log._sending]
+                if not ready or self._in_flight >= _ROUNDS_IN_FLIGHT:
+                    self._kick = asyncio.Event()
+                    await self._kick.wait()
+                    continue
+                # A few events trickling in (paced streams) wait for the next
+                # round's turn, at most _ROUND_GAP after the previous round
+                # began: one round then carries many sessions' events.
+                wait = self._began + _ROUND_GAP - time.monotonic()
+                hurry = self._hurry
+                if wait > 0 and not hurry.is_set():
+                    timer = loop.call_later(wait, hurry.set)
+                    try:
+                        await hurry.wait()
+                    finally:
+                        timer.cancel()
+                    continue
+                hurry.clear()
+                batches = [(log, self._queue.pop(log)) for log in ready]
+                self._queued = sum(len(batch.events) for batch in self._queue.values())
+                for log, _ in batches:
+                    log._sending = True
+                self._in_flight += 1
+                self._began = time.monotonic()
+                task = loop.create_task(self._round(batches))
+                rounds.add(task)
+                task.add_done_callback(done)
+                await anyio.lowlevel.checkpoint()
         finally:
+            for task in rounds:
+                task.cancel()
+            if rounds:
+                with anyio.CancelScope(shield=True):
+                    await asyncio.wait(set(rounds))
             self.closed = True
             self._fail(list(self._queue.items()), BackendError("the Redis backend closed"))
             self._queue = {}
@@ -1269,6 +1324,14 @@ class _Pipe:
         self._kick.set()
         return await future
 
+    async def settle(self) -> None:
+        """Wait until the replies of every call sent or queued so far have been read.
+
+        Sends nothing: an empty call queued behind the others.
+        """
+        if self._busy or self._queue:
+            await self.call([], 0)
+
     async def _direct(self, chunks: list[bytes], replies: int) -> list[Any]:
         """Nothing in flight or queued: send and read in the calling task."""
         conn = self._conn
@@ -1306,9 +1369,9 @@ class _Pipe:
                 self._queue = []
                 self._busy = True
                 try:
-                    await conn.send_packed_command(
-                        [chunk for chunks, _, _ in batch for chunk in chunks], check_health=False
-                    )
+                    packed = [chunk for chunks, _, _ in batch for chunk in chunks]
+                    if packed:  # else only settle's empty calls
+                        await conn.send_packed_command(packed, check_health=False)
                     for _, count, future in batch:
                         results = await self._read(count)
                         if not future.done():
@@ -2033,7 +2096,10 @@ class RedisEventLog(EventLog):
             if lead:
                 await appender.lead(self)
             else:
-                appender.hurry()
+                # A final event joins the next round in its turn (at most _ROUND_GAP
+                # later): sessions that end together then share rounds, not one each.
+                if not event.is_final:
+                    appender.hurry()
                 await batch.wait()
             return batch.result(index, self._session_id)
         # No backend task: one script call per append, one in flight per writer so
