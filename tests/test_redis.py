@@ -604,7 +604,7 @@ async def test_a_slow_stream_s_reader_on_its_worker_does_not_read_its_events_bac
     Its next append wakes that ``XREAD``, but the entry is this worker's own, which the
     append's reply already gave the follower: it is not read back from Redis (no
     script call, no JSON decoded). A slow stream is one whose appends pause longer
-    than ``_LOCAL_QUIET`` (0.1 s): set to 0 here, every stream is one, with no waiting.
+    than ``_LOCAL_QUIET`` (0.5 s): set to 0 here, every stream is one, with no waiting.
     """
     monkeypatch.setattr(redis_backend, "_LOCAL_QUIET", 0.0)
     config = sk.RegistryConfig()
