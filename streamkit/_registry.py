@@ -890,7 +890,7 @@ class SessionRegistry:
                 # session is ending; the registry's shutdown no longer reaches it.
                 own.shield = True
                 try:
-                    before, after, stored = await self._coord.end(entry, state, final)
+                    before, after, stored = await self._coord.end(entry, state, final, fresh=True)
                 finally:
                     own.shield = False
                 entry.session = after
