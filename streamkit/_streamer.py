@@ -1073,9 +1073,10 @@ class TokenStream:
         else:
             metadata = MappingProxyType({"reason": outcome, "stats": stats_data})
             event = make_event(EventType.COMPLETE, "", metadata, self._session_id)
-            # final_size(event, size) as a sum: the two items are known.
-            _set_size(event, COMPLETE_SIZE + len(event.event_id) + len(outcome) + size)
-            return event
+            if outcome is not None:  # (always, once finished)
+                # final_size(event, size) as a sum: the two items are known.
+                _set_size(event, COMPLETE_SIZE + len(event.event_id) + len(outcome) + size)
+                return event
         _set_size(event, final_size(event, size))
         return event
 
