@@ -948,7 +948,10 @@ class SessionRegistry:
         self._emit("removed", removed or entry.session)
 
     def _emit(self, name: str, *args: object) -> None:
-        for hook in tuple(self._hooks[name]):
+        hooks = self._hooks[name]
+        if not hooks:
+            return
+        for hook in tuple(hooks):
             try:
                 hook(*args)
             except Exception:
