@@ -215,14 +215,20 @@ class Coordinator:
         """The log refused an append (closed): re-read the entry's state (nothing here)."""
 
     async def end(
-        self, entry: _Entry, state: SessionState, final: StreamEvent
+        self, entry: _Entry, state: SessionState, final: StreamEvent, *, fresh: bool = False
     ) -> tuple[StreamSession, StreamSession, StreamEvent]:
-        """Append the final event, then set the state; return (before, after, stored)."""
+        """Append the final event, then set the state; return (before, after, stored).
+
+        ``fresh``: ``final`` comes from the session's own stream and nothing else holds
+        it, so the log may stamp it in place (no copy, its size hint kept).
+        """
         registry = self._registry
         session_id = entry.session.session_id
         stored = final
-        if not entry.log.is_closed:
-            stored = await entry.log.append(final)
+        log = entry.log
+        if not log.is_closed:
+            taken = log.append_nowait(final, owned=True) if fresh else None
+            stored = await log.append(final) if taken is None else taken
             registry._counts["appended"] += 1
         before, after = await registry.backend.store.set_state(session_id, state, now=time.time())
         return before, after, stored
@@ -318,9 +324,12 @@ class SharedCoordinator(Coordinator):
                 await self.lookup(entry.session.session_id, entry)
 
     async def end(
-        self, entry: _Entry, state: SessionState, final: StreamEvent
+        self, entry: _Entry, state: SessionState, final: StreamEvent, *, fresh: bool = False
     ) -> tuple[StreamSession, StreamSession, StreamEvent]:
-        """Set the state first (one worker wins), then append the final event."""
+        """Set the state first (one worker wins), then append the final event.
+
+        ``fresh`` is not used: a shared log's append does I/O whatever the event.
+        """
         registry = self._registry
         session_id = entry.session.session_id
         before, after = await self._set_final_state(entry, state)

@@ -194,6 +194,17 @@ def final_size(event: StreamEvent, stats_size: int) -> int:
     return size
 
 
+#: :func:`final_size` of a ``complete`` event whose ``event_id``, ``reason`` and ``stats``
+#: count nothing: a streamer's ``complete`` event is this plus the three
+#: (``len(event_id) + len(reason) + stats_size``), a sum instead of a walk of its items.
+COMPLETE_SIZE: Final = final_size(
+    make_event(
+        EventType.COMPLETE, "", MappingProxyType({"reason": "", "stats": ""}), None, None, "", 0.0
+    ),
+    0,
+)
+
+
 def stats_size(stats: Mapping[str, object]) -> int:
     """Return what :func:`estimate_size` counts for a final event's ``stats`` value."""
     return _value_size(stats)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from ._errors import SessionLimitExceeded, SessionNotFound, ValidationError
 from ._log import InMemoryEventLog
+from ._session import _ENDINGS
 from .abc import Backend, EventLog, SessionStore
 
 if TYPE_CHECKING:
@@ -83,7 +84,7 @@ class MemorySessionStore(SessionStore):
             raise SessionNotFound("no such session", session_id=session_id)
         after = before.transition(state, now=now)
         self._sessions[session_id] = after
-        if after.is_terminal and not before.is_terminal:
+        if state in _ENDINGS and before.status not in _ENDINGS:  # (is_terminal, no calls)
             self._forget_live(after)
         return before, after
 

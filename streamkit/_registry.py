@@ -890,7 +890,7 @@ class SessionRegistry:
                 # session is ending; the registry's shutdown no longer reaches it.
                 own.shield = True
                 try:
-                    before, after, stored = await self._coord.end(entry, state, final)
+                    before, after, stored = await self._coord.end(entry, state, final, fresh=True)
                 finally:
                     own.shield = False
                 entry.session = after
@@ -948,7 +948,10 @@ class SessionRegistry:
         self._emit("removed", removed or entry.session)
 
     def _emit(self, name: str, *args: object) -> None:
-        for hook in tuple(self._hooks[name]):
+        hooks = self._hooks[name]
+        if not hooks:
+            return
+        for hook in tuple(hooks):
             try:
                 hook(*args)
             except Exception:

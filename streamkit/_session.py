@@ -66,6 +66,9 @@ class SessionState(StrEnum):
         return not TRANSITIONS[self]
 
 
+_INF: Final = float("inf")
+
+#: The terminal states (those :data:`TRANSITIONS` lets nothing follow).
 _ENDINGS: Final = frozenset(
     {SessionState.COMPLETED, SessionState.ERROR, SessionState.CANCELLED, SessionState.EXPIRED}
 )
@@ -81,6 +84,7 @@ TRANSITIONS: Final[Mapping[SessionState, frozenset[SessionState]]] = MappingProx
         SessionState.EXPIRED: frozenset(),
     }
 )
+assert {state for state in SessionState if state.is_terminal} == _ENDINGS
 
 
 def check_transition(
@@ -245,7 +249,10 @@ class StreamSession:
             InvalidTransition: the move is not allowed from the current state.
         """
         check_transition(self.status, status, session_id=self.session_id)
-        updated = time.time() if now is None else check_number("updated_at", now, minimum=0)
+        if type(now) is float and 0.0 <= now < _INF:  # (NaN fails both): valid as it is
+            updated = now
+        else:
+            updated = time.time() if now is None else check_number("updated_at", now, minimum=0)
         updated = max(updated, self.created_at)
         if type(self) is not StreamSession:  # a subclass may hold more
             return attrs.evolve(self, status=status, updated_at=updated)

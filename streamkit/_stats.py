@@ -41,11 +41,18 @@ def figures_data(  # noqa: PLR0917 - the nine figures, in order, as _figures giv
         "chunks": chunks,
         "characters": characters,
         "heartbeats": heartbeats,
-        "time_to_first_token": _maybe_round(time_to_first_token),
-        "mean_inter_token_latency": _maybe_round(mean_inter_token_latency),
-        "max_inter_token_latency": _maybe_round(max_inter_token_latency),
-        "tokens_per_second": _round(tokens_per_second),
-        "duration": _round(duration),
+        # _maybe_round and _round, inline: this runs at the end of every stream.
+        "time_to_first_token": None
+        if time_to_first_token is None
+        else round(time_to_first_token, 6),
+        "mean_inter_token_latency": None
+        if mean_inter_token_latency is None
+        else round(mean_inter_token_latency, 6),
+        "max_inter_token_latency": None
+        if max_inter_token_latency is None
+        else round(max_inter_token_latency, 6),
+        "tokens_per_second": round(tokens_per_second, 6),
+        "duration": round(duration, 6),
     }
 
 

@@ -64,7 +64,7 @@ from ._errors import ClosedError, ValidationError
 from ._events import _ID_PREFIX, EventType, StreamEvent, _id_counter, _Unsealed, make_event
 from ._events import _slot as _event_slots
 from ._feeds import BUFFER_ITEMS, TaskFeed, ThreadFeed
-from ._log import final_size, stats_size, token_size
+from ._log import COMPLETE_SIZE, final_size, stats_size, token_size
 from ._parts import Part, TextDelta
 from ._parts_chunker import PartsChunker, accept_part, part_event
 from ._signals import loop_clock
@@ -1073,6 +1073,10 @@ class TokenStream:
         else:
             metadata = MappingProxyType({"reason": outcome, "stats": stats_data})
             event = make_event(EventType.COMPLETE, "", metadata, self._session_id)
+            if outcome is not None:  # (always, once finished)
+                # final_size(event, size) as a sum: the two items are known.
+                _set_size(event, COMPLETE_SIZE + len(event.event_id) + len(outcome) + size)
+                return event
         _set_size(event, final_size(event, size))
         return event
 

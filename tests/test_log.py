@@ -435,19 +435,27 @@ async def test_a_history_is_replayed_equal_whatever_its_events_hold() -> None:
             await cursor.aclose()
 
 
-@pytest.mark.parametrize("fail", [False, True])
-async def test_a_streams_final_event_is_charged_as_a_copy_of_it_would_be(fail: bool) -> None:
+@pytest.mark.parametrize("outcome", ["completed", "error", "deadline"])
+async def test_a_streams_final_event_is_charged_as_a_copy_of_it_would_be(outcome: str) -> None:
     # The streamer gives its final events their size beforehand; the log must charge
     # exactly what it charges for the same event built by the public constructor.
     async def source() -> AsyncIterator[str]:
         yield "hello "
         yield "world"
-        if fail:
+        if outcome == "error":
             raise RuntimeError("boom")
+        if outcome == "deadline":
+            await anyio.sleep_forever()
 
-    events = [e async for e in sk.stream_tokens(source(), sk.StreamConfig(stream_delay=0))]
+    config = sk.StreamConfig(
+        stream_delay=0, max_stream_time=0.05 if outcome == "deadline" else None
+    )
+    with anyio.fail_after(5):
+        events = [e async for e in sk.stream_tokens(source(), config)]
     final = events[-1]
-    assert final.event_type == ("error" if fail else "complete")
+    assert final.event_type == ("error" if outcome == "error" else "complete")
+    if outcome != "error":
+        assert final.metadata["reason"] == outcome
     copy = sk.StreamEvent(
         event_type=final.event_type,
         content=final.content,

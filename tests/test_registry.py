@@ -745,6 +745,49 @@ async def test_block_policy_delivers_every_token_of_a_source_in_order() -> None:
         assert events[-1].event_type == sk.EventType.COMPLETE
 
 
+async def test_block_policy_holds_a_streamed_final_event_until_the_reader_makes_room() -> None:
+    # The producer's own final event is appended in place when the log has room; here
+    # it has none, and the session ends only once the reader has read.
+    config = sk.RegistryConfig(max_lag=3, slow_consumer_policy="block")
+    async with sk.SessionRegistry(config) as registry:
+        sid = (await registry.create()).session_id
+        async with registry.subscribe(sid) as sub:
+            registry.start(sid, ["a ", "b "], FAST)
+            with anyio.fail_after(5):
+                events = [await sub.__anext__()]
+                await anyio.wait_all_tasks_blocked()
+            held = await registry.get(sid)
+            assert held.status is sk.SessionState.ACTIVE
+            assert not any(e.is_final for e in held.events)  # the final event waits
+            with anyio.fail_after(5):
+                events += [e async for e in sub]
+        assert text_of(events) == "a b "
+        assert [e.seq for e in events] == list(range(1, len(events) + 1))
+        final = events[-1]
+        assert final.event_type == sk.EventType.COMPLETE
+        assert final.session_id == sid
+        assert final.metadata["stats"]
+        assert (await registry.get(sid)).status is sk.SessionState.COMPLETED
+        assert registry.statistics().events_appended == len(events)
+
+
+async def test_a_streamed_final_event_is_stored_once_with_its_seq_and_session() -> None:
+    async with sk.SessionRegistry() as registry:
+        sid = (await registry.create()).session_id
+        async with registry.subscribe(sid) as sub:
+            registry.start(sid, ["a ", "b "], FAST)
+            with anyio.fail_after(5):
+                events = [e async for e in sub]
+        session = await registry.get(sid)
+        assert session.status is sk.SessionState.COMPLETED
+        assert list(session.events) == events
+        final = events[-1]
+        assert final.is_final
+        assert final.session_id == sid
+        assert final.seq == len(events)
+        assert session.events[-1].to_json() == final.to_json()
+
+
 async def test_event_hooks_fire_once_per_event_in_seq_order() -> None:
     seen: list[int | None] = []
     steps = [(f"w{i} ", anyio.Event()) for i in range(20)]

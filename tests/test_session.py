@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from typing import Any
 
@@ -62,6 +63,21 @@ def test_active_and_paused_alternate() -> None:
     assert done.is_terminal
     with pytest.raises(sk.InvalidTransition):
         done.transition(sk.SessionState.ACTIVE)
+
+
+@pytest.mark.parametrize("now", [math.nan, math.inf, -1.0, -math.inf, "1.0", True])
+def test_a_transition_refuses_an_invalid_time(now: object) -> None:
+    session = sk.StreamSession(created_at=10.0)
+    with pytest.raises(sk.ValidationError):
+        session.transition(sk.SessionState.PAUSED, now=now)  # type: ignore[arg-type]
+
+
+def test_a_transition_takes_an_int_time_and_never_goes_before_creation() -> None:
+    session = sk.StreamSession(created_at=10.0)
+    later = session.transition(sk.SessionState.PAUSED, now=12)
+    assert later.updated_at == 12.0
+    assert type(later.updated_at) is float
+    assert session.transition(sk.SessionState.PAUSED, now=5.0).updated_at == 10.0
 
 
 def test_a_transition_is_a_frozen_snapshot_equal_to_an_evolved_copy() -> None:
