@@ -63,7 +63,12 @@ FOLLOWERS = (1, 10, 100)
 PER_CURSOR_FOLLOWERS = (1, 10)
 
 
-def _start() -> tuple[subprocess.Popen[bytes], str]:
+def _start(cpus: set[int] | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """Start a ``redis-server`` on a free loopback port; return it and its URL.
+
+    ``cpus``: the CPUs the server (and every thread it starts) may run on; None leaves
+    it where the benchmark's process may run.
+    """
     binary = shutil.which("redis-server")
     if binary is None:
         raise SystemExit("no redis-server binary on PATH")
@@ -71,13 +76,20 @@ def _start() -> tuple[subprocess.Popen[bytes], str]:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
     directory = tempfile.mkdtemp()
-    process = subprocess.Popen(
-        [
-            *(binary, "--save", "", "--appendonly", "no", "--port", str(port)),
-            *("--bind", "127.0.0.1", "--dir", directory),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
+    mine = os.sched_getaffinity(0) if cpus is not None else set()
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)  # the child inherits it, and so do its threads
+    try:
+        process = subprocess.Popen(
+            [
+                *(binary, "--save", "", "--appendonly", "no", "--port", str(port)),
+                *("--bind", "127.0.0.1", "--dir", directory),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+    finally:
+        if cpus is not None:
+            os.sched_setaffinity(0, mine)
     for _ in range(200):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()

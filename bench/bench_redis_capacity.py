@@ -1,10 +1,15 @@
 """Benchmark: how many paced sessions one worker on ``RedisBackend`` streams at once.
 
 Run: ``.venv/bin/python bench/bench_redis_capacity.py`` (``STREAMKIT_BENCH_QUICK=1`` for a
-smoke run; on a busy machine ``STREAMKIT_BENCH_KEEP_GOING=1`` stops a case after two
-failed steps in a row instead of one, and ``STREAMKIT_BENCH_REDIS_MAX=300`` caps the
-Redis case's steps). Needs a ``redis-server`` binary; the benchmark starts its own on a free port
-(it shares the machine's cores with the benchmark's process, as a local Redis would).
+smoke run; ``STREAMKIT_BENCH_REDIS_MAX=300`` caps the Redis case's steps). Needs a
+``redis-server`` binary; the benchmark starts its own on a free port.
+
+**Where things run.** The figure is what one worker's process carries; in production
+Redis is another machine. So when the benchmark may use two or more CPUs, it pins its
+own process (every row: bare loop, memory, Redis) to the first of them and its
+``redis-server`` to the others (``os.sched_setaffinity``): the server then never takes
+the worker's core, and the rows compete for the same single core.
+``STREAMKIT_BENCH_PIN=0`` leaves both where the system puts them. The output says which.
 
 Each step runs N sessions for a few seconds, each fed by a source that yields a token
 every 50 ms (20 tokens/s; ``chunk_size=1``, one event per token), each read by one
@@ -12,7 +17,11 @@ subscriber in the same process. The sources start at phases spread evenly over o
 period. For every token the reader computes the **delivery lag**: when it got the token
 minus when the source was due to yield it. A step passes when the p99 lag is under
 50 ms and every reader got every token and the final event. N grows by steps until a
-step fails. Three rows, measured in the same run:
+step fails; a step that misses the lag goal is run once more
+(``STREAMKIT_BENCH_TRIES``, 2 by default; the same rule for every row) and passes if
+either run does (the table says "ok (run 2)"): a full collection of the garbage collector
+lands in some runs of a step and not in others. A step that lost anything fails at once.
+Three rows, measured in the same run:
 
 * **bare loop**: no streamkit; a paced generator task puts each token on an
   ``asyncio.Queue``, a reader task takes it (the floor for one asyncio process);
@@ -23,10 +32,9 @@ step fails. Three rows, measured in the same run:
 The figure is the largest step that passed, and the ratio Redis / bare loop; each step
 also gives the CPU time of the benchmark's process per token and, for the Redis case,
 that of the ``redis-server`` process (from ``/proc``, Linux only, the whole step: the
-sessions' set-up and ends too): it shares the machine's cores with the worker, and the
-bare loop has no such process. The goals table has the format of ``bench_capacity.py``'s,
-and ``bench/run_all.py`` (``redis_capacity``) puts it in the
-report beside the memory and bare rows.
+sessions' set-up and ends too): the bare loop has no such process. The goals table has
+the format of ``bench_capacity.py``'s, and ``bench/run_all.py`` (``redis_capacity``) puts
+it in the report beside the memory and bare rows.
 """
 
 from __future__ import annotations
@@ -46,9 +54,9 @@ import streamkit as sk
 from streamkit.backends.redis import RedisBackend
 
 QUICK = os.environ.get("STREAMKIT_BENCH_QUICK") == "1"
-# On a busy machine one stall ends a case: STREAMKIT_BENCH_KEEP_GOING=1 stops a case
-# only after two failed steps in a row (the Redis case's last: STREAMKIT_BENCH_REDIS_MAX).
-KEEP_GOING = os.environ.get("STREAMKIT_BENCH_KEEP_GOING") == "1"
+# Runs of a step that misses the lag goal (a loss fails the step at once).
+TRIES = int(os.environ.get("STREAMKIT_BENCH_TRIES", "2"))
+PIN = os.environ.get("STREAMKIT_BENCH_PIN", "1") != "0"
 REDIS_MAX = int(os.environ.get("STREAMKIT_BENCH_REDIS_MAX", "4000"))
 RATE = 20.0
 SECONDS = 1.0 if QUICK else 3.0
@@ -177,36 +185,63 @@ def _server_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def placement() -> tuple[set[int], set[int]] | None:
+    """(the benchmark's CPU, the ``redis-server``'s CPUs), or None to pin nothing."""
+    if not PIN or not hasattr(os, "sched_setaffinity"):
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    return {cpus[0]}, set(cpus[1:])
+
+
+def verdict(row: dict[str, Any]) -> str:
+    """``ok`` or ``over`` for the table, naming a pass that took a second run."""
+    if not row["ok"]:
+        return "over"
+    return f"ok (run {len(row['missed_p99_ms']) + 1})" if row["missed_p99_ms"] else "ok"
+
+
+def run_step(name: str, sessions: int, url: str, server: int) -> dict[str, Any]:
+    """One run of one step of ``name``, with the CPU per token of it and of the server."""
+    step = bare_step if name == "bare loop" else registry_step
+    gc.collect()
+    cpu = time.process_time()
+    server_cpu = _server_cpu(server)
+    row = anyio.run(step, sessions, "" if name == "memory" else url, backend="asyncio")
+    per_token = 1e6 / (sessions * SECONDS * RATE)
+    row["cpu_us_per_token"] = (time.process_time() - cpu) * per_token
+    row["server_us_per_token"] = (
+        (_server_cpu(server) - server_cpu) * per_token if name == "Redis" else float("nan")
+    )
+    row["case"] = name
+    return row
+
+
 def capacity(name: str, url: str, server: int = 0) -> list[dict[str, Any]]:
     """Run ``name``'s steps until one fails; return every step's row.
 
     ``server``: the pid of the ``redis-server`` (its CPU per token is measured too).
     """
-    step = bare_step if name == "bare loop" else registry_step
     rows = []
-    failed = 0
     for sessions in STEPS[name]:
-        gc.collect()
-        cpu = time.process_time()
-        server_cpu = _server_cpu(server)
-        row = anyio.run(step, sessions, "" if name == "memory" else url, backend="asyncio")
-        per_token = 1e6 / (sessions * SECONDS * RATE)
-        row["cpu_us_per_token"] = (time.process_time() - cpu) * per_token
-        row["server_us_per_token"] = (
-            (_server_cpu(server) - server_cpu) * per_token if name == "Redis" else float("nan")
-        )
-        row["case"] = name
+        missed: list[float] = []  # the p99 of each run that missed the lag goal
+        while True:
+            row = run_step(name, sessions, url, server)
+            print(
+                f"  {name} {sessions:>5}: p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, "
+                f"lost {row['lost']}, CPU {row['cpu_us_per_token']:.0f} us/token"
+                + (f" (redis-server {row['server_us_per_token']:.0f})" if name == "Redis" else "")
+                + f", {'ok' if row['ok'] else 'over the goal'} (run {len(missed) + 1})",
+                flush=True,
+            )
+            # A loss is never retried; a lag miss is, up to TRIES runs of the step.
+            if row["ok"] or row["lost"] or len(missed) + 1 >= TRIES:
+                break
+            missed.append(row["p99_ms"])
+        row["missed_p99_ms"] = missed
         rows.append(row)
-        print(
-            f"  {name} {sessions:>5}: p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, "
-            f"lost {row['lost']}, CPU {row['cpu_us_per_token']:.0f} us/token"
-            + (f" (redis-server {row['server_us_per_token']:.0f})" if name == "Redis" else "")
-            + ", "
-            f"{'ok' if row['ok'] else 'over the goal'}",
-            flush=True,
-        )
-        failed = 0 if row["ok"] else failed + 1
-        if failed > (1 if KEEP_GOING else 0):
+        if not row["ok"]:
             break
     return rows
 
@@ -218,8 +253,19 @@ def held(rows: list[dict[str, Any]]) -> int:
 
 def main() -> None:
     """Run the three cases and print and save their table."""
-    process, url = _start()
-    print(f"{machine()}, {RATE:g} tokens/s per session, {SECONDS:g} s per step\n")
+    cpus = placement()
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus[0])
+    process, url = _start(None if cpus is None else cpus[1])
+    where = (
+        f"pinned: the benchmark on CPU {min(cpus[0])}, redis-server on CPU "
+        + ",".join(map(str, sorted(cpus[1])))
+        if cpus is not None
+        else "not pinned"
+        + (" (STREAMKIT_BENCH_PIN=0)" if not PIN else " (fewer than 2 CPUs or no affinity)")
+    )
+    print(f"{machine()}, {RATE:g} tokens/s per session, {SECONDS:g} s per step; {where}")
+    print(f"a step missing the lag goal runs up to {TRIES} times\n")
     try:
         results = {name: capacity(name, url, process.pid) for name in STEPS}
     finally:
@@ -243,7 +289,7 @@ def main() -> None:
             ""
             if r["server_us_per_token"] != r["server_us_per_token"]
             else round(r["server_us_per_token"]),
-            r["ok"],
+            verdict(r),
         ]
         for rows in results.values()
         for r in rows
@@ -267,7 +313,13 @@ def main() -> None:
     print(table("goals", ["backend", "goal", "figure", "verdict"], goals))
     save(
         "redis_capacity",
-        {"steps": results, "held": {n: h for n, h, _ in summary}, "goals": goals},
+        {
+            "steps": results,
+            "held": {n: h for n, h, _ in summary},
+            "goals": goals,
+            "placement": where,
+            "tries": TRIES,
+        },
     )
 
 
