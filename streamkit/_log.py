@@ -439,18 +439,10 @@ class _Cursor(EventCursor):
         self._batch = _NO_EVENTS
         self._i = 0
         self._live = False
-        room = log._room
-        if room is not None:
-            log._room = None
-            room.set()
+        if log._room is not None:
+            log._wake_room()
         self._waited = True
-        waiter = future()
-        others = log._others
-        if others is None:
-            log._others = [waiter]
-        else:
-            others.append(waiter)
-        return waiter
+        return log._listed(future())
 
     def take_live(self) -> StreamEvent | None:
         """The one new event after :meth:`park`'s future, or ``None``: await ``__anext__``."""
@@ -464,12 +456,19 @@ class _Cursor(EventCursor):
         event = log._buf[last - log._base]
         if type(event) is not StreamEvent:
             return None
+        return self._hold(event, last, state)
+
+    def _hold(self, event: StreamEvent, seq: int, state: _Reader) -> StreamEvent:
+        """Hold ``event`` (seq ``seq``), the one new event this reader waited for, and return it.
+
+        The newest event is always retained, and one event is within any allowance.
+        """
         self._waited = False
-        state.allow = log._max_lag
+        state.allow = self._log._max_lag
         batch = self._one
         batch[0] = event
         self._batch = batch
-        self._upto = last
+        self._upto = seq
         self._i = 1
         self._live = True
         return event
@@ -524,10 +523,8 @@ class _Cursor(EventCursor):
                     log._cold = passed
                 elif passed > log._cold and len(log._readers) == 1:
                     log._freeze(passed, pack_event)
-                room = log._room
-                if room is not None:
-                    log._room = None
-                    room.set()
+                if log._room is not None:
+                    log._wake_room()
                 if log._last == passed and log._data is None and not log._closed:
                     # While it waits the cursor still holds the event it passed (_one,
                     # _i = 1): its position is that event's seq, and nothing is ready.
@@ -574,31 +571,20 @@ class _Cursor(EventCursor):
                 self._i = 0
                 if passed > log._cold and len(log._readers) == 1:
                     log._freeze(passed, pack_event)  # the only reader has passed them
-                room = log._room
-                if room is not None:
-                    log._room = None
-                    room.set()
+                if log._room is not None:
+                    log._wake_room()
             while True:
                 pos = state.pos
                 last = log._last
                 if pos < last:
                     if last == pos + 1 and self._waited:
-                        # The live case: the one event this reader waited for. The newest
-                        # event is always retained, and one event is within any allowance.
-                        self._waited = False
-                        state.allow = log._max_lag
+                        # The live case: the one event this reader waited for.
                         event = log._buf[last - log._base]
                         if type(event) is not StreamEvent:  # frozen before this reader came
                             event = thaw_event(event, last, log._session_id)
                         if state.swaps:
                             event = state.swaps.pop(last, event)
-                        batch = self._one
-                        batch[0] = event
-                        self._batch = batch
-                        self._upto = last
-                        self._i = 1
-                        self._live = True
-                        return event
+                        return self._hold(event, last, state)
                     oldest = log._base + log._head
                     if pos + 1 < oldest:
                         raise self._lagged(f"events after {pos} left the retention window", oldest)
@@ -651,12 +637,7 @@ class _Cursor(EventCursor):
                     # coroutine and no deque entry per wait, as a shared asyncio.Event
                     # makes (a young object fewer per delivery for the collector), and an
                     # exact future takes the task's fast path.
-                    waiter = future()
-                    others = log._others
-                    if others is None:
-                        log._others = [waiter]
-                    else:
-                        others.append(waiter)
+                    waiter = log._listed(future())
                     try:
                         await waiter
                     except BaseException:
@@ -737,10 +718,8 @@ class _Cursor(EventCursor):
         self._i = 0
         log._readers.discard(state)
         log._freeze_at = log._last
-        room = log._room
-        if room is not None:
-            log._room = None
-            room.set()
+        if log._room is not None:
+            log._wake_room()
 
     async def aclose(self) -> None:
         """Release the cursor; later iteration ends at once. Idempotent."""
@@ -1132,6 +1111,21 @@ class InMemoryEventLog(EventLog):
         if self._last >= self._freeze_at:
             self._freeze_passed()
 
+    def _listed(self, waiter: asyncio.Future[Any]) -> asyncio.Future[Any]:
+        """List ``waiter``, a reader's own future, for the reader that waits first to set."""
+        others = self._others
+        if others is None:
+            self._others = [waiter]
+        else:
+            others.append(waiter)
+        return waiter
+
+    def _wake_room(self) -> None:
+        """Wake the producer waiting for room (the ``block`` policy): a reader moved on."""
+        room, self._room = self._room, None
+        if room is not None:
+            room.set()
+
     def _freeze_passed(self) -> None:
         """Freeze the events every reader has passed (see ``_buf``).
 
@@ -1250,9 +1244,7 @@ class InMemoryEventLog(EventLog):
         data, self._data = self._data, None
         if data is not None:
             _wake_all([data])
-        room, self._room = self._room, None
-        if room is not None:
-            room.set()
+        self._wake_room()
         others, self._others = self._others, None
         if others:
             _wake_all(others)
