@@ -22,7 +22,12 @@ turns at each step). Run by the load tool::
         --minutes 0.17 --app streamapp    # or --app sse-starlette
 
 ``STREAMKIT_BENCH_PACED_STEPS`` (comma-separated) and ``STREAMKIT_BENCH_PACED_SECONDS``
-(default 10) scale it.
+(default 10) scale it. ``STREAMKIT_BENCH_PACED_PIN=1`` keeps the server process alone on
+CPU 0 and the client processes on the other CPUs (``load --pin``), as when the clients
+are other machines. A step that misses the lag goal runs once more and holds if either
+run does (``STREAMKIT_BENCH_TRIES``, 2 by default, the same rule for both apps): a full
+collection of the garbage collector lands in some runs of a step and not in others. A
+step that lost anything fails at once.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ SECONDS = float(os.environ.get("STREAMKIT_BENCH_PACED_SECONDS", "2" if QUICK els
 RATE = 20.0
 LAG_GOAL_MS = 50.0
 APPS = {"StreamApp": "streamapp", "sse-starlette": "sse-starlette"}
+PIN = os.environ.get("STREAMKIT_BENCH_PACED_PIN") == "1"
+TRIES = max(1, int(os.environ.get("STREAMKIT_BENCH_TRIES", "2")))
 
 
 def step(app: str, clients: int) -> dict[str, Any]:
@@ -66,6 +73,7 @@ def step(app: str, clients: int) -> dict[str, Any]:
             app,
             "--out",
             str(out),
+            *(["--pin"] if PIN else []),
         ]
         subprocess.run(command, cwd=ROOT, capture_output=True, check=False, timeout=1800)
         if not out.exists():
@@ -76,6 +84,21 @@ def step(app: str, clients: int) -> dict[str, Any]:
 
 def passed(summary: dict[str, Any]) -> bool:
     return bool(summary["ok"]) and summary["lag_ms"]["p99"] < LAG_GOAL_MS
+
+
+def tried(app: str, clients: int) -> tuple[dict[str, Any], int, list[float]]:
+    """Run a step up to ``TRIES`` times; return the deciding summary, its run and every p99.
+
+    A run that lost anything (or did not finish) decides at once: only a missed lag goal
+    is worth another run.
+    """
+    p99s: list[float] = []
+    for run in range(1, TRIES + 1):
+        summary = step(app, clients)
+        p99s.append(summary["lag_ms"]["p99"])
+        if passed(summary) or not summary["ok"]:
+            return summary, run, p99s
+    return summary, TRIES, p99s
 
 
 def main() -> None:
@@ -89,11 +112,13 @@ def main() -> None:
         for name, app in APPS.items():
             if name not in running:
                 continue
-            summary = step(app, clients)
+            summary, run, p99s = tried(app, clients)
             ok = passed(summary)
             lag = summary["lag_ms"]
             cpu = summary.get("server_cpu_us_per_delivery", float("nan"))
-            results[name].append({"clients": clients, "ok": ok, "lag_ms": lag, "us": cpu})
+            results[name].append(
+                {"clients": clients, "ok": ok, "lag_ms": lag, "us": cpu, "p99s": p99s}
+            )
             rows.append(
                 [
                     name,
@@ -102,7 +127,7 @@ def main() -> None:
                     summary.get("lost", "-"),
                     cpu,
                     summary.get("client_cpu_us_per_delivery", float("nan")),
-                    "held" if ok else "over",
+                    ("held" if run == 1 else f"held (run {run})") if ok else "over",
                 ]
             )
             print(rows[-1], flush=True)
@@ -112,7 +137,7 @@ def main() -> None:
                 running.discard(name)
     steps = table(
         f"Paced SSE sessions over HTTP: one {RATE:g}-token/s session per client, "
-        f"{SECONDS:g} s of tokens",
+        f"{SECONDS:g} s of tokens" + (", the server alone on CPU 0" if PIN else ""),
         [
             "server app",
             "clients",
@@ -140,6 +165,8 @@ def main() -> None:
         "http_paced",
         {
             "seconds": SECONDS,
+            "pinned": PIN,
+            "tries": TRIES,
             "steps": results,
             "held": held,
             "goals": [["StreamApp N ÷ sse-starlette N over HTTP", f"{ratio:.2f}x", verdict]],
