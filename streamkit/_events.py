@@ -207,6 +207,36 @@ def _flat_json(event: StreamEvent) -> str | None:
     )
 
 
+def _token_json(event: StreamEvent, metadata: Mapping[str, object]) -> str | None:
+    """Write the JSON of a streamer's token event, whose shape is known, or ``None``.
+
+    The streamer's tokens (the only events made with a size hint) carry their ``index``
+    (an int) and ``elapsed`` time (a float), in that order, and a float timestamp: one
+    f-string instead of :func:`_flat_json`'s walk, for the text of every token on every
+    HTTP transport. Anything else (a value of another type) is :func:`_flat_json`'s.
+    """
+    index = metadata.get("index")
+    elapsed = metadata.get("elapsed")
+    timestamp = event.timestamp
+    if (
+        type(index) is not int
+        or type(elapsed) is not float
+        or type(timestamp) is not float
+        or not math.isfinite(elapsed)
+        or not math.isfinite(timestamp)
+    ):
+        return None
+    session_id = event.session_id
+    seq = event.seq
+    return (
+        f'{{"event_id":{_quote(event.event_id)},"event_type":"token",'
+        f'"content":{_quote(event.content)},"timestamp":{float.__repr__(timestamp)},'
+        f'"metadata":{{"index":{int.__repr__(index)},"elapsed":{float.__repr__(elapsed)}}},'
+        f'"session_id":{"null" if session_id is None else _quote(session_id)},'
+        f'"seq":{"null" if seq is None else int.__repr__(seq)}}}'
+    )
+
+
 @attrs.frozen(kw_only=True)
 class StreamEvent:
     """One event of a stream: a token chunk, a heartbeat, the start or the end.
@@ -304,18 +334,22 @@ class StreamEvent:
         """
         text = self._json
         if text is None:
-            text = _flat_json(self) or _ENCODER.encode(
-                {
-                    "event_id": self.event_id,
-                    "event_type": self.event_type,
-                    "content": self.content,
-                    "timestamp": self.timestamp,
-                    # A dict, not the read-only mapping: no call back into _json_default.
-                    "metadata": dict(self.metadata),
-                    "session_id": self.session_id,
-                    "seq": self.seq,
-                },
-            )
+            metadata = self.metadata
+            if self._size is not None and self.event_type is _TOKEN and len(metadata) == 2:
+                text = _token_json(self, metadata)  # a streamer's token
+            if text is None:
+                text = _flat_json(self) or _ENCODER.encode(
+                    {
+                        "event_id": self.event_id,
+                        "event_type": self.event_type,
+                        "content": self.content,
+                        "timestamp": self.timestamp,
+                        # A dict, not the read-only mapping: no call back into _json_default.
+                        "metadata": dict(metadata),
+                        "session_id": self.session_id,
+                        "seq": self.seq,
+                    },
+                )
             object.__setattr__(self, "_json", text)
         return text
 

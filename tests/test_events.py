@@ -321,3 +321,41 @@ flat_events = event_strategy(
 @given(flat_events | events)
 def test_to_json_fast_path_matches_the_encoder(event: sk.StreamEvent) -> None:
     assert event.to_json() == _encoder_json(event)
+
+
+# Texts whose JSON needs escapes: quotes, backslashes, control characters, line and
+# paragraph separators, non-ASCII kept as it is.
+_TRICKY_TOKENS = [
+    'say "hi"',
+    "back\\slash",
+    "tab\tnew\nline\r",
+    "\x00\x1f\x7f",
+    "é€𝄞",
+    "\u2028\u2029",
+    "",
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("metadata", [True, False])
+async def test_streamer_tokens_json_matches_the_encoder(metadata: bool) -> None:
+    # The streamer's tokens have a JSON writer of their own (their shape is known): the
+    # same text as the encoder's, in a registry (session id and seq set) and on a bare
+    # stream (neither set).
+    config = sk.StreamConfig(chunk_size=1, stream_delay=0, enable_metadata=metadata)
+    tokens: list[sk.StreamEvent] = []
+    async with sk.SessionRegistry() as registry:
+        session = await registry.create()
+        async with registry.subscribe(session.session_id) as subscription:
+            registry.start(session.session_id, list(_TRICKY_TOKENS), config)
+            with anyio.fail_after(10):
+                tokens += [e async for e in subscription if e.event_type == sk.EventType.TOKEN]
+    async with sk.stream_tokens(list(_TRICKY_TOKENS), config) as stream:
+        tokens += [e async for e in stream if e.event_type == sk.EventType.TOKEN]
+    assert [e.content for e in tokens] == [t for t in _TRICKY_TOKENS if t] * 2
+    assert all(e.seq is not None for e in tokens[:6])
+    assert all(e.seq is None for e in tokens[6:])
+    for event in tokens:
+        assert event.to_json() == _encoder_json(event)
+        assert sk.StreamEvent.from_json(event.to_json()) == event
+        assert bool(event.metadata) is metadata
