@@ -67,13 +67,15 @@ class _Alarms:
     deadline at every wait: without that the heap would hold each for its whole delay).
     """
 
-    __slots__ = ("_at", "_heap", "_loop", "_order", "_timer", "cancelled")
+    __slots__ = ("_at", "_heap", "_order", "_timer", "cancelled")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+    def __init__(self) -> None:
         self._heap: list[_Alarm] = []
         self._order = itertools.count()
-        self._timer: asyncio.TimerHandle | None = None
+        # Weak, as is the loop (looked up when the timer is set): what a loop's entry
+        # in _LOOP_ALARMS holds must not keep the loop alive, or no loop that ever ran
+        # a stream would be freed (a later anyio.run, a test, a notebook cell).
+        self._timer: weakref.ref[asyncio.TimerHandle] | None = None
         self._at = math.inf
         #: Cancelled alarms still in the heap.
         self.cancelled = 0
@@ -96,10 +98,13 @@ class _Alarms:
         return alarm
 
     def _set(self, when: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        timer = self._timer
+        if timer is not None:
+            handle = timer()
+            if handle is not None:
+                handle.cancel()
         self._at = when
-        self._timer = self._loop.call_at(when, self._fire)
+        self._timer = weakref.ref(asyncio.get_running_loop().call_at(when, self._fire))
 
     def _fire(self) -> None:
         due = self._at  # the loop found it due: so is every deadline up to it
@@ -131,7 +136,7 @@ def _alarms() -> _Alarms:
     loop = asyncio.get_running_loop()
     alarms = _LOOP_ALARMS.get(loop)
     if alarms is None:
-        alarms = _LOOP_ALARMS[loop] = _Alarms(loop)
+        alarms = _LOOP_ALARMS[loop] = _Alarms()
     return alarms
 
 

@@ -1043,7 +1043,7 @@ def test_the_shared_alarm_heap_does_not_keep_cancelled_deadlines() -> None:
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        alarms = _Alarms(loop)
+        alarms = _Alarms()
         far = loop.time() + 3600
         kept = [alarms.call_at(far + i, lambda: None) for i in range(10)]
         for i in range(10 * _COMPACT_AT):
@@ -1058,3 +1058,31 @@ def test_the_shared_alarm_heap_does_not_keep_cancelled_deadlines() -> None:
             assert alarm[2] is not None  # the live ones were kept
 
     asyncio.run(main())
+
+
+def test_a_finished_event_loop_is_freed() -> None:
+    # The loop-shared alarms of the streams with a sink (a registry's sessions) are kept
+    # per loop: they must not keep a loop alive once its run is over (each anyio.run,
+    # test or notebook cell would otherwise leave its loop and every cancelled alarm).
+    import gc
+    import weakref
+
+    loops: list[weakref.ref[object]] = []
+
+    async def main() -> None:
+        import asyncio
+
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        config = sk.StreamConfig(chunk_size=1, stream_delay=0, heartbeat_interval=30)
+        async with sk.SessionRegistry() as registry:
+            session = await registry.create()
+            async with registry.subscribe(session.session_id) as subscription:
+                registry.start(session.session_id, ["a", "b"], config)
+                got = [event.event_type async for event in subscription]
+        assert got[-1] == sk.EventType.COMPLETE
+
+    for _ in range(3):
+        anyio.run(main, backend="asyncio")
+    gc.collect()
+    # (The newest loop may stay: the memory log keeps how to make futures for one loop.)
+    assert [ref() for ref in loops[:-1]] == [None, None]
