@@ -279,6 +279,7 @@ class SessionRegistry:
         tg = self._tg
         assert tg is not None, "the registry was not entered"
         self._closing = True
+        self._coord.stopping(self._entries.values())
         try:
             with anyio.CancelScope(shield=True):
                 for entry in list(self._entries.values()):
@@ -886,8 +887,10 @@ class SessionRegistry:
         try:
             if own is not None:
                 # The producer ends its own session: its scope shields the end (a
-                # scope fewer per session). Nothing else cancels that scope once the
-                # session is ending; the registry's shutdown no longer reaches it.
+                # scope fewer per session). Nothing else cancels that scope while the
+                # session is ending but the registry's shutdown, which first stops
+                # every memory log's block policy (Coordinator.stopping): an end
+                # waiting for room goes on at once and is not cut short.
                 own.shield = True
                 try:
                     before, after, stored = await self._coord.end(entry, state, final, fresh=True)

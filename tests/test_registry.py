@@ -42,6 +42,11 @@ async def forever() -> AsyncIterator[str]:
         await anyio.sleep(0.001)
 
 
+async def unpaced() -> AsyncIterator[str]:
+    while True:
+        yield "x"
+
+
 async def collect(subscription: sk.Subscription) -> list[sk.StreamEvent]:
     async with subscription:
         return [event async for event in subscription]
@@ -769,6 +774,59 @@ async def test_block_policy_holds_a_streamed_final_event_until_the_reader_makes_
         assert final.metadata["stats"]
         assert (await registry.get(sid)).status is sk.SessionState.COMPLETED
         assert registry.statistics().events_appended == len(events)
+
+
+async def _shut_down_while_the_reader_pauses(
+    source: AsyncIterator[str] | list[str],
+) -> tuple[sk.SessionRegistry, str, list[sk.StreamEvent]]:
+    """Shut a block-policy registry down while its session's one reader stops reading.
+
+    The reader (the application's, outside the registry block) reads the first event,
+    then reads on only once the registry has been left.
+    """
+    config = sk.RegistryConfig(max_lag=3, slow_consumer_policy="block")
+    events: list[sk.StreamEvent] = []
+    read_on = anyio.Event()
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as app:
+            async with sk.SessionRegistry(config) as registry:
+                sid = (await registry.create()).session_id
+                started = anyio.Event()
+
+                async def reader() -> None:
+                    async with registry.subscribe(sid) as sub:
+                        events.append(await sub.__anext__())
+                        started.set()
+                        await read_on.wait()
+                        events.extend([e async for e in sub])
+
+                app.start_soon(reader)
+                await anyio.wait_all_tasks_blocked()  # the reader waits for the start
+                registry.start(sid, source, FAST)
+                await started.wait()
+                await anyio.wait_all_tasks_blocked()  # the producer waits for room
+                assert (await registry.get(sid)).status is sk.SessionState.ACTIVE
+            read_on.set()
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    return registry, sid, events
+
+
+async def test_shutdown_ends_a_session_whose_block_log_waits_for_a_reader() -> None:
+    # The shutdown's final event waited for room as the producer does: for ever.
+    registry, sid, events = await _shut_down_while_the_reader_pauses(unpaced())
+    assert events[-1].event_type == sk.EventType.COMPLETE
+    assert events[-1].metadata["reason"] == "shutdown"
+    assert (await registry.get(sid)).status is sk.SessionState.CANCELLED
+
+
+async def test_shutdown_lets_a_producer_end_its_own_session_on_a_full_block_log() -> None:
+    # The producer's own final event waits for room when the registry shuts down: the
+    # session still ends with it (it was cut short, and the session left active).
+    registry, sid, events = await _shut_down_while_the_reader_pauses(["a ", "b "])
+    assert text_of(events) == "a b "
+    assert events[-1].event_type == sk.EventType.COMPLETE
+    assert events[-1].metadata["reason"] == "completed"
+    assert (await registry.get(sid)).status is sk.SessionState.COMPLETED
 
 
 async def test_a_streamed_final_event_is_stored_once_with_its_seq_and_session() -> None:
