@@ -148,6 +148,13 @@ class _LogSink:
             self._registry._emit("event", stored)
         return True
 
+    def offer_timed(self, event: StreamEvent) -> bool:
+        """:meth:`offer` for a timer's event (a heartbeat): the entry notes its time."""
+        if not self.offer(event):
+            return False
+        self._entry.last_event_at = self._registry._event_clock()
+        return True
+
 
 class _ClockedLogSink(_LogSink):
     """A :class:`_LogSink` that notes each append's time on the registry's own clock."""
@@ -445,47 +452,65 @@ class SessionRegistry:
         assert scope is not None
         clock = self._event_clock
         recorded = False
+
+        async def take(event: StreamEvent) -> bool:
+            # One event the stream hands over (the sink refused it, or it is the start,
+            # a heartbeat or the final event); True: stop.
+            nonlocal recorded
+            resumed = entry.resumed  # a pause replaces it with an unset one
+            if resumed is not None and not resumed.is_set():
+                await resumed.wait()
+            if event.is_final:
+                # Before the final event is visible: a subscriber that sees it may read
+                # the registry's statistics at once.
+                self._record_stream(stream)
+                recorded = True
+                state = _FINAL_STATE[event.event_type]
+                if not entry.finishing:
+                    await self._end_quietly(entry, state, event, from_producer=True)
+                return True
+            if entry.finishing:  # ended elsewhere (cancel, sweep, shutdown)
+                return True
+            try:
+                # The event is fresh from the stream: stamped in place.
+                stored = append_nowait(event, owned=True)
+                if stored is None:  # the block policy waits for a reader
+                    stored = await log.append(event)
+            except PayloadTooLarge as exc:
+                raise too_large(exc, event) from exc
+            except ClosedError:
+                # Another task (or worker) may have ended the session.
+                await self._coord.refused(entry)
+                if _finishing(entry):
+                    return True
+                raise
+            entry.last_event_at = clock()
+            self._counts["appended"] += 1
+            if hooks:
+                self._emit("event", stored)
+            return False
+
         try:
             with scope:
-                # The stream's source task runs in the registry's task group: no task
-                # group of the stream's own to make, enter and leave. aclose() in the
-                # finally waits for that task, as leaving `async with stream` would.
-                stream._run_in(tasks, self._loop_clock)
-                try:
-                    async for event in stream:
-                        resumed = entry.resumed  # a pause replaces it with an unset one
-                        if resumed is not None and not resumed.is_set():
-                            await resumed.wait()
-                        if event.is_final:
-                            # Before the final event is visible: a subscriber that sees
-                            # it may read the registry's statistics at once.
-                            self._record_stream(stream)
-                            recorded = True
-                            state = _FINAL_STATE[event.event_type]
-                            if not entry.finishing:
-                                await self._end_quietly(entry, state, event, from_producer=True)
-                            break
-                        if entry.finishing:  # ended elsewhere (cancel, sweep, shutdown)
-                            break
-                        try:
-                            # The event is fresh from the stream: stamped in place.
-                            stored = append_nowait(event, owned=True)
-                            if stored is None:  # the block policy waits for a reader
-                                stored = await log.append(event)
-                        except PayloadTooLarge as exc:
-                            raise too_large(exc, event) from exc
-                        except ClosedError:
-                            # Another task (or worker) may have ended the session.
-                            await self._coord.refused(entry)
-                            if _finishing(entry):
+                sink = entry.sink
+                if sink is not None and stream.can_drive():
+                    # One task per session: this one pulls the source (asyncio).
+                    try:
+                        await stream._drive(take, sink.offer_timed, self._loop_clock)
+                    finally:
+                        await stream.aclose()
+                else:
+                    # The stream's source task runs in the registry's task group: no
+                    # task group of the stream's own to make, enter and leave. aclose()
+                    # in the finally waits for that task, as leaving `async with stream`
+                    # would.
+                    stream._run_in(tasks, self._loop_clock)
+                    try:
+                        async for event in stream:
+                            if await take(event):
                                 break
-                            raise
-                        entry.last_event_at = clock()
-                        self._counts["appended"] += 1
-                        if hooks:
-                            self._emit("event", stored)
-                finally:
-                    await stream.aclose()
+                    finally:
+                        await stream.aclose()
         except Exception as exc:  # a failure of the log or backend, not of the source
             logger.exception("streamkit: a session's producer failed")
             if not entry.finishing:

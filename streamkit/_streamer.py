@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, Self
 
 import anyio
 import anyio.lowlevel
+import sniffio
 from anyio.abc import TaskGroup
 
 from ._chunker import Chunker
@@ -63,7 +64,7 @@ from ._config import StreamConfig
 from ._errors import ClosedError, ValidationError
 from ._events import _ID_PREFIX, EventType, StreamEvent, _id_counter, _Unsealed, make_event
 from ._events import _slot as _event_slots
-from ._feeds import BUFFER_ITEMS, TaskFeed, ThreadFeed
+from ._feeds import BUFFER_ITEMS, DriveFeed, TaskFeed, ThreadFeed
 from ._log import COMPLETE_SIZE, final_size, stats_size, token_size
 from ._parts import Part, TextDelta
 from ._parts_chunker import PartsChunker, accept_part, part_event
@@ -159,6 +160,8 @@ class TokenStream:
         "_chunk_by",
         "_chunker",
         "_chunks",
+        "_cut",
+        "_cut_by",
         "_deadline",
         "_decoder",
         "_ended_at",
@@ -203,6 +206,7 @@ class TokenStream:
         "_stream_delay",
         "_sync",
         "_tg",
+        "_timed",
         "_tokens",
         "_whole",
     )
@@ -248,7 +252,7 @@ class TokenStream:
         self._entered = False
         # The stream's own task group (``async with``), or where _run_in runs the source.
         self._tg: TaskGroup | Spawner | None = None
-        self._feed: TaskFeed | ThreadFeed | None = None
+        self._feed: TaskFeed | ThreadFeed | DriveFeed | None = None
         self._producer_scope: anyio.CancelScope | None = None
         self._alarm_scope: anyio.CancelScope | None = None
         self._anext: Callable[[], Any] | None = None
@@ -282,6 +286,11 @@ class TokenStream:
         self._itl_max = 0.0
         # anyio.current_time, bound to the event loop's backend when the stream starts.
         self._now: Callable[[], float] = anyio.current_time
+        # Run by its consumer's task (_drive): how a timer's event reaches the sink, and
+        # the cancel scope the deadline and the stall cut the source's wait with.
+        self._timed: Callable[[StreamEvent], bool] | None = None
+        self._cut: anyio.CancelScope | None = None
+        self._cut_by: Literal["deadline", "stall"] | None = None
 
     def __repr__(self) -> str:
         state = ("new", "running", "finishing", "ended")[self._phase]
@@ -678,6 +687,7 @@ class TokenStream:
         """
         feed = self._feed
         assert feed is not None
+        assert not isinstance(feed, DriveFeed)
         while True:
             done = feed.done
             items = feed.take()
@@ -953,6 +963,275 @@ class TokenStream:
             else:
                 feed.wake()
         return True
+
+    def can_drive(self) -> bool:
+        """Whether :meth:`_drive` may run this stream: an unpaced async source, a sink, asyncio."""
+        return (
+            self._sink is not None
+            and not self._sync
+            and not self._paced
+            and self._phase == _NEW
+            and not self._entered
+            and sniffio.current_async_library() == "asyncio"
+        )
+
+    async def _drive(
+        self,
+        handle: Callable[[StreamEvent], Awaitable[bool]],
+        timed: Callable[[StreamEvent], bool],
+        clock: Callable[[], float],
+    ) -> None:
+        """Run the whole stream in the caller's task (the registry's producer), no other.
+
+        The one-task form of ``async with`` and a sink (:meth:`_produce_to_sink`, which
+        Trio, paced streams and sync sources keep): the caller's task pulls the source
+        itself and hands each ``token`` event to the sink; ``handle`` is awaited for
+        the ``start`` event, each event the sink refuses and the final event, and
+        returns ``True`` to stop (the caller then closes the stream with
+        :meth:`aclose`). The timers are one of the loop's shared alarms: while the
+        task waits for the source, a due heartbeat or flushed chunk goes to ``timed``
+        (or the sink) from the alarm, and if refused is handed to ``handle`` before the
+        next item; the deadline and the stall watchdog cut the wait short with one
+        cancel scope. A pause holds the task before its next pull. Check
+        :meth:`can_drive` first.
+        """
+        self._entered = True
+        self._now = clock
+        self._timed = timed
+        self._busy = True
+        try:
+            await self._drive_events(handle)
+        finally:
+            self._busy = False
+            feed = self._feed
+            if isinstance(feed, DriveFeed):
+                feed.stop_alarm()
+
+    async def _drive_events(self, handle: Callable[[StreamEvent], Awaitable[bool]]) -> None:
+        start = self._start()  # no task group: the source is pulled here (self._anext)
+        feed = self._feed = DriveFeed()
+        if self._paused:
+            feed.pause()
+        if await handle(start):
+            return
+        self._due(self._now())  # sets the first alarm
+        if self._deadline == math.inf and self._stall is None:
+            result = await self._pull(handle, feed)
+        else:
+            result = None
+            cut = self._cut = anyio.CancelScope()
+            with cut:
+                result = await self._pull(handle, feed)
+            if self._cut_by is not None:
+                result = self._cut_by
+            elif result is None:
+                return
+        if result is None:
+            return
+        if result == "stall":
+            self._stalled()
+            result = "error"
+        await self._finish(result)
+        sink = self._sink
+        assert sink is not None
+        out = self._out
+        while out:
+            event = self._token_event(out.popleft(), self._now())
+            if not sink(event) and await handle(event):
+                return
+        await handle(self._final_event())
+
+    async def _pull(
+        self, handle: Callable[[StreamEvent], Awaitable[bool]], feed: DriveFeed
+    ) -> Literal["completed", "error", "deadline", "stall"] | None:
+        """:meth:`_drive`'s source loop: how it ended, or ``None`` if ``handle`` stopped it.
+
+        Returns ``"completed"``, ``"error"`` (the exception kept), ``"deadline"`` or
+        ``"stall"``.
+        """
+        anext = self._anext
+        assert anext is not None
+        sink = self._sink
+        assert sink is not None
+        clock = self._now
+        out = self._out
+        on_alarm = self._on_alarm
+        # _produce_to_sink's inline case: one source piece is one chunk.
+        inline = self._whole
+        metadata = self._metadata
+        session_id = self._session_id
+        size = self._size
+        started = self._started_at
+        id_prefix = f"{_ID_PREFIX}-"
+        next_id = _id_counter.__next__
+        pushed = 0
+        while True:
+            pending = feed.pending
+            if pending is not None:
+                feed.pending = None
+                if await handle(pending):
+                    return None
+                continue
+            if out:  # a flushed chunk the alarm left, or the rest of a source piece
+                chunk = self._token_event(out.popleft(), clock())
+                if not sink(chunk) and await handle(chunk):
+                    return None
+                continue
+            now = clock()
+            gate = feed.gate
+            if gate is not None and now < self._deadline:
+                await gate.wait()
+                continue
+            if now >= feed.at:  # a timer came while the task was not waiting for the source
+                due = self._due(now)
+                if due is not None:
+                    if isinstance(due, str):
+                        return due
+                    if not sink(due) and await handle(due):
+                        return None
+                    continue
+                if out:
+                    continue
+            feed.pulling = True
+            try:
+                item = await anext()
+            except StopAsyncIteration:
+                return "completed"
+            except Exception as exc:
+                self._exception = exc
+                return "error"
+            finally:
+                feed.pulling = False
+            now = clock()
+            if self._cut_by is not None or now >= self._deadline:
+                # The deadline (or the stall) came with the item: delivered at the end.
+                if not self._accept(item):
+                    return "error"
+                return self._cut_by or "deadline"
+            if (
+                inline
+                and type(item) is str
+                and item
+                and not self._held
+                and (item[-1] < "\ud800" or item[-1] > "\udbff")
+            ):
+                # _token_event's common case, inline: one source piece, one chunk.
+                self._last_input = now
+                self._handed += 1  # an item, a token and a chunk
+                index = self._chunks
+                self._chunks = index + 1
+                self._chars += len(item)
+                last = self._last_token_at
+                if last is None:
+                    self._first_token_at = now
+                elif now - last > self._itl_max:
+                    self._itl_max = now - last
+                self._last_token_at = now
+                event: Any = _new(_Unsealed)  # see _Unsealed
+                event.event_type = _TOKEN
+                event.content = item
+                if metadata:
+                    elapsed = int((now - started) * 1e6 + 0.5) / 1e6
+                    event.metadata = MappingProxyType({"index": index, "elapsed": elapsed})
+                else:
+                    event.metadata = _EMPTY
+                event.session_id = session_id
+                event.seq = None
+                event_id = f"{id_prefix}{next_id()}"
+                event.event_id = event_id
+                event.timestamp = _wall_clock()
+                event._json = None
+                event._size = size + len(item) + len(event_id)
+                event.__class__ = StreamEvent  # sealed
+                if not sink(event):
+                    if await handle(event):
+                        return None
+                    continue
+                pushed += 1
+                if pushed == BUFFER_ITEMS:
+                    # A source that never waits would never let the sink's readers run.
+                    pushed = 0
+                    await anyio.lowlevel.checkpoint()
+                continue
+            if type(item) is not str:
+                inline = False  # parts and bytes: through the chunkers from now on
+            self._last_input = now
+            if not self._accept(item):
+                return "error"
+            if self._progressive and self._chunker.has_partial:
+                at = self._last_input + self._flush
+                if at < feed.at:
+                    feed.set_alarm(at, on_alarm)
+
+    def _due(self, now: float) -> StreamEvent | Literal["deadline", "stall"] | None:
+        """:meth:`_drive`'s timers at ``now``: act on what is due, set the alarm for the next.
+
+        Returns ``"deadline"`` or ``"stall"`` when the stream must end, a heartbeat
+        event to hand on, or ``None``. A due partial chunk is flushed into ``_out``.
+        """
+        feed = self._feed
+        assert isinstance(feed, DriveFeed)
+        wake = self._deadline
+        if now >= wake:
+            return "deadline"
+        if self._progressive and self._chunker.has_partial:
+            at = self._last_input + self._flush
+            if now >= at:
+                self._chunker.flush()
+            else:
+                wake = min(wake, at)
+        beat: StreamEvent | None = None
+        if self._heartbeat is not None:
+            at = max(self._last_input, self._last_beat) + self._heartbeat
+            if now >= at:
+                self._last_beat = now
+                self._heartbeats += 1
+                beat = make_event(EventType.HEARTBEAT, "", _EMPTY, self._session_id)
+                at = now + self._heartbeat
+            wake = min(wake, at)
+        if self._stall is not None:
+            at = self._last_input + self._stall
+            if now >= at:
+                return "stall"
+            wake = min(wake, at)
+        if wake != feed.at or feed.alarm is None:
+            feed.set_alarm(wake, self._on_alarm)
+        return beat
+
+    def _on_alarm(self) -> None:
+        """:meth:`_drive`'s alarm: a timer is due (or the alarm was set too early)."""
+        feed = self._feed
+        assert isinstance(feed, DriveFeed)
+        feed.alarm = None
+        if self._phase != _RUNNING:
+            return
+        if not feed.pulling or feed.pending is not None:
+            # The task looks at the timers itself before it pulls again (feed.at has
+            # passed); a pause holds it: the deadline lets it go.
+            gate = feed.gate
+            if gate is not None and self._now() >= self._deadline:
+                gate.set()
+            return
+        now = self._now()
+        due = self._due(now)
+        if isinstance(due, str):
+            self._cut_by = due
+            assert self._cut is not None  # a deadline or a stall timeout: the scope is there
+            self._cut.cancel()
+            return
+        if due is not None:
+            assert self._timed is not None
+            if not self._timed(due):
+                feed.pending = due
+                return
+        out = self._out
+        sink = self._sink
+        assert sink is not None
+        while out:
+            event = self._token_event(out.popleft(), now)
+            if not sink(event):
+                feed.pending = event
+                return
 
     async def _alarm(self, scope: anyio.CancelScope, feed: TaskFeed) -> None:
         """The alarm task (``async with`` mode): wakes the consumer when a timer is due."""
