@@ -373,6 +373,10 @@ class TokenStream:
         feed = self._feed
         if feed is not None:
             feed.resume()
+            if isinstance(feed, DriveFeed) and feed.pending is not None:
+                # Refused during the pause while the source is silent: handed on at
+                # once (the alarm runs after the resume is complete).
+                feed.set_alarm(self._now(), self._on_alarm)
         if self._phase == _RUNNING:
             self._last_input = self._now()
 
@@ -1163,11 +1167,15 @@ class TokenStream:
                 if at < feed.at:
                     feed.set_alarm(at, on_alarm)
 
-    def _due(self, now: float) -> StreamEvent | Literal["deadline", "stall"] | None:
+    def _due(
+        self, now: float, *, beat: bool = True
+    ) -> StreamEvent | Literal["deadline", "stall"] | None:
         """:meth:`_drive`'s timers at ``now``: act on what is due, set the alarm for the next.
 
         Returns ``"deadline"`` or ``"stall"`` when the stream must end, a heartbeat
         event to hand on, or ``None``. A due partial chunk is flushed into ``_out``.
+        ``beat=False``: an event still waits to be handed on; a heartbeat due now is
+        not made (nor counted), the next one is due a heartbeat interval from now.
         """
         feed = self._feed
         assert isinstance(feed, DriveFeed)
@@ -1180,13 +1188,14 @@ class TokenStream:
                 self._chunker.flush()
             else:
                 wake = min(wake, at)
-        beat: StreamEvent | None = None
+        made: StreamEvent | None = None
         if self._heartbeat is not None:
             at = max(self._last_input, self._last_beat) + self._heartbeat
             if now >= at:
-                self._last_beat = now
-                self._heartbeats += 1
-                beat = make_event(EventType.HEARTBEAT, "", _EMPTY, self._session_id)
+                if beat:
+                    self._last_beat = now
+                    self._heartbeats += 1
+                    made = make_event(EventType.HEARTBEAT, "", _EMPTY, self._session_id)
                 at = now + self._heartbeat
             wake = min(wake, at)
         if self._stall is not None:
@@ -1196,7 +1205,7 @@ class TokenStream:
             wake = min(wake, at)
         if wake != feed.at or feed.alarm is None:
             feed.set_alarm(wake, self._on_alarm)
-        return beat
+        return made
 
     def _on_alarm(self) -> None:
         """:meth:`_drive`'s alarm: a timer is due (or the alarm was set too early)."""
@@ -1205,33 +1214,35 @@ class TokenStream:
         feed.alarm = None
         if self._phase != _RUNNING:
             return
-        if not feed.pulling or feed.pending is not None:
+        if not feed.pulling:
             # The task looks at the timers itself before it pulls again (feed.at has
             # passed); a pause holds it: the deadline lets it go.
             gate = feed.gate
             if gate is not None and self._now() >= self._deadline:
                 gate.set()
             return
+        sink = self._sink
+        timed = self._timed
+        assert sink is not None
+        assert timed is not None
+        pending = feed.pending
+        # An event refused before (a pause, a full log): offered again.
+        if pending is not None and (sink if pending.event_type is _TOKEN else timed)(pending):
+            feed.pending = pending = None
         now = self._now()
-        due = self._due(now)
+        due = self._due(now, beat=pending is None)
         if isinstance(due, str):
             self._cut_by = due
             assert self._cut is not None  # a deadline or a stall timeout: the scope is there
             self._cut.cancel()
             return
-        if due is not None:
-            assert self._timed is not None
-            if not self._timed(due):
-                feed.pending = due
-                return
+        if due is not None and not timed(due):
+            feed.pending = pending = due
         out = self._out
-        sink = self._sink
-        assert sink is not None
-        while out:
+        while out and pending is None:
             event = self._token_event(out.popleft(), now)
             if not sink(event):
-                feed.pending = event
-                return
+                feed.pending = pending = event
 
     async def _alarm(self, scope: anyio.CancelScope, feed: TaskFeed) -> None:
         """The alarm task (``async with`` mode): wakes the consumer when a timer is due."""

@@ -955,3 +955,129 @@ async def test_a_streams_history_read_back_later_equals_what_the_live_reader_got
         assert [e.metadata for e in again] == [e.metadata for e in live]
         assert rest == live[17:]
         assert all(e.session_id == sid for e in again)
+
+
+# A session's source waits while its timers act: on asyncio the registry's producer
+# task pulls the source itself (one task per session), and the timers are alarms that
+# act while it waits; on Trio the stream's source task runs beside the producer.
+
+
+async def silent_after(first: str, closed: list[bool], go: anyio.Event) -> AsyncIterator[str]:
+    """Yield ``first``, then wait for ``go`` before ``"b"``; note that it was closed."""
+    try:
+        yield first
+        await go.wait()
+        yield "b"
+    finally:
+        closed.append(True)
+
+
+async def test_a_heartbeat_arrives_while_the_source_is_silent() -> None:
+    config = sk.StreamConfig(stream_delay=0, chunk_size=1, heartbeat_interval=0.02)
+    closed: list[bool] = []
+    go = anyio.Event()
+    async with sk.SessionRegistry() as registry:
+        sid = (await registry.create()).session_id
+        async with registry.subscribe(sid) as sub:
+            registry.start(sid, silent_after("a", closed, go), config)
+            kinds = []
+            with anyio.fail_after(10):
+                async for event in sub:
+                    kinds.append(event.event_type.value)
+                    if event.event_type == sk.EventType.HEARTBEAT and not go.is_set():
+                        go.set()
+    assert kinds[:2] == ["start", "token"]
+    assert kinds[2] == "heartbeat"
+    assert kinds[-2:] == ["token", "complete"]
+    assert closed == [True]
+    session = await registry.get(sid)
+    assert session.status is sk.SessionState.COMPLETED
+    assert session.events[-1].metadata["stats"]["heartbeats"] >= 1
+
+
+async def test_the_stall_watchdog_ends_a_session_whose_source_is_silent() -> None:
+    config = sk.StreamConfig(
+        stream_delay=0, chunk_size=1, heartbeat_interval=None, stall_timeout=0.05
+    )
+    closed: list[bool] = []
+    async with sk.SessionRegistry() as registry:
+        sid = (await registry.create()).session_id
+        async with registry.subscribe(sid) as sub:
+            registry.start(sid, silent_after("a", closed, anyio.Event()), config)
+            with anyio.fail_after(10):
+                events = [e async for e in sub]
+    assert text_of(events) == "a"
+    final = events[-1]
+    assert final.event_type == sk.EventType.ERROR
+    assert final.metadata["error_type"] == "TimeoutError"
+    assert closed == [True]
+    assert (await registry.get(sid)).status is sk.SessionState.ERROR
+
+
+async def test_the_deadline_ends_a_session_whose_source_is_silent() -> None:
+    config = sk.StreamConfig(
+        stream_delay=0, chunk_size=1, heartbeat_interval=0.02, max_stream_time=0.1
+    )
+    closed: list[bool] = []
+    async with sk.SessionRegistry() as registry:
+        sid = (await registry.create()).session_id
+        async with registry.subscribe(sid) as sub:
+            registry.start(sid, silent_after("a", closed, anyio.Event()), config)
+            with anyio.fail_after(10):
+                events = [e async for e in sub]
+    assert text_of(events) == "a"
+    final = events[-1]
+    assert final.event_type == sk.EventType.COMPLETE
+    assert final.metadata["reason"] == "deadline"
+    assert closed == [True]
+    assert (await registry.get(sid)).status is sk.SessionState.COMPLETED
+
+
+async def test_a_heartbeat_made_during_a_pause_is_delivered_after_the_resume() -> None:
+    config = sk.StreamConfig(stream_delay=0, chunk_size=1, heartbeat_interval=0.02)
+    closed: list[bool] = []
+    go = anyio.Event()
+    async with sk.SessionRegistry() as registry:
+        sid = (await registry.create()).session_id
+        async with registry.subscribe(sid) as sub:
+            registry.start(sid, silent_after("a", closed, go), config)
+            with anyio.fail_after(10):
+                events = [await sub.__anext__(), await sub.__anext__()]
+                assert text_of(events) == "a"
+                await registry.pause(sid)
+                while True:  # until the stream has made a heartbeat, held by the pause
+                    stats = (await registry.session_statistics(sid)).stream
+                    assert stats is not None
+                    if stats.heartbeats:
+                        break
+                    await anyio.sleep(0.01)
+                last = (await registry.session_statistics(sid)).log.last_seq
+                assert last == 2  # nothing appended during the pause
+                await registry.resume(sid)
+                beat = await sub.__anext__()
+                assert beat.event_type == sk.EventType.HEARTBEAT
+                assert beat.seq == 3
+                go.set()
+                events += [beat] + [e async for e in sub]
+    assert text_of(events) == "ab"
+    assert events[-1].metadata["reason"] == "completed"
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+
+
+async def test_cancelling_a_session_whose_source_is_silent_closes_the_source() -> None:
+    closed: list[bool] = []
+    async with sk.SessionRegistry() as registry:
+        sid = (await registry.create()).session_id
+        async with registry.subscribe(sid) as sub:
+            registry.start(sid, silent_after("a", closed, anyio.Event()), FAST)
+            with anyio.fail_after(10):
+                events = [await sub.__anext__(), await sub.__anext__()]
+                await anyio.wait_all_tasks_blocked()
+                await registry.cancel(sid)
+                events += [e async for e in sub]
+                while not closed:  # the producer closes the source as it ends
+                    await anyio.wait_all_tasks_blocked()
+    assert text_of(events) == "a"
+    assert events[-1].metadata["reason"] == "cancelled"
+    assert (await registry.get(sid)).status is sk.SessionState.CANCELLED
+    assert closed == [True]
