@@ -493,7 +493,7 @@ class SessionRegistry:
         try:
             with scope:
                 sink = entry.sink
-                if sink is not None and stream.can_drive():
+                if sink is not None and tasks.on_asyncio and stream.can_drive():
                     # One task per session: this one pulls the source (asyncio).
                     try:
                         await stream._drive(take, sink.offer_timed, self._loop_clock)

@@ -45,6 +45,7 @@ Where the source runs (the reason for the three modes):
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import enum
 import math
@@ -56,7 +57,6 @@ from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, Self
 
 import anyio
 import anyio.lowlevel
-import sniffio
 from anyio.abc import TaskGroup
 
 from ._chunker import Chunker
@@ -156,6 +156,7 @@ class TokenStream:
         "_alarm_scope",
         "_anext",
         "_busy",
+        "_cancelling",
         "_chars",
         "_chunk_by",
         "_chunker",
@@ -287,9 +288,11 @@ class TokenStream:
         # anyio.current_time, bound to the event loop's backend when the stream starts.
         self._now: Callable[[], float] = anyio.current_time
         # Run by its consumer's task (_drive): how a timer's event reaches the sink, and
-        # the cancel scope the deadline and the stall cut the source's wait with.
+        # that task, which the deadline and the stall cancel out of the source's wait
+        # (its cancellation requests before: see _pull).
         self._timed: Callable[[StreamEvent], bool] | None = None
-        self._cut: anyio.CancelScope | None = None
+        self._cut: asyncio.Task[Any] | None = None
+        self._cancelling = 0
         self._cut_by: Literal["deadline", "stall"] | None = None
 
     def __repr__(self) -> str:
@@ -969,14 +972,13 @@ class TokenStream:
         return True
 
     def can_drive(self) -> bool:
-        """Whether :meth:`_drive` may run this stream: an unpaced async source, a sink, asyncio."""
+        """Whether :meth:`_drive` may run this stream (asyncio): an unpaced async source, a sink."""
         return (
             self._sink is not None
             and not self._sync
             and not self._paced
             and self._phase == _NEW
             and not self._entered
-            and sniffio.current_async_library() == "asyncio"
         )
 
     async def _drive(
@@ -995,13 +997,16 @@ class TokenStream:
         :meth:`aclose`). The timers are one of the loop's shared alarms: while the
         task waits for the source, a due heartbeat or flushed chunk goes to ``timed``
         (or the sink) from the alarm, and if refused is handed to ``handle`` before the
-        next item; the deadline and the stall watchdog cut the wait short with one
-        cancel scope. A pause holds the task before its next pull. Check
-        :meth:`can_drive` first.
+        next item; the deadline and the stall watchdog cut the wait short by
+        cancelling the task (as :func:`asyncio.timeout` does). A pause holds the task
+        before its next pull. Asyncio only; check :meth:`can_drive` first.
         """
         self._entered = True
         self._now = clock
         self._timed = timed
+        task = self._cut = asyncio.current_task()
+        assert task is not None
+        self._cancelling = task.cancelling()
         self._busy = True
         try:
             await self._drive_events(handle)
@@ -1019,17 +1024,7 @@ class TokenStream:
         if await handle(start):
             return
         self._due(self._now())  # sets the first alarm
-        if self._deadline == math.inf and self._stall is None:
-            result = await self._pull(handle, feed)
-        else:
-            result = None
-            cut = self._cut = anyio.CancelScope()
-            with cut:
-                result = await self._pull(handle, feed)
-            if self._cut_by is not None:
-                result = self._cut_by
-            elif result is None:
-                return
+        result = await self._pull(handle, feed)
         if result is None:
             return
         if result == "stall":
@@ -1104,6 +1099,15 @@ class TokenStream:
             except Exception as exc:
                 self._exception = exc
                 return "error"
+            except asyncio.CancelledError:
+                if self._cut_by is None:
+                    raise
+                # The alarm cancelled this task for the deadline or the stall (as
+                # asyncio.timeout does): unless another cancellation came with it.
+                assert self._cut is not None
+                if self._cut.uncancel() > self._cancelling:
+                    raise
+                return self._cut_by
             finally:
                 feed.pulling = False
             now = clock()
@@ -1233,8 +1237,8 @@ class TokenStream:
         due = self._due(now, beat=pending is None)
         if isinstance(due, str):
             self._cut_by = due
-            assert self._cut is not None  # a deadline or a stall timeout: the scope is there
-            self._cut.cancel()
+            assert self._cut is not None
+            self._cut.cancel()  # the task waits for the source (see _pull)
             return
         if due is not None and not timed(due):
             feed.pending = pending = due
