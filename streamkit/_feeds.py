@@ -295,7 +295,7 @@ class DriveFeed:
     loop's shared alarms (:class:`_Alarms`), and ``at``, when it is set for.
     """
 
-    __slots__ = ("alarm", "at", "call_at", "gate", "pending", "pulling")
+    __slots__ = ("alarm", "at", "call_at", "due", "gate", "look", "pending", "pulling")
 
     def __init__(self) -> None:
         self.gate: anyio.Event | None = None
@@ -305,10 +305,16 @@ class DriveFeed:
         self.at = math.inf
         #: Whether the task waits for the source's next item (where timers act at once).
         self.pulling = False
+        #: The alarm came while the task did not wait for the source: it looks itself.
+        self.due = False
+        #: Any of ``pending``, ``due``, ``gate`` or the stream's chunks to hand on: the
+        #: task looks before it pulls again (one test per item for the four).
+        self.look = False
 
     def pause(self) -> None:
         if self.gate is None:
             self.gate = anyio.Event()
+            self.look = True
 
     def resume(self) -> None:
         gate, self.gate = self.gate, None

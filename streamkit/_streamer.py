@@ -1065,32 +1065,30 @@ class TokenStream:
         next_id = _id_counter.__next__
         pushed = 0
         while True:
-            pending = feed.pending
-            if pending is not None:
-                feed.pending = None
-                if await handle(pending):
-                    return None
-                continue
-            if out:  # a flushed chunk the alarm left, or the rest of a source piece
-                chunk = self._token_event(out.popleft(), clock())
-                if not sink(chunk) and await handle(chunk):
-                    return None
-                continue
-            now = clock()
-            gate = feed.gate
-            if gate is not None and now < self._deadline:
-                await gate.wait()
-                continue
-            if now >= feed.at:  # a timer came while the task was not waiting for the source
-                due = self._due(now)
-                if due is not None:
-                    if isinstance(due, str):
-                        return due
-                    if not sink(due) and await handle(due):
+            if feed.look:  # something to do before the next pull (rare)
+                pending = feed.pending
+                if pending is not None:
+                    feed.pending = None
+                    if await handle(pending):
                         return None
                     continue
-                if out:
+                if out:  # a flushed chunk the alarm left, or the rest of a source piece
+                    chunk = self._token_event(out.popleft(), clock())
+                    if not sink(chunk) and await handle(chunk):
+                        return None
                     continue
+                if feed.due:  # the alarm came while the task was not waiting for the source
+                    due = self._due(clock())
+                    if isinstance(due, str):
+                        return due
+                    if due is not None and not sink(due) and await handle(due):
+                        return None
+                    continue
+                gate = feed.gate
+                if gate is not None:
+                    await gate.wait()  # (the alarm sets it when the deadline comes)
+                    continue
+                feed.look = False
             feed.pulling = True
             try:
                 item = await anext()
@@ -1111,11 +1109,9 @@ class TokenStream:
             finally:
                 feed.pulling = False
             now = clock()
-            if self._cut_by is not None or now >= self._deadline:
-                # The deadline (or the stall) came with the item: delivered at the end.
-                if not self._accept(item):
-                    return "error"
-                return self._cut_by or "deadline"
+            if now >= self._deadline:
+                # The deadline came with the item (before its alarm): delivered at the end.
+                return "deadline" if self._accept(item) else "error"
             if (
                 inline
                 and type(item) is str
@@ -1166,6 +1162,10 @@ class TokenStream:
             self._last_input = now
             if not self._accept(item):
                 return "error"
+            while out:
+                chunk = self._token_event(out.popleft(), now)
+                if not sink(chunk) and await handle(chunk):
+                    return None
             if self._progressive and self._chunker.has_partial:
                 at = self._last_input + self._flush
                 if at < feed.at:
@@ -1183,6 +1183,7 @@ class TokenStream:
         """
         feed = self._feed
         assert isinstance(feed, DriveFeed)
+        feed.due = False
         wake = self._deadline
         if now >= wake:
             return "deadline"
@@ -1219,8 +1220,9 @@ class TokenStream:
         if self._phase != _RUNNING:
             return
         if not feed.pulling:
-            # The task looks at the timers itself before it pulls again (feed.at has
-            # passed); a pause holds it: the deadline lets it go.
+            # The task looks at the timers itself before it pulls again; a pause holds
+            # it: the deadline lets it go.
+            feed.due = feed.look = True
             gate = feed.gate
             if gate is not None and self._now() >= self._deadline:
                 gate.set()
@@ -1247,6 +1249,8 @@ class TokenStream:
             event = self._token_event(out.popleft(), now)
             if not sink(event):
                 feed.pending = pending = event
+        if pending is not None or out:
+            feed.look = True  # handed on by the task before its next pull
 
     async def _alarm(self, scope: anyio.CancelScope, feed: TaskFeed) -> None:
         """The alarm task (``async with`` mode): wakes the consumer when a timer is due."""
