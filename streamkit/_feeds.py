@@ -6,6 +6,8 @@
   one of the stream's timers is due.
 * :class:`ThreadFeed`: a sync source iterated by a daemon thread into a bounded
   buffer, so that a blocking model never blocks the event loop.
+* :class:`DriveFeed`: no buffer; the consumer's own task pulls an async source (the
+  registry's producer on asyncio, one task per session), its timers one shared alarm.
 """
 
 from __future__ import annotations

@@ -422,8 +422,9 @@ class SessionRegistry:
             raise ValidationError(
                 "the session already has a producer", field="source", session_id=session_id
             )
-        # The stream's source task appends its tokens itself through the sink (one task
-        # switch per token fewer); what the sink refuses comes through _produce.
+        # The task that pulls the source appends its tokens itself through the sink (one
+        # task switch per token fewer): on asyncio the producer task itself (_drive),
+        # else the stream's source task; what the sink refuses comes through _produce.
         sink: _LogSink | None = None
         same_clock = self._event_clock is self._loop_clock
         if self._coord.direct_appends:
