@@ -599,7 +599,10 @@ class _Cursor(EventCursor):
                         state.allow = backlog if backlog > log._max_lag else log._max_lag
                     if not self._waited:
                         self._waited = True
-                        await anyio.lowlevel.checkpoint()
+                        if self._bare:  # asyncio: anyio's checkpoint, without its look-ups
+                            await asyncio.sleep(0)
+                        else:
+                            await anyio.lowlevel.checkpoint()
                         continue
                     self._waited = False
                     # Several events (one new event after a wait took the live case above).

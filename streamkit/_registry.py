@@ -231,8 +231,9 @@ class SessionRegistry:
         self._authorize = authorize
         self._clock = clock or anyio.current_time
         # Found once the loop runs (__aenter__): the loop's own clock, the registry's
-        # clock for per-event times (the loop's, unless one was injected), and the
-        # loop's event type.
+        # clock for per-event times and every other time it notes (the loop's, the same
+        # clock as anyio.current_time without its look-up of the backend, unless one was
+        # injected), and the loop's event type.
         self._loop_clock: Callable[[], float] = anyio.current_time
         self._event_clock: Callable[[], float] = self._clock
         self._new_signal: Callable[[], Signal] | None = None
@@ -360,7 +361,7 @@ class SessionRegistry:
             with anyio.CancelScope(shield=True):
                 await self.backend.store.remove(session.session_id)
             raise
-        entry = _Entry(session, log, self._clock())
+        entry = _Entry(session, log, self._event_clock())
         self._entries[session.session_id] = entry
         self._idle[session.session_id] = entry.last_event_at
         self._counts["created"] += 1
@@ -442,7 +443,7 @@ class SessionRegistry:
             if entry.session.status is SessionState.ACTIVE:
                 entry.resumed.set()
         if entry.subscribers == 0 and self.config.idle_producer_grace is not None:
-            self._unwatched[session_id] = self._clock()
+            self._unwatched[session_id] = self._event_clock()
         tasks.start_soon(self._produce, entry, stream, tasks, name="streamkit producer")
 
     async def _produce(self, entry: _Entry, stream: TokenStream, tasks: SessionTasks) -> None:
@@ -756,7 +757,7 @@ class SessionRegistry:
         Raises:
             BackendError: a shared backend failed.
         """
-        now = self._clock()
+        now = self._event_clock()
         config = self.config
         done = 0
         self._counts["sweeps"] += 1
@@ -811,7 +812,7 @@ class SessionRegistry:
         interval = self.config.heartbeat_interval
         if interval is None:
             return 0
-        now = self._clock()
+        now = self._event_clock()
         sent = 0
         for entry in [*self._entries.values(), *self._coord.remote_entries()]:
             if (
@@ -874,12 +875,12 @@ class SessionRegistry:
         return attrs.evolve(entry.session, events=events_view(entry.log.retained()))
 
     def _touch(self, entry: _Entry) -> None:
-        entry.last_event_at = self._clock()
+        entry.last_event_at = self._event_clock()
 
     def _rearm(self, entry: _Entry) -> None:
         # A control call counts as activity: requeue at the back of the idle queue.
         sid = entry.session.session_id
-        entry.last_event_at = self._clock()
+        entry.last_event_at = self._event_clock()
         if not entry.finishing and not entry.remote:
             self._idle.pop(sid, None)
             self._idle[sid] = entry.last_event_at
@@ -935,7 +936,7 @@ class SessionRegistry:
             self._idle.pop(session_id, None)
             self._unwatched.pop(session_id, None)
             if not entry.remote:
-                self._ended[session_id] = self._clock()
+                self._ended[session_id] = self._event_clock()
         self._emit("event", stored)
         self._emit("state_changed", before, after)
         return stored
@@ -1006,7 +1007,7 @@ class SessionRegistry:
             and not entry.finishing
             and self.config.idle_producer_grace is not None
         ):
-            self._unwatched[entry.session.session_id] = self._clock()
+            self._unwatched[entry.session.session_id] = self._event_clock()
 
 
 _EMPTY: Final[MappingProxyType[str, Any]] = MappingProxyType({})
