@@ -289,7 +289,7 @@ class TokenStream:
         self._now: Callable[[], float] = anyio.current_time
         # Run by its consumer's task (_drive): how a timer's event reaches the sink, and
         # that task, which the deadline and the stall cancel out of the source's wait
-        # (its cancellation requests before: see _pull).
+        # (its cancellation requests before: see _drive).
         self._timed: Callable[[StreamEvent], bool] | None = None
         self._cut: asyncio.Task[Any] | None = None
         self._cancelling = 0
@@ -1008,168 +1008,159 @@ class TokenStream:
         assert task is not None
         self._cancelling = task.cancelling()
         self._busy = True
+        # One coroutine for the whole stream (none for its loop): each resumption of the
+        # task passes through every coroutine of its chain.
         try:
-            await self._drive_events(handle)
+            start = self._start()  # no task group: the source is pulled here (self._anext)
+            feed = self._feed = DriveFeed()
+            if self._paused:
+                feed.pause()
+            if await handle(start):
+                return
+            self._due(self._now())  # sets the first alarm
+            result: Literal["completed", "error", "deadline", "stall"]
+            anext = self._anext
+            assert anext is not None
+            sink = self._sink
+            assert sink is not None
+            clock = self._now
+            out = self._out
+            on_alarm = self._on_alarm
+            # _produce_to_sink's inline case: one source piece is one chunk.
+            inline = self._whole
+            metadata = self._metadata
+            session_id = self._session_id
+            size = self._size
+            started = self._started_at
+            id_prefix = f"{_ID_PREFIX}-"
+            next_id = _id_counter.__next__
+            pushed = 0
+            while True:
+                if feed.look:  # something to do before the next pull (rare)
+                    pending = feed.pending
+                    if pending is not None:
+                        feed.pending = None
+                        if await handle(pending):
+                            return
+                        continue
+                    if out:  # a flushed chunk the alarm left, or the rest of a source piece
+                        chunk = self._token_event(out.popleft(), clock())
+                        if not sink(chunk) and await handle(chunk):
+                            return
+                        continue
+                    if feed.due:  # the alarm came while the task was not waiting for the source
+                        due = self._due(clock())
+                        if isinstance(due, str):
+                            result = due
+                            break
+                        if due is not None and not sink(due) and await handle(due):
+                            return
+                        continue
+                    gate = feed.gate
+                    if gate is not None:
+                        await gate.wait()  # (the alarm sets it when the deadline comes)
+                        continue
+                    feed.look = False
+                feed.pulling = True
+                try:
+                    item = await anext()
+                except StopAsyncIteration:
+                    result = "completed"
+                    break
+                except Exception as exc:
+                    self._exception = exc
+                    result = "error"
+                    break
+                except asyncio.CancelledError:
+                    if self._cut_by is None:
+                        raise
+                    # The alarm cancelled this task for the deadline or the stall (as
+                    # asyncio.timeout does): unless another cancellation came with it.
+                    assert self._cut is not None
+                    if self._cut.uncancel() > self._cancelling:
+                        raise
+                    result = self._cut_by
+                    break
+                finally:
+                    feed.pulling = False
+                now = clock()
+                if now >= self._deadline:
+                    # The deadline came with the item (before its alarm): delivered at the end.
+                    result = "deadline" if self._accept(item) else "error"
+                    break
+                if (
+                    inline
+                    and type(item) is str
+                    and item
+                    and not self._held
+                    and (item[-1] < "\ud800" or item[-1] > "\udbff")
+                ):
+                    # _token_event's common case, inline: one source piece, one chunk.
+                    self._last_input = now
+                    self._handed += 1  # an item, a token and a chunk
+                    index = self._chunks
+                    self._chunks = index + 1
+                    self._chars += len(item)
+                    last = self._last_token_at
+                    if last is None:
+                        self._first_token_at = now
+                    elif now - last > self._itl_max:
+                        self._itl_max = now - last
+                    self._last_token_at = now
+                    event: Any = _new(_Unsealed)  # see _Unsealed
+                    event.event_type = _TOKEN
+                    event.content = item
+                    if metadata:
+                        elapsed = int((now - started) * 1e6 + 0.5) / 1e6
+                        event.metadata = MappingProxyType({"index": index, "elapsed": elapsed})
+                    else:
+                        event.metadata = _EMPTY
+                    event.session_id = session_id
+                    event.seq = None
+                    event_id = f"{id_prefix}{next_id()}"
+                    event.event_id = event_id
+                    event.timestamp = _wall_clock()
+                    event._json = None
+                    event._size = size + len(item) + len(event_id)
+                    event.__class__ = StreamEvent  # sealed
+                    if not sink(event):
+                        if await handle(event):
+                            return
+                        continue
+                    pushed += 1
+                    if pushed == BUFFER_ITEMS:
+                        # A source that never waits would never let the sink's readers run.
+                        pushed = 0
+                        await asyncio.sleep(0)  # (anyio's checkpoint on asyncio)
+                    continue
+                if type(item) is not str:
+                    inline = False  # parts and bytes: through the chunkers from now on
+                self._last_input = now
+                if not self._accept(item):
+                    result = "error"
+                    break
+                while out:
+                    chunk = self._token_event(out.popleft(), now)
+                    if not sink(chunk) and await handle(chunk):
+                        return
+                if self._progressive and self._chunker.has_partial:
+                    at = self._last_input + self._flush
+                    if at < feed.at:
+                        feed.set_alarm(at, on_alarm)
+            if result == "stall":
+                self._stalled()
+                result = "error"
+            await self._finish(result)
+            while out:
+                chunk = self._token_event(out.popleft(), self._now())
+                if not sink(chunk) and await handle(chunk):
+                    return
+            await handle(self._final_event())
         finally:
             self._busy = False
-            feed = self._feed
-            if isinstance(feed, DriveFeed):
-                feed.stop_alarm()
-
-    async def _drive_events(self, handle: Callable[[StreamEvent], Awaitable[bool]]) -> None:
-        start = self._start()  # no task group: the source is pulled here (self._anext)
-        feed = self._feed = DriveFeed()
-        if self._paused:
-            feed.pause()
-        if await handle(start):
-            return
-        self._due(self._now())  # sets the first alarm
-        result = await self._pull(handle, feed)
-        if result is None:
-            return
-        if result == "stall":
-            self._stalled()
-            result = "error"
-        await self._finish(result)
-        sink = self._sink
-        assert sink is not None
-        out = self._out
-        while out:
-            event = self._token_event(out.popleft(), self._now())
-            if not sink(event) and await handle(event):
-                return
-        await handle(self._final_event())
-
-    async def _pull(
-        self, handle: Callable[[StreamEvent], Awaitable[bool]], feed: DriveFeed
-    ) -> Literal["completed", "error", "deadline", "stall"] | None:
-        """:meth:`_drive`'s source loop: how it ended, or ``None`` if ``handle`` stopped it.
-
-        Returns ``"completed"``, ``"error"`` (the exception kept), ``"deadline"`` or
-        ``"stall"``.
-        """
-        anext = self._anext
-        assert anext is not None
-        sink = self._sink
-        assert sink is not None
-        clock = self._now
-        out = self._out
-        on_alarm = self._on_alarm
-        # _produce_to_sink's inline case: one source piece is one chunk.
-        inline = self._whole
-        metadata = self._metadata
-        session_id = self._session_id
-        size = self._size
-        started = self._started_at
-        id_prefix = f"{_ID_PREFIX}-"
-        next_id = _id_counter.__next__
-        pushed = 0
-        while True:
-            if feed.look:  # something to do before the next pull (rare)
-                pending = feed.pending
-                if pending is not None:
-                    feed.pending = None
-                    if await handle(pending):
-                        return None
-                    continue
-                if out:  # a flushed chunk the alarm left, or the rest of a source piece
-                    chunk = self._token_event(out.popleft(), clock())
-                    if not sink(chunk) and await handle(chunk):
-                        return None
-                    continue
-                if feed.due:  # the alarm came while the task was not waiting for the source
-                    due = self._due(clock())
-                    if isinstance(due, str):
-                        return due
-                    if due is not None and not sink(due) and await handle(due):
-                        return None
-                    continue
-                gate = feed.gate
-                if gate is not None:
-                    await gate.wait()  # (the alarm sets it when the deadline comes)
-                    continue
-                feed.look = False
-            feed.pulling = True
-            try:
-                item = await anext()
-            except StopAsyncIteration:
-                return "completed"
-            except Exception as exc:
-                self._exception = exc
-                return "error"
-            except asyncio.CancelledError:
-                if self._cut_by is None:
-                    raise
-                # The alarm cancelled this task for the deadline or the stall (as
-                # asyncio.timeout does): unless another cancellation came with it.
-                assert self._cut is not None
-                if self._cut.uncancel() > self._cancelling:
-                    raise
-                return self._cut_by
-            finally:
-                feed.pulling = False
-            now = clock()
-            if now >= self._deadline:
-                # The deadline came with the item (before its alarm): delivered at the end.
-                return "deadline" if self._accept(item) else "error"
-            if (
-                inline
-                and type(item) is str
-                and item
-                and not self._held
-                and (item[-1] < "\ud800" or item[-1] > "\udbff")
-            ):
-                # _token_event's common case, inline: one source piece, one chunk.
-                self._last_input = now
-                self._handed += 1  # an item, a token and a chunk
-                index = self._chunks
-                self._chunks = index + 1
-                self._chars += len(item)
-                last = self._last_token_at
-                if last is None:
-                    self._first_token_at = now
-                elif now - last > self._itl_max:
-                    self._itl_max = now - last
-                self._last_token_at = now
-                event: Any = _new(_Unsealed)  # see _Unsealed
-                event.event_type = _TOKEN
-                event.content = item
-                if metadata:
-                    elapsed = int((now - started) * 1e6 + 0.5) / 1e6
-                    event.metadata = MappingProxyType({"index": index, "elapsed": elapsed})
-                else:
-                    event.metadata = _EMPTY
-                event.session_id = session_id
-                event.seq = None
-                event_id = f"{id_prefix}{next_id()}"
-                event.event_id = event_id
-                event.timestamp = _wall_clock()
-                event._json = None
-                event._size = size + len(item) + len(event_id)
-                event.__class__ = StreamEvent  # sealed
-                if not sink(event):
-                    if await handle(event):
-                        return None
-                    continue
-                pushed += 1
-                if pushed == BUFFER_ITEMS:
-                    # A source that never waits would never let the sink's readers run.
-                    pushed = 0
-                    await anyio.lowlevel.checkpoint()
-                continue
-            if type(item) is not str:
-                inline = False  # parts and bytes: through the chunkers from now on
-            self._last_input = now
-            if not self._accept(item):
-                return "error"
-            while out:
-                chunk = self._token_event(out.popleft(), now)
-                if not sink(chunk) and await handle(chunk):
-                    return None
-            if self._progressive and self._chunker.has_partial:
-                at = self._last_input + self._flush
-                if at < feed.at:
-                    feed.set_alarm(at, on_alarm)
+            made = self._feed
+            if isinstance(made, DriveFeed):
+                made.stop_alarm()
 
     def _due(
         self, now: float, *, beat: bool = True
@@ -1240,7 +1231,7 @@ class TokenStream:
         if isinstance(due, str):
             self._cut_by = due
             assert self._cut is not None
-            self._cut.cancel()  # the task waits for the source (see _pull)
+            self._cut.cancel()  # the task waits for the source (see _drive)
             return
         if due is not None and not timed(due):
             feed.pending = pending = due
