@@ -1224,7 +1224,9 @@ class TokenStream:
         assert timed is not None
         pending = feed.pending
         # An event refused before (a pause, a full log): offered again.
-        if pending is not None and (sink if pending.event_type is _TOKEN else timed)(pending):
+        if pending is not None and _offered(
+            sink if pending.event_type is _TOKEN else timed, pending
+        ):
             feed.pending = pending = None
         now = self._now()
         due = self._due(now, beat=pending is None)
@@ -1233,12 +1235,12 @@ class TokenStream:
             assert self._cut is not None
             self._cut.cancel()  # the task waits for the source (see _drive)
             return
-        if due is not None and not timed(due):
+        if due is not None and not _offered(timed, due):
             feed.pending = pending = due
         out = self._out
         while out and pending is None:
             event = self._token_event(out.popleft(), now)
-            if not sink(event):
+            if not _offered(sink, event):
                 feed.pending = pending = event
         if pending is not None or out:
             feed.look = True  # handed on by the task before its next pull
@@ -1384,6 +1386,18 @@ class TokenStream:
                 self._final_stats = (
                     self._make_stats(anyio.current_time()) if started else StreamStats()
                 )
+
+
+def _offered(offer: Callable[[StreamEvent], bool], event: StreamEvent) -> bool:
+    """``offer(event)`` from an alarm: anything it raises leaves the event to the task.
+
+    An exception must not leave the loop's shared alarms (the other streams' timers)
+    half-fired; the task hands the event to its consumer, where it raises again.
+    """
+    try:
+        return offer(event)
+    except Exception:
+        return False
 
 
 def stream_tokens(
