@@ -32,6 +32,7 @@ import attrs
 
 from ._errors import ClosedError, InvalidTransition, SessionNotFound
 from ._events import EventType, StreamEvent, make_event
+from ._log import InMemoryEventLog
 from ._session import SessionState, events_view
 from ._signals import signal_factory
 
@@ -237,6 +238,19 @@ class Coordinator:
         """The shared part of a sweep; return what it ended or removed (nothing here)."""
         return 0
 
+    def stopping(self, entries: Iterable[_Entry]) -> None:
+        """The registry shuts down: no session's end may wait for a reader now.
+
+        A ``block``-policy log would hold a final event back until a reader makes room,
+        and at shutdown no reader may come: a producer ending its own session would
+        be cancelled half-way (its session never ended), and the shutdown's own end of
+        a session would wait for ever. The memory log stops blocking instead.
+        """
+        for entry in entries:
+            log = entry.log
+            if type(log) is InMemoryEventLog:
+                log._stop_blocking()
+
     def forget_remote(self, entry: _Entry) -> bool:
         """Drop ``entry`` if it is another worker's session held here; whether it was."""
         return False
@@ -263,6 +277,9 @@ class SharedCoordinator(Coordinator):
         self._ttl = lease_ttl
         # Sessions of other workers that this one serves.
         self._remote: dict[str, _Entry] = {}
+
+    def stopping(self, entries: Iterable[_Entry]) -> None:
+        """The registry shuts down (nothing here: a shared log's policy is its own)."""
 
     def start(self, tg: TaskGroup) -> None:
         """Start the lease task."""

@@ -6,6 +6,8 @@
   one of the stream's timers is due.
 * :class:`ThreadFeed`: a sync source iterated by a daemon thread into a bounded
   buffer, so that a blocking model never blocks the event loop.
+* :class:`DriveFeed`: no buffer; the consumer's own task pulls an async source (the
+  registry's producer on asyncio, one task per session), its timers one shared alarm.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
     from ._events import StreamEvent
     from ._signals import Signal
 
-__all__ = ["BUFFER_ITEMS", "TaskFeed", "ThreadFeed"]
+__all__ = ["BUFFER_ITEMS", "DriveFeed", "TaskFeed", "ThreadFeed"]
 
 #: Items a source may run ahead of the consumer (per buffer; the chunker's output is
 #: bounded by the same figure because the buffer is only drained when it is empty).
@@ -288,6 +290,61 @@ class TaskFeed:
                 self.alarm_at = math.inf
             elif now() >= self.alarm_at:
                 self.wake()
+
+
+class DriveFeed:
+    """What a stream run by its consumer's own task (:meth:`TokenStream._drive`) keeps.
+
+    No buffer and no task: the consumer's task pulls the source itself. ``gate`` is set
+    while paused (the task waits on it before pulling the next item); ``pending`` is an
+    event a timer made while the task waited for the source and the sink refused: the
+    task hands it on before the next item. ``alarm``: the stream's timer, one of the
+    loop's shared alarms (:class:`_Alarms`), and ``at``, when it is set for.
+    """
+
+    __slots__ = ("alarm", "at", "call_at", "due", "gate", "look", "pending", "pulling")
+
+    def __init__(self) -> None:
+        self.gate: anyio.Event | None = None
+        self.pending: StreamEvent | None = None
+        self.call_at = _alarms().call_at
+        self.alarm: _Alarm | None = None
+        self.at = math.inf
+        #: Whether the task waits for the source's next item (where timers act at once).
+        self.pulling = False
+        #: The alarm came while the task did not wait for the source: it looks itself.
+        self.due = False
+        #: Any of ``pending``, ``due``, ``gate`` or the stream's chunks to hand on: the
+        #: task looks before it pulls again (one test per item for the four).
+        self.look = False
+
+    def pause(self) -> None:
+        if self.gate is None:
+            self.gate = anyio.Event()
+            self.look = True
+
+    def resume(self) -> None:
+        gate, self.gate = self.gate, None
+        if gate is not None:
+            gate.set()
+
+    def take(self) -> None:
+        """Nothing is ever buffered here (see :meth:`TaskFeed.take`)."""
+        return
+
+    def set_alarm(self, at: float, callback: Callable[[], object]) -> None:
+        """Have ``callback`` run at ``at`` (instead of when it was set for)."""
+        alarm = self.alarm
+        if alarm is not None:
+            alarm.cancel()
+        self.at = at
+        self.alarm = self.call_at(at, callback) if at != math.inf else None
+
+    def stop_alarm(self) -> None:
+        alarm, self.alarm = self.alarm, None
+        self.at = math.inf
+        if alarm is not None:
+            alarm.cancel()
 
 
 class ThreadFeed:

@@ -41,6 +41,7 @@ import asyncio
 import contextlib
 import marshal
 import math
+import sys
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from functools import partial
 from types import MappingProxyType
@@ -598,7 +599,10 @@ class _Cursor(EventCursor):
                         state.allow = backlog if backlog > log._max_lag else log._max_lag
                     if not self._waited:
                         self._waited = True
-                        await anyio.lowlevel.checkpoint()
+                        if self._bare:  # asyncio: anyio's checkpoint, without its look-ups
+                            await asyncio.sleep(0)
+                        else:
+                            await anyio.lowlevel.checkpoint()
                         continue
                     self._waited = False
                     # Several events (one new event after a wait took the live case above).
@@ -1185,7 +1189,7 @@ class InMemoryEventLog(EventLog):
 
     async def _wait_for_room(self) -> None:
         while True:
-            if self._has_room():
+            if not self._block or self._has_room():
                 return
             self._waits += 1
             room = self._room
@@ -1194,6 +1198,22 @@ class InMemoryEventLog(EventLog):
             await room.wait()
             if self._closed:
                 raise self._closed_error()
+
+    def _stop_blocking(self) -> None:
+        """Never again hold an append back for a reader (``block`` policy): the owner stops.
+
+        The registry's shutdown calls it before it ends the log's session: its final
+        event (and the one the producer may be waiting to append) must not wait for a
+        reader that may never read again. A producer waiting for room goes on.
+        """
+        if self._block:
+            self._block = False
+            self._limit = math.inf
+            # Nor is a reader lagged for what it could not hold back any more.
+            self._max_lag = sys.maxsize
+            for reader in self._readers:
+                reader.allow = sys.maxsize
+            self._wake_room()
 
     def _closed_error(self) -> ClosedError:
         return ClosedError("the event log is closed", session_id=self._session_id)

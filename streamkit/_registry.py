@@ -148,6 +148,13 @@ class _LogSink:
             self._registry._emit("event", stored)
         return True
 
+    def offer_timed(self, event: StreamEvent) -> bool:
+        """:meth:`offer` for a timer's event (a heartbeat): the entry notes its time."""
+        if not self.offer(event):
+            return False
+        self._entry.last_event_at = self._registry._event_clock()
+        return True
+
 
 class _ClockedLogSink(_LogSink):
     """A :class:`_LogSink` that notes each append's time on the registry's own clock."""
@@ -224,8 +231,9 @@ class SessionRegistry:
         self._authorize = authorize
         self._clock = clock or anyio.current_time
         # Found once the loop runs (__aenter__): the loop's own clock, the registry's
-        # clock for per-event times (the loop's, unless one was injected), and the
-        # loop's event type.
+        # clock for per-event times and every other time it notes (the loop's, the same
+        # clock as anyio.current_time without its look-up of the backend, unless one was
+        # injected), and the loop's event type.
         self._loop_clock: Callable[[], float] = anyio.current_time
         self._event_clock: Callable[[], float] = self._clock
         self._new_signal: Callable[[], Signal] | None = None
@@ -279,6 +287,7 @@ class SessionRegistry:
         tg = self._tg
         assert tg is not None, "the registry was not entered"
         self._closing = True
+        self._coord.stopping(self._entries.values())
         try:
             with anyio.CancelScope(shield=True):
                 for entry in list(self._entries.values()):
@@ -352,7 +361,7 @@ class SessionRegistry:
             with anyio.CancelScope(shield=True):
                 await self.backend.store.remove(session.session_id)
             raise
-        entry = _Entry(session, log, self._clock())
+        entry = _Entry(session, log, self._event_clock())
         self._entries[session.session_id] = entry
         self._idle[session.session_id] = entry.last_event_at
         self._counts["created"] += 1
@@ -414,8 +423,9 @@ class SessionRegistry:
             raise ValidationError(
                 "the session already has a producer", field="source", session_id=session_id
             )
-        # The stream's source task appends its tokens itself through the sink (one task
-        # switch per token fewer); what the sink refuses comes through _produce.
+        # The task that pulls the source appends its tokens itself through the sink (one
+        # task switch per token fewer): on asyncio the producer task itself (_drive),
+        # else the stream's source task; what the sink refuses comes through _produce.
         sink: _LogSink | None = None
         same_clock = self._event_clock is self._loop_clock
         if self._coord.direct_appends:
@@ -433,7 +443,7 @@ class SessionRegistry:
             if entry.session.status is SessionState.ACTIVE:
                 entry.resumed.set()
         if entry.subscribers == 0 and self.config.idle_producer_grace is not None:
-            self._unwatched[session_id] = self._clock()
+            self._unwatched[session_id] = self._event_clock()
         tasks.start_soon(self._produce, entry, stream, tasks, name="streamkit producer")
 
     async def _produce(self, entry: _Entry, stream: TokenStream, tasks: SessionTasks) -> None:
@@ -444,47 +454,65 @@ class SessionRegistry:
         assert scope is not None
         clock = self._event_clock
         recorded = False
+
+        async def take(event: StreamEvent) -> bool:
+            # One event the stream hands over (the sink refused it, or it is the start,
+            # a heartbeat or the final event); True: stop.
+            nonlocal recorded
+            resumed = entry.resumed  # a pause replaces it with an unset one
+            if resumed is not None and not resumed.is_set():
+                await resumed.wait()
+            if event.is_final:
+                # Before the final event is visible: a subscriber that sees it may read
+                # the registry's statistics at once.
+                self._record_stream(stream)
+                recorded = True
+                state = _FINAL_STATE[event.event_type]
+                if not entry.finishing:
+                    await self._end_quietly(entry, state, event, from_producer=True)
+                return True
+            if entry.finishing:  # ended elsewhere (cancel, sweep, shutdown)
+                return True
+            try:
+                # The event is fresh from the stream: stamped in place.
+                stored = append_nowait(event, owned=True)
+                if stored is None:  # the block policy waits for a reader
+                    stored = await log.append(event)
+            except PayloadTooLarge as exc:
+                raise too_large(exc, event) from exc
+            except ClosedError:
+                # Another task (or worker) may have ended the session.
+                await self._coord.refused(entry)
+                if _finishing(entry):
+                    return True
+                raise
+            entry.last_event_at = clock()
+            self._counts["appended"] += 1
+            if hooks:
+                self._emit("event", stored)
+            return False
+
         try:
             with scope:
-                # The stream's source task runs in the registry's task group: no task
-                # group of the stream's own to make, enter and leave. aclose() in the
-                # finally waits for that task, as leaving `async with stream` would.
-                stream._run_in(tasks, self._loop_clock)
-                try:
-                    async for event in stream:
-                        resumed = entry.resumed  # a pause replaces it with an unset one
-                        if resumed is not None and not resumed.is_set():
-                            await resumed.wait()
-                        if event.is_final:
-                            # Before the final event is visible: a subscriber that sees
-                            # it may read the registry's statistics at once.
-                            self._record_stream(stream)
-                            recorded = True
-                            state = _FINAL_STATE[event.event_type]
-                            if not entry.finishing:
-                                await self._end_quietly(entry, state, event, from_producer=True)
-                            break
-                        if entry.finishing:  # ended elsewhere (cancel, sweep, shutdown)
-                            break
-                        try:
-                            # The event is fresh from the stream: stamped in place.
-                            stored = append_nowait(event, owned=True)
-                            if stored is None:  # the block policy waits for a reader
-                                stored = await log.append(event)
-                        except PayloadTooLarge as exc:
-                            raise too_large(exc, event) from exc
-                        except ClosedError:
-                            # Another task (or worker) may have ended the session.
-                            await self._coord.refused(entry)
-                            if _finishing(entry):
+                sink = entry.sink
+                if sink is not None and tasks.on_asyncio and stream.can_drive():
+                    # One task per session: this one pulls the source (asyncio).
+                    try:
+                        await stream._drive(take, sink.offer_timed, self._loop_clock)
+                    finally:
+                        await stream.aclose()
+                else:
+                    # The stream's source task runs in the registry's task group: no
+                    # task group of the stream's own to make, enter and leave. aclose()
+                    # in the finally waits for that task, as leaving `async with stream`
+                    # would.
+                    stream._run_in(tasks, self._loop_clock)
+                    try:
+                        async for event in stream:
+                            if await take(event):
                                 break
-                            raise
-                        entry.last_event_at = clock()
-                        self._counts["appended"] += 1
-                        if hooks:
-                            self._emit("event", stored)
-                finally:
-                    await stream.aclose()
+                    finally:
+                        await stream.aclose()
         except Exception as exc:  # a failure of the log or backend, not of the source
             logger.exception("streamkit: a session's producer failed")
             if not entry.finishing:
@@ -729,7 +757,7 @@ class SessionRegistry:
         Raises:
             BackendError: a shared backend failed.
         """
-        now = self._clock()
+        now = self._event_clock()
         config = self.config
         done = 0
         self._counts["sweeps"] += 1
@@ -784,7 +812,7 @@ class SessionRegistry:
         interval = self.config.heartbeat_interval
         if interval is None:
             return 0
-        now = self._clock()
+        now = self._event_clock()
         sent = 0
         for entry in [*self._entries.values(), *self._coord.remote_entries()]:
             if (
@@ -847,12 +875,12 @@ class SessionRegistry:
         return attrs.evolve(entry.session, events=events_view(entry.log.retained()))
 
     def _touch(self, entry: _Entry) -> None:
-        entry.last_event_at = self._clock()
+        entry.last_event_at = self._event_clock()
 
     def _rearm(self, entry: _Entry) -> None:
         # A control call counts as activity: requeue at the back of the idle queue.
         sid = entry.session.session_id
-        entry.last_event_at = self._clock()
+        entry.last_event_at = self._event_clock()
         if not entry.finishing and not entry.remote:
             self._idle.pop(sid, None)
             self._idle[sid] = entry.last_event_at
@@ -886,8 +914,10 @@ class SessionRegistry:
         try:
             if own is not None:
                 # The producer ends its own session: its scope shields the end (a
-                # scope fewer per session). Nothing else cancels that scope once the
-                # session is ending; the registry's shutdown no longer reaches it.
+                # scope fewer per session). Nothing else cancels that scope while the
+                # session is ending but the registry's shutdown, which first stops
+                # every memory log's block policy (Coordinator.stopping): an end
+                # waiting for room goes on at once and is not cut short.
                 own.shield = True
                 try:
                     before, after, stored = await self._coord.end(entry, state, final, fresh=True)
@@ -906,7 +936,7 @@ class SessionRegistry:
             self._idle.pop(session_id, None)
             self._unwatched.pop(session_id, None)
             if not entry.remote:
-                self._ended[session_id] = self._clock()
+                self._ended[session_id] = self._event_clock()
         self._emit("event", stored)
         self._emit("state_changed", before, after)
         return stored
@@ -977,7 +1007,7 @@ class SessionRegistry:
             and not entry.finishing
             and self.config.idle_producer_grace is not None
         ):
-            self._unwatched[entry.session.session_id] = self._clock()
+            self._unwatched[entry.session.session_id] = self._event_clock()
 
 
 _EMPTY: Final[MappingProxyType[str, Any]] = MappingProxyType({})

@@ -45,6 +45,7 @@ Where the source runs (the reason for the three modes):
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import enum
 import math
@@ -63,7 +64,7 @@ from ._config import StreamConfig
 from ._errors import ClosedError, ValidationError
 from ._events import _ID_PREFIX, EventType, StreamEvent, _id_counter, _Unsealed, make_event
 from ._events import _slot as _event_slots
-from ._feeds import BUFFER_ITEMS, TaskFeed, ThreadFeed
+from ._feeds import BUFFER_ITEMS, DriveFeed, TaskFeed, ThreadFeed
 from ._log import COMPLETE_SIZE, final_size, stats_size, token_size
 from ._parts import Part, TextDelta
 from ._parts_chunker import PartsChunker, accept_part, part_event
@@ -155,10 +156,13 @@ class TokenStream:
         "_alarm_scope",
         "_anext",
         "_busy",
+        "_cancelling",
         "_chars",
         "_chunk_by",
         "_chunker",
         "_chunks",
+        "_cut",
+        "_cut_by",
         "_deadline",
         "_decoder",
         "_ended_at",
@@ -203,6 +207,7 @@ class TokenStream:
         "_stream_delay",
         "_sync",
         "_tg",
+        "_timed",
         "_tokens",
         "_whole",
     )
@@ -248,7 +253,7 @@ class TokenStream:
         self._entered = False
         # The stream's own task group (``async with``), or where _run_in runs the source.
         self._tg: TaskGroup | Spawner | None = None
-        self._feed: TaskFeed | ThreadFeed | None = None
+        self._feed: TaskFeed | ThreadFeed | DriveFeed | None = None
         self._producer_scope: anyio.CancelScope | None = None
         self._alarm_scope: anyio.CancelScope | None = None
         self._anext: Callable[[], Any] | None = None
@@ -282,6 +287,13 @@ class TokenStream:
         self._itl_max = 0.0
         # anyio.current_time, bound to the event loop's backend when the stream starts.
         self._now: Callable[[], float] = anyio.current_time
+        # Run by its consumer's task (_drive): how a timer's event reaches the sink, and
+        # that task, which the deadline and the stall cancel out of the source's wait
+        # (its cancellation requests before: see _drive).
+        self._timed: Callable[[StreamEvent], bool] | None = None
+        self._cut: asyncio.Task[Any] | None = None
+        self._cancelling = 0
+        self._cut_by: Literal["deadline", "stall"] | None = None
 
     def __repr__(self) -> str:
         state = ("new", "running", "finishing", "ended")[self._phase]
@@ -364,6 +376,10 @@ class TokenStream:
         feed = self._feed
         if feed is not None:
             feed.resume()
+            if isinstance(feed, DriveFeed) and feed.pending is not None:
+                # Refused during the pause while the source is silent: handed on at
+                # once (the alarm runs after the resume is complete).
+                feed.set_alarm(self._now(), self._on_alarm)
         if self._phase == _RUNNING:
             self._last_input = self._now()
 
@@ -678,6 +694,7 @@ class TokenStream:
         """
         feed = self._feed
         assert feed is not None
+        assert not isinstance(feed, DriveFeed)
         while True:
             done = feed.done
             items = feed.take()
@@ -954,6 +971,280 @@ class TokenStream:
                 feed.wake()
         return True
 
+    def can_drive(self) -> bool:
+        """Whether :meth:`_drive` may run this stream (asyncio): an unpaced async source, a sink."""
+        return (
+            self._sink is not None
+            and not self._sync
+            and not self._paced
+            and self._phase == _NEW
+            and not self._entered
+        )
+
+    async def _drive(
+        self,
+        handle: Callable[[StreamEvent], Awaitable[bool]],
+        timed: Callable[[StreamEvent], bool],
+        clock: Callable[[], float],
+    ) -> None:
+        """Run the whole stream in the caller's task (the registry's producer), no other.
+
+        The one-task form of ``async with`` and a sink (:meth:`_produce_to_sink`, which
+        Trio, paced streams and sync sources keep): the caller's task pulls the source
+        itself and hands each ``token`` event to the sink; ``handle`` is awaited for
+        the ``start`` event, each event the sink refuses and the final event, and
+        returns ``True`` to stop (the caller then closes the stream with
+        :meth:`aclose`). The timers are one of the loop's shared alarms: while the
+        task waits for the source, a due heartbeat or flushed chunk goes to ``timed``
+        (or the sink) from the alarm, and if refused is handed to ``handle`` before the
+        next item; the deadline and the stall watchdog cut the wait short by
+        cancelling the task (as :func:`asyncio.timeout` does). A pause holds the task
+        before its next pull. Asyncio only; check :meth:`can_drive` first.
+        """
+        self._entered = True
+        self._now = clock
+        self._timed = timed
+        task = self._cut = asyncio.current_task()
+        assert task is not None
+        self._cancelling = task.cancelling()
+        self._busy = True
+        # One coroutine for the whole stream (none for its loop): each resumption of the
+        # task passes through every coroutine of its chain.
+        try:
+            start = self._start()  # no task group: the source is pulled here (self._anext)
+            feed = self._feed = DriveFeed()
+            if self._paused:
+                feed.pause()
+            if await handle(start):
+                return
+            self._due(self._now())  # sets the first alarm
+            result: Literal["completed", "error", "deadline", "stall"]
+            anext = self._anext
+            assert anext is not None
+            sink = self._sink
+            assert sink is not None
+            clock = self._now
+            out = self._out
+            on_alarm = self._on_alarm
+            # _produce_to_sink's inline case: one source piece is one chunk.
+            inline = self._whole
+            metadata = self._metadata
+            session_id = self._session_id
+            size = self._size
+            started = self._started_at
+            id_prefix = f"{_ID_PREFIX}-"
+            next_id = _id_counter.__next__
+            pushed = 0
+            while True:
+                if feed.look:  # something to do before the next pull (rare)
+                    pending = feed.pending
+                    if pending is not None:
+                        feed.pending = None
+                        if await handle(pending):
+                            return
+                        continue
+                    if out:  # a flushed chunk the alarm left, or the rest of a source piece
+                        chunk = self._token_event(out.popleft(), clock())
+                        if not sink(chunk) and await handle(chunk):
+                            return
+                        continue
+                    if feed.due:  # the alarm came while the task was not waiting for the source
+                        due = self._due(clock())
+                        if isinstance(due, str):
+                            result = due
+                            break
+                        if due is not None and not sink(due) and await handle(due):
+                            return
+                        continue
+                    gate = feed.gate
+                    if gate is not None:
+                        await gate.wait()  # (the alarm sets it when the deadline comes)
+                        continue
+                    feed.look = False
+                feed.pulling = True
+                try:
+                    item = await anext()
+                except StopAsyncIteration:
+                    result = "completed"
+                    break
+                except Exception as exc:
+                    self._exception = exc
+                    result = "error"
+                    break
+                except asyncio.CancelledError:
+                    if self._cut_by is None:
+                        raise
+                    # The alarm cancelled this task for the deadline or the stall (as
+                    # asyncio.timeout does): unless another cancellation came with it.
+                    assert self._cut is not None
+                    if self._cut.uncancel() > self._cancelling:
+                        raise
+                    result = self._cut_by
+                    break
+                finally:
+                    feed.pulling = False
+                now = clock()
+                if now >= self._deadline:
+                    # The deadline came with the item (before its alarm): delivered at the end.
+                    result = "deadline" if self._accept(item) else "error"
+                    break
+                if (
+                    inline
+                    and type(item) is str
+                    and item
+                    and not self._held
+                    and (item[-1] < "\ud800" or item[-1] > "\udbff")
+                ):
+                    # _token_event's common case, inline: one source piece, one chunk.
+                    self._last_input = now
+                    self._handed += 1  # an item, a token and a chunk
+                    index = self._chunks
+                    self._chunks = index + 1
+                    self._chars += len(item)
+                    last = self._last_token_at
+                    if last is None:
+                        self._first_token_at = now
+                    elif now - last > self._itl_max:
+                        self._itl_max = now - last
+                    self._last_token_at = now
+                    event: Any = _new(_Unsealed)  # see _Unsealed
+                    event.event_type = _TOKEN
+                    event.content = item
+                    if metadata:
+                        elapsed = int((now - started) * 1e6 + 0.5) / 1e6
+                        event.metadata = MappingProxyType({"index": index, "elapsed": elapsed})
+                    else:
+                        event.metadata = _EMPTY
+                    event.session_id = session_id
+                    event.seq = None
+                    event_id = f"{id_prefix}{next_id()}"
+                    event.event_id = event_id
+                    event.timestamp = _wall_clock()
+                    event._json = None
+                    event._size = size + len(item) + len(event_id)
+                    event.__class__ = StreamEvent  # sealed
+                    if not sink(event):
+                        if await handle(event):
+                            return
+                        continue
+                    pushed += 1
+                    if pushed == BUFFER_ITEMS:
+                        # A source that never waits would never let the sink's readers run.
+                        pushed = 0
+                        await asyncio.sleep(0)  # (anyio's checkpoint on asyncio)
+                    continue
+                if type(item) is not str:
+                    inline = False  # parts and bytes: through the chunkers from now on
+                self._last_input = now
+                if not self._accept(item):
+                    result = "error"
+                    break
+                while out:
+                    chunk = self._token_event(out.popleft(), now)
+                    if not sink(chunk) and await handle(chunk):
+                        return
+                if self._progressive and self._chunker.has_partial:
+                    at = self._last_input + self._flush
+                    if at < feed.at:
+                        feed.set_alarm(at, on_alarm)
+            if result == "stall":
+                self._stalled()
+                result = "error"
+            await self._finish(result)
+            while out:
+                chunk = self._token_event(out.popleft(), self._now())
+                if not sink(chunk) and await handle(chunk):
+                    return
+            await handle(self._final_event())
+        finally:
+            self._busy = False
+            made = self._feed
+            if isinstance(made, DriveFeed):
+                made.stop_alarm()
+
+    def _due(
+        self, now: float, *, beat: bool = True
+    ) -> StreamEvent | Literal["deadline", "stall"] | None:
+        """:meth:`_drive`'s timers at ``now``: act on what is due, set the alarm for the next.
+
+        Returns ``"deadline"`` or ``"stall"`` when the stream must end, a heartbeat
+        event to hand on, or ``None``. A due partial chunk is flushed into ``_out``.
+        ``beat=False``: an event still waits to be handed on; a heartbeat due now is
+        not made (nor counted), the next one is due a heartbeat interval from now.
+        """
+        feed = self._feed
+        assert isinstance(feed, DriveFeed)
+        feed.due = False
+        wake = self._deadline
+        if now >= wake:
+            return "deadline"
+        if self._progressive and self._chunker.has_partial:
+            at = self._last_input + self._flush
+            if now >= at:
+                self._chunker.flush()
+            else:
+                wake = min(wake, at)
+        made: StreamEvent | None = None
+        if self._heartbeat is not None:
+            at = max(self._last_input, self._last_beat) + self._heartbeat
+            if now >= at:
+                if beat:
+                    self._last_beat = now
+                    self._heartbeats += 1
+                    made = make_event(EventType.HEARTBEAT, "", _EMPTY, self._session_id)
+                at = now + self._heartbeat
+            wake = min(wake, at)
+        if self._stall is not None:
+            at = self._last_input + self._stall
+            if now >= at:
+                return "stall"
+            wake = min(wake, at)
+        if wake != feed.at or feed.alarm is None:
+            feed.set_alarm(wake, self._on_alarm)
+        return made
+
+    def _on_alarm(self) -> None:
+        """:meth:`_drive`'s alarm: a timer is due (or the alarm was set too early)."""
+        feed = self._feed
+        assert isinstance(feed, DriveFeed)
+        feed.alarm = None
+        if self._phase != _RUNNING:
+            return
+        if not feed.pulling:
+            # The task looks at the timers itself before it pulls again; a pause holds
+            # it: the deadline lets it go.
+            feed.due = feed.look = True
+            gate = feed.gate
+            if gate is not None and self._now() >= self._deadline:
+                gate.set()
+            return
+        sink = self._sink
+        timed = self._timed
+        assert sink is not None
+        assert timed is not None
+        pending = feed.pending
+        # An event refused before (a pause, a full log): offered again.
+        if pending is not None and _offered(
+            sink if pending.event_type is _TOKEN else timed, pending
+        ):
+            feed.pending = pending = None
+        now = self._now()
+        due = self._due(now, beat=pending is None)
+        if isinstance(due, str):
+            self._cut_by = due
+            assert self._cut is not None
+            self._cut.cancel()  # the task waits for the source (see _drive)
+            return
+        if due is not None and not _offered(timed, due):
+            feed.pending = pending = due
+        out = self._out
+        while out and pending is None:
+            event = self._token_event(out.popleft(), now)
+            if not _offered(sink, event):
+                feed.pending = pending = event
+        if pending is not None or out:
+            feed.look = True  # handed on by the task before its next pull
+
     async def _alarm(self, scope: anyio.CancelScope, feed: TaskFeed) -> None:
         """The alarm task (``async with`` mode): wakes the consumer when a timer is due."""
         with scope:
@@ -1095,6 +1386,18 @@ class TokenStream:
                 self._final_stats = (
                     self._make_stats(anyio.current_time()) if started else StreamStats()
                 )
+
+
+def _offered(offer: Callable[[StreamEvent], bool], event: StreamEvent) -> bool:
+    """``offer(event)`` from an alarm: anything it raises leaves the event to the task.
+
+    An exception must not leave the loop's shared alarms (the other streams' timers)
+    half-fired; the task hands the event to its consumer, where it raises again.
+    """
+    try:
+        return offer(event)
+    except Exception:
+        return False
 
 
 def stream_tokens(

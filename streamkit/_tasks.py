@@ -35,7 +35,7 @@ class SessionTasks:
     a task group would raise it.
     """
 
-    __slots__ = ("_errors", "_group", "_idle", "_loop", "_start", "_tasks")
+    __slots__ = ("_errors", "_group", "_idle", "_loop", "_start", "_tasks", "on_asyncio")
 
     def __init__(self, group: TaskGroup) -> None:
         self._group = group
@@ -49,6 +49,8 @@ class SessionTasks:
             start = getattr(getattr(group, "_nursery", None), "start_soon", None)
             if start is not None:
                 self._start = start
+        #: Whether the tasks are the asyncio loop's own.
+        self.on_asyncio = self._loop is not None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._idle: asyncio.Event | None = None
         self._errors: list[BaseException] = []

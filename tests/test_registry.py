@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import anyio
 import pytest
@@ -40,6 +40,11 @@ async def forever() -> AsyncIterator[str]:
     while True:
         yield "x"
         await anyio.sleep(0.001)
+
+
+async def unpaced() -> AsyncIterator[str]:
+    while True:
+        yield "x"
 
 
 async def collect(subscription: sk.Subscription) -> list[sk.StreamEvent]:
@@ -771,6 +776,59 @@ async def test_block_policy_holds_a_streamed_final_event_until_the_reader_makes_
         assert registry.statistics().events_appended == len(events)
 
 
+async def _shut_down_while_the_reader_pauses(
+    source: AsyncIterator[str] | list[str],
+) -> tuple[sk.SessionRegistry, str, list[sk.StreamEvent]]:
+    """Shut a block-policy registry down while its session's one reader stops reading.
+
+    The reader (the application's, outside the registry block) reads the first event,
+    then reads on only once the registry has been left.
+    """
+    config = sk.RegistryConfig(max_lag=3, slow_consumer_policy="block")
+    events: list[sk.StreamEvent] = []
+    read_on = anyio.Event()
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as app:
+            async with sk.SessionRegistry(config) as registry:
+                sid = (await registry.create()).session_id
+                started = anyio.Event()
+
+                async def reader() -> None:
+                    async with registry.subscribe(sid) as sub:
+                        events.append(await sub.__anext__())
+                        started.set()
+                        await read_on.wait()
+                        events.extend([e async for e in sub])
+
+                app.start_soon(reader)
+                await anyio.wait_all_tasks_blocked()  # the reader waits for the start
+                registry.start(sid, source, FAST)
+                await started.wait()
+                await anyio.wait_all_tasks_blocked()  # the producer waits for room
+                assert (await registry.get(sid)).status is sk.SessionState.ACTIVE
+            read_on.set()
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    return registry, sid, events
+
+
+async def test_shutdown_ends_a_session_whose_block_log_waits_for_a_reader() -> None:
+    # The shutdown's final event waited for room as the producer does: for ever.
+    registry, sid, events = await _shut_down_while_the_reader_pauses(unpaced())
+    assert events[-1].event_type == sk.EventType.COMPLETE
+    assert events[-1].metadata["reason"] == "shutdown"
+    assert (await registry.get(sid)).status is sk.SessionState.CANCELLED
+
+
+async def test_shutdown_lets_a_producer_end_its_own_session_on_a_full_block_log() -> None:
+    # The producer's own final event waits for room when the registry shuts down: the
+    # session still ends with it (it was cut short, and the session left active).
+    registry, sid, events = await _shut_down_while_the_reader_pauses(["a ", "b "])
+    assert text_of(events) == "a b "
+    assert events[-1].event_type == sk.EventType.COMPLETE
+    assert events[-1].metadata["reason"] == "completed"
+    assert (await registry.get(sid)).status is sk.SessionState.COMPLETED
+
+
 async def test_a_streamed_final_event_is_stored_once_with_its_seq_and_session() -> None:
     async with sk.SessionRegistry() as registry:
         sid = (await registry.create()).session_id
@@ -897,3 +955,131 @@ async def test_a_streams_history_read_back_later_equals_what_the_live_reader_got
         assert [e.metadata for e in again] == [e.metadata for e in live]
         assert rest == live[17:]
         assert all(e.session_id == sid for e in again)
+
+
+# A session's source waits while its timers act: on asyncio the registry's producer
+# task pulls the source itself (one task per session), and the timers are alarms that
+# act while it waits; on Trio the stream's source task runs beside the producer.
+
+
+async def silent_after(first: str, closed: list[bool], go: anyio.Event) -> AsyncIterator[str]:
+    """Yield ``first``, then wait for ``go`` before ``"b"``; note that it was closed."""
+    try:
+        yield first
+        await go.wait()
+        yield "b"
+    finally:
+        closed.append(True)
+
+
+async def test_a_heartbeat_arrives_while_the_source_is_silent() -> None:
+    config = sk.StreamConfig(stream_delay=0, chunk_size=1, heartbeat_interval=0.02)
+    closed: list[bool] = []
+    go = anyio.Event()
+    async with sk.SessionRegistry() as registry:
+        sid = (await registry.create()).session_id
+        async with registry.subscribe(sid) as sub:
+            registry.start(sid, silent_after("a", closed, go), config)
+            kinds = []
+            with anyio.fail_after(10):
+                async for event in sub:
+                    kinds.append(str(event.event_type))
+                    if event.event_type == sk.EventType.HEARTBEAT and not go.is_set():
+                        go.set()
+    assert kinds[:2] == ["start", "token"]
+    assert kinds[2] == "heartbeat"
+    assert kinds[-2:] == ["token", "complete"]
+    assert closed == [True]
+    session = await registry.get(sid)
+    assert session.status is sk.SessionState.COMPLETED
+    stats = session.events[-1].metadata["stats"]
+    assert isinstance(stats, Mapping)
+    assert stats["heartbeats"] == kinds.count("heartbeat")
+
+
+async def test_the_stall_watchdog_ends_a_session_whose_source_is_silent() -> None:
+    config = sk.StreamConfig(
+        stream_delay=0, chunk_size=1, heartbeat_interval=None, stall_timeout=0.05
+    )
+    closed: list[bool] = []
+    async with sk.SessionRegistry() as registry:
+        sid = (await registry.create()).session_id
+        async with registry.subscribe(sid) as sub:
+            registry.start(sid, silent_after("a", closed, anyio.Event()), config)
+            with anyio.fail_after(10):
+                events = [e async for e in sub]
+    assert text_of(events) == "a"
+    final = events[-1]
+    assert final.event_type == sk.EventType.ERROR
+    assert final.metadata["error_type"] == "TimeoutError"
+    assert closed == [True]
+    assert (await registry.get(sid)).status is sk.SessionState.ERROR
+
+
+async def test_the_deadline_ends_a_session_whose_source_is_silent() -> None:
+    config = sk.StreamConfig(
+        stream_delay=0, chunk_size=1, heartbeat_interval=0.02, max_stream_time=0.1
+    )
+    closed: list[bool] = []
+    async with sk.SessionRegistry() as registry:
+        sid = (await registry.create()).session_id
+        async with registry.subscribe(sid) as sub:
+            registry.start(sid, silent_after("a", closed, anyio.Event()), config)
+            with anyio.fail_after(10):
+                events = [e async for e in sub]
+    assert text_of(events) == "a"
+    final = events[-1]
+    assert final.event_type == sk.EventType.COMPLETE
+    assert final.metadata["reason"] == "deadline"
+    assert closed == [True]
+    assert (await registry.get(sid)).status is sk.SessionState.COMPLETED
+
+
+async def test_a_heartbeat_made_during_a_pause_is_delivered_after_the_resume() -> None:
+    config = sk.StreamConfig(stream_delay=0, chunk_size=1, heartbeat_interval=0.02)
+    closed: list[bool] = []
+    go = anyio.Event()
+    async with sk.SessionRegistry() as registry:
+        sid = (await registry.create()).session_id
+        async with registry.subscribe(sid) as sub:
+            registry.start(sid, silent_after("a", closed, go), config)
+            with anyio.fail_after(10):
+                events = [await sub.__anext__(), await sub.__anext__()]
+                assert text_of(events) == "a"
+                await registry.pause(sid)
+                while True:  # until the stream has made a heartbeat, held by the pause
+                    stats = (await registry.session_statistics(sid)).stream
+                    assert stats is not None
+                    if stats.heartbeats:
+                        break
+                    await anyio.sleep(0.01)
+                last = (await registry.session_statistics(sid)).log.last_seq
+                assert last == 2  # nothing appended during the pause
+                await registry.resume(sid)
+                beat = await sub.__anext__()
+                assert beat.event_type == sk.EventType.HEARTBEAT
+                assert beat.seq == 3
+                go.set()
+                events += [beat] + [e async for e in sub]
+    assert text_of(events) == "ab"
+    assert events[-1].metadata["reason"] == "completed"
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+
+
+async def test_cancelling_a_session_whose_source_is_silent_closes_the_source() -> None:
+    closed: list[bool] = []
+    async with sk.SessionRegistry() as registry:
+        sid = (await registry.create()).session_id
+        async with registry.subscribe(sid) as sub:
+            registry.start(sid, silent_after("a", closed, anyio.Event()), FAST)
+            with anyio.fail_after(10):
+                events = [await sub.__anext__(), await sub.__anext__()]
+                await anyio.wait_all_tasks_blocked()
+                await registry.cancel(sid)
+                events += [e async for e in sub]
+                while not closed:  # the producer closes the source as it ends
+                    await anyio.wait_all_tasks_blocked()
+    assert text_of(events) == "a"
+    assert events[-1].metadata["reason"] == "cancelled"
+    assert (await registry.get(sid)).status is sk.SessionState.CANCELLED
+    assert closed == [True]
