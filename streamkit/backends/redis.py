@@ -88,7 +88,7 @@ from ..abc import Backend, EventCursor, EventLog, LogStatistics, SessionStore
 
 if TYPE_CHECKING:
     import builtins
-    from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
+    from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterator, Sequence
     from types import TracebackType
 
     from anyio.abc import TaskGroup
@@ -1290,6 +1290,25 @@ async def _script(pipe: _Pipe, script: str, args: Sequence[str | bytes | int]) -
     return result
 
 
+async def _send(conn: Any, chunks: list[bytes]) -> None:
+    """Write ``chunks`` on ``conn`` (a redis-py connection).
+
+    Connected, they go straight to its stream: redis-py's ``send_packed_command`` wraps
+    every write in ``asyncio.wait_for`` when the connection has a socket timeout (the
+    default), a task and a timer per write. A write that the transport's buffer takes
+    whole needs no wait; one that does not (a Redis that reads slowly) waits through
+    ``send_packed_command``, with its timeout and its errors; so does a connection that
+    is closed (it reconnects).
+    """
+    writer = getattr(conn, "_writer", None)
+    if writer is None or writer.transport.is_closing():
+        await conn.send_packed_command(chunks, check_health=False)
+        return
+    writer.writelines(chunks)
+    if writer.transport.get_write_buffer_size():
+        await conn.send_packed_command([], check_health=False)  # drain, with the timeout
+
+
 class _Pipe:
     """Automatic pipelining on one connection.
 
@@ -1337,7 +1356,7 @@ class _Pipe:
         conn = self._conn
         self._busy = True
         try:
-            await conn.send_packed_command(chunks, check_health=False)
+            await _send(conn, chunks)
             return await self._read(replies)
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -1371,7 +1390,7 @@ class _Pipe:
                 try:
                     packed = [chunk for chunks, _, _ in batch for chunk in chunks]
                     if packed:  # else only settle's empty calls
-                        await conn.send_packed_command(packed, check_health=False)
+                        await _send(conn, packed)
                     for _, count, future in batch:
                         results = await self._read(count)
                         if not future.done():
@@ -1549,7 +1568,17 @@ class _Send:
 
 
 class _RedisCursor(EventCursor):
-    __slots__ = ("_allow", "_buf", "_done", "_live", "_log", "_owed", "_pos", "_started")
+    __slots__ = (
+        "_allow",
+        "_buf",
+        "_done",
+        "_live",
+        "_log",
+        "_owed",
+        "_owner",
+        "_pos",
+        "_started",
+    )
 
     def __init__(self, log: RedisEventLog, after: int) -> None:
         self._log = log
@@ -1564,27 +1593,47 @@ class _RedisCursor(EventCursor):
         # Transient events appended by this process while it read, by seq: handed out in
         # place of their stand-ins.
         self._owed: dict[int, StreamEvent] | None = None
+        # Told when __anext__ raises (see owned_by).
+        self._owner: Any = None
 
     @property
     def position(self) -> int:
         return self._pos
 
-    async def __anext__(self) -> StreamEvent:
-        if not self._buf and not self._done:
-            follower = self._log._follower
-            if self._live and follower is not None:
-                # A live cursor waits on the follower here (one coroutine less per
-                # event than through _fill); nothing there: _fill reads Redis.
-                items = await follower.wait(self._log, self._pos)
-                if items:
-                    self._took(items)
-                else:
-                    self._live = False
+    def owned_by(self, owner: Any) -> Callable[[], Coroutine[Any, Any, StreamEvent]]:
+        """Report to ``owner`` whatever ``__anext__`` raises; return ``__anext__`` itself.
+
+        For a wrapper that closes itself when the cursor ends or fails (a subscription):
+        it hands out this cursor's own coroutine instead of one of its own around it, as
+        the in-memory log's cursor does. ``owner.cursor_ended(exc)`` is awaited before
+        ``exc`` propagates; the cursor has released itself before a
+        ``StopAsyncIteration``. ``None`` stops the reports.
+        """
+        self._owner = owner
+        return self._next
+
+    async def _next(self) -> StreamEvent:
+        try:
             if not self._buf and not self._done:
-                await self._fill()
-        if not self._buf:
-            self._finish()
-            raise StopAsyncIteration
+                follower = self._log._follower
+                if self._live and follower is not None:
+                    # A live cursor waits on the follower here (one coroutine less per
+                    # event than through _fill); nothing there: _fill reads Redis.
+                    items = await follower.wait(self._log, self._pos)
+                    if items:
+                        self._took(items)
+                    else:
+                        self._live = False
+                if not self._buf and not self._done:
+                    await self._fill()
+            if not self._buf:
+                self._finish()
+                raise StopAsyncIteration
+        except BaseException as exc:
+            owner = self._owner
+            if owner is not None:
+                await owner.cursor_ended(exc)
+            raise
         event = self._buf.popleft()
         self._pos = event.seq or self._pos
         owed = self._owed
@@ -1594,6 +1643,9 @@ class _RedisCursor(EventCursor):
         if event.event_type in _FINAL_TYPES:
             self._finish()
         return event
+
+    # The coroutine function itself: no frame of its own around it per event.
+    __anext__ = _next
 
     async def _query(self) -> tuple[list[_Item], int, bool, str]:
         """Read the log's state and the entries after this cursor: one script call.
@@ -2246,18 +2298,34 @@ class RedisEventLog(EventLog):
         stored = events
         seq = first
         local = self._local
-        for i, (event, text) in enumerate(zip(events, batch.texts, strict=True)):
-            if i == accepted:
-                stored = events[:accepted] if stored is events else stored
-                break
-            if stored is not events:
-                stored.append(with_seq(event, seq, sid))
-            elif event.seq != seq or event.session_id != sid:
-                stored = events[:i]
-                stored.append(with_seq(event, seq, sid))
-            local.append(b"%d %b" % (seq, text))
-            seq += 1
-        batch.stored = stored
+        follower = self._follower
+        if (
+            batch.detached == len(events)
+            and not self._owed
+            and (follower is None or self._stream not in follower._watches)
+        ):
+            # Nobody gets these events from here: no caller awaits them and no reader
+            # of this worker follows the log (enqueue's events for other workers'
+            # readers). No stored copies; the retained texts only.
+            if accepted < len(events):
+                stored = events[:accepted]
+            for text in batch.texts[:accepted] if accepted < len(events) else batch.texts:
+                local.append(b"%d %b" % (seq, text))
+                seq += 1
+            follower = None
+        else:
+            for i, (event, text) in enumerate(zip(events, batch.texts, strict=True)):
+                if i == accepted:
+                    stored = events[:accepted] if stored is events else stored
+                    break
+                if stored is not events:
+                    stored.append(with_seq(event, seq, sid))
+                elif event.seq != seq or event.session_id != sid:
+                    stored = events[:i]
+                    stored.append(with_seq(event, seq, sid))
+                local.append(b"%d %b" % (seq, text))
+                seq += 1
+            batch.stored = stored
         if self._owed:
             self._owe(events, stored)
         last = first + accepted - 1
@@ -2274,7 +2342,6 @@ class RedisEventLog(EventLog):
             self._closed = True
             if accepted < len(events) and batch.detached:
                 self._failure = ClosedError("the log is closed", session_id=sid)
-        follower = self._follower
         if follower is not None:
             follower.feed(self, first, stored)
 
