@@ -450,13 +450,17 @@ def _plain_event(text: bytes | str, seq: int, session_id: str) -> StreamEvent | 
     content: Any = data.get("content")
     timestamp: Any = data.get("timestamp")
     metadata: Any = data.get("metadata")
+    # ASCII JSON (escapes included: a surrogate is written as one) holds no surrogate:
+    # its strings need no character check (one test of the text for them all).
+    ascii_ = text.isascii() and b"\\u" not in text if isinstance(text, bytes) else False
     if (
         event_type is None
         or type(event_id) is not str
         or not 0 < len(event_id) <= 256
         or _NOT_IN_IDS.search(event_id)
-        or not _plain_str(event_id)
-        or not _plain_str(content)
+        or not (ascii_ or _plain_str(event_id))
+        or not (ascii_ or _plain_str(content))
+        or type(content) is not str
         or type(timestamp) not in (float, int)
         or not 0 <= timestamp < math.inf
         or type(metadata) is not dict
@@ -465,11 +469,15 @@ def _plain_event(text: bytes | str, seq: int, session_id: str) -> StreamEvent | 
     ):
         return None
     for key, value in metadata.items():
-        if not _plain_str(key) or not isinstance(value, _SCALARS):
+        if not isinstance(value, _SCALARS):
             return None
-        if (type(value) is str and not _plain_str(value)) or (
-            type(value) is float and not math.isfinite(value)  # 1e999 parses as inf
-        ):
+        if ascii_:
+            if type(value) is float and not math.isfinite(value):  # 1e999 parses as inf
+                return None
+            continue
+        if not _plain_str(key) or (type(value) is str and not _plain_str(value)):
+            return None
+        if type(value) is float and not math.isfinite(value):
             return None
     return make_event(
         event_type,
@@ -2016,7 +2024,8 @@ class RedisEventLog(EventLog):
             raise ValidationError(
                 f"event must be a StreamEvent, got {type_name(event)}", field="event"
             )
-        _require_asyncio()
+        if self._appender is None:  # an entered backend runs on asyncio only
+            _require_asyncio()
         failure = self._failure
         if failure is not None:
             self._failure = None
