@@ -339,6 +339,9 @@ async def test_events_of_every_shape_come_back_equal(client: aredis.Redis) -> No
     events = [
         _token("plain"),
         sk.StreamEvent(event_type="token", content="é ☃ \U0001f600", metadata={"index": 1}),
+        # ASCII JSON with escapes, and non-ASCII keys and values in the metadata.
+        sk.StreamEvent(event_type="token", content='a\nb\t"c"\\ \x01', metadata={"k": "a\x7f"}),
+        sk.StreamEvent(event_type="token", content="ascii", metadata={"ü": "ß", "n": 2.5}),
         sk.StreamEvent(event_type="x-app:note", content="custom", metadata={"a": "b"}),
         sk.StreamEvent(event_type="token", metadata={"nested": {"k": [1, 2.5, None]}}),
         sk.StreamEvent(event_type="token", content="t", timestamp=5, metadata={"f": True}),
