@@ -475,6 +475,33 @@ async def test_concurrent_ends_on_two_workers_give_one_final_event(redis_url: st
             assert (await a.get(sid)).status == (await b.get(sid)).status
 
 
+async def test_sessions_ending_together_each_end_once_in_shared_calls(redis_url: str) -> None:
+    # Sessions ending in the same turn share one compare-and-set call; each of them still
+    # ends exactly once when both workers end all of them at the same time.
+    async with _two(redis_url) as (a, b):
+        ids = [(await a.create()).session_id for _ in range(30)]
+        outcomes: dict[str, list[str]] = {sid: [] for sid in ids}
+
+        async def cancel(registry: sk.SessionRegistry, sid: str) -> None:
+            try:
+                await registry.cancel(sid)
+            except (sk.InvalidTransition, sk.ClosedError):
+                outcomes[sid].append("refused")
+            else:
+                outcomes[sid].append("cancelled")
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                for sid in ids:
+                    tg.start_soon(cancel, a, sid)
+                    tg.start_soon(cancel, b, sid)
+            for sid in ids:
+                assert sorted(outcomes[sid]) == ["cancelled", "refused"]
+                events = [event async for event in b.subscribe(sid)]
+                assert [e.is_final for e in events] == [True]
+                assert (await a.get(sid)).status == sk.SessionState.CANCELLED
+
+
 async def test_an_ended_session_is_due_for_removal_after_ended_session_ttl(
     redis_url: str,
 ) -> None:

@@ -2549,6 +2549,83 @@ return 1
 """
 )
 
+# _SET_IF for several sessions in one call (sessions ending together): per session 5
+# KEYS and 6 ARGV as _SET_IF's. Returns one string, a '1' (set) or '0' per session. The
+# store's keys share one slot, so this holds on a Cluster too.
+_SET_MANY: Final = """
+local out = {}
+local _t = nil
+for i = 0, #KEYS / 5 - 1 do
+  local k, a = i * 5, i * 6
+  local sid = ARGV[a + 1]
+  if redis.call('HGET', KEYS[k + 1], sid) ~= ARGV[a + 2] then
+    out[#out + 1] = '0'
+  else
+    redis.call('HSET', KEYS[k + 1], sid, ARGV[a + 3])
+    if ARGV[a + 4] == '1' then
+      redis.call('DEL', KEYS[k + 2])
+      redis.call('ZREM', KEYS[k + 3], sid)
+      if ARGV[a + 5] == '1' then redis.call('SREM', KEYS[k + 4], sid) end
+      if ARGV[a + 6] ~= '' then
+        if not _t then _t = redis.call('TIME') end
+        local now = _t[1] * 1000 + math.floor(_t[2] / 1000)
+        redis.call('ZADD', KEYS[k + 5], now + tonumber(ARGV[a + 6]), sid)
+      end
+    end
+    out[#out + 1] = '1'
+  end
+end
+return table.concat(out)
+"""
+
+
+class _Swaps:
+    """The compare-and-sets of sessions changing state in one turn, as one script call.
+
+    Sessions that end together (a burst of streams finishing in the same period) then
+    cost one call and one reply to parse, not one each. The first caller of a turn
+    waits one loop iteration for the others, sends them all, and hands each its result;
+    a failure of the call is each caller's (``_call`` retries it).
+    """
+
+    __slots__ = ("_pipe", "_queue")
+
+    def __init__(self, pipe: _Pipe) -> None:
+        self._pipe = pipe
+        self._queue: list[tuple[list[str], list[str], asyncio.Future[int]]] = []
+
+    async def swap(self, keys: list[str], args: list[str]) -> int:
+        """Run one session's _SET_IF (``keys``, ``args``) with the others of this turn."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        queue = self._queue
+        queue.append((keys, args, future))
+        if len(queue) > 1:
+            return await future
+        batch: list[tuple[list[str], list[str], asyncio.Future[int]]] = []
+        try:
+            await asyncio.sleep(0)  # one loop iteration: the others of this turn join
+            batch, self._queue = self._queue, []
+            flat_keys = [key for keys_, _, _ in batch for key in keys_]
+            flat_args = [arg for _, args_, _ in batch for arg in args_]
+            result = await _script(self._pipe, _SET_MANY, (len(flat_keys), *flat_keys, *flat_args))
+            for (_, _, other), flag in zip(batch, _text(result), strict=True):
+                if not other.done():
+                    other.set_result(int(flag))
+        except BaseException as exc:
+            if not batch:
+                batch, self._queue = self._queue, []
+            error = (
+                exc
+                if isinstance(exc, Exception)
+                else RedisConnectionError("a batched state change was interrupted")
+            )
+            for _, _, other in batch:
+                if other is not future and not other.done():
+                    other.set_exception(error)
+            raise
+        return future.result()
+
+
 # Remove one record if unchanged. KEYS: sessions, the user's set, lease, leases,
 # removals, the user's live set. ARGV: sid, the record JSON read ('' for none), '1' if
 # it has a user.
@@ -2600,6 +2677,7 @@ class RedisSessionStore(SessionStore):
         "_retry_for",
         "_scheduled",
         "_sessions",
+        "_swaps",
     )
 
     def __init__(
@@ -2611,6 +2689,7 @@ class RedisSessionStore(SessionStore):
     ) -> None:
         self._client: Any = client
         self._pipe: _Pipe | None = None  # set by an entered RedisBackend
+        self._swaps: _Swaps | None = None  # likewise (with the pipeline)
         self._prefix = prefix
         self._sessions = f"{{{prefix}}}:sessions"
         self._retry_for = float(check_number("retry_for", retry_for, minimum=0))
@@ -2802,6 +2881,18 @@ class RedisSessionStore(SessionStore):
                 user: str | None = user,
                 removal: str = removal,
             ) -> Any:
+                swaps = self._swaps
+                if swaps is not None:
+                    return await swaps.swap(
+                        [
+                            self._sessions,
+                            self._lease_key(session_id),
+                            self._leases,
+                            self._live_key(user),
+                            self._removals,
+                        ],
+                        [session_id, raw, new, ends, "1" if user is not None else "0", removal],
+                    )
                 return await self._exec(
                     "EVAL",
                     _SET_IF,
@@ -2953,6 +3044,7 @@ _BY_SHA: Final = (
     _APPEND,
     _ADD,
     _SET_IF,
+    _SET_MANY,
     _REMOVE_IF,
     _RENEW,
     _DUE,
@@ -3129,6 +3221,7 @@ class RedisBackend(Backend):
                 pipe = _Pipe(self._conn)
                 self._appender.pipe = pipe
                 self._store._pipe = pipe
+                self._store._swaps = _Swaps(pipe)
                 self._follower.pipe = pipe
                 await _load_scripts(pipe)
                 tg.start_soon(pipe.run, name="streamkit redis pipeline")
@@ -3238,6 +3331,7 @@ class RedisBackend(Backend):
         with anyio.CancelScope(shield=True):
             conn, self._conn = self._conn, None
             self._store._pipe = None
+            self._store._swaps = None
             if conn is not None:
                 with contextlib.suppress(RedisError, OSError):
                     # A reply of a cancelled call may still be on its way: the pool
