@@ -643,20 +643,28 @@ class _Follower:
             self.stale = True
             return
         items = watch.items
-        last = watch.last
-        for event in events:
-            key = 2 * (event.seq or 0)
-            if key > last:
-                items.append((key, event))
-                last = key
-        watch.last = last
+        if len(events) == 1:  # a paced stream's round: one event
+            key = 2 * (events[0].seq or 0)
+            if key > watch.last:
+                items.append((key, events[0]))
+                watch.last = key
+                while len(items) > _FED_KEEP:  # keep only the newest few (see _FED_KEEP)
+                    items.popleft()
+        else:
+            last = watch.last
+            for event in events:
+                key = 2 * (event.seq or 0)
+                if key > last:
+                    items.append((key, event))
+                    last = key
+            watch.last = last
+            # Keep only the newest few (see _FED_KEEP); this round's are all kept.
+            if len(items) > _FED_KEEP:
+                keep = max(_FED_KEEP, len(events))
+                while len(items) > keep:
+                    items.popleft()
         watch.fed_at = time.monotonic()
         watch.local = True
-        # Keep only the newest few (see _FED_KEEP); this round's are all kept.
-        if len(items) > _FED_KEEP:
-            keep = max(_FED_KEEP, len(events))
-            while len(items) > keep:
-                items.popleft()
         futures = watch.futures  # wake the cursors waiting (see _Watch.wake)
         if futures:
             watch.futures = []
@@ -1629,6 +1637,13 @@ class _RedisCursor(EventCursor):
                     # event than through _fill); nothing there: _fill reads Redis.
                     items = await follower.wait(self._log, self._pos)
                     if items:
+                        if len(items) == 1:
+                            key, event = items[0]
+                            if key == 2 * self._pos + 2 and event is not None:
+                                # The next event alone (a live reader's common case):
+                                # one behind is within any max_lag, which resets.
+                                self._allow = self._log._max_lag
+                                return self._deliver(event)
                         self._took(items)
                     else:
                         self._live = False
@@ -1642,7 +1657,9 @@ class _RedisCursor(EventCursor):
             if owner is not None:
                 await owner.cursor_ended(exc)
             raise
-        event = self._buf.popleft()
+        return self._deliver(self._buf.popleft())
+
+    def _deliver(self, event: StreamEvent) -> StreamEvent:
         self._pos = event.seq or self._pos
         owed = self._owed
         if owed:
@@ -2322,6 +2339,14 @@ class RedisEventLog(EventLog):
                 local.append(b"%d %b" % (seq, text))
                 seq += 1
             follower = None
+        elif (
+            accepted == 1
+            and len(events) == 1
+            and events[0].seq == seq
+            and events[0].session_id == sid
+        ):
+            local.append(b"%d %b" % (seq, batch.texts[0]))  # one event, stamped as stored
+            batch.stored = stored
         else:
             for i, (event, text) in enumerate(zip(events, batch.texts, strict=True)):
                 if i == accepted:
