@@ -683,9 +683,10 @@ class _Follower:
         elif not watch.waiters and not watch.active and 2 * pos > watch.last:
             watch.last = 2 * pos
             watch.items.clear()
-        got = self._after(watch, pos)
-        if got is None or got:
-            return got
+        if 2 * pos < watch.last:  # something newer is known (else _after gives [])
+            got = self._after(watch, pos)
+            if got is None or got:
+                return got
         watch.waiters += 1
         watch.idle = 0
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
