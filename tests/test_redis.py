@@ -643,6 +643,40 @@ async def test_a_slow_stream_s_reader_on_its_worker_does_not_read_its_events_bac
     assert (follower.reads, follower.fetched) == (0, 0)
 
 
+async def test_a_live_reader_on_its_worker_gets_many_and_one_event_rounds_in_order(
+    redis_url: str,
+) -> None:
+    # A round of many events, then rounds of one (the follower hands the next event
+    # alone), then many again: the reader gets each event once, in order, under the
+    # disconnect policy with a max_lag the largest round just fits.
+    config = sk.RegistryConfig(max_lag=8, slow_consumer_policy="disconnect")
+    async with RedisBackend(redis_url, prefix=f"mix{next(_ids)}") as backend:
+        log = await backend.make_log(_sid(), config)
+        got: list[int] = []
+        arrived = anyio.Event()
+
+        async def read() -> None:
+            nonlocal arrived
+            async with log.read(0) as cursor:
+                async for event in cursor:
+                    got.append(event.seq or 0)
+                    arrived.set()
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(read)
+                for rounds in ((8, 1, 1, 1), (5,), (1, 1)):
+                    for size in rounds:
+                        for i in range(size):  # one append round for them all
+                            assert log.append_nowait(_token(f"{i} "), owned=True)
+                        await log.flush()
+                        while not got or got[-1] < log.last_seq:
+                            await arrived.wait()
+                            arrived = anyio.Event()
+                await log.append(sk.StreamEvent(event_type=sk.EventType.COMPLETE))
+    assert got == list(range(1, 20))
+
+
 async def test_a_hole_in_the_stream_is_reported_not_skipped(client: aredis.Redis) -> None:
     log = RedisEventLog(client, _sid())
     for i in range(4):
