@@ -677,6 +677,44 @@ async def test_a_live_reader_on_its_worker_gets_many_and_one_event_rounds_in_ord
     assert got == list(range(1, 20))
 
 
+async def test_a_log_under_a_non_ascii_prefix_is_read_live_and_from_history(
+    redis_url: str,
+) -> None:
+    # The reads' keys and ids go to Redis as one ASCII text when they are: a prefix with
+    # other characters goes byte by byte, and another worker reads the log both ways.
+    config = sk.RegistryConfig()
+    prefix = f"café☕{next(_ids)}"
+    sid = _sid()
+    async with (
+        RedisBackend(redis_url, prefix=prefix) as a,
+        RedisBackend(redis_url, prefix=prefix) as b,
+    ):
+        writer = await a.make_log(sid, config)
+        for i in range(3):
+            await writer.append(_token(str(i)))
+        reader = await b.make_log(sid, config)
+        got: list[int] = []
+        arrived = anyio.Event()
+
+        async def read() -> None:
+            nonlocal arrived
+            async with reader.read(0) as cursor:
+                async for event in cursor:
+                    got.append(event.seq or 0)
+                    arrived.set()
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(read)
+                while len(got) < 3:  # the history, read with the cursor's query
+                    await arrived.wait()
+                    arrived = anyio.Event()
+                for i in range(2):  # live, through b's follower
+                    await writer.append(_token(str(i)))
+                await writer.append(sk.StreamEvent(event_type=sk.EventType.COMPLETE))
+    assert got == [1, 2, 3, 4, 5, 6]
+
+
 async def test_a_hole_in_the_stream_is_reported_not_skipped(client: aredis.Redis) -> None:
     log = RedisEventLog(client, _sid())
     for i in range(4):

@@ -44,7 +44,7 @@ import secrets
 import time
 from collections import deque
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Self, TypeVar, cast
 
 import anyio
 import anyio.lowlevel
@@ -242,6 +242,7 @@ return 1
 """
 
 _BATCH: Final = 256
+_BATCH_ARG: Final = str(_BATCH)
 _BLOCK_MS: Final = 1000
 # A stream this worker appends to is fed from its appends and left out of the shared
 # XREAD until its appends pause for this long (then other writers' entries are read;
@@ -864,7 +865,9 @@ class _Follower:
         keys = list(streams)
         if not keys:
             return False
-        result = await _script(pipe, _READ, (len(keys), *keys, *streams.values(), _BATCH))
+        result = await _script(
+            pipe, _READ, (str(len(keys)), *keys, *streams.values(), _BATCH_ARG), text=True
+        )
         self.reads += 1
         data = result.encode() if isinstance(result, str) else result
         if not data:
@@ -1274,6 +1277,21 @@ def _bulks(args: Sequence[str | bytes | int]) -> bytes:
     return b"".join(out)
 
 
+def _text_bulks(args: Sequence[str | bytes | int]) -> bytes:
+    """Arguments as RESP bulk strings: one encoding for all when they are ASCII str.
+
+    Anything else (bytes, numbers, other characters) goes through :func:`_bulks`.
+    """
+    try:
+        whole = "".join(args)  # type: ignore[arg-type]  # TypeError: not all str
+    except TypeError:
+        return _bulks(args)
+    if not whole.isascii():  # a str's length is then not its bytes'
+        return _bulks(args)
+    strs = cast("Sequence[str]", args)
+    return "".join([f"${len(arg)}\r\n{arg}\r\n" for arg in strs]).encode()
+
+
 def _pack(args: Sequence[str | bytes | int]) -> bytes:
     """One command as RESP."""
     return b"*%d\r\n%b" % (len(args), _bulks(args))
@@ -1283,8 +1301,12 @@ def _pack(args: Sequence[str | bytes | int]) -> bytes:
 _EVALSHA: dict[str, bytes] = {}
 
 
-async def _script(pipe: _Pipe, script: str, args: Sequence[str | bytes | int]) -> Any:
+async def _script(
+    pipe: _Pipe, script: str, args: Sequence[str | bytes | int], *, text: bool = False
+) -> Any:
     """Call ``script`` with ``args`` (its key count, keys and arguments) through ``pipe``.
+
+    ``text``: the arguments are mostly ASCII str (see :func:`_text_bulks`).
 
     By SHA1, so that Redis neither reads nor hashes the script's text at every call; a
     ``NOSCRIPT`` reply (a Redis that has not seen it, or restarted) sends it once as
@@ -1299,7 +1321,8 @@ async def _script(pipe: _Pipe, script: str, args: Sequence[str | bytes | int]) -
         sha = hashlib.sha1(script.encode()).hexdigest().encode()  # noqa: S324
         name = _EVALSHA[script] = _bulk(b"EVALSHA") + _bulk(sha)
     # The command's length is the call's own: a script's arguments may vary in number.
-    (result,) = await pipe.call([b"*%d\r\n%b%b" % (len(args) + 2, name, _bulks(args))])
+    body = _text_bulks(args) if text else _bulks(args)
+    (result,) = await pipe.call([b"*%d\r\n%b%b" % (len(args) + 2, name, body)])
     if isinstance(result, NoScriptError):
         (result,) = await pipe.call([_pack(("EVAL", script, *args))])
     if isinstance(result, BaseException):
@@ -1680,13 +1703,13 @@ class _RedisCursor(EventCursor):
         entry's id (``"-"`` if none).
         """
         log = self._log
-        args = (log._stream, log._meta, f"{self._pos + 1}-0", _BATCH)
+        args = (log._stream, log._meta, f"{self._pos + 1}-0", _BATCH_ARG)
         appender = log._appender
         pipe = None if appender is None else appender.pipe
         if pipe is None:
             result = await log._client.eval(_QUERY, 2, *args)
         else:
-            result = await _script(pipe, _QUERY, (2, *args))
+            result = await _script(pipe, _QUERY, ("2", *args), text=True)
         data = result.encode() if isinstance(result, str) else result
         head, _, rest = data.partition(b"\n")
         last, closed, first = head.split(b" ")
