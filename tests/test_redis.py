@@ -339,6 +339,9 @@ async def test_events_of_every_shape_come_back_equal(client: aredis.Redis) -> No
     events = [
         _token("plain"),
         sk.StreamEvent(event_type="token", content="é ☃ \U0001f600", metadata={"index": 1}),
+        # ASCII JSON with escapes, and non-ASCII keys and values in the metadata.
+        sk.StreamEvent(event_type="token", content='a\nb\t"c"\\ \x01', metadata={"k": "a\x7f"}),
+        sk.StreamEvent(event_type="token", content="ascii", metadata={"ü": "ß", "n": 2.5}),
         sk.StreamEvent(event_type="x-app:note", content="custom", metadata={"a": "b"}),
         sk.StreamEvent(event_type="token", metadata={"nested": {"k": [1, 2.5, None]}}),
         sk.StreamEvent(event_type="token", content="t", timestamp=5, metadata={"f": True}),
@@ -638,6 +641,78 @@ async def test_a_slow_stream_s_reader_on_its_worker_does_not_read_its_events_bac
     assert [e.seq for e in got] == list(range(1, 22))
     assert all(a is b for a, b in zip(got, sent, strict=False))  # none decoded from Redis
     assert (follower.reads, follower.fetched) == (0, 0)
+
+
+async def test_a_live_reader_on_its_worker_gets_many_and_one_event_rounds_in_order(
+    redis_url: str,
+) -> None:
+    # A round of many events, then rounds of one (the follower hands the next event
+    # alone), then many again: the reader gets each event once, in order, under the
+    # disconnect policy with a max_lag the largest round just fits.
+    config = sk.RegistryConfig(max_lag=8, slow_consumer_policy="disconnect")
+    async with RedisBackend(redis_url, prefix=f"mix{next(_ids)}") as backend:
+        log = await backend.make_log(_sid(), config)
+        got: list[int] = []
+        arrived = anyio.Event()
+
+        async def read() -> None:
+            nonlocal arrived
+            async with log.read(0) as cursor:
+                async for event in cursor:
+                    got.append(event.seq or 0)
+                    arrived.set()
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(read)
+                for rounds in ((8, 1, 1, 1), (5,), (1, 1)):
+                    for size in rounds:
+                        for i in range(size):  # one append round for them all
+                            assert log.append_nowait(_token(f"{i} "), owned=True)
+                        await log.flush()
+                        while not got or got[-1] < log.last_seq:
+                            await arrived.wait()
+                            arrived = anyio.Event()
+                await log.append(sk.StreamEvent(event_type=sk.EventType.COMPLETE))
+    assert got == list(range(1, 20))
+
+
+async def test_a_log_under_a_non_ascii_prefix_is_read_live_and_from_history(
+    redis_url: str,
+) -> None:
+    # The reads' keys and ids go to Redis as one ASCII text when they are: a prefix with
+    # other characters goes byte by byte, and another worker reads the log both ways.
+    config = sk.RegistryConfig()
+    prefix = f"café☕{next(_ids)}"
+    sid = _sid()
+    async with (
+        RedisBackend(redis_url, prefix=prefix) as a,
+        RedisBackend(redis_url, prefix=prefix) as b,
+    ):
+        writer = await a.make_log(sid, config)
+        for i in range(3):
+            await writer.append(_token(str(i)))
+        reader = await b.make_log(sid, config)
+        got: list[int] = []
+        arrived = anyio.Event()
+
+        async def read() -> None:
+            nonlocal arrived
+            async with reader.read(0) as cursor:
+                async for event in cursor:
+                    got.append(event.seq or 0)
+                    arrived.set()
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(read)
+                while len(got) < 3:  # the history, read with the cursor's query
+                    await arrived.wait()
+                    arrived = anyio.Event()
+                for i in range(2):  # live, through b's follower
+                    await writer.append(_token(str(i)))
+                await writer.append(sk.StreamEvent(event_type=sk.EventType.COMPLETE))
+    assert got == [1, 2, 3, 4, 5, 6]
 
 
 async def test_a_hole_in_the_stream_is_reported_not_skipped(client: aredis.Redis) -> None:

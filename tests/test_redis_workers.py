@@ -202,6 +202,38 @@ async def test_remote_publish_and_close(redis_url: str) -> None:
         assert a.statistics().sessions == 0
 
 
+async def test_a_subscription_iterating_its_redis_cursor_ends_and_fails_cleanly(
+    redis_url: str,
+) -> None:
+    # The subscription iterates the Redis cursor itself (the cursor reports its end
+    # or failure to it): a reader that falls behind is disconnected and counted, one
+    # that reads to the final event leaves; either way the subscription is closed.
+    async with _two(redis_url, max_lag=5) as (a, b):
+        sid = (await a.create()).session_id
+        await a.publish(sid, sk.StreamEvent(event_type=sk.EventType.TOKEN, content="0"))
+        with anyio.fail_after(10):
+            async with b.subscribe(sid) as subscription:
+                first = await subscription.__anext__()
+                assert first.seq == 1
+                for i in range(20):
+                    await a.publish(
+                        sid, sk.StreamEvent(event_type=sk.EventType.TOKEN, content=f"{i}")
+                    )
+                with pytest.raises(sk.SubscriberLagged) as lagged:
+                    async for _ in subscription:
+                        pass
+                assert lagged.value.after >= 1
+                assert b.statistics().subscribers_lagged == 1
+                assert b.statistics().subscribers == 0
+                with pytest.raises(StopAsyncIteration):
+                    await subscription.__anext__()  # closed: nothing more
+            await a.publish(sid, sk.StreamEvent(event_type=sk.EventType.COMPLETE))
+            async with b.subscribe(sid, after=21) as subscription:
+                got = [event async for event in subscription]
+            assert [e.event_type for e in got] == [sk.EventType.COMPLETE]
+            assert b.statistics().subscribers == 0
+
+
 async def test_close_removes_a_remote_session_whose_cached_copy_was_let_go(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -441,6 +473,33 @@ async def test_concurrent_ends_on_two_workers_give_one_final_event(redis_url: st
             assert sorted(outcomes) == ["cancelled", "refused"]
             assert [e.is_final for e in events] == [True]
             assert (await a.get(sid)).status == (await b.get(sid)).status
+
+
+async def test_sessions_ending_together_each_end_once_in_shared_calls(redis_url: str) -> None:
+    # Sessions ending in the same turn share one compare-and-set call; each of them still
+    # ends exactly once when both workers end all of them at the same time.
+    async with _two(redis_url) as (a, b):
+        ids = [(await a.create()).session_id for _ in range(30)]
+        outcomes: dict[str, list[str]] = {sid: [] for sid in ids}
+
+        async def cancel(registry: sk.SessionRegistry, sid: str) -> None:
+            try:
+                await registry.cancel(sid)
+            except (sk.InvalidTransition, sk.ClosedError):
+                outcomes[sid].append("refused")
+            else:
+                outcomes[sid].append("cancelled")
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                for sid in ids:
+                    tg.start_soon(cancel, a, sid)
+                    tg.start_soon(cancel, b, sid)
+            for sid in ids:
+                assert sorted(outcomes[sid]) == ["cancelled", "refused"]
+                events = [event async for event in b.subscribe(sid)]
+                assert [e.is_final for e in events] == [True]
+                assert (await a.get(sid)).status == sk.SessionState.CANCELLED
 
 
 async def test_an_ended_session_is_due_for_removal_after_ended_session_ttl(

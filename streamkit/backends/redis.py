@@ -44,7 +44,7 @@ import secrets
 import time
 from collections import deque
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Self, TypeVar, cast
 
 import anyio
 import anyio.lowlevel
@@ -88,7 +88,7 @@ from ..abc import Backend, EventCursor, EventLog, LogStatistics, SessionStore
 
 if TYPE_CHECKING:
     import builtins
-    from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
+    from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterator, Sequence
     from types import TracebackType
 
     from anyio.abc import TaskGroup
@@ -242,6 +242,7 @@ return 1
 """
 
 _BATCH: Final = 256
+_BATCH_ARG: Final = str(_BATCH)
 _BLOCK_MS: Final = 1000
 # A stream this worker appends to is fed from its appends and left out of the shared
 # XREAD until its appends pause for this long (then other writers' entries are read;
@@ -450,13 +451,17 @@ def _plain_event(text: bytes | str, seq: int, session_id: str) -> StreamEvent | 
     content: Any = data.get("content")
     timestamp: Any = data.get("timestamp")
     metadata: Any = data.get("metadata")
+    # ASCII JSON (escapes included: a surrogate is written as one) holds no surrogate:
+    # its strings need no character check (one test of the text for them all).
+    ascii_ = text.isascii() and b"\\u" not in text if isinstance(text, bytes) else False
     if (
         event_type is None
         or type(event_id) is not str
         or not 0 < len(event_id) <= 256
         or _NOT_IN_IDS.search(event_id)
-        or not _plain_str(event_id)
-        or not _plain_str(content)
+        or not (ascii_ or _plain_str(event_id))
+        or not (ascii_ or _plain_str(content))
+        or type(content) is not str
         or type(timestamp) not in (float, int)
         or not 0 <= timestamp < math.inf
         or type(metadata) is not dict
@@ -465,11 +470,15 @@ def _plain_event(text: bytes | str, seq: int, session_id: str) -> StreamEvent | 
     ):
         return None
     for key, value in metadata.items():
-        if not _plain_str(key) or not isinstance(value, _SCALARS):
+        if not isinstance(value, _SCALARS):
             return None
-        if (type(value) is str and not _plain_str(value)) or (
-            type(value) is float and not math.isfinite(value)  # 1e999 parses as inf
-        ):
+        if ascii_:
+            if type(value) is float and not math.isfinite(value):  # 1e999 parses as inf
+                return None
+            continue
+        if not _plain_str(key) or (type(value) is str and not _plain_str(value)):
+            return None
+        if type(value) is float and not math.isfinite(value):
             return None
     return make_event(
         event_type,
@@ -635,20 +644,28 @@ class _Follower:
             self.stale = True
             return
         items = watch.items
-        last = watch.last
-        for event in events:
-            key = 2 * (event.seq or 0)
-            if key > last:
-                items.append((key, event))
-                last = key
-        watch.last = last
+        if len(events) == 1:  # a paced stream's round: one event
+            key = 2 * (events[0].seq or 0)
+            if key > watch.last:
+                items.append((key, events[0]))
+                watch.last = key
+                while len(items) > _FED_KEEP:  # keep only the newest few (see _FED_KEEP)
+                    items.popleft()
+        else:
+            last = watch.last
+            for event in events:
+                key = 2 * (event.seq or 0)
+                if key > last:
+                    items.append((key, event))
+                    last = key
+            watch.last = last
+            # Keep only the newest few (see _FED_KEEP); this round's are all kept.
+            if len(items) > _FED_KEEP:
+                keep = max(_FED_KEEP, len(events))
+                while len(items) > keep:
+                    items.popleft()
         watch.fed_at = time.monotonic()
         watch.local = True
-        # Keep only the newest few (see _FED_KEEP); this round's are all kept.
-        if len(items) > _FED_KEEP:
-            keep = max(_FED_KEEP, len(events))
-            while len(items) > keep:
-                items.popleft()
         futures = watch.futures  # wake the cursors waiting (see _Watch.wake)
         if futures:
             watch.futures = []
@@ -667,9 +684,10 @@ class _Follower:
         elif not watch.waiters and not watch.active and 2 * pos > watch.last:
             watch.last = 2 * pos
             watch.items.clear()
-        got = self._after(watch, pos)
-        if got is None or got:
-            return got
+        if 2 * pos < watch.last:  # something newer is known (else _after gives [])
+            got = self._after(watch, pos)
+            if got is None or got:
+                return got
         watch.waiters += 1
         watch.idle = 0
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -847,7 +865,9 @@ class _Follower:
         keys = list(streams)
         if not keys:
             return False
-        result = await _script(pipe, _READ, (len(keys), *keys, *streams.values(), _BATCH))
+        result = await _script(
+            pipe, _READ, (str(len(keys)), *keys, *streams.values(), _BATCH_ARG), text=True
+        )
         self.reads += 1
         data = result.encode() if isinstance(result, str) else result
         if not data:
@@ -1257,6 +1277,21 @@ def _bulks(args: Sequence[str | bytes | int]) -> bytes:
     return b"".join(out)
 
 
+def _text_bulks(args: Sequence[str | bytes | int]) -> bytes:
+    """Arguments as RESP bulk strings: one encoding for all when they are ASCII str.
+
+    Anything else (bytes, numbers, other characters) goes through :func:`_bulks`.
+    """
+    try:
+        whole = "".join(args)  # type: ignore[arg-type]  # TypeError: not all str
+    except TypeError:
+        return _bulks(args)
+    if not whole.isascii():  # a str's length is then not its bytes'
+        return _bulks(args)
+    strs = cast("Sequence[str]", args)
+    return "".join([f"${len(arg)}\r\n{arg}\r\n" for arg in strs]).encode()
+
+
 def _pack(args: Sequence[str | bytes | int]) -> bytes:
     """One command as RESP."""
     return b"*%d\r\n%b" % (len(args), _bulks(args))
@@ -1266,8 +1301,12 @@ def _pack(args: Sequence[str | bytes | int]) -> bytes:
 _EVALSHA: dict[str, bytes] = {}
 
 
-async def _script(pipe: _Pipe, script: str, args: Sequence[str | bytes | int]) -> Any:
+async def _script(
+    pipe: _Pipe, script: str, args: Sequence[str | bytes | int], *, text: bool = False
+) -> Any:
     """Call ``script`` with ``args`` (its key count, keys and arguments) through ``pipe``.
+
+    ``text``: the arguments are mostly ASCII str (see :func:`_text_bulks`).
 
     By SHA1, so that Redis neither reads nor hashes the script's text at every call; a
     ``NOSCRIPT`` reply (a Redis that has not seen it, or restarted) sends it once as
@@ -1282,12 +1321,32 @@ async def _script(pipe: _Pipe, script: str, args: Sequence[str | bytes | int]) -
         sha = hashlib.sha1(script.encode()).hexdigest().encode()  # noqa: S324
         name = _EVALSHA[script] = _bulk(b"EVALSHA") + _bulk(sha)
     # The command's length is the call's own: a script's arguments may vary in number.
-    (result,) = await pipe.call([b"*%d\r\n%b%b" % (len(args) + 2, name, _bulks(args))])
+    body = _text_bulks(args) if text else _bulks(args)
+    (result,) = await pipe.call([b"*%d\r\n%b%b" % (len(args) + 2, name, body)])
     if isinstance(result, NoScriptError):
         (result,) = await pipe.call([_pack(("EVAL", script, *args))])
     if isinstance(result, BaseException):
         raise result
     return result
+
+
+async def _send(conn: Any, chunks: list[bytes]) -> None:
+    """Write ``chunks`` on ``conn`` (a redis-py connection).
+
+    Connected, they go straight to its stream: redis-py's ``send_packed_command`` wraps
+    every write in ``asyncio.wait_for`` when the connection has a socket timeout (the
+    default), a task and a timer per write. A write that the transport's buffer takes
+    whole needs no wait; one that does not (a Redis that reads slowly) waits through
+    ``send_packed_command``, with its timeout and its errors; so does a connection that
+    is closed (it reconnects).
+    """
+    writer = getattr(conn, "_writer", None)
+    if writer is None or writer.transport.is_closing():
+        await conn.send_packed_command(chunks, check_health=False)
+        return
+    writer.writelines(chunks)
+    if writer.transport.get_write_buffer_size():
+        await conn.send_packed_command([], check_health=False)  # drain, with the timeout
 
 
 class _Pipe:
@@ -1337,7 +1396,7 @@ class _Pipe:
         conn = self._conn
         self._busy = True
         try:
-            await conn.send_packed_command(chunks, check_health=False)
+            await _send(conn, chunks)
             return await self._read(replies)
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -1371,7 +1430,7 @@ class _Pipe:
                 try:
                     packed = [chunk for chunks, _, _ in batch for chunk in chunks]
                     if packed:  # else only settle's empty calls
-                        await conn.send_packed_command(packed, check_health=False)
+                        await _send(conn, packed)
                     for _, count, future in batch:
                         results = await self._read(count)
                         if not future.done():
@@ -1549,7 +1608,17 @@ class _Send:
 
 
 class _RedisCursor(EventCursor):
-    __slots__ = ("_allow", "_buf", "_done", "_live", "_log", "_owed", "_pos", "_started")
+    __slots__ = (
+        "_allow",
+        "_buf",
+        "_done",
+        "_live",
+        "_log",
+        "_owed",
+        "_owner",
+        "_pos",
+        "_started",
+    )
 
     def __init__(self, log: RedisEventLog, after: int) -> None:
         self._log = log
@@ -1564,28 +1633,57 @@ class _RedisCursor(EventCursor):
         # Transient events appended by this process while it read, by seq: handed out in
         # place of their stand-ins.
         self._owed: dict[int, StreamEvent] | None = None
+        # Told when __anext__ raises (see owned_by).
+        self._owner: Any = None
 
     @property
     def position(self) -> int:
         return self._pos
 
-    async def __anext__(self) -> StreamEvent:
-        if not self._buf and not self._done:
-            follower = self._log._follower
-            if self._live and follower is not None:
-                # A live cursor waits on the follower here (one coroutine less per
-                # event than through _fill); nothing there: _fill reads Redis.
-                items = await follower.wait(self._log, self._pos)
-                if items:
-                    self._took(items)
-                else:
-                    self._live = False
+    def owned_by(self, owner: Any) -> Callable[[], Coroutine[Any, Any, StreamEvent]]:
+        """Report to ``owner`` whatever ``__anext__`` raises; return ``__anext__`` itself.
+
+        For a wrapper that closes itself when the cursor ends or fails (a subscription):
+        it hands out this cursor's own coroutine instead of one of its own around it, as
+        the in-memory log's cursor does. ``owner.cursor_ended(exc)`` is awaited before
+        ``exc`` propagates; the cursor has released itself before a
+        ``StopAsyncIteration``. ``None`` stops the reports.
+        """
+        self._owner = owner
+        return self._next
+
+    async def _next(self) -> StreamEvent:
+        try:
             if not self._buf and not self._done:
-                await self._fill()
-        if not self._buf:
-            self._finish()
-            raise StopAsyncIteration
-        event = self._buf.popleft()
+                follower = self._log._follower
+                if self._live and follower is not None:
+                    # A live cursor waits on the follower here (one coroutine less per
+                    # event than through _fill); nothing there: _fill reads Redis.
+                    items = await follower.wait(self._log, self._pos)
+                    if items:
+                        if len(items) == 1:
+                            key, event = items[0]
+                            if key == 2 * self._pos + 2 and event is not None:
+                                # The next event alone (a live reader's common case):
+                                # one behind is within any max_lag, which resets.
+                                self._allow = self._log._max_lag
+                                return self._deliver(event)
+                        self._took(items)
+                    else:
+                        self._live = False
+                if not self._buf and not self._done:
+                    await self._fill()
+            if not self._buf:
+                self._finish()
+                raise StopAsyncIteration
+        except BaseException as exc:
+            owner = self._owner
+            if owner is not None:
+                await owner.cursor_ended(exc)
+            raise
+        return self._deliver(self._buf.popleft())
+
+    def _deliver(self, event: StreamEvent) -> StreamEvent:
         self._pos = event.seq or self._pos
         owed = self._owed
         if owed:
@@ -1595,6 +1693,9 @@ class _RedisCursor(EventCursor):
             self._finish()
         return event
 
+    # The coroutine function itself: no frame of its own around it per event.
+    __anext__ = _next
+
     async def _query(self) -> tuple[list[_Item], int, bool, str]:
         """Read the log's state and the entries after this cursor: one script call.
 
@@ -1602,13 +1703,13 @@ class _RedisCursor(EventCursor):
         entry's id (``"-"`` if none).
         """
         log = self._log
-        args = (log._stream, log._meta, f"{self._pos + 1}-0", _BATCH)
+        args = (log._stream, log._meta, f"{self._pos + 1}-0", _BATCH_ARG)
         appender = log._appender
         pipe = None if appender is None else appender.pipe
         if pipe is None:
             result = await log._client.eval(_QUERY, 2, *args)
         else:
-            result = await _script(pipe, _QUERY, (2, *args))
+            result = await _script(pipe, _QUERY, ("2", *args), text=True)
         data = result.encode() if isinstance(result, str) else result
         head, _, rest = data.partition(b"\n")
         last, closed, first = head.split(b" ")
@@ -1964,7 +2065,8 @@ class RedisEventLog(EventLog):
             raise ValidationError(
                 f"event must be a StreamEvent, got {type_name(event)}", field="event"
             )
-        _require_asyncio()
+        if self._appender is None:  # an entered backend runs on asyncio only
+            _require_asyncio()
         failure = self._failure
         if failure is not None:
             self._failure = None
@@ -2246,18 +2348,42 @@ class RedisEventLog(EventLog):
         stored = events
         seq = first
         local = self._local
-        for i, (event, text) in enumerate(zip(events, batch.texts, strict=True)):
-            if i == accepted:
-                stored = events[:accepted] if stored is events else stored
-                break
-            if stored is not events:
-                stored.append(with_seq(event, seq, sid))
-            elif event.seq != seq or event.session_id != sid:
-                stored = events[:i]
-                stored.append(with_seq(event, seq, sid))
-            local.append(b"%d %b" % (seq, text))
-            seq += 1
-        batch.stored = stored
+        follower = self._follower
+        if (
+            batch.detached == len(events)
+            and not self._owed
+            and (follower is None or self._stream not in follower._watches)
+        ):
+            # Nobody gets these events from here: no caller awaits them and no reader
+            # of this worker follows the log (enqueue's events for other workers'
+            # readers). No stored copies; the retained texts only.
+            if accepted < len(events):
+                stored = events[:accepted]
+            for text in batch.texts[:accepted] if accepted < len(events) else batch.texts:
+                local.append(b"%d %b" % (seq, text))
+                seq += 1
+            follower = None
+        elif (
+            accepted == 1
+            and len(events) == 1
+            and events[0].seq == seq
+            and events[0].session_id == sid
+        ):
+            local.append(b"%d %b" % (seq, batch.texts[0]))  # one event, stamped as stored
+            batch.stored = stored
+        else:
+            for i, (event, text) in enumerate(zip(events, batch.texts, strict=True)):
+                if i == accepted:
+                    stored = events[:accepted] if stored is events else stored
+                    break
+                if stored is not events:
+                    stored.append(with_seq(event, seq, sid))
+                elif event.seq != seq or event.session_id != sid:
+                    stored = events[:i]
+                    stored.append(with_seq(event, seq, sid))
+                local.append(b"%d %b" % (seq, text))
+                seq += 1
+            batch.stored = stored
         if self._owed:
             self._owe(events, stored)
         last = first + accepted - 1
@@ -2274,7 +2400,6 @@ class RedisEventLog(EventLog):
             self._closed = True
             if accepted < len(events) and batch.detached:
                 self._failure = ClosedError("the log is closed", session_id=sid)
-        follower = self._follower
         if follower is not None:
             follower.feed(self, first, stored)
 
@@ -2473,6 +2598,83 @@ return 1
 """
 )
 
+# _SET_IF for several sessions in one call (sessions ending together): per session 5
+# KEYS and 6 ARGV as _SET_IF's. Returns one string, a '1' (set) or '0' per session. The
+# store's keys share one slot, so this holds on a Cluster too.
+_SET_MANY: Final = """
+local out = {}
+local _t = nil
+for i = 0, #KEYS / 5 - 1 do
+  local k, a = i * 5, i * 6
+  local sid = ARGV[a + 1]
+  if redis.call('HGET', KEYS[k + 1], sid) ~= ARGV[a + 2] then
+    out[#out + 1] = '0'
+  else
+    redis.call('HSET', KEYS[k + 1], sid, ARGV[a + 3])
+    if ARGV[a + 4] == '1' then
+      redis.call('DEL', KEYS[k + 2])
+      redis.call('ZREM', KEYS[k + 3], sid)
+      if ARGV[a + 5] == '1' then redis.call('SREM', KEYS[k + 4], sid) end
+      if ARGV[a + 6] ~= '' then
+        if not _t then _t = redis.call('TIME') end
+        local now = _t[1] * 1000 + math.floor(_t[2] / 1000)
+        redis.call('ZADD', KEYS[k + 5], now + tonumber(ARGV[a + 6]), sid)
+      end
+    end
+    out[#out + 1] = '1'
+  end
+end
+return table.concat(out)
+"""
+
+
+class _Swaps:
+    """The compare-and-sets of sessions changing state in one turn, as one script call.
+
+    Sessions that end together (a burst of streams finishing in the same period) then
+    cost one call and one reply to parse, not one each. The first caller of a turn
+    waits one loop iteration for the others, sends them all, and hands each its result;
+    a failure of the call is each caller's (``_call`` retries it).
+    """
+
+    __slots__ = ("_pipe", "_queue")
+
+    def __init__(self, pipe: _Pipe) -> None:
+        self._pipe = pipe
+        self._queue: list[tuple[list[str], list[str], asyncio.Future[int]]] = []
+
+    async def swap(self, keys: list[str], args: list[str]) -> int:
+        """Run one session's _SET_IF (``keys``, ``args``) with the others of this turn."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        queue = self._queue
+        queue.append((keys, args, future))
+        if len(queue) > 1:
+            return await future
+        batch: list[tuple[list[str], list[str], asyncio.Future[int]]] = []
+        try:
+            await asyncio.sleep(0)  # one loop iteration: the others of this turn join
+            batch, self._queue = self._queue, []
+            flat_keys = [key for keys_, _, _ in batch for key in keys_]
+            flat_args = [arg for _, args_, _ in batch for arg in args_]
+            result = await _script(self._pipe, _SET_MANY, (len(flat_keys), *flat_keys, *flat_args))
+            for (_, _, other), flag in zip(batch, _text(result), strict=True):
+                if not other.done():
+                    other.set_result(int(flag))
+        except BaseException as exc:
+            if not batch:
+                batch, self._queue = self._queue, []
+            error = (
+                exc
+                if isinstance(exc, Exception)
+                else RedisConnectionError("a batched state change was interrupted")
+            )
+            for _, _, other in batch:
+                if other is not future and not other.done():
+                    other.set_exception(error)
+            raise
+        return future.result()
+
+
 # Remove one record if unchanged. KEYS: sessions, the user's set, lease, leases,
 # removals, the user's live set. ARGV: sid, the record JSON read ('' for none), '1' if
 # it has a user.
@@ -2524,6 +2726,7 @@ class RedisSessionStore(SessionStore):
         "_retry_for",
         "_scheduled",
         "_sessions",
+        "_swaps",
     )
 
     def __init__(
@@ -2535,6 +2738,7 @@ class RedisSessionStore(SessionStore):
     ) -> None:
         self._client: Any = client
         self._pipe: _Pipe | None = None  # set by an entered RedisBackend
+        self._swaps: _Swaps | None = None  # likewise (with the pipeline)
         self._prefix = prefix
         self._sessions = f"{{{prefix}}}:sessions"
         self._retry_for = float(check_number("retry_for", retry_for, minimum=0))
@@ -2726,6 +2930,18 @@ class RedisSessionStore(SessionStore):
                 user: str | None = user,
                 removal: str = removal,
             ) -> Any:
+                swaps = self._swaps
+                if swaps is not None:
+                    return await swaps.swap(
+                        [
+                            self._sessions,
+                            self._lease_key(session_id),
+                            self._leases,
+                            self._live_key(user),
+                            self._removals,
+                        ],
+                        [session_id, raw, new, ends, "1" if user is not None else "0", removal],
+                    )
                 return await self._exec(
                     "EVAL",
                     _SET_IF,
@@ -2877,6 +3093,7 @@ _BY_SHA: Final = (
     _APPEND,
     _ADD,
     _SET_IF,
+    _SET_MANY,
     _REMOVE_IF,
     _RENEW,
     _DUE,
@@ -3053,6 +3270,7 @@ class RedisBackend(Backend):
                 pipe = _Pipe(self._conn)
                 self._appender.pipe = pipe
                 self._store._pipe = pipe
+                self._store._swaps = _Swaps(pipe)
                 self._follower.pipe = pipe
                 await _load_scripts(pipe)
                 tg.start_soon(pipe.run, name="streamkit redis pipeline")
@@ -3162,6 +3380,7 @@ class RedisBackend(Backend):
         with anyio.CancelScope(shield=True):
             conn, self._conn = self._conn, None
             self._store._pipe = None
+            self._store._swaps = None
             if conn is not None:
                 with contextlib.suppress(RedisError, OSError):
                     # A reply of a cancelled call may still be on its way: the pool
