@@ -1128,7 +1128,7 @@ class TokenStream:
                             return
                         continue
                     pushed += 1
-                    if pushed == BUFFER_ITEMS:
+                    if pushed >= BUFFER_ITEMS:
                         # A source that never waits would never let the sink's readers run.
                         pushed = 0
                         await asyncio.sleep(0)  # (anyio's checkpoint on asyncio)
@@ -1139,14 +1139,20 @@ class TokenStream:
                 if not self._accept(item):
                     result = "error"
                     break
+                pushed += 1  # the item, and each chunk it completed
                 while out:
                     chunk = self._token_event(out.popleft(), now)
                     if not sink(chunk) and await handle(chunk):
                         return
+                    pushed += 1
                 if self._progressive and self._chunker.has_partial:
                     at = self._last_input + self._flush
                     if at < feed.at:
                         feed.set_alarm(at, on_alarm)
+                if pushed >= BUFFER_ITEMS:
+                    # As above: readers run however the source's items are chunked.
+                    pushed = 0
+                    await asyncio.sleep(0)
             if result == "stall":
                 self._stalled()
                 result = "error"

@@ -1083,3 +1083,24 @@ async def test_cancelling_a_session_whose_source_is_silent_closes_the_source() -
     assert events[-1].metadata["reason"] == "cancelled"
     assert (await registry.get(sid)).status is sk.SessionState.CANCELLED
     assert closed == [True]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("chunk_size", [1, 5])
+async def test_a_fast_source_never_leaves_its_reader_behind(chunk_size: int) -> None:
+    # A source that never waits (a model's output already in memory) still lets the
+    # session's reader run, however its items are chunked: the reader gets every event
+    # though the log keeps far fewer than the stream makes.
+    async def source() -> AsyncIterator[str]:
+        for _ in range(20_000):
+            yield "tok "
+
+    config = sk.StreamConfig(chunk_size=chunk_size, stream_delay=0)
+    async with sk.SessionRegistry(sk.RegistryConfig(history_max_events=1_000)) as registry:
+        session = await registry.create()
+        async with registry.subscribe(session.session_id) as subscription:
+            registry.start(session.session_id, source(), config)
+            with anyio.fail_after(30):
+                events = [event.event_type async for event in subscription]
+    assert events.count(sk.EventType.TOKEN) == 20_000 // chunk_size
+    assert events[-1] == sk.EventType.COMPLETE
