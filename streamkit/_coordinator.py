@@ -81,6 +81,7 @@ class _Entry:
         "log",
         "phase",
         "producer",
+        "recorded",
         "remote",
         "removed",
         "resumed",
@@ -100,6 +101,8 @@ class _Entry:
         self.remote = remote
         self.log = log
         self.producer: anyio.CancelScope | None = None
+        # The producer noted its stream's statistics (at the final event).
+        self.recorded = False
         self.stream: TokenStream | None = None
         # Set while the session may produce; a pause clears it and the producer waits.
         self.resumed: Signal | None = None
