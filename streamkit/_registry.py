@@ -440,12 +440,12 @@ class SessionRegistry:
         if sink is not None and same_clock:
             entry.tokens_of = stream
         entry.producer = anyio.CancelScope()
-        if entry.resumed is None:
+        if entry.resumed is None and entry.session.status is not SessionState.ACTIVE:
+            # An active session's producer goes on with no signal (None): one is made
+            # by the first pause.
             new_signal = self._new_signal
             assert new_signal is not None  # the registry runs: _task_group() said so
             entry.resumed = new_signal()
-            if entry.session.status is SessionState.ACTIVE:
-                entry.resumed.set()
         if entry.subscribers == 0 and self.config.idle_producer_grace is not None:
             self._unwatched[session_id] = self._event_clock()
         tasks.start_soon(self._produce, entry, stream, tasks, name="streamkit producer")
