@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 __all__ = ["Chunker"]
 
 _WORD_END: Final = re.compile(r"(?<=\S)\s")
+#: The parts of every one-token chunker: always empty.
+_NO_PARTS: Final[list[str]] = []
 
 
 class Chunker:
@@ -34,7 +36,8 @@ class Chunker:
         self.out = out
         self._size = size
         self._by = by
-        self._parts: list[str] = []
+        # Never appended to by one-token chunks: those share one empty list.
+        self._parts: list[str] = _NO_PARTS if by == "token" and size == 1 else []
         self._units = 0
         self._in_word = False
         self.feed: Callable[[str], None]

@@ -81,6 +81,7 @@ class _Entry:
         "log",
         "phase",
         "producer",
+        "recorded",
         "remote",
         "removed",
         "resumed",
@@ -100,8 +101,10 @@ class _Entry:
         self.remote = remote
         self.log = log
         self.producer: anyio.CancelScope | None = None
+        # The producer noted its stream's statistics (at the final event).
+        self.recorded = False
         self.stream: TokenStream | None = None
-        # Set while the session may produce; a pause clears it and the producer waits.
+        # Unset while paused: the producer waits for it. None (no pause yet) or set: go.
         self.resumed: Signal | None = None
         self.phase = EntryPhase.LIVE
         self.subscribers = 0
@@ -154,7 +157,7 @@ def producer_lost() -> StreamEvent:
 def hold(entry: _Entry, *, paused: bool) -> None:
     """Stop (``paused``) or let go a session's producer, whichever worker asked."""
     if paused:
-        if entry.resumed is not None and entry.resumed.is_set():
+        if entry.resumed is None or entry.resumed.is_set():
             entry.resumed = signal_factory()()
         if entry.stream is not None:
             entry.stream.pause()  # the source stops before its next item

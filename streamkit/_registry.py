@@ -148,6 +148,10 @@ class _LogSink:
             self._registry._emit("event", stored)
         return True
 
+    def take(self, event: StreamEvent) -> Awaitable[bool]:
+        """Hand ``event`` to the registry's producer (a refused, start or final event)."""
+        return self._registry._take(self._entry, event)
+
     def offer_timed(self, event: StreamEvent) -> bool:
         """:meth:`offer` for a timer's event (a heartbeat): the entry notes its time."""
         if not self.offer(event):
@@ -436,69 +440,67 @@ class SessionRegistry:
         if sink is not None and same_clock:
             entry.tokens_of = stream
         entry.producer = anyio.CancelScope()
-        if entry.resumed is None:
+        if entry.resumed is None and entry.session.status is not SessionState.ACTIVE:
+            # An active session's producer goes on with no signal (None): one is made
+            # by the first pause.
             new_signal = self._new_signal
             assert new_signal is not None  # the registry runs: _task_group() said so
             entry.resumed = new_signal()
-            if entry.session.status is SessionState.ACTIVE:
-                entry.resumed.set()
         if entry.subscribers == 0 and self.config.idle_producer_grace is not None:
             self._unwatched[session_id] = self._event_clock()
         tasks.start_soon(self._produce, entry, stream, tasks, name="streamkit producer")
 
-    async def _produce(self, entry: _Entry, stream: TokenStream, tasks: SessionTasks) -> None:
+    async def _take(self, entry: _Entry, event: StreamEvent) -> bool:
+        # One event the stream hands over to its producer (the sink refused it, or it is
+        # the start, a heartbeat or the final event); True: stop. A method, not a
+        # closure of _produce: no cells per live session.
+        resumed = entry.resumed  # a pause replaces it with an unset one
+        if resumed is not None and not resumed.is_set():
+            await resumed.wait()
+        if event.is_final:
+            # Before the final event is visible: a subscriber that sees it may read
+            # the registry's statistics at once.
+            stream = entry.stream
+            if stream is not None:
+                self._record_stream(stream)
+            entry.recorded = True
+            state = _FINAL_STATE[event.event_type]
+            if not entry.finishing:
+                await self._end_quietly(entry, state, event, from_producer=True)
+            return True
+        if entry.finishing:  # ended elsewhere (cancel, sweep, shutdown)
+            return True
         log = entry.log
-        append_nowait = log.append_nowait
-        hooks = self._hooks["event"]
+        try:
+            # The event is fresh from the stream: stamped in place.
+            stored = log.append_nowait(event, owned=True)
+            if stored is None:  # the block policy waits for a reader
+                stored = await log.append(event)
+        except PayloadTooLarge as exc:
+            raise too_large(exc, event) from exc
+        except ClosedError:
+            # Another task (or worker) may have ended the session.
+            await self._coord.refused(entry)
+            if _finishing(entry):
+                return True
+            raise
+        entry.last_event_at = self._event_clock()
+        self._counts["appended"] += 1
+        if self._hooks["event"]:
+            self._emit("event", stored)
+        return False
+
+    async def _produce(self, entry: _Entry, stream: TokenStream, tasks: SessionTasks) -> None:
         scope = entry.producer
         assert scope is not None
-        clock = self._event_clock
-        recorded = False
-
-        async def take(event: StreamEvent) -> bool:
-            # One event the stream hands over (the sink refused it, or it is the start,
-            # a heartbeat or the final event); True: stop.
-            nonlocal recorded
-            resumed = entry.resumed  # a pause replaces it with an unset one
-            if resumed is not None and not resumed.is_set():
-                await resumed.wait()
-            if event.is_final:
-                # Before the final event is visible: a subscriber that sees it may read
-                # the registry's statistics at once.
-                self._record_stream(stream)
-                recorded = True
-                state = _FINAL_STATE[event.event_type]
-                if not entry.finishing:
-                    await self._end_quietly(entry, state, event, from_producer=True)
-                return True
-            if entry.finishing:  # ended elsewhere (cancel, sweep, shutdown)
-                return True
-            try:
-                # The event is fresh from the stream: stamped in place.
-                stored = append_nowait(event, owned=True)
-                if stored is None:  # the block policy waits for a reader
-                    stored = await log.append(event)
-            except PayloadTooLarge as exc:
-                raise too_large(exc, event) from exc
-            except ClosedError:
-                # Another task (or worker) may have ended the session.
-                await self._coord.refused(entry)
-                if _finishing(entry):
-                    return True
-                raise
-            entry.last_event_at = clock()
-            self._counts["appended"] += 1
-            if hooks:
-                self._emit("event", stored)
-            return False
-
+        entry.recorded = False
         try:
             with scope:
                 sink = entry.sink
                 if sink is not None and tasks.on_asyncio and stream.can_drive():
                     # One task per session: this one pulls the source (asyncio).
                     try:
-                        await stream._drive(take, sink.offer_timed, self._loop_clock)
+                        await stream._drive(self._loop_clock)
                     finally:
                         await stream.aclose()
                 else:
@@ -509,7 +511,7 @@ class SessionRegistry:
                     stream._run_in(tasks, self._loop_clock)
                     try:
                         async for event in stream:
-                            if await take(event):
+                            if await self._take(entry, event):
                                 break
                     finally:
                         await stream.aclose()
@@ -530,7 +532,7 @@ class SessionRegistry:
                 entry.sink = None
                 self._counts["appended"] += sink.appended
             self._unwatched.pop(entry.session.session_id, None)
-            if not recorded:
+            if not entry.recorded:
                 self._record_stream(stream)
 
     def _record_stream(self, stream: TokenStream) -> None:

@@ -100,6 +100,24 @@ class Spawner(Protocol):
     ) -> object: ...
 
 
+#: The next event id's number (shared: no bound method per stream).
+_next_id: Final = _id_counter.__next__
+
+
+class DriveSink(Protocol):
+    """The sink of a stream run by :meth:`TokenStream._drive`.
+
+    A :class:`~streamkit.abc.TokenSink` that also takes what it refuses (``take``,
+    awaited) and a timer's events (``offer_timed``).
+    """
+
+    def offer(self, event: StreamEvent) -> bool: ...
+
+    def offer_timed(self, event: StreamEvent) -> bool: ...
+
+    def take(self, event: StreamEvent) -> Awaitable[bool]: ...
+
+
 class _Phase(enum.IntEnum):
     """A stream's phases, in order: it only ever moves forward."""
 
@@ -207,7 +225,6 @@ class TokenStream:
         "_stream_delay",
         "_sync",
         "_tg",
-        "_timed",
         "_tokens",
         "_whole",
     )
@@ -257,7 +274,8 @@ class TokenStream:
         self._producer_scope: anyio.CancelScope | None = None
         self._alarm_scope: anyio.CancelScope | None = None
         self._anext: Callable[[], Any] | None = None
-        self._sink: Callable[[StreamEvent], bool] | None = None if sink is None else sink.offer
+        # The sink itself, not its bound `offer`: one object fewer per live stream.
+        self._sink: Any = sink
         self._decoder: codecs.IncrementalDecoder | None = None
         self._held = ""
         self._slow = False
@@ -290,7 +308,6 @@ class TokenStream:
         # Run by its consumer's task (_drive): how a timer's event reaches the sink, and
         # that task, which the deadline and the stall cancel out of the source's wait
         # (its cancellation requests before: see _drive).
-        self._timed: Callable[[StreamEvent], bool] | None = None
         self._cut: asyncio.Task[Any] | None = None
         self._cancelling = 0
         self._cut_by: Literal["deadline", "stall"] | None = None
@@ -835,8 +852,8 @@ class TokenStream:
         """:meth:`_produce` for a stream with a sink: tokens to it while the consumer waits."""
         iterator = self._iterator
         anext = iterator.__anext__
-        sink = self._sink
-        assert sink is not None
+        assert self._sink is not None
+        sink = self._sink.offer
         clock = self._now
         # The common case, handled below without a call: one source piece is one chunk,
         # no pacing. Off for good at the first item that is not a str (a part, bytes):
@@ -848,7 +865,6 @@ class TokenStream:
         size = self._size
         started = self._started_at
         id_prefix = f"{_ID_PREFIX}-"
-        next_id = _id_counter.__next__
         pushed = 0
         try:
             with scope:
@@ -896,7 +912,7 @@ class TokenStream:
                                     event.metadata = _EMPTY
                                 event.session_id = session_id
                                 event.seq = None
-                                event_id = f"{id_prefix}{next_id()}"
+                                event_id = f"{id_prefix}{_next_id()}"
                                 event.event_id = event_id
                                 event.timestamp = _wall_clock()
                                 event._json = None
@@ -981,29 +997,23 @@ class TokenStream:
             and not self._entered
         )
 
-    async def _drive(
-        self,
-        handle: Callable[[StreamEvent], Awaitable[bool]],
-        timed: Callable[[StreamEvent], bool],
-        clock: Callable[[], float],
-    ) -> None:
+    async def _drive(self, clock: Callable[[], float]) -> None:
         """Run the whole stream in the caller's task (the registry's producer), no other.
 
         The one-task form of ``async with`` and a sink (:meth:`_produce_to_sink`, which
         Trio, paced streams and sync sources keep): the caller's task pulls the source
-        itself and hands each ``token`` event to the sink; ``handle`` is awaited for
-        the ``start`` event, each event the sink refuses and the final event, and
-        returns ``True`` to stop (the caller then closes the stream with
+        itself and hands each ``token`` event to the sink (a :class:`DriveSink`); its
+        ``take`` is awaited for the ``start`` event, each event the sink refuses and the
+        final event, and returns ``True`` to stop (the caller then closes the stream with
         :meth:`aclose`). The timers are one of the loop's shared alarms: while the
-        task waits for the source, a due heartbeat or flushed chunk goes to ``timed``
-        (or the sink) from the alarm, and if refused is handed to ``handle`` before the
+        task waits for the source, a due heartbeat or flushed chunk goes to the sink's
+        ``offer_timed`` (or ``offer``) from the alarm, and if refused to ``take`` before the
         next item; the deadline and the stall watchdog cut the wait short by
         cancelling the task (as :func:`asyncio.timeout` does). A pause holds the task
         before its next pull. Asyncio only; check :meth:`can_drive` first.
         """
         self._entered = True
         self._now = clock
-        self._timed = timed
         task = self._cut = asyncio.current_task()
         assert task is not None
         self._cancelling = task.cancelling()
@@ -1015,17 +1025,15 @@ class TokenStream:
             feed = self._feed = DriveFeed()
             if self._paused:
                 feed.pause()
-            if await handle(start):
+            if await self._sink.take(start):
                 return
             self._due(self._now())  # sets the first alarm
             result: Literal["completed", "error", "deadline", "stall"]
             anext = self._anext
             assert anext is not None
-            sink = self._sink
-            assert sink is not None
+            sink: DriveSink = self._sink
             clock = self._now
             out = self._out
-            on_alarm = self._on_alarm
             # _produce_to_sink's inline case: one source piece is one chunk.
             inline = self._whole
             metadata = self._metadata
@@ -1033,19 +1041,18 @@ class TokenStream:
             size = self._size
             started = self._started_at
             id_prefix = f"{_ID_PREFIX}-"
-            next_id = _id_counter.__next__
             pushed = 0
             while True:
                 if feed.look:  # something to do before the next pull (rare)
                     pending = feed.pending
                     if pending is not None:
                         feed.pending = None
-                        if await handle(pending):
+                        if await sink.take(pending):
                             return
                         continue
                     if out:  # a flushed chunk the alarm left, or the rest of a source piece
                         chunk = self._token_event(out.popleft(), clock())
-                        if not sink(chunk) and await handle(chunk):
+                        if not sink.offer(chunk) and await sink.take(chunk):
                             return
                         continue
                     if feed.due:  # the alarm came while the task was not waiting for the source
@@ -1053,7 +1060,7 @@ class TokenStream:
                         if isinstance(due, str):
                             result = due
                             break
-                        if due is not None and not sink(due) and await handle(due):
+                        if due is not None and not sink.offer(due) and await sink.take(due):
                             return
                         continue
                     gate = feed.gate
@@ -1117,14 +1124,14 @@ class TokenStream:
                         event.metadata = _EMPTY
                     event.session_id = session_id
                     event.seq = None
-                    event_id = f"{id_prefix}{next_id()}"
+                    event_id = f"{id_prefix}{_next_id()}"
                     event.event_id = event_id
                     event.timestamp = _wall_clock()
                     event._json = None
                     event._size = size + len(item) + len(event_id)
                     event.__class__ = StreamEvent  # sealed
-                    if not sink(event):
-                        if await handle(event):
+                    if not sink.offer(event):
+                        if await sink.take(event):
                             return
                         continue
                     pushed += 1
@@ -1142,13 +1149,13 @@ class TokenStream:
                 pushed += 1  # the item, and each chunk it completed
                 while out:
                     chunk = self._token_event(out.popleft(), now)
-                    if not sink(chunk) and await handle(chunk):
+                    if not sink.offer(chunk) and await sink.take(chunk):
                         return
                     pushed += 1
                 if self._progressive and self._chunker.has_partial:
                     at = self._last_input + self._flush
                     if at < feed.at:
-                        feed.set_alarm(at, on_alarm)
+                        feed.set_alarm(at, self._on_alarm)
                 if pushed >= BUFFER_ITEMS:
                     # As above: readers run however the source's items are chunked.
                     pushed = 0
@@ -1159,9 +1166,9 @@ class TokenStream:
             await self._finish(result)
             while out:
                 chunk = self._token_event(out.popleft(), self._now())
-                if not sink(chunk) and await handle(chunk):
+                if not sink.offer(chunk) and await sink.take(chunk):
                     return
-            await handle(self._final_event())
+            await sink.take(self._final_event())
         finally:
             self._busy = False
             made = self._feed
@@ -1224,14 +1231,11 @@ class TokenStream:
             if gate is not None and self._now() >= self._deadline:
                 gate.set()
             return
-        sink = self._sink
-        timed = self._timed
-        assert sink is not None
-        assert timed is not None
+        sink: DriveSink = self._sink
         pending = feed.pending
         # An event refused before (a pause, a full log): offered again.
         if pending is not None and _offered(
-            sink if pending.event_type is _TOKEN else timed, pending
+            sink.offer if pending.event_type is _TOKEN else sink.offer_timed, pending
         ):
             feed.pending = pending = None
         now = self._now()
@@ -1241,12 +1245,12 @@ class TokenStream:
             assert self._cut is not None
             self._cut.cancel()  # the task waits for the source (see _drive)
             return
-        if due is not None and not _offered(timed, due):
+        if due is not None and not _offered(sink.offer_timed, due):
             feed.pending = pending = due
         out = self._out
         while out and pending is None:
             event = self._token_event(out.popleft(), now)
-            if not _offered(sink, event):
+            if not _offered(sink.offer, event):
                 feed.pending = pending = event
         if pending is not None or out:
             feed.look = True  # handed on by the task before its next pull

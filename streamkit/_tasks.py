@@ -35,7 +35,16 @@ class SessionTasks:
     a task group would raise it.
     """
 
-    __slots__ = ("_errors", "_group", "_idle", "_loop", "_start", "_tasks", "on_asyncio")
+    __slots__ = (
+        "_errors",
+        "_group",
+        "_idle",
+        "_loop",
+        "_on_done",
+        "_start",
+        "_tasks",
+        "on_asyncio",
+    )
 
     def __init__(self, group: TaskGroup) -> None:
         self._group = group
@@ -54,6 +63,8 @@ class SessionTasks:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._idle: asyncio.Event | None = None
         self._errors: list[BaseException] = []
+        # One bound method for every task's done callback (not one per task).
+        self._on_done = self._done
 
     def start_soon(
         self,
@@ -71,7 +82,7 @@ class SessionTasks:
             name=None if name is None else str(name),
         )
         self._tasks.add(task)
-        task.add_done_callback(self._done)
+        task.add_done_callback(self._on_done)
 
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)

@@ -691,6 +691,35 @@ async def test_no_token_is_appended_while_paused() -> None:
         assert [e.seq for e in first + rest] == list(range(1, len(first) + len(rest) + 1))
 
 
+async def test_a_session_paused_before_its_producer_starts_appends_nothing_until_resumed() -> None:
+    # An active session's producer has no resume signal until a pause: a pause before
+    # the producer starts must still hold it (its start event too).
+    async with sk.SessionRegistry() as registry:
+        session = await registry.create(context={})
+        sid = session.session_id
+        assert session.context == {}
+        await registry.pause(sid)
+        registry.start(sid, ["a ", "b "], FAST)
+        await anyio.wait_all_tasks_blocked()
+        assert (await registry.session_statistics(sid)).log.last_seq == 0
+        assert (await registry.get(sid)).status is sk.SessionState.PAUSED
+        await registry.resume(sid)
+        with anyio.fail_after(10):
+            events = await collect(registry.subscribe(sid))
+        assert events[0].event_type == sk.EventType.START
+        assert text_of(events) == "a b "
+        assert events[-1].event_type == sk.EventType.COMPLETE
+        # ... and a second session, started active, is paused the same way later on.
+        other = (await registry.create()).session_id
+        registry.start(other, forever(), FAST)
+        await registry.pause(other)
+        await anyio.wait_all_tasks_blocked()
+        held = (await registry.session_statistics(other)).log.last_seq
+        await anyio.wait_all_tasks_blocked()
+        assert (await registry.session_statistics(other)).log.last_seq == held
+        await registry.cancel(other)
+
+
 async def test_no_token_is_appended_while_paused_a_second_time() -> None:
     # The sink remembers the last "resumed" signal it saw set; a second pause replaces
     # the signal that the first resume set, and must hold tokens back again.
