@@ -1027,6 +1027,11 @@ class TokenStream:
                 feed.pause()
             if await self._sink.take(start):
                 return
+            # The readers that were already due to run (woken by the start event, or
+            # about to take their place in the log) run before the first pull, as when
+            # the source had a task of its own: else a fast source's first items would
+            # be packed away as history (no reader yet) and thawed again for each.
+            await asyncio.sleep(0)
             self._due(self._now())  # sets the first alarm
             result: Literal["completed", "error", "deadline", "stall"]
             anext = self._anext

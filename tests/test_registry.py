@@ -1133,3 +1133,40 @@ async def test_a_fast_source_never_leaves_its_reader_behind(chunk_size: int) -> 
                 events = [event.event_type async for event in subscription]
     assert events.count(sk.EventType.TOKEN) == 20_000 // chunk_size
     assert events[-1] == sk.EventType.COMPLETE
+
+
+@pytest.mark.anyio
+async def test_readers_in_place_before_the_start_share_a_fast_sources_events() -> None:
+    # Subscribers that joined before the producer started read its tokens as stored
+    # (one object per event for all of them), not as history packed away before they
+    # ran and rebuilt for each: the cost of fan-out to many readers of a fast source.
+    async def source() -> AsyncIterator[str]:
+        for _ in range(600):
+            yield "tok "
+
+    config = sk.StreamConfig(chunk_size=1, stream_delay=0)
+    got: list[list[sk.StreamEvent]] = [[], []]
+    async with sk.SessionRegistry() as registry:
+        session = await registry.create()
+        sid = session.session_id
+        subscriptions = [registry.subscribe(sid), registry.subscribe(sid)]
+        for subscription in subscriptions:
+            await subscription.__aenter__()
+        ready = anyio.Event()
+
+        async def read(i: int) -> None:
+            await ready.wait()
+            async with subscriptions[i] as subscription:
+                got[i] += [event async for event in subscription]
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(read, 0)
+                tg.start_soon(read, 1)
+                await anyio.sleep(0)  # both wait for the start
+                registry.start(sid, source(), config)
+                ready.set()
+    assert len(got[0]) == len(got[1]) == 602
+    # (The start event may come to each from the history: it was stored before they ran.)
+    shared = zip(got[0][1:], got[1][1:], strict=True)
+    assert [i for i, (a, b) in enumerate(shared, 1) if a is not b] == []
