@@ -1026,10 +1026,38 @@ async def test_a_heartbeat_arrives_while_the_source_is_silent() -> None:
     assert stats["heartbeats"] == kinds.count("heartbeat")
 
 
-async def test_the_stall_watchdog_ends_a_session_whose_source_is_silent() -> None:
-    config = sk.StreamConfig(
-        stream_delay=0, chunk_size=1, heartbeat_interval=None, stall_timeout=0.05
-    )
+@pytest.mark.parametrize(
+    ("config", "final_type", "key", "value", "status"),
+    [
+        pytest.param(
+            sk.StreamConfig(
+                stream_delay=0, chunk_size=1, heartbeat_interval=None, stall_timeout=0.05
+            ),
+            sk.EventType.ERROR,
+            "error_type",
+            "TimeoutError",
+            sk.SessionState.ERROR,
+            id="stall",
+        ),
+        pytest.param(
+            sk.StreamConfig(
+                stream_delay=0, chunk_size=1, heartbeat_interval=0.02, max_stream_time=0.1
+            ),
+            sk.EventType.COMPLETE,
+            "reason",
+            "deadline",
+            sk.SessionState.COMPLETED,
+            id="deadline",
+        ),
+    ],
+)
+async def test_the_stall_watchdog_and_the_deadline_end_a_session_whose_source_is_silent(
+    config: sk.StreamConfig,
+    final_type: sk.EventType,
+    key: str,
+    value: str,
+    status: sk.SessionState,
+) -> None:
     closed: list[bool] = []
     async with sk.SessionRegistry() as registry:
         sid = (await registry.create()).session_id
@@ -1039,29 +1067,10 @@ async def test_the_stall_watchdog_ends_a_session_whose_source_is_silent() -> Non
                 events = [e async for e in sub]
     assert text_of(events) == "a"
     final = events[-1]
-    assert final.event_type == sk.EventType.ERROR
-    assert final.metadata["error_type"] == "TimeoutError"
+    assert final.event_type == final_type
+    assert final.metadata[key] == value
     assert closed == [True]
-    assert (await registry.get(sid)).status is sk.SessionState.ERROR
-
-
-async def test_the_deadline_ends_a_session_whose_source_is_silent() -> None:
-    config = sk.StreamConfig(
-        stream_delay=0, chunk_size=1, heartbeat_interval=0.02, max_stream_time=0.1
-    )
-    closed: list[bool] = []
-    async with sk.SessionRegistry() as registry:
-        sid = (await registry.create()).session_id
-        async with registry.subscribe(sid) as sub:
-            registry.start(sid, silent_after("a", closed, anyio.Event()), config)
-            with anyio.fail_after(10):
-                events = [e async for e in sub]
-    assert text_of(events) == "a"
-    final = events[-1]
-    assert final.event_type == sk.EventType.COMPLETE
-    assert final.metadata["reason"] == "deadline"
-    assert closed == [True]
-    assert (await registry.get(sid)).status is sk.SessionState.COMPLETED
+    assert (await registry.get(sid)).status is status
 
 
 async def test_a_heartbeat_made_during_a_pause_is_delivered_after_the_resume() -> None:
