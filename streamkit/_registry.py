@@ -176,6 +176,9 @@ class _ClockedLogSink(_LogSink):
         self._entry.last_event_at = self._clock()
         return True
 
+    # Every append here notes its time already (the registry's clock, as offer_timed's).
+    offer_timed = offer
+
 
 def _denied(user_id: str | None, action: Action) -> str:
     # The next step, without naming the owner.

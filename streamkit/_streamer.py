@@ -1065,7 +1065,7 @@ class TokenStream:
                         if isinstance(due, str):
                             result = due
                             break
-                        if due is not None and not sink.offer(due) and await sink.take(due):
+                        if due is not None and not sink.offer_timed(due) and await sink.take(due):
                             return
                         continue
                     gate = feed.gate

@@ -643,6 +643,27 @@ async def test_a_slow_stream_s_reader_on_its_worker_does_not_read_its_events_bac
     assert (follower.reads, follower.fetched) == (0, 0)
 
 
+class _SeqReader:
+    """Reads a log from its start in a task, noting each event's seq; waits for one."""
+
+    def __init__(self, log: Any) -> None:
+        self.log = log
+        self.got: list[int] = []
+        self._arrived = anyio.Event()
+
+    async def read(self) -> None:
+        async with self.log.read(0) as cursor:
+            async for event in cursor:
+                self.got.append(event.seq or 0)
+                self._arrived.set()
+
+    async def until(self, seq: int) -> None:
+        """Wait until the reader has read up to ``seq``."""
+        while not self.got or self.got[-1] < seq:
+            await self._arrived.wait()
+            self._arrived = anyio.Event()
+
+
 async def test_a_live_reader_on_its_worker_gets_many_and_one_event_rounds_in_order(
     redis_url: str,
 ) -> None:
@@ -652,29 +673,18 @@ async def test_a_live_reader_on_its_worker_gets_many_and_one_event_rounds_in_ord
     config = sk.RegistryConfig(max_lag=8, slow_consumer_policy="disconnect")
     async with RedisBackend(redis_url, prefix=f"mix{next(_ids)}") as backend:
         log = await backend.make_log(_sid(), config)
-        got: list[int] = []
-        arrived = anyio.Event()
-
-        async def read() -> None:
-            nonlocal arrived
-            async with log.read(0) as cursor:
-                async for event in cursor:
-                    got.append(event.seq or 0)
-                    arrived.set()
-
+        reader = _SeqReader(log)
         with anyio.fail_after(20):
             async with anyio.create_task_group() as tg:
-                tg.start_soon(read)
+                tg.start_soon(reader.read)
                 for rounds in ((8, 1, 1, 1), (5,), (1, 1)):
                     for size in rounds:
                         for i in range(size):  # one append round for them all
                             assert log.append_nowait(_token(f"{i} "), owned=True)
                         await log.flush()
-                        while not got or got[-1] < log.last_seq:
-                            await arrived.wait()
-                            arrived = anyio.Event()
+                        await reader.until(log.last_seq)
                 await log.append(sk.StreamEvent(event_type=sk.EventType.COMPLETE))
-    assert got == list(range(1, 20))
+    assert reader.got == list(range(1, 20))
 
 
 async def test_a_log_under_a_non_ascii_prefix_is_read_live_and_from_history(
@@ -692,27 +702,15 @@ async def test_a_log_under_a_non_ascii_prefix_is_read_live_and_from_history(
         writer = await a.make_log(sid, config)
         for i in range(3):
             await writer.append(_token(str(i)))
-        reader = await b.make_log(sid, config)
-        got: list[int] = []
-        arrived = anyio.Event()
-
-        async def read() -> None:
-            nonlocal arrived
-            async with reader.read(0) as cursor:
-                async for event in cursor:
-                    got.append(event.seq or 0)
-                    arrived.set()
-
+        reader = _SeqReader(await b.make_log(sid, config))
         with anyio.fail_after(20):
             async with anyio.create_task_group() as tg:
-                tg.start_soon(read)
-                while len(got) < 3:  # the history, read with the cursor's query
-                    await arrived.wait()
-                    arrived = anyio.Event()
+                tg.start_soon(reader.read)
+                await reader.until(3)  # the history, read with the cursor's query
                 for i in range(2):  # live, through b's follower
                     await writer.append(_token(str(i)))
                 await writer.append(sk.StreamEvent(event_type=sk.EventType.COMPLETE))
-    assert got == [1, 2, 3, 4, 5, 6]
+    assert reader.got == [1, 2, 3, 4, 5, 6]
 
 
 async def test_a_hole_in_the_stream_is_reported_not_skipped(client: aredis.Redis) -> None:
