@@ -977,8 +977,11 @@ class SessionRegistry:
             self._unwatched.pop(session_id, None)
             if not entry.remote:
                 self._ended[session_id] = self._event_clock()
-        self._emit("event", stored)
-        self._emit("state_changed", before, after)
+        hooks = self._hooks
+        if hooks["event"]:
+            self._emit("event", stored)
+        if hooks["state_changed"]:
+            self._emit("state_changed", before, after)
         return stored
 
     async def _end_quietly(

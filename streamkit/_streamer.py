@@ -1361,7 +1361,19 @@ class TokenStream:
         self._fast = False
         if outcome != "completed":
             self._paced = False  # the end is due now: no more pacing
-        close_error = await self._close_source()
+        iterator = self._iterator
+        if (
+            type(iterator) is types.AsyncGeneratorType
+            and iterator.ag_frame is None
+            and self._source is iterator
+            and type(self._feed) is DriveFeed
+        ):
+            # Pulled by the drive to its end: nothing to close (_close_source's
+            # answer, without its two coroutines: this runs at every session's end).
+            self._iterator = None
+            close_error = None
+        else:
+            close_error = await self._close_source()
         if close_error is not None and self._exception is None:
             self._exception = close_error
             outcome = "error"
