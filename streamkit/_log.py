@@ -1014,8 +1014,6 @@ class InMemoryEventLog(EventLog):
             self._evict()
         if event_type in _FINAL:
             self._closed = True
-            if self._room is not None:
-                self._wake_room()  # an append waiting for room: ClosedError
         data = self._data
         if data is not None:
             self._data = None
@@ -1110,8 +1108,6 @@ class InMemoryEventLog(EventLog):
             self._evict()
         if event.event_type in _FINAL:
             self._closed = True
-            if self._room is not None:
-                self._wake_room()  # an append waiting for room: ClosedError
         data = self._data
         if data is not None:
             self._data = None
