@@ -52,6 +52,7 @@ __all__ = [
     "EntryPhase",
     "LocalCoordinator",
     "SharedCoordinator",
+    "cancel_producer",
     "hold",
     "make_coordinator",
     "producer_lost",
@@ -100,7 +101,9 @@ class _Entry:
         # for the entry's life: where it was made, not a state it goes through.
         self.remote = remote
         self.log = log
-        self.producer: anyio.CancelScope | None = None
+        # What stops its producer (cancel_producer): the producer's cancel scope, or on
+        # asyncio with one task per session its stream itself (TokenStream._stop).
+        self.producer: anyio.CancelScope | TokenStream | None = None
         # The producer noted its stream's statistics (at the final event).
         self.recorded = False
         self.stream: TokenStream | None = None
@@ -152,6 +155,17 @@ def producer_lost() -> StreamEvent:
             }
         ),
     )
+
+
+def cancel_producer(entry: _Entry) -> None:
+    """Stop the session's producer, if it has one (its scope, or its stream's drive)."""
+    producer = entry.producer
+    if producer is None:
+        return
+    if isinstance(producer, anyio.CancelScope):
+        producer.cancel()
+    else:
+        producer._stop()
 
 
 def hold(entry: _Entry, *, paused: bool) -> None:
@@ -461,8 +475,7 @@ class SharedCoordinator(Coordinator):
         session_id = record.session_id
         if record.is_terminal:
             entry.phase = EntryPhase.ENDING
-            if entry.producer is not None:
-                entry.producer.cancel()  # quietly: the final event is already there
+            cancel_producer(entry)  # quietly: the final event is already there
             if entry.resumed is not None:
                 entry.resumed.set()
             registry._idle.pop(session_id, None)
@@ -478,8 +491,7 @@ class SharedCoordinator(Coordinator):
         registry = self._registry
         session_id = entry.session.session_id
         entry.phase = EntryPhase.ENDING
-        if entry.producer is not None:
-            entry.producer.cancel()
+        cancel_producer(entry)
         if entry.resumed is not None:
             entry.resumed.set()
         for queue in (registry._idle, registry._unwatched, registry._ended):

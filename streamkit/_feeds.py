@@ -302,7 +302,7 @@ class DriveFeed:
     loop's shared alarms (:class:`_Alarms`), and ``at``, when it is set for.
     """
 
-    __slots__ = ("alarm", "alarms", "at", "due", "gate", "look", "pending", "pulling")
+    __slots__ = ("alarm", "alarms", "at", "due", "gate", "look", "pending", "pulling", "stop")
 
     def __init__(self) -> None:
         self.gate: anyio.Event | None = None
@@ -314,9 +314,11 @@ class DriveFeed:
         self.pulling = False
         #: The alarm came while the task did not wait for the source: it looks itself.
         self.due = False
-        #: Any of ``pending``, ``due``, ``gate`` or the stream's chunks to hand on: the
-        #: task looks before it pulls again (one test per item for the four).
+        #: Any of ``pending``, ``due``, ``gate``, ``stop`` or the stream's chunks to hand
+        #: on: the task looks before it pulls again (one test per item for the five).
         self.look = False
+        #: The stream's consumer stopped it (``TokenStream._stop``): the task returns.
+        self.stop = False
 
     def pause(self) -> None:
         if self.gate is None:

@@ -17,7 +17,8 @@ Rules of this module, and why:
 * **Append does not yield unless it must wait** (``block`` policy with a reader too
   far behind). A producer pulling from a real source yields there; a cursor yields
   when it waits for events and, when it did not have to wait, once per batch, so a
-  reader that never waits still lets other tasks run and sees cancellation.
+  reader that never waits still lets other tasks run and sees cancellation. (The last
+  event of a closed log comes without one: nothing follows it.)
 * **Never a silent skip.** A reader whose next event has left the retention window, or
   that fell more than its allowed lag behind (``disconnect`` policy), gets
   :class:`~streamkit.SubscriberLagged` carrying the last ``seq`` it received.
@@ -578,8 +579,11 @@ class _Cursor(EventCursor):
                 pos = state.pos
                 last = log._last
                 if pos < last:
-                    if last == pos + 1 and self._waited:
-                        # The live case: the one event this reader waited for.
+                    if last == pos + 1 and (self._waited or log._closed):
+                        # The live case: the one event this reader waited for, or the
+                        # last event of a closed log (its final event, appended in the
+                        # same step as the token before it): no checkpoint for that one,
+                        # its reader ends at the next call.
                         event = log._buf[last - log._base]
                         if type(event) is not StreamEvent:  # frozen before this reader came
                             event = thaw_event(event, last, log._session_id)

@@ -41,7 +41,7 @@ import anyio
 import attrs
 
 from ._config import RegistryConfig, StreamConfig
-from ._coordinator import EntryPhase, _Entry, hold, make_coordinator
+from ._coordinator import EntryPhase, _Entry, cancel_producer, hold, make_coordinator
 from ._errors import (
     BackendError,
     ClosedError,
@@ -306,10 +306,10 @@ class SessionRegistry:
             tg.cancel_scope.cancel()
             try:
                 try:
-                    # Every producer left runs in a scope of its own (see _tasks).
+                    # Every producer left runs in a scope of its own or is stopped by
+                    # its stream (see _tasks).
                     for entry in self._entries.values():
-                        if entry.producer is not None:
-                            entry.producer.cancel()
+                        cancel_producer(entry)
                     with anyio.CancelScope(shield=True):
                         assert self._tasks is not None
                         await self._tasks.wait()
@@ -442,7 +442,12 @@ class SessionRegistry:
         entry.sink = sink
         if sink is not None and same_clock:
             entry.tokens_of = stream
-        entry.producer = anyio.CancelScope()
+        # One task per session on asyncio (the producer pulls the source: _drive). With a
+        # local coordinator its stream stops it (TokenStream._stop): no cancel scope per
+        # session (six tracked objects); a shared backend's producer keeps its scope.
+        drive = sink is not None and tasks.on_asyncio and stream.can_drive()
+        local = drive and self._coord.local
+        entry.producer = stream if local else anyio.CancelScope()
         if entry.resumed is None and entry.session.status is not SessionState.ACTIVE:
             # An active session's producer goes on with no signal (None): one is made
             # by the first pause.
@@ -451,7 +456,10 @@ class SessionRegistry:
             entry.resumed = new_signal()
         if entry.subscribers == 0 and self.config.idle_producer_grace is not None:
             self._unwatched[session_id] = self._event_clock()
-        tasks.start_soon(self._produce, entry, stream, tasks, name="streamkit producer")
+        if local:
+            tasks.start_soon(self._drive, entry, stream, name="streamkit producer")
+        else:
+            tasks.start_soon(self._produce, entry, stream, tasks, drive, name="streamkit producer")
 
     async def _take(self, entry: _Entry, event: StreamEvent) -> bool:
         # One event the stream hands over to its producer (the sink refused it, or it is
@@ -493,15 +501,31 @@ class SessionRegistry:
             self._emit("event", stored)
         return False
 
-    async def _produce(self, entry: _Entry, stream: TokenStream, tasks: SessionTasks) -> None:
+    async def _drive(self, entry: _Entry, stream: TokenStream) -> None:
+        # The producer of one task per session (asyncio): this task pulls the source
+        # itself (TokenStream._drive); a cancel of the session stops the stream
+        # (cancel_producer), no scope around it.
+        entry.recorded = False
+        try:
+            try:
+                await stream._drive(self._loop_clock)
+            finally:
+                await stream.aclose()
+        except Exception as exc:  # a failure of the log or backend, not of the source
+            await self._producer_failed(entry, exc)
+        finally:
+            self._producer_ended(entry, stream)
+
+    async def _produce(
+        self, entry: _Entry, stream: TokenStream, tasks: SessionTasks, drive: bool
+    ) -> None:
         scope = entry.producer
-        assert scope is not None
+        assert isinstance(scope, anyio.CancelScope)
         entry.recorded = False
         try:
             with scope:
-                sink = entry.sink
-                if sink is not None and tasks.on_asyncio and stream.can_drive():
-                    # One task per session: this one pulls the source (asyncio).
+                if drive:
+                    # One task per session, a shared backend's: this one pulls the source.
                     try:
                         await stream._drive(self._loop_clock)
                     finally:
@@ -519,24 +543,30 @@ class SessionRegistry:
                     finally:
                         await stream.aclose()
         except Exception as exc:  # a failure of the log or backend, not of the source
-            logger.exception("streamkit: a session's producer failed")
-            if not entry.finishing:
-                try:
-                    with anyio.CancelScope(shield=True):
-                        await self._end_quietly(entry, SessionState.ERROR, _error_event(exc))
-                except Exception:
-                    # The backend is down for good. A shared backend's lease on the
-                    # session then lapses and a worker ends it once storage is back.
-                    logger.exception("streamkit: could not end a failed session")
+            await self._producer_failed(entry, exc)
         finally:
-            entry.producer = None
-            sink = entry.sink
-            if sink is not None:
-                entry.sink = None
-                self._counts["appended"] += sink.appended
-            self._unwatched.pop(entry.session.session_id, None)
-            if not entry.recorded:
-                self._record_stream(stream)
+            self._producer_ended(entry, stream)
+
+    async def _producer_failed(self, entry: _Entry, exc: Exception) -> None:
+        logger.exception("streamkit: a session's producer failed")
+        if not entry.finishing:
+            try:
+                with anyio.CancelScope(shield=True):
+                    await self._end_quietly(entry, SessionState.ERROR, _error_event(exc))
+            except Exception:
+                # The backend is down for good. A shared backend's lease on the
+                # session then lapses and a worker ends it once storage is back.
+                logger.exception("streamkit: could not end a failed session")
+
+    def _producer_ended(self, entry: _Entry, stream: TokenStream) -> None:
+        entry.producer = None
+        sink = entry.sink
+        if sink is not None:
+            entry.sink = None
+            self._counts["appended"] += sink.appended
+        self._unwatched.pop(entry.session.session_id, None)
+        if not entry.recorded:
+            self._record_stream(stream)
 
     def _record_stream(self, stream: TokenStream) -> None:
         ttft = stream._time_to_first_token()
@@ -917,7 +947,12 @@ class SessionRegistry:
         entry.phase = EntryPhase.ENDING
         own = entry.producer if from_producer and self._coord.local else None
         try:
-            if own is not None:
+            if own is not None and not isinstance(own, anyio.CancelScope):
+                # One task per session (asyncio): its stream's _stop() never cuts the
+                # end short (it cancels only a wait for the source), so nothing to shield.
+                before, after, stored = await self._coord.end(entry, state, final, fresh=True)
+                entry.session = after
+            elif own is not None:
                 # The producer ends its own session: its scope shields the end (a
                 # scope fewer per session). Nothing else cancels that scope while the
                 # session is ending but the registry's shutdown, which first stops
@@ -934,16 +969,19 @@ class SessionRegistry:
                     before, after, stored = await self._coord.end(entry, state, final)
                     entry.session = after
         finally:
-            if entry.producer is not None and not from_producer:
-                entry.producer.cancel()
+            if not from_producer:
+                cancel_producer(entry)
             if entry.resumed is not None:
                 entry.resumed.set()  # a paused producer must see its cancellation
             self._idle.pop(session_id, None)
             self._unwatched.pop(session_id, None)
             if not entry.remote:
                 self._ended[session_id] = self._event_clock()
-        self._emit("event", stored)
-        self._emit("state_changed", before, after)
+        hooks = self._hooks
+        if hooks["event"]:
+            self._emit("event", stored)
+        if hooks["state_changed"]:
+            self._emit("state_changed", before, after)
         return stored
 
     async def _end_quietly(

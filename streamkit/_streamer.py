@@ -222,6 +222,7 @@ class TokenStream:
         "_source",
         "_stall",
         "_started_at",
+        "_stopping",
         "_stream_delay",
         "_sync",
         "_tg",
@@ -310,7 +311,9 @@ class TokenStream:
         # (its cancellation requests before: see _drive).
         self._cut: asyncio.Task[Any] | None = None
         self._cancelling = 0
-        self._cut_by: Literal["deadline", "stall"] | None = None
+        # _stop() was called: the drive returns at its next look (see _stop).
+        self._stopping = False
+        self._cut_by: Literal["deadline", "stall", "stopped"] | None = None
 
     def __repr__(self) -> str:
         state = ("new", "running", "finishing", "ended")[self._phase]
@@ -1025,7 +1028,7 @@ class TokenStream:
             feed = self._feed = DriveFeed()
             if self._paused:
                 feed.pause()
-            if await self._sink.take(start):
+            if self._stopping or await self._sink.take(start):
                 return
             # The readers that were already due to run (woken by the start event, or
             # about to take their place in the log) run before the first pull, as when
@@ -1049,6 +1052,8 @@ class TokenStream:
             pushed = 0
             while True:
                 if feed.look:  # something to do before the next pull (rare)
+                    if feed.stop:
+                        return
                     pending = feed.pending
                     if pending is not None:
                         feed.pending = None
@@ -1087,10 +1092,13 @@ class TokenStream:
                     if self._cut_by is None:
                         raise
                     # The alarm cancelled this task for the deadline or the stall (as
-                    # asyncio.timeout does): unless another cancellation came with it.
+                    # asyncio.timeout does), or _stop() did: unless another cancellation
+                    # came with it.
                     assert self._cut is not None
                     if self._cut.uncancel() > self._cancelling:
                         raise
+                    if self._cut_by == "stopped":
+                        return
                     result = self._cut_by
                     break
                 finally:
@@ -1180,6 +1188,32 @@ class TokenStream:
             if isinstance(made, DriveFeed):
                 made.stop_alarm()
 
+    def _stop(self) -> None:
+        """Stop :meth:`_drive`: its caller's cancel (the registry's producer, asyncio).
+
+        What a cancel scope around the drive would do, without one per stream (six
+        tracked objects per live session): a task waiting for the source is cancelled
+        out of that wait, as the deadline does, and the drive returns with no final
+        event; anywhere else the task returns before its next pull (a pause lets it
+        go). The caller wakes what its sink's ``take`` may wait for, and closes the
+        stream (:meth:`aclose`) as after any return of the drive. Before the drive
+        begins, it returns at once. The source's closing is never cut short.
+        """
+        if self._stopping:
+            return
+        self._stopping = True
+        feed = self._feed
+        if not isinstance(feed, DriveFeed):
+            return  # not begun: the drive looks first
+        feed.stop = feed.look = True
+        if feed.pulling and self._cut_by is None and self._phase == _RUNNING:
+            self._cut_by = "stopped"
+            assert self._cut is not None
+            self._cut.cancel()
+        gate = feed.gate
+        if gate is not None:
+            gate.set()  # paused: let it go (it looks again before it pulls)
+
     def _due(
         self, now: float, *, beat: bool = True
     ) -> StreamEvent | Literal["deadline", "stall"] | None:
@@ -1246,9 +1280,10 @@ class TokenStream:
         now = self._now()
         due = self._due(now, beat=pending is None)
         if isinstance(due, str):
-            self._cut_by = due
-            assert self._cut is not None
-            self._cut.cancel()  # the task waits for the source (see _drive)
+            if self._cut_by is None:  # (else _stop() cut it already)
+                self._cut_by = due
+                assert self._cut is not None
+                self._cut.cancel()  # the task waits for the source (see _drive)
             return
         if due is not None and not _offered(sink.offer_timed, due):
             feed.pending = pending = due
@@ -1326,7 +1361,19 @@ class TokenStream:
         self._fast = False
         if outcome != "completed":
             self._paced = False  # the end is due now: no more pacing
-        close_error = await self._close_source()
+        iterator = self._iterator
+        if (
+            type(iterator) is types.AsyncGeneratorType
+            and iterator.ag_frame is None
+            and self._source is iterator
+            and type(self._feed) is DriveFeed
+        ):
+            # Pulled by the drive to its end: nothing to close (_close_source's
+            # answer, without its two coroutines: this runs at every session's end).
+            self._iterator = None
+            close_error = None
+        else:
+            close_error = await self._close_source()
         if close_error is not None and self._exception is None:
             self._exception = close_error
             outcome = "error"

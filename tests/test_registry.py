@@ -1179,3 +1179,117 @@ async def test_readers_in_place_before_the_start_share_a_fast_sources_events() -
     # (The start event may come to each from the history: it was stored before they ran.)
     shared = zip(got[0][1:], got[1][1:], strict=True)
     assert [i for i, (a, b) in enumerate(shared, 1) if a is not b] == []
+
+
+async def test_cancelling_a_paused_session_closes_its_source() -> None:
+    # The producer is held by the pause (before its next pull, or with an item the pause
+    # held back): a cancel lets it go, and it closes the source as it ends.
+    closed: list[bool] = []
+    go = anyio.Event()
+    async with sk.SessionRegistry() as registry:
+        sid = (await registry.create()).session_id
+        async with registry.subscribe(sid) as sub:
+            registry.start(sid, silent_after("a", closed, go), FAST)
+            with anyio.fail_after(10):
+                events = [await sub.__anext__(), await sub.__anext__()]
+                await registry.pause(sid)
+                go.set()  # the source's next item comes while paused
+                await anyio.wait_all_tasks_blocked()
+                await registry.cancel(sid)
+                events += [e async for e in sub]
+                while not closed:
+                    await anyio.wait_all_tasks_blocked()
+        assert registry.statistics().producers == 0
+    assert text_of(events) == "a"
+    assert events[-1].metadata["reason"] == "cancelled"
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert (await registry.get(sid)).status is sk.SessionState.CANCELLED
+    assert closed == [True]
+
+
+async def test_cancelling_a_session_whose_producer_waits_for_room_ends_its_producer() -> None:
+    # A block-policy log holds the producer's next token while the reader does not read;
+    # a cancel's final event waits for room too. Once the reader reads, the final event
+    # goes in and the waiting producer ends (nothing after the final event), its source
+    # closed.
+    closed: list[bool] = []
+
+    async def endless() -> AsyncIterator[str]:
+        try:
+            while True:
+                yield "x"
+        finally:
+            closed.append(True)
+
+    config = sk.RegistryConfig(max_lag=3, slow_consumer_policy="block")
+    async with sk.SessionRegistry(config) as registry:
+        sid = (await registry.create()).session_id
+        async with registry.subscribe(sid) as sub:
+            registry.start(sid, endless(), FAST)
+            with anyio.fail_after(10):
+                events = [await sub.__anext__()]
+                await anyio.wait_all_tasks_blocked()  # the producer waits for room
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(registry.cancel, sid)
+                    await anyio.wait_all_tasks_blocked()  # its final event waits too
+                    events += [e async for e in sub]
+                while not closed:
+                    await anyio.wait_all_tasks_blocked()
+    assert events[-1].metadata["reason"] == "cancelled"
+    assert [e for e in events if e.is_final] == [events[-1]]
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert (await registry.get(sid)).status is sk.SessionState.CANCELLED
+    assert closed == [True]
+
+
+async def test_a_session_cancelled_as_its_producer_starts_appends_nothing_more() -> None:
+    # Cancelled before its producer's task has run (or its source task pulled much):
+    # the producer ends without appending, and closes the source.
+    closed: list[bool] = []
+
+    async def endless() -> AsyncIterator[str]:
+        try:
+            while True:
+                yield "x"
+        finally:
+            closed.append(True)
+
+    async with sk.SessionRegistry() as registry:
+        sid = (await registry.create()).session_id
+        registry.start(sid, endless(), FAST)
+        await registry.cancel(sid)
+        with anyio.fail_after(10):
+            events = await collect(registry.subscribe(sid))
+            await anyio.wait_all_tasks_blocked()
+        assert registry.statistics().producers == 0
+    assert [e.event_type for e in events] == [sk.EventType.COMPLETE]
+    assert events[0].metadata["reason"] == "cancelled"
+    assert closed in ([], [True])  # (a source never started has nothing to close)
+
+
+async def test_cancelling_a_session_whose_source_never_waits_closes_the_source() -> None:
+    # The producer only lets others run between its items (the source never waits):
+    # a cancel made then stops it before its next pull.
+    closed: list[bool] = []
+
+    async def endless() -> AsyncIterator[str]:
+        try:
+            while True:
+                yield "x"
+        finally:
+            closed.append(True)
+
+    async with sk.SessionRegistry() as registry:
+        sid = (await registry.create()).session_id
+        async with registry.subscribe(sid) as sub:
+            registry.start(sid, endless(), FAST)
+            with anyio.fail_after(10):
+                events = [await sub.__anext__(), await sub.__anext__()]
+                await registry.cancel(sid)
+                events += [e async for e in sub]
+                while not closed:
+                    await anyio.wait_all_tasks_blocked()
+    assert events[-1].metadata["reason"] == "cancelled"
+    assert [e for e in events if e.is_final] == [events[-1]]
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert closed == [True]
