@@ -20,7 +20,7 @@ import math
 import threading
 import weakref
 from collections import deque
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Literal
 
 import anyio
 import anyio.lowlevel
@@ -299,10 +299,23 @@ class DriveFeed:
     while paused (the task waits on it before pulling the next item); ``pending`` is an
     event a timer made while the task waited for the source and the sink refused: the
     task hands it on before the next item. ``alarm``: the stream's timer, one of the
-    loop's shared alarms (:class:`_Alarms`), and ``at``, when it is set for.
+    loop's shared alarms (:class:`_Alarms`), and ``at``, when it is set for. ``held``:
+    the deadline or the stall, come while the source was in a shielded scope (the
+    task is cut once it leaves it).
     """
 
-    __slots__ = ("alarm", "alarms", "at", "due", "gate", "look", "pending", "pulling", "stop")
+    __slots__ = (
+        "alarm",
+        "alarms",
+        "at",
+        "due",
+        "gate",
+        "held",
+        "look",
+        "pending",
+        "pulling",
+        "stop",
+    )
 
     def __init__(self) -> None:
         self.gate: anyio.Event | None = None
@@ -319,6 +332,7 @@ class DriveFeed:
         self.look = False
         #: The stream's consumer stopped it (``TokenStream._stop``): the task returns.
         self.stop = False
+        self.held: Literal["deadline", "stall"] | None = None
 
     def pause(self) -> None:
         if self.gate is None:

@@ -49,6 +49,7 @@ import asyncio
 import codecs
 import enum
 import math
+import sys
 import time
 import types
 from collections import deque
@@ -154,6 +155,33 @@ def _text_stats_size() -> int:
 
 
 # --- the stream -----------------------------------------------------------------------
+
+
+#: How often the drive looks again whether a source left its shielded scope, once its
+#: deadline or stall has come (see _shielded).
+_SHIELD_RETRY: Final = 0.005
+
+
+def _shielded(task: asyncio.Task[Any]) -> bool:
+    """Whether ``task`` waits inside a shielded anyio cancel scope that it entered itself.
+
+    The drive cuts a source's wait by cancelling the task (as :func:`asyncio.timeout`
+    does), which would go through a shield of anyio's; anyio's own cancellation waits
+    until the shielded scope is left. The task's scopes are anyio's internals (there is
+    no public way to see them): with another layout of anyio, nothing is shielded.
+    """
+    backend = sys.modules.get("anyio._backends._asyncio")
+    states = getattr(backend, "_task_states", None)
+    if states is None:  # no anyio scope was ever entered on asyncio
+        return False
+    scope = getattr(states.get(task), "cancel_scope", None)
+    # The task's own scopes, innermost first (the registry's producer scope is never
+    # shielded while its source is pulled).
+    while scope is not None and getattr(scope, "_host_task", None) is task:
+        if getattr(scope, "shield", False):
+            return True
+        scope = getattr(scope, "_parent_scope", None)
+    return False
 
 
 class TokenStream:
@@ -1197,7 +1225,8 @@ class TokenStream:
         event; anywhere else the task returns before its next pull (a pause lets it
         go). The caller wakes what its sink's ``take`` may wait for, and closes the
         stream (:meth:`aclose`) as after any return of the drive. Before the drive
-        begins, it returns at once. The source's closing is never cut short.
+        begins, it returns at once. The source's closing is never cut short, nor a
+        shielded anyio scope it waits in.
         """
         if self._stopping:
             return
@@ -1207,12 +1236,19 @@ class TokenStream:
             return  # not begun: the drive looks first
         feed.stop = feed.look = True
         if feed.pulling and self._cut_by is None and self._phase == _RUNNING:
-            self._cut_by = "stopped"
-            assert self._cut is not None
-            self._cut.cancel()
+            self._cut_stopped(feed)
         gate = feed.gate
         if gate is not None:
             gate.set()  # paused: let it go (it looks again before it pulls)
+
+    def _cut_stopped(self, feed: DriveFeed) -> None:
+        """Cancel the drive's wait for the source for :meth:`_stop`, once no shield holds it."""
+        assert self._cut is not None
+        if _shielded(self._cut):  # (see _on_alarm): the alarm looks again
+            feed.set_alarm(self._now() + _SHIELD_RETRY, self._on_alarm)
+            return
+        self._cut_by = "stopped"
+        self._cut.cancel()
 
     def _due(
         self, now: float, *, beat: bool = True
@@ -1227,6 +1263,8 @@ class TokenStream:
         feed = self._feed
         assert isinstance(feed, DriveFeed)
         feed.due = False
+        if feed.held is not None:  # come while the source was shielded (see _on_alarm)
+            return feed.held
         wake = self._deadline
         if now >= wake:
             return "deadline"
@@ -1262,6 +1300,10 @@ class TokenStream:
         feed.alarm = None
         if self._phase != _RUNNING:
             return
+        if feed.stop:  # _stop() came while the source was shielded
+            if feed.pulling and self._cut_by is None:
+                self._cut_stopped(feed)
+            return  # (else the task returns at its next look)
         if not feed.pulling:
             # The task looks at the timers itself before it pulls again; a pause holds
             # it: the deadline lets it go.
@@ -1281,8 +1323,16 @@ class TokenStream:
         due = self._due(now, beat=pending is None)
         if isinstance(due, str):
             if self._cut_by is None:  # (else _stop() cut it already)
-                self._cut_by = due
                 assert self._cut is not None
+                if _shielded(self._cut):
+                    # The source waits in a shielded anyio scope (closing a connection,
+                    # say): held back, as that scope holds back any cancellation, until
+                    # it leaves; an item it then yields does not undo the stall.
+                    feed.held = due
+                    feed.due = feed.look = True  # if it yields first: ends before its next pull
+                    feed.set_alarm(now + _SHIELD_RETRY, self._on_alarm)
+                    return
+                self._cut_by = due
                 self._cut.cancel()  # the task waits for the source (see _drive)
             return
         if due is not None and not _offered(sink.offer_timed, due):

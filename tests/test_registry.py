@@ -1073,6 +1073,81 @@ async def test_the_stall_watchdog_and_the_deadline_end_a_session_whose_source_is
     assert (await registry.get(sid)).status is status
 
 
+@pytest.mark.parametrize(
+    ("config", "final_type", "key", "value"),
+    [
+        pytest.param(
+            sk.StreamConfig(stream_delay=0, chunk_size=1, stall_timeout=0.2),
+            sk.EventType.ERROR,
+            "error_type",
+            "TimeoutError",
+            id="stall",
+        ),
+        pytest.param(
+            sk.StreamConfig(stream_delay=0, chunk_size=1, max_stream_time=0.2),
+            sk.EventType.COMPLETE,
+            "reason",
+            "deadline",
+            id="deadline",
+        ),
+    ],
+)
+async def test_the_stall_and_the_deadline_wait_for_a_source_to_leave_its_shielded_scope(
+    config: sk.StreamConfig, final_type: sk.EventType, key: str, value: str
+) -> None:
+    # A source's shielded work (closing its connection, say) that outlasts the timeout is
+    # not cut short, on either backend: the stream ends once the source leaves it.
+    finished: list[str] = []
+
+    async def source() -> AsyncIterator[str]:
+        yield "a"
+        with anyio.CancelScope(shield=True):
+            await anyio.sleep(0.6)  # the shielded work: three times the timeout
+            finished.append("shielded")
+        yield "b"
+        await anyio.sleep_forever()
+
+    async with sk.SessionRegistry() as registry:
+        sid = (await registry.create()).session_id
+        async with registry.subscribe(sid) as sub:
+            registry.start(sid, source(), config)
+            with anyio.fail_after(10):
+                events = [e async for e in sub]
+    assert finished == ["shielded"]
+    assert text_of(events).startswith("a")
+    final = events[-1]
+    assert final.event_type == final_type
+    assert final.metadata[key] == value
+
+
+async def test_cancelling_a_session_lets_its_source_leave_its_shielded_scope_first() -> None:
+    finished: list[str] = []
+    entered = anyio.Event()
+
+    async def source() -> AsyncIterator[str]:
+        yield "a"
+        with anyio.CancelScope(shield=True):
+            entered.set()
+            await anyio.sleep(0.3)  # the shielded work (closing a connection, say)
+            finished.append("shielded")
+        yield "b"
+        await anyio.sleep_forever()
+
+    async with sk.SessionRegistry() as registry:
+        sid = (await registry.create()).session_id
+        async with registry.subscribe(sid) as sub:
+            registry.start(sid, source(), FAST)
+            with anyio.fail_after(10):
+                events = [await sub.__anext__(), await sub.__anext__()]
+                await entered.wait()
+                await registry.cancel(sid)
+                events += [e async for e in sub]
+    assert finished == ["shielded"]
+    assert text_of(events).startswith("a")
+    assert events[-1].metadata["reason"] == "cancelled"
+    assert (await registry.get(sid)).status is sk.SessionState.CANCELLED
+
+
 async def test_a_heartbeat_made_during_a_pause_is_delivered_after_the_resume() -> None:
     config = sk.StreamConfig(stream_delay=0, chunk_size=1, heartbeat_interval=0.02)
     closed: list[bool] = []
