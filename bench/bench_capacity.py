@@ -23,7 +23,9 @@ Each step runs the bare loop and the registry moments apart; the capacity table 
 the largest passing N of each and their ratio, and the CPU table the µs of CPU per
 token of each at the same N. The readers are the same kind of task in both rows (an
 ``asyncio.TaskGroup`` task, a Trio nursery task): only what carries the tokens differs.
-``STREAMKIT_BENCH_STEPS=750,1000`` runs only the steps given.
+``STREAMKIT_BENCH_STEPS=750,1000`` runs only the steps given;
+``STREAMKIT_BENCH_GC_THRESHOLD=10000`` sets the garbage collector's young threshold for
+every row (an operator's tuning; Python's default is 700).
 
 **Idle sessions.** 10,000 sessions made by ``registry.create()`` and left alone; the
 memory they hold is measured with ``tracemalloc`` (Python allocations, after a garbage
@@ -67,6 +69,9 @@ LAG_GOAL = 0.050
 # of a step and not into others, and would otherwise decide the result by chance.
 TRIES = int(os.environ.get("STREAMKIT_BENCH_TRIES", "2"))
 IDLE_SESSIONS = 1_000 if QUICK else 10_000
+# The young generation's collection threshold for every row (Python's default is 700):
+# an operator's setting, for the tuning table in docs/performance.md, never the default.
+GC_THRESHOLD = int(os.environ.get("STREAMKIT_BENCH_GC_THRESHOLD", "0")) or None
 CONFIG = sk.StreamConfig(chunk_size=1, stream_delay=0)
 ROOT = str(Path(__file__).resolve().parent.parent) + os.sep
 
@@ -488,9 +493,11 @@ async def idle_sessions(count: int) -> dict[str, Any]:
 
 def main() -> None:
     started = time.perf_counter()
+    if GC_THRESHOLD is not None:
+        gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
     print(
         f"streamkit capacity, {machine()}, {RATE:g} tokens/s per session, "
-        f"{SECONDS:g} s of streaming per step\n"
+        f"{SECONDS:g} s of streaming per step, collector thresholds {gc.get_threshold()}\n"
     )
     results: dict[str, Any] = {"streaming": {}, "bare": {}, "idle": {}}
     header = [
@@ -681,7 +688,8 @@ def main() -> None:
             ]
         )
     print(table("goals", ["backend", "goal", "figure", "verdict"], goals))
-    path = save("capacity", {"rate": RATE, "seconds": SECONDS, **results, "goals": goals})
+    name = "capacity" if GC_THRESHOLD is None else f"capacity-gc{GC_THRESHOLD}"
+    path = save(name, {"rate": RATE, "seconds": SECONDS, **results, "goals": goals})
     print(f"raw figures in {path}; took {time.perf_counter() - started:.0f} s")
 
 
