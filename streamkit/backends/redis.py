@@ -2522,6 +2522,7 @@ return 1
 )
 
 # KEYS: leases zset, then one lease key per session. ARGV: token, ttl ms, session ids.
+# Returns one string, a '1' (held, renewed) or '0' per session.
 _RENEW: Final = (
     _now_ms_lua("now")
     + """
@@ -2530,14 +2531,24 @@ for i = 2, #KEYS do
   if redis.call('GET', KEYS[i]) == ARGV[1] then
     redis.call('PEXPIRE', KEYS[i], ARGV[2])
     redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[i + 1])
-    out[#out + 1] = 1
+    out[#out + 1] = '1'
   else
-    out[#out + 1] = 0
+    out[#out + 1] = '0'
   end
 end
-return out
+return table.concat(out)
 """
 )
+
+# KEYS: the sessions hash. ARGV: session ids. Their records, one a line ('' for none):
+# one string to parse, not one reply per session (a record's JSON has no raw newline).
+_GET_MANY: Final = """
+local out = {}
+for i = 1, #ARGV do
+  out[i] = redis.call('HGET', KEYS[1], ARGV[i]) or ''
+end
+return table.concat(out, '\\n')
+"""
 
 # KEYS: a zset scored in server milliseconds. ARGV: limit. The members now due.
 _DUE: Final = (
@@ -2776,8 +2787,10 @@ class RedisSessionStore(SessionStore):
         _require_asyncio()
         return await _call(fn, self._retry_for, session_id)
 
-    async def _exec(self, *args: str | bytes | int) -> Any:
+    async def _exec(self, *args: str | bytes | int, text: bool = False) -> Any:
         """One command: through the backend's automatic pipeline if there is one.
+
+        ``text``: a script's arguments are str, mostly ASCII (see :func:`_text_bulks`).
 
         Raises:
             RedisError: the command failed (``_call`` retries a lost connection).
@@ -2786,7 +2799,7 @@ class RedisSessionStore(SessionStore):
         if pipe is None:
             return await self._client.execute_command(*args)
         if args[0] == "EVAL":
-            return await _script(pipe, str(args[1]), args[2:])
+            return await _script(pipe, str(args[1]), args[2:], text=text)
         result = (await pipe.call([_pack(args)]))[0]
         if isinstance(result, BaseException):
             raise result
@@ -2873,10 +2886,26 @@ class RedisSessionStore(SessionStore):
         ids = list(session_ids)
 
         async def run() -> Any:
-            return await self._exec("HMGET", self._sessions, *ids)
+            return await self._exec("EVAL", _GET_MANY, "1", self._sessions, *ids, text=True)
 
-        raws = await self._run(run)
-        return [None if raw is None else StreamSession.from_json(raw) for raw in raws]
+        raws = _text(await self._run(run)).split("\n")
+        # A record unchanged since this store wrote or read it is not parsed again (the
+        # lease keeper reads every live session's record every lease_ttl / 3).
+        known = self._known
+        out: builtins.list[StreamSession | None] = []
+        for sid, raw in zip(ids, raws, strict=True):
+            if not raw:
+                out.append(None)
+                continue
+            hit = known.get(sid)
+            if hit is not None and hit[0] == raw:
+                out.append(hit[1])
+                continue
+            session = StreamSession.from_json(raw)
+            if not session.is_terminal:
+                self._remember(sid, raw, session)
+            out.append(session)
+        return out
 
     async def set_state(
         self, session_id: str, state: SessionState, *, now: float
@@ -3050,11 +3079,18 @@ class RedisSessionStore(SessionStore):
         async def run() -> Any:
             keys = [self._leases, *(self._lease_key(sid) for sid in ids)]
             return await self._exec(
-                "EVAL", _RENEW, len(keys), *keys, self._owner, str(self._lease_ms), *ids
+                "EVAL",
+                _RENEW,
+                str(len(keys)),
+                *keys,
+                self._owner,
+                str(self._lease_ms),
+                *ids,
+                text=True,
             )
 
-        held = await self._run(run)
-        return {sid for sid, ok in zip(ids, held, strict=True) if not int(ok)}
+        held = _text(await self._run(run))
+        return {sid for sid, ok in zip(ids, held, strict=True) if ok != "1"}
 
     async def _claim_orphans(self, limit: int) -> builtins.list[str]:
         async def due() -> Any:
@@ -3096,6 +3132,7 @@ _BY_SHA: Final = (
     _SET_MANY,
     _REMOVE_IF,
     _RENEW,
+    _GET_MANY,
     _DUE,
     _SCHEDULE,
     _CLAIM_DUE,
