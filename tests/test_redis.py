@@ -242,6 +242,36 @@ async def test_a_state_change_starts_from_the_record_another_worker_wrote(
         assert record == resumed
 
 
+async def test_records_read_together_follow_changes_another_worker_made(
+    redis_url: str, client: Any
+) -> None:
+    # get_many reads all records as one string and reuses a record it parsed when its
+    # JSON has not changed: a change by another worker must still come through, a
+    # newline in a record must not split it, and a missing record is None.
+    prefix = f"p{next(_ids)}"
+    async with _backend(redis_url, prefix) as a, _backend(redis_url, prefix) as b:
+        odd = sk.StreamSession(
+            session_id=_sid(), created_at=1.0, context={"note": "two\nlines \u2028 é"}
+        )
+        plain = sk.StreamSession(session_id=_sid(), created_at=1.0, user_id="u")
+        for session in (odd, plain):
+            await a.store.add(session, max_sessions=5, max_sessions_per_user=None)
+        ids = [odd.session_id, "missing", plain.session_id]
+        assert list(await a.store.get_many(ids)) == [odd, None, plain]
+        assert list(await a.store.get_many(ids)) == [odd, None, plain]
+        _, paused = await b.store.set_state(plain.session_id, sk.SessionState.PAUSED, now=2.0)
+        assert list(await a.store.get_many(ids)) == [odd, None, paused]
+        # A then moves it on from what it read (its compare-and-set holds).
+        _, resumed = await a.store.set_state(plain.session_id, sk.SessionState.ACTIVE, now=3.0)
+        assert list(await b.store.get_many(ids[2:])) == [resumed]
+        await b.store.remove(odd.session_id)
+        assert list(await a.store.get_many(ids)) == [None, None, resumed]
+        # Leases: the one A holds renews; a removed or missing session's does not,
+        # nor one that another worker holds.
+        assert await a.renew_leases(ids) == {odd.session_id, "missing"}
+        assert await b.renew_leases([plain.session_id]) == {plain.session_id}
+
+
 async def test_a_burst_of_first_calls_on_a_fresh_redis_is_not_sent_twice(
     redis_url: str, client: Any
 ) -> None:
