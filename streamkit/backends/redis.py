@@ -2109,8 +2109,8 @@ class RedisEventLog(EventLog):
         """
         if self._failure is not None or self._closed:
             return self._prepare(event)  # raises
-        # No loop check: only append_nowait calls this, with an entered backend's
-        # appender, and a backend is entered on asyncio only.
+        # No loop check: only append_nowait and append call this, with an entered
+        # backend's appender, and a backend is entered on asyncio only.
         sid = self._session_id
         before = event.session_id
         stamp(event, seq, sid)
@@ -2187,9 +2187,18 @@ class RedisEventLog(EventLog):
             with contextlib.suppress(BackendError, ClosedError):
                 await self.append(error)
             raise failure
-        event = self._transient(event)
-        text = self._prepare(event)
         appender = self._batched()
+        if appender is not None and type(event) is StreamEvent and event.event_type != "part":
+            # The stored copy made now, with the seq this writer expects (the common
+            # case: a session's final event), its JSON cut from the copy's own: one
+            # event and one encoding, not a bare copy, its JSON, then the stored copy.
+            predicted = self._predicted
+            seq = (predicted if predicted > self._last else self._last) + 1
+            event = with_seq(event, seq, self._session_id)
+            text = self._stamped(event, seq)
+        else:
+            event = self._transient(event)
+            text = self._prepare(event)
         if appender is not None:
             # Alone: send at once from this task. Otherwise queue behind the rounds in
             # flight; the appender's task sends what queued meanwhile, together.
@@ -2667,7 +2676,9 @@ class _Swaps:
             batch, self._queue = self._queue, []
             flat_keys = [key for keys_, _, _ in batch for key in keys_]
             flat_args = [arg for _, args_, _ in batch for arg in args_]
-            result = await _script(self._pipe, _SET_MANY, (len(flat_keys), *flat_keys, *flat_args))
+            result = await _script(
+                self._pipe, _SET_MANY, (str(len(flat_keys)), *flat_keys, *flat_args), text=True
+            )
             for (_, _, other), flag in zip(batch, _text(result), strict=True):
                 if not other.done():
                     other.set_result(int(flag))
