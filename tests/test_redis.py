@@ -399,6 +399,35 @@ async def test_events_of_every_shape_come_back_equal(client: aredis.Redis) -> No
     await cursor.aclose()
 
 
+async def test_awaited_appends_through_a_backend_store_every_shape_as_stored(
+    redis_url: str, client: aredis.Redis
+) -> None:
+    # Through an entered backend an awaited append makes its stored copy first and cuts
+    # the stored JSON from the copy's own: what it returns, what Redis holds (read by a
+    # log of no backend) and what a reader gets must be the same events.
+    events = [
+        sk.StreamEvent(event_type="token", content="é ☃ \U0001f600", metadata={"index": 1}),
+        sk.StreamEvent(event_type="token", content='a\nb\t"c"\\ \x01', metadata={"k": "a"}),
+        sk.StreamEvent(event_type="token", content="ascii", metadata={"ü": "ß", "n": 2.5}),
+        # An event stored elsewhere before: its seq and session id are replaced.
+        sk.StreamEvent(event_type="x-app:note", content="c", seq=7, session_id="other"),
+        sk.StreamEvent(event_type="complete", metadata={"reason": "done", "n": -3.25}),
+    ]
+    async with RedisBackend(redis_url, prefix=f"aw{next(_ids)}") as backend:
+        log = await backend.make_log(_sid(), sk.RegistryConfig())
+        stored = [await log.append(event) for event in events]
+        want = [attrs.evolve(e, seq=i + 1, session_id=log.session_id) for i, e in enumerate(events)]
+        assert stored == want
+        assert [e.to_json() for e in stored] == [e.to_json() for e in want]
+        with anyio.fail_after(10):
+            async with log.read(0) as cursor:
+                assert [event async for event in cursor] == want
+        other = RedisEventLog(client, log.session_id, prefix=backend._prefix)
+        with anyio.fail_after(10):
+            async with other.read(0) as cursor:
+                assert [event async for event in cursor] == want
+
+
 async def test_store_refuses_a_duplicate_id(redis_url: str, client: Any) -> None:
     async with _backend(redis_url, f"p{next(_ids)}") as backend:
         session = sk.StreamSession(session_id=_sid(), created_at=1.0)
