@@ -658,6 +658,58 @@ async def test_a_reader_behind_the_follower_s_few_entries_reads_the_rest_from_re
         assert seqs == list(range(1, 203)), name
 
 
+async def test_lone_and_shared_readers_on_the_writing_worker_get_every_event_in_order(
+    redis_url: str,
+) -> None:
+    """One-event rounds read by a lone reader and by two readers of one log.
+
+    A log with one reader on this worker keeps only the newest fed entry, one with
+    several keeps a few: a reader that pauses for three events reads the rest from the
+    cache or from Redis, in order, either way.
+    """
+    config = sk.RegistryConfig()
+    async with RedisBackend(redis_url, prefix=f"lr{next(_ids)}") as backend:
+        alone = await backend.make_log(_sid(), config)
+        shared = await backend.make_log(_sid(), config)
+        got: dict[str, list[int]] = {"alone": [], "shared fast": [], "shared slow": []}
+        ready = {name: anyio.Event() for name in got}
+        paused = {name: anyio.Event() for name in got}
+        go_on = anyio.Event()
+
+        async def read(name: str, log: RedisEventLog) -> None:
+            async with log.read(0) as cursor:
+                ready[name].set()
+                async for event in cursor:
+                    got[name].append(event.seq or 0)
+                    if name != "shared fast" and event.seq == 2:
+                        paused[name].set()
+                        await go_on.wait()
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(read, "alone", alone)
+                tg.start_soon(read, "shared fast", shared)
+                tg.start_soon(read, "shared slow", shared)
+                for event in ready.values():
+                    await event.wait()
+                for i in range(1, 3):
+                    await alone.append(_token(f"{i} "))
+                    await shared.append(_token(f"{i} "))
+                await paused["alone"].wait()
+                await paused["shared slow"].wait()
+                for i in range(3, 6):  # one round each, while the paused readers wait
+                    await alone.append(_token(f"{i} "))
+                    await shared.append(_token(f"{i} "))
+                go_on.set()
+                for i in range(6, 9):
+                    await alone.append(_token(f"{i} "))
+                    await shared.append(_token(f"{i} "))
+                await alone.append(sk.StreamEvent(event_type=sk.EventType.COMPLETE))
+                await shared.append(sk.StreamEvent(event_type=sk.EventType.COMPLETE))
+    for name, seqs in got.items():
+        assert seqs == list(range(1, 10)), name
+
+
 async def test_a_slow_stream_s_reader_on_its_worker_does_not_read_its_events_back(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

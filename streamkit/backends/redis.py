@@ -255,6 +255,12 @@ _LOCAL_QUIET: Final = 0.5
 # reads Redis (one round trip per 256 entries). Each entry kept is three objects the
 # garbage collector walks at every collection (the event, its metadata and the tuple).
 _FED_KEEP: Final = 4
+# What a stream this worker feeds keeps while it has one reader here or none: the newest
+# entry (beyond the newest round's). That reader waits for the next one or asks for it
+# right after; further behind, it reads Redis. Each entry kept lives for as many periods
+# of a paced stream, long enough to be promoted to an older generation of the garbage
+# collector, whose young collections then walk it again and again.
+_FED_ALONE: Final = 1
 # Logs per append script call on a single node (one call per log on a Cluster).
 _LOGS_PER_CALL: Final = 256
 # Append rounds a backend has in flight at once (each log in at most one).
@@ -604,7 +610,8 @@ class _Follower:
         if key >= watch.last:
             return []
         items = watch.items
-        if len(items) > 1 and items[-2][0] <= key < items[-1][0]:
+        newest = items[-1][0] if items else 0
+        if key < newest <= key + 2:
             return [items[-1]]  # the common case, a live cursor one entry behind
         out: list[_Item] = []
         for item in reversed(items):
@@ -644,12 +651,14 @@ class _Follower:
             self.stale = True
             return
         items = watch.items
+        # Keep only the newest few (see _FED_KEEP and _FED_ALONE).
+        keep = _FED_KEEP if log._readers > 1 else _FED_ALONE
         if len(events) == 1:  # a paced stream's round: one event
             key = 2 * (events[0].seq or 0)
             if key > watch.last:
                 items.append((key, events[0]))
                 watch.last = key
-                while len(items) > _FED_KEEP:  # keep only the newest few (see _FED_KEEP)
+                while len(items) > keep:
                     items.popleft()
         else:
             last = watch.last
@@ -659,9 +668,8 @@ class _Follower:
                     items.append((key, event))
                     last = key
             watch.last = last
-            # Keep only the newest few (see _FED_KEEP); this round's are all kept.
-            if len(items) > _FED_KEEP:
-                keep = max(_FED_KEEP, len(events))
+            if len(items) > keep:  # this round's are all kept
+                keep = max(keep, len(events))
                 while len(items) > keep:
                     items.popleft()
         watch.fed_at = time.monotonic()
