@@ -242,6 +242,36 @@ async def test_a_state_change_starts_from_the_record_another_worker_wrote(
         assert record == resumed
 
 
+async def test_records_read_together_follow_changes_another_worker_made(
+    redis_url: str, client: Any
+) -> None:
+    # get_many reads all records as one string and reuses a record it parsed when its
+    # JSON has not changed: a change by another worker must still come through, a
+    # newline in a record must not split it, and a missing record is None.
+    prefix = f"p{next(_ids)}"
+    async with _backend(redis_url, prefix) as a, _backend(redis_url, prefix) as b:
+        odd = sk.StreamSession(
+            session_id=_sid(), created_at=1.0, context={"note": "two\nlines \u2028 é"}
+        )
+        plain = sk.StreamSession(session_id=_sid(), created_at=1.0, user_id="u")
+        for session in (odd, plain):
+            await a.store.add(session, max_sessions=5, max_sessions_per_user=None)
+        ids = [odd.session_id, "missing", plain.session_id]
+        assert list(await a.store.get_many(ids)) == [odd, None, plain]
+        assert list(await a.store.get_many(ids)) == [odd, None, plain]
+        _, paused = await b.store.set_state(plain.session_id, sk.SessionState.PAUSED, now=2.0)
+        assert list(await a.store.get_many(ids)) == [odd, None, paused]
+        # A then moves it on from what it read (its compare-and-set holds).
+        _, resumed = await a.store.set_state(plain.session_id, sk.SessionState.ACTIVE, now=3.0)
+        assert list(await b.store.get_many(ids[2:])) == [resumed]
+        await b.store.remove(odd.session_id)
+        assert list(await a.store.get_many(ids)) == [None, None, resumed]
+        # Leases: the one A holds renews; a removed or missing session's does not,
+        # nor one that another worker holds.
+        assert await a.renew_leases(ids) == {odd.session_id, "missing"}
+        assert await b.renew_leases([plain.session_id]) == {plain.session_id}
+
+
 async def test_a_burst_of_first_calls_on_a_fresh_redis_is_not_sent_twice(
     redis_url: str, client: Any
 ) -> None:
@@ -367,6 +397,35 @@ async def test_events_of_every_shape_come_back_equal(client: aredis.Redis) -> No
     with pytest.raises(sk.ValidationError), anyio.fail_after(10):
         await cursor.__anext__()
     await cursor.aclose()
+
+
+async def test_awaited_appends_through_a_backend_store_every_shape_as_stored(
+    redis_url: str, client: aredis.Redis
+) -> None:
+    # Through an entered backend an awaited append makes its stored copy first and cuts
+    # the stored JSON from the copy's own: what it returns, what Redis holds (read by a
+    # log of no backend) and what a reader gets must be the same events.
+    events = [
+        sk.StreamEvent(event_type="token", content="é ☃ \U0001f600", metadata={"index": 1}),
+        sk.StreamEvent(event_type="token", content='a\nb\t"c"\\ \x01', metadata={"k": "a"}),
+        sk.StreamEvent(event_type="token", content="ascii", metadata={"ü": "ß", "n": 2.5}),
+        # An event stored elsewhere before: its seq and session id are replaced.
+        sk.StreamEvent(event_type="x-app:note", content="c", seq=7, session_id="other"),
+        sk.StreamEvent(event_type="complete", metadata={"reason": "done", "n": -3.25}),
+    ]
+    async with RedisBackend(redis_url, prefix=f"aw{next(_ids)}") as backend:
+        log = await backend.make_log(_sid(), sk.RegistryConfig())
+        stored = [await log.append(event) for event in events]
+        want = [attrs.evolve(e, seq=i + 1, session_id=log.session_id) for i, e in enumerate(events)]
+        assert stored == want
+        assert [e.to_json() for e in stored] == [e.to_json() for e in want]
+        with anyio.fail_after(10):
+            async with log.read(0) as cursor:
+                assert [event async for event in cursor] == want
+        other = RedisEventLog(client, log.session_id, prefix=backend._prefix)
+        with anyio.fail_after(10):
+            async with other.read(0) as cursor:
+                assert [event async for event in cursor] == want
 
 
 async def test_store_refuses_a_duplicate_id(redis_url: str, client: Any) -> None:
@@ -597,6 +656,58 @@ async def test_a_reader_behind_the_follower_s_few_entries_reads_the_rest_from_re
                 go_on.set()
     for name, seqs in got.items():
         assert seqs == list(range(1, 203)), name
+
+
+async def test_lone_and_shared_readers_on_the_writing_worker_get_every_event_in_order(
+    redis_url: str,
+) -> None:
+    """One-event rounds read by a lone reader and by two readers of one log.
+
+    A log with one reader on this worker keeps only the newest fed entry, one with
+    several keeps a few: a reader that pauses for three events reads the rest from the
+    cache or from Redis, in order, either way.
+    """
+    config = sk.RegistryConfig()
+    async with RedisBackend(redis_url, prefix=f"lr{next(_ids)}") as backend:
+        alone = await backend.make_log(_sid(), config)
+        shared = await backend.make_log(_sid(), config)
+        got: dict[str, list[int]] = {"alone": [], "shared fast": [], "shared slow": []}
+        ready = {name: anyio.Event() for name in got}
+        paused = {name: anyio.Event() for name in got}
+        go_on = anyio.Event()
+
+        async def read(name: str, log: RedisEventLog) -> None:
+            async with log.read(0) as cursor:
+                ready[name].set()
+                async for event in cursor:
+                    got[name].append(event.seq or 0)
+                    if name != "shared fast" and event.seq == 2:
+                        paused[name].set()
+                        await go_on.wait()
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(read, "alone", alone)
+                tg.start_soon(read, "shared fast", shared)
+                tg.start_soon(read, "shared slow", shared)
+                for event in ready.values():
+                    await event.wait()
+                for i in range(1, 3):
+                    await alone.append(_token(f"{i} "))
+                    await shared.append(_token(f"{i} "))
+                await paused["alone"].wait()
+                await paused["shared slow"].wait()
+                for i in range(3, 6):  # one round each, while the paused readers wait
+                    await alone.append(_token(f"{i} "))
+                    await shared.append(_token(f"{i} "))
+                go_on.set()
+                for i in range(6, 9):
+                    await alone.append(_token(f"{i} "))
+                    await shared.append(_token(f"{i} "))
+                await alone.append(sk.StreamEvent(event_type=sk.EventType.COMPLETE))
+                await shared.append(sk.StreamEvent(event_type=sk.EventType.COMPLETE))
+    for name, seqs in got.items():
+        assert seqs == list(range(1, 10)), name
 
 
 async def test_a_slow_stream_s_reader_on_its_worker_does_not_read_its_events_back(

@@ -255,6 +255,12 @@ _LOCAL_QUIET: Final = 0.5
 # reads Redis (one round trip per 256 entries). Each entry kept is three objects the
 # garbage collector walks at every collection (the event, its metadata and the tuple).
 _FED_KEEP: Final = 4
+# What a stream this worker feeds keeps while it has one reader here or none: the newest
+# entry (beyond the newest round's). That reader waits for the next one or asks for it
+# right after; further behind, it reads Redis. Each entry kept lives for as many periods
+# of a paced stream, long enough to be promoted to an older generation of the garbage
+# collector, whose young collections then walk it again and again.
+_FED_ALONE: Final = 1
 # Logs per append script call on a single node (one call per log on a Cluster).
 _LOGS_PER_CALL: Final = 256
 # Append rounds a backend has in flight at once (each log in at most one).
@@ -604,7 +610,8 @@ class _Follower:
         if key >= watch.last:
             return []
         items = watch.items
-        if len(items) > 1 and items[-2][0] <= key < items[-1][0]:
+        newest = items[-1][0] if items else 0
+        if key < newest <= key + 2:
             return [items[-1]]  # the common case, a live cursor one entry behind
         out: list[_Item] = []
         for item in reversed(items):
@@ -644,12 +651,14 @@ class _Follower:
             self.stale = True
             return
         items = watch.items
+        # Keep only the newest few (see _FED_KEEP and _FED_ALONE).
+        keep = _FED_KEEP if log._readers > 1 else _FED_ALONE
         if len(events) == 1:  # a paced stream's round: one event
             key = 2 * (events[0].seq or 0)
             if key > watch.last:
                 items.append((key, events[0]))
                 watch.last = key
-                while len(items) > _FED_KEEP:  # keep only the newest few (see _FED_KEEP)
+                while len(items) > keep:
                     items.popleft()
         else:
             last = watch.last
@@ -659,9 +668,8 @@ class _Follower:
                     items.append((key, event))
                     last = key
             watch.last = last
-            # Keep only the newest few (see _FED_KEEP); this round's are all kept.
-            if len(items) > _FED_KEEP:
-                keep = max(_FED_KEEP, len(events))
+            if len(items) > keep:  # this round's are all kept
+                keep = max(keep, len(events))
                 while len(items) > keep:
                     items.popleft()
         watch.fed_at = time.monotonic()
@@ -2109,8 +2117,8 @@ class RedisEventLog(EventLog):
         """
         if self._failure is not None or self._closed:
             return self._prepare(event)  # raises
-        # No loop check: only append_nowait calls this, with an entered backend's
-        # appender, and a backend is entered on asyncio only.
+        # No loop check: only append_nowait and append call this, with an entered
+        # backend's appender, and a backend is entered on asyncio only.
         sid = self._session_id
         before = event.session_id
         stamp(event, seq, sid)
@@ -2187,9 +2195,18 @@ class RedisEventLog(EventLog):
             with contextlib.suppress(BackendError, ClosedError):
                 await self.append(error)
             raise failure
-        event = self._transient(event)
-        text = self._prepare(event)
         appender = self._batched()
+        if appender is not None and type(event) is StreamEvent and event.event_type != "part":
+            # The stored copy made now, with the seq this writer expects (the common
+            # case: a session's final event), its JSON cut from the copy's own: one
+            # event and one encoding, not a bare copy, its JSON, then the stored copy.
+            predicted = self._predicted
+            seq = (predicted if predicted > self._last else self._last) + 1
+            event = with_seq(event, seq, self._session_id)
+            text = self._stamped(event, seq)
+        else:
+            event = self._transient(event)
+            text = self._prepare(event)
         if appender is not None:
             # Alone: send at once from this task. Otherwise queue behind the rounds in
             # flight; the appender's task sends what queued meanwhile, together.
@@ -2522,6 +2539,7 @@ return 1
 )
 
 # KEYS: leases zset, then one lease key per session. ARGV: token, ttl ms, session ids.
+# Returns one string, a '1' (held, renewed) or '0' per session.
 _RENEW: Final = (
     _now_ms_lua("now")
     + """
@@ -2530,14 +2548,24 @@ for i = 2, #KEYS do
   if redis.call('GET', KEYS[i]) == ARGV[1] then
     redis.call('PEXPIRE', KEYS[i], ARGV[2])
     redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[i + 1])
-    out[#out + 1] = 1
+    out[#out + 1] = '1'
   else
-    out[#out + 1] = 0
+    out[#out + 1] = '0'
   end
 end
-return out
+return table.concat(out)
 """
 )
+
+# KEYS: the sessions hash. ARGV: session ids. Their records, one a line ('' for none):
+# one string to parse, not one reply per session (a record's JSON has no raw newline).
+_GET_MANY: Final = """
+local out = {}
+for i = 1, #ARGV do
+  out[i] = redis.call('HGET', KEYS[1], ARGV[i]) or ''
+end
+return table.concat(out, '\\n')
+"""
 
 # KEYS: a zset scored in server milliseconds. ARGV: limit. The members now due.
 _DUE: Final = (
@@ -2656,7 +2684,9 @@ class _Swaps:
             batch, self._queue = self._queue, []
             flat_keys = [key for keys_, _, _ in batch for key in keys_]
             flat_args = [arg for _, args_, _ in batch for arg in args_]
-            result = await _script(self._pipe, _SET_MANY, (len(flat_keys), *flat_keys, *flat_args))
+            result = await _script(
+                self._pipe, _SET_MANY, (str(len(flat_keys)), *flat_keys, *flat_args), text=True
+            )
             for (_, _, other), flag in zip(batch, _text(result), strict=True):
                 if not other.done():
                     other.set_result(int(flag))
@@ -2776,8 +2806,10 @@ class RedisSessionStore(SessionStore):
         _require_asyncio()
         return await _call(fn, self._retry_for, session_id)
 
-    async def _exec(self, *args: str | bytes | int) -> Any:
+    async def _exec(self, *args: str | bytes | int, text: bool = False) -> Any:
         """One command: through the backend's automatic pipeline if there is one.
+
+        ``text``: a script's arguments are str, mostly ASCII (see :func:`_text_bulks`).
 
         Raises:
             RedisError: the command failed (``_call`` retries a lost connection).
@@ -2786,7 +2818,7 @@ class RedisSessionStore(SessionStore):
         if pipe is None:
             return await self._client.execute_command(*args)
         if args[0] == "EVAL":
-            return await _script(pipe, str(args[1]), args[2:])
+            return await _script(pipe, str(args[1]), args[2:], text=text)
         result = (await pipe.call([_pack(args)]))[0]
         if isinstance(result, BaseException):
             raise result
@@ -2873,10 +2905,26 @@ class RedisSessionStore(SessionStore):
         ids = list(session_ids)
 
         async def run() -> Any:
-            return await self._exec("HMGET", self._sessions, *ids)
+            return await self._exec("EVAL", _GET_MANY, "1", self._sessions, *ids, text=True)
 
-        raws = await self._run(run)
-        return [None if raw is None else StreamSession.from_json(raw) for raw in raws]
+        raws = _text(await self._run(run)).split("\n")
+        # A record unchanged since this store wrote or read it is not parsed again (the
+        # lease keeper reads every live session's record every lease_ttl / 3).
+        known = self._known
+        out: builtins.list[StreamSession | None] = []
+        for sid, raw in zip(ids, raws, strict=True):
+            if not raw:
+                out.append(None)
+                continue
+            hit = known.get(sid)
+            if hit is not None and hit[0] == raw:
+                out.append(hit[1])
+                continue
+            session = StreamSession.from_json(raw)
+            if not session.is_terminal:
+                self._remember(sid, raw, session)
+            out.append(session)
+        return out
 
     async def set_state(
         self, session_id: str, state: SessionState, *, now: float
@@ -3050,11 +3098,18 @@ class RedisSessionStore(SessionStore):
         async def run() -> Any:
             keys = [self._leases, *(self._lease_key(sid) for sid in ids)]
             return await self._exec(
-                "EVAL", _RENEW, len(keys), *keys, self._owner, str(self._lease_ms), *ids
+                "EVAL",
+                _RENEW,
+                str(len(keys)),
+                *keys,
+                self._owner,
+                str(self._lease_ms),
+                *ids,
+                text=True,
             )
 
-        held = await self._run(run)
-        return {sid for sid, ok in zip(ids, held, strict=True) if not int(ok)}
+        held = _text(await self._run(run))
+        return {sid for sid, ok in zip(ids, held, strict=True) if ok != "1"}
 
     async def _claim_orphans(self, limit: int) -> builtins.list[str]:
         async def due() -> Any:
@@ -3096,6 +3151,7 @@ _BY_SHA: Final = (
     _SET_MANY,
     _REMOVE_IF,
     _RENEW,
+    _GET_MANY,
     _DUE,
     _SCHEDULE,
     _CLAIM_DUE,
