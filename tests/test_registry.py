@@ -991,6 +991,15 @@ async def test_a_streams_history_read_back_later_equals_what_the_live_reader_got
 # act while it waits; on Trio the stream's source task runs beside the producer.
 
 
+async def endless(closed: list[bool]) -> AsyncIterator[str]:
+    """Yield ``"x"`` for ever, never waiting; note that it was closed."""
+    try:
+        while True:
+            yield "x"
+    finally:
+        closed.append(True)
+
+
 async def silent_after(first: str, closed: list[bool], go: anyio.Event) -> AsyncIterator[str]:
     """Yield ``first``, then wait for ``go`` before ``"b"``; note that it was closed."""
     try:
@@ -1289,18 +1298,11 @@ async def test_cancelling_a_session_whose_producer_waits_for_room_ends_its_produ
     # closed.
     closed: list[bool] = []
 
-    async def endless() -> AsyncIterator[str]:
-        try:
-            while True:
-                yield "x"
-        finally:
-            closed.append(True)
-
     config = sk.RegistryConfig(max_lag=3, slow_consumer_policy="block")
     async with sk.SessionRegistry(config) as registry:
         sid = (await registry.create()).session_id
         async with registry.subscribe(sid) as sub:
-            registry.start(sid, endless(), FAST)
+            registry.start(sid, endless(closed), FAST)
             with anyio.fail_after(10):
                 events = [await sub.__anext__()]
                 await anyio.wait_all_tasks_blocked()  # the producer waits for room
@@ -1322,16 +1324,9 @@ async def test_a_session_cancelled_as_its_producer_starts_appends_nothing_more()
     # the producer ends without appending, and closes the source.
     closed: list[bool] = []
 
-    async def endless() -> AsyncIterator[str]:
-        try:
-            while True:
-                yield "x"
-        finally:
-            closed.append(True)
-
     async with sk.SessionRegistry() as registry:
         sid = (await registry.create()).session_id
-        registry.start(sid, endless(), FAST)
+        registry.start(sid, endless(closed), FAST)
         await registry.cancel(sid)
         with anyio.fail_after(10):
             events = await collect(registry.subscribe(sid))
@@ -1347,17 +1342,10 @@ async def test_cancelling_a_session_whose_source_never_waits_closes_the_source()
     # a cancel made then stops it before its next pull.
     closed: list[bool] = []
 
-    async def endless() -> AsyncIterator[str]:
-        try:
-            while True:
-                yield "x"
-        finally:
-            closed.append(True)
-
     async with sk.SessionRegistry() as registry:
         sid = (await registry.create()).session_id
         async with registry.subscribe(sid) as sub:
-            registry.start(sid, endless(), FAST)
+            registry.start(sid, endless(closed), FAST)
             with anyio.fail_after(10):
                 events = [await sub.__anext__(), await sub.__anext__()]
                 await registry.cancel(sid)
