@@ -1000,6 +1000,21 @@ async def endless(closed: list[bool]) -> AsyncIterator[str]:
         closed.append(True)
 
 
+async def shielded_after(
+    seconds: float, finished: list[str], entered: anyio.Event
+) -> AsyncIterator[str]:
+    """Yield ``"a"``, work ``seconds`` in a shielded scope (closing a connection, say),
+    yield ``"b"``, then wait for ever; ``entered`` is set in the scope, ``finished`` noted
+    at its end."""
+    yield "a"
+    with anyio.CancelScope(shield=True):
+        entered.set()
+        await anyio.sleep(seconds)
+        finished.append("shielded")
+    yield "b"
+    await anyio.sleep_forever()
+
+
 async def silent_after(first: str, closed: list[bool], go: anyio.Event) -> AsyncIterator[str]:
     """Yield ``first``, then wait for ``go`` before ``"b"``; note that it was closed."""
     try:
@@ -1107,19 +1122,11 @@ async def test_the_stall_and_the_deadline_wait_for_a_source_to_leave_its_shielde
     # A source's shielded work (closing its connection, say) that outlasts the timeout is
     # not cut short, on either backend: the stream ends once the source leaves it.
     finished: list[str] = []
-
-    async def source() -> AsyncIterator[str]:
-        yield "a"
-        with anyio.CancelScope(shield=True):
-            await anyio.sleep(0.6)  # the shielded work: three times the timeout
-            finished.append("shielded")
-        yield "b"
-        await anyio.sleep_forever()
-
     async with sk.SessionRegistry() as registry:
         sid = (await registry.create()).session_id
         async with registry.subscribe(sid) as sub:
-            registry.start(sid, source(), config)
+            # The shielded work lasts three times the timeout.
+            registry.start(sid, shielded_after(0.6, finished, anyio.Event()), config)
             with anyio.fail_after(10):
                 events = [e async for e in sub]
     assert finished == ["shielded"]
@@ -1132,20 +1139,10 @@ async def test_the_stall_and_the_deadline_wait_for_a_source_to_leave_its_shielde
 async def test_cancelling_a_session_lets_its_source_leave_its_shielded_scope_first() -> None:
     finished: list[str] = []
     entered = anyio.Event()
-
-    async def source() -> AsyncIterator[str]:
-        yield "a"
-        with anyio.CancelScope(shield=True):
-            entered.set()
-            await anyio.sleep(0.3)  # the shielded work (closing a connection, say)
-            finished.append("shielded")
-        yield "b"
-        await anyio.sleep_forever()
-
     async with sk.SessionRegistry() as registry:
         sid = (await registry.create()).session_id
         async with registry.subscribe(sid) as sub:
-            registry.start(sid, source(), FAST)
+            registry.start(sid, shielded_after(0.3, finished, entered), FAST)
             with anyio.fail_after(10):
                 events = [await sub.__anext__(), await sub.__anext__()]
                 await entered.wait()
