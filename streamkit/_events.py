@@ -25,6 +25,7 @@ import attrs
 from ._errors import ValidationError
 from ._parts import Part, part_from_dict
 from ._validate import (
+    EMPTY_OBJECT,
     FORBIDDEN_IN_FIELDS,
     JSONValue,
     check_id,
@@ -81,7 +82,7 @@ class EventType(StrEnum):
 
 _FINAL_TYPES: Final = frozenset({EventType.COMPLETE, EventType.ERROR})
 _CUSTOM_TYPE_RE = re.compile(r"x-[A-Za-z0-9_.:\-]{1,62}")
-_EMPTY: Final[Mapping[str, JSONValue]] = MappingProxyType({})
+_EMPTY: Final = EMPTY_OBJECT
 
 # A cheap unique id: a random per-process prefix and a counter (in decimal: a format spec
 # such as hex costs the f-string a call of int.__format__). Unique across processes

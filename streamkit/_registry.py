@@ -62,7 +62,7 @@ from ._stats import RegistryStatistics, SessionStatistics
 from ._streamer import TokenStream, stream_tokens
 from ._subscription import Subscription
 from ._tasks import SessionTasks
-from ._validate import check_id, check_int, freeze_json_object, type_name
+from ._validate import EMPTY_OBJECT, check_id, check_int, freeze_json_object, type_name
 from .abc import Backend, TokenSource
 
 if TYPE_CHECKING:
@@ -1053,7 +1053,7 @@ class SessionRegistry:
             self._unwatched[entry.session.session_id] = self._event_clock()
 
 
-_EMPTY: Final[MappingProxyType[str, Any]] = MappingProxyType({})
+_EMPTY: Final = EMPTY_OBJECT
 
 
 def _finishing(entry: _Entry) -> bool:

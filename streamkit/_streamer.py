@@ -71,7 +71,7 @@ from ._parts import Part, TextDelta
 from ._parts_chunker import PartsChunker, accept_part, part_event
 from ._signals import loop_clock
 from ._stats import StreamStats, figures_data
-from ._validate import JSONValue, check_id, type_name
+from ._validate import EMPTY_OBJECT, JSONValue, check_id, type_name
 from .abc import TokenSource  # what stream_tokens accepts
 
 if TYPE_CHECKING:
@@ -137,7 +137,7 @@ _RUNNING: Final = _Phase.RUNNING
 _FINISHING: Final = _Phase.FINISHING
 _DONE: Final = _Phase.DONE
 
-_EMPTY: Final[Mapping[str, JSONValue]] = MappingProxyType({})
+_EMPTY: Final = EMPTY_OBJECT
 _TOKEN: Final = EventType.TOKEN
 _new: Final = object.__new__
 _wall_clock: Final = time.time

@@ -121,8 +121,9 @@ def check_bool(field: str, value: object) -> bool:
     return value
 
 
-#: The read-only empty JSON object every empty one freezes to.
-_EMPTY_OBJECT: Final[Mapping[str, JSONValue]] = MappingProxyType({})
+#: The read-only empty JSON object: every empty one freezes to it, and every event or
+#: session with no metadata or context shares it.
+EMPTY_OBJECT: Final[Mapping[str, JSONValue]] = MappingProxyType({})
 
 
 def freeze_json(field: str, value: object, _depth: int = 0) -> JSONValue:
@@ -162,7 +163,7 @@ def freeze_json(field: str, value: object, _depth: int = 0) -> JSONValue:
             else:
                 frozen[key] = freeze_json(f"{field}.{key}", item, _depth + 1)
         # An empty object is one shared mapping (a session's context, most often).
-        return MappingProxyType(frozen) if frozen else _EMPTY_OBJECT
+        return MappingProxyType(frozen) if frozen else EMPTY_OBJECT
     if isinstance(value, list | tuple):
         return tuple(freeze_json(f"{field}[{i}]", item, _depth + 1) for i, item in enumerate(value))
     raise ValidationError(f"{field} must be JSON-compatible, got {type_name(value)}", field=field)

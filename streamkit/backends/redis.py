@@ -83,7 +83,7 @@ from .._errors import (
 from .._events import _FINAL_TYPES, EventType, StreamEvent, make_event, stamp, with_seq
 from .._log import transient_standin
 from .._session import SessionState, StreamSession
-from .._validate import check_choice, check_id, check_int, check_number, type_name
+from .._validate import EMPTY_OBJECT, check_choice, check_id, check_int, check_number, type_name
 from ..abc import Backend, EventCursor, EventLog, LogStatistics, SessionStore
 
 if TYPE_CHECKING:
@@ -497,7 +497,7 @@ def _plain_event(text: bytes | str, seq: int, session_id: str) -> StreamEvent | 
     )
 
 
-_NO_METADATA: Final[MappingProxyType[str, Any]] = MappingProxyType({})
+_NO_METADATA: Final = EMPTY_OBJECT
 
 #: One entry as cursors see it: its order key and the event (``None`` for the marker).
 _Item = tuple[int, StreamEvent | None]
